@@ -1,0 +1,126 @@
+"""The ``sipd`` command: options, configuration, logging, exit codes.
+
+Exit status: 0 after SIGTERM/SIGINT or a good ``--check-config``; 1 for a
+configuration or start-up error; 2 for a bad command line. Every error is
+one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, NoReturn
+
+import trio
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, ConfigError, Settings, build, describe, load_file, parse_listen
+from .io.transport import StartupError
+
+PROG = "sipd"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: scripts and journald read it.
+        self.exit(2, f"{PROG}: {message} (see {PROG} --help)\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="SIP registrar and proxy for the host's UNIX users.",
+    )
+    p.add_argument("-c", "--config", metavar="PATH",
+                   help=f"TOML configuration file (default {DEFAULT_CONFIG_PATH}, optional)")
+    p.add_argument("-l", "--listen", metavar="[udp:|tcp:]HOST:PORT", action="append",
+                   help="address to listen on, repeatable (default 0.0.0.0:5060 and [::]:5060)")
+    p.add_argument("-m", "--mount", metavar="DIR", help="where to mount the state filesystem")
+    p.add_argument("--no-mount", action="store_true", help="run without the state filesystem")
+    p.add_argument("-r", "--realm", help="digest realm and primary local domain")
+    p.add_argument("-d", "--domain", action="append", metavar="NAME",
+                   help="further local domain or address, repeatable")
+    p.add_argument("-g", "--group", help="UNIX group whose members may use SIP (default sip)")
+    p.add_argument("--pam-service", metavar="NAME", help="PAM service for the account check")
+    p.add_argument("--no-pam", action="store_true", help="skip the PAM account check")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration, print the effective settings, exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    path = args.config or DEFAULT_CONFIG_PATH
+    file_values = load_file(path, required=args.config is not None)
+    overrides: dict[str, Any] = {}
+    if args.listen:
+        listen = []
+        for item in args.listen:
+            listen.extend(parse_listen(item))
+        overrides["listen"] = tuple(listen)
+    if args.mount:
+        overrides["mount"] = args.mount
+    if args.no_mount:
+        overrides["mount_enabled"] = False
+    if args.realm:
+        overrides["realm"] = args.realm
+    if args.domain:
+        overrides["domains"] = tuple(args.domain)
+    if args.group:
+        overrides["group"] = args.group
+    if args.pam_service:
+        overrides["pam_service"] = args.pam_service
+    if args.no_pam:
+        overrides["pam"] = False
+    if args.log_level:
+        overrides["log_level"] = args.log_level
+    elif args.verbose:
+        overrides["log_level"] = "debug"
+    elif args.quiet:
+        overrides["log_level"] = "warning"
+    return build(file_values, overrides, path)
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd, journald stamps each line itself.
+    fmt = "%(name)s: %(levelname)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    if args.check_config:
+        print("\n".join(describe(settings)))
+        return 0
+    setup_logging(settings.log_level)
+    from .io.daemon import run
+
+    try:
+        trio.run(run, settings)
+    except StartupError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # A second Ctrl-C while shutting down.
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Settings: one table of every key with its type, default and meaning.
+
+The same table validates ``/etc/sipd/sipd.conf`` (TOML), fills the command
+line's defaults, prints ``--check-config`` and documents the keys in
+``sipd(8)``, so a key cannot exist in one place and not the others.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable
+
+DEFAULT_CONFIG_PATH = "/etc/sipd/sipd.conf"
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message is one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """One socket to open: ``udp`` or ``tcp`` on ``host:port``."""
+
+    transport: str
+    host: str
+    port: int
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+def parse_listen(text: str) -> list[ListenAddress]:
+    """``[udp:|tcp:]HOST:PORT``; without a prefix both UDP and TCP.
+
+    IPv6 hosts are written in brackets: ``[::1]:5060``.
+    """
+    spec = text.strip()
+    transports = ["udp", "tcp"]
+    lower = spec.lower()
+    for prefix in ("udp:", "tcp:"):
+        if lower.startswith(prefix):
+            transports = [prefix[:-1]]
+            spec = spec[len(prefix) :]
+            break
+    if spec.startswith("["):
+        end = spec.find("]")
+        if end < 0 or spec[end + 1 : end + 2] != ":":
+            raise ConfigError(f"bad listen address {text!r}: expected [IPv6]:PORT")
+        host, port_text = spec[1:end], spec[end + 2 :]
+    else:
+        host, sep, port_text = spec.rpartition(":")
+        if not sep:
+            raise ConfigError(f"bad listen address {text!r}: expected HOST:PORT")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"bad listen address {text!r}: {host!r} is not an IP address") from None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"bad listen address {text!r}: bad port {port_text!r}")
+    if ip.version == 4 and ":" in host:
+        raise ConfigError(f"bad listen address {text!r}")
+    return [ListenAddress(t, str(ip), int(port_text)) for t in transports]
+
+
+def _positive_int(name: str) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+        return value
+
+    return check
+
+
+def _non_negative_number(name: str) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{name} must be a number >= 0, not {value!r}")
+        return float(value)
+
+    return check
+
+
+def _bool(name: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, not {value!r}")
+        return value
+
+    return check
+
+
+def _string(name: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
+        return value.strip()
+
+    return check
+
+
+def _choice(name: str, *choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        return str(value)
+
+    return check
+
+
+def _string_list(name: str) -> Callable[[Any], tuple[str, ...]]:
+    def check(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{name} must be a list of strings, not {value!r}")
+        return tuple(value)
+
+    return check
+
+
+def _listen(value: Any) -> tuple[ListenAddress, ...]:
+    out: list[ListenAddress] = []
+    for item in _string_list("listen")(value):
+        out.extend(parse_listen(item))
+    return tuple(out)
+
+
+def _log_level(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+    return value.lower()
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One setting: its name in the file, how to check it, and what it means."""
+
+    name: str
+    check: Callable[[Any], Any]
+    doc: str
+
+
+def default_realm() -> str:
+    return socket.getfqdn() or socket.gethostname() or "localhost"
+
+
+DEFAULT_LISTEN = ("0.0.0.0:5060", "[::]:5060")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The effective configuration. Built-in defaults, then the file, then options."""
+
+    listen: tuple[ListenAddress, ...] = field(
+        default_factory=lambda: _listen(list(DEFAULT_LISTEN))
+    )
+    listen_is_default: bool = True
+    mount: str = "/run/sr"
+    mount_enabled: bool = True
+    realm: str = ""
+    domains: tuple[str, ...] = ()
+    group: str = "sip"
+    pam_service: str = "sipd"
+    pam: bool = True
+    log_level: str = "info"
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+    max_contacts: int = 10
+    overflow: str = "replace-oldest"
+    sync: str = "write-through"
+    flush_interval: float = 5.0
+    wtmp: bool = True
+    acc: bool = True
+    outbound_proxy: str = ""
+    aliases: str = "/etc/sipd/aliases"
+    max_message_size: int = 65535
+    tcp_max_connections: int = 1024
+    tcp_idle_timeout: float = 300.0
+    tcp_message_timeout: float = 32.0
+    config_path: str = DEFAULT_CONFIG_PATH
+
+    def effective_realm(self) -> str:
+        return self.realm or default_realm()
+
+
+#: The keys a config file may set, in the order ``--check-config`` prints them.
+KEYS: tuple[Key, ...] = (
+    Key("listen", _listen, "addresses to listen on: [udp:|tcp:]HOST:PORT, IPv6 as [ADDR]:PORT; "
+        "without a prefix both UDP and TCP (default 0.0.0.0:5060 and [::]:5060)"),
+    Key("mount", _string("mount"), "where the state filesystem is mounted (default /run/sr)"),
+    Key("mount_enabled", _bool("mount_enabled"), "mount the state filesystem (default true)"),
+    Key("realm", _string("realm"), "digest realm and primary local domain (default: the host's FQDN)"),
+    Key("domains", _string_list("domains"), "further domains or addresses treated as local"),
+    Key("group", _string("group"), "UNIX group whose members may use SIP (default sip)"),
+    Key("pam_service", _string("pam_service"), "PAM service for the account check (default sipd)"),
+    Key("pam", _bool("pam"), "run the PAM account check (default true)"),
+    Key("log_level", _log_level, "debug, info, warning or error (default info)"),
+    Key("min_expires", _positive_int("min_expires"), "shortest registration accepted, seconds (60)"),
+    Key("max_expires", _positive_int("max_expires"), "longest registration granted, seconds (3600)"),
+    Key("default_expires", _positive_int("default_expires"),
+        "registration time when the phone asks none, seconds (3600)"),
+    Key("max_contacts", _positive_int("max_contacts"), "bindings per address of record (10)"),
+    Key("overflow", _choice("overflow", "replace-oldest", "reject"),
+        "a REGISTER beyond max_contacts: replace-oldest or reject"),
+    Key("sync", _choice("sync", "write-through", "write-back"),
+        "write-through: registrations on disk before the 200 OK; write-back: every flush_interval"),
+    Key("flush_interval", _non_negative_number("flush_interval"), "write-back period, seconds (5)"),
+    Key("wtmp", _bool("wtmp"), "record registrations in utmp/wtmp (default true)"),
+    Key("acc", _bool("acc"), "write call records to ~/.sr/acc (default true)"),
+    Key("outbound_proxy", _string("outbound_proxy"), "where calls to other domains go (default: refused)"),
+    Key("aliases", _string("aliases"), "the alias map (default /etc/sipd/aliases)"),
+    Key("max_message_size", _positive_int("max_message_size"),
+        "largest SIP message accepted, bytes (65535)"),
+    Key("tcp_max_connections", _positive_int("tcp_max_connections"),
+        "TCP connections open at once; more are refused (1024)"),
+    Key("tcp_idle_timeout", _non_negative_number("tcp_idle_timeout"),
+        "close a TCP connection silent this long, seconds (300)"),
+    Key("tcp_message_timeout", _non_negative_number("tcp_message_timeout"),
+        "close a TCP connection that leaves a message unfinished this long, seconds (32)"),
+)
+_KEYS = {k.name: k for k in KEYS}
+
+
+def load_file(path: str, *, required: bool) -> dict[str, Any]:
+    """Read and check a TOML config file; a missing optional file gives {}."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"cannot read {path}: No such file or directory") from None
+        return {}
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno == errno.EISDIR:
+            reason = "Is a directory"
+        raise ConfigError(f"cannot read {path}: {reason}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return check_values(raw, source=path)
+
+
+def check_values(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = _KEYS.get(name)
+        if key is None:
+            raise ConfigError(f"{source}: unknown setting {name!r}")
+        try:
+            out[name] = key.check(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return out
+
+
+def build(file_values: dict[str, Any], overrides: dict[str, Any], config_path: str) -> Settings:
+    """Defaults, then the file, then command-line options; then cross-checks."""
+    values = dict(file_values)
+    values.update(overrides)
+    settings = Settings(config_path=config_path)
+    changes = dict(values)
+    if "listen" in values:
+        changes["listen_is_default"] = False
+    settings = replace(settings, **changes)
+    if settings.min_expires > settings.max_expires:
+        raise ConfigError(
+            f"min_expires ({settings.min_expires}) is larger than max_expires ({settings.max_expires})"
+        )
+    if not settings.min_expires <= settings.default_expires <= settings.max_expires:
+        raise ConfigError("default_expires must lie between min_expires and max_expires")
+    if settings.max_message_size < 1024:
+        raise ConfigError("max_message_size must be at least 1024 bytes")
+    if not settings.listen:
+        raise ConfigError("nothing to listen on")
+    seen: set[ListenAddress] = set()
+    for addr in settings.listen:
+        if addr in seen:
+            raise ConfigError(f"listen address {addr} given twice")
+        seen.add(addr)
+    return settings
+
+
+def describe(settings: Settings) -> list[str]:
+    """``key = value`` lines of the effective settings, in TOML syntax."""
+    lines = []
+    for f in fields(Settings):
+        if f.name in ("listen_is_default", "config_path"):
+            continue
+        value = getattr(settings, f.name)
+        if f.name == "realm":
+            value = settings.effective_realm()
+        lines.append(f"{f.name} = {_toml(value)}")
+    return lines
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(str(v)) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

@@ -1,0 +1,225 @@
+"""The sans-IO SIP endpoint: bytes and time in, bytes out (the aioquic pattern).
+
+:meth:`Endpoint.receive` takes one datagram or one framed TCP message with
+its :class:`Peer` and ``now``; :meth:`Endpoint.handle_timer` runs the
+transaction timers; :meth:`Endpoint.get_timer` says when to call it next.
+Nothing here reads a clock or touches a socket, so the whole receive path
+is tested by passing bytes and numbers.
+
+The one place where a :class:`SipError` becomes a response is here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .peer import Outgoing, Peer
+from .server import Server
+from .sip.errors import ParseError, SipError
+from .sip.framing import FramingError
+from .sip.headers import Via
+from .sip.message import Request, Response, make_response, parse
+from .sip.transaction import (
+    RequestReceived,
+    Send,
+    TransactionLayer,
+)
+
+log = logging.getLogger("sipd.endpoint")
+
+
+@dataclass
+class EndpointStats:
+    messages_in: int = 0
+    requests_in: int = 0
+    responses_in: int = 0
+    messages_out: int = 0
+    keepalives: int = 0
+    not_sip_dropped: int = 0
+    oversize_dropped: int = 0
+    bad_requests: int = 0
+    bad_responses_dropped: int = 0
+    unanswerable_dropped: int = 0
+
+
+def reply_peer(via: Via, peer: Peer) -> Peer:
+    """Where responses to a request go (RFC 3261 §18.2.2, RFC 3581 §4).
+
+    Over TCP the connection the request came on; over UDP the source
+    address (``received``) and, when the client asked with ``rport``, the
+    source port, else the port in Via's sent-by.
+    """
+    if peer.reliable:
+        return peer
+    rport = via.param("rport")
+    if rport:
+        return Peer(peer.transport, peer.host, int(rport), peer.conn)
+    return Peer(peer.transport, peer.host, via.port or 5060, peer.conn)
+
+
+def stamp_via(req: Request, peer: Peer) -> Via:
+    """Add ``received`` and fill ``rport`` on the top Via (§18.2.1, RFC 3581).
+
+    Returns the stamped Via. Raises :class:`ParseError` if the top Via is
+    unusable, in which case no response can be routed at all.
+    """
+    via = req.top_via
+    changed = via
+    if via.has_param("rport"):
+        changed = changed.with_param("rport", str(peer.port)).with_param("received", peer.host)
+    elif via.host.strip("[]") != peer.host:
+        changed = changed.with_param("received", peer.host)
+    if changed is not via:
+        values = req.values("Via")
+        values[0] = str(changed)
+        req.set_values("Via", values)
+    return changed
+
+
+class Endpoint:
+    def __init__(
+        self,
+        server: Server,
+        *,
+        max_message_size: int,
+        transactions: TransactionLayer | None = None,
+    ) -> None:
+        self.server = server
+        self.max_message_size = max_message_size
+        self.transactions = transactions or TransactionLayer()
+        self.stats = EndpointStats()
+        self.transport_stats: Any = None
+
+    # -------------------------------------------------------------- input
+
+    def receive(self, data: bytes, peer: Peer, now: float) -> list[Outgoing]:
+        if not data.strip(b"\r\n"):
+            # RFC 5626 keep-alives over UDP and stray CRLFs: nothing to answer.
+            self.stats.keepalives += 1
+            return []
+        self.stats.messages_in += 1
+        if len(data) > self.max_message_size:
+            self.stats.oversize_dropped += 1
+            return []
+        try:
+            msg = parse(data)
+        except ParseError as exc:
+            return self._unparsable(exc, peer)
+        if isinstance(msg, Response):
+            return self._response(msg, peer, now)
+        return self._request(msg, peer, now)
+
+    def framing_error(self, error: FramingError, peer: Peer, now: float) -> list[Outgoing]:
+        """A TCP stream that cannot be framed; the transport closes it after this."""
+        return self._unparsable(error, peer)
+
+    def connection_closed(self, peer: Peer) -> None:
+        """A TCP connection ended; nothing holds connections yet."""
+
+    def _unparsable(self, exc: ParseError, peer: Peer) -> list[Outgoing]:
+        partial = exc.message
+        if isinstance(partial, Request) and partial.method != "ACK":
+            out = self._stateless_error(partial, peer, exc)
+            if out:
+                return out
+        self.stats.not_sip_dropped += 1
+        log.debug("dropped %s input from %s: %s", "unanswerable" if partial else "non-SIP", peer, exc.reason)
+        return []
+
+    def _stateless_error(self, req: Request, peer: Peer, exc: SipError) -> list[Outgoing]:
+        """Answer a broken request without a transaction, if its Via allows."""
+        try:
+            via = stamp_via(req, peer)
+        except ParseError:
+            self.stats.unanswerable_dropped += 1
+            return []
+        self.stats.bad_requests += 1
+        log.info("%s %s from %s: %d %s", req.method, req.uri_text[:80], peer, exc.status, exc.reason)
+        resp = make_response(req, exc.status, exc.reason, exc.headers)
+        return self._out(resp.to_bytes(), reply_peer(via, peer))
+
+    def _request(self, req: Request, peer: Peer, now: float) -> list[Outgoing]:
+        self.stats.requests_in += 1
+        try:
+            via = stamp_via(req, peer)
+        except ParseError as exc:
+            if req.method == "ACK":
+                return []
+            return self._unparsable(exc, peer)
+        try:
+            req.validate()
+        except SipError as exc:
+            if req.method == "ACK":
+                return []
+            return self._stateless_error(req, peer, exc)
+        dest = reply_peer(via, peer)
+        events = self.transactions.receive_request(req, dest, dest.reliable, now)
+        return self._run(events, now)
+
+    def _response(self, resp: Response, peer: Peer, now: float) -> list[Outgoing]:
+        self.stats.responses_in += 1
+        try:
+            resp.validate()
+        except SipError:
+            self.stats.bad_responses_dropped += 1
+            return []
+        return self._run(self.transactions.receive_response(resp, peer, now), now)
+
+    # -------------------------------------------------------------- timers
+
+    def handle_timer(self, now: float) -> list[Outgoing]:
+        return self._run(self.transactions.handle_timer(now), now)
+
+    def get_timer(self) -> float | None:
+        return self.transactions.get_timer()
+
+    # ------------------------------------------------------- events to bytes
+
+    def _run(self, events: list[Any], now: float) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        queue = list(events)
+        while queue:
+            event = queue.pop(0)
+            if isinstance(event, Send):
+                dest = event.dest
+                assert isinstance(dest, Peer)
+                out.extend(self._out(event.message.to_bytes(), dest))
+            elif isinstance(event, RequestReceived):
+                queue.extend(self._deliver(event, now))
+        return out
+
+    def _deliver(self, event: RequestReceived, now: float) -> list[Any]:
+        req = event.request
+        txn = event.txn
+        if txn is None:
+            # An ACK to a 2xx: end to end, nothing for the server to do yet.
+            return []
+        if req.method == "CANCEL":
+            return self.transactions.server_respond(txn, self._cancel(req), now)
+        source = txn.source
+        assert isinstance(source, Peer)
+        resp = self.server.handle_request(req, source, now)
+        if resp is None:
+            return []
+        return self.transactions.server_respond(txn, resp, now)
+
+    def _cancel(self, cancel: Request) -> Response:
+        """RFC 3261 §9.2: 200 if the INVITE is known, else 481."""
+        invite = self.transactions.find_invite_for_cancel(cancel)
+        if invite is None:
+            return Server.reply(cancel, 481, "Call/Transaction Does Not Exist")
+        # Every INVITE is answered at once today, so there is nothing left
+        # to terminate with 487.
+        return Server.reply(cancel, 200, "OK")
+
+    def _out(self, data: bytes, peer: Peer) -> list[Outgoing]:
+        self.stats.messages_out += 1
+        return [Outgoing(data, peer)]
+
+    def statistics(self) -> dict[str, int]:
+        out = {f.name: getattr(self.stats, f.name) for f in fields(self.stats)}
+        for f in fields(self.server.stats):
+            out[f.name] = getattr(self.server.stats, f.name)
+        return out

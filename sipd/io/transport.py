@@ -1,0 +1,319 @@
+"""UDP and TCP under trio: bytes in, bytes out, nothing else.
+
+Everything SIP happens in the sans-IO :class:`~sipd.endpoint.Endpoint`;
+this module only moves bytes between sockets and it, and keeps the clock.
+Sends never await: UDP uses the non-blocking socket directly (a full socket
+buffer drops the datagram, as the network would), TCP queues into a
+bounded per-connection channel whose writer task drains it, so one slow
+peer cannot stall the loop that serves everyone else.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import math
+import socket
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from ..config import ListenAddress
+from ..peer import Outgoing, Peer
+from ..sip.framing import FramingError, Ping, StreamFramer
+
+log = logging.getLogger("sipd.transport")
+
+#: Outgoing messages queued for one TCP connection before it is closed as stuck.
+TCP_SEND_QUEUE = 256
+_RECV_SIZE = 65536
+
+
+class StartupError(Exception):
+    """A failure before the daemon is ready; the message is one line for the user."""
+
+
+class EndpointLike(Protocol):
+    def receive(self, data: bytes, peer: Peer, now: float) -> list[Outgoing]: ...
+    def handle_timer(self, now: float) -> list[Outgoing]: ...
+    def get_timer(self) -> float | None: ...
+    def connection_closed(self, peer: Peer) -> None: ...
+    def framing_error(self, error: FramingError, peer: Peer, now: float) -> list[Outgoing]: ...
+
+
+@dataclass
+class TransportStats:
+    udp_datagrams_in: int = 0
+    udp_oversize_dropped: int = 0
+    udp_send_errors: int = 0
+    tcp_accepted: int = 0
+    tcp_refused: int = 0
+    tcp_open: int = 0
+    tcp_idle_closed: int = 0
+    tcp_framing_errors: int = 0
+    tcp_send_overflow: int = 0
+    tcp_pings: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass
+class _TcpConnection:
+    peer: Peer
+    stream: trio.SocketStream
+    send: trio.MemorySendChannel[bytes]
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+def bind_sockets(listen: tuple[ListenAddress, ...], skip_unavailable_ipv6: bool) -> list[tuple[ListenAddress, socket.socket]]:
+    """Open and bind every listening socket before anything else starts.
+
+    Binding first means a busy port is a clear start-up error, not a task
+    that dies later. With the default listen set, a host without IPv6
+    simply gets IPv4 only.
+    """
+    out: list[tuple[ListenAddress, socket.socket]] = []
+    try:
+        for addr in listen:
+            kind = socket.SOCK_DGRAM if addr.transport == "udp" else socket.SOCK_STREAM
+            try:
+                sock = socket.socket(addr.family, kind)
+            except OSError as exc:
+                if skip_unavailable_ipv6 and addr.family == socket.AF_INET6:
+                    log.warning("IPv6 unavailable, not listening on %s: %s", addr, exc.strerror)
+                    continue
+                raise StartupError(f"cannot listen on {addr}: {exc.strerror}") from None
+            try:
+                if addr.family == socket.AF_INET6:
+                    # Separate v4 and v6 sockets on the same port need this.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if kind == socket.SOCK_STREAM:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                else:
+                    # A bigger receive buffer rides out bursts of REGISTERs.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+                sock.bind((addr.host, addr.port))
+                if kind == socket.SOCK_STREAM:
+                    sock.listen(512)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                if (
+                    skip_unavailable_ipv6
+                    and addr.family == socket.AF_INET6
+                    and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+                ):
+                    log.warning("IPv6 unavailable, not listening on %s: %s", addr, exc.strerror)
+                    continue
+                raise StartupError(f"cannot listen on {addr}: {exc.strerror}") from None
+            out.append((addr, sock))
+    except BaseException:
+        for _, s in out:
+            s.close()
+        raise
+    if not out:
+        raise StartupError("no address to listen on")
+    return out
+
+
+class Transports:
+    """The sockets of one daemon and the tasks that serve them."""
+
+    def __init__(
+        self,
+        endpoint: EndpointLike,
+        *,
+        max_message_size: int,
+        tcp_max_connections: int,
+        tcp_idle_timeout: float,
+        tcp_message_timeout: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self.max_message_size = max_message_size
+        self.tcp_max_connections = tcp_max_connections
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_message_timeout = tcp_message_timeout
+        self.stats = TransportStats()
+        self._ids = itertools.count(1)
+        self._udp: dict[int, socket.socket] = {}
+        self._tcp: dict[int, _TcpConnection] = {}
+        self._timer_changed = trio.Event()
+        self._armed = math.inf
+        self.bound: list[ListenAddress] = []
+
+    # ------------------------------------------------------------ sending
+
+    def send(self, outgoing: list[Outgoing]) -> None:
+        for out in outgoing:
+            peer = out.peer
+            if peer.transport == "udp":
+                sock = self._udp.get(peer.conn)
+                if sock is None:
+                    continue
+                try:
+                    sock.sendto(out.data, (peer.host, peer.port))
+                    self.stats.bytes_out += len(out.data)
+                except OSError as exc:
+                    # EAGAIN (buffer full) or an unreachable peer: UDP may lose it.
+                    self.stats.udp_send_errors += 1
+                    log.debug("udp send to %s failed: %s", peer, exc)
+            else:
+                conn = self._tcp.get(peer.conn)
+                if conn is None:
+                    log.debug("tcp connection to %s is gone, dropping %d bytes", peer, len(out.data))
+                    continue
+                try:
+                    conn.send.send_nowait(out.data)
+                    self.stats.bytes_out += len(out.data)
+                except trio.WouldBlock:
+                    self.stats.tcp_send_overflow += 1
+                    log.warning("closing tcp connection %s: peer is not reading", peer)
+                    conn.cancel.cancel()
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass
+        self._poke_timer()
+
+    def _poke_timer(self) -> None:
+        deadline = self.endpoint.get_timer()
+        if deadline is not None and deadline < self._armed:
+            self._timer_changed.set()
+
+    # -------------------------------------------------------------- tasks
+
+    async def timer_loop(self) -> None:
+        while True:
+            deadline = self.endpoint.get_timer()
+            self._armed = math.inf if deadline is None else deadline
+            with trio.move_on_at(self._armed):
+                await self._timer_changed.wait()
+            self._timer_changed = trio.Event()
+            self._armed = math.inf
+            self.send(self.endpoint.handle_timer(trio.current_time()))
+
+    async def serve(
+        self,
+        bound: list[tuple[ListenAddress, socket.socket]],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.timer_loop)
+            for addr, sock in bound:
+                self.bound.append(addr)
+                if addr.transport == "udp":
+                    conn = next(self._ids)
+                    self._udp[conn] = sock
+                    nursery.start_soon(self._serve_udp, sock, conn)
+                else:
+                    nursery.start_soon(self._serve_tcp_listener, sock, nursery)
+            task_status.started()
+
+    async def _serve_udp(self, raw: socket.socket, conn: int) -> None:
+        sock = trio.socket.from_stdlib_socket(raw)
+        limit = self.max_message_size
+        endpoint = self.endpoint
+        stats = self.stats
+        while True:
+            try:
+                data, addr = await sock.recvfrom(limit + 1)
+            except OSError as exc:
+                # ICMP errors from earlier sends surface here on Linux; the
+                # socket itself is fine.
+                log.debug("udp receive error: %s", exc)
+                continue
+            stats.udp_datagrams_in += 1
+            stats.bytes_in += len(data)
+            if len(data) > limit:
+                stats.udp_oversize_dropped += 1
+                log.debug("dropped %d-byte datagram from %s: over max_message_size", len(data), addr[0])
+                continue
+            peer = Peer("udp", addr[0], addr[1], conn)
+            self.send(endpoint.receive(data, peer, trio.current_time()))
+
+    async def _serve_tcp_listener(self, raw: socket.socket, nursery: trio.Nursery) -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                # EMFILE and friends: wait instead of spinning.
+                log.warning("tcp accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            if len(self._tcp) >= self.tcp_max_connections:
+                self.stats.tcp_refused += 1
+                log.warning("refusing tcp connection: %d connections open", len(self._tcp))
+                await stream.aclose()
+                continue
+            nursery.start_soon(self._serve_tcp, stream)
+
+    async def _serve_tcp(self, stream: trio.SocketStream) -> None:
+        try:
+            host, port = stream.socket.getpeername()[:2]
+        except OSError:
+            await stream.aclose()
+            return
+        conn_id = next(self._ids)
+        peer = Peer("tcp", host, port, conn_id)
+        send, receive = trio.open_memory_channel[bytes](TCP_SEND_QUEUE)
+        conn = _TcpConnection(peer, stream, send)
+        self._tcp[conn_id] = conn
+        self.stats.tcp_accepted += 1
+        self.stats.tcp_open += 1
+        try:
+            with conn.cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._tcp_writer, stream, receive)
+                    await self._tcp_reader(conn)
+                    # Let the writer flush what is queued (a final 400, say),
+                    # but not wait forever on a peer that stopped reading.
+                    send.close()
+                    nursery.cancel_scope.deadline = trio.current_time() + 1.0
+        finally:
+            del self._tcp[conn_id]
+            self.stats.tcp_open -= 1
+            self.endpoint.connection_closed(peer)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await stream.aclose()
+
+    async def _tcp_writer(self, stream: trio.SocketStream, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        async for data in receive:
+            try:
+                await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+    async def _tcp_reader(self, conn: _TcpConnection) -> None:
+        framer = StreamFramer(self.max_message_size)
+        peer = conn.peer
+        while True:
+            timeout = self.tcp_message_timeout if framer.pending else self.tcp_idle_timeout
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    data = await conn.stream.receive_some(_RECV_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            if scope.cancelled_caught:
+                self.stats.tcp_idle_closed += 1
+                what = "an unfinished message" if framer.pending else "no traffic"
+                log.info("closing tcp connection %s: %s for %g s", peer, what, timeout)
+                return
+            if not data:
+                return
+            self.stats.bytes_in += len(data)
+            try:
+                frames = framer.feed(data)
+            except FramingError as exc:
+                self.stats.tcp_framing_errors += 1
+                log.info("closing tcp connection %s: %s", peer, exc.reason)
+                self.send(self.endpoint.framing_error(exc, peer, trio.current_time()))
+                return
+            for frame in frames:
+                if isinstance(frame, Ping):
+                    # RFC 5626 §3.5.1: answer a double-CRLF ping with one CRLF.
+                    self.stats.tcp_pings += 1
+                    self.send([Outgoing(b"\r\n", peer)])
+                else:
+                    self.send(self.endpoint.receive(frame, peer, trio.current_time()))

@@ -1,0 +1,41 @@
+"""Where a message came from and where bytes go: the transport-neutral address.
+
+The sans-IO core names remote ends with :class:`Peer` values; the trio
+transports map them back to sockets and connections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A remote transport address as seen through one local socket.
+
+    ``conn`` identifies the local end: the UDP listener a datagram came in
+    on (replies leave from the same socket, which NATs and ``sipp`` expect),
+    or the TCP connection a request came on (RFC 3261 §18.2.2: responses go
+    back on it).
+    """
+
+    transport: str
+    host: str
+    port: int
+    conn: int
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "udp"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """Bytes for the transport to send to ``peer``."""
+
+    data: bytes
+    peer: Peer

@@ -1,0 +1,233 @@
+"""Test helpers: a running sipd in a subprocess and a tiny blocking SIP client.
+
+The daemon is a real process on real sockets; every test that starts one
+stops it (SIGTERM, then SIGKILL) even when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SIPD = [sys.executable, "-m", "sipd.cli"]
+
+
+def free_port() -> int:
+    """A port free for UDP and TCP on both 127.0.0.1 and ::1."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(fam, kind) as t:
+                        if fam == socket.AF_INET6:
+                            t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                        t.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def options(
+    uri: str = "sip:127.0.0.1",
+    *,
+    via_host: str = "127.0.0.1",
+    via_port: int = 5999,
+    transport: str = "UDP",
+    branch: str | None = None,
+    extra: str = "",
+    call_id: str | None = None,
+    method: str = "OPTIONS",
+    cseq: int = 1,
+) -> bytes:
+    branch = branch or "z9hG4bK" + secrets.token_hex(8)
+    call_id = call_id or secrets.token_hex(8)
+    host = f"[{via_host}]" if ":" in via_host else via_host
+    return (
+        f"{method} {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} {host}:{via_port};branch={branch};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:tester@example.com>;tag={secrets.token_hex(4)}\r\n"
+        "To: <sip:server@example.com>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        f"{extra}"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def status_of(data: bytes) -> int:
+    line = data.split(b"\r\n", 1)[0]
+    parts = line.split(b" ", 2)
+    assert parts[0] == b"SIP/2.0", data[:200]
+    return int(parts[1])
+
+
+def reason_of(data: bytes) -> str:
+    return data.split(b"\r\n", 1)[0].split(b" ", 2)[2].decode()
+
+
+class UdpClient:
+    def __init__(self, host: str, port: int, timeout: float = 2.0) -> None:
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(timeout)
+        self.server = (host, port)
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendto(data, self.server)
+
+    def recv(self) -> bytes:
+        data, _ = self.sock.recvfrom(70000)
+        return data
+
+    def request(self, data: bytes) -> bytes:
+        self.send(data)
+        return self.recv()
+
+    def expect_nothing(self, wait: float = 0.3) -> None:
+        self.sock.settimeout(wait)
+        try:
+            data = self.sock.recv(70000)
+        except TimeoutError:
+            return
+        finally:
+            self.sock.settimeout(2.0)
+        raise AssertionError(f"unexpected answer: {data[:200]!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class TcpClient:
+    def __init__(self, host: str, port: int, timeout: float = 2.0) -> None:
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect((host, port))
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv_message(self) -> bytes:
+        """One framed message (header block plus Content-Length bytes)."""
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head = self.buf[:end].decode("latin-1")
+                length = 0
+                for line in head.split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() in ("content-length", "l"):
+                        length = int(value)
+                total = end + 4 + length
+                if len(self.buf) >= total:
+                    msg, self.buf = self.buf[:total], self.buf[total:]
+                    return msg
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed by server")
+            self.buf += chunk
+
+    def recv_raw(self) -> bytes:
+        if self.buf:
+            data, self.buf = self.buf, b""
+            return data
+        return self.sock.recv(65536)
+
+    def is_closed(self, wait: float = 2.0) -> bool:
+        self.sock.settimeout(wait)
+        try:
+            return self.sock.recv(65536) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Daemon:
+    """A sipd subprocess listening on UDP and TCP, 127.0.0.1 and ::1."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log_path = log
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ping(self, host: str = "127.0.0.1") -> int:
+        c = UdpClient(host, self.port, timeout=1.0)
+        try:
+            return status_of(c.request(options(f"sip:{host if ':' not in host else f'[{host}]'}", via_host=host, via_port=c.port)))
+        finally:
+            c.close()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError("sipd did not stop on SIGTERM") from None
+        return self.proc.returncode
+
+
+@contextmanager
+def running_sipd(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    port = free_port()
+    log = tmp / f"sipd-{port}.log"
+    cmd = [*SIPD, "--no-mount", "--no-pam", "-c", str(tmp / "none.toml"),
+           "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}", "-r", "test.invalid", *args]
+    (tmp / "none.toml").write_text("")
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, **(env or {})})
+    daemon = Daemon(proc, port, log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"sipd exited with {proc.returncode}: {daemon.log}")
+            try:
+                daemon.ping()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"sipd did not answer: {daemon.log}") from None
+        yield daemon
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)

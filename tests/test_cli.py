@@ -1,0 +1,133 @@
+"""The sipd command: options, config file, exit codes, one-line errors, signals."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sipd.config import ConfigError, parse_listen
+
+from .sipclient import ROOT, SIPD, free_port, running_sipd
+
+
+def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SIPD, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert p.returncode == code, (p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("sipd: ")
+    assert text in lines[0], lines[0]
+    assert "Traceback" not in p.stderr
+
+
+def test_bad_option() -> None:
+    assert_one_line_error(run("--frobnicate"), 2, "unrecognized arguments: --frobnicate")
+
+
+def test_bad_listen_option() -> None:
+    assert_one_line_error(run("-l", "nonsense", "--check-config"), 1, "bad listen address")
+
+
+def test_missing_named_config(tmp_path: Path) -> None:
+    assert_one_line_error(run("-c", str(tmp_path / "absent.toml")), 1, "No such file or directory")
+
+
+def test_config_is_a_directory(tmp_path: Path) -> None:
+    assert_one_line_error(run("-c", str(tmp_path)), 1, "cannot read")
+
+
+def test_unreadable_config(tmp_path: Path) -> None:
+    path = tmp_path / "sipd.toml"
+    path.write_text('realm = "x"\n')
+    path.chmod(0)
+    # As root the mode does not stop reading; check as an unprivileged uid.
+    p = subprocess.run(
+        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+         *SIPD, "-c", str(path), "--check-config"],
+        capture_output=True, text=True, timeout=20, cwd=ROOT,
+    )
+    if "Operation not permitted" in p.stderr and "setpriv" in p.stderr:
+        pytest.skip("setpriv needs root")
+    assert_one_line_error(p, 1, "Permission denied")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("frob = 1\n", "unknown setting 'frob'"),
+        ("min_expires = -5\n", "min_expires must be a positive integer"),
+        ("sync = 'sometimes'\n", "sync must be one of"),
+        ("listen = ['udp:1.2.3:5060']\n", "bad listen address"),
+        ("realm = \n", "sipd.toml"),
+        ("min_expires = 7200\n", "min_expires (7200) is larger than max_expires"),
+    ],
+)
+def test_bad_config_values(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "sipd.toml"
+    path.write_text(text)
+    assert_one_line_error(run("-c", str(path), "--check-config"), 1, message)
+
+
+def test_check_config_prints_effective_settings(tmp_path: Path) -> None:
+    path = tmp_path / "sipd.toml"
+    path.write_text('realm = "example.org"\nmax_contacts = 4\n')
+    p = run("-c", str(path), "--check-config", "-l", "tcp:[::1]:5099", "--no-pam")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.splitlines()
+    assert 'realm = "example.org"' in out
+    assert "max_contacts = 4" in out
+    assert 'listen = ["tcp:[::1]:5099"]' in out
+    assert "pam = false" in out
+    assert "min_expires = 60" in out
+
+
+def test_defaults_without_config_file(tmp_path: Path) -> None:
+    # The default path is optional: absent means built-in defaults.
+    p = run("--check-config")
+    assert p.returncode == 0, p.stderr
+    assert 'listen = ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060", "udp:[::]:5060", "tcp:[::]:5060"]' in p.stdout
+
+
+def test_busy_port(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))
+        p = run("--no-mount", "--no-pam", "-c", "/dev/null", "-l", f"127.0.0.1:{port}")
+    assert_one_line_error(p, 1, f"cannot listen on udp:127.0.0.1:{port}: Address already in use")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+    with running_sipd(tmp_path) as daemon:
+        daemon.proc.send_signal(signal.SIGHUP)  # must not kill it
+        assert daemon.ping() == 200
+        daemon.proc.send_signal(sig)
+        assert daemon.proc.wait(10) == 0
+    log = daemon.log
+    assert "sipd stopped" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:5060", ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]),
+        ("udp:[::1]:5070", ["udp:[::1]:5070"]),
+        ("TCP:0.0.0.0:5061", ["tcp:0.0.0.0:5061"]),
+    ],
+)
+def test_parse_listen(text: str, expected: list[str]) -> None:
+    assert [str(a) for a in parse_listen(text)] == expected
+
+
+@pytest.mark.parametrize("text", ["localhost:5060", "[::1:5060", "1.2.3.4:0", "1.2.3.4", "udp:1.2.3.4:99999"])
+def test_parse_listen_rejects(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_listen(text)
