@@ -1,0 +1,1 @@
+"""trio transports and the daemon runner: the only code here that does I/O."""

@@ -1,0 +1,150 @@
+"""RFC 3261 §17 transaction timers (Table 4), with RFC 6026's L and M, as data.
+
+Every duration derives from the three base values T1, T2 and T4 through
+one table, :data:`TIMER_TABLE`, so a deployment that raises T1 for a slow
+link gets consistent A..M values and the table can be printed as is (in
+the man page, in ``/run/sr/status``).
+
+Timer C (the proxy's > 3 min INVITE guard, §16.6 step 11) belongs to the
+proxy, not to a transaction, so it is not here.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final, Literal
+
+
+class Timer(enum.StrEnum):
+    """The transaction timers, named as in RFC 3261 Table 4 and RFC 6026."""
+
+    A = "A"
+    B = "B"
+    D = "D"
+    E = "E"
+    F = "F"
+    G = "G"
+    H = "H"
+    I = "I"  # noqa: E741 - the RFC's name
+    J = "J"
+    K = "K"
+    L = "L"
+    M = "M"
+
+
+#: What a duration is a multiple of: one of the base timers, or plain seconds.
+Base = Literal["T1", "T2", "T4", "s"]
+
+
+class Growth(enum.Enum):
+    """How a retransmission timer's interval changes after it fires."""
+
+    #: A one-shot timer: it fires once and is not re-armed.
+    ONCE = "once"
+    #: Timer A: the interval doubles every time, without a cap (§17.1.1.2).
+    DOUBLE = "double"
+    #: Timers E and G: the interval doubles up to T2 (§17.1.2.2, §17.2.1).
+    DOUBLE_TO_T2 = "double-to-T2"
+
+
+@dataclass(frozen=True, slots=True)
+class TimerRule:
+    """One row of the timer table.
+
+    ``unreliable`` and ``reliable`` are ``(factor, base)`` pairs; a
+    ``reliable`` of None means the timer is not armed at all on a reliable
+    transport (retransmissions are the transport's job there). ``minimum``
+    is a floor in seconds: Timer D must outlast the server's retransmissions
+    of the final response (Timer H, 64*T1) and the RFC also asks for at least
+    32 s, so whichever is larger applies.
+    """
+
+    timer: Timer
+    unreliable: tuple[float, Base]
+    reliable: tuple[float, Base] | None
+    growth: Growth
+    minimum: float
+    section: str
+    purpose: str
+
+
+_ONCE, _DOUBLE, _TO_T2 = Growth.ONCE, Growth.DOUBLE, Growth.DOUBLE_TO_T2
+
+# fmt: off
+_ROWS = (
+    #         timer    unreliable   reliable    growth  floor  section         purpose
+    TimerRule(Timer.A, (1, "T1"),   None,       _DOUBLE, 0.0, "17.1.1.2",     "INVITE request retransmit interval"),
+    TimerRule(Timer.B, (64, "T1"),  (64, "T1"), _ONCE,   0.0, "17.1.1.2",     "INVITE transaction timeout"),
+    TimerRule(Timer.D, (64, "T1"),  (0, "s"),   _ONCE,  32.0, "17.1.1.2",     "wait for response retransmissions"),
+    TimerRule(Timer.E, (1, "T1"),   None,       _TO_T2,  0.0, "17.1.2.2",     "non-INVITE request retransmit interval"),
+    TimerRule(Timer.F, (64, "T1"),  (64, "T1"), _ONCE,   0.0, "17.1.2.2",     "non-INVITE transaction timeout"),
+    TimerRule(Timer.G, (1, "T1"),   None,       _TO_T2,  0.0, "17.2.1",       "INVITE response retransmit interval"),
+    TimerRule(Timer.H, (64, "T1"),  (64, "T1"), _ONCE,   0.0, "17.2.1",       "wait for ACK receipt"),
+    TimerRule(Timer.I, (1, "T4"),   (0, "s"),   _ONCE,   0.0, "17.2.1",       "wait for ACK retransmissions"),
+    TimerRule(Timer.J, (64, "T1"),  (0, "s"),   _ONCE,   0.0, "17.2.2",       "wait for non-INVITE request retransmissions"),
+    TimerRule(Timer.K, (1, "T4"),   (0, "s"),   _ONCE,   0.0, "17.1.2.2",     "wait for non-INVITE response retransmissions"),
+    TimerRule(Timer.L, (64, "T1"),  (64, "T1"), _ONCE,   0.0, "RFC 6026 7.1", "wait for accepted INVITE request retransmissions"),
+    TimerRule(Timer.M, (64, "T1"),  (64, "T1"), _ONCE,   0.0, "RFC 6026 7.2", "wait for 2xx retransmissions and other forks' 2xx"),
+)
+# fmt: on
+
+#: The timer table, by timer name.
+TIMER_TABLE: Final[Mapping[Timer, TimerRule]] = MappingProxyType({r.timer: r for r in _ROWS})
+
+
+@dataclass(frozen=True, slots=True)
+class Timers:
+    """The base values (seconds) from which every transaction timer derives.
+
+    Defaults are RFC 3261's: T1 is the round-trip estimate, T2 the longest
+    retransmit interval for non-INVITE requests and INVITE responses, T4 the
+    longest a message stays in the network.
+    """
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+
+    def __post_init__(self) -> None:
+        # A zero T1 would make every retransmission timer fire in a loop.
+        if not (self.t1 > 0 and self.t2 > 0 and self.t4 > 0):
+            raise ValueError("T1, T2 and T4 must be positive")
+        if self.t2 < self.t1:
+            raise ValueError("T2 must not be smaller than T1")
+
+    def _value(self, amount: tuple[float, Base]) -> float:
+        factor, base = amount
+        unit = {"T1": self.t1, "T2": self.t2, "T4": self.t4, "s": 1.0}[base]
+        return factor * unit
+
+    def duration(self, timer: Timer, reliable: bool) -> float | None:
+        """The initial duration of ``timer``; None if it is not armed.
+
+        A duration of 0 means "at once": the transaction leaves the state
+        without waiting (Timers D, I, J, K on reliable transports).
+        """
+        rule = TIMER_TABLE[timer]
+        amount = rule.reliable if reliable else rule.unreliable
+        if amount is None:
+            return None
+        value = self._value(amount)
+        return max(value, rule.minimum) if value > 0 else 0.0
+
+    def next_interval(self, timer: Timer, interval: float) -> float:
+        """The interval after a retransmission timer that ran ``interval`` fired."""
+        growth = TIMER_TABLE[timer].growth
+        if growth is Growth.DOUBLE:
+            return 2 * interval
+        if growth is Growth.DOUBLE_TO_T2:
+            return min(2 * interval, self.t2)
+        return interval
+
+    def table(self, reliable: bool) -> dict[Timer, float | None]:
+        """Every timer's initial duration for one kind of transport."""
+        return {t: self.duration(t, reliable) for t in TIMER_TABLE}
+
+
+__all__ = ["TIMER_TABLE", "Base", "Growth", "Timer", "TimerRule", "Timers"]
