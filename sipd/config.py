@@ -128,6 +128,21 @@ def _string_list(name: str) -> Callable[[Any], tuple[str, ...]]:
     return check
 
 
+def _algorithms(value: Any) -> tuple[str, ...]:
+    names = _string_list("auth_algorithms")(value)
+    out = []
+    for name in names:
+        canonical = {"md5": "MD5", "sha-256": "SHA-256"}.get(name.lower())
+        if canonical is None:
+            raise ConfigError(f"auth_algorithms: {name!r} is not MD5 or SHA-256")
+        if canonical in out:
+            raise ConfigError(f"auth_algorithms: {canonical} given twice")
+        out.append(canonical)
+    if not out:
+        raise ConfigError("auth_algorithms must name at least one algorithm")
+    return tuple(out)
+
+
 def _listen(value: Any) -> tuple[ListenAddress, ...]:
     out: list[ListenAddress] = []
     for item in _string_list("listen")(value):
@@ -175,6 +190,7 @@ class Settings:
     group: str = "sip"
     pam_service: str = "sipd"
     pam: bool = True
+    auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     log_level: str = "info"
     min_expires: int = 60
     max_expires: int = 3600
@@ -208,6 +224,10 @@ KEYS: tuple[Key, ...] = (
     Key("group", _string("group"), "UNIX group whose members may use SIP (default sip)"),
     Key("pam_service", _string("pam_service"), "PAM service for the account check (default sipd)"),
     Key("pam", _bool("pam"), "run the PAM account check (default true)"),
+    Key("auth_algorithms", _algorithms,
+        "digest algorithms offered, one challenge each, in this order (default MD5, SHA-256: "
+        "clients that read only the first challenge, such as sipp and many older phones, "
+        "need MD5 first)"),
     Key("log_level", _log_level, "debug, info, warning or error (default info)"),
     Key("min_expires", _positive_int("min_expires"), "shortest registration accepted, seconds (60)"),
     Key("max_expires", _positive_int("max_expires"), "longest registration granted, seconds (3600)"),

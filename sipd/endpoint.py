@@ -15,17 +15,25 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
+from srfs.location import LocationStore
+
 from .peer import Outgoing, Peer
-from .server import Server
+from .persistence import Persistence
+from .server import Reply, Server
 from .sip.errors import ParseError, SipError
 from .sip.framing import FramingError
 from .sip.headers import Via
 from .sip.message import Request, Response, make_response, parse
 from .sip.transaction import (
+    Event,
     RequestReceived,
     Send,
+    ServerTransaction,
     TransactionLayer,
 )
+from .work import Defer, Job, Outcome
+
+Action = Outgoing | Job
 
 log = logging.getLogger("sipd.endpoint")
 
@@ -42,6 +50,7 @@ class EndpointStats:
     bad_requests: int = 0
     bad_responses_dropped: int = 0
     unanswerable_dropped: int = 0
+    expired: int = 0
 
 
 def reply_peer(via: Via, peer: Peer) -> Peer:
@@ -79,22 +88,57 @@ def stamp_via(req: Request, peer: Peer) -> Via:
 
 
 class Endpoint:
+    """The SIP side of the daemon with every piece of state it owns.
+
+    ``now`` is a monotonic clock (transaction timers); the wall clock,
+    which registrations expire by and which nonces carry, is ``now +
+    wall_offset``: the I/O layer keeps the offset current, tests set it.
+    """
+
     def __init__(
         self,
         server: Server,
         *,
         max_message_size: int,
         transactions: TransactionLayer | None = None,
+        store: LocationStore | None = None,
+        persistence: Persistence | None = None,
     ) -> None:
         self.server = server
         self.max_message_size = max_message_size
         self.transactions = transactions or TransactionLayer()
+        self.store = store
+        self.persistence = persistence
+        self.wall_offset = 0.0
         self.stats = EndpointStats()
         self.transport_stats: Any = None
+        self._pending: list[Action] = []
+
+    def wall(self, now: float) -> float:
+        return now + self.wall_offset
+
+    def emit(self, action: Action) -> None:
+        """Queue background work from a subscriber; sent with the next output."""
+        self._pending.append(action)
+
+    def _drain(self, out: list[Action], now: float) -> list[Action]:
+        if self.persistence is not None:
+            out.extend(self.persistence.jobs(now, self.wall(now)))
+        if self._pending:
+            out.extend(self._pending)
+            self._pending = []
+        return out
+
+    def take_pending(self, now: float) -> list[Action]:
+        """Background work queued outside a receive or timer (start-up)."""
+        return self._drain([], now)
 
     # -------------------------------------------------------------- input
 
-    def receive(self, data: bytes, peer: Peer, now: float) -> list[Outgoing]:
+    def receive(self, data: bytes, peer: Peer, now: float) -> list[Action]:
+        return self._drain(self._receive(data, peer, now), now)
+
+    def _receive(self, data: bytes, peer: Peer, now: float) -> list[Action]:
         if not data.strip(b"\r\n"):
             # RFC 5626 keep-alives over UDP and stray CRLFs: nothing to answer.
             self.stats.keepalives += 1
@@ -111,14 +155,14 @@ class Endpoint:
             return self._response(msg, peer, now)
         return self._request(msg, peer, now)
 
-    def framing_error(self, error: FramingError, peer: Peer, now: float) -> list[Outgoing]:
+    def framing_error(self, error: FramingError, peer: Peer, now: float) -> list[Action]:
         """A TCP stream that cannot be framed; the transport closes it after this."""
-        return self._unparsable(error, peer)
+        return list(self._unparsable(error, peer))
 
     def connection_closed(self, peer: Peer) -> None:
         """A TCP connection ended; nothing holds connections yet."""
 
-    def _unparsable(self, exc: ParseError, peer: Peer) -> list[Outgoing]:
+    def _unparsable(self, exc: ParseError, peer: Peer) -> list[Action]:
         partial = exc.message
         if isinstance(partial, Request) and partial.method != "ACK":
             out = self._stateless_error(partial, peer, exc)
@@ -128,7 +172,7 @@ class Endpoint:
         log.debug("dropped %s input from %s: %s", "unanswerable" if partial else "non-SIP", peer, exc.reason)
         return []
 
-    def _stateless_error(self, req: Request, peer: Peer, exc: SipError) -> list[Outgoing]:
+    def _stateless_error(self, req: Request, peer: Peer, exc: SipError) -> list[Action]:
         """Answer a broken request without a transaction, if its Via allows."""
         try:
             via = stamp_via(req, peer)
@@ -140,7 +184,7 @@ class Endpoint:
         resp = make_response(req, exc.status, exc.reason, exc.headers)
         return self._out(resp.to_bytes(), reply_peer(via, peer))
 
-    def _request(self, req: Request, peer: Peer, now: float) -> list[Outgoing]:
+    def _request(self, req: Request, peer: Peer, now: float) -> list[Action]:
         self.stats.requests_in += 1
         try:
             via = stamp_via(req, peer)
@@ -158,7 +202,7 @@ class Endpoint:
         events = self.transactions.receive_request(req, dest, dest.reliable, now)
         return self._run(events, now)
 
-    def _response(self, resp: Response, peer: Peer, now: float) -> list[Outgoing]:
+    def _response(self, resp: Response, peer: Peer, now: float) -> list[Action]:
         self.stats.responses_in += 1
         try:
             resp.validate()
@@ -169,41 +213,63 @@ class Endpoint:
 
     # -------------------------------------------------------------- timers
 
-    def handle_timer(self, now: float) -> list[Outgoing]:
-        return self._run(self.transactions.handle_timer(now), now)
+    def handle_timer(self, now: float) -> list[Action]:
+        out = self._run(self.transactions.handle_timer(now), now)
+        if self.store is not None:
+            expired = self.store.expire(self.wall(now))
+            self.stats.expired += len(expired)
+            for change in expired:
+                log.info("registration expired: %s %s", change.binding.aor, change.binding.contact)
+        return self._drain(out, now)
 
     def get_timer(self) -> float | None:
-        return self.transactions.get_timer()
+        deadlines = [self.transactions.get_timer()]
+        if self.store is not None:
+            expiry = self.store.next_expiry()
+            if expiry is not None:
+                deadlines.append(expiry - self.wall_offset)
+        if self.persistence is not None:
+            deadlines.append(self.persistence.next_deadline())
+        found = [d for d in deadlines if d is not None]
+        return min(found) if found else None
 
     # ------------------------------------------------------- events to bytes
 
-    def _run(self, events: list[Any], now: float) -> list[Outgoing]:
-        out: list[Outgoing] = []
-        queue = list(events)
-        while queue:
-            event = queue.pop(0)
+    def _run(self, events: list[Event], now: float) -> list[Action]:
+        out: list[Action] = []
+        for event in events:
             if isinstance(event, Send):
                 dest = event.dest
                 assert isinstance(dest, Peer)
                 out.extend(self._out(event.message.to_bytes(), dest))
             elif isinstance(event, RequestReceived):
-                queue.extend(self._deliver(event, now))
+                out.extend(self._deliver(event, now))
         return out
 
-    def _deliver(self, event: RequestReceived, now: float) -> list[Any]:
+    def _deliver(self, event: RequestReceived, now: float) -> list[Action]:
         req = event.request
         txn = event.txn
         if txn is None:
             # An ACK to a 2xx: end to end, nothing for the server to do yet.
             return []
         if req.method == "CANCEL":
-            return self.transactions.server_respond(txn, self._cancel(req), now)
+            return self._respond(txn, self._cancel(req), now)
         source = txn.source
         assert isinstance(source, Peer)
-        resp = self.server.handle_request(req, source, now)
-        if resp is None:
+        return self._respond(txn, self.server.handle_request(req, source, self.wall(now)), now)
+
+    def _respond(self, txn: ServerTransaction, reply: Reply, now: float) -> list[Action]:
+        if reply is None:
             return []
-        return self.transactions.server_respond(txn, resp, now)
+        if isinstance(reply, Defer):
+            defer = reply
+
+            def done(outcome: Outcome, later: float) -> list[Action]:
+                answer = self.server.guard(txn.request, lambda: defer.then(outcome, self.wall(later)))
+                return self._drain(self._respond(txn, answer, later), later)
+
+            return [Job(defer.run, done, name=defer.name)]
+        return self._run(self.transactions.server_respond(txn, reply, now), now)
 
     def _cancel(self, cancel: Request) -> Response:
         """RFC 3261 §9.2: 200 if the INVITE is known, else 481."""
@@ -214,7 +280,7 @@ class Endpoint:
         # to terminate with 487.
         return Server.reply(cancel, 200, "OK")
 
-    def _out(self, data: bytes, peer: Peer) -> list[Outgoing]:
+    def _out(self, data: bytes, peer: Peer) -> list[Action]:
         self.stats.messages_out += 1
         return [Outgoing(data, peer)]
 

@@ -2,54 +2,91 @@
 
 Checks run in the order of RFC 3261 §16.3 and §8.2, so the answer to a
 request with several problems is the one the RFC names first: URI scheme
-(416), Max-Forwards (483), Proxy-Require/Require (420), then the method.
-Syntax (400) and version (505) were settled before, by the endpoint.
+(416), Max-Forwards (483), Proxy-Require (420), then the method. Syntax
+(400) and version (505) were settled before, by the endpoint.
+
+An answer is a :class:`Response`, a :class:`~sipd.work.Defer` when blocking
+work (NSS, PAM, ``~/.sr``) must happen first, or None (ACK).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
+from srfs.directory import Account, Directory
+
+from .auth import Authenticator
+from .digest import AuthResult, Credentials
 from .identity import LocalIdentity
 from .peer import Peer
+from .persistence import Persistence
+from .registrar import REGISTRAR_EXTENSIONS, Registrar, aor_of
 from .sip.errors import SipError
 from .sip.message import Request, Response, make_response
 from .sip.uri import SipURI, TelURI
+from .work import Defer, Outcome
 
-#: Methods this server handles today (the Allow header); any other request,
-#: REGISTER and INVITE included until the registrar and proxy land, gets 501.
-ALLOWED_METHODS = ("OPTIONS", "ACK", "CANCEL")
-#: Option tags (RFC 3261 §19.2) the server implements; empty until the
-#: registrar brings "path" and "outbound".
-SUPPORTED_EXTENSIONS: tuple[str, ...] = ()
+log = logging.getLogger("sipd.server")
+
+Reply: TypeAlias = "Response | Defer | None"
 
 
 @dataclass
 class ServerStats:
     options_answered: int = 0
+    registers: int = 0
+    registers_ok: int = 0
     not_implemented: int = 0
     rejected: int = 0
 
 
-class Server:
-    def __init__(self, identity: LocalIdentity) -> None:
-        self.identity = identity
-        self.stats = ServerStats()
+@dataclass
+class Registration:
+    """What REGISTER needs: the registrar and its helpers."""
 
-    def handle_request(self, req: Request, peer: Peer, now: float) -> Response | None:
-        """The final response for ``req``, or None when none is due (ACK)."""
+    registrar: Registrar
+    auth: Authenticator
+    directory: Directory
+    persistence: Persistence | None = None
+    write_through: bool = True
+
+
+class Server:
+    def __init__(self, identity: LocalIdentity, registration: Registration | None = None) -> None:
+        self.identity = identity
+        self.registration = registration
+        self.stats = ServerStats()
+        methods = ["OPTIONS", "ACK", "CANCEL"]
+        extensions: list[str] = []
+        if registration is not None:
+            methods.insert(0, "REGISTER")
+            extensions.extend(REGISTRAR_EXTENSIONS)
+        #: The Allow header: what this server handles. Anything else gets 501.
+        self.allowed_methods = tuple(methods)
+        #: Option tags (RFC 3261 §19.2) the server implements.
+        self.extensions = tuple(extensions)
+
+    def handle_request(self, req: Request, peer: Peer, wall: float) -> Reply:
+        """The answer to ``req``; ``wall`` is the wall-clock time."""
         if req.method == "ACK":
             # An ACK for our own non-2xx was absorbed by its transaction; any
             # other ACK has no transaction to confirm and gets no answer.
             return None
+        return self.guard(req, lambda: self._answer(req, peer, wall))
+
+    def guard(self, req: Request, answer: Callable[[], Reply]) -> Reply:
+        """Turn a SipError raised while answering into its response."""
         try:
-            return self._answer(req)
+            return answer()
         except SipError as exc:
             self.stats.rejected += 1
             return self.reply(req, exc.status, exc.reason, exc.headers)
 
-    def _answer(self, req: Request) -> Response:
+    def _answer(self, req: Request, peer: Peer, wall: float) -> Reply:
         uri = req.uri
         if not isinstance(uri, (SipURI, TelURI)):
             raise SipError(416, "Unsupported URI Scheme")
@@ -61,26 +98,27 @@ class Server:
             self._check_extensions(req, "Require")
             self.stats.options_answered += 1
             return self.reply(req, 200, "OK", self.capabilities())
+        if req.method == "REGISTER" and self.registration is not None:
+            self.stats.registers += 1
+            return self._register(req, self.registration, peer, wall)
         self.stats.not_implemented += 1
-        return self.reply(req, 501, "Not Implemented", (("Allow", ", ".join(ALLOWED_METHODS)),))
+        return self.reply(req, 501, "Not Implemented", (("Allow", ", ".join(self.allowed_methods)),))
 
     def _addressed_to_server(self, req: Request) -> bool:
         uri = req.uri
         return isinstance(uri, SipURI) and uri.user is None and self.identity.is_local_host(uri.host)
 
-    @staticmethod
-    def _check_extensions(req: Request, header: str) -> None:
-        unsupported = [t for t in req.tokens(header) if t.lower() not in SUPPORTED_EXTENSIONS]
+    def _check_extensions(self, req: Request, header: str) -> None:
+        unsupported = [t for t in req.tokens(header) if t.lower() not in self.extensions]
         if unsupported:
             raise SipError(420, "Bad Extension", (("Unsupported", ", ".join(unsupported)),))
 
-    @staticmethod
-    def capabilities() -> tuple[tuple[str, str], ...]:
+    def capabilities(self) -> tuple[tuple[str, str], ...]:
         return (
-            ("Allow", ", ".join(ALLOWED_METHODS)),
+            ("Allow", ", ".join(self.allowed_methods)),
             # The server forwards bodies untouched, so it accepts any type.
             ("Accept", "*/*"),
-            ("Supported", ", ".join(SUPPORTED_EXTENSIONS)),
+            ("Supported", ", ".join(self.extensions)),
         )
 
     @staticmethod
@@ -90,3 +128,78 @@ class Server:
         return make_response(
             req, status, reason, (("Server", "sipd"), *headers), to_tag=secrets.token_hex(5)
         )
+
+    # ------------------------------------------------------------ REGISTER
+
+    def _register(self, req: Request, reg: Registration, peer: Peer, wall: float) -> Reply:
+        """RFC 3261 §10.3 steps 1–5: domain, authentication, who owns the AOR."""
+        uri = req.uri
+        if not isinstance(uri, SipURI) or not self.identity.is_local_host(uri.host):
+            raise SipError(403, "Not a local domain")
+        to_uri = req.to.uri
+        if isinstance(to_uri, SipURI):
+            if not self.identity.is_local_domain(to_uri):
+                raise SipError(403, "To is not in a local domain")
+        elif not isinstance(to_uri, TelURI):
+            raise SipError(400, "To must be a sip:, sips: or tel: URI")
+        aor = aor_of(to_uri)
+        if not aor:
+            raise SipError(400, "To has no user part")
+        creds = reg.auth.credentials(req, "Authorization")
+        if creds is None:
+            return self.reply(req, 401, "Unauthorized", reg.auth.challenge_headers(False, wall))
+        if reg.auth.throttled(creds, peer, wall):
+            raise SipError(403, "Too many failed attempts")
+        name = creds.username
+        directory = reg.directory
+        return Defer(
+            lambda: directory.account(name, peer.host),
+            lambda outcome, wall2: self.guard(
+                req, lambda: self._register_checked(req, reg, creds, aor, outcome, peer, wall2)
+            ),
+            name=f"account {name}",
+        )
+
+    def _register_checked(
+        self,
+        req: Request,
+        reg: Registration,
+        creds: Credentials,
+        aor: str,
+        outcome: Outcome,
+        peer: Peer,
+        wall: float,
+    ) -> Reply:
+        if outcome.error is not None:
+            log.error("cannot look up user %r: %s", creds.username[:64], outcome.error)
+            raise SipError(500, "User database unavailable")
+        account: Account | None = outcome.value
+        result = reg.auth.check(creds, req, account, peer, wall)
+        if result is not AuthResult.OK:
+            stale = result is AuthResult.STALE
+            return self.reply(req, 401, "Unauthorized", reg.auth.challenge_headers(False, wall, stale))
+        assert account is not None
+        user = account.user.name
+        if aor != user:
+            log.warning('register refused: user "%s" from %s may not register %r', user, peer.host,
+                        aor[:64])
+            raise SipError(403, "Not allowed to register this address")
+        if not req.values("Contact"):
+            return self._ok(req, reg.registrar.fetch(aor, req, wall).headers)
+        result_ = reg.registrar.register(req, aor, user, peer, wall)
+        if not result_.changes or reg.persistence is None or not reg.write_through:
+            return self._ok(req, result_.headers)
+        headers = result_.headers
+        persist = reg.persistence
+
+        def saved(outcome: Outcome, wall2: float) -> Reply:
+            persist.record(user, outcome)
+            if outcome.error is not None:
+                raise SipError(500, "Cannot save the registration")
+            return self._ok(req, headers)
+
+        return Defer(persist.sync(user, wall), saved, name=f"save {user}")
+
+    def _ok(self, req: Request, headers: tuple[tuple[str, str], ...]) -> Response:
+        self.stats.registers_ok += 1
+        return self.reply(req, 200, "OK", headers)

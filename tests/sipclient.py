@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .unixusers import FakeUnix
+
 ROOT = Path(__file__).resolve().parents[1]
 SIPD = [sys.executable, "-m", "sipd.cli"]
 
@@ -153,6 +155,19 @@ class TcpClient:
             return data
         return self.sock.recv(65536)
 
+    def read_until_closed(self, wait: float = 3.0) -> bytes | None:
+        """Everything the server sends until it closes; None if it does not close."""
+        self.sock.settimeout(wait)
+        data = self.buf
+        try:
+            while chunk := self.sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            return None
+        return data
+
     def is_closed(self, wait: float = 2.0) -> bool:
         self.sock.settimeout(wait)
         try:
@@ -201,15 +216,20 @@ class Daemon:
 
 
 @contextmanager
-def running_sipd(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
-    port = free_port()
+def running_sipd(
+    tmp: Path, *args: str, unix: FakeUnix, pam: bool = False, port: int | None = None
+) -> Iterator[Daemon]:
+    """sipd under the fake users' NSS (and PAM), utmp/wtmp in ``tmp``."""
+    port = port or free_port()
     log = tmp / f"sipd-{port}.log"
-    cmd = [*SIPD, "--no-mount", "--no-pam", "-c", str(tmp / "none.toml"),
+    cmd = [*SIPD, "--no-mount", "-c", str(tmp / "none.toml"),
            "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}", "-r", "test.invalid", *args]
+    if not pam:
+        cmd.append("--no-pam")
     (tmp / "none.toml").write_text("")
+    env = {**unix.env, "SIPD_WTMP": str(tmp / "wtmp"), "SIPD_UTMP": str(tmp / "utmp")}
     with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     daemon = Daemon(proc, port, log)
     try:
         deadline = time.monotonic() + 20

@@ -11,6 +11,7 @@ import pytest
 
 from sipd.config import ConfigError, parse_listen
 
+from .unixusers import FakeUnix
 from .sipclient import ROOT, SIPD, free_port, running_sipd
 
 
@@ -99,13 +100,29 @@ def test_busy_port(tmp_path: Path) -> None:
     port = free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", port))
-        p = run("--no-mount", "--no-pam", "-c", "/dev/null", "-l", f"127.0.0.1:{port}")
+        p = run("--no-mount", "--no-pam", "-g", "root", "-c", "/dev/null", "-l", f"127.0.0.1:{port}")
     assert_one_line_error(p, 1, f"cannot listen on udp:127.0.0.1:{port}: Address already in use")
 
 
+def test_missing_group_refused() -> None:
+    p = run("--no-mount", "--no-pam", "-g", "no-such-group-here", "-c", "/dev/null",
+            "-l", f"127.0.0.1:{free_port()}")
+    assert_one_line_error(p, 1, "group 'no-such-group-here' does not exist")
+
+
+def test_missing_pam_service_refused(unix: FakeUnix) -> None:
+    # libpam would fall back to "other", which lets non-members in.
+    p = subprocess.run(
+        [*SIPD, "--no-mount", "--pam-service", "no-such-service", "-c", "/dev/null",
+         "-l", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=20, cwd=ROOT, env=unix.env,
+    )
+    assert_one_line_error(p, 1, "no-such-service is missing")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
-    with running_sipd(tmp_path) as daemon:
+def test_signal_stops_cleanly(tmp_path: Path, sig: signal.Signals, unix: FakeUnix) -> None:
+    with running_sipd(tmp_path, unix=unix) as daemon:
         daemon.proc.send_signal(signal.SIGHUP)  # must not kill it
         assert daemon.ping() == 200
         daemon.proc.send_signal(sig)

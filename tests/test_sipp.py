@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from .unixusers import FakeUnix
 from .sipclient import Daemon, free_port, running_sipd
 
 SCENARIO = Path(__file__).parent / "sipp" / "options.xml"
@@ -17,10 +18,10 @@ pytestmark = pytest.mark.sipp
 
 
 @pytest.fixture(scope="module")
-def sipd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def sipd(tmp_path_factory: pytest.TempPathFactory, unix: FakeUnix) -> Iterator[Daemon]:
     if shutil.which("sipp") is None:
         pytest.fail("sipp is not installed: run 'make setup' (Debian package sip-tester)")
-    with running_sipd(tmp_path_factory.mktemp("sipp")) as daemon:
+    with running_sipd(tmp_path_factory.mktemp("sipp"), unix=unix) as daemon:
         yield daemon
 
 

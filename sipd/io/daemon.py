@@ -1,21 +1,46 @@
-"""The daemon: ordered start-up, one trio loop, signals, systemd readiness."""
+"""The daemon: ordered start-up, one trio loop, signals, systemd readiness.
+
+Start-up order: check PAM and the SIP group, bind every socket, close
+utmp lines a crash left open, reload every SIP user's ``~/.sr/usrloc``,
+then serve and tell systemd READY=1. Any failure before serving is one
+clear line and exit status 1. SIGTERM/SIGINT write what is not on disk
+yet, record the logouts, close the sockets and exit 0.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
+import time
+from dataclasses import dataclass
 
 import trio
 
+from srfs import users
+from srfs.directory import Directory
+from srfs.home import HomeError
+from srfs.location import LocationStore
+from srfs.usrloc import UsrlocFiles
+from srfs.wtmp import UNAVAILABLE_REASON, LoginRecorder, WtmpError
+
+from ..auth import Authenticator
 from ..config import Settings
+from ..digest import NonceManager
 from ..endpoint import Endpoint
 from ..identity import build_identity
-from ..server import Server
-from .transport import Transports, bind_sockets
+from ..persistence import Persistence, WtmpSessions
+from ..registrar import Registrar, RegistrarPolicy
+from ..server import Registration, Server
+from ..work import run_inline
+from .transport import StartupError, Transports, bind_sockets
 
 log = logging.getLogger("sipd")
+
+WTMP_PATH = os.environ.get("SIPD_WTMP", "/var/log/wtmp")
+UTMP_PATH = os.environ.get("SIPD_UTMP", "/var/run/utmp")
 
 
 def notify_systemd(state: str) -> None:
@@ -33,39 +58,136 @@ def notify_systemd(state: str) -> None:
         log.warning("cannot notify systemd: %s", exc)
 
 
-def build_endpoint(settings: Settings, ports: set[int], hosts: list[str]) -> Endpoint:
+def check_accounts(settings: Settings) -> None:
+    """Refuse to start where users would be let in by mistake."""
+    if not users.group_exists(settings.group):
+        raise StartupError(
+            f"group {settings.group!r} does not exist: create it (groupadd {settings.group}) "
+            "or name another with --group"
+        )
+    if settings.pam:
+        try:
+            users.load_libpam()
+        except users.PamUnavailable as exc:
+            raise StartupError(f"PAM is unavailable: {exc}; run with --no-pam to skip it") from None
+        if not users.pam_service_exists(settings.pam_service):
+            # libpam would fall back to /etc/pam.d/other, which lets in
+            # users outside the SIP group.
+            raise StartupError(
+                f"PAM service file {users.pam_service_path(settings.pam_service)} is missing: "
+                "install pam/sipd there (make setup does) or run with --no-pam"
+            )
+
+
+@dataclass
+class Daemon:
+    """Everything one running sipd owns."""
+
+    settings: Settings
+    endpoint: Endpoint
+    store: LocationStore
+    persistence: Persistence
+    wtmp: WtmpSessions | None
+
+
+def build(settings: Settings, ports: set[int], hosts: list[str]) -> Daemon:
     realm = settings.effective_realm()
     identity = build_identity(realm, settings.domains, hosts, ports)
-    server = Server(identity)
-    return Endpoint(server, max_message_size=settings.max_message_size)
+    store = LocationStore()
+    persistence = Persistence(
+        store, UsrlocFiles(),
+        write_through=settings.sync == "write-through",
+        flush_interval=settings.flush_interval,
+    )
+    registration = Registration(
+        registrar=Registrar(
+            RegistrarPolicy(
+                min_expires=settings.min_expires,
+                max_expires=settings.max_expires,
+                default_expires=settings.default_expires,
+                max_contacts=settings.max_contacts,
+                overflow=settings.overflow,
+            ),
+            store,
+        ),
+        auth=Authenticator(realm, NonceManager(secrets.token_bytes(32)),
+                           algorithms=settings.auth_algorithms),
+        directory=Directory(realm, settings.group, settings.pam_service if settings.pam else None),
+        persistence=persistence,
+        write_through=settings.sync == "write-through",
+    )
+    endpoint = Endpoint(
+        Server(identity, registration),
+        max_message_size=settings.max_message_size,
+        store=store,
+        persistence=persistence,
+    )
+    wtmp: WtmpSessions | None = None
+    if settings.wtmp:
+        if UNAVAILABLE_REASON is not None:
+            log.warning("wtmp disabled: %s", UNAVAILABLE_REASON)
+        else:
+            try:
+                recorder = LoginRecorder(WTMP_PATH, UTMP_PATH)
+                closed = recorder.close_stale(time.time())
+                if closed:
+                    log.info("closed %d utmp line(s) left open by an earlier run", closed)
+                wtmp = WtmpSessions(store, recorder, endpoint.emit)
+            except (WtmpError, OSError) as exc:
+                log.warning("wtmp disabled: %s", exc)
+    return Daemon(settings, endpoint, store, persistence, wtmp)
+
+
+def reload_registrations(daemon: Daemon) -> None:
+    """Read back every SIP user's usrloc, dropping what expired meanwhile."""
+    started = time.monotonic()
+    now = time.time()
+    count = 0
+    members = users.members(daemon.settings.group)
+    for user in members:
+        try:
+            bindings, problems = UsrlocFiles.load(user, now)
+        except HomeError as exc:
+            log.warning("not reloading registrations of %s: %s", user.name, exc.reason)
+            continue
+        for problem in problems:
+            log.warning("%s's usrloc: %s", user.name, problem)
+        for b in bindings:
+            if b.user != user.name:
+                continue
+            daemon.store.upsert(b)
+            count += 1
+    # What was just read is what is on disk: nothing to write back.
+    daemon.persistence.forget_changes()
+    log.info("reloaded %d registration(s) of %d SIP user(s) in %.2f s", count, len(members),
+             time.monotonic() - started)
 
 
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT. Start-up failures raise StartupError."""
+    check_accounts(settings)
     bound = bind_sockets(settings.listen, skip_unavailable_ipv6=settings.listen_is_default)
     try:
-        endpoint = build_endpoint(
-            settings,
-            ports={addr.port for addr, _ in bound},
-            hosts=[addr.host for addr, _ in bound],
-        )
+        daemon = build(settings, ports={a.port for a, _ in bound}, hosts=[a.host for a, _ in bound])
         transports = Transports(
-            endpoint,
+            daemon.endpoint,
             max_message_size=settings.max_message_size,
             tcp_max_connections=settings.tcp_max_connections,
             tcp_idle_timeout=settings.tcp_idle_timeout,
             tcp_message_timeout=settings.tcp_message_timeout,
         )
-        endpoint.transport_stats = transports.stats
+        daemon.endpoint.transport_stats = transports.stats
+        await trio.to_thread.run_sync(reload_registrations, daemon)
     except BaseException:
         for _, sock in bound:
             sock.close()
         raise
     async with trio.open_nursery() as nursery:
         await nursery.start(transports.serve, bound)
+        transports.send(daemon.endpoint.take_pending(trio.current_time()))
         log.info(
-            "sipd ready: realm %s, listening on %s",
-            settings.effective_realm(),
+            "sipd ready: realm %s, group %s, listening on %s",
+            settings.effective_realm(), settings.group,
             ", ".join(str(a) for a, _ in bound),
         )
         notify_systemd("READY=1")
@@ -74,7 +196,16 @@ async def run(settings: Settings) -> None:
         nursery.cancel_scope.cancel()
     for _, sock in bound:
         sock.close()
+    await trio.to_thread.run_sync(shutdown, daemon)
     log.info("sipd stopped")
+
+
+def shutdown(daemon: Daemon) -> None:
+    """Write what write-back has not written yet; close the utmp lines."""
+    now = time.time()
+    run_inline(list(daemon.persistence.flush_all(now)), 0.0)
+    if daemon.wtmp is not None:
+        daemon.wtmp.logout_all()
 
 
 async def _wait_for_signals() -> None:

@@ -15,6 +15,7 @@ import itertools
 import logging
 import math
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +24,9 @@ import trio
 from ..config import ListenAddress
 from ..peer import Outgoing, Peer
 from ..sip.framing import FramingError, Ping, StreamFramer
+from ..work import Job, Outcome
+
+Action = Outgoing | Job
 
 log = logging.getLogger("sipd.transport")
 
@@ -36,11 +40,13 @@ class StartupError(Exception):
 
 
 class EndpointLike(Protocol):
-    def receive(self, data: bytes, peer: Peer, now: float) -> list[Outgoing]: ...
-    def handle_timer(self, now: float) -> list[Outgoing]: ...
+    wall_offset: float
+
+    def receive(self, data: bytes, peer: Peer, now: float) -> list[Action]: ...
+    def handle_timer(self, now: float) -> list[Action]: ...
     def get_timer(self) -> float | None: ...
     def connection_closed(self, peer: Peer) -> None: ...
-    def framing_error(self, error: FramingError, peer: Peer, now: float) -> list[Outgoing]: ...
+    def framing_error(self, error: FramingError, peer: Peer, now: float) -> list[Action]: ...
 
 
 @dataclass
@@ -55,6 +61,8 @@ class TransportStats:
     tcp_framing_errors: int = 0
     tcp_send_overflow: int = 0
     tcp_pings: int = 0
+    jobs_started: int = 0
+    jobs_failed: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
 
@@ -142,11 +150,23 @@ class Transports:
         self._timer_changed = trio.Event()
         self._armed = math.inf
         self.bound: list[ListenAddress] = []
+        self._nursery: trio.Nursery | None = None
+        #: Worker threads for blocking work at once (PAM, NSS, home I/O).
+        self._limiter = trio.CapacityLimiter(8)
+        self._lanes: dict[str, trio.MemorySendChannel[Job]] = {}
+        self.sync_clock()
+
+    def sync_clock(self) -> None:
+        """Tell the endpoint how the wall clock relates to trio's clock."""
+        self.endpoint.wall_offset = time.time() - trio.current_time()
 
     # ------------------------------------------------------------ sending
 
-    def send(self, outgoing: list[Outgoing]) -> None:
-        for out in outgoing:
+    def send(self, actions: list[Action]) -> None:
+        for out in actions:
+            if isinstance(out, Job):
+                self._start_job(out)
+                continue
             peer = out.peer
             if peer.transport == "udp":
                 sock = self._udp.get(peer.conn)
@@ -175,6 +195,33 @@ class Transports:
                     pass
         self._poke_timer()
 
+    def _start_job(self, job: Job) -> None:
+        assert self._nursery is not None, "jobs before serve()"
+        self.stats.jobs_started += 1
+        if job.queue is None:
+            self._nursery.start_soon(self._run_job, job)
+            return
+        lane = self._lanes.get(job.queue)
+        if lane is None:
+            send, receive = trio.open_memory_channel[Job](math.inf)
+            self._lanes[job.queue] = lane = send
+            self._nursery.start_soon(self._run_lane, receive)
+        lane.send_nowait(job)
+
+    async def _run_lane(self, receive: trio.MemoryReceiveChannel[Job]) -> None:
+        async for job in receive:
+            await self._run_job(job)
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            value = await trio.to_thread.run_sync(job.run, limiter=self._limiter)
+            outcome = Outcome(value)
+        except Exception as exc:  # noqa: BLE001 - the continuation decides
+            self.stats.jobs_failed += 1
+            log.debug("%s failed: %s", job.name, exc)
+            outcome = Outcome(error=exc)
+        self.send(job.done(outcome, trio.current_time()))
+
     def _poke_timer(self) -> None:
         deadline = self.endpoint.get_timer()
         if deadline is not None and deadline < self._armed:
@@ -186,10 +233,12 @@ class Transports:
         while True:
             deadline = self.endpoint.get_timer()
             self._armed = math.inf if deadline is None else deadline
-            with trio.move_on_at(self._armed):
+            # Wake at least every 30 s to keep the wall clock offset fresh.
+            with trio.move_on_at(min(self._armed, trio.current_time() + 30.0)):
                 await self._timer_changed.wait()
             self._timer_changed = trio.Event()
             self._armed = math.inf
+            self.sync_clock()
             self.send(self.endpoint.handle_timer(trio.current_time()))
 
     async def serve(
@@ -198,6 +247,7 @@ class Transports:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self.timer_loop)
             for addr, sock in bound:
                 self.bound.append(addr)

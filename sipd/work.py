@@ -1,0 +1,74 @@
+"""Blocking work that the sans-IO core asks the I/O layer to do.
+
+The core never blocks and never awaits: when it needs NSS, PAM or a file
+in a home, it returns a :class:`Job`. The I/O layer runs ``job.run`` in a
+worker thread and hands the outcome to ``job.done`` back on the event
+loop, which may answer with more output. Tests run jobs inline.
+
+``queue`` names an ordered lane: jobs with the same queue run one at a
+time in submission order (wtmp login before logout, say); jobs without
+one run concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from .peer import Outgoing
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What ``Job.run`` returned, or the exception it raised."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+
+Action: TypeAlias = "Outgoing | Job"
+Done = Callable[[Outcome, float], "list[Outgoing | Job]"]
+
+
+def _nothing(outcome: Outcome, now: float) -> list[Outgoing | Job]:
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    run: Callable[[], Any]
+    done: Done = _nothing
+    queue: str | None = None
+    name: str = "job"
+
+
+def run_inline(actions: list[Outgoing | Job], now: float) -> list[Outgoing]:
+    """Run every job at once, in order (tests and shutdown); return what is sent."""
+    out: list[Outgoing] = []
+    pending = list(actions)
+    while pending:
+        item = pending.pop(0)
+        if isinstance(item, Job):
+            try:
+                outcome = Outcome(item.run())
+            except Exception as exc:  # noqa: BLE001 - handed to the continuation
+                outcome = Outcome(error=exc)
+            pending[0:0] = item.done(outcome, now)
+        else:
+            out.append(item)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    """A transaction user's answer that needs blocking work first.
+
+    The endpoint runs ``run`` as a :class:`Job` and passes its outcome and
+    the wall-clock time to ``then``, which answers like the TU would have:
+    a response, another :class:`Defer`, or None.
+    """
+
+    run: Callable[[], Any]
+    then: Callable[[Outcome, float], Any]
+    name: str = "defer"

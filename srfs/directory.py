@@ -1,0 +1,115 @@
+"""Who may use SIP, and with which credentials: one blocking call per request.
+
+:meth:`Directory.account` answers, for a user name taken from a digest
+``username``: does the UNIX user exist (NSS), are they in the SIP group,
+does PAM's account check pass, and what HA1s does ``~/.sr/passwd`` hold
+for the realm. Every part may block (NSS on LDAP, PAM ~2 ms, home I/O), so
+the daemon calls it from a worker thread. PAM answers are cached briefly
+per user; ``passwd`` is re-read only when it changed (one ``fstatat``), so
+a new password set with ``sippasswd`` counts from the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import passwd, users
+from .home import FileCache, HomeError
+from .users import PAM_SUCCESS, AccountCache, User
+
+log = logging.getLogger("srfs.directory")
+
+ALGORITHMS = ("MD5", "SHA-256")
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """What the daemon needs to authenticate and authorise one user."""
+
+    user: User
+    allowed: bool
+    """Member of the SIP group and, unless PAM is off, PAM's account check passed."""
+    reason: str
+    """Why not allowed, or why there are no credentials (for the log only)."""
+    ha1: dict[str, str] = field(default_factory=dict)
+    """HA1 per algorithm ("MD5", "SHA-256") for the realm; empty if none."""
+
+
+class Directory:
+    """The UNIX user database seen through the SIP group, PAM and ~/.sr/passwd."""
+
+    def __init__(
+        self,
+        realm: str,
+        group: str,
+        pam_service: str | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        pam_ttl: float = 60.0,
+    ) -> None:
+        self.realm = realm
+        self.group = group
+        self.pam_service = pam_service
+        self._clock = clock
+        self._pam_cache = AccountCache(ttl=pam_ttl)
+        self._pam_lock = threading.Lock()
+        self._passwd = FileCache("passwd", passwd.parse)
+        self._first_pam = threading.Lock()
+        self._pam_warmed = False
+
+    def account(self, name: str, rhost: str | None = None) -> Account | None:
+        """The account called ``name``, or None if there is no such UNIX user."""
+        user = users.lookup(name)
+        if user is None:
+            return None
+        if not users.is_sip_member(user, self.group):
+            return Account(user, False, f"not a member of group {self.group}")
+        if self.pam_service is not None:
+            rc, message = self._pam(user, rhost)
+            if rc != PAM_SUCCESS:
+                return Account(user, False, f"PAM account check failed: {message}")
+        try:
+            pw = self._passwd.get(user)
+        except HomeError as exc:
+            log.warning("ignoring passwd of %s: %s", user.name, exc.reason)
+            return Account(user, True, exc.reason)
+        if pw is None:
+            return Account(user, True, "no ~/.sr/passwd")
+        ha1 = {}
+        for algorithm in ALGORITHMS:
+            value = pw.lookup(user.name, self.realm, algorithm)
+            if value:
+                ha1[algorithm] = value
+        return Account(user, True, "" if ha1 else f"no password for realm {self.realm}", ha1)
+
+    def _pam(self, user: User, rhost: str | None) -> tuple[int, str]:
+        assert self.pam_service is not None
+        now = self._clock()
+        with self._pam_lock:
+            cached = self._pam_cache.get(user.name, now)
+        if cached is not None:
+            return cached
+        # The first PAM call in a process loads the modules; running it alone
+        # avoids spurious refusals seen when several threads race to do so.
+        if not self._pam_warmed:
+            with self._first_pam:
+                result = users.account_check(user, self.pam_service, rhost)
+                self._pam_warmed = True
+        else:
+            result = users.account_check(user, self.pam_service, rhost)
+        with self._pam_lock:
+            self._pam_cache.put(user.name, now, result)
+        return result
+
+    def forget(self) -> None:
+        """Drop cached PAM answers and passwd files (SIGHUP)."""
+        with self._pam_lock:
+            self._pam_cache.invalidate()
+        self._passwd.forget()
+
+    def members(self) -> list[User]:
+        return users.members(self.group)

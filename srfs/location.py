@@ -1,0 +1,267 @@
+"""The in-memory location store: the one owner of registrations.
+
+Bindings are grouped by address of record (the AOR's user part: every
+local domain is the same namespace). The registrar, the state filesystem
+and start-up reload change them only through :class:`LocationStore`; the
+``~/.sr/usrloc`` persister, the wtmp writer and the filesystem's cache
+invalidation hear about every change through :meth:`LocationStore.subscribe`
+and are never called by the registrar directly.
+
+Time is passed in (wall-clock seconds): expiry is absolute so that it
+survives a restart.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One contact registered for an AOR.
+
+    ``expires`` is the absolute wall-clock expiry, or None for a static
+    binding (a trunk's fixed contact): static is a flag of its own, never a
+    magic ``expires=0``.
+    """
+
+    aor: str
+    user: str
+    contact: str
+    expires: float | None
+    q: float = 1.0
+    callid: str = ""
+    cseq: int = 0
+    instance: str | None = None
+    reg_id: int | None = None
+    path: tuple[str, ...] = ()
+    received: str | None = None
+    """Where the REGISTER came from, ``transport:host:port``: the way back
+    to a phone behind NAT."""
+    ua: str | None = None
+    registered: float = 0.0
+    """When the binding was first created (wall clock)."""
+
+    @property
+    def static(self) -> bool:
+        return self.expires is None
+
+    @property
+    def key(self) -> str:
+        """What makes two registrations the same binding.
+
+        RFC 5626 §6: the instance ID and reg-id; RFC 5627: the instance ID
+        alone; otherwise the contact URI compared as RFC 3261 §10.3 step 6
+        asks (see :func:`contact_key`).
+        """
+        if self.instance is not None:
+            return f"instance:{self.instance}:{self.reg_id if self.reg_id is not None else ''}"
+        return "uri:" + contact_key(self.contact)
+
+    def remaining(self, now: float) -> int | None:
+        """Whole seconds left (rounded up), None for a static binding."""
+        if self.expires is None:
+            return None
+        left = self.expires - now
+        return max(0, int(left) + (1 if left > int(left) else 0))
+
+
+def contact_key(uri: str) -> str:
+    """A normalised form of a contact URI for binding identity.
+
+    Scheme and host are case-insensitive, escapes in the user part are
+    decoded, the default port is spelled out, and only the URI parameters
+    that RFC 3261 §19.1.4 makes significant (transport, user, maddr, ttl,
+    method) count, in a fixed order.
+    """
+    from urllib.parse import unquote
+
+    scheme, _, rest = uri.partition(":")
+    scheme = scheme.lower()
+    if scheme not in ("sip", "sips"):
+        return uri.strip()
+    rest = rest.split("?", 1)[0]
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        userinfo, hostpart = "", rest
+    hostport, *params = hostpart.split(";")
+    significant = []
+    for p in params:
+        name, _, value = p.partition("=")
+        if name.lower() in ("transport", "user", "maddr", "ttl", "method"):
+            significant.append(f"{name.lower()}={value.lower()}")
+    hostport = hostport.lower()
+    if hostport.startswith("["):
+        if "]:" not in hostport:
+            hostport += ":5061" if scheme == "sips" else ":5060"
+    elif ":" not in hostport:
+        hostport += ":5061" if scheme == "sips" else ":5060"
+    return f"{scheme}:{unquote(userinfo)}@{hostport};{';'.join(sorted(significant))}"
+
+
+class ChangeKind(Enum):
+    ADDED = "added"
+    UPDATED = "updated"
+    REMOVED = "removed"
+
+
+class RemoveReason(Enum):
+    EXPIRED = "expired"
+    UNREGISTERED = "unregistered"
+    REPLACED = "replaced"
+    """Pushed out by ``max_contacts`` with ``overflow = replace-oldest``."""
+    ADMIN = "admin"
+    """Removed through the state filesystem or by the administrator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: ChangeKind
+    binding: Binding
+    """The binding after the change (before it, for a removal)."""
+    previous: Binding | None = None
+    reason: RemoveReason | None = None
+
+
+Subscriber = Callable[[Change], None]
+
+
+@dataclass
+class LocationStatistics:
+    aors: int = 0
+    bindings: int = 0
+    static_bindings: int = 0
+    added: int = 0
+    removed: int = 0
+    expired: int = 0
+
+
+class LocationStore:
+    """Every binding of every AOR, with expiry and change subscriptions."""
+
+    def __init__(self) -> None:
+        self._aors: dict[str, dict[str, Binding]] = {}
+        self._by_user: dict[str, set[str]] = {}
+        self._heap: list[tuple[float, str, str]] = []
+        self._subscribers: list[Subscriber] = []
+        self._stats = LocationStatistics()
+        self._count = 0
+
+    # ------------------------------------------------------------ reading
+
+    def lookup(self, aor: str) -> list[Binding]:
+        """The AOR's bindings, highest q first, then most recently registered."""
+        found = self._aors.get(aor)
+        if not found:
+            return []
+        return sorted(found.values(), key=lambda b: (-b.q, -b.registered))
+
+    def get(self, aor: str, key: str) -> Binding | None:
+        found = self._aors.get(aor)
+        return found.get(key) if found else None
+
+    def aors_of_user(self, user: str) -> list[str]:
+        return sorted(self._by_user.get(user, ()))
+
+    def bindings_of_user(self, user: str) -> list[Binding]:
+        out: list[Binding] = []
+        for aor in self.aors_of_user(user):
+            out.extend(self.lookup(aor))
+        return out
+
+    def users(self) -> list[str]:
+        return sorted(self._by_user)
+
+    def __iter__(self) -> Iterator[Binding]:
+        for bindings in self._aors.values():
+            yield from bindings.values()
+
+    def statistics(self) -> LocationStatistics:
+        s = self._stats
+        s.aors = len(self._aors)
+        s.bindings = self._count
+        s.static_bindings = sum(1 for b in self if b.static)
+        return replace(s)
+
+    # ----------------------------------------------------------- changing
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def _notify(self, change: Change) -> None:
+        for sub in self._subscribers:
+            sub(change)
+
+    def upsert(self, binding: Binding) -> Change:
+        """Add a binding, or replace the one with the same key."""
+        aor = self._aors.setdefault(binding.aor, {})
+        self._by_user.setdefault(binding.user, set()).add(binding.aor)
+        key = binding.key
+        old = aor.get(key)
+        if old is not None and old.registered:
+            binding = replace(binding, registered=old.registered)
+        aor[key] = binding
+        if binding.expires is not None:
+            heapq.heappush(self._heap, (binding.expires, binding.aor, key))
+        if old is None:
+            self._count += 1
+            self._stats.added += 1
+            change = Change(ChangeKind.ADDED, binding)
+        else:
+            change = Change(ChangeKind.UPDATED, binding, previous=old)
+        self._notify(change)
+        return change
+
+    def remove(self, aor: str, key: str, reason: RemoveReason) -> Change | None:
+        found = self._aors.get(aor)
+        if not found or key not in found:
+            return None
+        binding = found.pop(key)
+        self._count -= 1
+        if not found:
+            del self._aors[aor]
+            aors = self._by_user.get(binding.user)
+            if aors is not None:
+                aors.discard(aor)
+                if not aors:
+                    del self._by_user[binding.user]
+        self._stats.removed += 1
+        if reason is RemoveReason.EXPIRED:
+            self._stats.expired += 1
+        change = Change(ChangeKind.REMOVED, binding, reason=reason)
+        self._notify(change)
+        return change
+
+    def remove_aor(self, aor: str, reason: RemoveReason) -> list[Change]:
+        keys = list(self._aors.get(aor, {}))
+        return [c for k in keys if (c := self.remove(aor, k, reason)) is not None]
+
+    def expire(self, now: float) -> list[Change]:
+        """Remove every binding whose expiry is at or before ``now``."""
+        out: list[Change] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, aor, key = heapq.heappop(heap)
+            current = self.get(aor, key)
+            # The heap keeps stale entries of refreshed bindings; only an
+            # entry that still matches the binding's expiry counts.
+            if current is not None and current.expires is not None and current.expires <= now:
+                change = self.remove(aor, key, RemoveReason.EXPIRED)
+                if change is not None:
+                    out.append(change)
+        if len(heap) > 64 and len(heap) > 4 * self._count:
+            self._compact()
+        return out
+
+    def _compact(self) -> None:
+        self._heap = [
+            (b.expires, b.aor, b.key) for b in self if b.expires is not None
+        ]
+        heapq.heapify(self._heap)
+
+    def next_expiry(self) -> float | None:
+        """When :meth:`expire` next has work (may be early: stale entries)."""
+        return self._heap[0][0] if self._heap else None

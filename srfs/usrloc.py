@@ -1,0 +1,248 @@
+"""The contact line: ``~/.sr/usrloc`` and ``/run/sr/<user>/contacts``.
+
+One binding per line: the contact URI, then space-separated ``key=value``
+attributes, values with spaces or quotes double-quoted with backslash
+escapes::
+
+    sip:jan@192.0.2.10:5060;transport=udp aor=jan expires=3521 q=1.0 received=udp:203.0.113.5:40000 ua="Linksys/SPA3102-5.1.10" callid=217edcfa-3c466a22 cseq=65321
+
+``expires`` is the number of seconds left, or ``never`` for a static
+binding. The file on disk also carries ``expires_at`` (Unix time), which
+wins over ``expires`` when the file is read back: a relative time would
+stretch every registration by however long the daemon was down.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+
+from . import home
+from .location import Binding
+from .users import User
+
+MAX_LINE = 4096
+
+# A deliberately small check: srfs does not know SIP beyond what a contact
+# line needs. sip:/sips: URI, optional userinfo, a host, optional port and
+# parameters, no spaces or quotes.
+_URI_RE = re.compile(
+    r"sips?:(?:[^@\s\"<>]+@)?"
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?)"
+    r"(?::\d{1,5})?(?:;[^\s\"<>?]*)?",
+    re.IGNORECASE,
+)
+_RECEIVED_RE = re.compile(r"(udp|tcp|tls):(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[A-Za-z0-9.\-]+):(\d{1,5})")
+_AOR_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+")
+_BARE_RE = re.compile(r'[^\s"\\]+')
+
+KNOWN_KEYS = frozenset(
+    {"aor", "expires", "expires_at", "q", "received", "ua", "callid", "cseq",
+     "instance", "reg_id", "path", "registered"}
+)
+
+
+class LineError(ValueError):
+    """A contact line that cannot be used; the message names the problem."""
+
+
+def quote_value(value: str) -> str:
+    if value and _BARE_RE.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def tokenize(line: str) -> list[str]:
+    """Split at spaces outside double quotes; quoted parts are unescaped."""
+    tokens: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        while i < n and line[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        buf: list[str] = []
+        while i < n and line[i] not in " \t":
+            c = line[i]
+            if c == '"':
+                i += 1
+                while True:
+                    if i >= n:
+                        raise LineError("unterminated quoted value")
+                    c = line[i]
+                    if c == "\\" and i + 1 < n:
+                        buf.append(line[i + 1])
+                        i += 2
+                        continue
+                    if c == '"':
+                        i += 1
+                        break
+                    buf.append(c)
+                    i += 1
+            else:
+                buf.append(c)
+                i += 1
+        tokens.append("".join(buf))
+    return tokens
+
+
+def format_line(b: Binding, now: float, *, on_disk: bool = False) -> str:
+    """The line for ``b``; ``on_disk`` adds the absolute times."""
+    remaining = b.remaining(now)
+    parts = [b.contact, f"aor={quote_value(b.aor)}",
+             "expires=never" if remaining is None else f"expires={remaining}",
+             f"q={b.q:.3g}" if b.q != int(b.q) else f"q={b.q:.1f}"]
+    if b.received:
+        parts.append(f"received={b.received}")
+    if b.ua:
+        parts.append(f"ua={quote_value(b.ua)}")
+    if b.callid:
+        parts.append(f"callid={quote_value(b.callid)}")
+    if b.cseq:
+        parts.append(f"cseq={b.cseq}")
+    if b.instance is not None:
+        parts.append(f"instance={quote_value(b.instance)}")
+    if b.reg_id is not None:
+        parts.append(f"reg_id={b.reg_id}")
+    if b.path:
+        parts.append(f"path={quote_value(','.join(b.path))}")
+    if on_disk:
+        if b.expires is not None:
+            parts.append(f"expires_at={b.expires:.0f}")
+        if b.registered:
+            parts.append(f"registered={b.registered:.0f}")
+    return " ".join(parts)
+
+
+def parse_line(line: str, *, user: str, default_aor: str, now: float) -> Binding:
+    """A binding from one line. A missing ``expires`` means static."""
+    if len(line) > MAX_LINE:
+        raise LineError(f"line longer than {MAX_LINE} bytes")
+    tokens = tokenize(line)
+    if not tokens:
+        raise LineError("empty line")
+    uri, *attrs = tokens
+    if not _URI_RE.fullmatch(uri):
+        raise LineError(f"not a sip: or sips: contact URI: {uri[:60]!r}")
+    values: dict[str, str] = {}
+    for attr in attrs:
+        key, eq, value = attr.partition("=")
+        if not eq:
+            raise LineError(f"attribute without '=': {attr[:40]!r}")
+        if key in values:
+            raise LineError(f"attribute {key!r} given twice")
+        values[key] = value
+    aor = values.get("aor", default_aor)
+    if not _AOR_RE.fullmatch(aor):
+        raise LineError(f"bad aor {aor!r}")
+    expires: float | None
+    if "expires_at" in values:
+        expires = _number(values, "expires_at")
+    elif values.get("expires", "never") == "never":
+        expires = None
+    else:
+        expires = now + _integer(values, "expires", 0, 2**31)
+    q = 1.0
+    if "q" in values:
+        q = _number(values, "q")
+        if not 0 <= q <= 1:
+            raise LineError("q must lie between 0 and 1")
+    received = values.get("received")
+    if received is not None:
+        m = _RECEIVED_RE.fullmatch(received)
+        if not m or not 0 < int(m.group(3)) < 65536:
+            raise LineError(f"bad received {received!r}: expected transport:host:port")
+    reg_id = _integer(values, "reg_id", 1, 2**31) if "reg_id" in values else None
+    return Binding(
+        aor=aor,
+        user=user,
+        contact=uri,
+        expires=expires,
+        q=q,
+        callid=values.get("callid", ""),
+        cseq=_integer(values, "cseq", 0, 2**31) if "cseq" in values else 0,
+        instance=values.get("instance"),
+        reg_id=reg_id,
+        path=tuple(p for p in values.get("path", "").split(",") if p),
+        received=received,
+        ua=values.get("ua"),
+        registered=_number(values, "registered") if "registered" in values else now,
+    )
+
+
+def _integer(values: dict[str, str], key: str, low: int, high: int) -> int:
+    text = values[key]
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise LineError(f"bad {key} {text[:20]!r}")
+    return int(text)
+
+
+def _number(values: dict[str, str], key: str) -> float:
+    try:
+        value = float(values[key])
+    except ValueError:
+        raise LineError(f"bad {key} {values[key][:20]!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise LineError(f"bad {key} {values[key][:20]!r}")
+    return value
+
+
+def render_file(bindings: Iterable[Binding], now: float) -> str:
+    lines = ["# sipd registrations; rewritten by sipd, edit /run/sr/<user>/contacts instead"]
+    lines.extend(format_line(b, now, on_disk=True) for b in bindings)
+    return "\n".join(lines) + "\n"
+
+
+def parse_file(text: str, *, user: str, now: float) -> tuple[list[Binding], list[str]]:
+    """The bindings of a usrloc file that are still current, and the problems met.
+
+    Expired bindings are dropped silently: that is what expiry means.
+    """
+    out: list[Binding] = []
+    problems: list[str] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            b = parse_line(line, user=user, default_aor=user, now=now)
+        except LineError as exc:
+            problems.append(f"line {number}: {exc}")
+            continue
+        if b.expires is None or b.expires > now:
+            out.append(b)
+    return out, problems
+
+
+class UsrlocFiles:
+    """Blocking reads and writes of ``~/.sr/usrloc``, safe from any thread.
+
+    Each write carries the version of the in-memory state it was rendered
+    from. Writes for one user are serialised, and a write older than what
+    is already on disk is skipped: the newer file holds everything the older
+    one would have, so the older write still counts as done.
+    """
+
+    NAME = "usrloc"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._user_locks: dict[str, threading.Lock] = {}
+        self._written: dict[str, int] = {}
+
+    def save(self, user: User, version: int, text: str, *, fsync: bool) -> None:
+        with self._lock:
+            lock = self._user_locks.setdefault(user.name, threading.Lock())
+        with lock:
+            if self._written.get(user.name, -1) >= version:
+                return
+            home.write_file(user, self.NAME, text.encode("utf-8", "surrogateescape"), fsync=fsync)
+            self._written[user.name] = version
+
+    @staticmethod
+    def load(user: User, now: float) -> tuple[list[Binding], list[str]]:
+        data = home.read_file(user, UsrlocFiles.NAME)
+        if data is None:
+            return [], []
+        return parse_file(data.decode("utf-8", "surrogateescape"), user=user.name, now=now)
