@@ -22,3 +22,24 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     apt-get install -y -q --no-install-recommends $missing
 fi
+
+# sipd refuses to start without its PAM service file (libpam would fall
+# back to "other") and without its group; an existing file or group is the
+# administrator's and is left alone.
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -e /etc/pam.d/sipd ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: /etc/pam.d/sipd is missing; run 'make setup' as root" >&2
+        exit 1
+    fi
+    install -m 0644 "$here/pam/sipd" /etc/pam.d/sipd
+    echo "setup: installed /etc/pam.d/sipd"
+fi
+if ! getent group sip >/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: group sip is missing; run 'make setup' as root" >&2
+        exit 1
+    fi
+    groupadd --system sip
+    echo "setup: created group sip"
+fi
