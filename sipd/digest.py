@@ -714,10 +714,13 @@ class NonceCounts:
 # ------------------------------------------------------------ challenges
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _quote(text: str) -> str:
     # A quoted-pair cannot carry CR or LF, and other controls are not
     # qdtext: refuse what would break the header rather than emit it.
-    if any((c < " " and c != "\t") or c == "\x7f" for c in text):
+    if _CONTROL_RE.search(text):
         raise ValueError("control character in a digest parameter")
     return quote(text)
 

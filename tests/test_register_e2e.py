@@ -289,3 +289,54 @@ def _who(tmp: Path) -> str:
     if not utmp.exists():
         return ""
     return subprocess.run(["who", str(utmp)], capture_output=True, text=True).stdout
+
+
+def test_write_back_flushes_on_interval_and_at_exit(tmp_path: Path, unix: FakeUnix,
+                                                    passwords: dict[str, str]) -> None:
+    conf = tmp_path / "wb.toml"
+    conf.write_text('sync = "write-back"\nflush_interval = 1.5\n')
+    try:
+        with running_sipd(tmp_path, "-c", str(conf), unix=unix) as daemon:
+            phone = Phone(daemon, "alice", passwords["alice"])
+            try:
+                assert status_of(phone.register(expires=600)) == 200
+                # Not on disk at once: write-back waits for the interval...
+                assert "aor=alice" not in usrloc(unix, "alice")
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and "aor=alice" not in usrloc(unix, "alice"):
+                    time.sleep(0.1)
+                assert "aor=alice" in usrloc(unix, "alice")
+                # ...and a change just before SIGTERM is written at exit.
+                second = Phone(daemon, "alice", passwords["alice"])
+                try:
+                    assert status_of(second.register(expires=600)) == 200
+                finally:
+                    second.close()
+            finally:
+                phone.close()
+            assert daemon.stop() == 0
+        assert usrloc(unix, "alice").count("aor=alice") == 2
+    finally:
+        (unix["alice"].home / ".sr" / "usrloc").unlink(missing_ok=True)
+
+
+def test_pam_account_check(tmp_path: Path, unix: FakeUnix, passwords: dict[str, str]) -> None:
+    # The shipped stack (pam_unix + pam_succeed_if ingroup sip) admits alice...
+    with running_sipd(tmp_path, unix=unix, pam=True) as daemon:
+        phone = Phone(daemon, "alice", passwords["alice"])
+        try:
+            assert status_of(phone.register()) == 200
+        finally:
+            phone.close()
+    (unix["alice"].home / ".sr" / "usrloc").unlink(missing_ok=True)
+    # ...and a service that refuses every account refuses her like a bad password.
+    unix.add_pam_service("sipd-locked", "account required pam_deny.so\nauth required pam_deny.so\n")
+    with running_sipd(tmp_path, "--pam-service", "sipd-locked", unix=unix, pam=True) as daemon:
+        phone = Phone(daemon, "alice", passwords["alice"])
+        try:
+            resp = phone.register()
+        finally:
+            phone.close()
+        assert status_of(resp) == 401 and b"stale" not in resp
+        time.sleep(0.2)
+        assert re.search(r'auth failed: user "alice" .*PAM account check failed', daemon.log)
