@@ -56,9 +56,13 @@ class Persistence:
         store.subscribe(self._changed)
 
     def _changed(self, change: Change) -> None:
-        user = change.binding.user
-        self._version[user] = self._version.get(user, 0) + 1
-        self._dirty.add(user)
+        touched = {change.binding.user}
+        if change.previous is not None:
+            # An AOR that changed owner leaves the old owner's file too.
+            touched.add(change.previous.user)
+        for user in touched:
+            self._version[user] = self._version.get(user, 0) + 1
+            self._dirty.add(user)
 
     def sync(self, user: str, wall: float) -> Callable[[], None]:
         """The blocking write of ``user``'s file as it is now, with fsync.

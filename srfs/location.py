@@ -14,9 +14,11 @@ survives a restart.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
+from urllib.parse import unquote
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +74,12 @@ class Binding:
 def contact_key(uri: str) -> str:
     """A normalised form of a contact URI for binding identity.
 
-    Scheme and host are case-insensitive, escapes in the user part are
-    decoded, the default port is spelled out, and only the URI parameters
-    that RFC 3261 §19.1.4 makes significant (transport, user, maddr, ttl,
-    method) count, in a fixed order.
+    Scheme and host are case-insensitive, an IPv6 reference is compared as
+    an address, escapes in the user part are decoded (as octets: distinct
+    escapes never collapse into one), the default port is spelled out, and
+    only the URI parameters that RFC 3261 §19.1.4 makes significant
+    (transport, user, maddr, ttl, method) count, in a fixed order.
     """
-    from urllib.parse import unquote
-
     scheme, _, rest = uri.partition(":")
     scheme = scheme.lower()
     if scheme not in ("sip", "sips"):
@@ -93,13 +94,29 @@ def contact_key(uri: str) -> str:
         name, _, value = p.partition("=")
         if name.lower() in ("transport", "user", "maddr", "ttl", "method"):
             significant.append(f"{name.lower()}={value.lower()}")
-    hostport = hostport.lower()
+    host, port = _split_hostport(hostport.lower())
+    if not port:
+        port = "5061" if scheme == "sips" else "5060"
+    elif port.isascii() and port.isdigit():
+        port = str(int(port))
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        except ValueError:
+            pass
+    user = unquote(userinfo, errors="surrogateescape")
+    return f"{scheme}:{user}@{host}:{port};{';'.join(sorted(significant))}"
+
+
+def _split_hostport(hostport: str) -> tuple[str, str]:
+    """``host[:port]`` split; the host of an IPv6 reference keeps its brackets."""
     if hostport.startswith("["):
-        if "]:" not in hostport:
-            hostport += ":5061" if scheme == "sips" else ":5060"
-    elif ":" not in hostport:
-        hostport += ":5061" if scheme == "sips" else ":5060"
-    return f"{scheme}:{unquote(userinfo)}@{hostport};{';'.join(sorted(significant))}"
+        end = hostport.find("]")
+        if end >= 0 and hostport[end + 1 : end + 2] == ":":
+            return hostport[: end + 1], hostport[end + 2 :]
+        return hostport, ""
+    host, colon, port = hostport.partition(":")
+    return (host, port) if colon else (hostport, "")
 
 
 class ChangeKind(Enum):
@@ -167,9 +184,10 @@ class LocationStore:
         return sorted(self._by_user.get(user, ()))
 
     def bindings_of_user(self, user: str) -> list[Binding]:
+        """The user's own bindings, by AOR, each AOR in :meth:`lookup` order."""
         out: list[Binding] = []
         for aor in self.aors_of_user(user):
-            out.extend(self.lookup(aor))
+            out.extend(b for b in self.lookup(aor) if b.user == user)
         return out
 
     def users(self) -> list[str]:
@@ -204,8 +222,15 @@ class LocationStore:
         if old is not None and old.registered:
             binding = replace(binding, registered=old.registered)
         aor[key] = binding
+        if old is not None and old.user != binding.user:
+            # The AOR changed owner (an alias handed over): the old owner's
+            # index keeps it only while they have another binding there.
+            self._unindex(old.user, binding.aor)
         if binding.expires is not None:
             heapq.heappush(self._heap, (binding.expires, binding.aor, key))
+            # Every refresh leaves a stale entry behind; without this a
+            # binding refreshed often grows the heap until the next expire().
+            self._maybe_compact()
         if old is None:
             self._count += 1
             self._stats.added += 1
@@ -223,17 +248,24 @@ class LocationStore:
         self._count -= 1
         if not found:
             del self._aors[aor]
-            aors = self._by_user.get(binding.user)
-            if aors is not None:
-                aors.discard(aor)
-                if not aors:
-                    del self._by_user[binding.user]
+        self._unindex(binding.user, aor)
         self._stats.removed += 1
         if reason is RemoveReason.EXPIRED:
             self._stats.expired += 1
         change = Change(ChangeKind.REMOVED, binding, reason=reason)
         self._notify(change)
         return change
+
+    def _unindex(self, user: str, aor: str) -> None:
+        """Drop ``aor`` from ``user``'s index unless they still have a binding there."""
+        found = self._aors.get(aor)
+        if found and any(b.user == user for b in found.values()):
+            return
+        aors = self._by_user.get(user)
+        if aors is not None:
+            aors.discard(aor)
+            if not aors:
+                del self._by_user[user]
 
     def remove_aor(self, aor: str, reason: RemoveReason) -> list[Change]:
         keys = list(self._aors.get(aor, {}))
@@ -252,9 +284,12 @@ class LocationStore:
                 change = self.remove(aor, key, RemoveReason.EXPIRED)
                 if change is not None:
                     out.append(change)
-        if len(heap) > 64 and len(heap) > 4 * self._count:
-            self._compact()
+        self._maybe_compact()
         return out
+
+    def _maybe_compact(self) -> None:
+        if len(self._heap) > 64 and len(self._heap) > 4 * self._count:
+            self._compact()
 
     def _compact(self) -> None:
         self._heap = [

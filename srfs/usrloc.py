@@ -30,10 +30,16 @@ MAX_LINE = 4096
 _URI_RE = re.compile(
     r"sips?:(?:[^@\s\"<>]+@)?"
     r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?)"
-    r"(?::\d{1,5})?(?:;[^\s\"<>?]*)?",
-    re.IGNORECASE,
+    r"(?::[0-9]{1,5})?(?:;[^\s\"<>?]*)?",
+    # ASCII: without it IGNORECASE lets "\u017fip:" (long s) pass as "sip:"
+    # and "\u212a" (Kelvin sign) pass as a host letter, and \d takes any digit.
+    re.IGNORECASE | re.ASCII,
 )
-_RECEIVED_RE = re.compile(r"(udp|tcp|tls):(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[A-Za-z0-9.\-]+):(\d{1,5})")
+_RECEIVED_RE = re.compile(
+    r"(udp|tcp|tls):(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[A-Za-z0-9.\-]+):([0-9]{1,5})", re.ASCII
+)
+_DIGITS_RE = re.compile(r"[0-9]{1,12}")
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
 _AOR_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+")
 _BARE_RE = re.compile(r'[^\s"\\]+')
 
@@ -47,9 +53,14 @@ class LineError(ValueError):
     """A contact line that cannot be used; the message names the problem."""
 
 
+_LINE_BREAK_RE = re.compile(r"[\r\n]")
+
+
 def quote_value(value: str) -> str:
     if value and _BARE_RE.fullmatch(value):
         return value
+    # One binding, one line: a line break in a value would split it.
+    value = _LINE_BREAK_RE.sub(" ", value)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -130,6 +141,9 @@ def parse_line(line: str, *, user: str, default_aor: str, now: float) -> Binding
         key, eq, value = attr.partition("=")
         if not eq:
             raise LineError(f"attribute without '=': {attr[:40]!r}")
+        if key not in KNOWN_KEYS:
+            # A typo such as "expire=0" must not quietly add a static contact.
+            raise LineError(f"unknown attribute {key[:20]!r}")
         if key in values:
             raise LineError(f"attribute {key!r} given twice")
         values[key] = value
@@ -173,18 +187,21 @@ def parse_line(line: str, *, user: str, default_aor: str, now: float) -> Binding
 
 def _integer(values: dict[str, str], key: str, low: int, high: int) -> int:
     text = values[key]
-    if not text.isdigit() or not low <= int(text) <= high:
+    # Not str.isdigit(): it takes "²" (which int() refuses) and other scripts' digits.
+    if not _DIGITS_RE.fullmatch(text) or not low <= int(text) <= high:
         raise LineError(f"bad {key} {text[:20]!r}")
     return int(text)
 
 
 def _number(values: dict[str, str], key: str) -> float:
-    try:
-        value = float(values[key])
-    except ValueError:
-        raise LineError(f"bad {key} {values[key][:20]!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise LineError(f"bad {key} {values[key][:20]!r}")
+    # A plain decimal: float() would also take "nan", "1_0", " 1" and
+    # other scripts' digits.
+    text = values[key]
+    if not _NUMBER_RE.fullmatch(text):
+        raise LineError(f"bad {key} {text[:20]!r}")
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise LineError(f"bad {key} {text[:20]!r}")
     return value
 
 
@@ -201,7 +218,9 @@ def parse_file(text: str, *, user: str, now: float) -> tuple[list[Binding], list
     """
     out: list[Binding] = []
     problems: list[str] = []
-    for number, raw in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines() also cuts at U+0085, U+2028,
+    # \x1c..\x1e, \v and \f, which quoted values (a User-Agent) may hold.
+    for number, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
