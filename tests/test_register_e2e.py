@@ -340,3 +340,21 @@ def test_pam_account_check(tmp_path: Path, unix: FakeUnix, passwords: dict[str, 
         assert status_of(resp) == 401 and b"stale" not in resp
         time.sleep(0.2)
         assert re.search(r'auth failed: user "alice" .*PAM account check failed', daemon.log)
+
+
+def test_idle_daemon_with_timers_pending_does_not_spin(sipd: Daemon, passwords: dict[str, str]) -> None:
+    # A registration keeps an expiry timer pending; waiting for it must
+    # cost nothing (a timer loop that woke itself once spun a core here).
+    phone = Phone(sipd, "alice", passwords["alice"])
+    try:
+        assert status_of(phone.register(expires=600)) == 200
+    finally:
+        phone.close()
+    before = _cpu_seconds(sipd.proc.pid)
+    time.sleep(2.0)
+    assert _cpu_seconds(sipd.proc.pid) - before < 0.5
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -236,10 +236,13 @@ class Transports:
             # Wake at least every 30 s to keep the wall clock offset fresh.
             with trio.move_on_at(min(self._armed, trio.current_time() + 30.0)):
                 await self._timer_changed.wait()
-            self._timer_changed = trio.Event()
-            self._armed = math.inf
             self.sync_clock()
-            self.send(self.endpoint.handle_timer(trio.current_time()))
+            actions = self.endpoint.handle_timer(trio.current_time())
+            # The loop recomputes its deadline next: sending these must not
+            # poke it awake again (that would spin while any timer is set).
+            self._armed = -math.inf
+            self.send(actions)
+            self._timer_changed = trio.Event()
 
     async def serve(
         self,
