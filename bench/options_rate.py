@@ -119,8 +119,12 @@ def run_step(target: Target, rate: int, seconds: float, work: Path) -> Step:
             p.wait()
     wall = time.monotonic() - t0
     cpu = cpu_seconds(target.pid) - cpu0
-    rows = list(csv.reader(open(rundir / "stat.csv"), delimiter=";")) if (rundir / "stat.csv").exists() else []
-    last = dict(zip(rows[0], rows[-1])) if len(rows) >= 2 else {}
+    rows: list[list[str]] = []
+    if (rundir / "stat.csv").exists():
+        with open(rundir / "stat.csv") as f:
+            rows = list(csv.reader(f, delimiter=";"))
+    # sipp ends each row with a ';', so rows may be one field longer.
+    last = dict(zip(rows[0], rows[-1], strict=False)) if len(rows) >= 2 else {}
 
     def gi(k: str) -> int:
         try:

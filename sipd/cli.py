@@ -16,7 +16,15 @@ from typing import Any, NoReturn
 import trio
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, ConfigError, Settings, build, describe, load_file, parse_listen
+from .config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    Settings,
+    build,
+    describe,
+    load_file,
+    parse_listen,
+)
 from .io.transport import StartupError
 
 PROG = "sipd"
@@ -116,10 +124,28 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # A start-up error raised inside the daemon's nursery arrives wrapped.
+        startup = _first(group, StartupError)
+        if startup is None:
+            raise
+        print(f"{PROG}: {startup}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # A second Ctrl-C while shutting down.
         return 130
     return 0
+
+
+def _first(group: BaseExceptionGroup[BaseException], kind: type[BaseException]) -> BaseException | None:
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first(exc, kind)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import ipaddress
 import os
 import socket
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable
+from typing import Any
 
 DEFAULT_CONFIG_PATH = "/etc/sipd/sipd.conf"
 

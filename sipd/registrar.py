@@ -17,7 +17,8 @@ from srfs.location import Binding, Change, LocationStore, RemoveReason
 
 from .peer import Peer
 from .sip.errors import SipError
-from .sip.headers import Address, format_header_params, quote, unquote as unquote_value
+from .sip.headers import Address, format_header_params, quote
+from .sip.headers import unquote as unquote_value
 from .sip.message import Request
 from .sip.uri import SipURI, TelURI
 

@@ -6,7 +6,6 @@ stops it (SIGTERM, then SIGKILL) even when the test fails.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import socket
@@ -217,15 +216,22 @@ class Daemon:
 
 @contextmanager
 def running_sipd(
-    tmp: Path, *args: str, unix: FakeUnix, pam: bool = False, port: int | None = None
+    tmp: Path, *args: str, unix: FakeUnix, pam: bool = False, port: int | None = None,
+    mount: bool = False,
 ) -> Iterator[Daemon]:
-    """sipd under the fake users' NSS (and PAM), utmp/wtmp in ``tmp``."""
+    """sipd under the fake users' NSS (and PAM), utmp/wtmp in ``tmp``.
+
+    Without ``mount`` it runs with --no-mount; with it, a config file among
+    ``args`` names the mountpoint.
+    """
     port = port or free_port()
     log = tmp / f"sipd-{port}.log"
-    cmd = [*SIPD, "--no-mount", "-c", str(tmp / "none.toml"),
+    cmd = [*SIPD, "-c", str(tmp / "none.toml"),
            "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}", "-r", "test.invalid", *args]
     if not pam:
         cmd.append("--no-pam")
+    if not mount:
+        cmd.append("--no-mount")
     (tmp / "none.toml").write_text("")
     env = {**unix.env, "SIPD_WTMP": str(tmp / "wtmp"), "SIPD_UTMP": str(tmp / "utmp")}
     with open(log, "wb") as logf:

@@ -11,8 +11,8 @@ import pytest
 
 from sipd.config import ConfigError, parse_listen
 
-from .unixusers import FakeUnix
 from .sipclient import ROOT, SIPD, free_port, running_sipd
+from .unixusers import FakeUnix
 
 
 def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from .unixusers import FakeUnix
 from .sipclient import Daemon, TcpClient, UdpClient, options, reason_of, running_sipd, status_of
+from .unixusers import FakeUnix
 
 HOSTS = ["127.0.0.1", "::1"]
 

@@ -182,9 +182,24 @@ async def run(settings: Settings) -> None:
         for _, sock in bound:
             sock.close()
         raise
+    statefs = None
+    if settings.mount_enabled:
+        from .statefs import StateFs
+
+        statefs = StateFs(settings, daemon.endpoint, transports, started=time.time())
+        await trio.to_thread.run_sync(statefs.load)
     async with trio.open_nursery() as nursery:
         await nursery.start(transports.serve, bound)
         transports.send(daemon.endpoint.take_pending(trio.current_time()))
+        if statefs is not None:
+            from srfs.fuse import MountError
+
+            from .statefs import start_statefs
+
+            try:
+                await start_statefs(statefs, nursery)
+            except (MountError, OSError) as exc:
+                raise StartupError(f"cannot mount the state filesystem at {settings.mount}: {exc}") from None
         log.info(
             "sipd ready: realm %s, group %s, listening on %s",
             settings.effective_realm(), settings.group,

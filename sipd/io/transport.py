@@ -199,7 +199,7 @@ class Transports:
         assert self._nursery is not None, "jobs before serve()"
         self.stats.jobs_started += 1
         if job.queue is None:
-            self._nursery.start_soon(self._run_job, job)
+            self._nursery.start_soon(self.run_job, job)
             return
         lane = self._lanes.get(job.queue)
         if lane is None:
@@ -210,9 +210,10 @@ class Transports:
 
     async def _run_lane(self, receive: trio.MemoryReceiveChannel[Job]) -> None:
         async for job in receive:
-            await self._run_job(job)
+            await self.run_job(job)
 
-    async def _run_job(self, job: Job) -> None:
+    async def run_job(self, job: Job) -> None:
+        """Run ``job`` in a worker thread, then send what its continuation says."""
         try:
             value = await trio.to_thread.run_sync(job.run, limiter=self._limiter)
             outcome = Outcome(value)

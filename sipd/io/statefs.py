@@ -1,0 +1,172 @@
+"""The daemon's side of ``/run/sr``: the tree's inputs and its writes to disk.
+
+The tree (:mod:`srfs.tree`) is a pure model and the FUSE adapter
+(:mod:`srfs.fuse`) only serves it; this module feeds them from the running
+daemon and carries their results to the disk:
+
+- the SIP group's members, re-read every few seconds in a worker thread,
+  so users appear and disappear without a restart;
+- each member's ``~/.sr/config``, re-read when it changed (one stat), so
+  hand edits show up in ``config/`` without a restart;
+- ``status`` and ``metrics`` from the daemon's counters;
+- config values written through the tree, written to ``~/.sr/config``
+  (comments and unknown lines kept) by a worker thread. Contacts written
+  through the tree go through the location store like any REGISTER, so the
+  usrloc persister writes them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import fields
+from typing import Any
+
+import trio
+
+from srfs import home, userconfig, users
+from srfs.fuse import SrFs, serve
+from srfs.home import FileCache, HomeError
+from srfs.tree import Stat, StatKind, Tree, WriteResult
+from srfs.users import User
+
+from .. import __version__
+from ..config import Settings
+from ..endpoint import Endpoint
+from ..work import Job
+from .transport import Transports
+
+log = logging.getLogger("sipd.statefs")
+
+#: How often the group and the users' config files are looked at again.
+REFRESH_INTERVAL = 5.0
+
+
+def _config_text(data: bytes) -> str:
+    return userconfig.decode(data)
+
+
+class StateFs:
+    def __init__(self, settings: Settings, endpoint: Endpoint, transports: Transports,
+                 started: float) -> None:
+        self.settings = settings
+        self.endpoint = endpoint
+        self.transports = transports
+        self.started = started
+        self.members: tuple[User, ...] = ()
+        assert endpoint.store is not None
+        self.tree = Tree(
+            endpoint.store,
+            lambda: self.members,
+            clock=time.time,
+            max_contacts=settings.max_contacts,
+            statistics=self.statistics,
+            started=started,
+        )
+        self._configs = FileCache("config", _config_text)
+        self.ops: SrFs | None = None
+
+    # ------------------------------------------------------------- inputs
+
+    def load(self) -> None:
+        """Blocking: the group and every member's config (start-up)."""
+        self.members = tuple(users.members(self.settings.group))
+        now = time.time()
+        self.tree.sync_members(now)
+        for user, text in self._read_configs(self.members):
+            self._take_config(user, text, now)
+
+    def _read_configs(self, members: tuple[User, ...]) -> list[tuple[User, str | None]]:
+        out: list[tuple[User, str | None]] = []
+        for user in members:
+            try:
+                out.append((user, self._configs.get(user)))
+            except HomeError as exc:
+                log.warning("ignoring config of %s: %s", user.name, exc.reason)
+        return out
+
+    def _take_config(self, user: User, text: str | None, now: float) -> None:
+        before = self.tree.config(user.name)
+        if before.text == (text or "") and text is not None:
+            return
+        config = self.tree.load_config(user.name, text, now)
+        for problem in config.problems:
+            log.warning("%s's ~/.sr/config: %s", user.name, problem)
+
+    async def refresh_loop(self) -> None:
+        while True:
+            await trio.sleep(REFRESH_INTERVAL)
+            try:
+                members = tuple(await trio.to_thread.run_sync(users.members, self.settings.group))
+                configs = await trio.to_thread.run_sync(self._read_configs, members)
+            except OSError as exc:
+                log.warning("cannot refresh the SIP group: %s", exc)
+                continue
+            now = time.time()
+            self.members = members
+            added, removed = self.tree.sync_members(now)
+            for name in added:
+                log.info("%s joined group %s", name, self.settings.group)
+            for name in removed:
+                log.info("%s left group %s", name, self.settings.group)
+                self.tree.forget_config(name)
+            for user, text in configs:
+                self._take_config(user, text, now)
+
+    # ------------------------------------------------------------ outputs
+
+    async def on_commit(self, result: WriteResult) -> None:
+        """A write through the tree changed something."""
+        change = result.config
+        if change is not None and change.changed:
+            user, data = change.user, change.data
+            try:
+                await trio.to_thread.run_sync(
+                    lambda: home.write_file(user, "config", data, fsync=True)
+                )
+            except HomeError as exc:
+                log.error("cannot write %s's ~/.sr/config: %s", user.name, exc.reason)
+        # Contacts changed the store: write them now, not at the next SIP
+        # message, and (for writes that commit at close) before close()
+        # returns, so `echo ... >> contacts && cat ~/.sr/usrloc` agree.
+        for action in self.endpoint.take_pending(trio.current_time()):
+            if isinstance(action, Job) and action.queue is None:
+                await self.transports.run_job(action)
+            else:
+                self.transports.send([action])
+
+    def statistics(self) -> list[Stat]:
+        ep = self.endpoint
+        out = [
+            Stat("version", __version__, "sipd version.", StatKind.INFO),
+            Stat("uptime", round(time.time() - self.started), "Seconds since start."),
+            Stat("listen", tuple(str(a) for a in self.transports.bound),
+                 "Addresses sipd listens on.", StatKind.INFO),
+        ]
+        txn = ep.transactions.statistics()
+        out.append(Stat("transactions", txn.server_transactions + txn.client_transactions,
+                        "SIP transactions in progress."))
+        counters: dict[str, Any] = {}
+        for source in (ep.stats, ep.server.stats, self.transports.stats):
+            counters.update({f.name: getattr(source, f.name) for f in fields(source)})
+        out.append(Stat("messages_in", counters.pop("messages_in"), "SIP messages received.",
+                        StatKind.COUNTER))
+        out.append(Stat("messages_out", counters.pop("messages_out"), "SIP messages sent.",
+                        StatKind.COUNTER))
+        for name, value in sorted(counters.items()):
+            kind = StatKind.GAUGE if name == "tcp_open" else StatKind.COUNTER
+            out.append(Stat(name, value, name.replace("_", " ").capitalize() + ".", kind,
+                            status=False))
+        return out
+
+
+async def start_statefs(statefs: StateFs, nursery: trio.Nursery) -> None:
+    """Mount ``/run/sr`` in ``nursery`` (unmounted when it is cancelled).
+
+    Mount failures (an unusable mountpoint, say) are raised here, unwrapped.
+    """
+    statefs.ops = await nursery.start(
+        functools.partial(serve, statefs.tree, statefs.settings.mount, on_commit=statefs.on_commit)
+    )
+    nursery.start_soon(statefs.refresh_loop)
