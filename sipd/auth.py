@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from srfs.directory import Account
@@ -91,6 +92,50 @@ class Throttle:
 
     def success(self, key: str) -> None:
         self._fails.pop(key, None)
+
+
+class RecentAccounts:
+    """Accounts looked up lately, so a phone's next request needs no worker thread.
+
+    An entry is used while it is younger than ``ttl`` (the group and PAM
+    answers: a minute, like the PAM cache) and ``fresh(account)`` says its
+    ``~/.sr/passwd`` has not changed (one stat), so a new password still
+    counts from the next request. Unknown users and refused accounts are
+    remembered for ``negative_ttl`` only, so an administrator's fix counts
+    within seconds.
+    """
+
+    def __init__(self, fresh: Callable[[Account], bool], ttl: float = 60.0,
+                 negative_ttl: float = 10.0, max_entries: int = 20_000) -> None:
+        self.fresh = fresh
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, Account | None]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, name: str, now: float) -> tuple[bool, Account | None]:
+        """``(True, account)`` when a usable answer is remembered."""
+        entry = self._entries.get(name)
+        if entry is not None:
+            until, account = entry
+            if now < until and (account is None or not account.allowed or self.fresh(account)):
+                self.hits += 1
+                return True, account
+            del self._entries[name]
+        self.misses += 1
+        return False, None
+
+    def put(self, name: str, account: Account | None, now: float) -> None:
+        good = account is not None and account.allowed
+        self._entries.pop(name, None)
+        self._entries[name] = (now + (self.ttl if good else self.negative_ttl), account)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def forget(self) -> None:
+        self._entries.clear()
 
 
 class Authenticator:

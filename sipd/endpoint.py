@@ -75,16 +75,29 @@ def stamp_via(req: Request, peer: Peer) -> Via:
     unusable, in which case no response can be routed at all.
     """
     via = req.top_via
-    changed = via
-    if via.has_param("rport"):
-        changed = changed.with_param("rport", str(peer.port)).with_param("received", peer.host)
-    elif via.host.strip("[]") != peer.host:
-        changed = changed.with_param("received", peer.host)
-    if changed is not via:
-        values = req.values("Via")
-        values[0] = str(changed)
-        req.set_values("Via", values)
-    return changed
+    rport = via.has_param("rport")
+    if not rport and via.host.strip("[]") == peer.host:
+        return via
+    # One pass over the parameters, on every request: keep their order,
+    # set received (and rport), drop nothing else.
+    params: list[tuple[str, str | None]] = []
+    seen_received = False
+    for k, v in via.params:
+        lk = k.lower()
+        if lk == "received":
+            params.append((k, peer.host))
+            seen_received = True
+        elif lk == "rport":
+            params.append((k, str(peer.port)))
+        else:
+            params.append((k, v))
+    if not seen_received:
+        params.append(("received", peer.host))
+    stamped = Via(via.transport, via.host, via.port, tuple(params), via.protocol)
+    values = req.values("Via")
+    values[0] = str(stamped)
+    req.set_values("Via", values)
+    return stamped
 
 
 class Endpoint:

@@ -19,7 +19,7 @@ from typing import TypeAlias
 
 from srfs.directory import Account, Directory
 
-from .auth import Authenticator
+from .auth import Authenticator, RecentAccounts
 from .digest import AuthResult, Credentials
 from .identity import LocalIdentity
 from .peer import Peer
@@ -53,6 +53,7 @@ class Registration:
     directory: Directory
     persistence: Persistence | None = None
     write_through: bool = True
+    accounts: RecentAccounts | None = None
 
 
 class Server:
@@ -151,14 +152,21 @@ class Server:
         if reg.auth.throttled(creds, peer, wall):
             raise SipError(403, "Too many failed attempts")
         name = creds.username
+        accounts = reg.accounts
+        if accounts is not None:
+            hit, known = accounts.get(name, wall)
+            if hit:
+                return self._register_checked(req, reg, creds, aor, Outcome(known), peer, wall)
         directory = reg.directory
-        return Defer(
-            lambda: directory.account(name, peer.host),
-            lambda outcome, wall2: self.guard(
+
+        def looked_up(outcome: Outcome, wall2: float) -> Reply:
+            if accounts is not None and outcome.error is None:
+                accounts.put(name, outcome.value, wall2)
+            return self.guard(
                 req, lambda: self._register_checked(req, reg, creds, aor, outcome, peer, wall2)
-            ),
-            name=f"account {name}",
-        )
+            )
+
+        return Defer(lambda: directory.account(name, peer.host), looked_up, name=f"account {name}")
 
     def _register_checked(
         self,

@@ -12,6 +12,7 @@ a new password set with ``sippasswd`` counts from the next request.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,9 @@ class Account:
     """Why not allowed, or why there are no credentials (for the log only)."""
     ha1: dict[str, str] = field(default_factory=dict)
     """HA1 per algorithm ("MD5", "SHA-256") for the realm; empty if none."""
+    passwd_stamp: tuple[int, ...] | None = None
+    """What ``~/.sr/passwd`` looked like before it was read (see
+    :meth:`Directory.unchanged`); None if it did not exist."""
 
 
 class Directory:
@@ -72,19 +76,23 @@ class Directory:
             rc, message = self._pam(user, rhost)
             if rc != PAM_SUCCESS:
                 return Account(user, False, f"PAM account check failed: {message}")
+        # The stamp is taken before the read: a change after it shows as a
+        # different stamp next time, never as the old content kept.
+        stamp = passwd_stamp(user)
         try:
             pw = self._passwd.get(user)
         except HomeError as exc:
             log.warning("ignoring passwd of %s: %s", user.name, exc.reason)
-            return Account(user, True, exc.reason)
+            return Account(user, True, exc.reason, passwd_stamp=stamp)
         if pw is None:
-            return Account(user, True, "no ~/.sr/passwd")
+            return Account(user, True, "no ~/.sr/passwd", passwd_stamp=stamp)
         ha1 = {}
         for algorithm in ALGORITHMS:
             value = pw.lookup(user.name, self.realm, algorithm)
             if value:
                 ha1[algorithm] = value
-        return Account(user, True, "" if ha1 else f"no password for realm {self.realm}", ha1)
+        reason = "" if ha1 else f"no password for realm {self.realm}"
+        return Account(user, True, reason, ha1, passwd_stamp=stamp)
 
     def _pam(self, user: User, rhost: str | None) -> tuple[int, str]:
         assert self.pam_service is not None
@@ -105,6 +113,16 @@ class Directory:
             self._pam_cache.put(user.name, now, result)
         return result
 
+    @staticmethod
+    def unchanged(account: Account) -> bool:
+        """Whether ``~/.sr/passwd`` is still the file ``account`` was read from.
+
+        One ``lstat`` by path, cheap enough for every request: it only
+        decides whether to read again, and reading again goes through the
+        safe path in :mod:`srfs.home` (no link is ever followed there).
+        """
+        return passwd_stamp(account.user) == account.passwd_stamp
+
     def forget(self) -> None:
         """Drop cached PAM answers and passwd files (SIGHUP)."""
         with self._pam_lock:
@@ -113,3 +131,11 @@ class Directory:
 
     def members(self) -> list[User]:
         return users.members(self.group)
+
+
+def passwd_stamp(user: User) -> tuple[int, ...] | None:
+    try:
+        st = os.lstat(os.path.join(user.home, ".sr", "passwd"))
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)

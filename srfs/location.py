@@ -13,6 +13,7 @@ survives a restart.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 from collections.abc import Callable, Iterator
@@ -71,6 +72,7 @@ class Binding:
         return max(0, int(left) + (1 if left > int(left) else 0))
 
 
+@functools.lru_cache(maxsize=65536)
 def contact_key(uri: str) -> str:
     """A normalised form of a contact URI for binding identity.
 

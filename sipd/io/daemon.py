@@ -26,7 +26,7 @@ from srfs.location import LocationStore
 from srfs.usrloc import UsrlocFiles
 from srfs.wtmp import UNAVAILABLE_REASON, LoginRecorder, WtmpError
 
-from ..auth import Authenticator
+from ..auth import Authenticator, RecentAccounts
 from ..config import Settings
 from ..digest import NonceManager
 from ..endpoint import Endpoint
@@ -115,6 +115,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str]) -> Daemon:
         directory=Directory(realm, settings.group, settings.pam_service if settings.pam else None),
         persistence=persistence,
         write_through=settings.sync == "write-through",
+        accounts=RecentAccounts(Directory.unchanged),
     )
     endpoint = Endpoint(
         Server(identity, registration),
