@@ -23,7 +23,7 @@ import trio
 
 from ..config import ListenAddress
 from ..peer import Outgoing, Peer
-from ..sip.framing import FramingError, Ping, StreamFramer
+from ..sip.framing import FramingError, Ping, Pong, StreamFramer
 from ..work import Job, Outcome
 
 Action = Outgoing | Job
@@ -61,6 +61,7 @@ class TransportStats:
     tcp_framing_errors: int = 0
     tcp_send_overflow: int = 0
     tcp_pings: int = 0
+    tcp_pongs: int = 0
     jobs_started: int = 0
     jobs_failed: int = 0
     bytes_in: int = 0
@@ -369,5 +370,8 @@ class Transports:
                     # RFC 5626 §3.5.1: answer a double-CRLF ping with one CRLF.
                     self.stats.tcp_pings += 1
                     self.send([Outgoing(b"\r\n", peer)])
+                elif isinstance(frame, Pong):
+                    # The answer to a ping of ours: the connection is alive.
+                    self.stats.tcp_pongs += 1
                 else:
                     self.send(self.endpoint.receive(frame, peer, trio.current_time()))

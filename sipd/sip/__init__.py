@@ -1,0 +1,1 @@
+"""The sans-IO SIP core: messages, framing, transactions. No sockets, no clocks."""

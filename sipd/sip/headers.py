@@ -5,6 +5,10 @@ decoded with ``surrogateescape``, so bytes that are not UTF-8 survive a
 parse/serialise round trip. Every parser here raises :class:`ParseError`
 with a reason naming the header; the values serialise back to text that
 keeps quoted parameters intact (``+sip.instance="<urn:uuid:...>"``).
+
+The parsers match whole productions with compiled patterns rather than
+walking characters in Python: these run for every message the server
+receives, and one regex call costs about what three Python steps do.
 """
 
 from __future__ import annotations
@@ -14,28 +18,67 @@ from dataclasses import dataclass, replace
 
 from .errors import ParseError
 from .uri import (
+    HOST_PATTERN,
     URI,
     Params,
     SipURI,
     drop_param,
     get_param,
     has_param,
+    is_ipv6,
     parse_uri,
     set_param,
     split_hostport,
     valid_host,
-    is_ipv6,
 )
 
 _TOKEN_CHARS = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
 )
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN_RE = re.compile(_TOKEN)
+# quoted-string (RFC 3261 §25.1): qdtext is any character but '"', '\' and
+# controls other than HT; quoted-pair escapes any ASCII except CR and LF.
+# Non-ASCII is let through as is, including surrogate escapes of bytes that
+# are not UTF-8, so that a Latin-1 display name round-trips.
+# Written as an unrolled loop (runs of plain characters, then one pair) so
+# that the regex engine spends its time in a tight character-class loop.
+_QDTEXT = r'[^"\\\x00-\x08\x0a-\x1f\x7f]*'
+_QUOTED = rf'"{_QDTEXT}(?:\\[\x00-\x09\x0b\x0c\x0e-\x7f]{_QDTEXT})*"'
+_QUOTED_RE = re.compile(_QUOTED)
+# gen-value = token / host / quoted-string; host adds ':' and brackets (IPv6).
+_PARAM_RE = re.compile(
+    rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_QUOTED}|[A-Za-z0-9\-.!%*_+`'~:\[\]]+))?"
+)
+_VIA_RE = re.compile(
+    rf"[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"
+    rf"({HOST_PATTERN})(?:[ \t]*:[ \t]*([0-9]+))?"
+)
+_VIA_PROTOCOL_RE = re.compile(rf"[ \t]*{_TOKEN}[ \t]*/[ \t]*{_TOKEN}[ \t]*/[ \t]*{_TOKEN}[ \t]+")
+# display-name = *(token LWS); RFC 4475 §3.1.1.6 asks to accept it without
+# the LWS before '<' as well, which this allows. Non-ASCII is let into the
+# tokens too: phones send "From: Jürgen <sip:...>" unquoted, and refusing
+# every call from them would help nobody.
+# Words are separated by mandatory whitespace: with "(?:word[ \t]*)+" a long
+# word could be split in exponentially many ways before a match fails.
+_DISPLAY_WORD = r"[A-Za-z0-9\-.!%*_+`'~\x80-\U0010ffff]+"
+_DISPLAY_WORDS = rf"{_DISPLAY_WORD}(?:[ \t]+{_DISPLAY_WORD})*"
+_DISPLAY_TOKENS_RE = re.compile(rf"[ \t]*(?:{_DISPLAY_WORDS})?[ \t]*")
+_ADDR_SPEC_RE = re.compile(r"[^; \t]*")
+# The usual shapes of a name-addr in one match: optional quoted or token
+# display name, then <URI>. Anything else (addr-spec, errors) takes the
+# slower path that can say what is wrong.
+_NAME_ADDR_RE = re.compile(rf"[ \t]*(?:({_QUOTED})|({_DISPLAY_WORDS}))?[ \t]*<([^<>]*)>")
+_TOKEN_LIST_RE = re.compile(rf"[ \t]*{_TOKEN}[ \t]*(?:,[ \t]*{_TOKEN}[ \t]*)*")
+_CSEQ_RE = re.compile(rf"[ \t]*([0-9]+)[ \t]+({_TOKEN})[ \t]*")
+_LIST_SPECIAL_RE = re.compile(r'[\\",<>]')
+_QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
 _WS = " \t"
+_UINT32_MAX = 2**32 - 1
 
 
 def is_token(text: str) -> bool:
-    return bool(_TOKEN_RE.fullmatch(text))
+    return _TOKEN_RE.fullmatch(text) is not None
 
 
 def split_list(value: str) -> list[str]:
@@ -44,17 +87,22 @@ def split_list(value: str) -> list[str]:
     Empty elements (``a,,b``) are dropped, as RFC 7230's list rule allows.
     """
     if "," not in value:
-        v = value.strip()
+        v = value.strip(_WS)
         return [v] if v else []
+    if '"' not in value and "<" not in value:
+        return [p for p in (x.strip(_WS) for x in value.split(",")) if p]
     out: list[str] = []
     start = 0
     in_quote = in_angle = False
-    i, n = 0, len(value)
-    while i < n:
+    escaped_to = -1
+    for m in _LIST_SPECIAL_RE.finditer(value):
+        i = m.start()
+        if i < escaped_to:
+            continue
         c = value[i]
         if in_quote:
             if c == "\\":
-                i += 1
+                escaped_to = i + 2
             elif c == '"':
                 in_quote = False
         elif c == '"':
@@ -64,14 +112,13 @@ def split_list(value: str) -> list[str]:
         elif c == ">":
             in_angle = False
         elif c == "," and not in_angle:
-            part = value[start:i].strip()
+            part = value[start:i].strip(_WS)
             if part:
                 out.append(part)
             start = i + 1
-        i += 1
     if in_quote:
         raise ParseError("Unterminated quoted string")
-    part = value[start:].strip()
+    part = value[start:].strip(_WS)
     if part:
         out.append(part)
     return out
@@ -84,8 +131,15 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
-def _read_quoted(text: str, i: int) -> tuple[str, int]:
+def _read_quoted(text: str, i: int, what: str = "header") -> tuple[str, int]:
     """Read a quoted-string starting at ``text[i] == '"'``; returns it *with* quotes."""
+    m = _QUOTED_RE.match(text, i)
+    if m is None:
+        raise ParseError(f"Bad {what}: {_quoted_problem(text, i)}")
+    return m.group(), m.end()
+
+
+def _quoted_problem(text: str, i: int) -> str:
     j = i + 1
     n = len(text)
     while j < n:
@@ -94,15 +148,16 @@ def _read_quoted(text: str, i: int) -> tuple[str, int]:
             j += 2
             continue
         if c == '"':
-            return text[i : j + 1], j + 1
+            return "bad character in quoted string"
         j += 1
-    raise ParseError("Unterminated quoted string")
+    return "unterminated quoted string"
 
 
 def unquote(text: str) -> str:
     """Remove surrounding quotes and backslash escapes (quoted-pair)."""
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", text[1:-1])
+        inner = text[1:-1]
+        return _QUOTED_PAIR_RE.sub(r"\1", inner) if "\\" in inner else inner
     return text
 
 
@@ -116,37 +171,27 @@ def parse_params(text: str, i: int = 0, what: str = "header") -> tuple[Params, i
     Values are kept as written: a quoted value keeps its quotes, so it can
     be serialised back unchanged; use :func:`unquote` to read one. Stops at
     the first character that cannot continue the list (a comma, say) and
-    returns its index.
+    returns its index; a ``;`` or ``=`` there is a malformed parameter and
+    raises :class:`ParseError`.
     """
     out: list[tuple[str, str | None]] = []
-    n = len(text)
-    while True:
-        i = _skip_ws(text, i)
-        if i >= n or text[i] != ";":
-            return tuple(out), i
-        i = _skip_ws(text, i + 1)
-        start = i
-        while i < n and text[i] in _TOKEN_CHARS:
-            i += 1
-        name = text[start:i]
-        if not name:
+    match = _PARAM_RE.match
+    m = match(text, i)
+    while m is not None:
+        out.append(m.groups())  # type: ignore[arg-type]  # (name, value or None)
+        i = m.end()
+        m = match(text, i)
+    if i < len(text):
+        j = _skip_ws(text, i)
+        c = text[j] if j < len(text) else ""
+        if c == ";":
+            k = _skip_ws(text, j + 1)
+            if k < len(text) and text[k] in _TOKEN_CHARS:
+                raise ParseError(f"Bad {what} parameter value")
             raise ParseError(f"Bad {what} parameter")
-        i = _skip_ws(text, i)
-        if i < n and text[i] == "=":
-            i = _skip_ws(text, i + 1)
-            if i < n and text[i] == '"':
-                value, i = _read_quoted(text, i)
-            else:
-                start = i
-                # token / host (IPv6 references contain ':' and brackets)
-                while i < n and (text[i] in _TOKEN_CHARS or text[i] in "[]:"):
-                    i += 1
-                value = text[start:i]
-                if not value:
-                    raise ParseError(f"Bad {what} parameter value")
-            out.append((name, value))
-        else:
-            out.append((name, None))
+        if c == "=":
+            raise ParseError(f"Bad {what} parameter value")
+    return tuple(out), i
 
 
 def format_header_params(params: Params) -> str:
@@ -196,66 +241,78 @@ class Via:
         return f"{self.protocol}/{self.transport} {self.sent_by}{format_header_params(self.params)}"
 
 
-_VIA_HEAD_RE = re.compile(
-    r"\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*"
-    r"([A-Za-z0-9\-.!%*_+`'~]+)\s+"
-)
+# Parameters whose values RFC 3261 §20.42 constrains; the rest are free.
+_VIA_CHECKED = frozenset(("branch", "received", "rport", "ttl", "maddr"))
 
 
 def parse_via(text: str) -> Via:
     """Parse one via-parm (the caller splits comma-separated lists)."""
-    m = _VIA_HEAD_RE.match(text)
-    if not m:
-        raise ParseError("Bad Via header")
-    name, version, transport = m.groups()
-    if name.upper() != "SIP":
-        raise ParseError("Bad Via header: protocol is not SIP")
-    i = m.end()
-    n = len(text)
-    start = i
-    if i < n and text[i] == "[":
-        end = text.find("]", i)
-        if end < 0:
+    m = _VIA_RE.match(text)
+    if m is None:
+        if _VIA_PROTOCOL_RE.match(text):
             raise ParseError("Bad Via sent-by")
-        i = end + 1
-    while i < n and text[i] not in ";" + _WS:
-        i += 1
-    hostport = text[start:i]
-    # Spaces are allowed around the ':' of sent-by (RFC 3261 §25.1 COLON).
-    j = _skip_ws(text, i)
-    if j < n and text[j] == ":" and ":" not in hostport.rpartition("]")[2]:
-        k = _skip_ws(text, j + 1)
-        e = k
-        while e < n and text[e].isdigit():
-            e += 1
-        hostport = hostport + ":" + text[k:e]
-        i = e
-    try:
-        host, port = split_hostport(hostport)
-    except ParseError:
-        raise ParseError("Bad Via sent-by") from None
-    if not valid_host(host):
+        raise ParseError("Bad Via header")
+    name, version, transport, host, port_text = m.groups()
+    if name != "SIP" and name.upper() != "SIP":
+        raise ParseError("Bad Via header: protocol is not SIP")
+    if host[0] == "[" and not is_ipv6(host[1:-1]):
         raise ParseError("Bad Via sent-by host")
-    params, i = parse_params(text, i, "Via")
-    if _skip_ws(text, i) != n:
+    port = None
+    if port_text is not None:
+        port = int(port_text) if len(port_text) <= 5 else 65536
+        if port > 65535:
+            raise ParseError("Bad Via sent-by port")
+    params, i = parse_params(text, m.end(), "Via")
+    if i != len(text) and _skip_ws(text, i) != len(text):
         raise ParseError("Bad Via header")
     for k, v in params:
         lk = k.lower()
-        if lk == "branch" and not v:
-            raise ParseError("Bad Via branch")
-        if lk == "received" and v is not None and not (valid_host(v) or is_ipv6(v)):
-            raise ParseError("Bad Via received")
-        if lk == "rport" and v is not None and not (v.isdigit() and 0 < int(v) < 65536):
-            raise ParseError("Bad Via rport")
-        if lk == "ttl" and v is not None and not (v.isdigit() and int(v) <= 255):
-            raise ParseError("Bad Via ttl")
-    return Via(
-        transport=transport.upper(),
-        host=host.lower(),
-        port=port,
-        params=params,
-        protocol=f"{name.upper()}/{version}",
+        if lk in _VIA_CHECKED:
+            _check_via_param(lk, v)
+    return _via(
+        transport if transport.isupper() else transport.upper(),
+        host.lower(),
+        port,
+        params,
+        "SIP/2.0" if version == "2.0" else f"{name.upper()}/{version}",
     )
+
+
+def _check_via_param(name: str, value: str | None) -> None:
+    if name == "branch":
+        if not value or value[0] == '"':
+            raise ParseError("Bad Via branch")
+    elif name == "received":
+        if value is None or not (valid_host(value) or is_ipv6(value)):
+            raise ParseError("Bad Via received")
+    elif name == "rport":
+        if value is not None and not (value.isascii() and value.isdigit() and len(value) <= 5 and 0 < int(value) < 65536):
+            raise ParseError("Bad Via rport")
+    elif name == "ttl":
+        if value is None or not (value.isascii() and value.isdigit() and len(value) <= 3 and int(value) <= 255):
+            raise ParseError("Bad Via ttl")
+    elif name == "maddr":
+        if value is None or not valid_host(value):
+            raise ParseError("Bad Via maddr")
+
+
+# Like uri._sip_uri: slot stores instead of the frozen dataclass __init__,
+# for the Via and Address objects every message brings.
+_VIA_FIELDS = ("transport", "host", "port", "params", "protocol")
+_new = object.__new__
+_via_transport, _via_host, _via_port, _via_params, _via_protocol = (
+    Via.__dict__[name].__set__ for name in _VIA_FIELDS
+)
+
+
+def _via(transport: str, host: str, port: int | None, params: Params, protocol: str) -> Via:
+    via: Via = _new(Via)
+    _via_transport(via, transport)
+    _via_host(via, host)
+    _via_port(via, port)
+    _via_params(via, params)
+    _via_protocol(via, protocol)
+    return via
 
 
 # ------------------------------------------------- name-addr / addr-spec
@@ -303,45 +360,76 @@ class Address:
 
 
 def parse_address(text: str, what: str = "address") -> Address:
-    """Parse one ``(name-addr / addr-spec) *(SEMI param)``."""
-    i = _skip_ws(text, 0)
-    n = len(text)
-    display: str | None = None
-    if i < n and text[i] == '"':
-        display, i = _read_quoted(text, i)
-        i = _skip_ws(text, i)
-        if i >= n or text[i] != "<":
-            raise ParseError(f"Bad {what}: display name without <URI>")
-    elif "<" in text:
-        lt = text.index("<")
-        words = text[i:lt].strip()
-        if words:
-            # display-name = *(token LWS) / quoted-string
-            if not all(is_token(w) for w in words.split()):
-                raise ParseError(f"Bad {what}: bad display name")
+    """Parse one ``(name-addr / addr-spec) *(SEMI param)``.
+
+    ``what`` names the field in error reasons ("Bad To header: ...").
+    """
+    m = _NAME_ADDR_RE.match(text)
+    if m is not None:
+        display, words, uri_text = m.groups()
+        if words is not None:
             display = " ".join(words.split())
-        i = lt
-    if i < n and text[i] == "<":
-        end = text.find(">", i)
-        if end < 0:
-            raise ParseError(f"Bad {what}: missing '>'")
-        uri_text = text[i + 1 : end].strip()
-        i = end + 1
+        if " " in uri_text or "\t" in uri_text:
+            # LAQUOT/RAQUOT allow no space inside the brackets (RFC 4475 §3.1.2.14).
+            raise ParseError(f"Bad {what}: whitespace inside <URI>")
+        i = m.end()
     else:
-        # addr-spec: the URI cannot contain ';', ',' or '?' here, so the
-        # first ';' starts the header parameters (RFC 3261 §20.10).
-        start = i
-        while i < n and text[i] not in ";" + _WS:
-            i += 1
-        uri_text = text[start:i]
+        display, uri_text, i = _addr_spec_or_problem(text, what)
     try:
         uri = parse_uri(uri_text)
     except ParseError as exc:
         raise ParseError(f"Bad {what}: {exc.reason}") from None
+    n = len(text)
+    if i == n:
+        return _address(uri, display, ())
     params, i = parse_params(text, i, what)
-    if _skip_ws(text, i) != n:
+    if i != n and _skip_ws(text, i) != n:
         raise ParseError(f"Bad {what}")
-    return Address(uri=uri, display=display, params=params)
+    return _address(uri, display, params)
+
+
+def _addr_spec_or_problem(text: str, what: str) -> tuple[None, str, int]:
+    """The URI of an addr-spec and where it ends, or the reason it is not one."""
+    n = len(text)
+    i = _skip_ws(text, 0)
+    if i >= n:
+        raise ParseError(f"Bad {what}: empty")
+    c = text[i]
+    if c == '"':
+        _, j = _read_quoted(text, i, what)
+        j = _skip_ws(text, j)
+        if j >= n or text[j] != "<":
+            raise ParseError(f"Bad {what}: display name without <URI>")
+        raise ParseError(f"Bad {what}: missing '>'")
+    lt = text.find("<", i)
+    # A ':' before the '<' means an addr-spec whose parameters hold a '<'
+    # (in a quoted value); a display name cannot contain one.
+    if lt >= 0 and ":" not in text[i:lt]:
+        if c != "<" and not _DISPLAY_TOKENS_RE.fullmatch(text, i, lt):
+            raise ParseError(f"Bad {what}: bad display name")
+        if text.find(">", lt) < 0:
+            raise ParseError(f"Bad {what}: missing '>'")
+        raise ParseError(f"Bad {what}: bad <URI>")
+    # addr-spec: the URI ends at the first ';' (RFC 3261 §20.10), so it
+    # cannot carry URI parameters, headers or commas.
+    m = _ADDR_SPEC_RE.match(text, i)
+    assert m is not None  # the pattern matches the empty string
+    uri_text = m.group()
+    if "?" in uri_text or "," in uri_text:
+        raise ParseError(f"Bad {what}: a URI with '?' or ',' must be enclosed in <>")
+    return None, uri_text, m.end()
+
+
+_ADDRESS_FIELDS = ("uri", "display", "params")
+_addr_uri, _addr_display, _addr_params = (Address.__dict__[name].__set__ for name in _ADDRESS_FIELDS)
+
+
+def _address(uri: URI, display: str | None, params: Params) -> Address:
+    addr: Address = _new(Address)
+    _addr_uri(addr, uri)
+    _addr_display(addr, display)
+    _addr_params(addr, params)
+    return addr
 
 
 # -------------------------------------------------------------- CSeq etc.
@@ -356,35 +444,52 @@ class CSeq:
         return f"{self.seq} {self.method}"
 
 
-_CSEQ_RE = re.compile(r"\s*(\d{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*")
-
-
 def parse_cseq(text: str) -> CSeq:
+    """``1*DIGIT LWS Method``.
+
+    The number may be up to 2**32-1: RFC 3261 §8.1.1.5 has senders stay
+    below 2**31, and RFC 4475 §3.1.2.4 calls only larger values invalid.
+    """
     m = _CSEQ_RE.fullmatch(text)
-    if not m:
+    if m is None:
         raise ParseError("Bad CSeq header")
-    seq = int(m.group(1))
-    if seq >= 2**31:
-        raise ParseError("Bad CSeq: number too large")
-    return CSeq(seq, m.group(2))
+    digits, method = m.groups()
+    seq = int(digits) if len(digits) <= 10 else _uint(digits)
+    if seq is None or seq > _UINT32_MAX:
+        raise ParseError("Bad CSeq: sequence number too large")
+    return CSeq(seq, method)
 
 
-def parse_uint(text: str, what: str, limit: int = 2**32 - 1) -> int:
-    t = text.strip()
-    if not t.isdigit() or not t.isascii():
+def _uint(digits: str) -> int | None:
+    """int() of ASCII digits, or None when longer than any limit we use.
+
+    Python refuses to convert strings of over 4300 digits (ValueError) and
+    big conversions are slow, so the length is checked first.
+    """
+    if len(digits) > 10:
+        digits = digits.lstrip("0")
+        if len(digits) > 10:
+            return None
+    return int(digits) if digits else 0
+
+
+def parse_uint(text: str, what: str, limit: int = _UINT32_MAX) -> int:
+    t = text.strip(_WS)
+    if not (t.isdigit() and t.isascii()):
         raise ParseError(f"Bad {what} header")
-    value = int(t)
-    if value > limit:
+    value = _uint(t)
+    if value is None or value > limit:
         raise ParseError(f"Bad {what}: value too large")
     return value
 
 
 def parse_token_list(text: str, what: str) -> list[str]:
-    out = []
-    for item in split_list(text):
-        if not is_token(item):
+    if _TOKEN_LIST_RE.fullmatch(text):
+        return [t.strip(_WS) for t in text.split(",")]
+    out = split_list(text)
+    for item in out:
+        if _TOKEN_RE.fullmatch(item) is None:
             raise ParseError(f"Bad {what} header")
-        out.append(item)
     return out
 
 
@@ -402,6 +507,7 @@ __all__ = [
     "parse_uint",
     "parse_via",
     "quote",
+    "split_hostport",
     "split_list",
     "unquote",
 ]

@@ -15,7 +15,8 @@ converts to its model for tools and tests that want it.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import ParseError, SipError
 from .headers import (
@@ -29,7 +30,7 @@ from .headers import (
     parse_via,
     split_list,
 )
-from .uri import URI, parse_uri
+from .uri import URI, SipURI, parse_uri
 
 if TYPE_CHECKING:
     import sipmessage
@@ -117,20 +118,70 @@ REASONS = {
     604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }
 
+#: Methods this package knows (RFC 3261 and the usual extensions). For any
+#: other method the core answers 501, which RFC 4475 §3.1.2.18 prefers to a
+#: 400 even when the CSeq method disagrees, so validate() leaves those alone.
+KNOWN_METHODS = frozenset(
+    (
+        "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+        "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+    )
+)
+
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _VERSION_RE = re.compile(r"SIP/(\d+)\.(\d+)", re.IGNORECASE)
 _STATUS_RE = re.compile(r"[1-6]\d\d")
 _CALLID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+(?:@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+)?")
+_LINE_SPLIT_RE = re.compile(r"\r?\n")
+_MISSING: Any = object()
 
 
 def canonical_name(name: str) -> str:
     return CANONICAL.get(name.lower(), name)
 
 
-class Message:
-    """Common part of requests and responses: header fields and body."""
+# Header name as written -> (lookup key, canonical spelling). Seeded with the
+# spellings phones use so that the per-line work in parse() is one dict hit;
+# other spellings are added as they are seen, up to a bound so that random
+# names cannot grow it without limit.
+_SPELLINGS: dict[str, tuple[str, str]] = {}
+for _lower, _canon in CANONICAL.items():
+    for _spelling in (_canon, _lower, _canon.upper(), _lower.capitalize()):
+        _SPELLINGS[_spelling] = (_canon.lower(), _canon)
+del _lower, _canon, _spelling
+_SPELLINGS_MAX = 1024
 
-    __slots__ = ("_headers", "body", "_cache")
+
+def _name_key(name: str) -> tuple[str, str] | None:
+    """(key, canonical name) for a header name as written, None if not a token."""
+    hit = _SPELLINGS.get(name)
+    if hit is not None:
+        return hit
+    stripped = name.rstrip(" \t")
+    if not _TOKEN_RE.fullmatch(stripped):
+        return None
+    canon = CANONICAL.get(stripped.lower(), stripped)
+    hit = (canon.lower(), canon)
+    if len(_SPELLINGS) < _SPELLINGS_MAX:
+        _SPELLINGS[name] = hit
+    return hit
+
+
+def _key(name: str) -> str:
+    hit = _SPELLINGS.get(name)
+    return hit[0] if hit is not None else canonical_name(name).lower()
+
+
+class Message:
+    """Common part of requests and responses: header fields and body.
+
+    Fields are kept in order as ``(key, name, value)`` where ``key`` is the
+    lower-case canonical name; an index from key to values is built once and
+    dropped on every change, and typed values are cached the same way. So
+    change fields through the methods here, never through ``_headers``.
+    """
+
+    __slots__ = ("_headers", "body", "_cache", "_index")
 
     version: str
 
@@ -139,11 +190,32 @@ class Message:
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
     ) -> None:
-        self._headers: list[tuple[str, str, str]] = [
-            (n.lower(), n, v) for n, v in ((canonical_name(n), v) for n, v in headers)
-        ]
+        self._headers: list[tuple[str, str, str]] = []
+        for n, v in headers:
+            n = canonical_name(n)
+            self._headers.append((n.lower(), n, v))
         self.body = body
         self._cache: dict[str, Any] = {}
+        self._index: dict[str, list[str]] | None = None
+
+    def _idx(self) -> dict[str, list[str]]:
+        # The accessors read ``self._index or self._idx()``: an attribute
+        # load is cheaper than this call, and an empty index is just rebuilt.
+        idx = self._index
+        if idx is None:
+            idx = {}
+            for k, _, v in self._headers:
+                lst = idx.get(k)
+                if lst is None:
+                    idx[k] = [v]
+                else:
+                    lst.append(v)
+            self._index = idx
+        return idx
+
+    def _changed(self) -> None:
+        self._index = None
+        self._cache.clear()
 
     # ------------------------------------------------------ raw header access
 
@@ -153,48 +225,47 @@ class Message:
 
     def get(self, name: str) -> str | None:
         """The first field called ``name`` (any case, compact forms too)."""
-        key = canonical_name(name).lower()
-        for k, _, v in self._headers:
-            if k == key:
-                return v
-        return None
+        lst = (self._index or self._idx()).get(_key(name))
+        return lst[0] if lst else None
 
     def get_all(self, name: str) -> list[str]:
         """Every field called ``name``, one entry per header line."""
-        key = canonical_name(name).lower()
-        return [v for k, _, v in self._headers if k == key]
+        return list((self._index or self._idx()).get(_key(name), ()))
 
     def values(self, name: str) -> list[str]:
         """Every value of a list header, comma-separated values split."""
+        return self._list_values(_key(name))
+
+    def _list_values(self, key: str) -> list[str]:
+        lines = (self._index or self._idx()).get(key)
+        if not lines:
+            return []
+        if len(lines) == 1:
+            return split_list(lines[0])
         out: list[str] = []
-        for v in self.get_all(name):
+        for v in lines:
             out.extend(split_list(v))
         return out
 
     def count(self, name: str) -> int:
-        key = canonical_name(name).lower()
-        return sum(1 for k, _, _ in self._headers if k == key)
+        return len((self._index or self._idx()).get(_key(name), ()))
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
+        return isinstance(name, str) and _key(name) in (self._index or self._idx())
 
     def add(self, name: str, value: str) -> None:
         """Append a field after the others."""
         name = canonical_name(name)
         self._headers.append((name.lower(), name, value))
-        self._cache.clear()
+        self._changed()
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a field before the first field of that name (or first of all)."""
         name = canonical_name(name)
         key = name.lower()
-        for i, (k, _, _) in enumerate(self._headers):
-            if k == key:
-                break
-        else:
-            i = 0
-        self._headers.insert(i, (key, name, value))
-        self._cache.clear()
+        at = next((i for i, h in enumerate(self._headers) if h[0] == key), 0)
+        self._headers.insert(at, (key, name, value))
+        self._changed()
 
     def set(self, name: str, value: str) -> None:
         """Replace every field called ``name`` with one, where the first stood."""
@@ -212,12 +283,12 @@ class Message:
         if not placed:
             out.append((key, name, value))
         self._headers = out
-        self._cache.clear()
+        self._changed()
 
     def remove(self, name: str) -> None:
-        key = canonical_name(name).lower()
+        key = _key(name)
         self._headers = [h for h in self._headers if h[0] != key]
-        self._cache.clear()
+        self._changed()
 
     def set_values(self, name: str, values: list[str]) -> None:
         """Replace a list header by one field per value (none if empty)."""
@@ -232,127 +303,153 @@ class Message:
             first_kept = sum(1 for h in self._headers[:first] if h[0] != key)
             rest[first_kept:first_kept] = new
         self._headers = rest
-        self._cache.clear()
+        self._changed()
 
     # ------------------------------------------------------- typed accessors
-
-    def _parsed(self, key: str, fn: Any) -> Any:
-        try:
-            return self._cache[key]
-        except KeyError:
-            value = self._cache[key] = fn()
-            return value
+    #
+    # Each parses its field on first use and caches the result (or raises
+    # ParseError every time, naming the field).
 
     @property
     def vias(self) -> list[Via]:
-        return self._parsed("via", lambda: [parse_via(v) for v in self.values("Via")])  # type: ignore[no-any-return]
+        vias: list[Via] | None = self._cache.get("via")
+        if vias is None:
+            vias = self._cache["via"] = [parse_via(v) for v in self._list_values("via")]
+        return vias
 
     @property
     def top_via(self) -> Via:
         """The first Via; :class:`ParseError` if there is none or it is malformed."""
-
-        def first() -> Via:
-            for v in self.get_all("Via"):
+        cache = self._cache
+        vias: list[Via] | None = cache.get("via")
+        if vias:
+            return vias[0]
+        via: Via | None = cache.get("top_via")
+        if via is None:
+            for v in (self._index or self._idx()).get("via", ()):
                 items = split_list(v)
                 if items:
-                    return parse_via(items[0])
+                    via = cache["top_via"] = parse_via(items[0])
+                    return via
             raise ParseError("Missing Via header")
-
-        return self._parsed("top_via", first)  # type: ignore[no-any-return]
+        return via
 
     @property
     def from_(self) -> Address:
-        return self._parsed("from", lambda: self._single_address("From"))  # type: ignore[no-any-return]
+        addr: Address | None = self._cache.get("from")
+        if addr is None:
+            addr = self._cache["from"] = self._single_address("from", "From header")
+        return addr
 
     @property
     def to(self) -> Address:
-        return self._parsed("to", lambda: self._single_address("To"))  # type: ignore[no-any-return]
+        addr: Address | None = self._cache.get("to")
+        if addr is None:
+            addr = self._cache["to"] = self._single_address("to", "To header")
+        return addr
 
-    def _single_address(self, name: str) -> Address:
-        value = self.get(name)
-        if value is None:
-            raise ParseError(f"Missing {name} header")
-        return parse_address(value, f"{name} header")
+    def _single_address(self, key: str, what: str) -> Address:
+        lst = (self._index or self._idx()).get(key)
+        if not lst:
+            raise ParseError(f"Missing {what}")
+        return parse_address(lst[0], what)
 
     @property
     def call_id(self) -> str:
-        def get() -> str:
-            value = self.get("Call-ID")
-            if value is None:
+        value: str | None = self._cache.get("call-id")
+        if value is None:
+            lst = (self._index or self._idx()).get("call-id")
+            if not lst:
                 raise ParseError("Missing Call-ID header")
-            value = value.strip()
+            value = lst[0]
             if not _CALLID_RE.fullmatch(value):
                 raise ParseError("Bad Call-ID header")
-            return value
-
-        return self._parsed("call_id", get)  # type: ignore[no-any-return]
+            self._cache["call-id"] = value
+        return value
 
     @property
     def cseq(self) -> CSeq:
-        def get() -> CSeq:
-            value = self.get("CSeq")
-            if value is None:
+        value: CSeq | None = self._cache.get("cseq")
+        if value is None:
+            lst = (self._index or self._idx()).get("cseq")
+            if not lst:
                 raise ParseError("Missing CSeq header")
-            return parse_cseq(value)
+            value = self._cache["cseq"] = parse_cseq(lst[0])
+        return value
 
-        return self._parsed("cseq", get)  # type: ignore[no-any-return]
+    def _uint(self, key: str, name: str, limit: int = 2**32 - 1) -> int | None:
+        value = self._cache.get(key, _MISSING)
+        if value is _MISSING:
+            lst = (self._index or self._idx()).get(key)
+            if not lst:
+                value = None
+            else:
+                text = lst[0]
+                # Short plain digits are the usual case; the rest (spaces,
+                # signs, huge numbers) goes through the careful parser.
+                if len(text) < 10 and text.isdigit() and text.isascii():
+                    value = int(text)
+                    if value > limit:
+                        value = parse_uint(text, name, limit)  # raises, naming the field
+                else:
+                    value = parse_uint(text, name, limit)
+            self._cache[key] = value
+        return value  # type: ignore[no-any-return]
 
     @property
     def max_forwards(self) -> int | None:
-        def get() -> int | None:
-            value = self.get("Max-Forwards")
-            return None if value is None else parse_uint(value, "Max-Forwards", 255)
-
-        return self._parsed("max_forwards", get)  # type: ignore[no-any-return]
+        return self._uint("max-forwards", "Max-Forwards", 255)
 
     @property
     def expires(self) -> int | None:
-        def get() -> int | None:
-            value = self.get("Expires")
-            return None if value is None else parse_uint(value, "Expires")
+        return self._uint("expires", "Expires")
 
-        return self._parsed("expires", get)  # type: ignore[no-any-return]
+    @property
+    def content_length(self) -> int | None:
+        return self._uint("content-length", "Content-Length")
 
     @property
     def contact_star(self) -> bool:
         """True for ``Contact: *`` (REGISTER removing every binding)."""
-        return any(v.strip() == "*" for v in self.values("Contact"))
+        return "*" in self._list_values("contact")
 
     @property
     def contacts(self) -> list[Address]:
         """Contact addresses; ``Contact: *`` is reported by :attr:`contact_star`."""
-
-        def get() -> list[Address]:
-            values = self.values("Contact")
-            if any(v.strip() == "*" for v in values):
+        contacts: list[Address] | None = self._cache.get("contact")
+        if contacts is None:
+            values = self._list_values("contact")
+            if "*" in values:
                 if len(values) > 1:
                     raise ParseError("Bad Contact: '*' mixed with other contacts")
-                return []
-            return [parse_address(v, "Contact header") for v in values]
-
-        return self._parsed("contacts", get)  # type: ignore[no-any-return]
+                contacts = []
+            else:
+                contacts = [parse_address(v, "Contact header") for v in values]
+            self._cache["contact"] = contacts
+        return contacts
 
     def addresses(self, name: str) -> list[Address]:
         """Route, Record-Route, Path and similar name-addr lists."""
-        return self._parsed(  # type: ignore[no-any-return]
-            "addr:" + name.lower(),
-            lambda: [parse_address(v, f"{canonical_name(name)} header") for v in self.values(name)],
-        )
+        key = _key(name)
+        ck = "addr:" + key
+        out: list[Address] | None = self._cache.get(ck)
+        if out is None:
+            what = f"{canonical_name(name)} header"
+            out = self._cache[ck] = [parse_address(v, what) for v in self._list_values(key)]
+        return out
 
     def tokens(self, name: str) -> list[str]:
         """Require, Proxy-Require, Supported, Allow ...: a list of tokens."""
-        return self._parsed(  # type: ignore[no-any-return]
-            "tok:" + name.lower(),
-            lambda: parse_token_list(", ".join(self.get_all(name)), canonical_name(name)),
-        )
+        return self._tokens(_key(name), canonical_name(name))
 
-    @property
-    def content_length(self) -> int | None:
-        def get() -> int | None:
-            value = self.get("Content-Length")
-            return None if value is None else parse_uint(value, "Content-Length")
-
-        return self._parsed("content_length", get)  # type: ignore[no-any-return]
+    def _tokens(self, key: str, name: str) -> list[str]:
+        ck = "tok:" + key
+        out: list[str] | None = self._cache.get(ck)
+        if out is None:
+            lines = (self._index or self._idx()).get(key, ())
+            text = lines[0] if len(lines) == 1 else ", ".join(lines)
+            out = self._cache[ck] = parse_token_list(text, name)
+        return out
 
     # ------------------------------------------------------------- output
 
@@ -360,14 +457,24 @@ class Message:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        """The wire form; Content-Length always states the body's length."""
+        """The wire form; Content-Length always states the body's length.
+
+        It stays where the first one stood (a proxy changes as little as it
+        can) or is appended; other copies are dropped.
+        """
         parts = [self.start_line()]
+        length = str(len(self.body))
+        placed = False
         for k, n, v in self._headers:
-            if k != "content-length":
-                parts.append(f"{n}: {v}")
-        parts.append(f"Content-Length: {len(self.body)}")
-        parts.append("")
-        parts.append("")
+            if k == "content-length":
+                if placed:
+                    continue
+                v = length
+                placed = True
+            parts.append(f"{n}: {v}")
+        if not placed:
+            parts.append("Content-Length: " + length)
+        parts.append("\r\n")
         return "\r\n".join(parts).encode("utf-8", "surrogateescape") + self.body
 
     def __bytes__(self) -> bytes:
@@ -380,13 +487,22 @@ class Message:
         return sipmessage.Message.parse(self.to_bytes())
 
     def check_single_headers(self) -> None:
-        for name in SINGLE_HEADERS:
-            if self.count(name) > 1:
+        idx = (self._index or self._idx())
+        if len(idx) == len(self._headers):
+            return  # no name appears twice
+        for key, name in _SINGLE_KEYS:
+            lst = idx.get(key)
+            if lst is not None and len(lst) > 1:
                 raise ParseError(f"Multiple {name} headers")
 
     @property
     def is_request(self) -> bool:
         return isinstance(self, Request)
+
+
+_SINGLE_KEYS = tuple((n.lower(), n) for n in SINGLE_HEADERS)
+_TOKEN_LIST_CHECKED = (("require", "Require"), ("proxy-require", "Proxy-Require"), ("supported", "Supported"))
+_ADDRESS_LIST_CHECKED = (("route", "Route"), ("record-route", "Record-Route"), ("path", "Path"))
 
 
 class Request(Message):
@@ -438,30 +554,43 @@ class Request(Message):
 
         Raises :class:`SipError` (400 with a reason naming the field, or 505
         for another SIP version). The Request-URI scheme (416), Max-Forwards
-        (483) and Require (420) are the core's decisions, not syntax.
+        (483), Require (420) and unknown methods (501) are the core's
+        decisions, not syntax: a request with an unknown method passes even
+        if its CSeq method differs (RFC 4475 §3.1.2.18).
         """
-        if self.version.upper() != "SIP/2.0":
+        version = self.version
+        if version != "SIP/2.0" and version.upper() != "SIP/2.0":
             raise SipError(505, "Version Not Supported")
         self.check_single_headers()
-        self.uri  # noqa: B018 - parse for syntax
-        self.vias
-        self.from_
-        self.to
-        self.call_id
+        uri = self.uri
+        if isinstance(uri, SipURI) and uri.headers is not None:
+            # RFC 3261 §19.1.1 forbids headers in a Request-URI; RFC 4475
+            # §3.1.2.11 allows answering 400 rather than guessing.
+            raise ParseError("Bad Request-URI: header fields are not allowed in it")
+        vias = self.vias
+        if not vias:
+            raise ParseError("Missing Via header")
+        branch = vias[0].branch
+        if branch is not None and len(branch) == 7 and branch.lower() == "z9hg4bk":
+            # The RFC 3261 cookie with no identifier after it (RFC 4475
+            # §3.2.1): such a branch cannot tell transactions apart.
+            raise ParseError("Bad Via branch: no transaction id after z9hG4bK")
+        self.from_  # noqa: B018 - each access parses and checks the field
+        self.to  # noqa: B018
+        self.call_id  # noqa: B018
         cseq = self.cseq
-        if cseq.method != self.method and self.method != "ACK" or (
-            self.method == "ACK" and cseq.method != "ACK"
-        ):
+        if cseq.method != self.method and self.method in KNOWN_METHODS:
             raise ParseError("CSeq method does not match the request method")
-        self.max_forwards
-        self.expires
-        self.contacts
-        self.content_length
-        for name in ("Require", "Proxy-Require", "Supported"):
-            if name in self:
-                self.tokens(name)
-        for name in ("Route", "Record-Route", "Path"):
-            if name in self:
+        self.max_forwards  # noqa: B018
+        self.expires  # noqa: B018
+        self.contacts  # noqa: B018
+        self.content_length  # noqa: B018
+        idx = (self._index or self._idx())
+        for key, name in _TOKEN_LIST_CHECKED:
+            if key in idx:
+                self._tokens(key, name)
+        for key, name in _ADDRESS_LIST_CHECKED:
+            if key in idx:
                 self.addresses(name)
 
 
@@ -493,13 +622,17 @@ class Response(Message):
         return new
 
     def validate(self) -> None:
-        """Enough of a response to match it to a transaction."""
+        """Enough of a response to match it to a transaction.
+
+        A response that fails this is dropped (it cannot be answered), as
+        RFC 4475 §3.1.2.5 asks for out-of-range CSeq numbers.
+        """
         self.check_single_headers()
-        self.top_via
-        self.cseq
-        self.call_id
-        self.from_
-        self.to
+        self.top_via  # noqa: B018 - each access parses and checks the field
+        self.cseq  # noqa: B018
+        self.call_id  # noqa: B018
+        self.from_  # noqa: B018
+        self.to  # noqa: B018
 
 
 def parse(data: bytes, max_headers: int = MAX_HEADERS) -> Request | Response:
@@ -509,90 +642,199 @@ def parse(data: bytes, max_headers: int = MAX_HEADERS) -> Request | Response:
     could be read, ``err.message`` holds them so that a request with a
     usable Via can be answered ``400 <reason>``; otherwise the input is not
     SIP and ``err.message`` is None.
+
+    Bare-LF line ends are accepted, folded lines are joined with one space,
+    CRLFs before the start line are skipped (RFC 3261 §7.5), and bytes
+    after Content-Length are ignored (a datagram's trailing noise, RFC 3261
+    §18.3). Without Content-Length the body is the rest of the data.
     """
-    # RFC 3261 §7.5: ignore CRLFs before the start line.
     start = 0
     n = len(data)
-    while start < n and data[start] in b"\r\n":
-        start += 1
-    end = data.find(b"\r\n\r\n", start)
+    if n and data[0] in b"\r\n":
+        while start < n and data[start] in b"\r\n":
+            start += 1
     defect: str | None = None
+    end = data.find(b"\r\n\r\n", start)
+    text = ""
+    lines: list[str] = []
     if end >= 0:
         head = data[start:end]
         body = data[end + 4 :]
-    else:
-        lf = data.find(b"\n\n", start)
-        if lf >= 0:
-            head, body = data[start:lf], data[lf + 2 :]
-        else:
-            head, body = data[start:], b""
-            defect = "Missing empty line after the header fields"
-    text = head.decode("utf-8", "surrogateescape")
-    if "\r" in text.replace("\r\n", ""):
-        text = text.replace("\r\n", "\n")
-        if "\r" in text:
-            raise ParseError("Bare CR in header block")
-        lines = text.split("\n")
-    elif "\n" in text.replace("\r\n", ""):
-        lines = text.replace("\r\n", "\n").split("\n")
-    else:
+        text = head.decode("utf-8", "surrogateescape")
         lines = text.split("\r\n")
+        # Every CR and LF must belong to a CRLF; otherwise the line ends are
+        # bare LFs (and the header block may end earlier) or stray CRs.
+        # (Joining and two memchr scans beat counting both characters.)
+        joined = "".join(lines)
+        if "\n" in joined or "\r" in joined:
+            end = -1
+    if end < 0:
+        head, body, defect = _split_head_slow(data, start)
+        text = head.decode("utf-8", "surrogateescape")
+        lines, eol_defect = _split_lines_slow(text)
+        defect = defect or eol_defect
 
-    msg = _parse_start_line(lines[0])
-    headers = msg._headers
-    for line in lines[1:]:
-        if not line:
-            continue
-        c = line[0]
-        if c == " " or c == "\t":
-            if not headers:
-                defect = defect or "Continuation line before any header"
-                continue
-            k, name, value = headers[-1]
-            headers[-1] = (k, name, (value + " " + line.strip(" \t")).strip())
-            continue
-        name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not _TOKEN_RE.fullmatch(name):
-            defect = defect or f"Bad header line: {line[:40]!r}"
-            continue
-        if "\x00" in value:
-            defect = defect or f"NUL byte in {name} header"
-            continue
-        name = CANONICAL.get(name.lower(), name)
-        headers.append((name.lower(), name, value.strip(" \t")))
-        if len(headers) > max_headers:
-            raise ParseError("Too many header fields", msg)
+    msg, line_defect = _parse_start_line(lines[0])
+    defect = defect or line_defect
+    if len(lines) > max_headers + 1:
+        del lines[max_headers + 1 :]
+        defect = defect or "Too many header fields"
+    has_nul = "\x00" in text
+    index, field_defect = _read_fields(msg._headers, lines, has_nul)
+    if index is None:
+        # Folded lines are rare: the loop meets them at no cost to the
+        # others, and the fields are read again once the lines are joined.
+        lines, fold_defect = _unfold(lines)
+        defect = defect or fold_defect
+        msg._headers = []
+        index, field_defect = _read_fields(msg._headers, lines, has_nul)
+        assert index is not None
+    defect = defect or field_defect
+    msg._index = index
 
-    try:
-        clen = msg.content_length
-    except ParseError as exc:
-        raise ParseError(exc.reason, msg) from None
-    if clen is not None:
-        if clen > len(body):
-            defect = defect or "Content-Length larger than the message body"
+    clen_values = index.get("content-length")
+    if clen_values is not None:
+        if len(clen_values) > 1:
+            # RFC 4475 §3.3.9: no way to know where the body ends.
+            defect = defect or "Multiple Content-Length headers"
         else:
-            body = body[:clen]
+            try:
+                clen = msg.content_length
+            except ParseError as exc:
+                defect = defect or exc.reason
+            else:
+                assert clen is not None
+                if clen > len(body):
+                    defect = defect or "Content-Length larger than the message body"
+                elif clen < len(body):
+                    body = body[:clen]
     msg.body = body
     if defect:
         raise ParseError(defect, msg)
     return msg
 
 
-def _parse_start_line(line: str) -> Request | Response:
+def _read_fields(
+    headers: list[tuple[str, str, str]], lines: list[str], has_nul: bool
+) -> tuple[dict[str, list[str]] | None, str | None]:
+    """Append the header fields of ``lines[1:]``; the key index and a defect.
+
+    A None index means a continuation line was met: unfold and call again.
+    """
+    index: dict[str, list[str]] = {}
+    defect: str | None = None
+    spelling = _SPELLINGS.get
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        hit = spelling(name)
+        if hit is None:
+            if line[:1] in (" ", "\t"):
+                return None, None
+            hit = _name_key(name) if colon else None
+            if hit is None:
+                defect = defect or f"Bad header line: {line[:40]!r}"
+                continue
+        key, cname = hit
+        value = value.strip(" \t")
+        if has_nul and "\x00" in value and "\x00" in value.replace("\\\x00", ""):
+            # NUL is only allowed escaped, inside a quoted string (RFC 4475 §3.1.1.2).
+            defect = defect or f"NUL byte in {cname} header"
+            continue
+        headers.append((key, cname, value))
+        if key in index:
+            index[key].append(value)
+        else:
+            index[key] = [value]
+    return index, defect
+
+
+def _split_head_slow(data: bytes, start: int) -> tuple[bytes, bytes, str | None]:
+    """Header block and body when line ends are not all CRLF.
+
+    The header block ends at the first empty line, whatever its line end.
+    """
+    pos = start
+    n = len(data)
+    while pos < n:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        line_end = nl - 1 if nl > pos and data[nl - 1] == 0x0D else nl
+        if line_end == pos and pos > start:
+            head_end = pos - 1  # the LF that ended the previous line
+            if head_end > start and data[head_end - 1] == 0x0D:
+                head_end -= 1
+            return data[start:head_end], data[nl + 1 :], None
+        pos = nl + 1
+    return data[start:], b"", "Missing empty line after the header fields"
+
+
+def _split_lines_slow(text: str) -> tuple[list[str], str | None]:
+    """Split at CRLF or bare LF; a CR anywhere else is a defect."""
+    lines = _LINE_SPLIT_RE.split(text.rstrip("\r\n"))
+    defect = None
+    if "\r" in text.replace("\r\n", ""):
+        defect = "Bare CR in header block"
+        lines = [line.replace("\r", " ") for line in lines]
+    return lines, defect
+
+
+def _unfold(lines: list[str]) -> tuple[list[str], str | None]:
+    """Join continuation lines to the line before (RFC 3261 §7.3.1)."""
+    out = [lines[0]]
+    defect = None
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if len(out) == 1:
+                defect = defect or "Continuation line before any header"
+                continue
+            out[-1] = out[-1].rstrip(" \t") + " " + line.strip(" \t")
+        elif line:
+            out.append(line)
+    return out, defect
+
+
+def _parse_start_line(line: str) -> tuple[Request | Response, str | None]:
+    """The message for a start line, with a defect that still allows an answer."""
     if line[:4].upper() == "SIP/":
         version, _, rest = line.partition(" ")
-        code, _, reason = rest.partition(" ")
-        if not _VERSION_RE.fullmatch(version) or not _STATUS_RE.fullmatch(code):
+        code, _, reason = rest.lstrip(" ").partition(" ")
+        if not _VERSION_RE.fullmatch(version) or len(code) != 3 or not _STATUS_RE.fullmatch(code):
             raise ParseError("Bad status line")
-        return Response(int(code), reason.strip(), version=version)
+        return Response(int(code), reason.strip(" \t"), version=version), None
     parts = line.split(" ")
-    if len(parts) != 3:
+    if len(parts) != 3 or not all(parts):
+        # RFC 4475 §3.1.2.9/10: extra SP between or after the elements may
+        # be ignored; the start line is rebuilt with single SPs on output.
+        parts = [p for p in parts if p]
+        if len(parts) < 3:
+            raise ParseError("Bad request line")
+    method, version = parts[0], parts[-1]
+    if method not in KNOWN_METHODS and not _TOKEN_RE.fullmatch(method):
         raise ParseError("Bad request line")
-    method, uri, version = parts
-    if not _TOKEN_RE.fullmatch(method) or not uri or not _VERSION_RE.fullmatch(version):
+    if version != "SIP/2.0" and not _VERSION_RE.fullmatch(version):
         raise ParseError("Bad request line")
-    return Request(method, uri, version=version)
+    if len(parts) > 3:
+        # Whitespace inside the Request-URI (RFC 4475 §3.1.2.8): the rest of
+        # the message is still read so that the sender gets its 400.
+        return _new_request(method, " ".join(parts[1:-1]), version), (
+            "Bad Request-URI: contains whitespace"
+        )
+    return _new_request(method, parts[1], version), None
+
+
+def _new_request(method: str, uri_text: str, version: str) -> Request:
+    """An empty Request for parse(), without the generic constructor's work."""
+    req = Request.__new__(Request)
+    req._headers = []
+    req.body = b""
+    req._cache = {}
+    req._index = None
+    req.method = method
+    req.uri_text = uri_text
+    req._uri = None
+    req.version = version
+    return req
 
 
 def make_response(

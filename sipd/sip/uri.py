@@ -7,45 +7,84 @@ received; comparison (RFC 3261 §19.1.4) is a separate, explicit operation.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import Union
 from urllib.parse import unquote
 
 from .errors import ParseError
 
-Params = tuple[tuple[str, Union[str, None]], ...]
+Params = tuple[tuple[str, str | None], ...]
 
 # RFC 3261 §25.1 character classes, as regular expression sets.
 _UNRESERVED = r"A-Za-z0-9\-_.!~*'()"
 _ESCAPED = r"%[0-9A-Fa-f]{2}"
-_USER_RE = re.compile(rf"(?:[{_UNRESERVED}&=+$,;?/]|{_ESCAPED})+")
-_PASSWORD_RE = re.compile(rf"(?:[{_UNRESERVED}&=+$,]|{_ESCAPED})*")
-_PARAMCHAR_RE = re.compile(rf"(?:[{_UNRESERVED}\[\]/:&+$]|{_ESCAPED})+")
-_HEADERS_RE = re.compile(rf"(?:[{_UNRESERVED}\[\]/?:+$=&]|{_ESCAPED})*")
-_HOSTNAME_RE = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*"
-    r"[A-Za-z](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?"
+
+
+def _escapable(chars: str, at_least_one: bool) -> str:
+    """``1*( [chars] / escaped )`` (or ``*(...)``) as an unrolled loop.
+
+    The plain ``(?:[chars]|%XX)+`` form makes the regex engine try the
+    alternation at every character; runs of ``[chars]*`` between escapes
+    are matched by one tight loop instead (about 1.5x faster on URIs).
+    """
+    one = f"[{chars}]"
+    if at_least_one:
+        return rf"(?:{one}+(?:{_ESCAPED}{one}*)*|(?:{_ESCAPED}{one}*)+)"
+    return rf"{one}*(?:{_ESCAPED}{one}*)*"
+
+
+_USER = _escapable(_UNRESERVED + "&=+$,;?/", True)
+_PASSWORD = _escapable(_UNRESERVED + "&=+$,", False)
+_PARAMCHAR = _escapable(_UNRESERVED + r"\[\]/:&+$", True)
+_HEADERS = _escapable(_UNRESERVED + r"\[\]/?:+$=&", False)
+_USER_RE = re.compile(_USER)
+_PASSWORD_RE = re.compile(_PASSWORD)
+_PARAMCHAR_RE = re.compile(_PARAMCHAR)
+_HEADERS_RE = re.compile(_HEADERS)
+# hostname = *( domainlabel "." ) toplabel [ "." ]; a label may hold hyphens
+# but not start or end with one. Written so that no two parts can match the
+# same text, which keeps the engine from backtracking.
+_HOSTNAME = (
+    r"(?:[A-Za-z0-9]+(?:-+[A-Za-z0-9]+)*\.)*"
+    r"[A-Za-z][A-Za-z0-9]*(?:-+[A-Za-z0-9]+)*\.?"
 )
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"  # 1*3DIGIT up to 255
+_IPV4 = rf"(?:{_OCTET}\.){{3}}{_OCTET}"
+#: host = hostname / IPv4address / IPv6reference, with the IPv4 ranges and
+#: hostname label rules checked by the pattern; an IPv6 reference is only
+#: shaped here and must still pass :func:`is_ipv6`.
+HOST_PATTERN = rf"\[[0-9A-Fa-f:.]+\]|{_IPV4}|{_HOSTNAME}"
+_HOSTNAME_RE = re.compile(_HOSTNAME)
 _IPV4_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
+_IPV4_STRICT_RE = re.compile(_IPV4)
 _IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+")
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 _TEL_RE = re.compile(r"\+?[0-9A-Fa-f*#\-.()pPwW]+")
+# The whole of a sip/sips URI after the colon in one pass: one regex call
+# costs about what three Python steps do, and every URI the server reads
+# (Request-URI, From, To, Contact, Route) goes through here.
+_SIP_RE = re.compile(
+    rf"(?:({_USER})(?::({_PASSWORD}))?@)?"
+    rf"({HOST_PATTERN})"
+    r"(?::([0-9]+))?"
+    rf"((?:;{_PARAMCHAR}(?:={_PARAMCHAR})?)*)"
+    rf"(?:\?({_HEADERS}))?"
+)
+# RFC 3261 absoluteURI characters (uric, with IPv6 brackets); a bare "%" is
+# let through rather than refusing an otherwise harmless foreign URI.
+_ABSOLUTE_RE = re.compile(r"[A-Za-z0-9\-_.!~*'();/?:@&=+$,%\[\]]+")
 _PORT_MAX = 65535
 
 
 def is_ipv4(host: str) -> bool:
-    if not _IPV4_RE.fullmatch(host):
-        return False
-    return all(int(part) <= 255 for part in host.split("."))
+    return _IPV4_STRICT_RE.fullmatch(host) is not None
 
 
 def is_ipv6(host: str) -> bool:
     """True for an IPv6 address *without* brackets."""
     if not _IPV6_RE.fullmatch(host) or host.count("::") > 1:
         return False
-    import ipaddress
-
     try:
         ipaddress.IPv6Address(host)
     except ValueError:
@@ -57,9 +96,9 @@ def valid_host(host: str) -> bool:
     """hostname / IPv4address / IPv6reference (with brackets)."""
     if host.startswith("["):
         return host.endswith("]") and is_ipv6(host[1:-1])
-    if _IPV4_RE.fullmatch(host):
-        return is_ipv4(host)
-    return bool(_HOSTNAME_RE.fullmatch(host))
+    if host[-1:].isdigit() and _IPV4_RE.fullmatch(host):
+        return _IPV4_STRICT_RE.fullmatch(host) is not None
+    return _HOSTNAME_RE.fullmatch(host) is not None
 
 
 def split_hostport(text: str) -> tuple[str, int | None]:
@@ -78,9 +117,13 @@ def split_hostport(text: str) -> tuple[str, int | None]:
         host, sep, port_text = text.partition(":")
         if not sep:
             return host, None
-    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > _PORT_MAX:
+    return host, parse_port(port_text)
+
+
+def parse_port(text: str) -> int:
+    if not (text.isdigit() and text.isascii()) or len(text) > 5 or int(text) > _PORT_MAX:
         raise ParseError("Bad port")
-    return host, int(port_text)
+    return int(text)
 
 
 def parse_uri_params(text: str) -> Params:
@@ -98,6 +141,15 @@ def parse_uri_params(text: str) -> Params:
             out.append((name, value))
         else:
             out.append((name, None))
+    return tuple(out)
+
+
+def _split_params(text: str) -> Params:
+    """Like :func:`parse_uri_params` for text a regex has already checked."""
+    out: list[tuple[str, str | None]] = []
+    for part in text[1:].split(";"):
+        name, eq, value = part.partition("=")
+        out.append((name, value if eq else None))
     return tuple(out)
 
 
@@ -237,7 +289,43 @@ class AbsoluteURI:
         return f"{self.scheme}:{self.rest}"
 
 
-URI = Union[SipURI, TelURI, AbsoluteURI]
+URI = SipURI | TelURI | AbsoluteURI
+
+# The parsers build a SipURI for every URI of every message. A frozen
+# dataclass's __init__ stores each field through object.__setattr__, which
+# doubles that cost; _sip_uri() stores into the slots directly. It must name
+# every field in order (tests/test_uri.py compares it with fields()).
+_SIP_URI_FIELDS = ("scheme", "host", "user", "password", "port", "params", "headers")
+_new = object.__new__
+(
+    _set_scheme,
+    _set_host,
+    _set_user,
+    _set_password,
+    _set_port,
+    _set_params,
+    _set_headers,
+) = (SipURI.__dict__[name].__set__ for name in _SIP_URI_FIELDS)
+
+
+def _sip_uri(
+    scheme: str,
+    host: str,
+    user: str | None,
+    password: str | None,
+    port: int | None,
+    params: Params,
+    headers: str | None,
+) -> SipURI:
+    uri: SipURI = _new(SipURI)
+    _set_scheme(uri, scheme)
+    _set_host(uri, host)
+    _set_user(uri, user)
+    _set_password(uri, password)
+    _set_port(uri, port)
+    _set_params(uri, params)
+    _set_headers(uri, headers)
+    return uri
 
 
 def _unescape(text: str | None) -> str | None:
@@ -261,50 +349,77 @@ def parse_uri(text: str) -> URI:
     sip/sips/tel URI that breaks its grammar.
     """
     scheme, colon, rest = text.partition(":")
-    if not colon or not _SCHEME_RE.fullmatch(scheme):
-        raise ParseError("Bad URI")
+    if not colon:
+        raise ParseError("Bad URI: no scheme")
+    if text[0] == "<":
+        raise ParseError("Bad URI: enclosed in <>")
+    if scheme == "sip" or scheme == "sips":
+        return _parse_sip(scheme, rest)
     lscheme = scheme.lower()
-    if lscheme in ("sip", "sips"):
+    if lscheme == "sip" or lscheme == "sips":
         return _parse_sip(lscheme, rest)
+    if not _SCHEME_RE.fullmatch(scheme):
+        raise ParseError("Bad URI scheme")
     if lscheme == "tel":
         number, _, params = rest.partition(";")
         if not _TEL_RE.fullmatch(number):
             raise ParseError("Bad tel URI")
         return TelURI(number, parse_uri_params(";" + params) if params else ())
-    if not rest or any(c in rest for c in " \t<>\""):
+    if not rest or not _ABSOLUTE_RE.fullmatch(rest):
         raise ParseError("Bad URI")
     return AbsoluteURI(lscheme, rest)
 
 
 def _parse_sip(scheme: str, rest: str) -> SipURI:
-    user = password = None
+    m = _SIP_RE.fullmatch(rest)
+    if m is None:
+        raise ParseError(_sip_problem(rest))
+    user, password, host, port_text, params_text, headers = m.groups()
+    if host[0] == "[" and not is_ipv6(host[1:-1]):
+        raise ParseError("Bad IPv6 host in URI")
+    port = None
+    if port_text is not None:
+        # The pattern took ASCII digits only.
+        port = int(port_text) if len(port_text) <= 5 else _PORT_MAX + 1
+        if port > _PORT_MAX:
+            raise ParseError("Bad port in URI")
+    return _sip_uri(
+        scheme,
+        host.lower(),
+        user,
+        password,
+        port,
+        _split_params(params_text) if params_text else (),
+        headers,
+    )
+
+
+def _sip_problem(rest: str) -> str:
+    """Name what is wrong with a sip URI the fast pattern refused (error path only)."""
     at = rest.find("@")
     if at >= 0:
-        userinfo, rest = rest[:at], rest[at + 1 :]
-        user, colon, pw = userinfo.partition(":")
+        user, colon, pw = rest[:at].partition(":")
         if not _USER_RE.fullmatch(user):
-            raise ParseError("Bad user part in URI")
-        if colon:
-            if not _PASSWORD_RE.fullmatch(pw):
-                raise ParseError("Bad password in URI")
-            password = pw
+            return "Bad user part in URI"
+        if colon and not _PASSWORD_RE.fullmatch(pw):
+            return "Bad password in URI"
+        rest = rest[at + 1 :]
     rest, qmark, headers_text = rest.partition("?")
     if qmark and not _HEADERS_RE.fullmatch(headers_text):
-        raise ParseError("Bad URI headers")
-    semi = rest.find(";")
-    hostport, params_text = (rest, "") if semi < 0 else (rest[:semi], rest[semi:])
-    host, port = split_hostport(hostport)
-    if not valid_host(host):
-        raise ParseError("Bad host in URI")
-    return SipURI(
-        scheme=scheme,
-        host=host.lower(),
-        user=user,
-        password=password,
-        port=port,
-        params=parse_uri_params(params_text),
-        headers=headers_text if qmark else None,
-    )
+        return "Bad URI headers"
+    hostport, semi, params_text = rest.partition(";")
+    try:
+        host, _ = split_hostport(hostport)
+    except ParseError as exc:
+        return f"{exc.reason} in URI"
+    if not host or not valid_host(host):
+        return "Bad host in URI"
+    if semi:
+        try:
+            parse_uri_params(semi + params_text)
+        except ParseError as exc:
+            return exc.reason
+    return "Bad SIP URI"
 
 
 def parse_sip_uri(text: str) -> SipURI:
