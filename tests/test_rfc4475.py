@@ -1,8 +1,7 @@
 """RFC 4475 torture messages: every file of the shared corpus gets the
 outcome its section asks for.
 
-The corpus is not copied into this repository; it is read from
-``../shared/corpus/rfc4475`` next to the checkout. Where the RFC leaves a
+The corpus lives in ``tests/vectors/rfc4475`` with its digests. Where the RFC leaves a
 choice ("may be rejected ... or an element could be liberal"), the table
 says which one this parser makes. Where the RFC asks something of a proxy,
 registrar or UA beyond parsing, the parse-level part is tested here and the
@@ -11,6 +10,7 @@ comment names the rest.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
@@ -21,11 +21,7 @@ from sipd.sip.errors import ParseError, SipError
 from sipd.sip.message import KNOWN_METHODS, Message, Request, Response, parse
 from sipd.sip.uri import AbsoluteURI, SipURI
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "rfc4475"
-
-pytestmark = pytest.mark.skipif(
-    not CORPUS.is_dir(), reason=f"RFC 4475 corpus not found at {CORPUS} (it is not part of the repo)"
-)
+CORPUS = Path(__file__).resolve().parent / "vectors" / "rfc4475"
 
 OK = "parses and validates"
 R400 = "request answered 400"
@@ -129,6 +125,17 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
 
 def test_every_corpus_file_has_an_expectation() -> None:
     assert {p.name for p in CORPUS.glob("*.dat")} == set(EXPECTED)
+
+
+def test_corpus_bytes_are_the_rfc_bytes() -> None:
+    # An editor that "fixes" line endings would make every test below vacuous.
+    sums = {}
+    for line in (CORPUS / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split()
+        sums[name.lstrip("*")] = digest
+    assert set(sums) == set(EXPECTED)
+    for name, digest in sums.items():
+        assert hashlib.sha256((CORPUS / name).read_bytes()).hexdigest() == digest, name
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
