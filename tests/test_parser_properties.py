@@ -19,11 +19,9 @@ from sipd.sip.errors import ParseError, SipError
 from sipd.sip.message import Message, Request, parse
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "rfc4475"
 
 SEEDS: list[bytes] = [p.read_bytes() for p in sorted(VECTORS.glob("*/*.sip"))]
-if CORPUS.is_dir():
-    SEEDS += [p.read_bytes() for p in sorted(CORPUS.glob("*.dat"))]
+SEEDS += [p.read_bytes() for p in sorted((VECTORS / "rfc4475").glob("*.dat"))]
 SEEDS = [s for s in SEEDS if s]
 
 # Bytes that matter to the grammar, to insert where they hurt most.
