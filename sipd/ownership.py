@@ -1,0 +1,108 @@
+"""Who owns which address: the admin's alias map and trusted trunks in force.
+
+The files are read in a worker thread (:meth:`Ownership.load`) and the new
+maps are put in force on the trio thread (:meth:`Ownership.apply`), which is
+the only thread that reads them. A file that cannot be trusted or read
+keeps the maps in force; a bad line is skipped. Each problem is logged once
+per change of the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from srfs import users
+from srfs.adminfile import WatchedAdminFile
+from srfs.aliases import AliasMap, parse_aliases
+from srfs.trunks import TrunkMap, parse_trunks
+
+log = logging.getLogger("sipd.ownership")
+
+__all__ = ["Loaded", "Ownership"]
+
+
+def _is_user(name: str) -> bool:
+    return users.lookup(name) is not None
+
+
+@dataclass
+class Loaded:
+    """What one :meth:`Ownership.load` found: new maps (None: unchanged)."""
+
+    aliases: AliasMap | None = None
+    trunks: TrunkMap | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+class Ownership:
+    def __init__(
+        self,
+        aliases_path: str | None,
+        trunks_path: str | None,
+        *,
+        owner: int = 0,
+        is_user: Callable[[str], bool] = _is_user,
+    ) -> None:
+        self.aliases = AliasMap()
+        self.trunks = TrunkMap()
+        self._alias_file = WatchedAdminFile(aliases_path, owner=owner) if aliases_path else None
+        self._trunk_file = WatchedAdminFile(trunks_path, owner=owner) if trunks_path else None
+        self._is_user = is_user
+
+    # ------------------------------------------------------------ queries
+
+    def owns(self, user: str, aor: str) -> bool:
+        """May ``user`` register ``aor`` and receive the calls for it?"""
+        return aor == user or self.aliases.owner_of(aor) == user
+
+    def owner_of(self, aor: str) -> str | None:
+        """The user an AOR belongs to through the alias map (not a user's own name)."""
+        return self.aliases.owner_of(aor)
+
+    def names_of(self, user: str) -> tuple[str, ...]:
+        return self.aliases.names_of(user)
+
+    def trunk_user_at(self, host: str) -> str | None:
+        return self.trunks.user_at(host)
+
+    # ------------------------------------------------------------ loading
+
+    def load(self, *, force: bool = False) -> Loaded:
+        """Re-read the files that changed. Blocking (NSS, file I/O)."""
+        out = Loaded()
+        if self._alias_file is not None:
+            data = self._alias_file.poll(force=force)
+            if self._alias_file.problem:
+                out.problems.append(f"not using {self._alias_file.path}: {self._alias_file.problem}")
+            elif data is not None:
+                amap, problems = parse_aliases(
+                    data.decode("utf-8", "replace"), self.aliases, is_user=self._is_user
+                )
+                out.aliases = amap
+                out.problems.extend(f"{self._alias_file.path}: {p}" for p in problems)
+        if self._trunk_file is not None:
+            data = self._trunk_file.poll(force=force)
+            if self._trunk_file.problem:
+                out.problems.append(f"not using {self._trunk_file.path}: {self._trunk_file.problem}")
+            elif data is not None:
+                tmap, problems = parse_trunks(data.decode("utf-8", "replace"))
+                out.trunks = tmap
+                out.problems.extend(f"{self._trunk_file.path}: {p}" for p in problems)
+        return out
+
+    def apply(self, loaded: Loaded) -> bool:
+        """Put what :meth:`load` found in force; True if a map changed."""
+        for problem in loaded.problems:
+            log.warning("%s", problem)
+        changed = False
+        if loaded.aliases is not None and loaded.aliases.owners != self.aliases.owners:
+            self.aliases = loaded.aliases
+            log.info("alias map: %d name(s)", len(self.aliases))
+            changed = True
+        if loaded.trunks is not None and loaded.trunks.networks != self.trunks.networks:
+            self.trunks = loaded.trunks
+            log.info("trusted trunks: %d network(s)", len(self.trunks))
+            changed = True
+        return changed
