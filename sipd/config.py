@@ -204,6 +204,7 @@ class Settings:
     acc: bool = True
     outbound_proxy: str = ""
     aliases: str = "/etc/sipd/aliases"
+    trunks: str = "/etc/sipd/trunks"
     max_message_size: int = 65535
     tcp_max_connections: int = 1024
     tcp_idle_timeout: float = 300.0
@@ -244,6 +245,7 @@ KEYS: tuple[Key, ...] = (
     Key("acc", _bool("acc"), "write call records to ~/.sr/acc (default true)"),
     Key("outbound_proxy", _string("outbound_proxy"), "where calls to other domains go (default: refused)"),
     Key("aliases", _string("aliases"), "the alias map (default /etc/sipd/aliases)"),
+    Key("trunks", _string("trunks"), "trusted trunks by source address (default /etc/sipd/trunks)"),
     Key("max_message_size", _positive_int("max_message_size"),
         "largest SIP message accepted, bytes (65535)"),
     Key("tcp_max_connections", _positive_int("tcp_max_connections"),

@@ -10,7 +10,7 @@ per change of the file.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from srfs import users
@@ -44,12 +44,14 @@ class Ownership:
         *,
         owner: int = 0,
         is_user: Callable[[str], bool] = _is_user,
+        gateways: Iterable[str] = (),
     ) -> None:
         self.aliases = AliasMap()
         self.trunks = TrunkMap()
         self._alias_file = WatchedAdminFile(aliases_path, owner=owner) if aliases_path else None
         self._trunk_file = WatchedAdminFile(trunks_path, owner=owner) if trunks_path else None
         self._is_user = is_user
+        self._gateways = frozenset(g.strip("[]").lower() for g in gateways if g)
 
     # ------------------------------------------------------------ queries
 
@@ -66,6 +68,10 @@ class Ownership:
 
     def trunk_user_at(self, host: str) -> str | None:
         return self.trunks.user_at(host)
+
+    def is_gateway(self, host: str) -> bool:
+        """Is ``host`` the outbound proxy's (compared as written in the settings)?"""
+        return host.strip("[]").lower() in self._gateways
 
     # ------------------------------------------------------------ loading
 

@@ -22,6 +22,7 @@ from srfs.directory import Account, Directory
 from .auth import Authenticator, RecentAccounts
 from .digest import AuthResult, Credentials
 from .identity import LocalIdentity
+from .ownership import Ownership
 from .peer import Peer
 from .persistence import Persistence
 from .registrar import REGISTRAR_EXTENSIONS, Registrar, aor_of
@@ -54,6 +55,8 @@ class Registration:
     persistence: Persistence | None = None
     write_through: bool = True
     accounts: RecentAccounts | None = None
+    #: The alias map and trusted trunks; without it a user owns only their own name.
+    ownership: Ownership | None = None
 
 
 class Server:
@@ -188,10 +191,13 @@ class Server:
             return self.reply(req, 401, "Unauthorized", reg.auth.challenge_headers(False, wall, stale))
         assert account is not None
         user = account.user.name
-        if aor != user:
+        ownership = reg.ownership
+        if not (aor == user or (ownership is not None and ownership.owns(user, aor))):
             log.warning('register refused: user "%s" from %s may not register %r', user, peer.host,
                         aor[:64])
             raise SipError(403, "Not allowed to register this address")
+        if ownership is not None:
+            self._check_contact_targets(req, ownership, user, peer)
         if not req.values("Contact"):
             return self._ok(req, reg.registrar.fetch(aor, req, wall).headers)
         result_ = reg.registrar.register(req, aor, user, peer, wall)
@@ -207,6 +213,28 @@ class Server:
             return self._ok(req, headers)
 
         return Defer(persist.sync(user, wall), saved, name=f"save {user}")
+
+    @staticmethod
+    def _check_contact_targets(req: Request, ownership: Ownership, user: str, peer: Peer) -> None:
+        """Refuse a contact that would take a trunk's or a gateway's calls.
+
+        Only the trunk's own user may register at a trunk address; nobody
+        may register the gateway's.
+        """
+        for contact in req.contacts:
+            uri = contact.sip_uri
+            if uri is None:
+                continue
+            host = uri.host
+            if ownership.is_gateway(host):
+                log.warning('register refused: user "%s" from %s: contact %s is the gateway',
+                            user, peer.host, host[:64])
+                raise SipError(403, "Contact points at the gateway")
+            trunk_user = ownership.trunk_user_at(host)
+            if trunk_user is not None and trunk_user != user:
+                log.warning('register refused: user "%s" from %s: contact %s is a trunk address',
+                            user, peer.host, host[:64])
+                raise SipError(403, "Contact points at a trunk address")
 
     def _ok(self, req: Request, headers: tuple[tuple[str, str], ...]) -> Response:
         self.stats.registers_ok += 1
