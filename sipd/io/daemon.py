@@ -9,6 +9,7 @@ yet, record the logouts, close the sockets and exit 0.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -16,6 +17,7 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -32,9 +34,12 @@ from ..config import Settings
 from ..digest import NonceManager
 from ..endpoint import Endpoint
 from ..identity import build_identity
+from ..ownership import Ownership
 from ..persistence import Persistence, WtmpSessions
 from ..registrar import Registrar, RegistrarPolicy
 from ..server import Registration, Server
+from ..sip.errors import ParseError
+from ..sip.uri import SipURI, parse_uri
 from ..work import run_inline
 from .transport import StartupError, Transports, bind_sockets
 
@@ -89,6 +94,18 @@ class Daemon:
     store: LocationStore
     persistence: Persistence
     wtmp: WtmpSessions | None
+    ownership: Ownership
+
+
+def gateway_host(uri: str) -> str:
+    """The host of the outbound proxy's URI ("" when there is none)."""
+    if not uri:
+        return ""
+    try:
+        parsed = parse_uri(uri if ":" in uri.split("@")[0] or uri.startswith("sip") else f"sip:{uri}")
+    except ParseError:
+        return ""
+    return parsed.host if isinstance(parsed, SipURI) else ""
 
 
 def build(settings: Settings, ports: set[int], hosts: list[str]) -> Daemon:
@@ -100,6 +117,8 @@ def build(settings: Settings, ports: set[int], hosts: list[str]) -> Daemon:
         write_through=settings.sync == "write-through",
         flush_interval=settings.flush_interval,
     )
+    ownership = Ownership(settings.aliases, settings.trunks,
+                          gateways=[gateway_host(settings.outbound_proxy)])
     registration = Registration(
         registrar=Registrar(
             RegistrarPolicy(
@@ -117,6 +136,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str]) -> Daemon:
         persistence=persistence,
         write_through=settings.sync == "write-through",
         accounts=RecentAccounts(Directory.unchanged),
+        ownership=ownership,
     )
     endpoint = Endpoint(
         Server(identity, registration),
@@ -137,7 +157,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str]) -> Daemon:
                 wtmp = WtmpSessions(store, recorder, endpoint.emit)
             except (WtmpError, OSError) as exc:
                 log.warning("wtmp disabled: %s", exc)
-    return Daemon(settings, endpoint, store, persistence, wtmp)
+    return Daemon(settings, endpoint, store, persistence, wtmp, ownership)
 
 
 def reload_registrations(daemon: Daemon) -> None:
@@ -195,6 +215,7 @@ async def run(settings: Settings) -> None:
         )
         daemon.endpoint.transport_stats = transports.stats
         await trio.to_thread.run_sync(reload_registrations, daemon)
+        daemon.ownership.apply(await trio.to_thread.run_sync(daemon.ownership.load))
     except BaseException:
         for _, sock in bound:
             sock.close()
@@ -203,7 +224,8 @@ async def run(settings: Settings) -> None:
     if settings.mount_enabled:
         from .statefs import StateFs
 
-        statefs = StateFs(settings, daemon.endpoint, transports, started=time.time())
+        statefs = StateFs(settings, daemon.endpoint, transports, started=time.time(),
+                          ownership=daemon.ownership)
         await trio.to_thread.run_sync(statefs.load)
     tune_gc()
     async with trio.open_nursery() as nursery:
@@ -224,7 +246,9 @@ async def run(settings: Settings) -> None:
             ", ".join(str(a) for a, _ in bound),
         )
         notify_systemd("READY=1")
-        await _wait_for_signals()
+        reload = ReloadRequest()
+        nursery.start_soon(watch_admin_files, daemon.ownership, reload)
+        await _wait_for_signals(reload.set)
         notify_systemd("STOPPING=1")
         nursery.cancel_scope.cancel()
     for _, sock in bound:
@@ -241,12 +265,46 @@ def shutdown(daemon: Daemon) -> None:
         daemon.wtmp.logout_all()
 
 
-async def _wait_for_signals() -> None:
+ADMIN_POLL_INTERVAL = 2.0
+
+
+class ReloadRequest:
+    """SIGHUP's request to re-read the admin files now (trio events cannot be reset)."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True if a reload was asked for within ``timeout`` seconds."""
+        with trio.move_on_after(timeout):
+            await self._event.wait()
+        if not self._event.is_set():
+            return False
+        self._event = trio.Event()
+        return True
+
+
+async def watch_admin_files(ownership: Ownership, reload: ReloadRequest) -> None:
+    """Re-read /etc/sipd/aliases and trunks when they change, or at once on SIGHUP."""
+    while True:
+        force = await reload.wait(ADMIN_POLL_INTERVAL)
+        loaded = await trio.to_thread.run_sync(functools.partial(ownership.load, force=force))
+        ownership.apply(loaded)
+        if force:
+            log.info("reloaded: alias map with %d name(s), %d trusted trunk network(s)",
+                     len(ownership.aliases), len(ownership.trunks))
+
+
+async def _wait_for_signals(on_hup: Callable[[], None] = lambda: None) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 # Caught so that a reload request never kills the daemon.
-                log.info("SIGHUP received: nothing is reloadable yet; restart sipd to apply changes")
+                log.info("SIGHUP received: reloading the alias map and trunks")
+                on_hup()
                 continue
             log.info("%s received, shutting down", signal.Signals(signum).name)
             return

@@ -34,6 +34,7 @@ from srfs.users import User
 from .. import __version__
 from ..config import Settings
 from ..endpoint import Endpoint
+from ..ownership import Ownership
 from ..work import Job
 from .transport import Transports
 
@@ -47,9 +48,20 @@ def _config_text(data: bytes) -> str:
     return userconfig.decode(data)
 
 
+def _ownership_hooks(ownership: Ownership | None) -> dict[str, Any]:
+    """The tree's view of the alias map; read at each lookup, so reloads show at once."""
+    if ownership is None:
+        return {}
+    return {
+        "owns": ownership.owns,
+        "aliases_of": ownership.names_of,
+        "alias_map": lambda: ownership.aliases.render(),
+    }
+
+
 class StateFs:
     def __init__(self, settings: Settings, endpoint: Endpoint, transports: Transports,
-                 started: float) -> None:
+                 started: float, ownership: Ownership | None = None) -> None:
         self.settings = settings
         self.endpoint = endpoint
         self.transports = transports
@@ -63,6 +75,7 @@ class StateFs:
             max_contacts=settings.max_contacts,
             statistics=self.statistics,
             started=started,
+            **_ownership_hooks(ownership),
         )
         self._configs = FileCache("config", _config_text)
         self.ops: SrFs | None = None
