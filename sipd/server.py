@@ -225,16 +225,11 @@ class Server:
             uri = contact.sip_uri
             if uri is None:
                 continue
-            host = uri.host
-            if ownership.is_gateway(host):
-                log.warning('register refused: user "%s" from %s: contact %s is the gateway',
-                            user, peer.host, host[:64])
-                raise SipError(403, "Contact points at the gateway")
-            trunk_user = ownership.trunk_user_at(host)
-            if trunk_user is not None and trunk_user != user:
-                log.warning('register refused: user "%s" from %s: contact %s is a trunk address',
-                            user, peer.host, host[:64])
-                raise SipError(403, "Contact points at a trunk address")
+            refused = ownership.contact_refused(user, uri.host)
+            if refused is not None:
+                log.warning('register refused: user "%s" from %s: contact host %s: %s',
+                            user, peer.host, uri.host[:64], refused)
+                raise SipError(403, refused)
 
     def _ok(self, req: Request, headers: tuple[tuple[str, str], ...]) -> Response:
         self.stats.registers_ok += 1

@@ -350,6 +350,10 @@ def _nothing(_user: str) -> Sequence[str]:
     return ()
 
 
+def _no_refusal(_user: str, _contact: str) -> str | None:
+    return None
+
+
 # Surrogates that surrogateescape did not make (it uses U+DC80..U+DCFF for
 # undecodable bytes): they cannot be encoded at all.
 _LONE_SURROGATE_RE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
@@ -389,6 +393,8 @@ class Tree:
     addresses, transactions, calls, messages); the tree adds the location
     figures. ``alias_map``, ``aliases_of`` and ``calls_of`` fill the
     ``aliases`` and ``calls`` files (empty until the daemon has them).
+    ``contact_refused(user, contact)`` gives the reason a contact may not
+    be written (one at a trunk or gateway address), or None.
     ``clock`` stamps changes heard through the store subscription; without
     it the caller must feed :meth:`note_change` itself. Not thread safe:
     the trio thread owns it, like the store.
@@ -406,6 +412,7 @@ class Tree:
         alias_map: Callable[[], str] | None = None,
         aliases_of: Callable[[str], Sequence[str]] = _nothing,
         calls_of: Callable[[str], Sequence[str]] = _nothing,
+        contact_refused: Callable[[str, str], str | None] = _no_refusal,
         root_uid: int = 0,
         root_gid: int = 0,
         started: float | None = None,
@@ -419,6 +426,7 @@ class Tree:
         self._alias_map = alias_map
         self._aliases_of = aliases_of
         self._calls_of = calls_of
+        self._contact_refused = contact_refused
         self._root_uid = root_uid
         self._root_gid = root_gid
         self._clock = clock
@@ -798,6 +806,9 @@ class Tree:
                 raise TreeError(errno.EINVAL, f"line {number}: {e}") from None
             if not self._owns(user, b.aor):
                 raise TreeError(errno.EACCES, f"line {number}: {user} does not own AOR {b.aor!r}")
+            refused = self._contact_refused(user, b.contact)
+            if refused is not None:
+                raise TreeError(errno.EACCES, f"line {number}: {refused}")
             out.append(b)
         return out
 

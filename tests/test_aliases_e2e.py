@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,11 @@ def test_one_auth_id_registers_two_lines_and_the_tree_shows_them(
     contacts = (mnt / "alice" / "contacts").read_text()
     assert "aor=1003" in contacts and "aor=01727221221" in contacts
     assert (mnt / "alice" / "aliases").read_text() == "01727221221\n1003\n"
+    # The tree refuses what the registrar refuses.
+    r = subprocess.run(["bash", "-c", f"echo 'sip:x@198.51.100.7' >> {mnt}/alice/contacts"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "Permission denied" in r.stderr, r
+    assert "198.51.100.7" not in (mnt / "alice" / "contacts").read_text()
     assert "2000: bob\n" in (mnt / "aliases").read_text()
 
 

@@ -35,6 +35,8 @@ from .. import __version__
 from ..config import Settings
 from ..endpoint import Endpoint
 from ..ownership import Ownership
+from ..sip.errors import ParseError
+from ..sip.uri import SipURI, parse_uri
 from ..work import Job
 from .transport import Transports
 
@@ -52,10 +54,21 @@ def _ownership_hooks(ownership: Ownership | None) -> dict[str, Any]:
     """The tree's view of the alias map; read at each lookup, so reloads show at once."""
     if ownership is None:
         return {}
+
+    def contact_refused(user: str, contact: str) -> str | None:
+        try:
+            uri = parse_uri(contact)
+        except ParseError:
+            return None  # the line parser has accepted it; nothing to compare
+        if not isinstance(uri, SipURI):
+            return None
+        return ownership.contact_refused(user, uri.host)
+
     return {
         "owns": ownership.owns,
         "aliases_of": ownership.names_of,
         "alias_map": lambda: ownership.aliases.render(),
+        "contact_refused": contact_refused,
     }
 
 
