@@ -145,7 +145,7 @@ class CallTracker:
                 self._record(leg, "failure", wall, status=_RING_TIMEOUT, reason="timeout")
 
     def next_deadline(self) -> float | None:
-        """Wall-clock time at which :meth:`expire` next has work (may be early)."""
+        """Wall-clock time at which :meth:`expire` next has work, or None."""
         return self.calls.next_expiry()
 
     # ----------------------------------------------------------- records

@@ -252,8 +252,18 @@ class CallTable:
         return out
 
     def next_expiry(self) -> float | None:
-        """When :meth:`expire` next has work (may be early: stale entries)."""
-        return self._heap[0][0] if self._heap else None
+        """When :meth:`expire` next has work, None when no leg can expire."""
+        heap = self._heap
+        # Drop stale entries at the top so that the daemon does not wake up
+        # for a deadline that a refresh or an answer has already moved.
+        while heap and not self._is_current(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _is_current(self, entry: tuple[float, str]) -> bool:
+        when, call_id = entry
+        legs = self._by_id.get(call_id)
+        return legs is not None and any(c.expires == when for c in legs.values())
 
     def _maybe_compact(self) -> None:
         # Every refresh leaves an entry behind; keep the heap near the size
