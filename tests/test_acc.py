@@ -311,3 +311,19 @@ def test_replace_keeps_frozen_records() -> None:
     with pytest.raises(AttributeError):
         r.event = "end"  # type: ignore[misc]
     assert replace(r, event="end", duration=1).duration == 1
+
+
+def _man_lines(page: str, prefix: str) -> list[str]:
+    text = (Path(__file__).resolve().parent.parent / "man" / page).read_text()
+    return [line.replace("\\-", "-") for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_man_page_examples_parse_and_agree() -> None:
+    lines = _man_lines("sr.5", "2026\\-12\\-04T")
+    records = [parse_line(line) for line in lines]
+    assert [r.event for r in records] == ["start", "answer", "end", "start", "failure"]
+    start, answer, end = records[:3]
+    assert end.duration == end.time - answer.time
+    assert {r.user for r in records} == {"jan"}
+    # What sipd itself would write for them is byte for byte the same.
+    assert [format_line(r) for r in records] == lines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from srfs.calls import Call, CallChange, CallChangeKind, CallTable, format_call
@@ -152,3 +154,16 @@ def test_duration_agrees_with_printed_times() -> None:
     assert c.duration(T0 + 0.8) == 1  # 17:45:03 - 17:45:02, as the lines show
     assert c.duration(T0 - 5) == 0  # a clock step back never gives a negative
     assert leg().duration(T0 + 100) == 0
+
+
+def test_man_page_example_lines_are_what_sipd_renders() -> None:
+    text = (Path(__file__).resolve().parent.parent / "man" / "srfs.5").read_text()
+    shown = [line.replace("\\-", "-") for line in text.splitlines()
+             if line.startswith(("a84b4c76e66710@pc33 ", "5f1e\\-77@"))]
+    start = 1_796_406_302.0  # 2026-12-04T17:45:02Z
+    table = CallTable()
+    table.add(leg("a84b4c76e66710@pc33", start=start))
+    table.answer("a84b4c76e66710@pc33", start + 7, None)
+    table.add(leg("5f1e-77@203.0.113.9", direction="in", peer="sip:alice@example.org",
+                  start=start + 18))
+    assert table.lines("jan", start + 19) == shown
