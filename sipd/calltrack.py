@@ -54,6 +54,8 @@ ACC_LANE = "acc"
 _CANCELLED = 487
 #: Status recorded for a call that was still ringing at its timeout.
 _RING_TIMEOUT = 408
+#: Status recorded for a call still ringing when sipd stops.
+_UNAVAILABLE = 503
 
 
 class CallTracker:
@@ -143,6 +145,20 @@ class CallTracker:
                 self._record(leg, "end", wall, duration=leg.duration(wall), reason="timeout")
             else:
                 self._record(leg, "failure", wall, status=_RING_TIMEOUT, reason="timeout")
+
+    def end_all(self, wall: float) -> None:
+        """Close every call with ``reason=shutdown`` (sipd stopping).
+
+        The calls themselves may well go on, but nobody will see their BYE:
+        without this their records would stop at ``answer``.
+        """
+        for call_id in sorted({leg.call_id for leg in self.calls}):
+            for leg in self.calls.remove(call_id):
+                if leg.state == "answered":
+                    self._record(leg, "end", wall, duration=leg.duration(wall),
+                                 reason="shutdown")
+                else:
+                    self._record(leg, "failure", wall, status=_UNAVAILABLE, reason="shutdown")
 
     def next_deadline(self) -> float | None:
         """Wall-clock time at which :meth:`expire` next has work, or None."""

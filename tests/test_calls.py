@@ -167,3 +167,26 @@ def test_man_page_example_lines_are_what_sipd_renders() -> None:
     table.add(leg("5f1e-77@203.0.113.9", direction="in", peer="sip:alice@example.org",
                   start=start + 18))
     assert table.lines("jan", start + 19) == shown
+
+
+def test_tree_shows_each_user_their_own_calls() -> None:
+    from srfs.location import LocationStore
+    from srfs.tree import Tree
+    from srfs.users import User
+
+    jan, bob = User("jan", 1001, 1001, "/home/jan"), User("bob", 1002, 1002, "/home/bob")
+    table = CallTable()
+    now = T0 + 30
+    tree = Tree(LocationStore(), lambda: (jan, bob), started=0.0,
+                calls_of=lambda user: table.lines(user, now))
+    assert tree.render("/jan/calls", now) == b""
+    table.add(leg(user="jan"))
+    table.add(leg(user="bob", direction="in"))
+    table.answer("c1", T0 + 10, None)
+    jan_text = tree.render("/jan/calls", now).decode()
+    bob_text = tree.render("/bob/calls", now).decode()
+    assert jan_text == table.lines("jan", now)[0] + "\n"
+    assert " direction=out state=answered " in jan_text and jan_text.endswith(" duration=20\n")
+    assert bob_text.startswith("c1 peer=sip:jan@example.com direction=in state=answered ")
+    node = tree.resolve("/bob/calls")
+    assert (node.st_mode & 0o777, node.uid) == (0o400, bob.uid)

@@ -264,3 +264,17 @@ def test_acc_jobs_drains_the_tracker(tracker: CallTracker) -> None:
     jobs = acc_jobs(tracker, AccFiles())
     assert sorted(j.name for j in jobs) == ["acc bob", "acc jan"]
     assert acc_jobs(tracker, AccFiles()) == []
+
+
+def test_end_all_closes_every_call_at_shutdown(tracker: CallTracker) -> None:
+    tracker.call_started("c1", "jan", "bob", JAN, BOB, T0)
+    tracker.call_answered("c1", T0 + 1)
+    tracker.call_started("c2", None, "bob", "sip:x@y", BOB, T0 + 2)
+    tracker.take_records()
+    tracker.end_all(T0 + 31)
+    assert len(tracker.calls) == 0 and tracker.next_deadline() is None
+    assert events(tracker) == {
+        "jan": [("end", "out", BOB, "31", "duration=30", "reason=shutdown")],
+        "bob": [("end", "in", JAN, "31", "duration=30", "reason=shutdown"),
+                ("failure", "in", "sip:x@y", "31", "status=503", "reason=shutdown")],
+    }
