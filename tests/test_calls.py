@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from srfs.calls import Call, CallChange, CallChangeKind, CallTable, format_call
 from srfs.usrloc import tokenize
@@ -190,3 +192,15 @@ def test_tree_shows_each_user_their_own_calls() -> None:
     assert bob_text.startswith("c1 peer=sip:jan@example.com direction=in state=answered ")
     node = tree.resolve("/bob/calls")
     assert (node.st_mode & 0o777, node.uid) == (0o400, bob.uid)
+
+
+_PRINTABLE = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=80)
+
+
+@given(call_id=_PRINTABLE, peer=_PRINTABLE)
+def test_lines_give_back_printable_values(call_id: str, peer: str) -> None:
+    tokens = tokenize(format_call(leg(call_id=call_id, peer=peer), T0))
+    assert tokens[0] == call_id
+    assert tokens[1] == f"peer={peer}"
+    assert len(tokens) == 6
