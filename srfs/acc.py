@@ -31,13 +31,13 @@ twice that on disk.
 
 from __future__ import annotations
 
-import calendar
 import errno
 import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal, get_args
 from urllib.parse import unquote
 
@@ -156,14 +156,13 @@ def parse_time(text: str) -> int:
     m = _TIME_RE.fullmatch(text)
     if not m:
         raise LineError(f"bad time {text[:30]!r}: expected YYYY-MM-DDTHH:MM:SSZ")
-    year, month, day, hour, minute, second = (int(g) for g in m.groups())
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59
-            and second <= 60):
-        raise LineError(f"bad time {text!r}")
     try:
-        return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-    except (ValueError, OverflowError) as exc:
+        # datetime, not calendar.timegm: that one quietly turns 02-31 into 03-03.
+        year, month, day, hour, minute, second = (int(g) for g in m.groups())
+        stamp = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError as exc:
         raise LineError(f"bad time {text!r}") from exc
+    return int(stamp.timestamp())
 
 
 # --- lines -------------------------------------------------------------------

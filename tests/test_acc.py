@@ -61,7 +61,8 @@ def test_time_format() -> None:
     assert format_time(T0 + 0.999) == "2026-12-04T17:45:02Z"  # truncated, not rounded
     assert parse_time("2026-12-04T17:45:02Z") == T0
     for bad in ("2026-12-04 17:45:02Z", "2026-12-04T17:45:02", "2026-13-04T17:45:02Z",
-                "2026-12-04T17:45:02+00:00", "２026-12-04T17:45:02Z"):
+                "2026-12-04T17:45:02+00:00", "２026-12-04T17:45:02Z", "2026-02-31T00:00:00Z",
+                "2026-12-04T24:00:00Z", "0000-01-01T00:00:00Z"):
         with pytest.raises(LineError):
             parse_time(bad)
 

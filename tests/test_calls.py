@@ -204,3 +204,13 @@ def test_lines_give_back_printable_values(call_id: str, peer: str) -> None:
     assert tokens[0] == call_id
     assert tokens[1] == f"peer={peer}"
     assert len(tokens) == 6
+
+
+def test_srfs_call_modules_never_import_sipd() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, srfs.acc, srfs.calls; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sipd'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
