@@ -132,6 +132,33 @@ class CallTracker:
             else:
                 self._record(leg, "failure", wall, status=_CANCELLED, reason="cancelled")
 
+    def call_forwarded(
+        self, call_id: str, callee_user: str | None, status: int, wall: float
+    ) -> None:
+        """A ringing call was sent on to another target (``forward``, ``forward_noanswer``).
+
+        The local callee(s) so far get a ``failure`` with ``status`` (302
+        for an unconditional forward, 408 when nobody answered, 486 when
+        busy) and ``reason=forwarded``; ``callee_user``, the new target when
+        it is local, gets a leg of its own. The caller's leg goes on as it
+        was: whoever answers, the caller's call is answered.
+        """
+        legs = self.calls.legs(call_id)
+        if not legs or any(leg.state == "answered" for leg in legs):
+            return
+        if not 300 <= status <= 699:
+            log.warning("call %r: ignoring forward with status %d", call_id, status)
+            return
+        first = legs[0]
+        for leg in self.calls.remove_legs(call_id, lambda c: c.direction == "in"):
+            self._record(leg, "failure", wall, status=status, reason="forwarded")
+        if callee_user is not None:
+            leg = Call(call_id, callee_user, first.from_uri, "in", "ringing", wall,
+                       from_uri=first.from_uri, to_uri=first.to_uri,
+                       expires=wall + self.ringing_timeout)
+            if self.calls.add(leg):
+                self._record(leg, "start", wall)
+
     def call_refreshed(self, call_id: str, wall: float) -> None:
         """Any in-dialog request of a known call: it is still alive."""
         legs = self.calls.legs(call_id)

@@ -220,6 +220,10 @@ class CallTable:
         """Drop the call with all its legs; the legs as they were."""
         return self._remove(call_id, lambda _c: True, expired=False)
 
+    def remove_legs(self, call_id: str, which: Callable[[Call], bool]) -> list[Call]:
+        """Drop the legs of the call for which ``which`` is true (a callee forwarded away)."""
+        return self._remove(call_id, which, expired=False)
+
     def _remove(self, call_id: str, which: Callable[[Call], bool], *, expired: bool) -> list[Call]:
         found = self._by_id.get(call_id)
         if not found:

@@ -278,3 +278,33 @@ def test_end_all_closes_every_call_at_shutdown(tracker: CallTracker) -> None:
         "bob": [("end", "in", JAN, "31", "duration=30", "reason=shutdown"),
                 ("failure", "in", "sip:x@y", "31", "status=503", "reason=shutdown")],
     }
+
+
+def test_forward_no_answer_moves_the_callee_leg(tracker: CallTracker) -> None:
+    tracker.call_started("c1", "jan", "bob", JAN, BOB, T0)
+    tracker.take_records()
+    tracker.call_forwarded("c1", "carol", 408, T0 + 20)
+    assert [(c.user, c.direction) for c in tracker.calls.legs("c1")] == [
+        ("jan", "out"), ("carol", "in")]
+    tracker.call_answered("c1", T0 + 25)
+    tracker.call_ended("c1", T0 + 85)
+    got = events(tracker)
+    assert got["bob"] == [("failure", "in", JAN, "20", "status=408", "reason=forwarded")]
+    assert got["carol"] == [("start", "in", JAN, "20"), ("answer", "in", JAN, "25"),
+                            ("end", "in", JAN, "85", "duration=60", "reason=bye")]
+    assert [e[0] for e in got["jan"]] == ["answer", "end"]
+
+
+def test_forward_to_a_foreign_target_and_after_answer(tracker: CallTracker) -> None:
+    tracker.call_started("c1", None, "bob", "sip:x@y", BOB, T0)
+    tracker.call_forwarded("c1", None, 302, T0 + 1)  # bob forwards to his mobile
+    assert "c1" not in tracker.calls
+    assert events(tracker)["bob"][-1] == (
+        "failure", "in", "sip:x@y", "1", "status=302", "reason=forwarded")
+    tracker.call_started("c2", "jan", "bob", JAN, BOB, T0)
+    tracker.call_answered("c2", T0 + 1)
+    tracker.take_records()
+    tracker.call_forwarded("c2", "carol", 408, T0 + 2)  # too late: ignored
+    tracker.call_forwarded("nope", "carol", 408, T0 + 2)
+    assert events(tracker) == {}
+    assert [c.user for c in tracker.calls.legs("c2")] == ["jan", "bob"]
