@@ -533,6 +533,25 @@ class SrDir:
                 raise self._open_error(self._label(name), e, self._fd, name) from e
         return True
 
+    def rename(self, name: str, new_name: str) -> bool:
+        """Rename the entry ``name`` to ``new_name`` inside ``~/.sr``; False if absent.
+
+        For rotating log-like files (``acc`` to ``acc.1``). Works on
+        directory entries only: a symlink is renamed as a link, and one at
+        ``new_name`` is replaced, never followed, so nothing outside
+        ``~/.sr`` is touched.
+        """
+        _check_name(name)
+        _check_name(new_name)
+        with _acting_as(self.user):
+            try:
+                os.rename(name, new_name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                raise self._os_error(self._label(new_name), e, f"cannot rename {name} to ") from e
+        return True
+
     @contextmanager
     def lock(self, timeout: float = 10.0) -> Iterator[None]:
         """Hold an exclusive flock on ``~/.sr`` for a read-modify-write.
