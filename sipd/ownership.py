@@ -9,12 +9,13 @@ per change of the file.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from srfs import users
-from srfs.adminfile import WatchedAdminFile
+from srfs.adminfile import AdminFileError, WatchedAdminFile, read_admin_file, replace_admin_file
 from srfs.aliases import AliasMap, parse_aliases
 from srfs.trunks import TrunkMap, parse_trunks
 
@@ -110,6 +111,41 @@ class Ownership:
                 out.trunks = tmap
                 out.problems.extend(f"{self._trunk_file.path}: {p}" for p in problems)
         return out
+
+    def write_aliases(self, data: bytes, *, append: bool) -> Loaded:
+        """Root's write to /run/sr/aliases: merge it into the file, or refuse it.
+
+        Appended lines go after the file's own (comments kept); a replacing
+        write becomes the file. The result must parse without a problem,
+        else :class:`OSError` EINVAL names the first one and the file stays
+        as it was. Blocking; the map is put in force with :meth:`apply`.
+        """
+        watched = self._alias_file
+        if watched is None:
+            raise OSError(errno.EOPNOTSUPP, "no alias map is configured")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise OSError(errno.EINVAL, "the alias map must be UTF-8") from None
+        if append:
+            try:
+                got = read_admin_file(watched.path, owner=watched.owner)
+            except AdminFileError as exc:
+                raise OSError(exc.errno, exc.reason) from None
+            current = got[0].decode("utf-8", "replace") if got is not None else ""
+            if current and not current.endswith("\n"):
+                current += "\n"
+            text = current + text
+        amap, problems = parse_aliases(text, self.aliases, is_user=self._is_user)
+        clashes = [p for p in problems if "repeats line" not in p.reason]
+        if clashes:
+            raise OSError(errno.EINVAL, f"{watched.path}: {clashes[0]}")
+        try:
+            replace_admin_file(watched.path, text.encode(), owner=watched.owner)
+        except AdminFileError as exc:
+            raise OSError(exc.errno, exc.reason) from None
+        log.info("alias map written through the tree: %d name(s)", len(amap))
+        return Loaded(aliases=amap)
 
     def apply(self, loaded: Loaded) -> bool:
         """Put what :meth:`load` found in force; True if a map changed."""

@@ -545,7 +545,8 @@ class SrFs(pyfuse3.Operations):
                 # A 1 MiB cp arrives in 128 KiB writes; judging the whole
                 # buffer each time would hold the trio thread for long.
                 data = h.buf[h.buf.rfind(b"\n", 0, min(at, len(h.buf))) + 1:]
-            self.tree.check_write(h.path, bytes(data), self._clock(), complete=False)
+            self.tree.check_write(h.path, bytes(data), self._clock(), complete=False,
+                                  append=h.append)
         except (TreeError, FUSEError) as e:
             h.error = e.errno
             log.debug("write to %s refused: %s", h.path, e)
@@ -623,7 +624,11 @@ class SrFs(pyfuse3.Operations):
         await self._deliver(result)
 
     async def _deliver(self, result: WriteResult) -> None:
-        changed = bool(result.changes) or (result.config is not None and result.config.changed)
+        changed = (
+            bool(result.changes)
+            or (result.config is not None and result.config.changed)
+            or result.aliases is not None
+        )
         if not changed or self._on_commit is None:
             return
         try:

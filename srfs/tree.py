@@ -56,6 +56,7 @@ from enum import Enum
 from typing import Literal
 
 from . import userconfig
+from .aliases import parse_aliases
 from .location import Binding, Change, LocationStore, RemoveReason
 from .userconfig import ConfigValueError, UserConfig, UserConfigs
 from .users import User, valid_name
@@ -195,11 +196,25 @@ class ConfigChange:
 
 
 @dataclass(frozen=True, slots=True)
+class AliasMapWrite:
+    """Root's write to ``/aliases``, for the daemon to merge into the alias file.
+
+    The lines are checked one by one here; the daemon checks them against
+    the rest of the map (a name given to two owners) and refuses the whole
+    write with EINVAL if they clash.
+    """
+
+    data: bytes
+    append: bool
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What a :meth:`Tree.commit` did: store changes or a config edit."""
+    """What a :meth:`Tree.commit` did: store changes, a config edit, or an alias map write."""
 
     changes: tuple[Change, ...] = ()
     config: ConfigChange | None = None
+    aliases: AliasMapWrite | None = None
 
 
 # --- statistics: the status and metrics files ----------------------------------
@@ -690,15 +705,14 @@ class Tree:
     def _writable(self, node: Node) -> None:
         if node.is_dir:
             raise TreeError(errno.EISDIR, f"{node.path} is a directory")
-        if node.kind is Kind.ALIAS_MAP:
-            raise TreeError(
-                errno.EOPNOTSUPP,
-                "the alias map cannot be edited here yet; edit /etc/sipd/aliases and reload",
-            )
+        if node.kind is Kind.ALIAS_MAP and self._alias_map is None:
+            raise TreeError(errno.EOPNOTSUPP, "this daemon has no alias map")
         if not node.writable:
             raise TreeError(errno.EACCES, f"{node.path} is read-only")
 
-    def check_write(self, path: str, data: bytes, now: float, *, complete: bool) -> None:
+    def check_write(
+        self, path: str, data: bytes, now: float, *, complete: bool, append: bool = False
+    ) -> None:
         """Validate a write in progress without applying it.
 
         With ``complete=False`` only the finished lines are checked (the
@@ -706,6 +720,11 @@ class Tree:
         ``complete=True`` everything is (what :meth:`commit` would refuse).
         """
         node = self._write_target(path)
+        if node.kind is Kind.ALIAS_MAP:
+            if not complete:
+                data = data[: data.rfind(b"\n") + 1]
+            self.parse_alias_lines(data, append=append)
+            return
         assert node.user is not None
         if node.kind is Kind.CONTACTS:
             if not complete:
@@ -726,6 +745,9 @@ class Tree:
     def commit(self, path: str, data: bytes, *, append: bool, now: float) -> WriteResult:
         """Apply a finished write to the node at ``path`` (see the module doc)."""
         node = self._write_target(path)
+        if node.kind is Kind.ALIAS_MAP:
+            self.parse_alias_lines(data, append=append)
+            return WriteResult(aliases=AliasMapWrite(data, append))
         assert node.user is not None
         if node.kind is Kind.CONTACTS:
             mode: ContactsMode = "append" if append else "replace"
@@ -780,6 +802,28 @@ class Tree:
         return self.remove_config(node.user, node.key, now)
 
     # ----------------------------------------------------------- contacts
+
+    def parse_alias_lines(self, data: bytes, *, append: bool = False) -> None:
+        """Check a write to ``/aliases``; EINVAL names the first bad line.
+
+        An appending write is checked against the map in force too, so a
+        name given to a second owner is refused while the writer can still
+        hear it (an error at close is lost on ``echo >>``).
+        """
+        if len(data) > MAX_WRITE:
+            raise TreeError(errno.EFBIG, f"more than {MAX_WRITE} bytes in one write")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TreeError(errno.EINVAL, f"not UTF-8 (byte {e.start})") from None
+        members = self.members()
+        if append and self._alias_map is not None:
+            current = self._alias_map()
+            text = current + ("\n" if current and not current.endswith("\n") else "") + text
+        _, problems = parse_aliases(text, is_user=lambda name: name in members)
+        clashes = [p for p in problems if "repeats line" not in p.reason]
+        if clashes:
+            raise TreeError(errno.EINVAL, str(clashes[0]))
 
     def parse_contacts(self, user: str, data: bytes, now: float) -> list[Binding]:
         """The bindings a write to ``user``'s contacts names; TreeError on any bad line.

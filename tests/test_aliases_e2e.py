@@ -13,7 +13,7 @@ import pytest
 
 from .sipclient import Daemon, reason_of, running_sipd, status_of
 from .test_register_e2e import Phone
-from .test_statefs_e2e import mnt, password  # noqa: F401  (fixtures)
+from .test_statefs_e2e import password  # noqa: F401  (a fixture)
 from .unixusers import FakeUnix
 
 pytestmark = pytest.mark.skipif(
@@ -41,7 +41,7 @@ def admin(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def alias_sipd(tmp_path: Path, unix: FakeUnix, mnt: Path, admin: Path,  # noqa: F811
+def alias_sipd(tmp_path: Path, unix: FakeUnix, mnt: Path, admin: Path,
                password: str) -> Iterator[Daemon]:  # noqa: F811
     conf = tmp_path / "aliases.toml"
     conf.write_text(f'mount = "{mnt}"\naliases = "{admin / "aliases"}"\ntrunks = "{admin / "trunks"}"\n')
@@ -103,3 +103,39 @@ def test_an_edit_of_the_map_takes_effect_without_a_restart(
         assert alias_sipd.alive()
     finally:
         phone.close()
+
+
+def sh(cmd: str, user: str | None = None, unix: FakeUnix | None = None) -> subprocess.CompletedProcess[str]:
+    argv = ["bash", "-c", cmd]
+    if user is not None:
+        assert unix is not None
+        u = unix[user]
+        argv = ["setpriv", f"--reuid={u.uid}", f"--regid={u.gid}", "--clear-groups", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+def test_root_edits_the_alias_map_with_shell_tools(
+    alias_sipd: Daemon, mnt: Path, admin: Path, unix: FakeUnix
+) -> None:
+    aliases = admin / "aliases"
+    r = sh(f"echo '4000: alice' >> {mnt}/aliases")
+    assert r.returncode == 0, r.stderr
+    assert "4000" in (mnt / "alice" / "aliases").read_text()
+    text = aliases.read_text()
+    assert text.startswith("# name: owner\n1003: alice\n") and text.endswith("4000: alice\n")
+    assert oct(aliases.stat().st_mode & 0o777) == "0o644" and aliases.stat().st_uid == 0
+    # A clash with the map is refused whole, and the file stays as it was.
+    r = sh(f"printf '4001: alice\\n1003: bob\\n' >> {mnt}/aliases")
+    assert r.returncode == 1 and "Invalid argument" in r.stderr, r
+    assert aliases.read_text() == text
+    assert "4001" not in (mnt / "aliases").read_text()
+    # A user can read the map but not change it.
+    r = sh(f"cat {mnt}/aliases", "alice", unix)
+    assert r.returncode == 0 and "4000: alice" in r.stdout
+    r = sh(f"echo '5000: alice' >> {mnt}/aliases", "alice", unix)
+    assert r.returncode == 1 and "Permission denied" in r.stderr, r
+    # '>' replaces the whole map.
+    r = sh(f"echo '1003: alice' > {mnt}/aliases")
+    assert r.returncode == 0, r.stderr
+    assert (mnt / "aliases").read_text() == "1003: alice\n"
+    assert aliases.read_text() == "1003: alice\n"

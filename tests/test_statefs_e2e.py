@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,18 +26,6 @@ def password(unix: FakeUnix) -> str:
     r = unix.sippasswd("-r", REALM, "--stdin", "alice", input="fs-secret\n")
     assert r.returncode == 0, r.stderr
     return "fs-secret"
-
-
-@pytest.fixture
-def mnt() -> Iterator[Path]:
-    # Not under pytest's 0700 tmp_path: the mount must be reachable.
-    base = Path(tempfile.mkdtemp(prefix="srfs-mnt-"))
-    base.chmod(0o755)
-    try:
-        yield base / "sr"
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(base / "sr")], capture_output=True)
-        subprocess.run(["rm", "-rf", str(base)])
 
 
 def sh(cmd: str) -> subprocess.CompletedProcess[str]:

@@ -1307,3 +1307,43 @@ def test_tree_and_userconfig_import_neither_sipd_nor_pyfuse3() -> None:
 def test_node_is_a_value() -> None:
     a = Node("/jan", Kind.USER, 0o700, 1001, 1001, True, "jan")
     assert a == replace(a) and hash(a) == hash(replace(a))
+
+
+# ------------------------------------------------------------ the alias map
+
+
+def test_alias_map_writes_are_checked_line_by_line_and_handed_on() -> None:
+    w = make_world(alias_map=lambda: "1003: jan\n")
+    w.tree.check_open("/aliases", write=True)
+    r = w.tree.commit("/aliases", b"# a comment\n1004: bob\n", append=True, now=NOW)
+    assert r.aliases is not None
+    assert (r.aliases.data, r.aliases.append) == (b"# a comment\n1004: bob\n", True)
+    assert r.changes == () and r.config is None
+    # An unfinished last line is checked only when the write completes.
+    w.tree.check_write("/aliases", b"1005: bob\n1006", NOW, complete=False)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"1003 jan\n", "expected 'name: owner'"),
+        (b"1003: jan\n1003: bob\n", "neither line is used"),
+        (b"bob: jan\n", "user's own address"),
+        (b"10 03: jan\n", "not a valid SIP user part"),
+        (b"\xff: jan\n", "not UTF-8"),
+    ],
+)
+def test_alias_map_write_refused(data: bytes, reason: str) -> None:
+    w = make_world(alias_map=lambda: "")
+    e = err(lambda: w.tree.commit("/aliases", data, append=False, now=NOW))
+    assert e.errno == errno.EINVAL and reason in e.reason
+    e = err(lambda: w.tree.check_write("/aliases", data, NOW, complete=True))
+    assert e.errno == errno.EINVAL
+
+
+def test_alias_map_append_is_checked_against_the_map_in_force() -> None:
+    w = make_world(alias_map=lambda: "1003: jan\n")
+    e = err(lambda: w.tree.check_write("/aliases", b"1003: bob\n", NOW, complete=False, append=True))
+    assert e.errno == errno.EINVAL and "neither line is used" in e.reason
+    # Replacing the map may give the name to someone else.
+    w.tree.check_write("/aliases", b"1003: bob\n", NOW, complete=False, append=False)

@@ -91,6 +91,7 @@ class StateFs:
             **_ownership_hooks(ownership),
         )
         self._configs = FileCache("config", _config_text)
+        self._ownership = ownership
         self.ops: SrFs | None = None
 
     # ------------------------------------------------------------- inputs
@@ -144,6 +145,13 @@ class StateFs:
 
     async def on_commit(self, result: WriteResult) -> None:
         """A write through the tree changed something."""
+        if result.aliases is not None and self._ownership is not None:
+            # Raises OSError (EINVAL for a clash): the writer sees it.
+            ownership, write = self._ownership, result.aliases
+            loaded = await trio.to_thread.run_sync(
+                lambda: ownership.write_aliases(write.data, append=write.append)
+            )
+            ownership.apply(loaded)
         change = result.config
         if change is not None and change.changed:
             user, data = change.user, change.data
