@@ -205,6 +205,7 @@ class Settings:
     outbound_proxy: str = ""
     aliases: str = "/etc/sipd/aliases"
     trunks: str = "/etc/sipd/trunks"
+    from_policy: str = "reject"
     max_message_size: int = 65535
     tcp_max_connections: int = 1024
     tcp_idle_timeout: float = 300.0
@@ -246,6 +247,8 @@ KEYS: tuple[Key, ...] = (
     Key("outbound_proxy", _string("outbound_proxy"), "where calls to other domains go (default: refused)"),
     Key("aliases", _string("aliases"), "the alias map (default /etc/sipd/aliases)"),
     Key("trunks", _string("trunks"), "trusted trunks by source address (default /etc/sipd/trunks)"),
+    Key("from_policy", _choice("from_policy", "reject", "rewrite"),
+        "a call whose From user the caller does not own: reject (403) or rewrite it"),
     Key("max_message_size", _positive_int("max_message_size"),
         "largest SIP message accepted, bytes (65535)"),
     Key("tcp_max_connections", _positive_int("tcp_max_connections"),
