@@ -137,9 +137,9 @@ class Ownership:
                 current += "\n"
             text = current + text
         amap, problems = parse_aliases(text, self.aliases, is_user=self._is_user)
-        clashes = [p for p in problems if "repeats line" not in p.reason]
-        if clashes:
-            raise OSError(errno.EINVAL, f"{watched.path}: {clashes[0]}")
+        refused = [p for p in problems if p.fatal]
+        if refused:
+            raise OSError(errno.EINVAL, f"{watched.path}: {refused[0]}")
         try:
             replace_admin_file(watched.path, text.encode(), owner=watched.owner)
         except AdminFileError as exc:

@@ -14,12 +14,13 @@ import errno
 import os
 import secrets
 import stat
-from dataclasses import dataclass
+
+from .errors import ReasonedError
+from .home import Stamp
 
 __all__ = [
     "MAX_SIZE",
     "AdminFileError",
-    "AdminStamp",
     "WatchedAdminFile",
     "read_admin_file",
     "replace_admin_file",
@@ -30,29 +31,8 @@ __all__ = [
 MAX_SIZE = 32 << 20
 
 
-class AdminFileError(Exception):
+class AdminFileError(ReasonedError):
     """A file under ``/etc/sipd`` that must not be used; ``reason`` says why."""
-
-    def __init__(self, errno_: int, reason: str) -> None:
-        super().__init__(errno_, reason)
-        self.errno = errno_
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return self.reason
-
-
-@dataclass(frozen=True, slots=True)
-class AdminStamp:
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> AdminStamp:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _check(path: str, st: os.stat_result, owner: int) -> None:
@@ -66,17 +46,17 @@ def _check(path: str, st: os.stat_result, owner: int) -> None:
         raise AdminFileError(errno.EFBIG, f"{path} is larger than {MAX_SIZE} bytes")
 
 
-def stat_admin_file(path: str) -> AdminStamp | None:
+def stat_admin_file(path: str) -> Stamp | None:
     """The stamp of ``path`` without following a final symlink; None if absent."""
     try:
-        return AdminStamp.of(os.lstat(path))
+        return Stamp.of(os.lstat(path))
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise AdminFileError(exc.errno or errno.EIO, f"{path}: {exc.strerror}") from None
 
 
-def read_admin_file(path: str, *, owner: int = 0) -> tuple[bytes, AdminStamp] | None:
+def read_admin_file(path: str, *, owner: int = 0) -> tuple[bytes, Stamp] | None:
     """The content and stamp of ``path``, or None when it does not exist.
 
     Raises :class:`AdminFileError` when the file must not be trusted.
@@ -103,14 +83,14 @@ def read_admin_file(path: str, *, owner: int = 0) -> tuple[bytes, AdminStamp] | 
             if size > MAX_SIZE:
                 raise AdminFileError(errno.EFBIG, f"{path} is larger than {MAX_SIZE} bytes")
             chunks.append(chunk)
-        return b"".join(chunks), AdminStamp.of(st)
+        return b"".join(chunks), Stamp.of(st)
     except OSError as exc:
         raise AdminFileError(exc.errno or errno.EIO, f"{path}: {exc.strerror}") from None
     finally:
         os.close(fd)
 
 
-def replace_admin_file(path: str, data: bytes, *, owner: int = 0, mode: int = 0o644) -> AdminStamp:
+def replace_admin_file(path: str, data: bytes, *, owner: int = 0, mode: int = 0o644) -> Stamp:
     """Atomically replace ``path`` with ``data`` (temporary file, fsync, rename).
 
     The directory must exist; the new file gets ``owner`` and ``mode``.
@@ -141,7 +121,7 @@ def replace_admin_file(path: str, data: bytes, *, owner: int = 0, mode: int = 0o
         except OSError:
             pass
         raise AdminFileError(exc.errno or errno.EIO, f"cannot write {path}: {exc.strerror}") from None
-    return AdminStamp.of(st)
+    return Stamp.of(st)
 
 
 class WatchedAdminFile:
@@ -156,7 +136,7 @@ class WatchedAdminFile:
     def __init__(self, path: str, *, owner: int = 0) -> None:
         self.path = path
         self.owner = owner
-        self.stamp: AdminStamp | None = None
+        self.stamp: Stamp | None = None
         self.problem: str | None = None
         self._polled = False
 

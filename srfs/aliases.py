@@ -43,6 +43,8 @@ class AliasProblem:
     line: int
     text: str
     reason: str
+    #: False for what changes nothing (the same line twice): a write is not refused for it.
+    fatal: bool = True
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.reason}: {self.text[:80]!r}"
@@ -129,7 +131,7 @@ def parse_aliases(
         if name in found:
             first_owner, first_line = found[name]
             if first_owner == owner:
-                problems.append(AliasProblem(number, line, f"repeats line {first_line}"))
+                problems.append(AliasProblem(number, line, f"repeats line {first_line}", fatal=False))
             else:
                 conflicted.add(name)
                 problems.append(AliasProblem(

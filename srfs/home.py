@@ -50,6 +50,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from .errors import ReasonedError
 from .users import User
 
 __all__ = [
@@ -92,16 +93,8 @@ _TEMP_ATTEMPTS = 8
 _SETFSUID = True
 
 
-class HomeError(Exception):
+class HomeError(ReasonedError):
     """A file in a home could not be used, with an errno and a reason for humans."""
-
-    def __init__(self, errno_: int, reason: str) -> None:
-        super().__init__(errno_, reason)
-        self.errno = errno_
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 @dataclass(frozen=True, slots=True)

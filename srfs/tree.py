@@ -57,6 +57,7 @@ from typing import Literal
 
 from . import userconfig
 from .aliases import parse_aliases
+from .errors import ReasonedError
 from .location import Binding, Change, LocationStore, RemoveReason
 from .userconfig import ConfigValueError, UserConfig, UserConfigs
 from .users import User, valid_name
@@ -83,16 +84,8 @@ MAX_WRITE = 1 << 20
 _MAX_CONFIG_WRITE = 4096
 
 
-class TreeError(Exception):
+class TreeError(ReasonedError):
     """A refused tree operation: the errno the caller should see and why."""
-
-    def __init__(self, errno_: int, reason: str) -> None:
-        super().__init__(errno_, reason)
-        self.errno = errno_
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 class Kind(Enum):
@@ -381,6 +374,16 @@ def _encode(text: str) -> bytes:
         # Show such a character as U+FFFD rather than make the whole file
         # unreadable; escaped bytes still come out as the bytes they were.
         return _LONE_SURROGATE_RE.sub("\ufffd", text).encode("utf-8", "surrogateescape")
+
+
+def _decode_write(data: bytes) -> str:
+    """The text of one write to a line-oriented node (EFBIG, EINVAL otherwise)."""
+    if len(data) > MAX_WRITE:
+        raise TreeError(errno.EFBIG, f"more than {MAX_WRITE} bytes in one write")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TreeError(errno.EINVAL, f"not UTF-8 (byte {e.start})") from None
 
 
 def _components(path: str) -> list[str] | None:
@@ -810,20 +813,15 @@ class Tree:
         name given to a second owner is refused while the writer can still
         hear it (an error at close is lost on ``echo >>``).
         """
-        if len(data) > MAX_WRITE:
-            raise TreeError(errno.EFBIG, f"more than {MAX_WRITE} bytes in one write")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise TreeError(errno.EINVAL, f"not UTF-8 (byte {e.start})") from None
+        text = _decode_write(data)
         members = self.members()
         if append and self._alias_map is not None:
             current = self._alias_map()
             text = current + ("\n" if current and not current.endswith("\n") else "") + text
         _, problems = parse_aliases(text, is_user=lambda name: name in members)
-        clashes = [p for p in problems if "repeats line" not in p.reason]
-        if clashes:
-            raise TreeError(errno.EINVAL, str(clashes[0]))
+        refused = [p for p in problems if p.fatal]
+        if refused:
+            raise TreeError(errno.EINVAL, str(refused[0]))
 
     def parse_contacts(self, user: str, data: bytes, now: float) -> list[Binding]:
         """The bindings a write to ``user``'s contacts names; TreeError on any bad line.
@@ -831,12 +829,7 @@ class Tree:
         EINVAL for a line that does not parse (the reason names it), EACCES
         for an AOR the user does not own, EFBIG beyond :data:`MAX_WRITE`.
         """
-        if len(data) > MAX_WRITE:
-            raise TreeError(errno.EFBIG, f"more than {MAX_WRITE} bytes in one write")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise TreeError(errno.EINVAL, f"not UTF-8 (byte {e.start})") from None
+        text = _decode_write(data)
         out: list[Binding] = []
         # "\n" only, as srfs.usrloc reads files: a quoted user agent may
         # hold characters str.splitlines() would cut at.
