@@ -15,8 +15,10 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
+from srfs.acc import AccFiles
 from srfs.location import LocationStore
 
+from .calltrack import AccStats, CallTracker, acc_jobs
 from .peer import Outgoing, Peer
 from .persistence import Persistence
 from .server import Reply, Server
@@ -116,12 +118,20 @@ class Endpoint:
         transactions: TransactionLayer | None = None,
         store: LocationStore | None = None,
         persistence: Persistence | None = None,
+        tracker: CallTracker | None = None,
+        acc_files: AccFiles | None = None,
+        acc_fsync: bool = False,
     ) -> None:
         self.server = server
         self.max_message_size = max_message_size
         self.transactions = transactions or TransactionLayer()
         self.store = store
         self.persistence = persistence
+        #: Calls in progress and their records (``~/.sr/acc``); fed by the proxy.
+        self.tracker = tracker
+        self.acc_files = acc_files or AccFiles()
+        self.acc_fsync = acc_fsync
+        self.acc_stats = AccStats()
         self.wall_offset = 0.0
         self.stats = EndpointStats()
         self.transport_stats: Any = None
@@ -140,6 +150,9 @@ class Endpoint:
         if self._pending:
             out.extend(self._pending)
             self._pending = []
+        if self.tracker is not None:
+            out.extend(acc_jobs(self.tracker, self.acc_files, fsync=self.acc_fsync,
+                                stats=self.acc_stats))
         return out
 
     def take_pending(self, now: float) -> list[Action]:
@@ -233,6 +246,8 @@ class Endpoint:
             self.stats.expired += len(expired)
             for change in expired:
                 log.info("registration expired: %s %s", change.binding.aor, change.binding.contact)
+        if self.tracker is not None:
+            self.tracker.expire(self.wall(now))
         return self._drain(out, now)
 
     def get_timer(self) -> float | None:
@@ -243,6 +258,10 @@ class Endpoint:
                 deadlines.append(expiry - self.wall_offset)
         if self.persistence is not None:
             deadlines.append(self.persistence.next_deadline())
+        if self.tracker is not None:
+            calls_due = self.tracker.next_deadline()
+            if calls_due is not None:
+                deadlines.append(calls_due - self.wall_offset)
         found = [d for d in deadlines if d is not None]
         return min(found) if found else None
 

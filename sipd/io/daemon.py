@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import trio
 
 from srfs import users
+from srfs.calls import CallTable
 from srfs.directory import Directory
 from srfs.home import HomeError
 from srfs.location import LocationStore
@@ -30,6 +31,7 @@ from srfs.usrloc import UsrlocFiles
 from srfs.wtmp import UNAVAILABLE_REASON, LoginRecorder, WtmpError
 
 from ..auth import Authenticator, RecentAccounts
+from ..calltrack import CallTracker, acc_jobs
 from ..config import Settings
 from ..digest import NonceManager
 from ..endpoint import Endpoint
@@ -143,6 +145,8 @@ def build(settings: Settings, ports: set[int], hosts: list[str]) -> Daemon:
         max_message_size=settings.max_message_size,
         store=store,
         persistence=persistence,
+        tracker=CallTracker(CallTable(), acc_enabled=settings.acc),
+        acc_fsync=settings.sync == "write-through",
     )
     wtmp: WtmpSessions | None = None
     if settings.wtmp:
@@ -261,6 +265,11 @@ def shutdown(daemon: Daemon) -> None:
     """Write what write-back has not written yet; close the utmp lines."""
     now = time.time()
     run_inline(list(daemon.persistence.flush_all(now)), 0.0)
+    ep = daemon.endpoint
+    if ep.tracker is not None:
+        # Calls still up get their end record now rather than never.
+        ep.tracker.end_all(now)
+        run_inline(list(acc_jobs(ep.tracker, ep.acc_files, fsync=True, stats=ep.acc_stats)), 0.0)
     if daemon.wtmp is not None:
         daemon.wtmp.logout_all()
 

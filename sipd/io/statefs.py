@@ -88,11 +88,20 @@ class StateFs:
             max_contacts=settings.max_contacts,
             statistics=self.statistics,
             started=started,
+            calls_of=self._calls_of,
             **_ownership_hooks(ownership),
         )
+        if endpoint.tracker is not None:
+            endpoint.tracker.calls.subscribe(
+                lambda change: self.tree.touch(f"/{change.call.user}/calls", time.time())
+            )
         self._configs = FileCache("config", _config_text)
         self._ownership = ownership
         self.ops: SrFs | None = None
+
+    def _calls_of(self, user: str) -> list[str]:
+        tracker = self.endpoint.tracker
+        return [] if tracker is None else tracker.calls.lines(user, time.time())
 
     # ------------------------------------------------------------- inputs
 
@@ -181,6 +190,12 @@ class StateFs:
         txn = ep.transactions.statistics()
         out.append(Stat("transactions", txn.server_transactions + txn.client_transactions,
                         "SIP transactions in progress."))
+        if ep.tracker is not None:
+            out.append(Stat("calls", len(ep.tracker.calls), "Calls in progress."))
+            for f in fields(ep.acc_stats):
+                out.append(Stat(f"acc_{f.name}", getattr(ep.acc_stats, f.name),
+                                f"Call records: {f.name.replace('_', ' ')}.", StatKind.COUNTER,
+                                status=False))
         counters: dict[str, Any] = {}
         for source in (ep.stats, ep.server.stats, self.transports.stats):
             counters.update({f.name: getattr(source, f.name) for f in fields(source)})
