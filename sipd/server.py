@@ -24,6 +24,7 @@ from .digest import AuthResult, Credentials
 from .identity import LocalIdentity
 from .peer import Peer
 from .persistence import Persistence
+from .proxy import PROXY_METHODS
 from .registrar import REGISTRAR_EXTENSIONS, Registrar, aor_of
 from .sip.errors import SipError
 from .sip.message import Request, Response, make_response
@@ -31,6 +32,11 @@ from .sip.uri import SipURI, TelURI
 from .work import Defer, Outcome
 
 log = logging.getLogger("sipd.server")
+
+#: The proxied methods in the order the Allow header lists them.
+PROXY_ORDER = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "PRACK", "UPDATE", "INFO", "MESSAGE",
+               "REFER", "SUBSCRIBE", "NOTIFY")
+assert frozenset(PROXY_ORDER) == PROXY_METHODS
 
 Reply: TypeAlias = "Response | Defer | None"
 
@@ -57,7 +63,8 @@ class Registration:
 
 
 class Server:
-    def __init__(self, identity: LocalIdentity, registration: Registration | None = None) -> None:
+    def __init__(self, identity: LocalIdentity, registration: Registration | None = None,
+                 *, proxying: bool = False) -> None:
         self.identity = identity
         self.registration = registration
         self.stats = ServerStats()
@@ -66,6 +73,9 @@ class Server:
         if registration is not None:
             methods.insert(0, "REGISTER")
             extensions.extend(REGISTRAR_EXTENSIONS)
+        if proxying:
+            # What the proxy forwards to users; it needs no extension of its own.
+            methods.extend(m for m in PROXY_ORDER if m not in methods)
         #: The Allow header: what this server handles. Anything else gets 501.
         self.allowed_methods = tuple(methods)
         #: Option tags (RFC 3261 §19.2) the server implements.
