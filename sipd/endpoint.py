@@ -122,7 +122,8 @@ class Endpoint:
     ) -> None:
         self.server = server
         self.max_message_size = max_message_size
-        self.transactions = transactions or TransactionLayer()
+        # Not "or": an empty layer has len() 0 and is falsy.
+        self.transactions = transactions if transactions is not None else TransactionLayer()
         self.store = store
         self.persistence = persistence
         self.wall_offset = 0.0

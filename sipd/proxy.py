@@ -837,11 +837,11 @@ class Proxy:
                 return self._cancel_branch(b, now)
             if b.superseded or ctx.final_sent:
                 return out
-            return list(self.transactions.server_respond(ctx.server, _upstream(resp), now))
+            return list(self.transactions.server_respond(ctx.server, _upstream(resp, ctx), now))
         if status < 300:
             b.final = b.final or status
             self._disarm(b.timer_c)
-            out.extend(self.transactions.server_respond(ctx.server, _upstream(resp), now))
+            out.extend(self.transactions.server_respond(ctx.server, _upstream(resp, ctx), now))
             if not ctx.answered:
                 ctx.answered = True
                 ctx.final_sent = True
@@ -865,7 +865,7 @@ class Proxy:
             ctx.later_groups = []
             for other in ctx.live():
                 out.extend(self._cancel_branch(other, now))
-            return out + self._send_final(ctx, _upstream(resp))
+            return out + self._send_final(ctx, _upstream(resp, ctx))
         return out + self._maybe_done(ctx, now)
 
     def _branch_failed(self, b: Branch, status: int, reason: str, now: float) -> list[ProxyAction]:
@@ -910,7 +910,7 @@ class Proxy:
             return (cls, 0 if preferred else 1)
 
         resp, local = min(ctx.responses, key=rank)
-        chosen = resp if local else _upstream(resp)
+        chosen = resp if local else _upstream(resp, ctx)
         if resp.status == 503 and not local:
             # A 503 would make the caller think this proxy is overloaded.
             chosen = _with_status(chosen, 500, "Server Internal Error")
@@ -1113,10 +1113,15 @@ def _from_tag(req: Request) -> str:
         return ""
 
 
-def _upstream(resp: Response) -> Response:
-    """A response to forward (§16.7 step 3): without the Via we put there."""
+def _upstream(resp: Response, ctx: Context) -> Response:
+    """A response to forward (§16.7 step 3): without the Via we put there.
+
+    The Vias are the ones the request came with, not what the next hop
+    returned: a UAS that echoes the wrong Vias (the CANCEL's, say) must not
+    make the answer unroutable.
+    """
     out = resp.copy()
-    out.set_values("Via", resp.values("Via")[1:])
+    out.set_values("Via", ctx.request.values("Via"))
     return out
 
 

@@ -606,3 +606,12 @@ def test_contexts_are_forgotten_when_done() -> None:
     net.send(answer(req, 486, "t1"), BOB1)
     net.tick(net.now + 64)
     assert net.proxy.statistics()["calls_pending"] == 0
+
+
+def test_endpoint_keeps_the_transaction_layer_it_is_given() -> None:
+    # The proxy and the endpoint must share one layer, empty as it starts.
+    from sipd.sip.transaction import TransactionLayer
+
+    layer = TransactionLayer()
+    identity = LocalIdentity(frozenset({REALM}), frozenset({5060}))
+    assert Endpoint(Server(identity), max_message_size=65535, transactions=layer).transactions is layer
