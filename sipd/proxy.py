@@ -267,8 +267,13 @@ def uri_target(uri: SipURI, routes: tuple[str, ...] = (), uri_text: str | None =
     return Target(uri_text or str(uri), dest, routes, host, port, transport)
 
 
-def binding_target(b: Binding) -> Target:
-    """A request for a binding: to its Path, else back where its REGISTER came from."""
+def binding_target(b: Binding, tcp_peer: Callable[[str, int], Peer | None] | None = None) -> Target:
+    """A request for a binding: to its Path, else back where its REGISTER came from.
+
+    Over UDP the REGISTER's source is the way through a NAT. Over TCP it is
+    the connection the phone opened, usable only while it lives
+    (``tcp_peer`` finds it); without it the contact itself is tried.
+    """
     if b.path:
         first = parse_address(b.path[0], "Path").uri
         if not isinstance(first, SipURI):
@@ -279,7 +284,10 @@ def binding_target(b: Binding) -> Target:
         transport, _, rest = b.received.partition(":")
         host, _, port = rest.rpartition(":")
         host = host.strip("[]")
-        if transport in ("udp", "tcp") and port.isdigit() and _is_ip(host):
+        live = tcp_peer(host, int(port)) if tcp_peer and transport == "tcp" and port.isdigit() else None
+        if live is not None:
+            return Target(b.contact, live, (), host, live.port, "tcp")
+        if transport == "udp" and port.isdigit() and _is_ip(host):
             return Target(b.contact, Peer(transport, host, int(port), 0), (), host, int(port),
                           transport)
     contact = parse_uri(b.contact)
@@ -672,7 +680,7 @@ class Proxy:
         groups: dict[float, list[Target]] = {}
         for b in sorted(live, key=lambda b: -b.q):
             try:
-                groups.setdefault(b.q, []).append(self._reuse_connection(binding_target(b)))
+                groups.setdefault(b.q, []).append(binding_target(b, self.tcp_peer))
             except (SipError, ParseError) as exc:
                 log.warning("skipping binding %s of %s: %s", b.contact[:80], aor[:64], exc)
         return [groups[q] for q in sorted(groups, reverse=True)]
@@ -689,6 +697,8 @@ class Proxy:
     def _start_call(self, ctx: Context, fwd: Request, groups: list[list[Target]],
                     noanswer: tuple[str, int] | None, now: float) -> list[ProxyAction]:
         req = ctx.request
+        if ctx.final_sent:
+            return []  # answered (a CANCEL, say) while the look-up ran
         if ctx.is_invite and req.to.tag is None and not ctx.call_started:
             ctx.call_started = True
             self.hooks.call_started(req.call_id, ctx.caller, ctx.callee, str(req.from_.uri),
@@ -1078,6 +1088,10 @@ class Proxy:
             return [Outgoing(fwd.to_bytes(), dest)]
         except (SipError, ParseError, ValueError) as exc:
             log.info("dropped an ACK: %s", exc)
+            return []
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("proxy error on an ACK")
             return []
 
     def connection_failed(self, peer: Peer, now: float) -> list[ProxyAction]:

@@ -16,6 +16,7 @@ from sipd.peer import Outgoing, Peer
 from sipd.proxy import TIMER_C, LocalAddresses, Proxy, ProxyPolicy, _branch_key
 from sipd.server import Server
 from sipd.sip.message import Request, Response, make_response, parse
+from sipd.sip.transaction import TransactionLayer
 from sipd.work import run_inline
 from srfs.directory import Account
 from srfs.location import Binding, LocationStore
@@ -82,12 +83,11 @@ class Net:
         self.hooks = Hooks()
         auth = Authenticator(REALM, NonceManager(secrets.token_bytes(32)), algorithms=("MD5",))
         addresses = LocalAddresses({("udp", 4): ME, ("tcp", 4): ME})
-        ep = Endpoint(Server(identity, proxying=True), max_message_size=65535, store=self.store)
-        self.proxy = Proxy(identity, addresses, ep.transactions, self.store, auth, account,
+        layer = TransactionLayer()
+        self.proxy = Proxy(identity, addresses, layer, self.store, auth, account,
                            self.users, ProxyPolicy(outbound_proxy=outbound), self.hooks)
-        ep.proxy = self.proxy
-        self.proxy.wall = ep.wall
-        self.ep = ep
+        self.ep = Endpoint(Server(identity, proxying=True), max_message_size=65535,
+                           transactions=layer, store=self.store, proxy=self.proxy)
         self.now = 1000.0
 
     def bind(self, aor: str, peer: Peer, q: float = 1.0) -> None:
@@ -610,8 +610,42 @@ def test_contexts_are_forgotten_when_done() -> None:
 
 def test_endpoint_keeps_the_transaction_layer_it_is_given() -> None:
     # The proxy and the endpoint must share one layer, empty as it starts.
-    from sipd.sip.transaction import TransactionLayer
-
     layer = TransactionLayer()
     identity = LocalIdentity(frozenset({REALM}), frozenset({5060}))
     assert Endpoint(Server(identity), max_message_size=65535, transactions=layer).transactions is layer
+
+
+def test_tcp_binding_uses_the_live_connection_else_the_contact() -> None:
+    net = Net()
+    conn = Peer("tcp", "192.0.2.40", 40123, conn=77)
+    net.store.upsert(Binding("bob", "bob", "sip:bob@192.0.2.40:5090;transport=tcp", 1e12,
+                             received="tcp:192.0.2.40:40123"))
+    # No live connection: a new one to the contact.
+    (_, peer), = start_call(net)
+    assert peer == Peer("tcp", "192.0.2.40", 5090, 0)
+    # The phone's connection is alive (it has sent something on it): reused.
+    net.send(b"\r\n\r\n", conn)
+    net.send(invite(method="OPTIONS", uri="sip:192.0.2.1"), conn)
+    (req, peer), = start_call(net)
+    assert peer == conn
+    assert req.top_via.transport == "TCP"
+    # Caller on UDP, callee on TCP: one Record-Route for each side.
+    assert req.values("Record-Route") == ["<sip:192.0.2.1:5060;transport=tcp;lr>",
+                                          "<sip:192.0.2.1:5060;lr>"]
+    net.ep.connection_closed(conn)
+    (_, peer), = start_call(net)
+    assert peer.conn == 0
+
+
+def test_cancel_while_the_callee_is_looked_up() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    data = invite(branch="z9hG4bKearly", call_id="early")
+    pending = net.ep.receive(data, CALLER, net.now)
+    cancel = data.replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
+    out = net.send(cancel, CALLER)
+    assert responses(out) == [200, 487]
+    late = net._parse(run_inline(pending, net.now))
+    assert responses(late) == [100]
+    assert requests(late, "INVITE") == []
+    assert not [s for s in net.hooks.seen if s[0] == "started"]
