@@ -24,7 +24,7 @@ import itertools
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, TypeAlias
 
 from srfs import users
@@ -234,11 +234,11 @@ class _Timer:
 
 @dataclass
 class ProxyStats:
-    proxied: int = 0
-    forwarded: int = 0
-    rejected: int = 0
-    loops: int = 0
-    internal_errors: int = 0
+    proxy_requests: int = 0
+    proxy_branches: int = 0
+    proxy_rejected: int = 0
+    proxy_loops: int = 0
+    proxy_errors: int = 0
 
 
 def _resolve(host: str, port: int) -> str:
@@ -398,7 +398,7 @@ class Proxy:
                 return []
             return self._fail(ctx, exc.status, exc.reason, exc.headers)
         except Exception:
-            self.stats.internal_errors += 1
+            self.stats.proxy_errors += 1
             log.exception("proxy error")
             if ctx is None:
                 return []
@@ -420,7 +420,7 @@ class Proxy:
                        now: float) -> list[ProxyAction]:
         """A new request for the proxy, in its server transaction."""
         self._now = now
-        self.stats.proxied += 1
+        self.stats.proxy_requests += 1
         ctx = Context(txn, req, source)
         self._contexts[txn] = ctx
         out: list[ProxyAction] = []
@@ -442,7 +442,7 @@ class Proxy:
         if unsupported:
             raise SipError(420, "Bad Extension", (("Unsupported", ", ".join(unsupported)),))
         if self._looped(req):
-            self.stats.loops += 1
+            self.stats.proxy_loops += 1
             raise SipError(482, "Loop Detected")
         fwd = req.copy()
         own_route = self._strip_own_routes(fwd)
@@ -772,7 +772,7 @@ class Proxy:
         b = Branch(ctx, txn, req, t.dest)
         ctx.branches.append(b)
         self._branches[txn] = b
-        self.stats.forwarded += 1
+        self.stats.proxy_branches += 1
         if req.method == "INVITE":
             b.timer_c = self._arm(TIMER_C, now, lambda t_: self._timer_c(b, t_))
         return list(events)
@@ -943,7 +943,7 @@ class Proxy:
         self._disarm(ctx.ring_timer)
         self._disarm(ctx.cancel_timer)
         if resp.status >= 300:
-            self.stats.rejected += 1
+            self.stats.proxy_rejected += 1
             if ctx.is_invite and ctx.call_started:
                 self.hooks.call_failed(ctx.request.call_id, resp.status, self.wall(self._now))
         out: list[ProxyAction] = [*self.transactions.server_respond(ctx.server, resp, self._now)]
@@ -1090,7 +1090,7 @@ class Proxy:
             log.info("dropped an ACK: %s", exc)
             return []
         except Exception:
-            self.stats.internal_errors += 1
+            self.stats.proxy_errors += 1
             log.exception("proxy error on an ACK")
             return []
 
@@ -1104,11 +1104,9 @@ class Proxy:
         return out
 
     def statistics(self) -> dict[str, int]:
-        return {
-            "proxied": self.stats.proxied, "forwarded": self.stats.forwarded,
-            "proxy_rejected": self.stats.rejected, "loops": self.stats.loops,
-            "proxy_errors": self.stats.internal_errors, "calls_pending": len(self._contexts),
-        }
+        out = {f.name: getattr(self.stats, f.name) for f in fields(self.stats)}
+        out["calls_pending"] = len(self._contexts)
+        return out
 
 
 # ---------------------------------------------------------------- helpers

@@ -81,24 +81,24 @@ class Calls:
         os.chown(path, u.uid, u.gid)
         path.chmod(0o600)
 
-    def register(self, user: str, port: int) -> None:
+    def register(self, user: str, port: int, transport: str = "u1") -> None:
         """Register ``user`` with contact 127.0.0.1:``port`` (where a UAS will listen)."""
         inf = self._inf("reg", user, self._auth(user))
         r = subprocess.run(
             ["sipp", f"127.0.0.1:{self.daemon.port}", "-sf", str(SIPP / "register.xml"),
-             "-t", "u1", "-i", "127.0.0.1", "-p", str(port), "-inf", str(inf),
+             "-t", transport, "-i", "127.0.0.1", "-p", str(port), "-inf", str(inf),
              "-key", "domain", REALM, "-key", "expires", "600", "-m", "1",
              "-timeout", "10s", "-timeout_error", "-recv_timeout", "3000"],
             capture_output=True, text=True, timeout=30, cwd=self.tmp, stdin=subprocess.DEVNULL,
         )
         assert r.returncode == 0, f"register {user}: {r.stdout[-1500:]}"
 
-    def uas(self, scenario: str, user: str) -> subprocess.Popen[str]:
+    def uas(self, scenario: str, user: str, transport: str = "u1") -> subprocess.Popen[str]:
         """A sipp UAS registered as ``user``, serving one call in the background."""
         port = free_port()
-        self.register(user, port)
+        self.register(user, port, transport)
         proc = subprocess.Popen(
-            ["sipp", "-sf", str(SIPP / scenario), "-t", "u1", "-i", "127.0.0.1",
+            ["sipp", "-sf", str(SIPP / scenario), "-t", transport, "-i", "127.0.0.1",
              "-p", str(port), "-m", "1", "-timeout", "40s", "-timeout_error",
              "-trace_err", "-error_file", str(self.tmp / f"uas-{port}.err"),
              "-trace_msg", "-message_file", str(self.tmp / f"uas-{port}.msg")],
@@ -109,14 +109,14 @@ class Calls:
         return proc
 
     def call(self, scenario: str, callee: str, caller: str = "alice", status: int | None = None,
-             timeout: float = 40) -> subprocess.CompletedProcess[str]:
+             timeout: float = 40, transport: str = "u1") -> subprocess.CompletedProcess[str]:
         path = SIPP / scenario
         if status is not None:
             path = self.tmp / f"uac-{status}.xml"
             path.write_text((SIPP / scenario).read_text().replace("@STATUS@", str(status)))
         inf = self._inf("uac", callee, caller, self._auth(caller))
         return subprocess.run(
-            ["sipp", f"127.0.0.1:{self.daemon.port}", "-sf", str(path), "-t", "u1",
+            ["sipp", f"127.0.0.1:{self.daemon.port}", "-sf", str(path), "-t", transport,
              "-i", "127.0.0.1", "-p", str(free_port()), "-inf", str(inf),
              "-key", "domain", REALM, "-m", "1", "-timeout", f"{int(timeout)}s",
              "-timeout_error", "-recv_timeout", "30000",
@@ -176,10 +176,11 @@ def ok(r: subprocess.CompletedProcess[str], what: str, calls: Calls) -> None:
     )
 
 
-def test_call_answered_and_hung_up(calls: Calls) -> None:
-    bob = calls.uas("uas_answer.xml", "bob")
+@pytest.mark.parametrize(("caller", "callee"), [("u1", "u1"), ("t1", "u1"), ("u1", "t1"), ("t1", "t1")])
+def test_call_answered_and_hung_up(calls: Calls, caller: str, callee: str) -> None:
+    bob = calls.uas("uas_answer.xml", "bob", transport=callee)
     time.sleep(0.3)
-    ok(calls.call("uac_answer.xml", "bob"), "caller", calls)
+    ok(calls.call("uac_answer.xml", "bob", transport=caller), "caller", calls)
     assert calls.finished(bob) == 0, "the callee did not see ACK and BYE"
 
 
