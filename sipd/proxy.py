@@ -258,7 +258,9 @@ def _is_ip(host: str) -> bool:
 
 def uri_target(uri: SipURI, routes: tuple[str, ...] = (), uri_text: str | None = None) -> Target:
     """Where a request for ``uri`` goes: its maddr or host, port and transport."""
-    transport = (uri.transport or ("tcp" if uri.secure else "udp")).lower()
+    if uri.secure:
+        raise SipError(503, "No TLS transport")
+    transport = (uri.transport or "udp").lower()
     if transport not in ("udp", "tcp"):
         raise SipError(502, f"Unsupported transport {transport}")
     host = (uri.param("maddr") or uri.host).strip("[]")
@@ -680,9 +682,11 @@ class Proxy:
         groups: dict[float, list[Target]] = {}
         for b in sorted(live, key=lambda b: -b.q):
             try:
-                groups.setdefault(b.q, []).append(binding_target(b, self.tcp_peer))
+                target = binding_target(b, self.tcp_peer)
             except (SipError, ParseError) as exc:
                 log.warning("skipping binding %s of %s: %s", b.contact[:80], aor[:64], exc)
+                continue
+            groups.setdefault(b.q, []).append(target)
         return [groups[q] for q in sorted(groups, reverse=True)]
 
     def _reuse_connection(self, t: Target) -> Target:
@@ -721,6 +725,8 @@ class Proxy:
         return self._fork(ctx, groups[0], now)
 
     def _fork(self, ctx: Context, targets: list[Target], now: float) -> list[ProxyAction]:
+        if not targets:
+            return self._branch_gone(ctx, now, 480, "Temporarily Unavailable")
         unresolved = [t for t in targets if t.dest is None]
         if unresolved:
             ctx.forwarding = True

@@ -649,3 +649,18 @@ def test_cancel_while_the_callee_is_looked_up() -> None:
     assert responses(late) == [100]
     assert requests(late, "INVITE") == []
     assert not [s for s in net.hooks.seen if s[0] == "started"]
+
+
+def test_sips_targets_are_refused_without_tls() -> None:
+    net = Net()
+    net.store.upsert(Binding("bob", "bob", "sips:bob@192.0.2.40:5061", 1e12))
+    assert responses(net.send(invite(), CALLER)) == [100, 480]
+
+
+@pytest.mark.parametrize("bad", ["bob", "sips:192.0.2.9", "sip:192.0.2.9;transport=tls", "tel:+123"])
+def test_outbound_proxy_setting_is_checked(bad: str) -> None:
+    from sipd.config import ConfigError, check_values
+
+    assert check_values({"outbound_proxy": "sip:gw.example.org:5080;transport=tcp"}, "test")
+    with pytest.raises(ConfigError, match="outbound_proxy"):
+        check_values({"outbound_proxy": bad}, "test")
