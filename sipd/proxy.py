@@ -19,19 +19,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import heapq
-import ipaddress
 import itertools
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, TypeAlias
 
-from srfs import users
-from srfs.home import FileCache, HomeError
-from srfs.location import Binding, LocationStore
-from srfs.userconfig import EMPTY, UserConfig
-from srfs.userconfig import parse as parse_userconfig
+from srfs.location import LocationStore
+from srfs.userconfig import UserConfig
 
 from .auth import Authenticator, RecentAccounts
 from .digest import AuthResult, Credentials, NotDigest, parse_credentials
@@ -54,6 +49,8 @@ from .sip.transaction import (
     build_cancel,
 )
 from .sip.uri import SipURI, TelURI, parse_uri
+from .targets import LocalAddresses, Target, binding_target, resolve, uri_target
+from .userlookup import UserLookup
 from .work import Defer, Outcome
 
 log = logging.getLogger("sipd.proxy")
@@ -108,73 +105,9 @@ class NoHooks:
         pass
 
 
-@dataclass(frozen=True, slots=True)
-class LocalAddresses:
-    """The address this proxy puts in Via and Record-Route, per transport and family.
-
-    Keys are ``(transport, 4 or 6)``; values ``(host, port)`` as reachable by
-    peers (a wildcard listener is represented by one of the host's addresses).
-    """
-
-    by_kind: dict[tuple[str, int], tuple[str, int]]
-
-    def for_peer(self, peer: Peer) -> tuple[str, int]:
-        family = 6 if ":" in peer.host else 4
-        found = self.by_kind.get((peer.transport, family))
-        if found is None:
-            found = next((v for (t, f), v in self.by_kind.items() if f == family),
-                         next(iter(self.by_kind.values())))
-        return found
-
-    def is_mine(self, host: str, port: int | None, default_port: int = 5060) -> bool:
-        h = host.strip("[]").lower()
-        p = port if port is not None else default_port
-        return any(h == mh.lower() and p == mp for mh, mp in self.by_kind.values())
-
-
-class UserLookup(Protocol):
-    """Blocking: does a local user exist (SIP group member), and their settings."""
-
-    def find(self, name: str) -> tuple[bool, UserConfig]: ...
-
-
-class HomeUsers:
-    """:class:`UserLookup` on NSS, the SIP group and ``~/.sr/config``."""
-
-    def __init__(self, group: str) -> None:
-        self.group = group
-        self._configs: FileCache[UserConfig] = FileCache("config", parse_userconfig)
-
-    def find(self, name: str) -> tuple[bool, UserConfig]:
-        if not users.valid_name(name):
-            return False, EMPTY
-        user = users.lookup(name)
-        if user is None or not users.is_sip_member(user, self.group):
-            return False, EMPTY
-        try:
-            config = self._configs.get(user)
-        except HomeError as exc:
-            log.warning("ignoring config of %s: %s", name, exc.reason)
-            config = None
-        return True, config or EMPTY
-
-
 @dataclass
 class ProxyPolicy:
     outbound_proxy: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One place to send a request: Request-URI, Route set to push, next hop."""
-
-    uri: str
-    dest: Peer | None
-    routes: tuple[str, ...] = ()
-    host: str = ""
-    """The next hop's host when ``dest`` still needs resolving."""
-    port: int = 5060
-    transport: str = "udp"
 
 
 @dataclass
@@ -239,63 +172,6 @@ class ProxyStats:
     proxy_rejected: int = 0
     proxy_loops: int = 0
     proxy_errors: int = 0
-
-
-def _resolve(host: str, port: int) -> str:
-    """Blocking: one address for ``host`` (IPv4 preferred)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    infos.sort(key=lambda i: 0 if i[0] == socket.AF_INET else 1)
-    return str(infos[0][4][0])
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def uri_target(uri: SipURI, routes: tuple[str, ...] = (), uri_text: str | None = None) -> Target:
-    """Where a request for ``uri`` goes: its maddr or host, port and transport."""
-    if uri.secure:
-        raise SipError(503, "No TLS transport")
-    transport = (uri.transport or "udp").lower()
-    if transport not in ("udp", "tcp"):
-        raise SipError(502, f"Unsupported transport {transport}")
-    host = (uri.param("maddr") or uri.host).strip("[]")
-    port = uri.port or 5060
-    dest = Peer(transport, host, port, 0) if _is_ip(host) else None
-    return Target(uri_text or str(uri), dest, routes, host, port, transport)
-
-
-def binding_target(b: Binding, tcp_peer: Callable[[str, int], Peer | None] | None = None) -> Target:
-    """A request for a binding: to its Path, else back where its REGISTER came from.
-
-    Over UDP the REGISTER's source is the way through a NAT. Over TCP it is
-    the connection the phone opened, usable only while it lives
-    (``tcp_peer`` finds it); without it the contact itself is tried.
-    """
-    if b.path:
-        first = parse_address(b.path[0], "Path").uri
-        if not isinstance(first, SipURI):
-            raise SipError(500, "Bad Path in binding")
-        hop = uri_target(first)
-        return Target(b.contact, hop.dest, b.path, hop.host, hop.port, hop.transport)
-    if b.received:
-        transport, _, rest = b.received.partition(":")
-        host, _, port = rest.rpartition(":")
-        host = host.strip("[]")
-        live = tcp_peer(host, int(port)) if tcp_peer and transport == "tcp" and port.isdigit() else None
-        if live is not None:
-            return Target(b.contact, live, (), host, live.port, "tcp")
-        if transport == "udp" and port.isdigit() and _is_ip(host):
-            return Target(b.contact, Peer(transport, host, int(port), 0), (), host, int(port),
-                          transport)
-    contact = parse_uri(b.contact)
-    if not isinstance(contact, SipURI):
-        raise SipError(500, "Bad contact in binding")
-    return uri_target(contact, uri_text=b.contact)
 
 
 def _branch_key(req: Request) -> str:
@@ -731,12 +607,12 @@ class Proxy:
         if unresolved:
             ctx.forwarding = True
 
-            def resolve() -> list[Target]:
+            def resolve_all() -> list[Target]:
                 out = []
                 for t in targets:
                     if t.dest is None:
                         try:
-                            host = _resolve(t.host, t.port)
+                            host = resolve(t.host, t.port)
                         except OSError:
                             continue
                         t = Target(t.uri, Peer(t.transport, host, t.port, 0), t.routes, host,
@@ -753,7 +629,7 @@ class Proxy:
                                                                        "Cannot resolve next hop"))
                 return self._safely(ctx, lambda: self._fork(ctx, found, mono))
 
-            return [Defer(resolve, resolved, name="resolve")]
+            return [Defer(resolve_all, resolved, name="resolve")]
         out: list[ProxyAction] = []
         for t in targets:
             out.extend(self._send_branch(ctx, t, now))

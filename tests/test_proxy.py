@@ -13,10 +13,11 @@ from sipd.digest import NonceManager, ha1, response
 from sipd.endpoint import Endpoint
 from sipd.identity import LocalIdentity
 from sipd.peer import Outgoing, Peer
-from sipd.proxy import TIMER_C, LocalAddresses, Proxy, ProxyPolicy, _branch_key
+from sipd.proxy import TIMER_C, Proxy, ProxyPolicy, _branch_key
 from sipd.server import Server
 from sipd.sip.message import Request, Response, make_response, parse
 from sipd.sip.transaction import TransactionLayer
+from sipd.targets import LocalAddresses
 from sipd.work import run_inline
 from srfs.directory import Account
 from srfs.location import Binding, LocationStore
@@ -664,3 +665,12 @@ def test_outbound_proxy_setting_is_checked(bad: str) -> None:
     assert check_values({"outbound_proxy": "sip:gw.example.org:5080;transport=tcp"}, "test")
     with pytest.raises(ConfigError, match="outbound_proxy"):
         check_values({"outbound_proxy": bad}, "test")
+
+
+def test_a_next_hop_by_name_is_resolved_off_the_loop() -> None:
+    net = Net(outbound="sip:localhost:5080;transport=tcp")
+    net.users.configs["bob"] = "forward = sip:someone@example.org\n"
+    (req, peer), = start_call(net)
+    assert (peer.transport, peer.host, peer.port) == ("tcp", "127.0.0.1", 5080)
+    assert req.top_via.transport == "TCP"
+    assert req.values("Route") == ["<sip:localhost:5080;transport=tcp;lr>"]

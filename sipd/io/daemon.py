@@ -32,11 +32,13 @@ from ..digest import NonceManager
 from ..endpoint import Endpoint
 from ..identity import build_identity, interface_addresses
 from ..persistence import Persistence, WtmpSessions
-from ..proxy import CallHooks, HomeUsers, LocalAddresses, Proxy, ProxyPolicy
+from ..proxy import CallHooks, Proxy, ProxyPolicy
 from ..registrar import Registrar, RegistrarPolicy
 from ..server import Registration, Server
 from ..sip.errors import ParseError
 from ..sip.transaction import TransactionLayer
+from ..targets import LocalAddresses
+from ..userlookup import HomeUsers
 from ..work import run_inline
 from .transport import StartupError, Transports, bind_sockets
 
