@@ -224,7 +224,6 @@ class Proxy:
         self.tcp_peer: Callable[[str, int], Peer | None] = lambda host, port: None
         self._contexts: dict[ServerTransaction, Context] = {}
         self._branches: dict[ClientTransaction, Branch] = {}
-        self._cancels: set[ClientTransaction] = set()
         self._heap: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
         self._now = 0.0
@@ -696,7 +695,6 @@ class Proxy:
         if isinstance(event, Terminated):
             ended = event.txn
             if isinstance(ended, ClientTransaction):
-                self._cancels.discard(ended)
                 gone = self._branches.pop(ended, None)
                 if gone is not None:
                     self._disarm(gone.timer_c)
@@ -878,8 +876,8 @@ class Proxy:
             return []
         b.cancel_sent = True
         cancel = build_cancel(b.request)
-        txn, events = self.transactions.client_request(cancel, b.dest, b.dest.reliable, now)
-        self._cancels.add(txn)
+        # Its responses belong to no branch and are dropped as they come.
+        _, events = self.transactions.client_request(cancel, b.dest, b.dest.reliable, now)
         # Timer C again, for a UAS that ignores the CANCEL.
         self._disarm(b.timer_c)
         b.timer_c = self._arm(CANCEL_WAIT, now, lambda t: self._timer_c(b, t))
