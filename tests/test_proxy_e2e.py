@@ -109,12 +109,13 @@ class Calls:
         return proc
 
     def call(self, scenario: str, callee: str, caller: str = "alice", status: int | None = None,
-             timeout: float = 40, transport: str = "u1") -> subprocess.CompletedProcess[str]:
+             timeout: float = 40, transport: str = "u1",
+             callee_domain: str = REALM) -> subprocess.CompletedProcess[str]:
         path = SIPP / scenario
         if status is not None:
             path = self.tmp / f"uac-{status}.xml"
             path.write_text((SIPP / scenario).read_text().replace("@STATUS@", str(status)))
-        inf = self._inf("uac", callee, caller, self._auth(caller))
+        inf = self._inf("uac", callee, caller, self._auth(caller), callee_domain)
         return subprocess.run(
             ["sipp", f"127.0.0.1:{self.daemon.port}", "-sf", str(path), "-t", transport,
              "-i", "127.0.0.1", "-p", str(free_port()), "-inf", str(inf),
@@ -146,10 +147,12 @@ class Calls:
 
 
 @contextmanager
-def _calls(tmp: Path, unix: FakeUnix, passwords: dict[str, str]) -> Iterator[Calls]:
+def _calls(tmp: Path, unix: FakeUnix, passwords: dict[str, str], config: str = "") -> Iterator[Calls]:
     calls: Calls | None = None
+    conf = tmp / "sipd.toml"
+    conf.write_text(config)
     try:
-        with running_sipd(tmp, "-v", unix=unix) as daemon:
+        with running_sipd(tmp, "-v", "-c", str(conf), unix=unix) as daemon:
             calls = Calls(daemon, unix, passwords, tmp)
             try:
                 yield calls
@@ -235,3 +238,40 @@ def test_unknown_user_gives_404(calls: Calls) -> None:
 
 def test_user_without_registration_gives_480(calls: Calls) -> None:
     ok(calls.call("uac_reject.xml", "carol", status=480), "caller", calls)
+
+
+def test_calls_to_other_domains_are_refused_without_outbound_proxy(calls: Calls) -> None:
+    ok(calls.call("uac_reject.xml", "someone", status=403, callee_domain="example.org"),
+       "caller", calls)
+
+
+def test_calls_to_other_domains_go_to_outbound_proxy(
+    tmp_path: Path, unix: FakeUnix, passwords: dict[str, str]
+) -> None:
+    gateway_port = free_port()
+    with _calls(tmp_path, unix, passwords,
+                f'outbound_proxy = "sip:127.0.0.1:{gateway_port}"\n') as calls:
+        gateway = subprocess.Popen(
+            ["sipp", "-sf", str(SIPP / "uas_answer.xml"), "-t", "u1", "-i", "127.0.0.1",
+             "-p", str(gateway_port), "-m", "1", "-timeout", "40s", "-timeout_error",
+             "-trace_msg", "-message_file", str(tmp_path / "gateway.msg")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+        )
+        calls.procs.append(gateway)
+        time.sleep(0.3)
+        ok(calls.call("uac_answer.xml", "someone", callee_domain="example.org"), "caller", calls)
+        assert calls.finished(gateway) == 0
+        seen = (tmp_path / "gateway.msg").read_text()
+        assert "INVITE sip:someone@example.org SIP/2.0" in seen
+        assert f"Route: <sip:127.0.0.1:{gateway_port};lr>" in seen
+
+
+def test_forward_sends_the_call_elsewhere(calls: Calls) -> None:
+    calls.set_config("bob", f"forward = sip:carol@{REALM}\n")
+    bob = calls.uas("uas_answer.xml", "bob")
+    carol = calls.uas("uas_answer.xml", "carol")
+    time.sleep(0.3)
+    ok(calls.call("uac_answer.xml", "bob"), "caller", calls)
+    assert calls.finished(carol) == 0, "carol's phone did not get the call"
+    assert calls.finished(bob, timeout=1) == -1, "bob's phone rang despite forward"
