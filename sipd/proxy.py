@@ -463,10 +463,14 @@ class Proxy:
 
         def found(outcome: Outcome, later: float) -> list[ProxyAction]:
             mono = self._mono(later, now)
-            if outcome.error is None and outcome.value is not None:
-                _apply_display_name(fwd, outcome.value[1])
-            return self._safely(ctx, lambda: self._start_call(
-                ctx, fwd, [[self._outbound_target(fwd.uri_text)]], None, now=mono))
+
+            def go() -> list[ProxyAction]:
+                if outcome.error is None and outcome.value is not None:
+                    _apply_display_name(fwd, outcome.value[1])
+                return self._start_call(ctx, fwd, [[self._outbound_target(fwd.uri_text)]], None,
+                                        mono)
+
+            return self._safely(ctx, go)
 
         if caller is None or fwd.method != "INVITE":
             return self._start_call(ctx, fwd, [[self._outbound_target(fwd.uri_text)]], None, now)
