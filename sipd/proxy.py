@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, TypeAlias
 
-from srfs.location import LocationStore
+from srfs.location import Binding, Change, ChangeKind, LocationStore, contact_key
 from srfs.userconfig import UserConfig
 
 from .auth import Authenticator, RecentAccounts
@@ -227,6 +227,11 @@ class Proxy:
         self._heap: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
         self._now = 0.0
+        #: Registered contacts, to reach a phone behind NAT inside a dialog.
+        self._by_contact: dict[str, Binding] = {}
+        for b in store:
+            self._by_contact[contact_key(b.contact)] = b
+        store.subscribe(self._binding_changed)
         self._outbound: SipURI | None = None
         if self.policy.outbound_proxy:
             uri = parse_uri(self.policy.outbound_proxy)
@@ -398,9 +403,34 @@ class Proxy:
             hop = fwd.uri
         if not isinstance(hop, SipURI):
             raise SipError(416, "Unsupported URI Scheme")
-        t = uri_target(hop)
+        t = (None if routes else self._registered_hop(fwd.uri_text)) or uri_target(hop)
         return self._start(ctx, fwd, [[Target(fwd.uri_text, t.dest, (), t.host, t.port,
                                               t.transport)]], now)
+
+    def _registered_hop(self, uri_text: str) -> Target | None:
+        """The way to a registered phone's contact: where its REGISTER came from.
+
+        Inside a dialog the contact is the Request-URI; a phone behind NAT
+        is reachable only at its REGISTER's source, like for a new call.
+        """
+        b = self._by_contact.get(contact_key(uri_text))
+        if b is None or b.path or not b.received:
+            return None
+        try:
+            return binding_target(b, self.tcp_peer)
+        except (SipError, ParseError):
+            return None
+
+    def _binding_changed(self, change: Change) -> None:
+        b = change.binding
+        if change.previous is not None and change.previous.contact != b.contact:
+            self._by_contact.pop(contact_key(change.previous.contact), None)
+        key = contact_key(b.contact)
+        if change.kind is ChangeKind.REMOVED:
+            if self._by_contact.get(key) == b:
+                del self._by_contact[key]
+        else:
+            self._by_contact[key] = b
 
     # ------------------------------------------------------------ auth
 
@@ -959,7 +989,7 @@ class Proxy:
             hop = parse_address(routes[0], "Route").uri if routes else fwd.uri
             if not isinstance(hop, SipURI):
                 return []
-            t = uri_target(hop)
+            t = (None if routes else self._registered_hop(fwd.uri_text)) or uri_target(hop)
             if t.dest is None:
                 return []
             dest = self._reuse_connection(t).dest

@@ -674,3 +674,25 @@ def test_a_next_hop_by_name_is_resolved_off_the_loop() -> None:
     assert (peer.transport, peer.host, peer.port) == ("tcp", "127.0.0.1", 5080)
     assert req.top_via.transport == "TCP"
     assert req.values("Route") == ["<sip:localhost:5080;transport=tcp;lr>"]
+
+
+def test_in_dialog_requests_reach_a_phone_behind_nat_at_its_register_source() -> None:
+    net = Net()
+    nat = Peer("udp", "203.0.113.50", 40000, conn=0)
+    net.store.upsert(Binding("bob", "bob", "sip:bob@10.0.0.5:5070", 1e12,
+                             received="udp:203.0.113.50:40000"))
+    data = bye("sip:bob@10.0.0.5:5070", ["<sip:192.0.2.1:5060;lr>"])
+    (req, peer), = requests(net.send(data, CALLER), "BYE")
+    assert peer == nat
+    assert req.uri_text == "sip:bob@10.0.0.5:5070"
+    ack = data.replace(b"BYE", b"ACK").replace(b"2 ACK", b"1 ACK")
+    (_, peer), = requests(net.send(ack, CALLER), "ACK")
+    assert peer == nat
+    # Once the binding is gone the contact itself is used.
+    from srfs.location import RemoveReason
+
+    key = net.store.lookup("bob")[0].key
+    net.store.remove("bob", key, RemoveReason.UNREGISTERED)
+    data = bye("sip:bob@10.0.0.5:5070", ["<sip:192.0.2.1:5060;lr>"]).replace(b"2 BYE", b"3 BYE")
+    (_, peer), = requests(net.send(data, CALLER), "BYE")
+    assert (peer.host, peer.port) == ("10.0.0.5", 5070)
