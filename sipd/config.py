@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .sip.errors import ParseError
+from .sip.uri import SipURI, parse_uri
+
 DEFAULT_CONFIG_PATH = "/etc/sipd/sipd.conf"
 
 
@@ -131,9 +134,6 @@ def _string_list(name: str) -> Callable[[Any], tuple[str, ...]]:
 
 def _outbound_proxy(value: Any) -> str:
     """A sip: URI with a numeric address or a name, or empty (calls out refused)."""
-    from .sip.errors import ParseError
-    from .sip.uri import SipURI, parse_uri
-
     if value == "":
         return ""
     text = _string("outbound_proxy")(value)

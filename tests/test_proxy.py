@@ -696,3 +696,13 @@ def test_in_dialog_requests_reach_a_phone_behind_nat_at_its_register_source() ->
     data = bye("sip:bob@10.0.0.5:5070", ["<sip:192.0.2.1:5060;lr>"]).replace(b"2 BYE", b"3 BYE")
     (_, peer), = requests(net.send(data, CALLER), "BYE")
     assert (peer.host, peer.port) == ("10.0.0.5", 5070)
+
+
+def test_allow_lists_every_proxied_method_once() -> None:
+    from sipd.proxy import PROXY_METHODS
+    from sipd.server import PROXY_ORDER
+
+    assert sorted(PROXY_ORDER) == sorted(PROXY_METHODS)
+    identity = LocalIdentity(frozenset({REALM}), frozenset({5060}))
+    allowed = Server(identity, proxying=True).allowed_methods
+    assert len(allowed) == len(set(allowed)) and PROXY_METHODS <= set(allowed)
