@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .sip.errors import ParseError
+from .sip.uri import SipURI, parse_uri
+
 DEFAULT_CONFIG_PATH = "/etc/sipd/sipd.conf"
 
 
@@ -127,6 +130,22 @@ def _string_list(name: str) -> Callable[[Any], tuple[str, ...]]:
         return tuple(value)
 
     return check
+
+
+def _outbound_proxy(value: Any) -> str:
+    """A sip: URI with a numeric address or a name, or empty (calls out refused)."""
+    if value == "":
+        return ""
+    text = _string("outbound_proxy")(value)
+    try:
+        uri = parse_uri(text)
+    except ParseError as exc:
+        raise ConfigError(f"outbound_proxy {text!r} is not a SIP URI: {exc.reason}") from None
+    if not isinstance(uri, SipURI) or uri.secure:
+        raise ConfigError(f"outbound_proxy must be a sip: URI, not {text!r}")
+    if (uri.transport or "udp") not in ("udp", "tcp"):
+        raise ConfigError(f"outbound_proxy: transport {uri.transport!r} is not supported (udp, tcp)")
+    return text
 
 
 def _algorithms(value: Any) -> tuple[str, ...]:
@@ -244,7 +263,8 @@ KEYS: tuple[Key, ...] = (
     Key("flush_interval", _non_negative_number("flush_interval"), "write-back period, seconds (5)"),
     Key("wtmp", _bool("wtmp"), "record registrations in utmp/wtmp (default true)"),
     Key("acc", _bool("acc"), "write call records to ~/.sr/acc (default true)"),
-    Key("outbound_proxy", _string("outbound_proxy"), "where calls to other domains go (default: refused)"),
+    Key("outbound_proxy", _outbound_proxy,
+        "sip: URI where local users' calls to other domains go (default empty: refused, 403)"),
     Key("aliases", _string("aliases"), "the alias map (default /etc/sipd/aliases)"),
     Key("trunks", _string("trunks"), "trusted trunks by source address (default /etc/sipd/trunks)"),
     Key("from_policy", _choice("from_policy", "reject", "rewrite"),

@@ -21,6 +21,7 @@ from srfs.location import LocationStore
 from .calltrack import AccStats, CallTracker, acc_jobs
 from .peer import Outgoing, Peer
 from .persistence import Persistence
+from .proxy import PROXY_METHODS, Proxy, ProxyAction
 from .server import Reply, Server
 from .sip.errors import ParseError, SipError
 from .sip.framing import FramingError
@@ -33,6 +34,7 @@ from .sip.transaction import (
     ServerTransaction,
     TransactionLayer,
 )
+from .sip.uri import SipURI
 from .work import Defer, Job, Outcome
 
 Action = Outgoing | Job
@@ -118,13 +120,15 @@ class Endpoint:
         transactions: TransactionLayer | None = None,
         store: LocationStore | None = None,
         persistence: Persistence | None = None,
+        proxy: Proxy | None = None,
         tracker: CallTracker | None = None,
         acc_files: AccFiles | None = None,
         acc_fsync: bool = False,
     ) -> None:
         self.server = server
         self.max_message_size = max_message_size
-        self.transactions = transactions or TransactionLayer()
+        # Not "or": an empty layer has len() 0 and is falsy.
+        self.transactions = transactions if transactions is not None else TransactionLayer()
         self.store = store
         self.persistence = persistence
         #: Calls in progress and their records (``~/.sr/acc``); fed by the proxy.
@@ -136,6 +140,13 @@ class Endpoint:
         self.stats = EndpointStats()
         self.transport_stats: Any = None
         self._pending: list[Action] = []
+        #: Live TCP connections by remote address: how the proxy reaches a
+        #: phone on the connection it registered over.
+        self._tcp_peers: dict[tuple[str, int], Peer] = {}
+        self.proxy = proxy
+        if proxy is not None:
+            proxy.wall = self.wall
+            proxy.tcp_peer = lambda host, port: self._tcp_peers.get((host, port))
 
     def wall(self, now: float) -> float:
         return now + self.wall_offset
@@ -170,6 +181,8 @@ class Endpoint:
             self.stats.keepalives += 1
             return []
         self.stats.messages_in += 1
+        if peer.reliable:
+            self._tcp_peers[(peer.host, peer.port)] = peer
         if len(data) > self.max_message_size:
             self.stats.oversize_dropped += 1
             return []
@@ -186,7 +199,15 @@ class Endpoint:
         return list(self._unparsable(error, peer))
 
     def connection_closed(self, peer: Peer) -> None:
-        """A TCP connection ended; nothing holds connections yet."""
+        """A TCP connection ended: the proxy no longer sends on it."""
+        if self._tcp_peers.get((peer.host, peer.port)) == peer:
+            del self._tcp_peers[(peer.host, peer.port)]
+
+    def connection_failed(self, peer: Peer, now: float) -> list[Action]:
+        """An outgoing TCP connection could not be opened."""
+        if self.proxy is None:
+            return []
+        return self._drain(self._run_proxy(self.proxy.connection_failed(peer, now), now), now)
 
     def _unparsable(self, exc: ParseError, peer: Peer) -> list[Action]:
         partial = exc.message
@@ -241,6 +262,8 @@ class Endpoint:
 
     def handle_timer(self, now: float) -> list[Action]:
         out = self._run(self.transactions.handle_timer(now), now)
+        if self.proxy is not None:
+            out.extend(self._run_proxy(self.proxy.handle_timer(now), now))
         if self.store is not None:
             expired = self.store.expire(self.wall(now))
             self.stats.expired += len(expired)
@@ -252,6 +275,8 @@ class Endpoint:
 
     def get_timer(self) -> float | None:
         deadlines = [self.transactions.get_timer()]
+        if self.proxy is not None:
+            deadlines.append(self.proxy.get_timer())
         if self.store is not None:
             expiry = self.store.next_expiry()
             if expiry is not None:
@@ -276,18 +301,62 @@ class Endpoint:
                 out.extend(self._out(event.message.to_bytes(), dest))
             elif isinstance(event, RequestReceived):
                 out.extend(self._deliver(event, now))
+            elif self.proxy is not None:
+                out.extend(self._run_proxy(self.proxy.handle_event(event, now), now))
         return out
+
+    def _run_proxy(self, actions: list[ProxyAction], now: float) -> list[Action]:
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, Outgoing):
+                self.stats.messages_out += 1
+                out.append(action)
+            elif isinstance(action, Defer):
+                out.append(self._proxy_job(action))
+            else:
+                out.extend(self._run([action], now))
+        return out
+
+    def _proxy_job(self, defer: Defer) -> Job:
+        # The proxy's continuations take the monotonic time: they arm timers.
+        def done(outcome: Outcome, later: float) -> list[Action]:
+            return self._drain(self._run_proxy(defer.then(outcome, later), later), later)
+
+        return Job(defer.run, done, name=defer.name)
+
+    def _for_proxy(self, req: Request) -> bool:
+        """Requests the proxy forwards; the rest (REGISTER, OPTIONS to the
+        server itself) are the server's."""
+        if self.proxy is None or req.method not in PROXY_METHODS:
+            return False
+        try:
+            uri = req.uri
+        except ParseError:
+            return True  # the proxy answers 416/400 for it
+        to_server = (
+            isinstance(uri, SipURI) and uri.user is None
+            and self.server.identity.is_local_host(uri.host) and "Route" not in req
+        )
+        return not to_server
 
     def _deliver(self, event: RequestReceived, now: float) -> list[Action]:
         req = event.request
         txn = event.txn
         if txn is None:
-            # An ACK to a 2xx: end to end, nothing for the server to do yet.
-            return []
+            # An ACK to a 2xx: end to end, the proxy passes it on.
+            if self.proxy is None:
+                return []
+            return self._run_proxy(self.proxy.handle_ack(req, now), now)
         if req.method == "CANCEL":
-            return self._respond(txn, self._cancel(req), now)
+            invite = self.transactions.find_invite_for_cancel(req)
+            out = self._respond(txn, self._cancel(req), now)
+            if invite is not None and self.proxy is not None:
+                out.extend(self._run_proxy(self.proxy.cancel(invite, now), now))
+            return out
         source = txn.source
         assert isinstance(source, Peer)
+        if self.proxy is not None and self._for_proxy(req):
+            return self._run_proxy(self.proxy.handle_request(txn, req, source, now), now)
         return self._respond(txn, self.server.handle_request(req, source, self.wall(now)), now)
 
     def _respond(self, txn: ServerTransaction, reply: Reply, now: float) -> list[Action]:
@@ -308,8 +377,7 @@ class Endpoint:
         invite = self.transactions.find_invite_for_cancel(cancel)
         if invite is None:
             return Server.reply(cancel, 481, "Call/Transaction Does Not Exist")
-        # Every INVITE is answered at once today, so there is nothing left
-        # to terminate with 487.
+        # The proxy ends the INVITE itself (487) once its branches are done.
         return Server.reply(cancel, 200, "OK")
 
     def _out(self, data: bytes, peer: Peer) -> list[Action]:

@@ -33,6 +33,10 @@ from .work import Defer, Outcome
 
 log = logging.getLogger("sipd.server")
 
+#: The proxied methods in the order the Allow header lists them.
+PROXY_ORDER = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "PRACK", "UPDATE", "INFO", "MESSAGE",
+               "REFER", "SUBSCRIBE", "NOTIFY")
+
 Reply: TypeAlias = "Response | Defer | None"
 
 
@@ -60,7 +64,8 @@ class Registration:
 
 
 class Server:
-    def __init__(self, identity: LocalIdentity, registration: Registration | None = None) -> None:
+    def __init__(self, identity: LocalIdentity, registration: Registration | None = None,
+                 *, proxying: bool = False) -> None:
         self.identity = identity
         self.registration = registration
         self.stats = ServerStats()
@@ -69,6 +74,9 @@ class Server:
         if registration is not None:
             methods.insert(0, "REGISTER")
             extensions.extend(REGISTRAR_EXTENSIONS)
+        if proxying:
+            # What the proxy forwards to users; it needs no extension of its own.
+            methods.extend(m for m in PROXY_ORDER if m not in methods)
         #: The Allow header: what this server handles. Anything else gets 501.
         self.allowed_methods = tuple(methods)
         #: Option tags (RFC 3261 §19.2) the server implements.

@@ -204,23 +204,27 @@ class Baresip:
 
 
 @contextmanager
-def running_baresip(tmp: Path, sipd_port: int, transport: str) -> Iterator[Baresip]:
-    """baresip with alice's account sending to sipd over ``transport``; always stopped."""
-    exe, modules = baresip_install()
+def running_baresip(tmp: Path, sipd_port: int, transport: str, *, user: str = USER,
+                    password: str = PASSWORD, account_params: str = "",
+                    modules: tuple[str, ...] = ()) -> Iterator[Baresip]:
+    """baresip with ``user``'s account sending to sipd over ``transport``; always stopped."""
+    exe, module_dir = baresip_install()
     port = baresip_port()
-    conf = tmp / "baresip"
-    home = tmp / "home"
+    conf = tmp / f"baresip-{user}"
+    home = tmp / f"home-{user}"
     conf.mkdir()
     home.mkdir()
-    (conf / "config").write_text(CONFIG.format(port=port, modules=modules))
+    (conf / "config").write_text(
+        CONFIG.format(port=port, modules=module_dir) + "".join(f"module\t{m}\n" for m in modules)
+    )
     (conf / "accounts").write_text(
         ACCOUNT.format(
-            user=USER, realm=REALM, password=PASSWORD, server=sipd_port,
+            user=user, realm=REALM, password=password, server=sipd_port,
             transport=transport, regint=REGINT,
-        )
+        ).rstrip("\n") + account_params + "\n"
     )
     env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
-    log = tmp / "baresip.log"
+    log = tmp / f"baresip-{user}.log"
     # -s: SIP trace in the log; -t: baresip ends itself should everything else fail.
     cmd = [exe, "-f", str(conf), "-s", "-t", str(SELF_DESTRUCT)]
     with open(log, "wb") as logf:

@@ -35,13 +35,17 @@ from ..calltrack import CallTracker, acc_jobs
 from ..config import Settings
 from ..digest import NonceManager
 from ..endpoint import Endpoint
-from ..identity import build_identity
+from ..identity import build_identity, interface_addresses
 from ..ownership import Ownership
 from ..persistence import Persistence, WtmpSessions
+from ..proxy import CallHooks, Proxy, ProxyPolicy
 from ..registrar import Registrar, RegistrarPolicy
 from ..server import Registration, Server
 from ..sip.errors import ParseError
+from ..sip.transaction import TransactionLayer
 from ..sip.uri import SipURI, parse_uri
+from ..targets import LocalAddresses
+from ..userlookup import HomeUsers
 from ..work import run_inline
 from .transport import StartupError, Transports, bind_sockets
 
@@ -110,7 +114,24 @@ def gateway_host(uri: str) -> str:
     return parsed.host if isinstance(parsed, SipURI) else ""
 
 
-def build(settings: Settings, ports: set[int], hosts: list[str]) -> Daemon:
+def advertised(bound: list[tuple[str, str, int]]) -> LocalAddresses:
+    """What Via and Record-Route say for each (transport, family) we listen on.
+
+    A wildcard listener is named by one of the host's own addresses, a
+    non-loopback one when there is one: phones elsewhere must reach it.
+    """
+    found = sorted(interface_addresses(), key=lambda a: (a.startswith("127.") or a == "::1", a))
+    out: dict[tuple[str, int], tuple[str, int]] = {}
+    for transport, host, port in bound:
+        family = 6 if ":" in host else 4
+        if host in ("0.0.0.0", "::"):
+            host = next((a for a in found if (":" in a) == (family == 6)), host)
+        out.setdefault((transport, family), (host, port))
+    return LocalAddresses(out)
+
+
+def build(settings: Settings, ports: set[int], hosts: list[str],
+          bound: list[tuple[str, str, int]] | None = None, hooks: CallHooks | None = None) -> Daemon:
     realm = settings.effective_realm()
     identity = build_identity(realm, settings.domains, hosts, ports)
     store = LocationStore()
@@ -121,6 +142,10 @@ def build(settings: Settings, ports: set[int], hosts: list[str]) -> Daemon:
     )
     ownership = Ownership(settings.aliases, settings.trunks,
                           gateways=[gateway_host(settings.outbound_proxy)])
+    auth = Authenticator(realm, NonceManager(secrets.token_bytes(32)),
+                         algorithms=settings.auth_algorithms)
+    directory = Directory(realm, settings.group, settings.pam_service if settings.pam else None)
+    accounts = RecentAccounts(Directory.unchanged)
     registration = Registration(
         registrar=Registrar(
             RegistrarPolicy(
@@ -132,20 +157,33 @@ def build(settings: Settings, ports: set[int], hosts: list[str]) -> Daemon:
             ),
             store,
         ),
-        auth=Authenticator(realm, NonceManager(secrets.token_bytes(32)),
-                           algorithms=settings.auth_algorithms),
-        directory=Directory(realm, settings.group, settings.pam_service if settings.pam else None),
+        auth=auth,
+        directory=directory,
         persistence=persistence,
         write_through=settings.sync == "write-through",
-        accounts=RecentAccounts(Directory.unchanged),
+        accounts=accounts,
         ownership=ownership,
     )
+    transactions = TransactionLayer()
+    tracker = CallTracker(CallTable(), acc_enabled=settings.acc)
+    if bound is None:
+        bound = [("udp", h, p) for h in hosts for p in ports]
+    try:
+        proxy = Proxy(
+            identity, advertised(bound), transactions, store, auth,
+            directory.account, HomeUsers(settings.group),
+            ProxyPolicy(outbound_proxy=settings.outbound_proxy), hooks or tracker, accounts,
+        )
+    except (ValueError, ParseError) as exc:
+        raise StartupError(f"bad outbound_proxy {settings.outbound_proxy!r}: {exc}") from None
     endpoint = Endpoint(
-        Server(identity, registration),
+        Server(identity, registration, proxying=True),
         max_message_size=settings.max_message_size,
+        transactions=transactions,
         store=store,
         persistence=persistence,
-        tracker=CallTracker(CallTable(), acc_enabled=settings.acc),
+        proxy=proxy,
+        tracker=tracker,
         acc_fsync=settings.sync == "write-through",
     )
     wtmp: WtmpSessions | None = None
@@ -209,7 +247,8 @@ async def run(settings: Settings) -> None:
     check_accounts(settings)
     bound = bind_sockets(settings.listen, skip_unavailable_ipv6=settings.listen_is_default)
     try:
-        daemon = build(settings, ports={a.port for a, _ in bound}, hosts=[a.host for a, _ in bound])
+        daemon = build(settings, ports={a.port for a, _ in bound}, hosts=[a.host for a, _ in bound],
+                       bound=[(a.transport, a.host, a.port) for a, _ in bound])
         transports = Transports(
             daemon.endpoint,
             max_message_size=settings.max_message_size,

@@ -199,6 +199,8 @@ class StateFs:
         counters: dict[str, Any] = {}
         for source in (ep.stats, ep.server.stats, self.transports.stats):
             counters.update({f.name: getattr(source, f.name) for f in fields(source)})
+        if ep.proxy is not None:
+            counters.update({f.name: getattr(ep.proxy.stats, f.name) for f in fields(ep.proxy.stats)})
         out.append(Stat("messages_in", counters.pop("messages_in"), "SIP messages received.",
                         StatKind.COUNTER))
         out.append(Stat("messages_out", counters.pop("messages_out"), "SIP messages sent.",

@@ -32,6 +32,8 @@ log = logging.getLogger("sipd.transport")
 
 #: Outgoing messages queued for one TCP connection before it is closed as stuck.
 TCP_SEND_QUEUE = 256
+#: How long opening a connection to a phone or the next hop may take.
+CONNECT_TIMEOUT = 5.0
 _RECV_SIZE = 65536
 
 
@@ -47,6 +49,7 @@ class EndpointLike(Protocol):
     def get_timer(self) -> float | None: ...
     def connection_closed(self, peer: Peer) -> None: ...
     def framing_error(self, error: FramingError, peer: Peer, now: float) -> list[Action]: ...
+    def connection_failed(self, peer: Peer, now: float) -> list[Action]: ...
 
 
 @dataclass
@@ -62,6 +65,8 @@ class TransportStats:
     tcp_send_overflow: int = 0
     tcp_pings: int = 0
     tcp_pongs: int = 0
+    tcp_connects: int = 0
+    tcp_connect_failures: int = 0
     jobs_started: int = 0
     jobs_failed: int = 0
     bytes_in: int = 0
@@ -71,7 +76,7 @@ class TransportStats:
 @dataclass
 class _TcpConnection:
     peer: Peer
-    stream: trio.SocketStream
+    stream: trio.SocketStream | None
     send: trio.MemorySendChannel[bytes]
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -148,6 +153,10 @@ class Transports:
         self._ids = itertools.count(1)
         self._udp: dict[int, socket.socket] = {}
         self._tcp: dict[int, _TcpConnection] = {}
+        #: Connections by remote address, for messages to a peer we hold no
+        #: connection id for (conn 0): reused, or opened on demand.
+        self._tcp_by_addr: dict[tuple[str, int], _TcpConnection] = {}
+        self._udp_family: dict[int, int] = {}
         self._timer_changed = trio.Event()
         self._armed = math.inf
         self.bound: list[ListenAddress] = []
@@ -170,7 +179,7 @@ class Transports:
                 continue
             peer = out.peer
             if peer.transport == "udp":
-                sock = self._udp.get(peer.conn)
+                sock = self._udp.get(peer.conn) if peer.conn else self._udp_for(peer.host)
                 if sock is None:
                     continue
                 try:
@@ -181,7 +190,7 @@ class Transports:
                     self.stats.udp_send_errors += 1
                     log.debug("udp send to %s failed: %s", peer, exc)
             else:
-                conn = self._tcp.get(peer.conn)
+                conn = self._tcp.get(peer.conn) if peer.conn else self._tcp_to(peer)
                 if conn is None:
                     log.debug("tcp connection to %s is gone, dropping %d bytes", peer, len(out.data))
                     continue
@@ -195,6 +204,55 @@ class Transports:
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     pass
         self._poke_timer()
+
+    def _udp_for(self, host: str) -> socket.socket | None:
+        """A listening UDP socket of the host's family: its port is what our Via says."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for conn, sock in self._udp.items():
+            if self._udp_family.get(conn) == family:
+                return sock
+        return None
+
+    def _tcp_to(self, peer: Peer) -> _TcpConnection | None:
+        """The connection to ``peer``'s address, opening one if there is none."""
+        key = (peer.host, peer.port)
+        conn = self._tcp_by_addr.get(key)
+        if conn is not None:
+            return conn
+        if self._nursery is None or len(self._tcp) >= self.tcp_max_connections:
+            self.stats.tcp_refused += 1
+            return None
+        conn_id = next(self._ids)
+        send, receive = trio.open_memory_channel[bytes](TCP_SEND_QUEUE)
+        conn = _TcpConnection(Peer("tcp", peer.host, peer.port, conn_id), None, send)
+        # Registered before it connects: what is sent meanwhile waits in its queue.
+        self._tcp[conn_id] = conn
+        self._tcp_by_addr[key] = conn
+        self.stats.tcp_open += 1
+        self._nursery.start_soon(self._connect_tcp, conn, receive)
+        return conn
+
+    async def _connect_tcp(self, conn: _TcpConnection, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        peer = conn.peer
+        self.stats.tcp_connects += 1
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await trio.open_tcp_stream(peer.host, peer.port)
+        except (OSError, trio.TooSlowError) as exc:
+            self.stats.tcp_connect_failures += 1
+            log.info("cannot connect to %s: %s", peer, exc)
+            self._forget_tcp(conn)
+            self.send(self.endpoint.connection_failed(peer, trio.current_time()))
+            return
+        conn.stream = stream
+        await self._run_tcp(conn, receive)
+
+    def _forget_tcp(self, conn: _TcpConnection) -> None:
+        self._tcp.pop(conn.peer.conn, None)
+        key = (conn.peer.host, conn.peer.port)
+        if self._tcp_by_addr.get(key) is conn:
+            del self._tcp_by_addr[key]
+        self.stats.tcp_open -= 1
 
     def _start_job(self, job: Job) -> None:
         assert self._nursery is not None, "jobs before serve()"
@@ -259,6 +317,7 @@ class Transports:
                 if addr.transport == "udp":
                     conn = next(self._ids)
                     self._udp[conn] = sock
+                    self._udp_family[conn] = addr.family
                     nursery.start_soon(self._serve_udp, sock, conn)
                 else:
                     nursery.start_soon(self._serve_tcp_listener, sock, nursery)
@@ -314,8 +373,16 @@ class Transports:
         send, receive = trio.open_memory_channel[bytes](TCP_SEND_QUEUE)
         conn = _TcpConnection(peer, stream, send)
         self._tcp[conn_id] = conn
+        self._tcp_by_addr.setdefault((host, port), conn)
         self.stats.tcp_accepted += 1
         self.stats.tcp_open += 1
+        await self._run_tcp(conn, receive)
+
+    async def _run_tcp(self, conn: _TcpConnection, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Serve one connection, accepted or opened by us, until it ends."""
+        stream = conn.stream
+        assert stream is not None
+        peer = conn.peer
         try:
             with conn.cancel:
                 async with trio.open_nursery() as nursery:
@@ -323,11 +390,10 @@ class Transports:
                     await self._tcp_reader(conn)
                     # Let the writer flush what is queued (a final 400, say),
                     # but not wait forever on a peer that stopped reading.
-                    send.close()
+                    conn.send.close()
                     nursery.cancel_scope.deadline = trio.current_time() + 1.0
         finally:
-            del self._tcp[conn_id]
-            self.stats.tcp_open -= 1
+            self._forget_tcp(conn)
             self.endpoint.connection_closed(peer)
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):
@@ -343,6 +409,7 @@ class Transports:
     async def _tcp_reader(self, conn: _TcpConnection) -> None:
         framer = StreamFramer(self.max_message_size)
         peer = conn.peer
+        assert conn.stream is not None
         while True:
             timeout = self.tcp_message_timeout if framer.pending else self.tcp_idle_timeout
             with trio.move_on_after(timeout) as scope:

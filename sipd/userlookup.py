@@ -1,0 +1,40 @@
+"""Who a local user is, and their call settings: the blocking part of routing a call."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from srfs import users
+from srfs.home import FileCache, HomeError
+from srfs.userconfig import EMPTY, UserConfig
+from srfs.userconfig import parse as parse_userconfig
+
+log = logging.getLogger("sipd.proxy")
+
+
+class UserLookup(Protocol):
+    """Blocking: does a local user exist (SIP group member), and their settings."""
+
+    def find(self, name: str) -> tuple[bool, UserConfig]: ...
+
+
+class HomeUsers:
+    """:class:`UserLookup` on NSS, the SIP group and ``~/.sr/config``."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self._configs: FileCache[UserConfig] = FileCache("config", parse_userconfig)
+
+    def find(self, name: str) -> tuple[bool, UserConfig]:
+        if not users.valid_name(name):
+            return False, EMPTY
+        user = users.lookup(name)
+        if user is None or not users.is_sip_member(user, self.group):
+            return False, EMPTY
+        try:
+            config = self._configs.get(user)
+        except HomeError as exc:
+            log.warning("ignoring config of %s: %s", name, exc.reason)
+            config = None
+        return True, config or EMPTY

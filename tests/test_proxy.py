@@ -1,0 +1,708 @@
+"""The proxy, sans-IO: bytes and time in, bytes and peers out, jobs run inline."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+
+import pytest
+
+from sipd.auth import Authenticator
+from sipd.digest import NonceManager, ha1, response
+from sipd.endpoint import Endpoint
+from sipd.identity import LocalIdentity
+from sipd.peer import Outgoing, Peer
+from sipd.proxy import TIMER_C, Proxy, ProxyPolicy, _branch_key
+from sipd.server import Server
+from sipd.sip.message import Request, Response, make_response, parse
+from sipd.sip.transaction import TransactionLayer
+from sipd.targets import LocalAddresses
+from sipd.work import run_inline
+from srfs.directory import Account
+from srfs.location import Binding, LocationStore
+from srfs.userconfig import EMPTY, UserConfig
+from srfs.userconfig import parse as parse_config
+from srfs.users import User
+
+ME = ("192.0.2.1", 5060)
+CALLER = Peer("udp", "198.51.100.7", 5062, conn=1)
+BOB1 = Peer("udp", "192.0.2.20", 5070, conn=0)
+BOB2 = Peer("udp", "192.0.2.21", 5071, conn=0)
+CAROL = Peer("udp", "192.0.2.30", 5080, conn=0)
+REALM = "sip.test"
+PASSWORD = "secret-alice"
+
+
+@dataclass
+class Users:
+    """Fake NSS and ~/.sr/config: who exists and their settings."""
+
+    known: set[str] = field(default_factory=lambda: {"alice", "bob", "carol", "dave"})
+    configs: dict[str, str] = field(default_factory=dict)
+    calls: int = 0
+
+    def find(self, name: str) -> tuple[bool, UserConfig]:
+        self.calls += 1
+        if name not in self.known:
+            return False, EMPTY
+        return True, parse_config(self.configs.get(name, ""))
+
+
+def account(name: str, rhost: str | None = None) -> Account | None:
+    if name not in ("alice", "bob", "carol", "dave"):
+        return None
+    return Account(User(name, 1000, 1000, f"/home/{name}"), True, "",
+                   {"MD5": ha1(name, REALM, f"secret-{name}", "MD5")})
+
+
+@dataclass
+class Hooks:
+    seen: list[tuple[object, ...]] = field(default_factory=list)
+
+    def call_started(self, call_id: str, caller_user: str | None, callee_user: str | None,
+                     from_uri: str, to_uri: str, wall: float) -> None:
+        self.seen.append(("started", call_id, caller_user, callee_user, from_uri, to_uri))
+
+    def call_answered(self, call_id: str, wall: float) -> None:
+        self.seen.append(("answered", call_id))
+
+    def call_failed(self, call_id: str, status: int, wall: float) -> None:
+        self.seen.append(("failed", call_id, status))
+
+    def call_ended(self, call_id: str, wall: float) -> None:
+        self.seen.append(("ended", call_id))
+
+
+class Net:
+    """One proxy and the phones around it; time moves only when told."""
+
+    def __init__(self, outbound: str = "", users: Users | None = None) -> None:
+        identity = LocalIdentity(frozenset({REALM, "192.0.2.1"}), frozenset({5060}))
+        self.store = LocationStore()
+        self.users = users or Users()
+        self.hooks = Hooks()
+        auth = Authenticator(REALM, NonceManager(secrets.token_bytes(32)), algorithms=("MD5",))
+        addresses = LocalAddresses({("udp", 4): ME, ("tcp", 4): ME})
+        layer = TransactionLayer()
+        self.proxy = Proxy(identity, addresses, layer, self.store, auth, account,
+                           self.users, ProxyPolicy(outbound_proxy=outbound), self.hooks)
+        self.ep = Endpoint(Server(identity, proxying=True), max_message_size=65535,
+                           transactions=layer, store=self.store, proxy=self.proxy)
+        self.now = 1000.0
+
+    def bind(self, aor: str, peer: Peer, q: float = 1.0) -> None:
+        self.store.upsert(Binding(aor, aor, f"sip:{aor}@{peer.host}:{peer.port}", 1e12, q=q,
+                                  received=f"udp:{peer.host}:{peer.port}"))
+
+    def send(self, data: bytes | Request | Response, peer: Peer) -> list[tuple[Request | Response, Peer]]:
+        raw = data if isinstance(data, bytes) else data.to_bytes()
+        return self._parse(run_inline(self.ep.receive(raw, peer, self.now), self.now))
+
+    def tick(self, to: float) -> list[tuple[Request | Response, Peer]]:
+        self.now = to
+        return self._parse(run_inline(self.ep.handle_timer(to), to))
+
+    @staticmethod
+    def _parse(out: list[Outgoing]) -> list[tuple[Request | Response, Peer]]:
+        return [(parse(o.data), o.peer) for o in out]
+
+
+def invite(uri: str = f"sip:bob@{REALM}", frm: str = "sip:zed@example.com", method: str = "INVITE",
+           extra: str = "", call_id: str | None = None, cseq: int = 1, to_tag: str = "",
+           mf: int = 70, branch: str | None = None) -> bytes:
+    branch = branch or "z9hG4bK" + secrets.token_hex(6)
+    to = f"<{uri}>" if not to_tag else f"<{uri}>;tag={to_tag}"
+    return (
+        f"{method} {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 198.51.100.7:5062;branch={branch};rport\r\n"
+        f"Max-Forwards: {mf}\r\n"
+        f"From: <{frm}>;tag=caller1\r\n"
+        f"To: {to}\r\n"
+        f"Call-ID: {call_id or secrets.token_hex(6)}\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        f"Contact: <sip:zed@198.51.100.7:5062>\r\n"
+        f"{extra}"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def answer(req: Request, status: int, tag: str = "uas1", extra: tuple[tuple[str, str], ...] = ()) -> Response:
+    headers = list(extra)
+    if 200 <= status < 300:
+        headers.append(("Contact", "<sip:bob@192.0.2.20:5070>"))
+    return make_response(req, status, None, headers, to_tag=tag)
+
+
+def responses(out: list[tuple[Request | Response, Peer]]) -> list[int]:
+    return [m.status for m, _ in out if isinstance(m, Response)]
+
+
+def requests(out: list[tuple[Request | Response, Peer]], method: str | None = None) -> list[tuple[Request, Peer]]:
+    return [(m, p) for m, p in out if isinstance(m, Request) and (method is None or m.method == method)]
+
+
+def start_call(net: Net, data: bytes | None = None) -> list[tuple[Request, Peer]]:
+    out = net.send(data or invite(), CALLER)
+    assert responses(out) == [100]
+    return requests(out, "INVITE")
+
+
+# ------------------------------------------------------------------ forking
+
+
+def test_invite_forks_to_every_binding_with_via_record_route_and_max_forwards() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.bind("bob", BOB2)
+    sent = start_call(net)
+    assert {p for _, p in sent} == {BOB1, BOB2}
+    for req, peer in sent:
+        assert req.uri_text == f"sip:bob@{peer.host}:{peer.port}"
+        assert req.top_via.host == "192.0.2.1" and req.top_via.port == 5060
+        assert req.top_via.branch and req.top_via.branch.startswith("z9hG4bK")
+        assert req.values("Record-Route") == ["<sip:192.0.2.1:5060;lr>"]
+        assert req.max_forwards == 69
+        assert len(req.vias) == 2
+    assert sent[0][0].top_via.branch != sent[1][0].top_via.branch
+
+
+def test_provisional_forwarded_and_2xx_cancels_the_other_branch() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.bind("bob", BOB2)
+    sent = dict((p, r) for r, p in start_call(net))
+    ring = net.send(answer(sent[BOB1], 180, "t1"), BOB1)
+    assert responses(ring) == [180]
+    (resp, peer), = ring
+    assert peer.host == CALLER.host and peer.port == CALLER.port
+    assert len(resp.vias) == 1  # ours removed
+    net.send(answer(sent[BOB2], 180, "t2"), BOB2)
+    ok = net.send(answer(sent[BOB2], 200, "t2"), BOB2)
+    assert responses(ok) == [200]
+    cancels = requests(ok, "CANCEL")
+    assert [p for _, p in cancels] == [BOB1]
+    assert cancels[0][0].top_via.branch == sent[BOB1].top_via.branch
+    # The cancelled branch's 487 is absorbed, not forwarded after the 200.
+    assert responses(net.send(answer(sent[BOB1], 487, "t1"), BOB1)) == []
+
+
+def test_every_2xx_is_forwarded() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.bind("bob", BOB2)
+    sent = dict((p, r) for r, p in start_call(net))
+    assert responses(net.send(answer(sent[BOB1], 200, "t1"), BOB1)) == [200]
+    assert responses(net.send(answer(sent[BOB2], 200, "t2"), BOB2)) == [200]
+
+
+def test_lower_q_group_tried_after_the_first_fails() -> None:
+    net = Net()
+    net.bind("bob", BOB1, q=1.0)
+    net.bind("bob", BOB2, q=0.5)
+    sent = start_call(net)
+    assert [p for _, p in sent] == [BOB1]
+    out = net.send(answer(sent[0][0], 486, "t1"), BOB1)
+    assert responses(out) == []
+    assert [p for _, p in requests(out, "INVITE")] == [BOB2]
+
+
+@pytest.mark.parametrize(
+    ("finals", "best"),
+    [((486, 503), 486), ((503, 408), 408), ((302, 486), 302), ((500, 503), 500), ((407, 404), 407)],
+)
+def test_best_response_is_the_lowest_class(finals: tuple[int, int], best: int) -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.bind("bob", BOB2)
+    sent = dict((p, r) for r, p in start_call(net))
+    extra = (("Proxy-Authenticate", 'Digest realm="x", nonce="1"'),)
+    first = net.send(answer(sent[BOB1], finals[0], "t1", extra if finals[0] == 407 else ()), BOB1)
+    assert responses(first) == []
+    out = net.send(answer(sent[BOB2], finals[1], "t2"), BOB2)
+    assert responses(out) == [best]
+    if best == 407:
+        resp = next(m for m, _ in out if isinstance(m, Response))
+        assert resp.get("Proxy-Authenticate") == 'Digest realm="x", nonce="1"'
+
+
+def test_6xx_wins_at_once_and_cancels_the_rest() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.bind("bob", BOB2)
+    sent = dict((p, r) for r, p in start_call(net))
+    net.send(answer(sent[BOB1], 180, "t1"), BOB1)
+    out = net.send(answer(sent[BOB2], 603, "t2"), BOB2)
+    assert responses(out) == [603]
+    assert [p for _, p in requests(out, "CANCEL")] == [BOB1]
+
+
+def test_a_branch_that_times_out_counts_as_408() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    start_call(net)
+    out = net.tick(net.now + 33)
+    assert responses(out) == [408]
+
+
+# ------------------------------------------------------------------ CANCEL, Timer C
+
+
+def test_cancel_is_answered_fanned_out_and_the_invite_gets_487() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.bind("bob", BOB2)
+    data = invite(branch="z9hG4bKcancelme", call_id="c1")
+    sent = dict((p, r) for r, p in start_call(net, data))
+    net.send(answer(sent[BOB1], 180, "t1"), BOB1)
+    cancel = data.replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
+    out = net.send(cancel, CALLER)
+    assert responses(out) == [200]
+    # Only the branch that rang can be cancelled now; the other when it rings.
+    assert [p for _, p in requests(out, "CANCEL")] == [BOB1]
+    late = net.send(answer(sent[BOB2], 180, "t2"), BOB2)
+    assert responses(late) == []  # the call is going away
+    assert [p for _, p in requests(late, "CANCEL")] == [BOB2]
+    assert responses(net.send(answer(sent[BOB1], 487, "t1"), BOB1)) == []
+    final = net.send(answer(sent[BOB2], 487, "t2"), BOB2)
+    assert responses(final) == [487]
+
+
+def test_cancel_for_an_unknown_invite_gets_481() -> None:
+    net = Net()
+    data = invite(method="CANCEL")
+    assert responses(net.send(data, CALLER)) == [481]
+
+
+def test_timer_c_cancels_a_branch_that_rings_too_long() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    (req, _), = start_call(net)
+    t0 = net.now
+    net.send(answer(req, 180, "t1"), BOB1)
+    net.tick(t0 + 100)
+    # A provisional resets Timer C.
+    net.send(answer(req, 183, "t1"), BOB1)
+    assert requests(net.tick(t0 + TIMER_C + 1), "CANCEL") == []
+    out = net.tick(t0 + 100 + TIMER_C + 1)
+    assert [p for _, p in requests(out, "CANCEL")] == [BOB1]
+    assert responses(net.send(answer(req, 487, "t1"), BOB1)) == [487]
+
+
+# ------------------------------------------------------------------ loops, hops
+
+
+def test_max_forwards_zero_gets_483() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    assert responses(net.send(invite(mf=0), CALLER)) == [100, 483]
+
+
+def test_a_request_that_comes_back_unchanged_is_a_loop() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    (fwd, _), = start_call(net)
+    # The same request, as if a binding pointed back at us.
+    back = fwd.copy()
+    back.uri_text = f"sip:bob@{REALM}"
+    back._uri = None
+    assert _branch_key(back) == fwd.top_via.branch.split("sr", 1)[1].split(".")[0]  # type: ignore[union-attr]
+    out = net.send(back, Peer("udp", "192.0.2.1", 5060, conn=1))
+    assert responses(out) == [100, 482]
+
+
+def test_a_spiral_is_not_a_loop() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    (fwd, _), = start_call(net)
+    # Back with a new Request-URI (bob's contact, as a spiral would bring it).
+    fwd.uri_text = f"sip:bob@{REALM};spiral=1"
+    fwd._uri = None
+    out = net.send(fwd, Peer("udp", "192.0.2.1", 5060, conn=1))
+    assert 482 not in responses(out)
+
+
+# ------------------------------------------------------------------ Route
+
+
+def bye(uri: str, routes: list[str]) -> bytes:
+    extra = "".join(f"Route: {r}\r\n" for r in routes)
+    return invite(uri, method="BYE", extra=extra, to_tag="callee1", cseq=2)
+
+
+def test_in_dialog_request_follows_its_route_set_without_auth() -> None:
+    net = Net()
+    data = bye("sip:bob@192.0.2.20:5070", ["<sip:192.0.2.1:5060;lr>", "<sip:203.0.113.5:5090;lr>"])
+    data = data.replace(b"zed@example.com", b"alice@sip.test")  # a local user: still no 407
+    out = net.send(data, CALLER)
+    (req, peer), = requests(out, "BYE")
+    assert (peer.host, peer.port) == ("203.0.113.5", 5090)
+    assert req.values("Route") == ["<sip:203.0.113.5:5090;lr>"]
+    assert req.uri_text == "sip:bob@192.0.2.20:5070"
+    assert "Record-Route" not in req
+
+
+def test_route_to_our_address_on_another_port_is_not_ours() -> None:
+    net = Net()
+    out = net.send(bye("sip:bob@192.0.2.20:5070", ["<sip:192.0.2.1:5070;lr>"]), CALLER)
+    assert responses(out) == [403]
+    assert requests(out) == []
+
+
+def test_strict_router_request_uri_is_replaced_by_the_last_route() -> None:
+    net = Net()
+    out = net.send(bye("sip:192.0.2.1:5060", ["<sip:bob@192.0.2.20:5070>"]), CALLER)
+    (req, peer), = requests(out, "BYE")
+    assert req.uri_text == "sip:bob@192.0.2.20:5070"
+    assert "Route" not in req
+    assert (peer.host, peer.port) == ("192.0.2.20", 5070)
+
+
+def test_bye_through_the_proxy_and_ack_for_2xx_end_to_end() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    (req, _), = start_call(net, invite(call_id="call-ack"))
+    ok = net.send(answer(req, 200, "t1"), BOB1)
+    assert responses(ok) == [200]
+    assert net.hooks.seen[-1] == ("answered", "call-ack")
+    ack = bye("sip:bob@192.0.2.20:5070", ["<sip:192.0.2.1:5060;lr>"])
+    ack = ack.replace(b"BYE", b"ACK").replace(b"2 ACK", b"1 ACK")
+    out = net.send(ack, CALLER)
+    (fwd, peer), = requests(out, "ACK")
+    assert (peer.host, peer.port) == (BOB1.host, BOB1.port)
+    assert fwd.top_via.host == "192.0.2.1"
+    data = bye("sip:bob@192.0.2.20:5070", ["<sip:192.0.2.1:5060;lr>"]).replace(
+        b"Call-ID: ", b"Call-ID: call-ack\r\nX-Old: ")
+    out = net.send(data, CALLER)
+    (fwd_bye, _), = requests(out, "BYE")
+    assert net.hooks.seen[-1] == ("ended", "call-ack")
+    assert responses(net.send(answer(fwd_bye, 200, "callee1"), BOB1)) == [200]
+
+
+def test_preloaded_route_on_an_initial_request_is_refused() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    out = net.send(invite(extra="Route: <sip:203.0.113.5;lr>\r\n"), CALLER)
+    assert responses(out) == [100, 403]
+
+
+# ------------------------------------------------------------------ users
+
+
+def test_unknown_user_gets_404_and_known_without_binding_480() -> None:
+    net = Net()
+    assert responses(net.send(invite(f"sip:nobody@{REALM}"), CALLER)) == [100, 404]
+    assert responses(net.send(invite(f"sip:dave@{REALM}"), CALLER)) == [100, 480]
+    assert not [s for s in net.hooks.seen if s[0] == "started"]
+
+
+def test_dnd_gets_486() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.users.configs["bob"] = "dnd = yes\n"
+    assert responses(net.send(invite(), CALLER)) == [100, 486]
+
+
+def test_settings_are_read_on_every_call() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.users.configs["bob"] = "dnd = yes\n"
+    assert responses(net.send(invite(), CALLER)) == [100, 486]
+    net.users.configs["bob"] = "dnd = no\n"
+    assert [p for _, p in start_call(net)] == [BOB1]
+
+
+def test_forward_sends_the_call_to_the_target_bindings() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.bind("carol", CAROL)
+    net.users.configs["bob"] = f"forward = sip:carol@{REALM}\n"
+    (req, peer), = start_call(net)
+    assert peer == CAROL
+    assert req.uri_text == "sip:carol@192.0.2.30:5080"
+
+
+def test_forward_to_another_domain_needs_outbound_proxy() -> None:
+    net = Net()
+    net.users.configs["bob"] = "forward = sip:someone@example.org\n"
+    assert responses(net.send(invite(), CALLER)) == [100, 403]
+    net = Net(outbound="sip:192.0.2.99:5080")
+    net.users.configs["bob"] = "forward = sip:someone@example.org\n"
+    (req, peer), = start_call(net)
+    assert (peer.host, peer.port) == ("192.0.2.99", 5080)
+    assert req.uri_text == "sip:someone@example.org"
+    assert req.values("Route") == ["<sip:192.0.2.99:5080;lr>"]
+
+
+def test_forward_noanswer_after_ring_timeout() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.bind("carol", CAROL)
+    net.users.configs["bob"] = f"forward_noanswer = sip:carol@{REALM}\nring_timeout = 5\n"
+    (req, _), = start_call(net, invite(call_id="fna"))
+    t0 = net.now
+    assert responses(net.send(answer(req, 180, "t1"), BOB1)) == [180]
+    assert net.tick(t0 + 4.9) == []
+    out = net.tick(t0 + 5.0)
+    assert [p for _, p in requests(out, "CANCEL")] == [BOB1]
+    (to_carol, peer), = requests(out, "INVITE")
+    assert peer == CAROL
+    assert to_carol.max_forwards == 69
+    # The cancelled branch's 487 is not the caller's answer.
+    assert responses(net.send(answer(req, 487, "t1"), BOB1)) == []
+    assert responses(net.send(answer(to_carol, 200, "t3"), CAROL)) == [200]
+    assert ("answered", "fna") in net.hooks.seen
+
+
+def test_forward_noanswer_default_ring_timeout_is_20_seconds() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.bind("carol", CAROL)
+    net.users.configs["bob"] = f"forward_noanswer = sip:carol@{REALM}\n"
+    start_call(net)
+    t0 = net.now
+    assert CAROL not in [p for _, p in requests(net.tick(t0 + 19.5), "INVITE")]
+    assert CAROL in [p for _, p in requests(net.tick(t0 + 20), "INVITE")]
+
+
+def test_answered_before_ring_timeout_is_not_forwarded() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.bind("carol", CAROL)
+    net.users.configs["bob"] = f"forward_noanswer = sip:carol@{REALM}\nring_timeout = 5\n"
+    (req, _), = start_call(net)
+    t0 = net.now
+    assert responses(net.send(answer(req, 200, "t1"), BOB1)) == [200]
+    assert requests(net.tick(t0 + 6), "INVITE") == []
+
+
+# ------------------------------------------------------------------ auth
+
+
+def credentials(challenge: Response, uri: str, user: str = "alice", password: str = PASSWORD,
+                method: str = "INVITE") -> str:
+    m = re.search(r'nonce="([^"]+)"', challenge.get("Proxy-Authenticate") or "")
+    assert m
+    nonce = m.group(1)
+    r = response(ha1(user, REALM, password, "MD5"), nonce, method, uri, "MD5",
+                 qop="auth", nc="00000001", cnonce="c0ffee")
+    return (f'Digest username="{user}", realm="{REALM}", nonce="{nonce}", uri="{uri}", '
+            f'response="{r}", algorithm=MD5, qop=auth, nc=00000001, cnonce="c0ffee"')
+
+
+def challenge(net: Net, uri: str, frm: str) -> Response:
+    out = net.send(invite(uri, frm=frm), CALLER)
+    assert responses(out) == [100, 407]
+    resp = out[-1][0]
+    assert isinstance(resp, Response)
+    return resp
+
+
+def test_local_caller_is_challenged_then_forwarded_without_our_credentials() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    uri = f"sip:bob@{REALM}"
+    resp = challenge(net, uri, f"sip:alice@{REALM}")
+    auth = "Proxy-Authorization: " + credentials(resp, uri) + "\r\n"
+    out = net.send(invite(uri, frm=f"sip:alice@{REALM}", extra=auth, cseq=2, call_id="auth1"), CALLER)
+    (req, peer), = requests(out, "INVITE")
+    assert peer == BOB1
+    assert "Proxy-Authorization" not in req
+    assert ("started", "auth1", "alice", "bob", f"sip:alice@{REALM}", uri) in net.hooks.seen
+
+
+def test_wrong_password_is_challenged_again() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    uri = f"sip:bob@{REALM}"
+    resp = challenge(net, uri, f"sip:alice@{REALM}")
+    auth = "Proxy-Authorization: " + credentials(resp, uri, password="wrong") + "\r\n"
+    out = net.send(invite(uri, frm=f"sip:alice@{REALM}", extra=auth, cseq=2), CALLER)
+    assert responses(out) == [100, 407]
+
+
+def test_from_must_be_the_authenticated_user() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    uri = f"sip:bob@{REALM}"
+    resp = challenge(net, uri, f"sip:carol@{REALM}")
+    auth = "Proxy-Authorization: " + credentials(resp, uri) + "\r\n"
+    out = net.send(invite(uri, frm=f"sip:carol@{REALM}", extra=auth, cseq=2), CALLER)
+    assert responses(out) == [100, 403]
+
+
+def test_display_name_of_the_caller_fills_from() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.users.configs["alice"] = "display_name = Alice Liddell\n"
+    uri = f"sip:bob@{REALM}"
+    resp = challenge(net, uri, f"sip:alice@{REALM}")
+    auth = "Proxy-Authorization: " + credentials(resp, uri) + "\r\n"
+    out = net.send(invite(uri, frm=f"sip:alice@{REALM}", extra=auth, cseq=2), CALLER)
+    (req, _), = requests(out, "INVITE")
+    assert req.from_.display_text == "Alice Liddell"
+    assert req.from_.tag == "caller1"
+
+
+def test_relaying_is_refused_without_outbound_proxy() -> None:
+    net = Net()
+    # A stranger to a stranger: refused without even a challenge.
+    assert responses(net.send(invite("sip:x@example.org"), CALLER)) == [100, 403]
+    uri = "sip:x@example.org"
+    resp = challenge(net, uri, f"sip:alice@{REALM}")
+    auth = "Proxy-Authorization: " + credentials(resp, uri) + "\r\n"
+    out = net.send(invite(uri, frm=f"sip:alice@{REALM}", extra=auth, cseq=2), CALLER)
+    assert responses(out) == [100, 403]
+    assert requests(out) == []
+
+
+def test_outbound_proxy_takes_calls_to_other_domains() -> None:
+    net = Net(outbound="sip:192.0.2.99:5080")
+    uri = "sip:x@example.org"
+    assert responses(net.send(invite(uri), CALLER)) == [100, 403]  # still no open relay
+    resp = challenge(net, uri, f"sip:alice@{REALM}")
+    auth = "Proxy-Authorization: " + credentials(resp, uri) + "\r\n"
+    out = net.send(invite(uri, frm=f"sip:alice@{REALM}", extra=auth, cseq=2), CALLER)
+    (req, peer), = requests(out, "INVITE")
+    assert (peer.host, peer.port) == ("192.0.2.99", 5080)
+    assert req.uri_text == uri
+    assert req.values("Route") == ["<sip:192.0.2.99:5080;lr>"]
+
+
+def test_message_is_proxied_without_record_route() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    out = net.send(invite(method="MESSAGE"), CALLER)
+    (req, peer), = requests(out, "MESSAGE")
+    assert peer == BOB1 and "Record-Route" not in req
+    assert responses(net.send(answer(req, 200, "m1"), BOB1)) == [200]
+
+
+def test_an_error_in_the_proxy_is_a_500_not_a_crash() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    net.hooks.call_started = broken  # type: ignore[method-assign]
+    assert responses(net.send(invite(), CALLER)) == [100, 500]
+    # The next request is served as usual.
+    net.hooks.call_started = Hooks.call_started.__get__(net.hooks)  # type: ignore[method-assign]
+    assert [p for _, p in start_call(net)] == [BOB1]
+
+
+def test_failed_call_is_reported_to_hooks() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    (req, _), = start_call(net, invite(call_id="busy1"))
+    assert responses(net.send(answer(req, 486, "t1"), BOB1)) == [486]
+    assert net.hooks.seen[-1] == ("failed", "busy1", 486)
+
+
+def test_contexts_are_forgotten_when_done() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    (req, _), = start_call(net)
+    net.send(answer(req, 486, "t1"), BOB1)
+    net.tick(net.now + 64)
+    assert net.proxy.statistics()["calls_pending"] == 0
+
+
+def test_endpoint_keeps_the_transaction_layer_it_is_given() -> None:
+    # The proxy and the endpoint must share one layer, empty as it starts.
+    layer = TransactionLayer()
+    identity = LocalIdentity(frozenset({REALM}), frozenset({5060}))
+    assert Endpoint(Server(identity), max_message_size=65535, transactions=layer).transactions is layer
+
+
+def test_tcp_binding_uses_the_live_connection_else_the_contact() -> None:
+    net = Net()
+    conn = Peer("tcp", "192.0.2.40", 40123, conn=77)
+    net.store.upsert(Binding("bob", "bob", "sip:bob@192.0.2.40:5090;transport=tcp", 1e12,
+                             received="tcp:192.0.2.40:40123"))
+    # No live connection: a new one to the contact.
+    (_, peer), = start_call(net)
+    assert peer == Peer("tcp", "192.0.2.40", 5090, 0)
+    # The phone's connection is alive (it has sent something on it): reused.
+    net.send(b"\r\n\r\n", conn)
+    net.send(invite(method="OPTIONS", uri="sip:192.0.2.1"), conn)
+    (req, peer), = start_call(net)
+    assert peer == conn
+    assert req.top_via.transport == "TCP"
+    # Caller on UDP, callee on TCP: one Record-Route for each side.
+    assert req.values("Record-Route") == ["<sip:192.0.2.1:5060;transport=tcp;lr>",
+                                          "<sip:192.0.2.1:5060;lr>"]
+    net.ep.connection_closed(conn)
+    (_, peer), = start_call(net)
+    assert peer.conn == 0
+
+
+def test_cancel_while_the_callee_is_looked_up() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    data = invite(branch="z9hG4bKearly", call_id="early")
+    pending = net.ep.receive(data, CALLER, net.now)
+    cancel = data.replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
+    out = net.send(cancel, CALLER)
+    assert responses(out) == [200, 487]
+    late = net._parse(run_inline(pending, net.now))
+    assert responses(late) == [100]
+    assert requests(late, "INVITE") == []
+    assert not [s for s in net.hooks.seen if s[0] == "started"]
+
+
+def test_sips_targets_are_refused_without_tls() -> None:
+    net = Net()
+    net.store.upsert(Binding("bob", "bob", "sips:bob@192.0.2.40:5061", 1e12))
+    assert responses(net.send(invite(), CALLER)) == [100, 480]
+
+
+@pytest.mark.parametrize("bad", ["bob", "sips:192.0.2.9", "sip:192.0.2.9;transport=tls", "tel:+123"])
+def test_outbound_proxy_setting_is_checked(bad: str) -> None:
+    from sipd.config import ConfigError, check_values
+
+    assert check_values({"outbound_proxy": "sip:gw.example.org:5080;transport=tcp"}, "test")
+    with pytest.raises(ConfigError, match="outbound_proxy"):
+        check_values({"outbound_proxy": bad}, "test")
+
+
+def test_a_next_hop_by_name_is_resolved_off_the_loop() -> None:
+    net = Net(outbound="sip:localhost:5080;transport=tcp")
+    net.users.configs["bob"] = "forward = sip:someone@example.org\n"
+    (req, peer), = start_call(net)
+    assert (peer.transport, peer.host, peer.port) == ("tcp", "127.0.0.1", 5080)
+    assert req.top_via.transport == "TCP"
+    assert req.values("Route") == ["<sip:localhost:5080;transport=tcp;lr>"]
+
+
+def test_in_dialog_requests_reach_a_phone_behind_nat_at_its_register_source() -> None:
+    net = Net()
+    nat = Peer("udp", "203.0.113.50", 40000, conn=0)
+    net.store.upsert(Binding("bob", "bob", "sip:bob@10.0.0.5:5070", 1e12,
+                             received="udp:203.0.113.50:40000"))
+    data = bye("sip:bob@10.0.0.5:5070", ["<sip:192.0.2.1:5060;lr>"])
+    (req, peer), = requests(net.send(data, CALLER), "BYE")
+    assert peer == nat
+    assert req.uri_text == "sip:bob@10.0.0.5:5070"
+    ack = data.replace(b"BYE", b"ACK").replace(b"2 ACK", b"1 ACK")
+    (_, peer), = requests(net.send(ack, CALLER), "ACK")
+    assert peer == nat
+    # Once the binding is gone the contact itself is used.
+    from srfs.location import RemoveReason
+
+    key = net.store.lookup("bob")[0].key
+    net.store.remove("bob", key, RemoveReason.UNREGISTERED)
+    data = bye("sip:bob@10.0.0.5:5070", ["<sip:192.0.2.1:5060;lr>"]).replace(b"2 BYE", b"3 BYE")
+    (_, peer), = requests(net.send(data, CALLER), "BYE")
+    assert (peer.host, peer.port) == ("10.0.0.5", 5070)
+
+
+def test_allow_lists_every_proxied_method_once() -> None:
+    from sipd.proxy import PROXY_METHODS
+    from sipd.server import PROXY_ORDER
+
+    assert sorted(PROXY_ORDER) == sorted(PROXY_METHODS)
+    identity = LocalIdentity(frozenset({REALM}), frozenset({5060}))
+    allowed = Server(identity, proxying=True).allowed_methods
+    assert len(allowed) == len(set(allowed)) and PROXY_METHODS <= set(allowed)
