@@ -58,6 +58,7 @@ from tests import sipclient  # noqa: E402
 from tests.sipclient import Daemon, options, running_sipd  # noqa: E402
 from tests.unixusers import FakeUnix, UserSpec, fake_unix, skip_reason  # noqa: E402
 
+CLK = os.sysconf("SC_CLK_TCK")
 READ_TARGET_US = 1000.0
 STORM_RATIO_TARGET = 1.5
 CONTACT_COUNTS = {"five": 5, "fifty": 50}
@@ -121,6 +122,16 @@ class Dist:
             return cls(0, nan, nan, nan, nan)
         return cls(len(s), s[len(s) // 2], s[min(len(s) - 1, int(len(s) * 0.99))],
                    statistics.fmean(s), s[-1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` (all its threads)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
 
 
 def read_cost_us(path: Path, iterations: int) -> Dist:
@@ -264,10 +275,13 @@ def wait_for(path: Path, daemon: Daemon, seconds: float = 10.0) -> None:
 
 
 @contextmanager
-def storm(paths: Sequence[Path], procs: int, seconds: float) -> Iterator[list[subprocess.Popen[str]]]:
+def storm(paths: Sequence[Path], procs: int, seconds: float,
+          nice: int = 0) -> Iterator[list[subprocess.Popen[str]]]:
     """``procs`` processes reading ``paths`` in a loop for ``seconds``; killed on exit."""
-    started = [subprocess.Popen([sys.executable, "-c", STORM, str(seconds), *map(str, paths)],
-                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+    cmd = [sys.executable, "-c", STORM, str(seconds), *map(str, paths)]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    started = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
                for _ in range(procs)]
     try:
         yield started
@@ -327,39 +341,63 @@ def measure(args: argparse.Namespace, unix: FakeUnix, stack: ExitStack) -> list[
     # so that a burst of other load on the machine hits both alike.
     paths = [mnt / "status", mnt / "metrics"] + [mnt / u.name / "contacts" for u in unix.users.values()]
     step_s = args.phase_s / args.rounds
-    idle: list[Latency] = []
-    stormy: list[Latency] = []
-    reads, storm_s = 0, 0.0
-    log(f"SIP: OPTIONS at {args.rate:.0f}/s, {args.rounds} x {step_s:.0f} s with the tree idle and "
-        f"as many during a read storm ({args.storm_procs} processes over {len(paths)} files)")
+    # Phases: tree idle, read storm, and (a diagnosis, no target) the same
+    # storm at a low priority, which takes the readers' own CPU use out of
+    # the competition for the machine's cores.
+    phases = [("idle", None), ("storm", 0)] + ([("niced", args.diagnose_nice)]
+                                               if args.diagnose_nice else [])
+    lat: dict[str, list[Latency]] = {name: [] for name, _ in phases}
+    cpu: dict[str, float] = dict.fromkeys(lat, 0.0)
+    wall: dict[str, float] = dict.fromkeys(lat, 0.0)
+    reads: dict[str, int] = dict.fromkeys(lat, 0)
+    storm_s = 0.0
+    log(f"SIP: OPTIONS at {args.rate:.0f}/s, {args.rounds} x {step_s:.0f} s per phase: tree idle, "
+        f"read storm ({args.storm_procs} processes over {len(paths)} files)"
+        + (f", the storm at nice {args.diagnose_nice}" if args.diagnose_nice else ""))
+    pid = daemon.proc.pid
     for _ in range(args.rounds):
-        idle.append(sip_latency(daemon.port, args.rate, step_s))
-        with storm(paths, args.storm_procs, step_s + 1.0) as storms:
-            time.sleep(0.3)
-            stormy.append(sip_latency(daemon.port, args.rate, step_s))
-            for p in storms:
-                out, _ = p.communicate(timeout=step_s + 30)
-                reads += int(out.strip() or 0)
-            storm_s += step_s + 1.0
-        time.sleep(0.5)
+        for name, nice in phases:
+            with ExitStack() as phase:
+                storms = (phase.enter_context(storm(paths, args.storm_procs, step_s + 1.0, nice))
+                          if nice is not None else [])
+                if storms:
+                    time.sleep(0.3)
+                c0, w0 = cpu_seconds(pid), time.monotonic()
+                lat[name].append(sip_latency(daemon.port, args.rate, step_s))
+                cpu[name] += cpu_seconds(pid) - c0
+                wall[name] += time.monotonic() - w0
+                for p in storms:
+                    out, _ = p.communicate(timeout=step_s + 30)
+                    reads[name] += int(out.strip() or 0)
+            if name == "storm":
+                storm_s += step_s + 1.0
+            time.sleep(0.5)
     if not daemon.alive():
         raise RuntimeError(f"sipd died: {daemon.log[-800:]}")
-    base, loaded = Latency.pooled(idle), Latency.pooled(stormy)
-    for label, lat in (("idle ", base), ("storm", loaded)):
-        log(f"  {label} answered {lat.answered}/{lat.sent}: p50 {lat.ms.p50:.2f} p99 {lat.ms.p99:.2f} "
-            f"mean {lat.ms.mean:.2f} max {lat.ms.worst:.2f} ms")
-    log(f"  the storm read {reads} files ({reads / storm_s:.0f}/s)")
+    pooled = {name: Latency.pooled(parts) for name, parts in lat.items()}
+    for name, got in pooled.items():
+        busy = 100 * cpu[name] / wall[name]
+        log(f"  {name:5} answered {got.answered}/{got.sent}: p50 {got.ms.p50:.2f} p99 {got.ms.p99:.2f} "
+            f"mean {got.ms.mean:.2f} max {got.ms.worst:.2f} ms; sipd CPU ~{busy:.0f} %"
+            + (f"; {reads[name]} files read" if name != "idle" else ""))
+    base, loaded = pooled["idle"], pooled["storm"]
 
+    reads_per_s = reads["storm"] / storm_s
     ratio = loaded.ms.p99 / base.ms.p99 if base.ms.p99 > 0 else float("nan")
     lost = (base.sent - base.answered) + (loaded.sent - loaded.answered)
     rows.append(("SIP OPTIONS, tree idle", f"p50 {base.ms.p50:.2f} / p99 {base.ms.p99:.2f} ms",
                  "(reference)", ""))
-    rows.append((f"SIP OPTIONS, read storm ({reads / storm_s:.0f} files/s)",
+    rows.append((f"SIP OPTIONS, read storm ({reads_per_s:.0f} files/s)",
                  f"p50 {loaded.ms.p50:.2f} / p99 {loaded.ms.p99:.2f} ms", "", ""))
     rows.append(("  p99 storm / p99 idle", f"{ratio:.2f}x", f"<= {STORM_RATIO_TARGET}x",
                  "PASS" if ratio <= STORM_RATIO_TARGET and lost == 0 else "MISS"))
     if lost:
         rows.append(("  requests unanswered", str(lost), "0", "MISS"))
+    if "niced" in pooled:
+        niced = pooled["niced"]
+        rows.append((f"  diagnosis: storm at nice {args.diagnose_nice}",
+                     f"p50 {niced.ms.p50:.2f} / p99 {niced.ms.p99:.2f} ms = "
+                     f"{niced.ms.p99 / base.ms.p99:.2f}x idle", "(no target)", ""))
     return rows
 
 
@@ -380,6 +418,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2,
                     help="the SIP phases alternate in this many idle/storm steps")
     ap.add_argument("--storm-procs", type=int, default=3, help="reading processes in the storm")
+    ap.add_argument("--diagnose-nice", type=int, default=19, metavar="N",
+                    help="also measure SIP during the storm run at nice N (0: do not)")
     ap.add_argument("--profile", metavar="DIR", help="run sipd under cProfile, profile in DIR")
     args = ap.parse_args()
 
