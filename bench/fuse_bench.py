@@ -308,6 +308,10 @@ def measure(args: argparse.Namespace, unix: FakeUnix, stack: ExitStack) -> list[
     daemon = stack.enter_context(running_sipd(scratch, "-c", str(conf), unix=unix, mount=True))
     for name in CONTACT_COUNTS:
         wait_for(mnt / name, daemon)
+    if args.sipd_nice:
+        # Every thread of the daemon: a unit file's Nice= does the same.
+        for tid in os.listdir(f"/proc/{daemon.proc.pid}/task"):
+            os.setpriority(os.PRIO_PROCESS, int(tid), args.sipd_nice)
 
     rows: list[tuple[str, str, str, str]] = []
     shm = stack.enter_context(tmpfs_dir())
@@ -420,6 +424,8 @@ def main() -> int:
     ap.add_argument("--storm-procs", type=int, default=3, help="reading processes in the storm")
     ap.add_argument("--diagnose-nice", type=int, default=19, metavar="N",
                     help="also measure SIP during the storm run at nice N (0: do not)")
+    ap.add_argument("--sipd-nice", type=int, default=0, metavar="N",
+                    help="run sipd at nice N (negative: ahead of the readers)")
     ap.add_argument("--profile", metavar="DIR", help="run sipd under cProfile, profile in DIR")
     args = ap.parse_args()
 
