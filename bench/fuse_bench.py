@@ -18,7 +18,9 @@ What it does, all on 127.0.0.1 and in throw-away directories:
    time stamped in this process: ``--phase-s`` seconds with the tree idle
    and as many while ``--storm-procs`` processes open/read/close every
    user's contacts, ``status`` and ``metrics`` in a loop, alternating in
-   ``--rounds`` steps so that other load on the machine hits both alike.
+   ``--rounds`` steps so that other load on the machine hits both alike,
+   after ``--warmup-s`` seconds of the same traffic (a UDP server
+   transaction lives 32 s: the daemon's heap is steady by then).
    Target: p99 during the storm at most 1.5 times the p99 without it.
 4. One table, with the target and PASS/MISS per figure.
 
@@ -132,6 +134,13 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, steal, total) CPU seconds of the whole machine, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = f[3] + f[4]
+    return (sum(f) - idle - f[7]) / CLK, f[7] / CLK, sum(f) / CLK
 
 
 def read_cost_us(path: Path, iterations: int) -> Dist:
@@ -353,12 +362,19 @@ def measure(args: argparse.Namespace, unix: FakeUnix, stack: ExitStack) -> list[
     lat: dict[str, list[Latency]] = {name: [] for name, _ in phases}
     cpu: dict[str, float] = dict.fromkeys(lat, 0.0)
     wall: dict[str, float] = dict.fromkeys(lat, 0.0)
+    machine: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in lat}
     reads: dict[str, int] = dict.fromkeys(lat, 0)
     storm_s = 0.0
     log(f"SIP: OPTIONS at {args.rate:.0f}/s, {args.rounds} x {step_s:.0f} s per phase: tree idle, "
         f"read storm ({args.storm_procs} processes over {len(paths)} files)"
         + (f", the storm at nice {args.diagnose_nice}" if args.diagnose_nice else ""))
     pid = daemon.proc.pid
+    if args.warmup_s > 0:
+        # A UDP server transaction lives 32 s (Timer J): until then every
+        # phase would find more of them alive (and a longer GC pass) than
+        # the one before it.
+        log(f"  warm-up: {args.warmup_s:.0f} s of OPTIONS at {args.rate:.0f}/s")
+        sip_latency(daemon.port, args.rate, args.warmup_s)
     for _ in range(args.rounds):
         for name, nice in phases:
             with ExitStack() as phase:
@@ -366,10 +382,12 @@ def measure(args: argparse.Namespace, unix: FakeUnix, stack: ExitStack) -> list[
                           if nice is not None else [])
                 if storms:
                     time.sleep(0.3)
-                c0, w0 = cpu_seconds(pid), time.monotonic()
+                c0, w0, m0 = cpu_seconds(pid), time.monotonic(), machine_cpu()
                 lat[name].append(sip_latency(daemon.port, args.rate, step_s))
                 cpu[name] += cpu_seconds(pid) - c0
                 wall[name] += time.monotonic() - w0
+                for i, (a, b) in enumerate(zip(machine_cpu(), m0, strict=True)):
+                    machine[name][i] += a - b
                 for p in storms:
                     out, _ = p.communicate(timeout=step_s + 30)
                     reads[name] += int(out.strip() or 0)
@@ -381,8 +399,10 @@ def measure(args: argparse.Namespace, unix: FakeUnix, stack: ExitStack) -> list[
     pooled = {name: Latency.pooled(parts) for name, parts in lat.items()}
     for name, got in pooled.items():
         busy = 100 * cpu[name] / wall[name]
+        m_busy, m_steal, m_total = machine[name]
         log(f"  {name:5} answered {got.answered}/{got.sent}: p50 {got.ms.p50:.2f} p99 {got.ms.p99:.2f} "
-            f"mean {got.ms.mean:.2f} max {got.ms.worst:.2f} ms; sipd CPU ~{busy:.0f} %"
+            f"mean {got.ms.mean:.2f} max {got.ms.worst:.2f} ms; sipd CPU ~{busy:.0f} %, machine "
+            f"{100 * m_busy / m_total:.0f} % busy, {100 * m_steal / m_total:.0f} % stolen"
             + (f"; {reads[name]} files read" if name != "idle" else ""))
     base, loaded = pooled["idle"], pooled["storm"]
 
@@ -421,6 +441,8 @@ def main() -> int:
                     help="seconds of SIP traffic with the tree idle, and as many during the storm")
     ap.add_argument("--rounds", type=int, default=2,
                     help="the SIP phases alternate in this many idle/storm steps")
+    ap.add_argument("--warmup-s", type=float, default=35.0,
+                    help="SIP traffic before the SIP phases, for a steady transaction table")
     ap.add_argument("--storm-procs", type=int, default=3, help="reading processes in the storm")
     ap.add_argument("--diagnose-nice", type=int, default=19, metavar="N",
                     help="also measure SIP during the storm run at nice N (0: do not)")
