@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_parse.py", "options_rate.py", "location_memory.py", "registrar_bench.py"]
+BENCHES = ["bench_parse.py", "options_rate.py", "location_memory.py", "registrar_bench.py",
+           "fuse_bench.py"]
 
 
 def main() -> int:

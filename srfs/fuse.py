@@ -96,6 +96,14 @@ MAX_SCRATCH_PER_DIR = 16
 SHUTDOWN_GRACE = 5.0
 #: How long a probe of an existing mount may take before it counts as hung.
 PROBE_TIMEOUT = 2.0
+#: How long a file rendered for its attributes may serve as the snapshot of
+#: a read-only open that follows. With ``default_permissions`` and no
+#: attribute cache the kernel asks for the attributes (the size is the
+#: rendered length) right before every open; without this, each ``cat``
+#: renders the file twice. A change to the node drops the render at once.
+RENDER_REUSE = 0.05
+#: At most this many such renders are kept (``ls -l`` renders every file).
+RENDER_SLOTS = 32
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -217,6 +225,8 @@ class SrFs(pyfuse3.Operations):
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
+        # path -> (when, content): renders made for getattr, for the next open.
+        self._rendered: dict[str, tuple[float, bytes]] = {}
         # Kernel notifications wait for a worker thread (TECH-NOTES §3):
         # queued here, deduplicated, drained by run_invalidations().
         send, receive = trio.open_memory_channel[tuple[int, bytes | None]](math.inf)
@@ -327,13 +337,28 @@ class SrFs(pyfuse3.Operations):
             return self._scratch_entry(scratch)
         path = self._path(ino)
         try:
-            a = self.tree.attributes(path, now)
+            node = self.tree.resolve(path)
+            if node.is_dir:
+                a = self.tree.attributes(path, now)
+                return self._node_entry(ino, a.node, a.size, a.mtime, a.nlink)
+            # As Tree.attributes, keeping the content for the open that follows.
+            data = self.tree.render(path, now)
         except TreeError as e:
             pending = self._pending.get(path)
             if e.errno != errno.ENOENT or pending is None:
                 raise
             return self._node_entry(ino, pending[0], 0, now, 1)
-        return self._node_entry(ino, a.node, a.size, a.mtime, a.nlink)
+        if path not in self._rendered and len(self._rendered) >= RENDER_SLOTS:
+            self._rendered.clear()
+        self._rendered[path] = (now, data)
+        return self._node_entry(ino, node, len(data), self.tree.mtime(node, now), 1)
+
+    def _render(self, path: str, now: float) -> bytes:
+        """The content at ``path`` now, or as rendered for getattr a moment ago."""
+        kept = self._rendered.pop(path, None)
+        if kept is not None and 0.0 <= now - kept[0] <= RENDER_REUSE:
+            return kept[1]
+        return self.tree.render(path, now)
 
     def _dir_path(self, ino: int) -> str:
         if ino in self._scratch_by_ino:
@@ -473,7 +498,7 @@ class SrFs(pyfuse3.Operations):
         pending = False
         try:
             node = self.tree.check_open(path, write=writable)
-            current = self.tree.render(path, now)
+            current = self.tree.render(path, now) if writable else self._render(path, now)
         except TreeError as e:
             if e.errno != errno.ENOENT or path not in self._pending:
                 raise
@@ -854,7 +879,15 @@ class SrFs(pyfuse3.Operations):
 
         Contacts and settings are never cached (timeout 0), so only
         membership (the root's entries) and directory attributes matter.
+        Renders kept for the next open of a changed node are dropped.
         """
+        if self._rendered:
+            if path == "/":
+                self._rendered.clear()
+            else:
+                below = path + "/"
+                for kept in [p for p in self._rendered if p == path or p.startswith(below)]:
+                    del self._rendered[kept]
         if not self._accepting:
             return
         if path == "/":
