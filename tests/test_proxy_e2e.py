@@ -162,7 +162,7 @@ def _calls(tmp: Path, unix: FakeUnix, passwords: dict[str, str], config: str = "
             assert "Traceback" not in daemon.log, daemon.log
     finally:
         for name in ("alice", "bob", "carol"):
-            for leftover in ("usrloc", "config"):
+            for leftover in ("usrloc", "config", "acc"):
                 (unix[name].home / ".sr" / leftover).unlink(missing_ok=True)
 
 
@@ -179,12 +179,30 @@ def ok(r: subprocess.CompletedProcess[str], what: str, calls: Calls) -> None:
     )
 
 
+def acc_events(unix: FakeUnix, user: str, want: int, timeout: float = 5.0) -> list[dict[str, str]]:
+    """The records in ``user``'s ~/.sr/acc, once there are ``want`` of them."""
+    path = unix[user].home / ".sr" / "acc"
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= want or time.monotonic() > deadline:
+            return [dict(f.split("=", 1) for f in line.split()[1:]) for line in lines]
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize(("caller", "callee"), [("u1", "u1"), ("t1", "u1"), ("u1", "t1"), ("t1", "t1")])
 def test_call_answered_and_hung_up(calls: Calls, caller: str, callee: str) -> None:
     bob = calls.uas("uas_answer.xml", "bob", transport=callee)
     time.sleep(0.3)
     ok(calls.call("uac_answer.xml", "bob", transport=caller), "caller", calls)
     assert calls.finished(bob) == 0, "the callee did not see ACK and BYE"
+    # Both parties get start, answer and end, with the same Call-ID.
+    for user, direction in (("alice", "out"), ("bob", "in")):
+        records = acc_events(calls.unix, user, 3)
+        assert [r["event"] for r in records] == ["start", "answer", "end"], records
+        assert {r["direction"] for r in records} == {direction}
+        assert len({r["call-id"] for r in records}) == 1
+        assert int(records[-1]["duration"]) >= 0
 
 
 def test_busy_callee_gives_486(calls: Calls) -> None:
@@ -192,6 +210,8 @@ def test_busy_callee_gives_486(calls: Calls) -> None:
     time.sleep(0.3)
     ok(calls.call("uac_reject.xml", "bob", status=486), "caller", calls)
     assert calls.finished(bob) == 0, "the callee's 486 was not ACKed"
+    records = acc_events(calls.unix, "alice", 2)
+    assert [(r["event"], r.get("status")) for r in records] == [("start", None), ("failure", "486")]
 
 
 def test_caller_cancel_gives_487(calls: Calls) -> None:
