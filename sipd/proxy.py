@@ -22,15 +22,17 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, TypeAlias
 
 from srfs.location import Binding, Change, ChangeKind, LocationStore, contact_key
 from srfs.userconfig import UserConfig
 
 from .auth import Authenticator, RecentAccounts
+from .callerid import FromPolicy, OutboundIdentity, outbound_identity, privacy_requested
 from .digest import AuthResult, Credentials, NotDigest, parse_credentials
 from .identity import LocalIdentity
+from .ownership import Ownership
 from .peer import Outgoing, Peer
 from .registrar import aor_of
 from .sip.errors import ParseError, SipError
@@ -108,6 +110,8 @@ class NoHooks:
 @dataclass
 class ProxyPolicy:
     outbound_proxy: str = ""
+    #: A From user the caller does not own: "reject" (403) or "rewrite".
+    from_policy: FromPolicy = "reject"
 
 
 @dataclass
@@ -147,6 +151,8 @@ class Context:
     forwarding: bool = False
     """Targets still being looked up or resolved: not finished yet."""
     base: Request | None = None
+    identity: OutboundIdentity | None = None
+    """What a call from a local user asserts (P-Asserted-Identity)."""
 
     @property
     def is_invite(self) -> bool:
@@ -172,6 +178,7 @@ class ProxyStats:
     proxy_rejected: int = 0
     proxy_loops: int = 0
     proxy_errors: int = 0
+    proxy_trunk_calls: int = 0
 
 
 def _branch_key(req: Request) -> str:
@@ -206,6 +213,7 @@ class Proxy:
         policy: ProxyPolicy | None = None,
         hooks: CallHooks | None = None,
         accounts: RecentAccounts | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self.identity = identity
         self.addresses = addresses
@@ -217,6 +225,8 @@ class Proxy:
         self.policy = policy or ProxyPolicy()
         self.hooks: CallHooks = hooks or NoHooks()
         self.accounts = accounts
+        #: Aliases, DIDs and trusted trunks; without it a user owns only their name.
+        self.ownership = ownership
         self.stats = ProxyStats()
         self.wall: Callable[[float], float] = lambda now: now
         #: Tells live TCP connections by remote address, so a phone is reached
@@ -327,6 +337,9 @@ class Proxy:
             self.stats.proxy_loops += 1
             raise SipError(482, "Loop Detected")
         fwd = req.copy()
+        if "P-Asserted-Identity" in fwd and not self._trusted_source(ctx.source.host):
+            # RFC 3325 §5: an identity asserted by an untrusted source means nothing.
+            fwd.remove("P-Asserted-Identity")
         own_route = self._strip_own_routes(fwd)
         in_dialog = req.to.tag is not None
         if in_dialog:
@@ -344,8 +357,17 @@ class Proxy:
             raise SipError(481, "Call/Transaction Does Not Exist")
         from_uri = req.from_.uri
         caller_local = isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri)
+        trunk_user = self._trunk_caller(from_uri, caller_local, ctx.source)
+        if trunk_user is not None:
+            # A PBX at an address the admin trusts calls as its user, unchallenged.
+            self.stats.proxy_trunk_calls += 1
+            return self._caller_known(ctx, fwd, trunk_user, now)
         target = fwd.uri
         local_target = isinstance(target, SipURI) and self._is_local_aor(target)
+        if not caller_local and not local_target and _is_anonymous(from_uri):
+            # RFC 3323: a phone hiding its From may still be one of ours calling
+            # out; only its credentials can tell.
+            caller_local = True
         if not caller_local and not local_target:
             raise SipError(403, "Relaying denied")
         if caller_local:
@@ -473,12 +495,59 @@ class Proxy:
         result = self.auth.check(creds, ctx.request, account, ctx.source, self.wall(now))
         if result is not AuthResult.OK:
             return self._challenge(ctx, self.wall(now), result is AuthResult.STALE)
-        user: str = account.user.name
-        from_uri = ctx.request.from_.uri
-        if not isinstance(from_uri, SipURI) or aor_of(from_uri) != user:
-            raise SipError(403, "From does not belong to the authenticated user")
-        ctx.caller = user
         _drop_our_credentials(fwd, self.auth.realm)
+        return self._caller_known(ctx, fwd, account.user.name, now)
+
+    # ------------------------------------------------------------ identity
+
+    def _owns(self, user: str, aor: str) -> bool:
+        ownership = self.ownership
+        return aor == user if ownership is None else ownership.owns(user, aor)
+
+    def _trusted_source(self, host: str) -> bool:
+        """A trusted trunk or the gateway: the only sources whose PAI counts."""
+        ownership = self.ownership
+        return ownership is not None and (
+            ownership.trunk_user_at(host) is not None or ownership.is_gateway(host)
+        )
+
+    def _trunk_caller(self, from_uri: object, caller_local: bool, source: Peer) -> str | None:
+        """The trunk user a request comes from, if its source is trusted for it.
+
+        A From in one of our domains naming someone the trunk's user does
+        not own is not the trunk speaking: it is treated like any request.
+        """
+        ownership = self.ownership
+        if ownership is None:
+            return None
+        user = ownership.trunk_user_at(source.host)
+        if user is None:
+            return None
+        if caller_local and isinstance(from_uri, SipURI) and not ownership.owns(user, aor_of(from_uri)):
+            return None
+        return user
+
+    def _caller_known(self, ctx: Context, fwd: Request, user: str, now: float) -> list[ProxyAction]:
+        """The caller is ``user`` (digest or trusted trunk): check From, assert, route."""
+        req = ctx.request
+        from_uri = req.from_.uri
+        if _is_anonymous(from_uri):
+            # RFC 3323 §4.1.1.3: an anonymous From is the phone's own privacy choice.
+            from_user = user
+        elif isinstance(from_uri, (SipURI, TelURI)):
+            from_user = aor_of(from_uri)
+        else:
+            from_user = ""
+        try:
+            ctx.identity = outbound_identity(user, from_user, None, self._owns,
+                                             self.policy.from_policy)
+        except SipError:
+            log.warning('call refused: user "%s" from %s may not call as %r', user,
+                        ctx.source.host, from_user[:64])
+            raise
+        ctx.caller = user
+        if ctx.identity.rewrite_from:
+            _set_from_user(fwd, ctx.identity.identity, self.auth.realm)
         target = fwd.uri
         if isinstance(target, SipURI) and self._is_local_aor(target):
             return self._to_local(ctx, fwd, user, target, now)
@@ -495,16 +564,49 @@ class Proxy:
             mono = self._mono(later, now)
 
             def go() -> list[ProxyAction]:
-                if outcome.error is None and outcome.value is not None:
-                    _apply_display_name(fwd, outcome.value[1])
+                config = outcome.value[1] if outcome.error is None and outcome.value else None
+                _apply_display_name(fwd, config)
+                self._identify_outbound(ctx, fwd, config)
                 return self._start_call(ctx, fwd, [[self._outbound_target(fwd.uri_text)]], None,
                                         mono)
 
             return self._safely(ctx, go)
 
         if caller is None or fwd.method != "INVITE":
+            self._identify_outbound(ctx, fwd, None)
             return self._start_call(ctx, fwd, [[self._outbound_target(fwd.uri_text)]], None, now)
         return [Defer(lambda: lookup.find(caller), found, name=f"config {caller}")]
+
+    def _identify_outbound(self, ctx: Context, fwd: Request, config: UserConfig | None) -> None:
+        """Toward the gateway: From and P-Asserted-Identity are the caller's identity.
+
+        ``caller_id`` counts when the caller owns it. The gateway is trusted,
+        so it gets the identity even under ``Privacy: id`` (RFC 3325 §9.3:
+        it is the gateway that withholds it from the far end).
+        """
+        ident = ctx.identity
+        if ident is None:
+            return
+        caller_id = config.get("caller_id") if config is not None else None
+        if caller_id and caller_id != ident.identity and self._owns(ident.user, caller_id):
+            ident = ctx.identity = OutboundIdentity(ident.user, caller_id, ident.rewrite_from)
+        if not _is_anonymous(ctx.request.from_.uri):
+            _set_from_user(fwd, ident.identity, self.auth.realm)
+        self._assert_identity(ctx, fwd, trusted_hop=True)
+
+    def _assert_identity(self, ctx: Context, fwd: Request, *, trusted_hop: bool) -> None:
+        """Put our P-Asserted-Identity on a call from a local user (RFC 3325).
+
+        Withheld from an untrusted next hop (a local callee's phone) when
+        the caller asked for privacy.
+        """
+        ident = ctx.identity
+        if ident is None:
+            return
+        fwd.remove("P-Asserted-Identity")
+        if not trusted_hop and privacy_requested(ctx.request.values("Privacy")):
+            return
+        fwd.add("P-Asserted-Identity", f"<sip:{ident.identity}@{self.auth.realm}>")
 
     def _outbound_target(self, uri_text: str) -> Target:
         assert self._outbound is not None
@@ -525,10 +627,12 @@ class Proxy:
         aor = aor_of(target)
         lookup = self.user_lookup
         identity = self.identity
+        # A DID or alias: its owner's settings, its own bindings if any.
+        owner = self.ownership.owner_of(aor) if self.ownership is not None else None
 
         def work() -> tuple[list[tuple[str, bool, UserConfig]], UserConfig | None]:
             chain: list[tuple[str, bool, UserConfig]] = []
-            name = aor
+            name = owner or aor
             while True:
                 known, config = lookup.find(name)
                 chain.append((name, known, config))
@@ -544,14 +648,15 @@ class Proxy:
 
         def found(outcome: Outcome, later: float) -> list[ProxyAction]:
             mono = self._mono(later, now)
-            return self._safely(ctx, lambda: self._local_found(ctx, fwd, aor, outcome, mono))
+            return self._safely(ctx, lambda: self._local_found(ctx, fwd, aor, outcome, mono,
+                                                               alias=owner is not None))
 
         # Fast path for in-dialog requests and for users with bindings is
         # tempting, but settings are read on every call by design.
         return [Defer(work, found, name=f"user {aor}")]
 
     def _local_found(self, ctx: Context, fwd: Request, aor: str, outcome: Outcome,
-                     now: float) -> list[ProxyAction]:
+                     now: float, *, alias: bool = False) -> list[ProxyAction]:
         if outcome.error is not None:
             log.error("cannot look up %r: %s", aor[:64], outcome.error)
             raise SipError(500, "User database unavailable")
@@ -573,19 +678,31 @@ class Proxy:
             fwd.uri = parse_uri(forward)
             if self._outbound is None:
                 raise SipError(403, "Relaying denied")
+            self._assert_identity(ctx, fwd, trusted_hop=True)
             return self._start_call(ctx, fwd, [[self._outbound_target(fwd.uri_text)]], None, now)
         if len(chain) > 1:
             previous = chain[-2][2].get("forward")
             assert previous is not None
             fwd.uri = parse_uri(previous)
-        groups = self._binding_groups(name, now)
+        if alias and len(chain) == 1:
+            # The number's own registration (a line of a multi-line phone),
+            # else the owner's phones or trunk, told which number was dialled.
+            groups = self._binding_groups(aor, now) or self._binding_groups(name, now, dialled=aor)
+        else:
+            groups = self._binding_groups(name, now)
         if not groups:
             raise SipError(480, "Temporarily Unavailable")
+        self._assert_identity(ctx, fwd, trusted_hop=False)
         noanswer = config.get("forward_noanswer") if ctx.is_invite and not in_dialog else None
         ring = config.integer("ring_timeout") or DEFAULT_RING_TIMEOUT
         return self._start_call(ctx, fwd, groups, (noanswer, ring) if noanswer else None, now)
 
-    def _binding_groups(self, aor: str, now: float) -> list[list[Target]]:
+    def _binding_groups(self, aor: str, now: float, dialled: str | None = None) -> list[list[Target]]:
+        """The targets of ``aor``'s live bindings, grouped by q, highest first.
+
+        With ``dialled``, each Request-URI carries that number as its user
+        part, so a PBX behind one trunk registration can route many DIDs.
+        """
         wall = self.wall(now)
         live = [b for b in self.store.lookup(aor) if b.expires is None or b.expires > wall]
         groups: dict[float, list[Target]] = {}
@@ -595,6 +712,8 @@ class Proxy:
             except (SipError, ParseError) as exc:
                 log.warning("skipping binding %s of %s: %s", b.contact[:80], aor[:64], exc)
                 continue
+            if dialled is not None:
+                target = _dialled(target, dialled)
             groups.setdefault(b.q, []).append(target)
         return [groups[q] for q in sorted(groups, reverse=True)]
 
@@ -1071,6 +1190,34 @@ def _drop_our_credentials(req: Request, realm: str) -> None:
     req.remove("Proxy-Authorization")
     for value in keep:
         req.add("Proxy-Authorization", value)
+
+
+def _is_anonymous(uri: object) -> bool:
+    """The From of RFC 3323 §4.1.1.3 (``anonymous.invalid``)."""
+    return isinstance(uri, SipURI) and uri.host.lower() == "anonymous.invalid"
+
+
+def _dialled(target: Target, number: str) -> Target:
+    """``target`` with ``number`` as the user part of its Request-URI."""
+    try:
+        uri = parse_uri(target.uri)
+    except ParseError:
+        return target
+    if not isinstance(uri, SipURI):
+        return target
+    return replace(target, uri=str(replace(uri, user=number)))
+
+
+def _set_from_user(req: Request, user: str, host: str) -> None:
+    """From's URI becomes ``sip:user@host``; display name and tag stay."""
+    frm = req.from_
+    uri = frm.uri
+    if isinstance(uri, SipURI):
+        new_uri = replace(uri, user=user, host=host, port=None, password=None, headers=None)
+    else:
+        new_uri = SipURI("sip", host, user)
+    if str(new_uri) != str(uri):
+        req.set("From", str(Address(new_uri, frm.display, frm.params)))
 
 
 def _apply_display_name(req: Request, config: UserConfig | None) -> None:

@@ -172,7 +172,9 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         proxy = Proxy(
             identity, advertised(bound), transactions, store, auth,
             directory.account, HomeUsers(settings.group),
-            ProxyPolicy(outbound_proxy=settings.outbound_proxy), hooks or tracker, accounts,
+            ProxyPolicy(outbound_proxy=settings.outbound_proxy,
+                        from_policy="rewrite" if settings.from_policy == "rewrite" else "reject"),
+            hooks or tracker, accounts, ownership,
         )
     except (ValueError, ParseError) as exc:
         raise StartupError(f"bad outbound_proxy {settings.outbound_proxy!r}: {exc}") from None
