@@ -65,6 +65,7 @@ class Calls:
         self.passwords = passwords
         self.tmp = tmp
         self.procs: list[subprocess.Popen[str]] = []
+        self.uas_ports: list[int] = []
 
     def _inf(self, name: str, *fields: str) -> Path:
         path = self.tmp / f"{name}-{secrets.token_hex(3)}.inf"
@@ -81,9 +82,10 @@ class Calls:
         os.chown(path, u.uid, u.gid)
         path.chmod(0o600)
 
-    def register(self, user: str, port: int, transport: str = "u1") -> None:
-        """Register ``user`` with contact 127.0.0.1:``port`` (where a UAS will listen)."""
-        inf = self._inf("reg", user, self._auth(user))
+    def register(self, user: str, port: int, transport: str = "u1", aor: str | None = None) -> None:
+        """Register ``user`` (or ``aor`` with ``user``'s credentials) with contact
+        127.0.0.1:``port`` (where a UAS will listen)."""
+        inf = self._inf("reg", aor or user, self._auth(user))
         r = subprocess.run(
             ["sipp", f"127.0.0.1:{self.daemon.port}", "-sf", str(SIPP / "register.xml"),
              "-t", transport, "-i", "127.0.0.1", "-p", str(port), "-inf", str(inf),
@@ -93,10 +95,13 @@ class Calls:
         )
         assert r.returncode == 0, f"register {user}: {r.stdout[-1500:]}"
 
-    def uas(self, scenario: str, user: str, transport: str = "u1") -> subprocess.Popen[str]:
-        """A sipp UAS registered as ``user``, serving one call in the background."""
+    def uas(self, scenario: str, user: str, transport: str = "u1",
+            aor: str | None = None) -> subprocess.Popen[str]:
+        """A sipp UAS registered as ``user`` (or as ``aor`` with ``user``'s
+        credentials), serving one call in the background."""
         port = free_port()
-        self.register(user, port, transport)
+        self.register(user, port, transport, aor)
+        self.uas_ports.append(port)
         proc = subprocess.Popen(
             ["sipp", "-sf", str(SIPP / scenario), "-t", transport, "-i", "127.0.0.1",
              "-p", str(port), "-m", "1", "-timeout", "40s", "-timeout_error",
@@ -125,6 +130,11 @@ class Calls:
             capture_output=True, text=True, timeout=timeout + 20, cwd=self.tmp,
             stdin=subprocess.DEVNULL,
         )
+
+    def received(self, port: int) -> str:
+        """What the UAS on ``port`` received and sent (sipp's message trace)."""
+        path = self.tmp / f"uas-{port}.msg"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     @staticmethod
     def finished(proc: subprocess.Popen[str], timeout: float = 15) -> int:
