@@ -6,6 +6,7 @@ PBX speaks from 127.0.0.2 (any 127/8 address is the host's own).
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import subprocess
@@ -133,3 +134,49 @@ def test_asserted_identity_follows_privacy_and_trust(itsp: Calls) -> None:
                     source="127.0.0.1", from_domain="example.com"), "untrusted", itsp)
     assert itsp.finished(carol) == 0
     assert "ceo@example.com" not in invite_seen(itsp, itsp.uas_ports[1])
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                    reason="needs /dev/fuse and root to mount the state filesystem")
+def test_recipe_pbx_with_a_static_contact_trusted_by_address(
+    tmp_path: Path, unix: FakeUnix, passwords: dict[str, str], mnt: Path  # noqa: F811
+) -> None:
+    """sipd-aliases(5): the static-contact and trusted-address recipes, as written."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("aliases", "trunks"):
+        (etc / name).write_text("")
+        (etc / name).chmod(0o644)
+    config = (f'aliases = "{etc / "aliases"}"\ntrunks = "{etc / "trunks"}"\n'
+              f'mount = "{mnt}"\nmount_enabled = true\n')
+    with _calls(tmp_path, unix, passwords, config, mount=True) as calls:
+        deadline = time.monotonic() + 10
+        while not (mnt / "carol").exists():
+            assert time.monotonic() < deadline, calls.daemon.log
+            time.sleep(0.05)
+        pbx_port = free_port()
+        for cmd in (f"echo '{DID}: carol' >> {mnt}/aliases",
+                    f"echo 'sip:pbx@{PBX_IP}:{pbx_port}' >> {mnt}/carol/contacts",
+                    f"echo 'carol: {PBX_IP}/32' >> {etc}/trunks"):
+            r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True)
+            assert r.returncode == 0, (cmd, r.stderr)
+        assert "expires=never" in (mnt / "carol" / "contacts").read_text()
+        # Inbound: the DID reaches the static contact with the number it was dialled as.
+        pbx = subprocess.Popen(
+            ["sipp", "-sf", str(SIPP / "uas_answer.xml"), "-t", "u1", "-i", PBX_IP,
+             "-p", str(pbx_port), "-m", "1", "-timeout", "30s", "-timeout_error",
+             "-trace_msg", "-message_file", str(tmp_path / f"uas-{pbx_port}.msg")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+        )
+        calls.procs.append(pbx)
+        time.sleep(0.3)
+        ok(calls.call("uac_answer.xml", DID, caller="alice"), "caller", calls)
+        assert calls.finished(pbx) == 0
+        assert invite_seen(calls, pbx_port).startswith(f"INVITE sip:{DID}@{PBX_IP}:{pbx_port}")
+        # Outbound: the PBX calls bob from its address with no credentials
+        # (the trunks file is re-read within two seconds of the edit).
+        bob = calls.uas("uas_answer.xml", "bob")
+        time.sleep(2.5)
+        ok(trusted_call(calls, "bob", DID), "trusted pbx", calls)
+        assert calls.finished(bob) == 0

@@ -157,12 +157,13 @@ class Calls:
 
 
 @contextmanager
-def _calls(tmp: Path, unix: FakeUnix, passwords: dict[str, str], config: str = "") -> Iterator[Calls]:
+def _calls(tmp: Path, unix: FakeUnix, passwords: dict[str, str], config: str = "",
+           mount: bool = False) -> Iterator[Calls]:
     calls: Calls | None = None
     conf = tmp / "sipd.toml"
     conf.write_text(config)
     try:
-        with running_sipd(tmp, "-v", "-c", str(conf), unix=unix) as daemon:
+        with running_sipd(tmp, "-v", "-c", str(conf), unix=unix, mount=mount) as daemon:
             calls = Calls(daemon, unix, passwords, tmp)
             try:
                 yield calls
