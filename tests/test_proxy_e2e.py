@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from .sipclient import Daemon, free_port, running_sipd
-from .unixusers import FakeUnix, UserSpec, fake_unix
+from .unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
 
 REALM = "test.invalid"
 SIPP = Path(__file__).parent / "sipp"
@@ -47,13 +47,7 @@ def unix() -> Iterator[FakeUnix]:
 
 @pytest.fixture(scope="module")
 def passwords(unix: FakeUnix) -> dict[str, str]:
-    out = {}
-    for name in ("alice", "bob", "carol"):
-        pw = f"pw-{name}-{secrets.token_hex(3)}"
-        r = unix.sippasswd("-r", REALM, "--stdin", name, input=pw + "\n")
-        assert r.returncode == 0, r.stderr
-        out[name] = pw
-    return out
+    return give_passwords(unix, REALM, ("alice", "bob", "carol"))
 
 
 class Calls:

@@ -17,7 +17,7 @@ import pytest
 from sipd.digest import ha1, response
 
 from .sipclient import Daemon, TcpClient, UdpClient, free_port, running_sipd, status_of
-from .unixusers import FakeUnix
+from .unixusers import FakeUnix, give_passwords
 
 REALM = "test.invalid"
 SCENARIO = Path(__file__).parent / "sipp" / "register.xml"
@@ -25,13 +25,7 @@ SCENARIO = Path(__file__).parent / "sipp" / "register.xml"
 
 @pytest.fixture(scope="module")
 def passwords(unix: FakeUnix) -> dict[str, str]:
-    out = {}
-    for name in ("alice", "bob", "carol"):
-        pw = f"pw-{name}-{secrets.token_hex(3)}"
-        r = unix.sippasswd("-r", REALM, "--stdin", name, input=pw + "\n")
-        assert r.returncode == 0, r.stderr
-        out[name] = pw
-    return out
+    return give_passwords(unix, REALM, ("alice", "bob", "carol"))
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ import grp
 import json
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import sys
@@ -332,3 +333,14 @@ def fake_unix(
         yield unix
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def give_passwords(unix: FakeUnix, realm: str, names: Sequence[str]) -> dict[str, str]:
+    """A fresh random password for each of ``names``, set with sippasswd."""
+    out = {}
+    for name in names:
+        pw = f"pw-{name}-{secrets.token_hex(3)}"
+        r = unix.sippasswd("-r", realm, "--stdin", name, input=pw + "\n")
+        assert r.returncode == 0, r.stderr
+        out[name] = pw
+    return out
