@@ -300,3 +300,45 @@ def test_forward_sends_the_call_elsewhere(calls: Calls) -> None:
     ok(calls.call("uac_answer.xml", "bob"), "caller", calls)
     assert calls.finished(carol) == 0, "carol's phone did not get the call"
     assert calls.finished(bob, timeout=1) == -1, "bob's phone rang despite forward"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                    reason="needs /dev/fuse and root to mount the state filesystem")
+def test_a_call_shows_in_both_parties_calls_files_while_it_lasts(
+    tmp_path: Path, unix: FakeUnix, passwords: dict[str, str], mnt: Path
+) -> None:
+    config = f'mount = "{mnt}"\nmount_enabled = true\n'
+    with _calls(tmp_path, unix, passwords, config, mount=True) as calls:
+        bob = calls.uas("uas_answer.xml", "bob")
+        # uac_answer.xml, holding the call for 4 s instead of 0.3 s.
+        held = tmp_path / "uac_held.xml"
+        held.write_text((SIPP / "uac_answer.xml").read_text()
+                        .replace('<pause milliseconds="300"/>', '<pause milliseconds="4000"/>'))
+        inf = calls._inf("uac", "bob", "alice", calls._auth("alice"), REALM)
+        caller = subprocess.Popen(
+            ["sipp", f"127.0.0.1:{calls.daemon.port}", "-sf", str(held), "-t", "u1",
+             "-i", "127.0.0.1", "-p", str(free_port()), "-inf", str(inf), "-key", "domain", REALM,
+             "-m", "1", "-timeout", "30s", "-timeout_error"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+        )
+        calls.procs.append(caller)
+        deadline = time.monotonic() + 10
+        while "state=answered" not in (mnt / "bob" / "calls").read_text():
+            assert time.monotonic() < deadline, calls.daemon.log[-2000:]
+            time.sleep(0.1)
+        mine, theirs = (mnt / "alice" / "calls").read_text(), (mnt / "bob" / "calls").read_text()
+        assert mine.count("\n") == 1 and theirs.count("\n") == 1
+        assert "direction=out" in mine and "direction=in" in theirs
+        assert mine.split()[0] == theirs.split()[0]  # the same Call-ID
+        # bob's calls are not alice's business.
+        r = subprocess.run(["setpriv", f"--reuid={unix['alice'].uid}", f"--regid={unix['alice'].gid}",
+                            "--clear-groups", "cat", str(mnt / "bob" / "calls")],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and "Permission denied" in r.stderr
+        assert caller.wait(20) == 0
+        assert calls.finished(bob) == 0
+        deadline = time.monotonic() + 5
+        while (mnt / "alice" / "calls").read_text() or (mnt / "bob" / "calls").read_text():
+            assert time.monotonic() < deadline, "the call did not leave the calls files"
+            time.sleep(0.1)
