@@ -12,6 +12,7 @@ so it gets a REGISTER variant without that parameter; the output says so.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import timeit
 from collections.abc import Callable
@@ -106,7 +107,11 @@ def best_us(fn: Callable[[], object], number: int) -> float:
 
 
 def main() -> None:
-    number = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("number", nargs="?", type=int, default=2000,
+                    help="messages per timeit repeat (sipmessage gets a quarter)")
+    number = ap.parse_args().number
     rows: list[tuple[str, float, float, str]] = []
     try:
         import sipmessage  # noqa: F401

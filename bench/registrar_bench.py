@@ -678,9 +678,13 @@ def main() -> int:
     finally:
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
-        procs.close()
-        log(f"removing {scratch} (10k homes: can take a while on a busy disk)")
-        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            procs.close()
+            log(f"removing {scratch} (10k homes: can take a while on a busy disk)")
+        except OSError:
+            pass  # stdout gone (a closed pipe): still remove the scratch directory
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         for s, h in old_handlers.items():
             signal.signal(s, h)
         log(f"raw output: {results}")

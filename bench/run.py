@@ -1,5 +1,11 @@
 #!/usr/bin/env python3
-"""`make bench`: every benchmark in turn. Prints figures; never fails a build."""
+"""`make bench`: every benchmark in turn. Prints figures; never fails a build.
+
+    .venv/bin/python bench/run.py [options_rate.py options]
+
+Arguments go to options_rate.py only; every other benchmark runs with its
+defaults (see each one's --help).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,9 @@ BENCHES = ["bench_parse.py", "options_rate.py", "location_memory.py", "registrar
 
 
 def main() -> int:
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(__doc__.strip())
+        return 0
     for name in BENCHES:
         print(f"\n=== {name}", flush=True)
         r = subprocess.run([sys.executable, str(HERE / name), *sys.argv[1:]] if name == "options_rate.py"
