@@ -13,11 +13,11 @@ survives a restart.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import ipaddress
+import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from urllib.parse import unquote
 
@@ -47,6 +47,26 @@ class Binding:
     ua: str | None = None
     registered: float = 0.0
     """When the binding was first created (wall clock)."""
+    _key: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A registrar holds one of these per phone: share the strings that
+        # repeat across bindings (the AOR and user of a line, a phone
+        # model's User-Agent), and work out the identity once, not on each
+        # of the dozens of look-ups a REGISTER makes.
+        setattr_ = object.__setattr__
+        setattr_(self, "aor", sys.intern(self.aor))
+        setattr_(self, "user", sys.intern(self.user))
+        if self.ua is not None:
+            setattr_(self, "ua", sys.intern(self.ua))
+        if self.instance is not None:
+            key = f"instance:{self.instance}:{self.reg_id if self.reg_id is not None else ''}"
+        else:
+            key = contact_key(self.contact)
+            if not key.startswith(("sip:", "sips:")):
+                # Other schemes must never look like an instance key.
+                key = "uri:" + key
+        setattr_(self, "_key", key)
 
     @property
     def static(self) -> bool:
@@ -60,9 +80,7 @@ class Binding:
         alone; otherwise the contact URI compared as RFC 3261 §10.3 step 6
         asks (see :func:`contact_key`).
         """
-        if self.instance is not None:
-            return f"instance:{self.instance}:{self.reg_id if self.reg_id is not None else ''}"
-        return "uri:" + contact_key(self.contact)
+        return self._key
 
     def remaining(self, now: float) -> int | None:
         """Whole seconds left (rounded up), None for a static binding."""
@@ -72,7 +90,6 @@ class Binding:
         return max(0, int(left) + (1 if left > int(left) else 0))
 
 
-@functools.lru_cache(maxsize=65536)
 def contact_key(uri: str) -> str:
     """A normalised form of a contact URI for binding identity.
 
@@ -107,7 +124,9 @@ def contact_key(uri: str) -> str:
         except ValueError:
             pass
     user = unquote(userinfo, errors="surrogateescape")
-    return f"{scheme}:{user}@{host}:{port};{';'.join(sorted(significant))}"
+    key = f"{scheme}:{user}@{host}:{port};{';'.join(sorted(significant))}"
+    # The same object when nothing changed: a binding then stores one string.
+    return uri if key == uri else key
 
 
 def _split_hostport(hostport: str) -> tuple[str, str]:
@@ -163,7 +182,9 @@ class LocationStore:
 
     def __init__(self) -> None:
         self._aors: dict[str, dict[str, Binding]] = {}
-        self._by_user: dict[str, set[str]] = {}
+        # A user's AORs: most users hold one, kept as the bare string (a set
+        # per user would cost more than the binding itself).
+        self._by_user: dict[str, str | set[str]] = {}
         self._heap: list[tuple[float, str, str]] = []
         self._subscribers: list[Subscriber] = []
         self._stats = LocationStatistics()
@@ -183,7 +204,10 @@ class LocationStore:
         return found.get(key) if found else None
 
     def aors_of_user(self, user: str) -> list[str]:
-        return sorted(self._by_user.get(user, ()))
+        found = self._by_user.get(user)
+        if found is None:
+            return []
+        return [found] if isinstance(found, str) else sorted(found)
 
     def bindings_of_user(self, user: str) -> list[Binding]:
         """The user's own bindings, by AOR, each AOR in :meth:`lookup` order."""
@@ -218,7 +242,14 @@ class LocationStore:
     def upsert(self, binding: Binding) -> Change:
         """Add a binding, or replace the one with the same key."""
         aor = self._aors.setdefault(binding.aor, {})
-        self._by_user.setdefault(binding.user, set()).add(binding.aor)
+        held = self._by_user.get(binding.user)
+        if held is None:
+            self._by_user[binding.user] = binding.aor
+        elif isinstance(held, str):
+            if held != binding.aor:
+                self._by_user[binding.user] = {held, binding.aor}
+        else:
+            held.add(binding.aor)
         key = binding.key
         old = aor.get(key)
         if old is not None and old.registered:
@@ -263,11 +294,14 @@ class LocationStore:
         found = self._aors.get(aor)
         if found and any(b.user == user for b in found.values()):
             return
-        aors = self._by_user.get(user)
-        if aors is not None:
-            aors.discard(aor)
-            if not aors:
+        held = self._by_user.get(user)
+        if isinstance(held, str):
+            if held == aor:
                 del self._by_user[user]
+        elif held is not None:
+            held.discard(aor)
+            if len(held) == 1:
+                self._by_user[user] = next(iter(held))
 
     def remove_aor(self, aor: str, reason: RemoveReason) -> list[Change]:
         keys = list(self._aors.get(aor, {}))
