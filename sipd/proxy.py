@@ -604,6 +604,8 @@ class Proxy:
         if ident is None:
             return
         fwd.remove("P-Asserted-Identity")
+        # RFC 3325 §9.2: the phone's preference has been decided on.
+        fwd.remove("P-Preferred-Identity")
         if not trusted_hop and privacy_requested(ctx.request.values("Privacy")):
             return
         fwd.add("P-Asserted-Identity", f"<sip:{ident.identity}@{self.auth.realm}>")

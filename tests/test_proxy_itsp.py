@@ -118,9 +118,10 @@ def test_a_local_caller_is_asserted_to_a_local_callee_unless_private() -> None:
     net = itsp_net()
     net.bind("bob", BOB1)
     uri = f"sip:bob@{REALM}"
-    out = authed(net, uri, f"sip:1003@{REALM}")
+    out = authed(net, uri, f"sip:1003@{REALM}", "P-Preferred-Identity: <sip:1003@sip.test>\r\n")
     (req, _), = requests(out, "INVITE")  # type: ignore[arg-type]
     assert req.get_all("P-Asserted-Identity") == [f"<sip:1003@{REALM}>"]
+    assert "P-Preferred-Identity" not in req
     assert str(req.from_.uri) == f"sip:1003@{REALM}"
     out = authed(net, uri, f"sip:alice@{REALM}", "Privacy: id\r\n")
     (req, _), = requests(out, "INVITE")  # type: ignore[arg-type]
