@@ -2,7 +2,7 @@
 """Authenticated call setups through sipd, next to the Kamailio anchor, in one run.
 
     .venv/bin/python bench/call_bench.py [--quick] [--rounds 2] [--step-s 8]
-        [--max-start 100] [--call-rate 0] [--acc] [--sync write-back|write-through]
+        [--max-start 150] [--call-rate 0] [--acc] [--sync write-back|write-through]
 
 One sipp "call" is the harness's ``call --auth`` flow (``uac_auth.xml``):
 INVITE -> 407 -> ACK -> INVITE with Proxy-Authorization -> (100) (180) 200
@@ -103,7 +103,7 @@ def main() -> int:
                     help="smoke run: 1 round, 3 s steps, short pauses")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--step-s", type=float, default=8.0)
-    ap.add_argument("--max-start", type=float, default=100.0,
+    ap.add_argument("--max-start", type=float, default=150.0,
                     help="first rate of mode call-max-auth, for both targets (x1.3 per step)")
     ap.add_argument("--call-rate", type=float, default=0.0,
                     help="fixed rate of mode call-auth, for both targets (CPU ms per call); "
@@ -171,9 +171,10 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     log(f"\n== check: call --auth through sipd at {args.check_rate:g} cps for 3 s")
     check = h.bench("check_sipd", sipd_port, sipd.pid, "call", args.check_rate, 3.0, ["--auth"])
     step = check["steps"][0] if check and check.get("steps") else {}
-    log(f"  successful {step.get('successful')}, failed {step.get('failed')}, "
-        f"retrans {step.get('retransmissions')}"
-        + ("" if step.get("pass") else f"; did not pass: {step.get('why')}"))
+    # Only whether calls get through counts here: sipp keeps the last <200
+    # RTT samples of a run to itself, so this short step has no latency.
+    log(f"  attempted {step.get('attempted')}, successful {step.get('successful')}, "
+        f"failed {step.get('failed')}, retrans {step.get('retransmissions')}")
     targets = [f"sipd=127.0.0.1:{sipd_port}:{sipd.pid}"]
     if kam:
         targets.insert(0, f"kam=127.0.0.1:{kam_port}:{kam.pid}")
