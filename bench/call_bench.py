@@ -220,6 +220,10 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
             log(f"  {line[:200]}")
 
 
+def _mb(kb: float | None) -> float | None:
+    return None if kb is None else kb / 1024
+
+
 def print_summary(args: argparse.Namespace, call_rate: float, maxed: list[dict[str, Any]],
                   fixed: list[dict[str, Any]], with_kam: bool) -> None:
     def per_round(rows: list[dict[str, Any]], key: str, fmt: str) -> str:
@@ -249,6 +253,9 @@ def print_summary(args: argparse.Namespace, call_rate: float, maxed: list[dict[s
     row("  INVITE->200 p50 / p99 at the max, ms",
         f"{_f(_mean([r['p50'] for r in s_max]))} / {_f(_mean([r['p99'] for r in s_max]))}",
         f"{_f(_mean([r['p50'] for r in k_max]))} / {_f(_mean([r['p99'] for r in k_max]))}")
+    row("  PSS at the max, MB", _f(_mean([_mb(r.get("pss_kb")) for r in s_max])),
+        _f(_mean([_mb(r.get("pss_kb")) for r in k_max])), "",
+        "transactions and dialogs of the last steps included")
     row(f"CPU ms per call setup at {call_rate:g} cps", _f(sc, "{:.3f}"), _f(kc, "{:.3f}"),
         _ratio(sc, kc))
     row("  per round", per_round(s_fix, "cpu_ms_op", "{:.3f}"),
