@@ -63,7 +63,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -401,14 +401,16 @@ class Kamailio:
 
 
 def start_kamailio(procs: Processes, data: Path, run_dir: Path, port: int,
-                   results: Path) -> Kamailio | None:
+                   results: Path, flags: Sequence[str] = ()) -> Kamailio | None:
+    """The anchor with 1 worker; ``flags`` go to kam_start.sh (``-a``: INVITEs challenged)."""
     if shutil.which("kamailio") is None or not (ANCHOR / "kam_start.sh").exists():
         log("Kamailio or the shared anchor harness is missing: measuring sipd alone")
         return None
     env = {**os.environ, "BENCH_DATA": str(data), "RUN_DIR": str(run_dir)}
     with open(results / "kam_start.out", "wb") as out:
-        p = procs.spawn(["sh", str(ANCHOR / "kam_start.sh"), "-d", str(data), "-r", str(run_dir),
-                         "1", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        p = procs.spawn(["sh", str(ANCHOR / "kam_start.sh"), *flags, "-d", str(data), "-r",
+                         str(run_dir), "1", str(port)], env=env, stdout=out,
+                        stderr=subprocess.STDOUT)
         rc = p.wait(timeout=60)
     pidfile = run_dir / f"kam_anchor_{port}.pid"
     if rc != 0 or not pidfile.exists():
@@ -474,13 +476,16 @@ class Harness:
         return summary
 
     def compare(self, name: str, targets: Sequence[str], modes: str, start: float,
-                step_s: float, rounds: int) -> list[dict[str, Any]]:
+                step_s: float, rounds: int, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """compare.py; ``start`` is the (start) rate of reg and call modes alike,
+        ``extra`` goes to every bench.py run."""
         out = self.results / name
         cmd = [sys.executable, str(ANCHOR / "compare.py")]
         for t in targets:
             cmd += ["--target", t]
-        cmd += ["--modes", modes, "--reg-start", str(start), "--step-s", str(step_s),
-                "--rounds", str(rounds), "--out", str(out), "--", *self.port_args()]
+        cmd += ["--modes", modes, "--reg-start", str(start), "--call-start", str(start),
+                "--step-s", str(step_s), "--rounds", str(rounds), "--out", str(out), "--",
+                *self.port_args(), *extra]
         log("+ " + " ".join(cmd))
         with open(self.results / f"{name}.out", "wb") as f:
             self.procs.run(cmd, timeout=3600 * rounds, env=self.env(), stdout=f,
@@ -659,16 +664,26 @@ def main() -> int:
         log(f"registrar_bench: skipped: {reason}")
         return 0
 
-    results = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sipd-registrar-bench-"))
+    return guarded(run, args, "registrar")
+
+
+def guarded(body: Callable[[argparse.Namespace, Path, Path, Processes], None],
+            args: argparse.Namespace, name: str) -> int:
+    """Run ``body(args, results, scratch, procs)``, then stop every process it
+    started and remove the scratch directory, on return, error, Ctrl-C,
+    SIGTERM or SIGHUP. ``args.out`` and ``args.scratch_parent`` choose the
+    directories."""
+    results = (Path(args.out) if args.out
+               else Path(tempfile.mkdtemp(prefix=f"sipd-{name}-bench-")))
     results.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="sipd-registrar-scratch-", dir=args.scratch_parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f"sipd-{name}-scratch-", dir=args.scratch_parent))
     procs = Processes()
     old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     # Ctrl-C must interrupt even when started from a shell that ignores SIGINT.
     old_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     status = 0
     try:
-        run(args, results, scratch, procs)
+        body(args, results, scratch, procs)
     except (KeyboardInterrupt, Interrupted) as exc:
         log(f"\ninterrupted ({str(exc) or 'SIGINT'}): cleaning up")
         status = 130
