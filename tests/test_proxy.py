@@ -706,3 +706,34 @@ def test_allow_lists_every_proxied_method_once() -> None:
     identity = LocalIdentity(frozenset({REALM}), frozenset({5060}))
     allowed = Server(identity, proxying=True).allowed_methods
     assert len(allowed) == len(set(allowed)) and PROXY_METHODS <= set(allowed)
+
+
+def test_finished_calls_leave_no_cyclic_garbage() -> None:
+    # Cycles wait for a full collection, which stops the event loop for as
+    # long as it takes: under load that was a second at a time.
+    import gc
+
+    net = Net()
+    net.bind("bob", BOB1)
+    uri = f"sip:bob@{REALM}"
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for i in range(20):
+            resp = challenge(net, uri, f"sip:alice@{REALM}")
+            auth = "Proxy-Authorization: " + credentials(resp, uri) + "\r\n"
+            out = net.send(invite(uri, frm=f"sip:alice@{REALM}", extra=auth, cseq=2,
+                                  call_id=f"g{i}"), CALLER)
+            (req, _), = requests(out, "INVITE")
+            net.send(answer(req, 486 if i % 2 else 200), BOB1)
+        net.tick(net.now + 100)
+        net.tick(net.now + 100)
+        assert not net.proxy._contexts
+        gc.collect()
+        kinds = sorted({type(o).__name__ for o in gc.garbage})
+        assert gc.garbage == [], kinds
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
