@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,21 +54,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from registrar_bench import (  # noqa: E402
     ANCHOR,
-    Harness,
     Kamailio,
     Processes,
     _f,
     _mean,
     _ratio,
     _rows,
-    free_port,
     guarded,
     log,
     log_problems,
     options_probe,
+    prepare,
     prerequisites,
-    provision_unix,
-    read_users,
     start_kamailio,
     start_sipd,
     stop_kamailio,
@@ -133,25 +129,10 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes) -> None:
-    scratch.chmod(0o755)  # the fake users must reach their homes
-    data = scratch / "data"
-    run_dir = scratch / "run"
-    run_dir.mkdir()
-    ports: set[int] = set()
-    sipd_port, kam_port = free_port(ports), free_port(ports)
-    h = Harness(procs, data, results, (free_port(ports), free_port(ports), free_port(ports)))
-
     # 1. provisioning
-    t0 = time.monotonic()
-    rc = procs.run([sys.executable, str(ANCHOR / "gen_users.py"), "--out", str(data)],
-                   timeout=120, env=h.env(), stdout=subprocess.DEVNULL)
-    if rc != 0:
-        raise RuntimeError("gen_users.py failed")
-    users = read_users(data / "users.csv")
-    t1 = time.monotonic()
-    fake = provision_unix(users, scratch)
-    log(f"provisioned {len(users)} users: gen_users.py {t1 - t0:.1f} s; fake UNIX users, "
-        f"homes and ~/.sr/passwd {time.monotonic() - t1:.1f} s")
+    setup = prepare(results, scratch, procs)
+    data, run_dir, h, fake = setup.data, setup.run_dir, setup.h, setup.fake
+    sipd_port, kam_port = setup.sipd_port, setup.kam_port
     conf = scratch / "sipd.conf"
     conf.write_text(sipd_config(args))
 

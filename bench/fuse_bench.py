@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests import sipclient  # noqa: E402
-from tests.sipclient import Daemon, options, running_sipd  # noqa: E402
+from tests.sipclient import Daemon, mount_point, options, running_sipd  # noqa: E402
 from tests.unixusers import FakeUnix, UserSpec, fake_unix, skip_reason  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -246,18 +246,6 @@ def tmpfs_dir() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@contextmanager
-def mount_dir() -> Iterator[Path]:
-    # Reachable for every uid (not 0700), as in tests/test_statefs_e2e.py.
-    base = Path(tempfile.mkdtemp(prefix="srfs-bench-mnt-"))
-    base.chmod(0o755)
-    try:
-        yield base / "sr"
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(base / "sr")], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def contact_lines(user: str, count: int) -> str:
     """``count`` realistic registrations, as the tree shows phones."""
     lines = []
@@ -306,7 +294,7 @@ def storm(paths: Sequence[Path], procs: int, seconds: float,
 
 def measure(args: argparse.Namespace, unix: FakeUnix, stack: ExitStack) -> list[tuple[str, str, str, str]]:
     scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="srfs-bench-")))
-    mnt = stack.enter_context(mount_dir())
+    mnt = stack.enter_context(mount_point("srfs-bench-mnt-"))
     conf = scratch / "fs.toml"
     conf.write_text(f'mount_enabled = true\nmount = "{mnt}"\nmax_contacts = 64\n')
     if args.profile:

@@ -63,7 +63,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -94,8 +94,8 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
-def _pgrp_members(pgid: int) -> list[int]:
-    found = []
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """Every process's pid and its /proc stat fields after the command name."""
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -103,10 +103,11 @@ def _pgrp_members(pgid: int) -> list[int]:
             stat = Path(f"/proc/{d}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            found.append(int(d))
-    return found
+        yield int(d), stat[stat.rindex(")") + 2 :].split()
+
+
+def _pgrp_members(pgid: int) -> list[int]:
+    return [pid for pid, fields in _processes() if int(fields[2]) == pgid]
 
 
 class Processes:
@@ -184,15 +185,7 @@ def free_port(taken: set[int]) -> int:
 def proc_tree(pid: int) -> list[int]:
     """``pid`` and its direct children (Kamailio's workers)."""
     out = [pid] if os.path.exists(f"/proc/{pid}") else []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-            out.append(int(d))
+    out.extend(child for child, fields in _processes() if int(fields[1]) == pid)
     return out
 
 
@@ -706,7 +699,20 @@ def guarded(body: Callable[[argparse.Namespace, Path, Path, Processes], None],
     return status
 
 
-def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes) -> None:
+@dataclass
+class Setup:
+    """What every side-by-side bench starts from: ports, the harness, the users."""
+
+    data: Path
+    run_dir: Path
+    sipd_port: int
+    kam_port: int
+    h: Harness
+    fake: Fake
+
+
+def prepare(results: Path, scratch: Path, procs: Processes) -> Setup:
+    """Scratch layout, free ports, and the harness's users provisioned for both targets."""
     scratch.chmod(0o755)  # the fake users must reach their homes
     data = scratch / "data"
     run_dir = scratch / "run"
@@ -714,8 +720,6 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     ports: set[int] = set()
     sipd_port, kam_port = free_port(ports), free_port(ports)
     h = Harness(procs, data, results, (free_port(ports), free_port(ports), free_port(ports)))
-
-    # 1. provisioning
     t0 = time.monotonic()
     rc = procs.run([sys.executable, str(ANCHOR / "gen_users.py"), "--out", str(data)],
                    timeout=120, env=h.env(), stdout=subprocess.DEVNULL)
@@ -726,6 +730,14 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     fake = provision_unix(users, scratch)
     log(f"provisioned {len(users)} users: gen_users.py {t1 - t0:.1f} s; fake UNIX users, "
         f"homes and ~/.sr/passwd {time.monotonic() - t1:.1f} s (uids from {fake.gid + 1})")
+    return Setup(data, run_dir, sipd_port, kam_port, h, fake)
+
+
+def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes) -> None:
+    # 1. provisioning
+    setup = prepare(results, scratch, procs)
+    data, run_dir, h, fake = setup.data, setup.run_dir, setup.h, setup.fake
+    sipd_port, kam_port = setup.sipd_port, setup.kam_port
     conf = scratch / "sipd.conf"
     conf.write_text(f'wtmp = false\nmax_expires = 3600\nsync = "{args.sync}"\n')
 

@@ -56,6 +56,8 @@ class TrunkMap:
 
     def user_at(self, host: str) -> str | None:
         """The user whose trunk ``host`` (an IP literal) belongs to, if any."""
+        if not self.networks:
+            return None  # every request asks: no address parsing without trunks
         addr = _address(host)
         if addr is None:
             return None

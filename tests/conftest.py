@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from .sipclient import mount_point
 from .unixusers import FakeUnix, fake_unix
 
 
@@ -22,11 +21,5 @@ def unix() -> Iterator[FakeUnix]:
 @pytest.fixture
 def mnt() -> Iterator[Path]:
     """A mount point for the state filesystem, removed (and unmounted) after."""
-    # Not under pytest's 0700 tmp_path: other uids must reach the mount.
-    base = Path(tempfile.mkdtemp(prefix="srfs-mnt-"))
-    base.chmod(0o755)
-    try:
-        yield base / "sr"
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(base / "sr")], capture_output=True)
-        subprocess.run(["rm", "-rf", str(base)])
+    with mount_point() as path:
+        yield path

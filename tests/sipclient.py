@@ -7,14 +7,17 @@ stops it (SIGTERM, then SIGKILL) even when the test fails.
 from __future__ import annotations
 
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .unixusers import FakeUnix
 
@@ -250,10 +253,28 @@ def running_sipd(
                     raise AssertionError(f"sipd did not answer: {daemon.log}") from None
         yield daemon
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, 10)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 5) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` s: nothing a test starts outlives it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextmanager
+def mount_point(prefix: str = "srfs-mnt-") -> Iterator[Path]:
+    """A mount point for the state filesystem, unmounted and removed after."""
+    # Not under a 0700 temporary directory: other uids must reach the mount.
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    try:
+        yield base / "sr"
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(base / "sr")], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from .sipclient import Daemon, free_port, running_sipd
+from .sipclient import Daemon, free_port, running_sipd, stop_process
 from .unixusers import FakeUnix
 
 REALM = "test.invalid"
@@ -234,13 +234,7 @@ def running_baresip(tmp: Path, sipd_port: int, transport: str, *, user: str = US
     try:
         yield Baresip(proc, port, log)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
         if proc.stdin is not None:
             try:
                 proc.stdin.close()

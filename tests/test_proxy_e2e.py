@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .sipclient import Daemon, free_port, running_sipd
+from .sipclient import Daemon, free_port, running_sipd, stop_process
 from .unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
 
 REALM = "test.invalid"
@@ -139,13 +138,7 @@ class Calls:
 
     def stop_all(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
 

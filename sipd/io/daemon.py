@@ -108,7 +108,8 @@ def gateway_host(uri: str) -> str:
     if not uri:
         return ""
     try:
-        parsed = parse_uri(uri if ":" in uri.split("@")[0] or uri.startswith("sip") else f"sip:{uri}")
+        # Checked to be a sip: URI when the configuration was read.
+        parsed = parse_uri(uri)
     except ParseError:
         return ""
     return parsed.host if isinstance(parsed, SipURI) else ""
