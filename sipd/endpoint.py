@@ -35,7 +35,7 @@ from .sip.transaction import (
     TransactionLayer,
 )
 from .sip.uri import SipURI
-from .work import Defer, Job, Outcome
+from .work import Commit, Defer, Job, Outcome
 
 Action = Outgoing | Job
 
@@ -144,6 +144,8 @@ class Endpoint:
         #: phone on the connection it registered over.
         self._tcp_peers: dict[tuple[str, int], Peer] = {}
         self.proxy = proxy
+        if persistence is not None:
+            persistence.wall = self.wall
         if proxy is not None:
             proxy.wall = self.wall
             proxy.tcp_peer = lambda host, port: self._tcp_peers.get((host, port))
@@ -370,7 +372,26 @@ class Endpoint:
                 return self._drain(self._respond(txn, answer, later), later)
 
             return [Job(defer.run, done, name=defer.name)]
+        if isinstance(reply, Commit):
+            return self._commit(txn, reply, now)
         return self._run(self.transactions.server_respond(txn, reply, now), now)
+
+    def _commit(self, txn: ServerTransaction, commit: Commit, now: float) -> list[Action]:
+        """Answer once the change is on disk and applied (see :mod:`sipd.persistence`)."""
+        def finish(outcome: Outcome, later: float) -> list[Action]:
+            answer = self.server.guard(txn.request, lambda: commit.then(outcome, self.wall(later)))
+            return self._drain(self._respond(txn, answer, later), later)
+
+        if self.persistence is not None:
+            return self.persistence.commit(commit.user, commit.plan, finish, now)
+        if self.store is None:
+            return finish(Outcome(error=RuntimeError("no location store")), now)
+        # No disk behind this endpoint (tests): plan and apply at once.
+        try:
+            self.store.apply(commit.plan(self.wall(now)))
+        except Exception as exc:  # noqa: BLE001 - the refusal is the answer
+            return finish(Outcome(error=exc), now)
+        return finish(Outcome(), now)
 
     def _cancel(self, cancel: Request) -> Response:
         """RFC 3261 §9.2: 200 if the INVITE is known, else 481."""

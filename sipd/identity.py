@@ -13,6 +13,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from srfs.addresses import parse_host
+
 from .sip.uri import SipURI
 
 _SIOCGIFADDR = 0x8915
@@ -31,11 +33,24 @@ class LocalIdentity:
             h = h[1:-1]
         if h in self.domains:
             return True
-        try:
-            # Compare addresses by value: "::0001" is "::1".
-            return str(ipaddress.ip_address(h)) in self.domains
-        except ValueError:
+        # Compare addresses by value: "::0001" is "::1", "127.1" is 127.0.0.1.
+        addr = parse_host(h)
+        return addr is not None and str(addr) in self.domains
+
+    def is_own_address(self, host: str, port: int | None, *, secure: bool = False) -> bool:
+        """Would a message sent to ``host:port`` reach this server?
+
+        One of our names or addresses with one of our ports, or any
+        loopback or unspecified address with one of our ports (a wildcard
+        listener answers on all of them). Used to refuse contacts and next
+        hops that would loop back into the proxy.
+        """
+        if (port if port is not None else (5061 if secure else 5060)) not in self.ports:
             return False
+        if self.is_local_host(host):
+            return True
+        addr = parse_host(host)
+        return addr is not None and (addr.is_loopback or addr.is_unspecified)
 
     def is_local_domain(self, uri: SipURI) -> bool:
         """The URI's host is one of ours (any port): a local AOR."""

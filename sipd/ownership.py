@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from srfs import users
+from srfs.addresses import parse_host
 from srfs.adminfile import AdminFileError, WatchedAdminFile, read_admin_file, replace_admin_file
 from srfs.aliases import AliasMap, parse_aliases
 from srfs.trunks import TrunkMap, parse_trunks
@@ -22,6 +23,11 @@ from srfs.trunks import TrunkMap, parse_trunks
 log = logging.getLogger("sipd.ownership")
 
 __all__ = ["Loaded", "Ownership"]
+
+
+def _host_key(host: str) -> str:
+    addr = parse_host(host)
+    return str(addr) if addr is not None else host.strip("[]").lower().rstrip(".")
 
 
 def _is_user(name: str) -> bool:
@@ -52,7 +58,7 @@ class Ownership:
         self._alias_file = WatchedAdminFile(aliases_path, owner=owner) if aliases_path else None
         self._trunk_file = WatchedAdminFile(trunks_path, owner=owner) if trunks_path else None
         self._is_user = is_user
-        self._gateways = frozenset(g.strip("[]").lower() for g in gateways if g)
+        self._gateways = frozenset(_host_key(g) for g in gateways if g)
 
     # ------------------------------------------------------------ queries
 
@@ -84,8 +90,9 @@ class Ownership:
         return None
 
     def is_gateway(self, host: str) -> bool:
-        """Is ``host`` the outbound proxy's (compared as written in the settings)?"""
-        return host.strip("[]").lower() in self._gateways
+        """Is ``host`` the outbound proxy's? Addresses compare by value, names
+        case-insensitively."""
+        return bool(self._gateways) and _host_key(host) in self._gateways
 
     # ------------------------------------------------------------ loading
 

@@ -2,9 +2,12 @@
 
 Authentication and "who owns this AOR" are settled before this runs
 (steps 1–5 are the caller's: :mod:`sipd.auth`). Everything here is sans-IO:
-the request, the authenticated user, the source and ``now`` in; a response
-and the store's changes out. The whole request is checked before anything
-is changed, so a REGISTER that fails changes nothing.
+the request, the authenticated user, the source and ``now`` in; a plan of
+the store's changes out (:meth:`Registrar.plan`), which the caller makes
+durable and then applies. The whole request is checked before anything is
+changed, so a REGISTER that fails changes nothing. Every new binding passes
+:class:`~sipd.admission.BindingRules`, like one written through
+``/run/sr`` or reloaded from ``~/.sr/usrloc``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import email.utils
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from srfs.location import Binding, Change, LocationStore, RemoveReason
+from srfs.location import Binding, Change, LocationStore, Op, Remove, RemoveReason
+from srfs.usrloc import printable
 
+from .admission import BindingRules
 from .peer import Peer
 from .sip.errors import SipError
 from .sip.headers import Address, format_header_params, quote
@@ -52,12 +57,25 @@ def aor_of(uri: SipURI | TelURI) -> str:
 
 
 class Registrar:
-    def __init__(self, policy: RegistrarPolicy, store: LocationStore) -> None:
+    """REGISTER rules over the store: plan first, apply once the plan is on disk."""
+
+    def __init__(self, policy: RegistrarPolicy, store: LocationStore,
+                 rules: BindingRules | None = None) -> None:
         self.policy = policy
         self.store = store
+        self.rules = rules
 
     def register(self, req: Request, aor: str, user: str, source: Peer, now: float) -> RegisterResult:
-        """Apply a REGISTER for ``aor`` owned by ``user``; raise SipError to refuse it."""
+        """Plan and apply a REGISTER at once (no disk in between); SipError refuses it."""
+        changes = self.store.apply(self.plan(req, aor, user, source, now))
+        return RegisterResult(self.listing(aor, req, now), tuple(changes))
+
+    def plan(self, req: Request, aor: str, user: str, source: Peer, now: float) -> list[Op]:
+        """What a REGISTER for ``aor`` owned by ``user`` would change; raise SipError to refuse.
+
+        The store is only read: the whole request is checked before any of
+        it is applied, so a REGISTER that fails changes nothing.
+        """
         p = self.policy
         unsupported = [t for t in req.tokens("Require") if t.lower() not in REGISTRAR_EXTENSIONS]
         if unsupported:
@@ -72,9 +90,8 @@ class Registrar:
                 raise SipError(400, "Contact * needs Expires: 0 and no other Contact")
             for b in existing.values():
                 self._check_order(b, callid, cseq)
-            removed = [c for b in existing.values() if not b.static
-                       if (c := self.store.remove(aor, b.key, RemoveReason.UNREGISTERED))]
-            return RegisterResult(self._listing(aor, req, now), tuple(removed))
+            return [Remove(aor, b.key, RemoveReason.UNREGISTERED)
+                    for b in existing.values() if not b.static]
 
         contacts = req.contacts
         if len(contacts) > p.max_contacts:
@@ -83,8 +100,13 @@ class Registrar:
         ua = req.get("User-Agent") or req.get("Server")
         planned: list[tuple[Binding, int]] = []
         for addr in contacts:
-            planned.append(self._plan(addr, header_expires, aor, user, callid, cseq, path, ua,
-                                      source, now))
+            b, expires = self._plan(addr, header_expires, aor, user, callid, cseq, path, ua,
+                                    source, now)
+            if expires > 0 and self.rules is not None:
+                refused = self.rules.refusal(user, b)
+                if refused is not None:
+                    raise SipError(refused.status, refused.reason)
+            planned.append((b, expires))
         keys = [b.key for b, _ in planned]
         if len(set(keys)) != len(keys):
             raise SipError(400, "The same contact twice in one REGISTER")
@@ -93,34 +115,35 @@ class Registrar:
             if old is not None:
                 self._check_order(old, callid, cseq)
         adding = {b.key for b, e in planned if e > 0} - set(existing)
-        removing = {b.key for b, e in planned if e == 0} & set(existing)
-        dynamic = [b for b in existing.values() if not b.static and b.key not in removing]
-        excess = len(dynamic) + len(adding) - p.max_contacts
+        removing = {b.key for b, e in planned if e == 0 and not existing.get(b.key, b).static}
+        # Static contacts count towards the limit too (every contact is a
+        # branch of each call), but only dynamic ones make room.
+        kept = [b for b in existing.values() if b.key not in removing]
+        excess = len(kept) + len(adding) - p.max_contacts
         victims: list[Binding] = []
         if excess > 0:
             if p.overflow == "reject":
                 raise SipError(403, f"Too many registered contacts (max_contacts {p.max_contacts})")
             keep = {b.key for b, _ in planned}
-            candidates = sorted((b for b in dynamic if b.key not in keep), key=lambda b: b.registered)
+            candidates = sorted((b for b in kept if not b.static and b.key not in keep),
+                                key=lambda b: b.registered)
+            if len(candidates) < excess:
+                raise SipError(403, f"Too many registered contacts (max_contacts {p.max_contacts})")
             victims = candidates[:excess]
 
-        changes: list[Change] = []
-        for v in victims:
-            if (c := self.store.remove(aor, v.key, RemoveReason.REPLACED)) is not None:
-                changes.append(c)
+        ops: list[Op] = [Remove(aor, v.key, RemoveReason.REPLACED) for v in victims]
         for b, expires in planned:
             if expires == 0:
                 old = existing.get(b.key)
                 if old is not None and not old.static:
-                    if (c := self.store.remove(aor, b.key, RemoveReason.UNREGISTERED)) is not None:
-                        changes.append(c)
+                    ops.append(Remove(aor, b.key, RemoveReason.UNREGISTERED))
             else:
-                changes.append(self.store.upsert(b))
-        return RegisterResult(self._listing(aor, req, now), tuple(changes))
+                ops.append(b)
+        return ops
 
     def fetch(self, aor: str, req: Request, now: float) -> RegisterResult:
         """A REGISTER without Contact: list the bindings, change nothing."""
-        return RegisterResult(self._listing(aor, req, now), ())
+        return RegisterResult(self.listing(aor, req, now), ())
 
     # ---------------------------------------------------------------- steps
 
@@ -190,12 +213,13 @@ class Registrar:
             reg_id=reg_id,
             path=path,
             received=str(source),
-            ua=ua[:200] if ua else None,
+            # Informational: kept, but never with bytes that would corrupt a line or a log.
+            ua=printable(ua[:200]) if ua else None,
             registered=now,
         )
         return binding, expires
 
-    def _listing(self, aor: str, req: Request, now: float) -> tuple[tuple[str, str], ...]:
+    def listing(self, aor: str, req: Request, now: float) -> tuple[tuple[str, str], ...]:
         """The 200 OK's Contact fields: every current binding (§10.3 step 8)."""
         headers: list[tuple[str, str]] = []
         for b in self.store.lookup(aor):

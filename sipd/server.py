@@ -6,7 +6,9 @@ request with several problems is the one the RFC names first: URI scheme
 (400) and version (505) were settled before, by the endpoint.
 
 An answer is a :class:`Response`, a :class:`~sipd.work.Defer` when blocking
-work (NSS, PAM, ``~/.sr``) must happen first, or None (ACK).
+work (NSS, PAM, ``~/.sr``) must happen first, a :class:`~sipd.work.Commit`
+when a REGISTER changes bindings (answered once the change is on disk), or
+None (ACK).
 """
 
 from __future__ import annotations
@@ -18,18 +20,18 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from srfs.directory import Account, Directory
+from srfs.location import Op
 
 from .auth import Authenticator, RecentAccounts
 from .digest import AuthResult, Credentials
 from .identity import LocalIdentity
 from .ownership import Ownership
 from .peer import Peer
-from .persistence import Persistence
 from .registrar import REGISTRAR_EXTENSIONS, Registrar, aor_of
 from .sip.errors import SipError
 from .sip.message import Request, Response, make_response
 from .sip.uri import SipURI, TelURI
-from .work import Defer, Outcome
+from .work import Commit, Defer, Outcome
 
 log = logging.getLogger("sipd.server")
 
@@ -37,7 +39,7 @@ log = logging.getLogger("sipd.server")
 PROXY_ORDER = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "PRACK", "UPDATE", "INFO", "MESSAGE",
                "REFER", "SUBSCRIBE", "NOTIFY")
 
-Reply: TypeAlias = "Response | Defer | None"
+Reply: TypeAlias = "Response | Defer | Commit | None"
 
 
 @dataclass
@@ -56,8 +58,6 @@ class Registration:
     registrar: Registrar
     auth: Authenticator
     directory: Directory
-    persistence: Persistence | None = None
-    write_through: bool = True
     accounts: RecentAccounts | None = None
     #: The alias map and trusted trunks; without it a user owns only their own name.
     ownership: Ownership | None = None
@@ -204,40 +204,22 @@ class Server:
             log.warning('register refused: user "%s" from %s may not register %r', user, peer.host,
                         aor[:64])
             raise SipError(403, "Not allowed to register this address")
-        if ownership is not None:
-            self._check_contact_targets(req, ownership, user, peer)
         if not req.values("Contact"):
             return self._ok(req, reg.registrar.fetch(aor, req, wall).headers)
-        result_ = reg.registrar.register(req, aor, user, peer, wall)
-        if not result_.changes or reg.persistence is None or not reg.write_through:
-            return self._ok(req, result_.headers)
-        headers = result_.headers
-        persist = reg.persistence
+        registrar = reg.registrar
+
+        def plan(wall2: float) -> list[Op]:
+            return registrar.plan(req, aor, user, peer, wall2)
 
         def saved(outcome: Outcome, wall2: float) -> Reply:
-            persist.record(user, outcome)
-            if outcome.error is not None:
+            error = outcome.error
+            if isinstance(error, SipError):
+                raise error
+            if error is not None:
                 raise SipError(500, "Cannot save the registration")
-            return self._ok(req, headers)
+            return self._ok(req, registrar.listing(aor, req, wall2))
 
-        return Defer(persist.sync(user, wall), saved, name=f"save {user}")
-
-    @staticmethod
-    def _check_contact_targets(req: Request, ownership: Ownership, user: str, peer: Peer) -> None:
-        """Refuse a contact that would take a trunk's or a gateway's calls.
-
-        Only the trunk's own user may register at a trunk address; nobody
-        may register the gateway's.
-        """
-        for contact in req.contacts:
-            uri = contact.sip_uri
-            if uri is None:
-                continue
-            refused = ownership.contact_refused(user, uri.host)
-            if refused is not None:
-                log.warning('register refused: user "%s" from %s: contact host %s: %s',
-                            user, peer.host, uri.host[:64], refused)
-                raise SipError(403, refused)
+        return Commit(user, plan, saved, name=f"register {user}")
 
     def _ok(self, req: Request, headers: tuple[tuple[str, str], ...]) -> Response:
         self.stats.registers_ok += 1

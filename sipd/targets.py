@@ -8,11 +8,11 @@ socket), or the host name still to resolve.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from srfs.addresses import parse_host
 from srfs.location import Binding
 
 from .peer import Peer
@@ -66,11 +66,13 @@ def resolve(host: str, port: int) -> str:
 
 
 def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
+    return parse_host(host) is not None
+
+
+def _address_text(host: str) -> str | None:
+    """``host`` as the address the socket layer will use, or None for a name."""
+    addr = parse_host(host)
+    return None if addr is None else str(addr)
 
 
 def uri_target(uri: SipURI, routes: tuple[str, ...] = (), uri_text: str | None = None) -> Target:
@@ -82,8 +84,9 @@ def uri_target(uri: SipURI, routes: tuple[str, ...] = (), uri_text: str | None =
         raise SipError(502, f"Unsupported transport {transport}")
     host = (uri.param("maddr") or uri.host).strip("[]")
     port = uri.port or 5060
-    dest = Peer(transport, host, port, 0) if is_ip(host) else None
-    return Target(uri_text or str(uri), dest, routes, host, port, transport)
+    address = _address_text(host)
+    dest = Peer(transport, address, port, 0) if address is not None else None
+    return Target(uri_text or str(uri), dest, routes, address or host, port, transport)
 
 
 def binding_target(b: Binding, tcp_peer: Callable[[str, int], Peer | None] | None = None) -> Target:
@@ -106,9 +109,10 @@ def binding_target(b: Binding, tcp_peer: Callable[[str, int], Peer | None] | Non
         live = tcp_peer(host, int(port)) if tcp_peer and transport == "tcp" and port.isdigit() else None
         if live is not None:
             return Target(b.contact, live, (), host, live.port, "tcp")
-        if transport == "udp" and port.isdigit() and is_ip(host):
-            return Target(b.contact, Peer(transport, host, int(port), 0), (), host, int(port),
-                          transport)
+        address = _address_text(host)
+        if transport == "udp" and port.isdigit() and address is not None:
+            return Target(b.contact, Peer(transport, address, int(port), 0), (), address,
+                          int(port), transport)
     contact = parse_uri(b.contact)
     if not isinstance(contact, SipURI):
         raise SipError(500, "Bad contact in binding")

@@ -12,9 +12,11 @@ one run concurrently.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
+
+from srfs.location import Op
 
 from .peer import Outgoing
 
@@ -72,3 +74,22 @@ class Defer:
     run: Callable[[], Any]
     then: Callable[[Outcome, float], Any]
     name: str = "defer"
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """A transaction user's answer that changes ``user``'s bindings.
+
+    The endpoint hands it to the persister, which runs the commits of one
+    user one at a time: ``plan(wall)`` says what would change (raising
+    :class:`~sipd.sip.errors.SipError` to refuse), the persister writes
+    ``~/.sr/usrloc`` as it would be and applies the plan only once that
+    write is on disk (``sync = write-through``), then ``then(outcome,
+    wall)`` answers; ``outcome.error`` is set when the plan was refused or
+    the write failed, and then nothing was applied.
+    """
+
+    user: str
+    plan: Callable[[float], Sequence[Op]]
+    then: Callable[[Outcome, float], Any]
+    name: str = "commit"

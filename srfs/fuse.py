@@ -11,6 +11,7 @@ How the daemon uses it::
     async def on_commit(result: WriteResult) -> None:
         if result.config is not None and result.config.changed:
             await trio.to_thread.run_sync(write_config, result.config)   # blocking I/O
+        tree.apply(result, time.time())                                   # then in memory
 
     async with trio.open_nursery() as nursery:
         fs = await nursery.start(partial(serve, tree, "/run/sr", on_commit=on_commit))
@@ -39,13 +40,16 @@ Behaviour worth knowing (SPEC "The mounted tree", TECH-NOTES §1-§4):
   config/typo``) the tree's refusal stands, so a typo is not silently
   accepted. Scratch files are listed, can be removed, and are lost on
   restart.
-- ``on_commit(result)`` runs after every commit that changed something
-  (contacts changes, or a config edit whose ``changed`` is true), before
-  ``close``/``rename``/``unlink`` returns. It may be a plain function or
-  return an awaitable (awaited in the handler, which is how the daemon
-  writes ``~/.sr/config`` in a worker thread before ``close`` returns). An
-  ``OSError`` it raises reaches the caller with its errno, anything else
-  as EIO; the in-memory change stays made either way.
+- ``on_commit(result)`` gets every validated write that changes something
+  (a contacts write, a config edit whose ``changed`` is true, an alias map
+  write) before ``close``/``rename``/``unlink`` returns, and must make it
+  durable and then apply it (:meth:`Tree.apply`, or the daemon's own path
+  to the store). It may be a plain function or return an awaitable
+  (awaited in the handler, which is how the daemon writes ``~/.sr`` in a
+  worker thread before ``close`` returns). An ``OSError`` it raises
+  reaches the caller with its errno (ENOSPC, EIO), anything else as EIO,
+  and then nothing of the write is in force. Without ``on_commit`` the
+  tree applies the write at once.
 """
 
 from __future__ import annotations
@@ -220,6 +224,8 @@ class SrFs(pyfuse3.Operations):
         self._next_ino = root + 1
         self._nlookup: dict[int, int] = {}
         self._scratch_by_path: dict[str, _Scratch] = {}
+        #: Commits on their way to the disk, by path: an open waits for them.
+        self._in_flight: dict[str, list[trio.Event]] = {}
         self._scratch_by_ino: dict[int, _Scratch] = {}
         self._pending: dict[str, tuple[Node, int]] = {}
         self._handles: dict[int, _Handle] = {}
@@ -478,6 +484,12 @@ class SrFs(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
+        path = self._path_of.get(inode)
+        if path is not None:
+            # Read your writes: a commit still on its way to the disk (one
+            # at release, which close() does not wait for) comes first.
+            for event in list(self._in_flight.get(path, ())):
+                await event.wait()
         return self._open(inode, flags, self._clock())
 
     def _open(self, ino: int, flags: int, now: float) -> FileInfo:
@@ -633,7 +645,7 @@ class SrFs(pyfuse3.Operations):
         data = bytes(h.buf)
         h.dirty = False
         try:
-            result = self.tree.commit(h.path, data, append=h.append, now=self._clock())
+            result = self.tree.prepare(h.path, data, append=h.append, now=self._clock())
         except TreeError as e:
             h.error = e.errno
             log.debug("write to %s refused: %s", h.path, e.reason)
@@ -642,20 +654,21 @@ class SrFs(pyfuse3.Operations):
         if h.append:
             # Only what was committed: a write may come in while on_commit runs.
             del h.buf[: len(data)]
-        await self._deliver(result)
+        await self._deliver(result, h.path)
 
     async def _commit(self, path: str, data: bytes, *, append: bool) -> None:
-        result = self.tree.commit(path, data, append=append, now=self._clock())
-        await self._deliver(result)
+        result = self.tree.prepare(path, data, append=append, now=self._clock())
+        await self._deliver(result, path)
 
-    async def _deliver(self, result: WriteResult) -> None:
-        changed = (
-            bool(result.changes)
-            or (result.config is not None and result.config.changed)
-            or result.aliases is not None
-        )
-        if not changed or self._on_commit is None:
+    async def _deliver(self, result: WriteResult, path: str) -> None:
+        """Make a validated write durable and apply it: ``on_commit``'s job, or the tree's."""
+        if not result.changes_something:
             return
+        if self._on_commit is None:
+            self.tree.apply(result, self._clock())
+            return
+        done = trio.Event()
+        self._in_flight.setdefault(path, []).append(done)
         try:
             awaitable = self._on_commit(result)
             if awaitable is not None:
@@ -666,6 +679,12 @@ class SrFs(pyfuse3.Operations):
         except Exception:
             log.exception("srfs: on_commit failed")
             raise FUSEError(errno.EIO) from None
+        finally:
+            done.set()
+            waiting = self._in_flight[path]
+            waiting.remove(done)
+            if not waiting:
+                del self._in_flight[path]
 
     # ------------------------------------------ creating, renaming, removing
 
@@ -759,8 +778,12 @@ class SrFs(pyfuse3.Operations):
                 return
         elif noreplace:
             raise FUSEError(errno.EEXIST)
-        # The commit: the errno goes back to the renaming process.
-        result = self.tree.commit(new, bytes(scratch.data), append=False, now=self._clock())
+        # The commit: the errno goes back to the renaming process, and a
+        # commit that fails leaves the scratch file where it was.
+        result = self.tree.prepare(new, bytes(scratch.data), append=False, now=self._clock())
+        await self._deliver(result, new)
+        if self._scratch_by_path.get(old) is not scratch:
+            return  # removed or renamed while the commit was written
         del self._scratch_by_path[old]
         scratch.linked = False
         self._scratch_by_ino.pop(scratch.ino, None)
@@ -768,7 +791,6 @@ class SrFs(pyfuse3.Operations):
         # number stand for the node until the kernel forgets it.
         self._path_of[scratch.ino] = new
         self._maybe_drop(scratch.ino)
-        await self._deliver(result)
 
     def _move_scratch(self, scratch: _Scratch, new: str) -> None:
         if _dirname(new) != scratch.parent and sum(
@@ -792,8 +814,8 @@ class SrFs(pyfuse3.Operations):
         if scratch is not None:
             self._unlink_scratch(scratch)
             return
-        change = self.tree.unlink(path, self._clock())
-        await self._deliver(WriteResult(config=change))
+        change = self.tree.prepare_unlink(path)
+        await self._deliver(WriteResult(config=change), path)
 
     # The tree's shape is fixed: no directories, links or special files.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from urllib.parse import unquote
@@ -167,6 +167,24 @@ class Change:
 Subscriber = Callable[[Change], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """A planned removal of the binding ``key`` of ``aor``."""
+
+    aor: str
+    key: str
+    reason: RemoveReason
+
+
+Op = Binding | Remove
+"""One planned change: a binding to add or refresh, or a removal.
+
+A REGISTER or a write to ``/run/sr`` is planned as a list of these first,
+made durable, and only then applied (:meth:`LocationStore.apply`), so a
+change that cannot reach the disk never reaches memory either.
+"""
+
+
 @dataclass
 class LocationStatistics:
     aors: int = 0
@@ -302,6 +320,39 @@ class LocationStore:
             held.discard(aor)
             if len(held) == 1:
                 self._by_user[user] = next(iter(held))
+
+    def apply(self, ops: Iterable[Op]) -> list[Change]:
+        """Make planned changes; removals of bindings that are gone are skipped."""
+        changes: list[Change] = []
+        for op in ops:
+            if isinstance(op, Remove):
+                change = self.remove(op.aor, op.key, op.reason)
+                if change is not None:
+                    changes.append(change)
+            else:
+                changes.append(self.upsert(op))
+        return changes
+
+    def preview(self, user: str, ops: Iterable[Op]) -> list[Binding]:
+        """What :meth:`bindings_of_user` would return after :meth:`apply` of ``ops``.
+
+        Pure: the store is not changed. Like :meth:`upsert`, a refreshed
+        binding keeps the time it was first registered.
+        """
+        held = {(b.aor, b.key): b for b in self.bindings_of_user(user)}
+        for op in ops:
+            if isinstance(op, Remove):
+                held.pop((op.aor, op.key), None)
+                continue
+            ident = (op.aor, op.key)
+            old = held.get(ident) or self.get(op.aor, op.key)
+            if old is not None and old.registered:
+                op = replace(op, registered=old.registered)
+            if op.user == user:
+                held[ident] = op
+            else:
+                held.pop(ident, None)
+        return sorted(held.values(), key=lambda b: (b.aor, -b.q, -b.registered))
 
     def remove_aor(self, aor: str, reason: RemoveReason) -> list[Change]:
         keys = list(self._aors.get(aor, {}))

@@ -58,15 +58,16 @@ from typing import Literal
 from . import userconfig
 from .aliases import parse_aliases
 from .errors import ReasonedError
-from .location import Binding, Change, LocationStore, RemoveReason
+from .location import Binding, Change, LocationStore, Op, Remove, RemoveReason
 from .userconfig import ConfigValueError, UserConfig, UserConfigs
 from .users import User, valid_name
-from .usrloc import LineError, format_line, parse_line
+from .usrloc import LineError, check_binding, format_line, parse_line
 
 __all__ = [
     "MAX_WRITE",
     "Attributes",
     "ConfigChange",
+    "ContactsWrite",
     "Kind",
     "Node",
     "Stat",
@@ -202,12 +203,36 @@ class AliasMapWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class ContactsWrite:
+    """A validated write to a user's ``contacts``, not applied yet."""
+
+    user: str
+    data: bytes
+    mode: Literal["append", "replace"]
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What a :meth:`Tree.commit` did: store changes, a config edit, or an alias map write."""
+    """A write through the tree: validated by :meth:`Tree.prepare`, applied by :meth:`Tree.apply`.
+
+    Before it is applied it names what to make durable (a contacts write,
+    a config edit, an alias map write); :meth:`Tree.apply` fills
+    ``changes`` with what the location store did.
+    """
 
     changes: tuple[Change, ...] = ()
     config: ConfigChange | None = None
     aliases: AliasMapWrite | None = None
+    contacts: ContactsWrite | None = None
+
+    @property
+    def changes_something(self) -> bool:
+        return (
+            bool(self.changes)
+            or self.contacts is not None
+            or (self.config is not None and self.config.changed)
+            or self.aliases is not None
+        )
 
 
 # --- statistics: the status and metrics files ----------------------------------
@@ -358,8 +383,9 @@ def _nothing(_user: str) -> Sequence[str]:
     return ()
 
 
-def _no_refusal(_user: str, _contact: str) -> str | None:
-    return None
+def _default_refusal(user: str, b: Binding) -> tuple[int, str] | None:
+    problem = check_binding(b)
+    return None if problem is None else (errno.EINVAL, problem)
 
 
 # Surrogates that surrogateescape did not make (it uses U+DC80..U+DCFF for
@@ -411,8 +437,10 @@ class Tree:
     addresses, transactions, calls, messages); the tree adds the location
     figures. ``alias_map``, ``aliases_of`` and ``calls_of`` fill the
     ``aliases`` and ``calls`` files (empty until the daemon has them).
-    ``contact_refused(user, contact)`` gives the reason a contact may not
-    be written (one at a trunk or gateway address), or None.
+    ``refusal(user, binding)`` is the daemon's one check of every binding
+    (``(errno, reason)`` or None): a contact at this server, a trunk or the
+    gateway, a line that could not be reloaded; the default checks only
+    the line.
     ``clock`` stamps changes heard through the store subscription; without
     it the caller must feed :meth:`note_change` itself. Not thread safe:
     the trio thread owns it, like the store.
@@ -430,7 +458,7 @@ class Tree:
         alias_map: Callable[[], str] | None = None,
         aliases_of: Callable[[str], Sequence[str]] = _nothing,
         calls_of: Callable[[str], Sequence[str]] = _nothing,
-        contact_refused: Callable[[str, str], str | None] = _no_refusal,
+        refusal: Callable[[str, Binding], tuple[int, str] | None] = _default_refusal,
         root_uid: int = 0,
         root_gid: int = 0,
         started: float | None = None,
@@ -444,7 +472,7 @@ class Tree:
         self._alias_map = alias_map
         self._aliases_of = aliases_of
         self._calls_of = calls_of
-        self._contact_refused = contact_refused
+        self._refusal = refusal
         self._root_uid = root_uid
         self._root_gid = root_gid
         self._clock = clock
@@ -746,7 +774,17 @@ class Tree:
             self._validate_setting(node.user, node.key, value)
 
     def commit(self, path: str, data: bytes, *, append: bool, now: float) -> WriteResult:
-        """Apply a finished write to the node at ``path`` (see the module doc)."""
+        """Validate and apply a finished write to the node at ``path`` at once."""
+        return self.apply(self.prepare(path, data, append=append, now=now), now)
+
+    def prepare(self, path: str, data: bytes, *, append: bool, now: float) -> WriteResult:
+        """Validate a finished write to ``path`` without applying it.
+
+        Raises :class:`TreeError` for a refused write. The daemon makes the
+        result durable first and then applies it (:meth:`apply`), so a
+        write that cannot reach the disk is refused with that error and
+        leaves memory as it was.
+        """
         node = self._write_target(path)
         if node.kind is Kind.ALIAS_MAP:
             self.parse_alias_lines(data, append=append)
@@ -754,9 +792,28 @@ class Tree:
         assert node.user is not None
         if node.kind is Kind.CONTACTS:
             mode: ContactsMode = "append" if append else "replace"
-            return WriteResult(changes=tuple(self.apply_contacts(node.user, data, mode, now)))
+            self.plan_contacts(node.user, data, mode, now)
+            return WriteResult(contacts=ContactsWrite(node.user, data, mode))
         assert node.key is not None
-        return WriteResult(config=self.apply_config(node.user, node.key, data, now))
+        return WriteResult(config=self._config_write(node.user, node.key, data))
+
+    def _config_write(self, user: str, key: str, data: bytes) -> ConfigChange:
+        self._require_member(user)
+        if key not in userconfig.KEYS:
+            raise TreeError(errno.ENOENT, f"no such setting {key[:40]!r}")
+        value = self._config_value(key, data)
+        if value is not None:
+            value = self._validate_setting(user, key, value)
+        return self.config_change(user, key, value)
+
+    def apply(self, result: WriteResult, now: float) -> WriteResult:
+        """Put a prepared write in force in memory; the store changes it made."""
+        if result.contacts is not None:
+            w = result.contacts
+            return replace(result, changes=tuple(self.apply_contacts(w.user, w.data, w.mode, now)))
+        if result.config is not None:
+            self.apply_config_change(result.config, now)
+        return result
 
     def _write_target(self, path: str) -> Node:
         """The node a write goes to: an existing writable one, or a config key being created."""
@@ -795,14 +852,23 @@ class Tree:
         return self._node(Kind.SETTING, f"{parent.path}/{name}", user, name)
 
     def unlink(self, path: str, now: float) -> ConfigChange:
-        """``rm``: only a config key can go."""
+        """``rm``: only a config key can go. Applied at once."""
+        change = self.prepare_unlink(path)
+        self.apply_config_change(change, now)
+        return change
+
+    def prepare_unlink(self, path: str) -> ConfigChange:
+        """The config edit ``rm path`` makes, not applied yet (ENOENT when not set)."""
         node = self.resolve(path)
         if node.is_dir:
             raise TreeError(errno.EISDIR, f"{node.path} is a directory")
         if node.kind is not Kind.SETTING:
             raise TreeError(errno.EPERM, f"{node.path} cannot be removed")
         assert node.user is not None and node.key is not None
-        return self.remove_config(node.user, node.key, now)
+        self._require_member(node.user)
+        if self.configs.get(node.user).get(node.key) is None:
+            raise TreeError(errno.ENOENT, f"{node.key[:40]!r} is not set")
+        return self.config_change(node.user, node.key, None)
 
     # ----------------------------------------------------------- contacts
 
@@ -843,20 +909,20 @@ class Tree:
                 raise TreeError(errno.EINVAL, f"line {number}: {e}") from None
             if not self._owns(user, b.aor):
                 raise TreeError(errno.EACCES, f"line {number}: {user} does not own AOR {b.aor!r}")
-            refused = self._contact_refused(user, b.contact)
-            if refused is not None:
-                raise TreeError(errno.EACCES, f"line {number}: {refused}")
+            if not _is_removal(b, now):
+                refused = self._refusal(user, b)
+                if refused is not None:
+                    raise TreeError(refused[0], f"line {number}: {refused[1]}")
             out.append(b)
         return out
 
-    def apply_contacts(
+    def plan_contacts(
         self, user: str, data: bytes, mode: ContactsMode, now: float
-    ) -> list[Change]:
-        """Apply a write to ``user``'s contacts through the store; the changes made.
+    ) -> list[Op]:
+        """What a write to ``user``'s contacts would change in the store; TreeError if refused.
 
-        Everything is validated before anything is changed. Removals are
-        made with :attr:`RemoveReason.ADMIN`, so the subscribers (usrloc
-        persister, wtmp) hear of them like of any other change.
+        Pure: everything is validated against the store as it is now and
+        nothing is changed. Removals carry :attr:`RemoveReason.ADMIN`.
         """
         self._require_member(user)
         if mode not in ("append", "replace"):
@@ -872,20 +938,46 @@ class Tree:
                 if not _is_removal(b, now):
                     target[ident] = b
         self._check_limit(user, wanted, target, mode, now)
-        changes: list[Change] = []
+        ops: list[Op] = []
+        if mode == "append":
+            # Line by line: a later line sees what the earlier ones did.
+            seen: dict[tuple[str, str], Binding | None] = {}
+            for b in wanted:
+                ident = (b.aor, b.key)
+                old = seen[ident] if ident in seen else self.store.get(b.aor, b.key)
+                if _is_removal(b, now):
+                    if old is not None:
+                        ops.append(Remove(b.aor, b.key, RemoveReason.ADMIN))
+                    seen[ident] = None
+                elif old is None or not _same(old, b):
+                    ops.append(b)
+                    seen[ident] = b
+        else:
+            for old in self.store.bindings_of_user(user):
+                if (old.aor, old.key) not in target:
+                    ops.append(Remove(old.aor, old.key, RemoveReason.ADMIN))
+            for b in target.values():
+                old = self.store.get(b.aor, b.key)
+                if old is None or not _same(old, b):
+                    ops.append(b)
+        return ops
+
+    def apply_contacts(
+        self, user: str, data: bytes, mode: ContactsMode, now: float
+    ) -> list[Change]:
+        """Apply a write to ``user``'s contacts through the store; the changes made.
+
+        Everything is validated before anything is changed. Removals are
+        made with :attr:`RemoveReason.ADMIN`, so the subscribers (usrloc
+        persister, wtmp) hear of them like of any other change.
+        """
+        return self.apply_ops(self.plan_contacts(user, data, mode, now), now)
+
+    def apply_ops(self, ops: Iterable[Op], now: float) -> list[Change]:
+        """Make planned contact changes, stamping the contacts files they touch."""
         self._applying = True
         try:
-            if mode == "append":
-                for b in wanted:
-                    changes.extend(self._apply_one(b, now))
-            else:
-                for old in self.store.bindings_of_user(user):
-                    if (old.aor, old.key) not in target:
-                        gone = self.store.remove(old.aor, old.key, RemoveReason.ADMIN)
-                        if gone is not None:
-                            changes.append(gone)
-                for b in target.values():
-                    changes.extend(self._apply_one(b, now))
+            changes = self.store.apply(ops)
         finally:
             self._applying = False
         touched = {c.binding.user for c in changes}
@@ -928,15 +1020,6 @@ class Tree:
                     errno.EDQUOT,
                     f"AOR {aor!r} would have {len(after)} contacts; max_contacts is {limit}",
                 )
-
-    def _apply_one(self, b: Binding, now: float) -> list[Change]:
-        old = self.store.get(b.aor, b.key)
-        if _is_removal(b, now):
-            gone = self.store.remove(b.aor, b.key, RemoveReason.ADMIN)
-            return [] if gone is None else [gone]
-        if old is not None and _same(old, b):
-            return []
-        return [self.store.upsert(b)]
 
     # ------------------------------------------------------------- config
 
@@ -1003,38 +1086,45 @@ class Tree:
         Returns the new file text for the daemon to write with
         :func:`srfs.home.write_file`; the in-memory config already holds it.
         """
-        member = self._require_member(user)
-        if key not in userconfig.KEYS:
-            raise TreeError(errno.ENOENT, f"no such setting {key[:40]!r}")
-        value = self._config_value(key, data)
-        if value is None:
-            return self._remove_config(member, key, now, missing_ok=True)
-        value = self._validate_setting(user, key, value)
-        before = self.configs.get(user)
-        if before.get(key) == value:
-            return ConfigChange(member, key, value, before.text, changed=False)
-        text = userconfig.set_value(before.text, key, value)
-        after = userconfig.parse(text)
-        self.configs.put(user, after)
-        self._stamp_config(user, before, after, now)
-        return ConfigChange(member, key, value, text, changed=True)
+        change = self._config_write(user, key, data)
+        self.apply_config_change(change, now)
+        return change
 
     def remove_config(self, user: str, key: str, now: float) -> ConfigChange:
         """``rm config/<key>``: ENOENT when the key is not set."""
-        member = self._require_member(user)
-        return self._remove_config(member, key, now, missing_ok=False)
+        self._require_member(user)
+        if self.configs.get(user).get(key) is None:
+            raise TreeError(errno.ENOENT, f"{key[:40]!r} is not set")
+        change = self.config_change(user, key, None)
+        self.apply_config_change(change, now)
+        return change
 
-    def _remove_config(self, member: User, key: str, now: float, *, missing_ok: bool) -> ConfigChange:
-        before = self.configs.get(member.name)
-        if before.get(key) is None:
-            if not missing_ok:
-                raise TreeError(errno.ENOENT, f"{key[:40]!r} is not set")
-            return ConfigChange(member, key, None, before.text, changed=False)
-        text = userconfig.remove_key(before.text, key)
-        after = userconfig.parse(text)
-        self.configs.put(member.name, after)
-        self._stamp_config(member.name, before, after, now)
-        return ConfigChange(member, key, None, text, changed=True)
+    def config_change(self, user: str, key: str, value: str | None) -> ConfigChange:
+        """The edit that sets ``key`` to ``value`` (None: removes it) in the config as it is now.
+
+        The value must be validated already. Computed again just before a
+        write reaches the disk, so two edits of one user never undo each
+        other.
+        """
+        member = self._require_member(user)
+        before = self.configs.get(user)
+        if before.get(key) == value:
+            return ConfigChange(member, key, value, before.text, changed=False)
+        if value is None:
+            text = userconfig.remove_key(before.text, key)
+        else:
+            text = userconfig.set_value(before.text, key, value)
+        return ConfigChange(member, key, value, text, changed=True)
+
+    def apply_config_change(self, change: ConfigChange, now: float) -> None:
+        """Put a config edit in force in memory (after the daemon wrote it)."""
+        if not change.changed:
+            return
+        user = change.user.name
+        before = self.configs.get(user)
+        after = userconfig.parse(change.text)
+        self.configs.put(user, after)
+        self._stamp_config(user, before, after, now)
 
 
 def _is_removal(b: Binding, now: float) -> bool:

@@ -19,23 +19,13 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .addresses import parse_host
 from .aliases import AliasProblem
 from .users import valid_name
 
 __all__ = ["Network", "TrunkMap", "parse_trunks"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    host = host.strip("[]")
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 @dataclass(frozen=True)
@@ -55,10 +45,10 @@ class TrunkMap:
         return cls(ordered, {u: tuple(ns) for u, ns in by_user.items()})
 
     def user_at(self, host: str) -> str | None:
-        """The user whose trunk ``host`` (an IP literal) belongs to, if any."""
+        """The user whose trunk ``host`` (an IP literal, any spelling) belongs to, if any."""
         if not self.networks:
             return None  # every request asks: no address parsing without trunks
-        addr = _address(host)
+        addr = parse_host(host)
         if addr is None:
             return None
         for net, user in self.networks:

@@ -126,6 +126,40 @@ def format_line(b: Binding, now: float, *, on_disk: bool = False) -> str:
     return " ".join(parts)
 
 
+# Printable ASCII without space: what a URI, an AOR and the other
+# machine-made attributes may hold once written to a file.
+_PRINTABLE_ASCII_RE = re.compile(r"[\x21-\x7e]*", re.ASCII)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character replaced by "?" (a user agent, say)."""
+    return _CONTROL_RE.sub("?", text)
+
+
+def check_binding(b: Binding) -> str | None:
+    """Why ``b`` cannot be kept as a line of ``~/.sr/usrloc``, or None.
+
+    Every way a binding enters (REGISTER, a write through ``/run/sr``, the
+    reload at start) passes this, so what is accepted is also what reloads:
+    a contact URI of the shape :func:`parse_line` takes, no control
+    characters anywhere, and a line no longer than :data:`MAX_LINE`.
+    """
+    if not _URI_RE.fullmatch(b.contact) or not _PRINTABLE_ASCII_RE.fullmatch(b.contact):
+        return "contact is not a plain sip: or sips: URI"
+    if not _AOR_RE.fullmatch(b.aor):
+        return "bad AOR"
+    for name, value in (("received", b.received), ("instance", b.instance), ("path", ",".join(b.path))):
+        if value and not _PRINTABLE_ASCII_RE.fullmatch(value.replace(" ", "")):
+            return f"control or non-ASCII characters in {name}"
+    for name, value in (("user agent", b.ua), ("call-id", b.callid)):
+        if value and _CONTROL_RE.search(value):
+            return f"control characters in {name}"
+    if len(format_line(b, b.registered, on_disk=True).encode("utf-8", "surrogateescape")) > MAX_LINE:
+        return f"contact line longer than {MAX_LINE} bytes"
+    return None
+
+
 def parse_line(line: str, *, user: str, default_aor: str, now: float) -> Binding:
     """A binding from one line. A missing ``expires`` means static."""
     if len(line) > MAX_LINE:
@@ -134,7 +168,7 @@ def parse_line(line: str, *, user: str, default_aor: str, now: float) -> Binding
     if not tokens:
         raise LineError("empty line")
     uri, *attrs = tokens
-    if not _URI_RE.fullmatch(uri):
+    if not _URI_RE.fullmatch(uri) or not _PRINTABLE_ASCII_RE.fullmatch(uri):
         raise LineError(f"not a sip: or sips: contact URI: {uri[:60]!r}")
     values: dict[str, str] = {}
     for attr in attrs:

@@ -57,6 +57,7 @@ async def main(mountpoint: str, record: str) -> None:
     records: list[dict[str, Any]] = []
 
     async def on_commit(result: WriteResult) -> None:
+        result = tree.apply(result, time.time())
         entry: dict[str, Any] = {"contacts": len(result.changes)}
         if result.config is not None:
             c = result.config

@@ -20,6 +20,7 @@ def harness(gateways: tuple[str, ...] = ()) -> Harness:
     registration = h.endpoint.server.registration
     assert registration is not None
     registration.ownership = own
+    h.rules.ownership = own
     return h
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from sipd.admission import BindingRules
 from sipd.auth import Authenticator, Throttle
 from sipd.digest import NonceManager, ha1, response
 from sipd.endpoint import Endpoint
@@ -55,12 +56,14 @@ class Harness:
         self.directory = Directory()
         self.auth = Authenticator(REALM, NonceManager(secrets.token_bytes(32), lifetime=300),
                                   throttle=Throttle(limit=5, window=60, ban=60))
+        identity = LocalIdentity(frozenset({REALM, "192.0.2.1"}), frozenset({5060}))
+        self.rules = BindingRules(identity)
         registration = Registration(
-            registrar=Registrar(RegistrarPolicy(**policy), self.store),  # type: ignore[arg-type]
+            registrar=Registrar(RegistrarPolicy(**policy), self.store,  # type: ignore[arg-type]
+                                self.rules),
             auth=self.auth,
             directory=self.directory,  # type: ignore[arg-type]
         )
-        identity = LocalIdentity(frozenset({REALM, "192.0.2.1"}), frozenset({5060}))
         self.endpoint = Endpoint(Server(identity, registration), max_message_size=65535,
                                  store=self.store)
         self.endpoint.wall_offset = 1_800_000_000.0

@@ -26,10 +26,11 @@ from srfs import users
 from srfs.calls import CallTable
 from srfs.directory import Directory
 from srfs.home import HomeError
-from srfs.location import LocationStore
+from srfs.location import Binding, LocationStore
 from srfs.usrloc import UsrlocFiles
 from srfs.wtmp import UNAVAILABLE_REASON, LoginRecorder, WtmpError
 
+from ..admission import BindingRules
 from ..auth import Authenticator, RecentAccounts
 from ..calltrack import CallTracker, acc_jobs
 from ..config import Settings
@@ -101,6 +102,7 @@ class Daemon:
     persistence: Persistence
     wtmp: WtmpSessions | None
     ownership: Ownership
+    rules: BindingRules
 
 
 def gateway_host(uri: str) -> str:
@@ -143,6 +145,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
     )
     ownership = Ownership(settings.aliases, settings.trunks,
                           gateways=[gateway_host(settings.outbound_proxy)])
+    rules = BindingRules(identity, ownership)
     auth = Authenticator(realm, NonceManager(secrets.token_bytes(32)),
                          algorithms=settings.auth_algorithms)
     directory = Directory(realm, settings.group, settings.pam_service if settings.pam else None)
@@ -157,11 +160,10 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
                 overflow=settings.overflow,
             ),
             store,
+            rules,
         ),
         auth=auth,
         directory=directory,
-        persistence=persistence,
-        write_through=settings.sync == "write-through",
         accounts=accounts,
         ownership=ownership,
     )
@@ -202,29 +204,56 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
                 wtmp = WtmpSessions(store, recorder, endpoint.emit)
             except (WtmpError, OSError) as exc:
                 log.warning("wtmp disabled: %s", exc)
-    return Daemon(settings, endpoint, store, persistence, wtmp, ownership)
+    return Daemon(settings, endpoint, store, persistence, wtmp, ownership, rules)
+
+
+#: How many of one file's refused lines are named in the log; the rest are counted.
+RELOAD_PROBLEMS_SHOWN = 3
 
 
 def reload_registrations(daemon: Daemon) -> None:
-    """Read back every SIP user's usrloc, dropping what expired meanwhile."""
+    """Read back every SIP user's usrloc, dropping what expired meanwhile.
+
+    ``~/.sr/usrloc`` belongs to its user, who may edit it while sipd is
+    down: every line passes the same rules as a REGISTER
+    (:class:`~sipd.admission.BindingRules`) and at most ``max_contacts``
+    per AOR are kept, the most recently registered. What is refused is
+    dropped, never loaded, with one log line per file.
+    """
     started = time.monotonic()
     now = time.time()
     count = 0
     members = users.members(daemon.settings.group)
+    limit = daemon.settings.max_contacts
     for user in members:
         try:
             bindings, problems = UsrlocFiles.load(user, now)
         except HomeError as exc:
             log.warning("not reloading registrations of %s: %s", user.name, exc.reason)
             continue
-        for problem in problems:
-            log.warning("%s's usrloc: %s", user.name, problem)
+        kept: dict[str, list[Binding]] = {}
         for b in bindings:
-            if b.user != user.name:
+            refused = daemon.rules.refusal(user.name, b)
+            if refused is not None:
+                problems.append(f"{b.contact[:60]!r}: {refused.reason}")
                 continue
-            daemon.store.upsert(b)
-            count += 1
-    # What was just read is what is on disk: nothing to write back.
+            kept.setdefault(b.aor, []).append(b)
+        for aor, found in kept.items():
+            if len(found) > limit:
+                found.sort(key=lambda b: b.registered, reverse=True)
+                problems.append(f"AOR {aor[:64]!r}: {len(found) - limit} contact(s) over "
+                                f"max_contacts {limit}")
+                del found[limit:]
+            for b in found:
+                daemon.store.upsert(b)
+                count += 1
+        if problems:
+            shown = "; ".join(problems[:RELOAD_PROBLEMS_SHOWN])
+            more = len(problems) - RELOAD_PROBLEMS_SHOWN
+            log.warning("%s's usrloc: %d line(s) not loaded: %s%s", user.name, len(problems),
+                        shown, f"; and {more} more" if more > 0 else "")
+    # What was just read is what is on disk: nothing to write back. A file
+    # that held refused lines loses them with the user's next change.
     daemon.persistence.forget_changes()
     log.info("reloaded %d registration(s) of %d SIP user(s) in %.2f s", count, len(members),
              time.monotonic() - started)
@@ -260,8 +289,9 @@ async def run(settings: Settings) -> None:
             tcp_message_timeout=settings.tcp_message_timeout,
         )
         daemon.endpoint.transport_stats = transports.stats
-        await trio.to_thread.run_sync(reload_registrations, daemon)
+        # The alias map and trunks first: the reload checks every line against them.
         daemon.ownership.apply(await trio.to_thread.run_sync(daemon.ownership.load))
+        await trio.to_thread.run_sync(reload_registrations, daemon)
     except BaseException:
         for _, sock in bound:
             sock.close()
@@ -271,7 +301,7 @@ async def run(settings: Settings) -> None:
         from .statefs import StateFs
 
         statefs = StateFs(settings, daemon.endpoint, transports, started=time.time(),
-                          ownership=daemon.ownership)
+                          ownership=daemon.ownership, rules=daemon.rules)
         await trio.to_thread.run_sync(statefs.load)
     tune_gc()
     async with trio.open_nursery() as nursery:

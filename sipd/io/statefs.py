@@ -17,6 +17,7 @@ daemon and carries their results to the disk:
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import time
@@ -28,17 +29,17 @@ import trio
 from srfs import home, userconfig, users
 from srfs.fuse import SrFs, serve
 from srfs.home import FileCache, HomeError
-from srfs.tree import Stat, StatKind, Tree, WriteResult
+from srfs.location import Binding, Op
+from srfs.tree import ConfigChange, ContactsWrite, Stat, StatKind, Tree, TreeError, WriteResult
 from srfs.users import User
 
 from .. import __version__
+from ..admission import BindingRules
 from ..config import Settings
 from ..endpoint import Endpoint
 from ..ownership import Ownership
-from ..sip.errors import ParseError
-from ..sip.uri import SipURI, parse_uri
-from ..work import Job
-from .transport import Transports
+from ..work import Outcome
+from .transport import Action, Transports
 
 log = logging.getLogger("sipd.statefs")
 
@@ -50,31 +51,29 @@ def _config_text(data: bytes) -> str:
     return userconfig.decode(data)
 
 
-def _ownership_hooks(ownership: Ownership | None) -> dict[str, Any]:
-    """The tree's view of the alias map; read at each lookup, so reloads show at once."""
-    if ownership is None:
-        return {}
+def _ownership_hooks(ownership: Ownership | None, rules: BindingRules | None) -> dict[str, Any]:
+    """The tree's view of the alias map and the binding rules; read at each
+    lookup, so reloads show at once."""
+    hooks: dict[str, Any] = {}
+    if rules is not None:
+        def refusal(user: str, b: Binding) -> tuple[int, str] | None:
+            refused = rules.refusal(user, b)
+            return None if refused is None else (refused.errno, refused.reason)
 
-    def contact_refused(user: str, contact: str) -> str | None:
-        try:
-            uri = parse_uri(contact)
-        except ParseError:
-            return None  # the line parser has accepted it; nothing to compare
-        if not isinstance(uri, SipURI):
-            return None
-        return ownership.contact_refused(user, uri.host)
-
-    return {
-        "owns": ownership.owns,
-        "aliases_of": ownership.names_of,
-        "alias_map": lambda: ownership.aliases.render(),
-        "contact_refused": contact_refused,
-    }
+        hooks["refusal"] = refusal
+    if ownership is not None:
+        hooks.update(
+            owns=ownership.owns,
+            aliases_of=ownership.names_of,
+            alias_map=lambda: ownership.aliases.render(),
+        )
+    return hooks
 
 
 class StateFs:
     def __init__(self, settings: Settings, endpoint: Endpoint, transports: Transports,
-                 started: float, ownership: Ownership | None = None) -> None:
+                 started: float, ownership: Ownership | None = None,
+                 rules: BindingRules | None = None) -> None:
         self.settings = settings
         self.endpoint = endpoint
         self.transports = transports
@@ -89,13 +88,18 @@ class StateFs:
             statistics=self.statistics,
             started=started,
             calls_of=self._calls_of,
-            **_ownership_hooks(ownership),
+            **_ownership_hooks(ownership, rules),
         )
         if endpoint.tracker is not None:
             endpoint.tracker.calls.subscribe(
                 lambda change: self.tree.touch(f"/{change.call.user}/calls", time.time())
             )
         self._configs = FileCache("config", _config_text)
+        self._config_locks: dict[str, trio.Lock] = {}
+        #: Per user, odd while a config write through the tree is under way,
+        #: two more after each: the poll must not put back what the file
+        #: said before such a write.
+        self._config_writes: dict[str, int] = {}
         self._ownership = ownership
         self.ops: SrFs | None = None
 
@@ -133,6 +137,7 @@ class StateFs:
     async def refresh_loop(self) -> None:
         while True:
             await trio.sleep(REFRESH_INTERVAL)
+            writes = dict(self._config_writes)
             try:
                 members = tuple(await trio.to_thread.run_sync(users.members, self.settings.group))
                 configs = await trio.to_thread.run_sync(self._read_configs, members)
@@ -148,36 +153,101 @@ class StateFs:
                 log.info("%s left group %s", name, self.settings.group)
                 self.tree.forget_config(name)
             for user, text in configs:
+                count = self._config_writes.get(user.name, 0)
+                if count != writes.get(user.name, 0) or count % 2:
+                    # Read while a write through the tree was under way: what
+                    # it says may be older than what that write acknowledged.
+                    continue
                 self._take_config(user, text, now)
 
     # ------------------------------------------------------------ outputs
 
     async def on_commit(self, result: WriteResult) -> None:
-        """A write through the tree changed something."""
+        """Make a validated write through the tree durable, then put it in force.
+
+        Raises OSError with the errno the writer should see (EINVAL for an
+        alias clash, ENOSPC or EIO when ``~/.sr`` cannot be written); then
+        nothing of the write is in force.
+        """
         if result.aliases is not None and self._ownership is not None:
-            # Raises OSError (EINVAL for a clash): the writer sees it.
             ownership, write = self._ownership, result.aliases
             loaded = await trio.to_thread.run_sync(
                 lambda: ownership.write_aliases(write.data, append=write.append)
             )
             ownership.apply(loaded)
-        change = result.config
-        if change is not None and change.changed:
-            user, data = change.user, change.data
+        if result.config is not None and result.config.changed:
+            await self._commit_config(result.config)
+        if result.contacts is not None:
+            await self._commit_contacts(result.contacts)
+
+    def _config_lock(self, user: str) -> trio.Lock:
+        lock = self._config_locks.get(user)
+        if lock is None:
+            lock = self._config_locks[user] = trio.Lock()
+        return lock
+
+    async def _commit_config(self, change: ConfigChange) -> None:
+        user = change.user
+        async with self._config_lock(user.name):
+            # Against the file as it is now: a hand edit the poll has not
+            # seen yet is kept, and two edits through the tree never undo
+            # each other.
+            self._config_writes[user.name] = self._config_writes.get(user.name, 0) + 1
             try:
-                await trio.to_thread.run_sync(
-                    lambda: home.write_file(user, "config", data, fsync=True)
-                )
-            except HomeError as exc:
-                log.error("cannot write %s's ~/.sr/config: %s", user.name, exc.reason)
-        # Contacts changed the store: write them now, not at the next SIP
-        # message, and (for writes that commit at close) before close()
-        # returns, so `echo ... >> contacts && cat ~/.sr/usrloc` agree.
-        for action in self.endpoint.take_pending(trio.current_time()):
-            if isinstance(action, Job) and action.queue is None:
-                await self.transports.run_job(action)
-            else:
-                self.transports.send([action])
+                await self._write_config(user, change)
+            finally:
+                self._config_writes[user.name] += 1
+
+    async def _write_config(self, user: User, change: ConfigChange) -> None:
+        try:
+            text = await trio.to_thread.run_sync(self._configs.get, user)
+        except HomeError as exc:
+            raise OSError(exc.errno, exc.reason) from None
+        self._take_config(user, text, time.time())
+        try:
+            current = self.tree.config_change(user.name, change.key, change.value)
+        except TreeError as exc:
+            raise OSError(exc.errno, exc.reason) from None
+        if not current.changed:
+            return
+        try:
+            await trio.to_thread.run_sync(
+                lambda: home.write_file(user, "config", current.data, fsync=True)
+            )
+        except HomeError as exc:
+            log.warning("write to /run/sr/%s/config/%s refused: cannot write ~/.sr/config: %s",
+                        user.name, change.key, exc.reason)
+            raise OSError(exc.errno, exc.reason) from None
+        self.tree.apply_config_change(current, time.time())
+
+    async def _commit_contacts(self, write: ContactsWrite) -> None:
+        persistence = self.endpoint.persistence
+        if persistence is None:
+            self.tree.apply(WriteResult(contacts=write), time.time())
+            return
+        done = trio.Event()
+        outcome: list[Outcome] = []
+        tree = self.tree
+
+        def plan(wall: float) -> list[Op]:
+            return tree.plan_contacts(write.user, write.data, write.mode, wall)
+
+        def finish(result: Outcome, now: float) -> list[Action]:
+            outcome.append(result)
+            done.set()
+            return []
+
+        self.transports.send(persistence.commit(write.user, plan, finish, trio.current_time()))
+        await done.wait()
+        error = outcome[0].error
+        if isinstance(error, TreeError):
+            raise OSError(error.errno, error.reason)
+        if error is not None:
+            log.warning("write to /run/sr/%s/contacts refused: cannot write ~/.sr/usrloc: %s",
+                        write.user, error)
+            raise OSError(getattr(error, "errno", None) or errno.EIO, str(error))
+        # Other users' files an AOR hand-over touched, wtmp records: now.
+        self.transports.send(self.endpoint.take_pending(trio.current_time()))
 
     def statistics(self) -> list[Stat]:
         ep = self.endpoint

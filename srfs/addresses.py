@@ -1,0 +1,64 @@
+"""Host strings as the network will read them: addresses compared as addresses.
+
+A rule such as "no contact at a trunk's address" is only as good as its
+comparison. The C resolver, which is what finally sends a datagram, reads
+``127.3``, ``127.000.000.002``, ``0x7f.1`` and ``2130706433`` as IPv4
+addresses (``inet_aton(3)`` forms), and an IPv4-mapped IPv6 address reaches
+the IPv4 host; :mod:`ipaddress` refuses all of those as strings. So every
+rule compares the value :func:`parse_host` gives, never the text.
+
+Pure: no name resolution here (a name is None; the caller resolves it where
+blocking is allowed and compares the result again).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+
+__all__ = ["IPAddress", "is_unicast", "parse_host"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# What inet_aton(3) takes: one to four parts, each decimal, octal (leading
+# 0) or hexadecimal (0x). Anything else that is not an IP literal is a name.
+_INET_ATON_RE = re.compile(
+    r"(?:0[xX][0-9A-Fa-f]*|[0-9]+)(?:\.(?:0[xX][0-9A-Fa-f]*|[0-9]+)){0,3}", re.ASCII
+)
+
+
+def parse_host(host: str) -> IPAddress | None:
+    """The address ``host`` denotes, or None when it is a name (or nonsense).
+
+    Brackets and an IPv6 zone are dropped; an IPv4-mapped IPv6 address is
+    its IPv4 address; the legacy IPv4 forms are read as the resolver reads
+    them.
+    """
+    text = host.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    text = text.split("%", 1)[0]
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        if not _INET_ATON_RE.fullmatch(text):
+            return None
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(text))
+        except OSError:
+            return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def is_unicast(addr: IPAddress) -> bool:
+    """An address one host answers at: not multicast, broadcast or unspecified.
+
+    A contact at any of those would make one request reach many hosts, or
+    this one.
+    """
+    if addr.is_multicast or addr.is_unspecified:
+        return False
+    return not (isinstance(addr, ipaddress.IPv4Address) and addr == ipaddress.IPv4Address("255.255.255.255"))
