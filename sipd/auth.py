@@ -38,6 +38,11 @@ from .sip.message import Request
 
 log = logging.getLogger("sipd.auth")
 
+#: How long after its request a failed authentication is answered, whatever
+#: the look-ups cost (NSS, the SIP group, PAM, ``~/.sr/passwd``): an unknown
+#: user, a user outside the group and a wrong password take the same time.
+AUTH_FAILURE_DELAY = 0.5
+
 
 @dataclass
 class AuthStats:

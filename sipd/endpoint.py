@@ -11,6 +11,8 @@ The one place where a :class:`SipError` becomes a response is here.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from dataclasses import dataclass, fields
 from typing import Any
@@ -35,7 +37,7 @@ from .sip.transaction import (
     TransactionLayer,
 )
 from .sip.uri import SipURI
-from .work import Commit, Defer, Job, Outcome
+from .work import Commit, Defer, Job, Later, Outcome
 
 Action = Outgoing | Job
 
@@ -140,6 +142,9 @@ class Endpoint:
         self.stats = EndpointStats()
         self.transport_stats: Any = None
         self._pending: list[Action] = []
+        #: Responses held back until their time (:class:`~sipd.work.Later`).
+        self._later: list[tuple[float, int, ServerTransaction, Response]] = []
+        self._later_seq = itertools.count()
         #: Live TCP connections by remote address: how the proxy reaches a
         #: phone on the connection it registered over.
         self._tcp_peers: dict[tuple[str, int], Peer] = {}
@@ -183,6 +188,8 @@ class Endpoint:
             self.stats.keepalives += 1
             return []
         self.stats.messages_in += 1
+        if self.proxy is not None:
+            self.proxy.destinations.heard_from(peer.host, peer.port)
         if peer.reliable:
             self._tcp_peers[(peer.host, peer.port)] = peer
         if len(data) > self.max_message_size:
@@ -264,6 +271,9 @@ class Endpoint:
 
     def handle_timer(self, now: float) -> list[Action]:
         out = self._run(self.transactions.handle_timer(now), now)
+        while self._later and self._later[0][0] <= now:
+            _, _, txn, resp = heapq.heappop(self._later)
+            out.extend(self._run(self.transactions.server_respond(txn, resp, now), now))
         if self.proxy is not None:
             out.extend(self._run_proxy(self.proxy.handle_timer(now), now))
         if self.store is not None:
@@ -277,6 +287,8 @@ class Endpoint:
 
     def get_timer(self) -> float | None:
         deadlines = [self.transactions.get_timer()]
+        if self._later:
+            deadlines.append(self._later[0][0])
         if self.proxy is not None:
             deadlines.append(self.proxy.get_timer())
         if self.store is not None:
@@ -374,6 +386,13 @@ class Endpoint:
             return [Job(defer.run, done, name=defer.name)]
         if isinstance(reply, Commit):
             return self._commit(txn, reply, now)
+        if isinstance(reply, Later):
+            due = reply.not_before - self.wall_offset
+            if due > now:
+                heapq.heappush(self._later, (due, next(self._later_seq), txn, reply.response))
+                return []
+            reply = reply.response
+        assert isinstance(reply, Response)
         return self._run(self.transactions.server_respond(txn, reply, now), now)
 
     def _commit(self, txn: ServerTransaction, commit: Commit, now: float) -> list[Action]:

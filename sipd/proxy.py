@@ -28,10 +28,11 @@ from typing import Any, Protocol, TypeAlias
 from srfs.location import Binding, Change, ChangeKind, LocationStore, contact_key
 from srfs.userconfig import UserConfig
 
-from .auth import Authenticator, RecentAccounts
+from .auth import AUTH_FAILURE_DELAY, Authenticator, RecentAccounts
 from .callerid import FromPolicy, OutboundIdentity, outbound_identity, privacy_requested
 from .digest import AuthResult, Credentials, NotDigest, parse_credentials
 from .identity import LocalIdentity
+from .limits import Destinations, SourceBudget
 from .ownership import Ownership
 from .peer import Outgoing, Peer
 from .registrar import aor_of
@@ -77,6 +78,11 @@ CANCEL_WAIT = 32.0
 DEFAULT_RING_TIMEOUT = 20
 #: Unconditional forwards followed in a row before the call is refused.
 MAX_FORWARD_CHAIN = 5
+#: Branches one request may ever have (every q group and forward counted):
+#: what one request can make the proxy send is bounded by this.
+MAX_BRANCHES = 32
+#: RFC 5393 §5: the breadth a request without Max-Breadth starts with.
+DEFAULT_MAX_BREADTH = 60
 _BRANCH_PREFIX = MAGIC_COOKIE + "sr"
 
 
@@ -126,6 +132,8 @@ class Branch:
     cancel_wanted: bool = False
     superseded: bool = False
     timer_c: _Timer | None = None
+    unanswered: bool = False
+    """Counted in :class:`~sipd.limits.Destinations` until its first answer."""
 
 
 @dataclass
@@ -153,6 +161,15 @@ class Context:
     base: Request | None = None
     identity: OutboundIdentity | None = None
     """What a call from a local user asserts (P-Asserted-Identity)."""
+    arrived: float = 0.0
+    breadth: int = DEFAULT_MAX_BREADTH
+    """RFC 5393 Max-Breadth: parallel branches this request may still have."""
+    sent: int = 0
+    """Branches sent so far (at most :data:`MAX_BRANCHES`)."""
+    target_tag: str = "x"
+    """The local user this request is routed to, hashed into our Via branch:
+    the same request coming back for the same user is a loop."""
+    answer_timer: _Timer | None = None
 
     @property
     def is_invite(self) -> bool:
@@ -179,6 +196,8 @@ class ProxyStats:
     proxy_loops: int = 0
     proxy_errors: int = 0
     proxy_trunk_calls: int = 0
+    proxy_branches_refused: int = 0
+    proxy_unknown_throttled: int = 0
 
 
 def _branch_key(req: Request) -> str:
@@ -232,6 +251,10 @@ class Proxy:
         #: Tells live TCP connections by remote address, so a phone is reached
         #: on the connection it registered over; set by the endpoint.
         self.tcp_peer: Callable[[str, int], Peer | None] = lambda host, port: None
+        #: Next hops that do not answer get a bounded number of requests.
+        self.destinations = Destinations()
+        #: Unauthenticated requests for users who are not there, per source.
+        self.unknown_budget = SourceBudget()
         self._contexts: dict[ServerTransaction, Context] = {}
         self._branches: dict[ClientTransaction, Branch] = {}
         self._heap: list[tuple[float, int, _Timer]] = []
@@ -313,7 +336,7 @@ class Proxy:
         """A new request for the proxy, in its server transaction."""
         self._now = now
         self.stats.proxy_requests += 1
-        ctx = Context(txn, req, source)
+        ctx = Context(txn, req, source, arrived=now)
         self._contexts[txn] = ctx
         out: list[ProxyAction] = []
         if req.method == "INVITE":
@@ -336,6 +359,7 @@ class Proxy:
         if self._looped(req):
             self.stats.proxy_loops += 1
             raise SipError(482, "Loop Detected")
+        ctx.breadth = _max_breadth(req)
         fwd = req.copy()
         if "P-Asserted-Identity" in fwd and not self._trusted_source(ctx.source.host):
             # RFC 3325 §5: an identity asserted by an untrusted source means nothing.
@@ -381,18 +405,30 @@ class Proxy:
             return False
         return uri.port is None or uri.port in self.identity.ports
 
-    def _looped(self, req: Request) -> bool:
-        key = None
+    def _our_branches(self, req: Request) -> list[list[str]]:
+        """The parts of the branch IDs of the Vias this proxy put on ``req``."""
+        found = []
         for via in req.vias:
             branch = via.branch or ""
-            if not branch.startswith(_BRANCH_PREFIX):
-                continue
-            if not self.addresses.is_mine(via.host, via.port):
-                continue
-            key = key or _branch_key(req)
-            if branch[len(_BRANCH_PREFIX):].split(".", 1)[0] == key:
-                return True
-        return False
+            if branch.startswith(_BRANCH_PREFIX) and self.addresses.is_mine(via.host, via.port):
+                found.append(branch[len(_BRANCH_PREFIX):].split("."))
+        return found
+
+    def _looped(self, req: Request) -> bool:
+        """RFC 3261 §16.3 item 4: the very same request came back."""
+        ours = self._our_branches(req)
+        if not ours:
+            return False
+        key = _branch_key(req)
+        return any(parts[0] == key for parts in ours)
+
+    def _passed_before(self, req: Request, tag: str) -> bool:
+        """RFC 5393 §4.2: ``req`` was already routed here to the same local user.
+
+        A spiral that comes back changed is allowed by §16.3, but one that
+        ends at the same user again would fork again, and again.
+        """
+        return any(len(parts) >= 3 and parts[1] == tag for parts in self._our_branches(req))
 
     def _strip_own_routes(self, fwd: Request) -> bool:
         """§16.4: a strict router's request comes with our URI as Request-URI;
@@ -480,6 +516,14 @@ class Proxy:
 
         return [Defer(lambda: lookup(name, source.host), looked_up, name=f"account {name}")]
 
+    def _answer_at(self, ctx: Context, due: float, now: float,
+                   answer: Callable[[float], list[ProxyAction]]) -> list[ProxyAction]:
+        """Send ``answer`` no earlier than ``due`` (monotonic)."""
+        if due <= now:
+            return answer(now)
+        ctx.answer_timer = self._arm(due - now, now, answer)
+        return []
+
     def _challenge(self, ctx: Context, wall: float, stale: bool = False) -> list[ProxyAction]:
         headers = self.auth.challenge_headers(True, wall, stale)
         resp = make_response(ctx.request, 407, "Proxy Authentication Required",
@@ -493,12 +537,19 @@ class Proxy:
             raise SipError(500, "User database unavailable")
         account = outcome.value
         result = self.auth.check(creds, ctx.request, account, ctx.source, self.wall(now))
+        if result is AuthResult.FAILED:
+            return self._answer_at(ctx, ctx.arrived + AUTH_FAILURE_DELAY, now,
+                                   lambda t: self._challenge(ctx, self.wall(t)))
         if result is not AuthResult.OK:
             return self._challenge(ctx, self.wall(now), result is AuthResult.STALE)
         _drop_our_credentials(fwd, self.auth.realm)
         return self._caller_known(ctx, fwd, account.user.name, now)
 
     # ------------------------------------------------------------ identity
+
+    def _unauthenticated(self, ctx: Context) -> bool:
+        """A request nobody vouched for: no digest, no trusted trunk."""
+        return ctx.caller is None and not self._trusted_source(ctx.source.host)
 
     def _owns(self, user: str, aor: str) -> bool:
         ownership = self.ownership
@@ -627,6 +678,11 @@ class Proxy:
                   now: float) -> list[ProxyAction]:
         """A request for a local AOR: settings of callee (and caller), then its bindings."""
         aor = aor_of(target)
+        if self._unauthenticated(ctx) and not self.unknown_budget.available(
+                ctx.source.host, self.wall(now)):
+            # The same answer as for a user who is not there, without looking.
+            self.stats.proxy_unknown_throttled += 1
+            raise SipError(480, "Temporarily Unavailable")
         lookup = self.user_lookup
         identity = self.identity
         # A DID or alias: its owner's settings, its own bindings if any.
@@ -669,8 +725,18 @@ class Proxy:
         if len(chain) > MAX_FORWARD_CHAIN:
             raise SipError(482, "Forwarding loop")
         name, known, config = chain[-1]
+        unauthenticated = self._unauthenticated(ctx) and not in_dialog
         if not known and not self.store.lookup(name):
+            if unauthenticated:
+                # Who exists is not told to strangers: the same answer as
+                # for a user with no phone, and it costs the source a token.
+                self.unknown_budget.spend(ctx.source.host, self.wall(now))
+                raise SipError(480, "Temporarily Unavailable")
             raise SipError(404, "Not Found")
+        ctx.target_tag = _target_tag(name)
+        if not in_dialog and self._passed_before(ctx.request, ctx.target_tag):
+            self.stats.proxy_loops += 1
+            raise SipError(482, "Loop Detected")
         ctx.callee = chain[0][0] if chain[0][1] else None
         if not in_dialog and ctx.is_invite and config.flag("dnd"):
             raise SipError(486, "Busy Here")
@@ -693,6 +759,8 @@ class Proxy:
         else:
             groups = self._binding_groups(name, now)
         if not groups:
+            if unauthenticated:
+                self.unknown_budget.spend(ctx.source.host, self.wall(now))
             raise SipError(480, "Temporarily Unavailable")
         self._assert_identity(ctx, fwd, trusted_hop=False)
         noanswer = config.get("forward_noanswer") if ctx.is_invite and not in_dialog else None
@@ -704,9 +772,12 @@ class Proxy:
 
         With ``dialled``, each Request-URI carries that number as its user
         part, so a PBX behind one trunk registration can route many DIDs.
+        A binding whose user no longer owns its AOR (the alias map changed)
+        gets no calls.
         """
         wall = self.wall(now)
-        live = [b for b in self.store.lookup(aor) if b.expires is None or b.expires > wall]
+        live = [b for b in self.store.lookup(aor)
+                if (b.expires is None or b.expires > wall) and self._owns(b.user, b.aor)]
         groups: dict[float, list[Target]] = {}
         for b in sorted(live, key=lambda b: -b.q):
             try:
@@ -784,15 +855,50 @@ class Proxy:
                 return self._safely(ctx, lambda: self._fork(ctx, found, mono))
 
             return [Defer(resolve_all, resolved, name="resolve")]
-        out: list[ProxyAction] = []
+        sendable: list[Target] = []
         for t in targets:
-            out.extend(self._send_branch(ctx, t, now))
+            refused = self._target_refusal(t, now)
+            if refused is not None:
+                self.stats.proxy_branches_refused += 1
+                log.info("not sending %s to %s: %s", ctx.request.method, t.dest, refused[1])
+                ctx.responses.append((self._reply(ctx, *refused), True))
+            else:
+                sendable.append(t)
+        room = min(ctx.breadth, MAX_BRANCHES - ctx.sent)
+        if len(sendable) > room:
+            self.stats.proxy_branches_refused += len(sendable) - room
+            log.warning("%s %s: %d branch(es) over the limit not sent", ctx.request.method,
+                        ctx.request.call_id[:64], len(sendable) - room)
+            if room <= 0 and not ctx.responses:
+                ctx.responses.append((self._reply(ctx, 440, "Max-Breadth Exceeded"), True))
+            sendable = sendable[:max(room, 0)]
+        if not sendable:
+            return self._maybe_done(ctx, now)
+        breadth = max(1, ctx.breadth // len(sendable))
+        out: list[ProxyAction] = []
+        for t in sendable:
+            out.extend(self._send_branch(ctx, t, now, breadth))
         return out
 
-    def _send_branch(self, ctx: Context, t: Target, now: float) -> list[ProxyAction]:
+    def _target_refusal(self, t: Target, now: float) -> tuple[int, str] | None:
+        """Why a branch must not go to ``t`` (its next hop is resolved)."""
+        dest = t.dest
+        assert dest is not None
+        if self.identity.is_own_address(dest.host, dest.port):
+            # A contact or route that leads back here would fork again.
+            self.stats.proxy_loops += 1
+            return 482, "Loop Detected"
+        why = self.destinations.refusal((dest.transport, dest.host, dest.port), now)
+        if why is not None:
+            return 480, "Temporarily Unavailable"
+        return None
+
+    def _send_branch(self, ctx: Context, t: Target, now: float,
+                     breadth: int = DEFAULT_MAX_BREADTH) -> list[ProxyAction]:
         base = ctx.base
         assert base is not None and t.dest is not None
         req = base.copy()
+        req.set("Max-Breadth", str(breadth))
         req.uri_text = t.uri
         req._uri = None
         if t.routes:
@@ -802,12 +908,14 @@ class Proxy:
         if req.method in DIALOG_METHODS and ctx.request.to.tag is None:
             self._record_route(req, ctx.source, t.dest, hostport)
         key = _branch_key(ctx.request)
-        branch = f"{_BRANCH_PREFIX}{key}.{next(self._seq)}"
+        branch = f"{_BRANCH_PREFIX}{key}.{ctx.target_tag}.{next(self._seq)}"
         req.prepend("Via", f"SIP/2.0/{t.dest.transport.upper()} {hostport};branch={branch};rport")
         txn, events = self.transactions.client_request(req, t.dest, t.dest.reliable, now)
-        b = Branch(ctx, txn, req, t.dest)
+        b = Branch(ctx, txn, req, t.dest, unanswered=True)
         ctx.branches.append(b)
+        ctx.sent += 1
         self._branches[txn] = b
+        self.destinations.sent(_dest_key(t.dest))
         self.stats.proxy_branches += 1
         if req.method == "INVITE":
             b.timer_c = self._arm(TIMER_C, now, lambda t_: self._timer_c(b, t_))
@@ -844,6 +952,7 @@ class Proxy:
             if lost is None:
                 return []
             failed = lost
+            self._settle(failed, now, timed_out=isinstance(event, Timeout))
             status, reason = (408, "Request Timeout") if isinstance(event, Timeout) else (
                 503, "Service Unavailable")
             return self._safely(failed.ctx, lambda: self._branch_failed(failed, status, reason, now))
@@ -852,6 +961,7 @@ class Proxy:
             if isinstance(ended, ClientTransaction):
                 gone = self._branches.pop(ended, None)
                 if gone is not None:
+                    self._settle(gone, now)
                     self._disarm(gone.timer_c)
                     self._maybe_forget(gone.ctx)
             elif isinstance(ended, ServerTransaction):
@@ -866,9 +976,15 @@ class Proxy:
             self._contexts.pop(ctx.server, None)
             _release(ctx)
 
+    def _settle(self, b: Branch, now: float, *, timed_out: bool = False) -> None:
+        if b.unanswered:
+            b.unanswered = False
+            self.destinations.settled(_dest_key(b.dest), timed_out=timed_out, now=now)
+
     def _on_response(self, b: Branch, resp: Response, now: float) -> list[ProxyAction]:
         ctx = b.ctx
         status = resp.status
+        self._settle(b, now)
         out: list[ProxyAction] = []
         if status < 200:
             if status == 100:
@@ -1146,6 +1262,25 @@ class Proxy:
 # ---------------------------------------------------------------- helpers
 
 
+def _dest_key(dest: Peer) -> tuple[str, str, int]:
+    return (dest.transport, dest.host, dest.port)
+
+
+def _target_tag(user: str) -> str:
+    return hashlib.blake2s(user.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+
+
+def _max_breadth(req: Request) -> int:
+    """RFC 5393 §5: the request's Max-Breadth, or the default; 400 if malformed."""
+    text = req.get("Max-Breadth")
+    if text is None:
+        return DEFAULT_MAX_BREADTH
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise SipError(400, "Bad Max-Breadth header")
+    return min(int(text), DEFAULT_MAX_BREADTH)
+
+
 def _tag(req: Request) -> str:
     """A To tag for our own answers to ``req``: the same on a retransmission."""
     return hashlib.blake2s(f"{req.call_id}|{req.cseq.seq}|{_from_tag(req)}".encode(),
@@ -1201,13 +1336,14 @@ def _release(ctx: Context) -> None:
     hundreds of thousands of such objects between full collections, and
     each full collection then stops the event loop for a second.
     """
-    for timer in (ctx.ring_timer, ctx.cancel_timer, *(b.timer_c for b in ctx.branches)):
+    for timer in (ctx.ring_timer, ctx.cancel_timer, ctx.answer_timer,
+                  *(b.timer_c for b in ctx.branches)):
         if timer is not None:
             timer.cancelled = True
             timer.fire = _spent
     for b in ctx.branches:
         b.timer_c = None
-    ctx.ring_timer = ctx.cancel_timer = None
+    ctx.ring_timer = ctx.cancel_timer = ctx.answer_timer = None
     ctx.branches = []
     ctx.later_groups = []
     ctx.base = None

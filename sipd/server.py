@@ -22,7 +22,7 @@ from typing import TypeAlias
 from srfs.directory import Account, Directory
 from srfs.location import Op
 
-from .auth import Authenticator, RecentAccounts
+from .auth import AUTH_FAILURE_DELAY, Authenticator, RecentAccounts
 from .digest import AuthResult, Credentials
 from .identity import LocalIdentity
 from .ownership import Ownership
@@ -31,7 +31,7 @@ from .registrar import REGISTRAR_EXTENSIONS, Registrar, aor_of
 from .sip.errors import SipError
 from .sip.message import Request, Response, make_response
 from .sip.uri import SipURI, TelURI
-from .work import Commit, Defer, Outcome
+from .work import Commit, Defer, Later, Outcome
 
 log = logging.getLogger("sipd.server")
 
@@ -39,7 +39,7 @@ log = logging.getLogger("sipd.server")
 PROXY_ORDER = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "PRACK", "UPDATE", "INFO", "MESSAGE",
                "REFER", "SUBSCRIBE", "NOTIFY")
 
-Reply: TypeAlias = "Response | Defer | Commit | None"
+Reply: TypeAlias = "Response | Defer | Commit | Later | None"
 
 
 @dataclass
@@ -167,14 +167,16 @@ class Server:
         if accounts is not None:
             hit, known = accounts.get(name, wall)
             if hit:
-                return self._register_checked(req, reg, creds, aor, Outcome(known), peer, wall)
+                return self._register_checked(req, reg, creds, aor, Outcome(known), peer, wall,
+                                              wall)
         directory = reg.directory
 
         def looked_up(outcome: Outcome, wall2: float) -> Reply:
             if accounts is not None and outcome.error is None:
                 accounts.put(name, outcome.value, wall2)
             return self.guard(
-                req, lambda: self._register_checked(req, reg, creds, aor, outcome, peer, wall2)
+                req, lambda: self._register_checked(req, reg, creds, aor, outcome, peer, wall2,
+                                                    wall)
             )
 
         return Defer(lambda: directory.account(name, peer.host), looked_up, name=f"account {name}")
@@ -188,15 +190,18 @@ class Server:
         outcome: Outcome,
         peer: Peer,
         wall: float,
+        arrived: float,
     ) -> Reply:
         if outcome.error is not None:
             log.error("cannot look up user %r: %s", creds.username[:64], outcome.error)
             raise SipError(500, "User database unavailable")
         account: Account | None = outcome.value
         result = reg.auth.check(creds, req, account, peer, wall)
-        if result is not AuthResult.OK:
-            stale = result is AuthResult.STALE
-            return self.reply(req, 401, "Unauthorized", reg.auth.challenge_headers(False, wall, stale))
+        if result is AuthResult.FAILED:
+            return Later(self.reply(req, 401, "Unauthorized", reg.auth.challenge_headers(False, wall)),
+                         arrived + AUTH_FAILURE_DELAY)
+        if result is AuthResult.STALE:
+            return self.reply(req, 401, "Unauthorized", reg.auth.challenge_headers(False, wall, True))
         assert account is not None
         user = account.user.name
         ownership = reg.ownership

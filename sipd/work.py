@@ -93,3 +93,15 @@ class Commit:
     plan: Callable[[float], Sequence[Op]]
     then: Callable[[Outcome, float], Any]
     name: str = "commit"
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """A transaction user's response to send no earlier than ``not_before`` (wall clock).
+
+    A failed authentication is answered at a fixed time after its request,
+    so the answer's timing does not tell what the look-ups found.
+    """
+
+    response: Any
+    not_before: float

@@ -13,7 +13,7 @@ from sipd.digest import NonceManager, ha1, response
 from sipd.endpoint import Endpoint
 from sipd.identity import LocalIdentity
 from sipd.peer import Outgoing, Peer
-from sipd.proxy import TIMER_C, Proxy, ProxyPolicy, _branch_key
+from sipd.proxy import AUTH_FAILURE_DELAY, TIMER_C, Proxy, ProxyPolicy, _branch_key
 from sipd.server import Server
 from sipd.sip.message import Request, Response, make_response, parse
 from sipd.sip.transaction import TransactionLayer
@@ -311,15 +311,29 @@ def test_a_request_that_comes_back_unchanged_is_a_loop() -> None:
     assert responses(out) == [100, 482]
 
 
-def test_a_spiral_is_not_a_loop() -> None:
+def test_a_spiral_to_another_user_is_not_a_loop() -> None:
     net = Net()
     net.bind("bob", BOB1)
+    net.bind("alice", Peer("udp", "192.0.2.21", 5070, conn=0))
     (fwd, _), = start_call(net)
-    # Back with a new Request-URI (bob's contact, as a spiral would bring it).
-    fwd.uri_text = f"sip:bob@{REALM};spiral=1"
+    # Back with a new Request-URI (a service at bob's contact sent it on to alice).
+    fwd.uri_text = f"sip:alice@{REALM}"
     fwd._uri = None
     out = net.send(fwd, Peer("udp", "192.0.2.1", 5060, conn=1))
     assert 482 not in responses(out)
+    assert any(req.uri_text.startswith("sip:alice@") for req, _ in requests(out))
+
+
+def test_a_spiral_back_to_the_same_user_is_a_loop() -> None:
+    """RFC 5393 §4.2: a request routed here to bob that comes back for bob would
+    fork again on every pass; the first return is refused."""
+    net = Net()
+    net.bind("bob", BOB1)
+    (fwd, _), = start_call(net)
+    fwd.uri_text = f"sip:bob@{REALM};spiral=1"
+    fwd._uri = None
+    out = net.send(fwd, Peer("udp", "192.0.2.1", 5060, conn=1))
+    assert responses(out) == [100, 482]
 
 
 # ------------------------------------------------------------------ Route
@@ -389,11 +403,38 @@ def test_preloaded_route_on_an_initial_request_is_refused() -> None:
 # ------------------------------------------------------------------ users
 
 
-def test_unknown_user_gets_404_and_known_without_binding_480() -> None:
+def test_a_stranger_gets_the_same_answer_for_unknown_users_and_users_without_phones() -> None:
     net = Net()
-    assert responses(net.send(invite(f"sip:nobody@{REALM}"), CALLER)) == [100, 404]
+    assert responses(net.send(invite(f"sip:nobody@{REALM}"), CALLER)) == [100, 480]
     assert responses(net.send(invite(f"sip:dave@{REALM}"), CALLER)) == [100, 480]
     assert not [s for s in net.hooks.seen if s[0] == "started"]
+
+
+def test_a_local_caller_learns_404_for_unknown_users_and_480_for_users_without_phones() -> None:
+    net = Net()
+    for target, status in (("nobody", 404), ("dave", 480)):
+        uri = f"sip:{target}@{REALM}"
+        resp = challenge(net, uri, f"sip:alice@{REALM}")
+        auth = "Proxy-Authorization: " + credentials(resp, uri) + "\r\n"
+        out = net.send(invite(uri, frm=f"sip:alice@{REALM}", extra=auth, cseq=2), CALLER)
+        assert responses(out) == [100, status]
+
+
+def test_strangers_asking_for_users_who_are_not_there_are_rate_limited() -> None:
+    """A scan of names from one address: after the burst, answered without a look-up."""
+    net = Net()
+    net.bind("bob", BOB1)
+    burst = int(net.proxy.unknown_budget.burst)
+    for i in range(burst):
+        assert responses(net.send(invite(f"sip:name{i}@{REALM}"), CALLER)) == [100, 480]
+    lookups = net.users.calls
+    assert responses(net.send(invite(f"sip:another@{REALM}"), CALLER)) == [100, 480]
+    assert net.users.calls == lookups
+    # Even bob, who is there, gets the same answer from that source now ...
+    assert responses(net.send(invite(), CALLER)) == [100, 480]
+    # ... while another source still reaches him.
+    (_, peer), = requests(net.send(invite(), Peer("udp", "203.0.113.9", 5060, conn=1)), "INVITE")
+    assert peer == BOB1
 
 
 def test_dnd_gets_486() -> None:
@@ -511,14 +552,23 @@ def test_local_caller_is_challenged_then_forwarded_without_our_credentials() -> 
     assert ("started", "auth1", "alice", "bob", f"sip:alice@{REALM}", uri) in net.hooks.seen
 
 
-def test_wrong_password_is_challenged_again() -> None:
+@pytest.mark.parametrize("user", ["alice", "nosuchuser"])
+def test_wrong_password_is_challenged_again_after_the_same_delay(user: str) -> None:
+    """A failure is answered AUTH_FAILURE_DELAY after the request, known user or not."""
     net = Net()
     net.bind("bob", BOB1)
     uri = f"sip:bob@{REALM}"
-    resp = challenge(net, uri, f"sip:alice@{REALM}")
-    auth = "Proxy-Authorization: " + credentials(resp, uri, password="wrong") + "\r\n"
-    out = net.send(invite(uri, frm=f"sip:alice@{REALM}", extra=auth, cseq=2), CALLER)
-    assert responses(out) == [100, 407]
+    resp = challenge(net, uri, f"sip:{user}@{REALM}")
+    auth = "Proxy-Authorization: " + credentials(resp, uri, user=user, password="wrong") + "\r\n"
+    out = net.send(invite(uri, frm=f"sip:{user}@{REALM}", extra=auth, cseq=2), CALLER)
+    assert responses(out) == [100]
+
+    def second(out: list[tuple[Request | Response, Peer]]) -> list[int]:
+        # The first 407, never ACKed here, is retransmitted meanwhile.
+        return [m.status for m, _ in out if isinstance(m, Response) and m.cseq.seq == 2]
+
+    assert second(net.tick(net.now + AUTH_FAILURE_DELAY - 0.01)) == []
+    assert second(net.tick(net.now + 0.01)) == [407]
 
 
 def test_from_must_be_the_authenticated_user() -> None:

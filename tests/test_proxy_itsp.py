@@ -72,8 +72,9 @@ def test_a_did_without_a_registration_reaches_the_owners_trunk_with_the_number()
 def test_dids_of_users_without_phones_or_owners() -> None:
     net = itsp_net()
     assert responses(net.send(invite(f"sip:01727221221@{REALM}"), STRANGER)) == [100, 480]
-    # An alias whose owner is no SIP user is nobody's number.
-    assert responses(net.send(invite(f"sip:7000@{REALM}"), STRANGER)) == [100, 404]
+    # An alias whose owner is no SIP user is nobody's number; a stranger is
+    # not told that it differs from a number whose phones are off.
+    assert responses(net.send(invite(f"sip:7000@{REALM}"), STRANGER)) == [100, 480]
 
 
 # ------------------------------------------------------------------ trunks

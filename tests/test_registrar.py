@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from sipd.admission import BindingRules
-from sipd.auth import Authenticator, Throttle
+from sipd.auth import AUTH_FAILURE_DELAY, Authenticator, Throttle
 from sipd.digest import NonceManager, ha1, response
 from sipd.endpoint import Endpoint
 from sipd.identity import LocalIdentity
@@ -78,6 +78,13 @@ class Harness:
     def send(self, data: bytes, source: Peer = SRC) -> Response:
         out = run_inline(self.endpoint.receive(data, source, self.now), self.now)
         responses = [parse(o.data) for o in out if isinstance(o, Outgoing)]
+        if not responses:
+            # A failed authentication is answered AUTH_FAILURE_DELAY later, not before.
+            early = self.now + AUTH_FAILURE_DELAY - 0.001
+            assert not run_inline(self.endpoint.handle_timer(early), early)
+            self.now += AUTH_FAILURE_DELAY
+            out = run_inline(self.endpoint.handle_timer(self.now), self.now)
+            responses = [parse(o.data) for o in out if isinstance(o, Outgoing)]
         assert len(responses) == 1, responses
         resp = responses[0]
         assert isinstance(resp, Response)

@@ -1,0 +1,107 @@
+"""Bounds on what one sender can make the proxy do, sans-IO with explicit time.
+
+:class:`Destinations` keeps the proxy from becoming a reflector: a next hop
+that does not answer gets at most ``max_unanswered`` requests in flight at
+once, and one whose request timed out with no answer at all is left alone
+for ``rest`` seconds (until it is heard from again), so a flood of INVITEs
+for a contact that never answers sends a bounded number of datagrams there,
+however fast the flood comes.
+
+:class:`SourceBudget` is a token bucket per source address, for requests
+that cost a look-up and reveal nothing when refused alike (unauthenticated
+calls to users who are not there).
+
+Both forget the least recently used entries first, so their memory is
+bounded whatever the number of addresses.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+Key = tuple[str, str, int]
+"""(transport, host, port) of a next hop."""
+
+
+class Destinations:
+    def __init__(self, max_unanswered: int = 8, rest: float = 60.0,
+                 max_entries: int = 10_000) -> None:
+        self.max_unanswered = max_unanswered
+        self.rest = rest
+        self.max_entries = max_entries
+        self._unanswered: dict[Key, int] = {}
+        self._resting: OrderedDict[tuple[str, int], float] = OrderedDict()
+        self.refused = 0
+
+    def refusal(self, key: Key, now: float) -> str | None:
+        """Why no request may be sent to ``key`` now, or None."""
+        until = self._resting.get((key[1], key[2]))
+        if until is not None:
+            if now < until:
+                self.refused += 1
+                return "Destination not answering"
+            del self._resting[(key[1], key[2])]
+        if self._unanswered.get(key, 0) >= self.max_unanswered:
+            self.refused += 1
+            return "Too many unanswered requests to the destination"
+        return None
+
+    def sent(self, key: Key) -> None:
+        self._unanswered[key] = self._unanswered.get(key, 0) + 1
+
+    def settled(self, key: Key, *, timed_out: bool, now: float) -> None:
+        """A request counted by :meth:`sent` got its first answer, or never will.
+
+        ``timed_out``: it never got any answer; the destination rests.
+        """
+        left = self._unanswered.get(key, 0) - 1
+        if left > 0:
+            self._unanswered[key] = left
+        else:
+            self._unanswered.pop(key, None)
+        if timed_out:
+            where = (key[1], key[2])
+            self._resting.pop(where, None)
+            self._resting[where] = now + self.rest
+            while len(self._resting) > self.max_entries:
+                self._resting.popitem(last=False)
+
+    def heard_from(self, host: str, port: int) -> None:
+        """A message came from ``host:port``: it is alive after all."""
+        if self._resting:
+            self._resting.pop((host, port), None)
+
+    def resting(self) -> int:
+        return len(self._resting)
+
+
+class SourceBudget:
+    """``burst`` tokens per source, refilled at ``rate`` per second."""
+
+    def __init__(self, rate: float = 1.0, burst: float = 30.0, max_entries: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_entries = max_entries
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.exhausted = 0
+
+    def _level(self, source: str, now: float) -> float:
+        found = self._buckets.get(source)
+        if found is None:
+            return self.burst
+        level, stamp = found
+        return min(self.burst, level + (now - stamp) * self.rate)
+
+    def available(self, source: str, now: float) -> bool:
+        """Whether ``source`` has a token left (none is taken)."""
+        if self._level(source, now) >= 1.0:
+            return True
+        self.exhausted += 1
+        return False
+
+    def spend(self, source: str, now: float) -> None:
+        level = max(0.0, self._level(source, now) - 1.0)
+        self._buckets.pop(source, None)
+        self._buckets[source] = (level, now)
+        while len(self._buckets) > self.max_entries:
+            self._buckets.popitem(last=False)
