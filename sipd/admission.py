@@ -58,7 +58,12 @@ class BindingRules:
         problem = check_binding(b)
         if problem is not None:
             return Refusal(400, errno.EINVAL, problem)
-        for host, port, secure, what in self._hops(b):
+        try:
+            hops = self._hops(b)
+        except ParseError as exc:
+            # What the proxy could not route must not be kept either.
+            return Refusal(400, errno.EINVAL, f"not a usable SIP URI: {exc.reason}")
+        for host, port, secure, what in hops:
             why = self.host_refusal(user, host, port, secure)
             if why is not None:
                 return Refusal(403, errno.EACCES, f"{what} {why}")
@@ -82,23 +87,21 @@ class BindingRules:
 
     @staticmethod
     def _hops(b: Binding) -> list[tuple[str, int | None, bool, str]]:
-        """The places a request for ``b`` may be sent: (host, port, secure, what)."""
+        """The places a request for ``b`` may be sent: (host, port, secure, what).
+
+        Raises ParseError for a contact or Path the SIP parser refuses.
+        """
         hops: list[tuple[str, int | None, bool, str]] = []
-        try:
-            uri = parse_uri(b.contact)
-        except ParseError:
-            uri = None
-        if isinstance(uri, SipURI):
-            hops.append((uri.param("maddr") or uri.host, uri.port, uri.secure, "Contact"))
+        uri = parse_uri(b.contact)
+        if not isinstance(uri, SipURI):
+            raise ParseError("a contact must be a sip: or sips: URI")
+        hops.append((uri.param("maddr") or uri.host, uri.port, uri.secure, "Contact"))
         if b.received:
             _, _, rest = b.received.partition(":")
             host, _, port = rest.rpartition(":")
             hops.append((host, int(port) if port.isdigit() else None, False, "received address"))
         if b.path:
-            try:
-                first = parse_address(b.path[0], "Path").uri
-            except ParseError:
-                first = None
+            first = parse_address(b.path[0], "Path").uri
             if isinstance(first, SipURI):
                 hops.append((first.param("maddr") or first.host, first.port, first.secure,
                              "first Path hop"))

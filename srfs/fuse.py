@@ -191,6 +191,9 @@ class _Handle:
     """Holds a reference on a config key created but not committed yet."""
     by_line: bool = False
     """Lines are judged one by one (contacts): a write rechecks only the lines it touched."""
+    one_line: bool = False
+    """A setting: committed as soon as its line is complete, so that the
+    shell's ``echo`` hears a disk error (it never checks ``close``)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -516,7 +519,8 @@ class SrFs(pyfuse3.Operations):
                 raise
             node, current, pending = self._pending[path][0], b"", True
         h = _Handle(ino, path, None, readable, writable, append=append and not truncate,
-                    pending=pending, by_line=node.kind is Kind.CONTACTS)
+                    pending=pending, by_line=node.kind is Kind.CONTACTS,
+                    one_line=node.kind is Kind.SETTING)
         if readable:
             h.snapshot = current
         if truncate:
@@ -589,6 +593,12 @@ class SrFs(pyfuse3.Operations):
             log.debug("write to %s refused: %s", h.path, e)
             raise
         h.dirty = True
+        if h.one_line and h.buf.endswith(b"\n"):
+            try:
+                await self._commit_handle(h)
+            except (TreeError, FUSEError) as e:
+                h.error = e.errno
+                raise
         return len(buf)
 
     @staticmethod

@@ -231,16 +231,20 @@ def reload_registrations(daemon: Daemon) -> None:
         except HomeError as exc:
             log.warning("not reloading registrations of %s: %s", user.name, exc.reason)
             continue
+        # Parse problems are lines already; every refusal below adds one.
+        not_loaded = len(problems)
         kept: dict[str, list[Binding]] = {}
         for b in bindings:
             refused = daemon.rules.refusal(user.name, b)
             if refused is not None:
+                not_loaded += 1
                 problems.append(f"{b.contact[:60]!r}: {refused.reason}")
                 continue
             kept.setdefault(b.aor, []).append(b)
         for aor, found in kept.items():
             if len(found) > limit:
                 found.sort(key=lambda b: b.registered, reverse=True)
+                not_loaded += len(found) - limit
                 problems.append(f"AOR {aor[:64]!r}: {len(found) - limit} contact(s) over "
                                 f"max_contacts {limit}")
                 del found[limit:]
@@ -250,8 +254,8 @@ def reload_registrations(daemon: Daemon) -> None:
         if problems:
             shown = "; ".join(problems[:RELOAD_PROBLEMS_SHOWN])
             more = len(problems) - RELOAD_PROBLEMS_SHOWN
-            log.warning("%s's usrloc: %d line(s) not loaded: %s%s", user.name, len(problems),
-                        shown, f"; and {more} more" if more > 0 else "")
+            log.warning("%s's usrloc: %d line(s) not loaded: %s%s", user.name, not_loaded,
+                        shown, f"; and {more} more reason(s)" if more > 0 else "")
     # What was just read is what is on disk: nothing to write back. A file
     # that held refused lines loses them with the user's next change.
     daemon.persistence.forget_changes()
