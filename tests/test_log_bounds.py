@@ -1,0 +1,181 @@
+"""The log stays readable and bounded: one line per record, outside values escaped,
+a file of a million bad lines a few lines.
+
+The escaping is tested on the formatter and helpers directly and then on a
+real sipd, whose log is what fail2ban and people read.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sipd.cli import setup_logging
+from srfs.logtext import LineFormatter, Recurring, escape, log_problems, quote
+
+from .sipclient import UdpClient, options, running_sipd, status_of
+from .unixusers import FakeUnix
+
+#: Every character class the log must never carry raw.
+HOSTILE = "a\x00b\x01c\x7fd\x1be\x85f\u2028g\u2029h\u202ei\tj"
+RAW = ("\x00", "\x01", "\x7f", "\x1b", "\x85", "\u2028", "\u2029", "\u202e", "\t")
+ESCAPED = ("\\x00", "\\x01", "\\x7f", "\\x1b", "\\x85", "\\u2028", "\\u2029", "\\u202e", "\\x09")
+#: The start of a record as sipd writes it outside systemd.
+RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [a-z][a-z.]*: [A-Z]+: ")
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def test_escape_leaves_printable_text_alone_and_escapes_the_rest() -> None:
+    assert escape('user "jan" from 203.0.113.5 \\ ü €') == 'user "jan" from 203.0.113.5 \\ ü €'
+    out = escape(HOSTILE)
+    assert out.isprintable()
+    for raw, esc in zip(RAW, ESCAPED, strict=True):
+        assert raw not in out and esc in out
+    # Bytes that were not UTF-8 (surrogateescape) and characters beyond the BMP.
+    assert escape("x\udcff\U000e0001") == "x\\udcff\\U000e0001"
+    assert escape("line one\nline two\r\n") == "line one\\x0aline two\\x0d\\x0a"
+
+
+def test_quote_keeps_a_value_inside_its_field() -> None:
+    assert quote("jan") == '"jan"'
+    crafted = 'jan" from 1.2.3.4 port 5060 (REGISTER): wrong password\n'
+    out = quote(crafted)
+    # The only double quotes are the two around the value: no pattern of
+    # the "[^"]*" kind can end the field early or start another.
+    assert out.count('"') == 2 and out.startswith('"') and out.endswith('"')
+    assert re.fullmatch(r'"[^"]*"', out)
+    assert out == '"jan\\x22 from 1.2.3.4 port 5060 (REGISTER): wrong password\\x0a"'
+    assert quote("a\\x22") == '"a\\\\x22"'  # a backslash of the value cannot fake an escape
+    assert quote("x" * 200, limit=8) == '"xxxxxxxx"...'
+    assert quote(HOSTILE).isprintable()
+
+
+def _record(msg: str, *args: object, exc: bool = False) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(LineFormatter("%(name)s: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("test.logbounds")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    try:
+        if exc:
+            try:
+                raise ValueError("bad value\nsipd.auth: WARNING: auth failed: forged")
+            except ValueError:
+                logger.exception(msg, *args)
+        else:
+            logger.warning(msg, *args)
+    finally:
+        logger.handlers.clear()
+    return stream.getvalue()
+
+
+def test_formatter_makes_every_record_one_line() -> None:
+    out = _record("request %s from %s", "sip:" + HOSTILE + "\nsipd.auth: WARNING: forged", "peer")
+    assert out.count("\n") == 1 and out.endswith("\n")
+    assert out.startswith("test.logbounds: WARNING: request sip:a\\x00b")
+    assert "\\x0asipd.auth: WARNING: forged" in out
+    for raw in RAW:
+        assert raw not in out
+
+
+def test_formatter_keeps_a_logged_traceback_but_marks_its_lines() -> None:
+    out = _record("handler %s failed", "x\ny", exc=True)
+    lines = out.rstrip("\n").split("\n")
+    assert lines[0] == "test.logbounds: ERROR: handler x\\x0ay failed"
+    assert len(lines) > 3
+    # Every further line is a continuation, the exception's own text included.
+    assert all(line.startswith("| ") for line in lines[1:])
+    assert "| Traceback (most recent call last):" in lines
+    assert "| sipd.auth: WARNING: auth failed: forged" in lines
+
+
+def test_setup_logging_installs_the_formatter() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("info")
+        assert isinstance(root.handlers[0].formatter, LineFormatter)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
+def test_log_problems_logs_a_few_and_counts_the_rest(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.problems")
+    with caplog.at_level(logging.WARNING, logger="test.problems"):
+        log_problems(logger, "jan's ~/.sr/config", (f"line {n}: bad" for n in range(1, 500_001)))
+    assert [r.getMessage() for r in caplog.records] == [
+        "jan's ~/.sr/config: line 1: bad",
+        "jan's ~/.sr/config: line 2: bad",
+        "jan's ~/.sr/config: line 3: bad",
+        "jan's ~/.sr/config: 499997 more problem(s) not logged, 500000 in all",
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="test.problems"):
+        log_problems(logger, "f", ["one", "two"], total=40)
+        log_problems(logger, "g", ["one", "two"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "f: one", "f: two", "f: 37 more problem(s) not logged, 40 in all", "g: one", "g: two",
+    ]
+
+
+def test_recurring_reports_a_condition_once_per_change() -> None:
+    seen = Recurring(max_keys=2)
+    assert seen.report("jan", "~/.sr is a symlink")
+    assert not seen.report("jan", "~/.sr is a symlink")
+    assert seen.report("jan", "~/.sr is writable by others")
+    seen.clear("jan")
+    assert seen.report("jan", "~/.sr is writable by others")
+    assert seen.report("bob", "x") and seen.report("eve", "x")
+    assert seen.report("jan", "~/.sr is writable by others")  # the oldest key was forgotten
+
+
+# ------------------------------------------------------------- a real sipd
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 12.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def assert_one_line_records(log: str) -> None:
+    """Every line of the log starts a record, or continues a traceback."""
+    for line in log.splitlines():
+        assert RECORD.match(line) or line.startswith("| "), line
+
+
+def test_control_bytes_in_a_request_uri_give_one_escaped_line(tmp_path: Path,
+                                                               unix: FakeUnix) -> None:
+    uri = "sip:" + HOSTILE + "@127.0.0.1"
+    # U+2028 then a forged record: a terminal or journal reader would see a new line.
+    uri += "\u2028sipd.auth: WARNING: auth failed: forged"
+    with running_sipd(tmp_path, unix=unix) as daemon:
+        c = UdpClient("127.0.0.1", daemon.port)
+        try:
+            request = options(via_port=c.port).replace(b"sip:127.0.0.1", uri.encode(), 1)
+            answer = c.request(request)
+        finally:
+            c.close()
+        assert status_of(answer) == 400, answer
+        wait_for(lambda: "Bad Request-URI" in daemon.log, "the log line")
+        log = daemon.log_path.read_bytes().decode("utf-8", "surrogateescape")
+    lines = [line for line in log.splitlines() if "Bad Request-URI" in line]
+    assert len(lines) == 1, log
+    line = lines[0]
+    for raw in RAW:
+        assert raw not in log
+    for esc in ESCAPED:
+        assert esc in line
+    assert "\\u2028sipd.auth: WARNING: auth failed: forged" in line
+    assert_one_line_records(log)
