@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from sipd.cli import setup_logging
 from srfs.logtext import LineFormatter, Recurring, escape, log_problems, quote
 
-from .sipclient import UdpClient, options, running_sipd, status_of
+from .sipclient import Daemon, UdpClient, options, running_sipd, status_of
 from .unixusers import FakeUnix
 
 #: Every character class the log must never carry raw.
@@ -179,3 +180,43 @@ def test_control_bytes_in_a_request_uri_give_one_escaped_line(tmp_path: Path,
         assert esc in line
     assert "\\u2028sipd.auth: WARNING: auth failed: forged" in line
     assert_one_line_records(log)
+
+
+@pytest.fixture
+def mnt_sipd(tmp_path: Path, unix: FakeUnix, mnt: Path) -> Iterator[Daemon]:
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("needs /dev/fuse")
+    conf = tmp_path / "fs.toml"
+    conf.write_text(f'mount = "{mnt}"\n')
+    with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as daemon:
+        wait_for(lambda: (mnt / "alice").exists(), "the mount")
+        yield daemon
+    (unix["alice"].home / ".sr" / "config").unlink(missing_ok=True)
+
+
+def _hand_write(unix: FakeUnix, name: str, data: bytes) -> None:
+    """Write ~name/.sr/config as the user would, atomically."""
+    user = unix[name]
+    sr = user.home / ".sr"
+    sr.mkdir(mode=0o700, exist_ok=True)
+    os.chown(sr, user.uid, user.gid)
+    tmp = sr / "config.new"
+    tmp.write_bytes(data)
+    os.chown(tmp, user.uid, user.gid)
+    tmp.chmod(0o600)
+    tmp.rename(sr / "config")
+
+
+def test_a_megabyte_of_bad_config_lines_logs_a_few_lines(mnt_sipd: Daemon, unix: FakeUnix,
+                                                         mnt: Path) -> None:
+    bad = b"x\n" * 500_000 + b"dnd = yes\n"
+    _hand_write(unix, "alice", bad)
+    wait_for(lambda: "500000 in all" in mnt_sipd.log, "the count of problems")
+    # The good line at the end is in force all the same.
+    assert (mnt / "alice" / "config" / "dnd").read_text() == "yes\n"
+    assert mnt_sipd.ping() == 200
+    lines = [line for line in mnt_sipd.log.splitlines() if "alice's ~/.sr/config" in line]
+    assert len(lines) == 4, lines
+    assert lines[0].endswith("alice's ~/.sr/config: line 1: expected key = value")
+    assert len(mnt_sipd.log) < 20_000
+    assert_one_line_records(mnt_sipd.log)
