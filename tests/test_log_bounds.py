@@ -220,3 +220,27 @@ def test_a_megabyte_of_bad_config_lines_logs_a_few_lines(mnt_sipd: Daemon, unix:
     assert lines[0].endswith("alice's ~/.sr/config: line 1: expected key = value")
     assert len(mnt_sipd.log) < 20_000
     assert_one_line_records(mnt_sipd.log)
+
+
+def test_bad_admin_files_log_a_few_lines_each(tmp_path: Path, unix: FakeUnix) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    aliases, trunks = etc / "aliases", etc / "trunks"
+    aliases.write_text("1003: alice\n" + "not an alias line\n" * 60_000)
+    trunks.write_text("bob: 198.51.100.7/32\n" + "bob: not-an-address\n" * 50_000)
+    for path in (aliases, trunks):
+        path.chmod(0o644)
+    conf = tmp_path / "admin.toml"
+    conf.write_text(f'aliases = "{aliases}"\ntrunks = "{trunks}"\n')
+    with running_sipd(tmp_path, "-c", str(conf), unix=unix) as daemon:
+        wait_for(lambda: "50000 in all" in daemon.log and "60000 in all" in daemon.log,
+                 "the counts of problems")
+        # A change of one file: its problems once more, the other's not.
+        aliases.write_text("1003: alice\n" + "still not an alias line\n" * 70_000)
+        wait_for(lambda: "70000 in all" in daemon.log, "the new count")
+        assert daemon.ping() == 200
+        log = daemon.log
+    assert sum(str(aliases) in line for line in log.splitlines()) == 8, log
+    assert sum(str(trunks) in line for line in log.splitlines()) == 4, log
+    assert len(log) < 20_000
+    assert_one_line_records(log)
