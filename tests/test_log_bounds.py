@@ -244,3 +244,68 @@ def test_bad_admin_files_log_a_few_lines_each(tmp_path: Path, unix: FakeUnix) ->
     assert sum(str(trunks) in line for line in log.splitlines()) == 4, log
     assert len(log) < 20_000
     assert_one_line_records(log)
+
+
+def invite(client: UdpClient, user: str) -> int:
+    """An INVITE from another domain (no challenge) to ``user``; its final status."""
+    request = options(f"sip:{user}@test.invalid", via_port=client.port, method="INVITE")
+    request = request.replace(b"To: <sip:server@example.com>", f"To: <sip:{user}@test.invalid>".encode())
+    client.send(request)
+    while True:
+        status = status_of(client.recv())
+        if status >= 200:
+            return status
+
+
+def test_an_unreadable_config_is_logged_once_not_per_call(tmp_path: Path,
+                                                          unix: FakeUnix) -> None:
+    alice = unix["alice"]
+    sr = alice.home / ".sr"
+    sr.mkdir(mode=0o700, exist_ok=True)
+    os.chown(sr, alice.uid, alice.gid)
+    config = sr / "config"
+    config.unlink(missing_ok=True)
+    config.symlink_to("/etc/hostname")
+    try:
+        with running_sipd(tmp_path, unix=unix) as daemon:
+            c = UdpClient("127.0.0.1", daemon.port)
+            try:
+                statuses = [invite(c, "alice") for _ in range(5)]
+            finally:
+                c.close()
+            log = daemon.log
+    finally:
+        config.unlink(missing_ok=True)
+    assert statuses == [480] * 5  # no phone registered; the calls were routed
+    assert sum("ignoring config of alice" in line for line in log.splitlines()) == 1, log
+
+
+def test_an_unreadable_passwd_is_logged_once_not_per_lookup(unix: FakeUnix) -> None:
+    alice = unix["alice"]
+    sr = alice.home / ".sr"
+    sr.mkdir(mode=0o700, exist_ok=True)
+    os.chown(sr, alice.uid, alice.gid)
+    passwd = sr / "passwd"
+    saved = sr / "passwd.saved"
+    if passwd.exists():
+        passwd.rename(saved)
+    passwd.symlink_to("/etc/hostname")
+    code = (
+        "import json, logging\n"
+        "from srfs.directory import Directory\n"
+        "seen = []\n"
+        "class Keep(logging.Handler):\n"
+        "    def emit(self, record): seen.append(record.getMessage())\n"
+        "logging.getLogger().addHandler(Keep())\n"
+        "d = Directory('test.invalid', 'sip', None)\n"
+        "reasons = [d.account('alice').reason for _ in range(5)]\n"
+        "print(json.dumps([reasons, seen]))\n"
+    )
+    try:
+        reasons, seen = unix.python_json(code)  # type: ignore[misc]
+    finally:
+        passwd.unlink()
+        if saved.exists():
+            saved.rename(passwd)
+    assert len(set(reasons)) == 1 and "is a symlink" in reasons[0], reasons
+    assert len(seen) == 1 and seen[0].startswith("ignoring passwd of alice: "), seen
