@@ -20,9 +20,11 @@ and write a field of its own. Two layers see to it:
   outside value is embedded in a message.
 
 Files with thousands of bad lines must not become thousands of log lines:
-:func:`log_problems` logs the first few problems and counts the rest, and
+:func:`log_problems` logs the first few problems and counts the rest,
 :class:`Recurring` logs a condition that is met again and again (a user's
-unreadable file, seen on every request) once per change.
+unreadable file, seen on every request) once per change, and :class:`Tally`
+turns an event that outside traffic can repeat at will (a refused
+connection) into one line per interval with a count.
 
 This module lives in srfs because both packages log outside values and
 srfs never imports sipd.
@@ -40,6 +42,7 @@ __all__ = [
     "PROBLEMS_SHOWN",
     "LineFormatter",
     "Recurring",
+    "Tally",
     "escape",
     "log_problems",
     "quote",
@@ -183,3 +186,27 @@ class Recurring:
     def clear(self, key: str) -> None:
         with self._lock:
             self._last.pop(key, None)
+
+
+class Tally:
+    """Counts an event and says when to log it: at once, then at most once per ``interval``.
+
+    ``count(now)`` returns None while a line was logged less than
+    ``interval`` seconds ago, else the number of events to report in the
+    line to log now (this one and those held back since the last line).
+    Events held back at the end of a burst are reported with the next one;
+    keep a counter in the statistics for the exact total. Sans-IO: ``now``
+    is any monotonic clock.
+    """
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._held = 0
+        self._last: float | None = None
+
+    def count(self, now: float) -> int | None:
+        self._held += 1
+        if self._last is not None and now - self._last < self.interval:
+            return None
+        held, self._held, self._last = self._held, 0, now
+        return held

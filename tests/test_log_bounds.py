@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from sipd.cli import setup_logging
-from srfs.logtext import LineFormatter, Recurring, escape, log_problems, quote
+from srfs.logtext import LineFormatter, Recurring, Tally, escape, log_problems, quote
 
-from .sipclient import Daemon, UdpClient, options, running_sipd, status_of
+from .sipclient import Daemon, TcpClient, UdpClient, options, running_sipd, status_of
 from .unixusers import FakeUnix
 
 #: Every character class the log must never carry raw.
@@ -309,3 +309,38 @@ def test_an_unreadable_passwd_is_logged_once_not_per_lookup(unix: FakeUnix) -> N
             saved.rename(passwd)
     assert len(set(reasons)) == 1 and "is a symlink" in reasons[0], reasons
     assert len(seen) == 1 and seen[0].startswith("ignoring passwd of alice: "), seen
+
+
+def test_refused_tcp_connections_are_counted_not_logged_one_by_one(tmp_path: Path,
+                                                                   unix: FakeUnix) -> None:
+    conf = tmp_path / "tcp.toml"
+    conf.write_text("tcp_max_connections = 2\n")
+    with running_sipd(tmp_path, "-c", str(conf), unix=unix) as daemon:
+        held = [TcpClient("127.0.0.1", daemon.port) for _ in range(2)]
+        try:
+            for c in held:  # each accepted and served
+                c.send(options("sip:127.0.0.1", via_port=c.port, transport="TCP"))
+                assert status_of(c.recv_message()) == 200
+            for _ in range(30):
+                extra = TcpClient("127.0.0.1", daemon.port)
+                try:
+                    assert extra.is_closed(wait=2.0)
+                finally:
+                    extra.close()
+        finally:
+            for c in held:
+                c.close()
+        assert daemon.ping() == 200
+        log = daemon.log
+    refusals = [line for line in log.splitlines() if "tcp connection" in line]
+    assert len(refusals) == 1, refusals
+    assert "refused 1 tcp connection(s): 2 connections open" in refusals[0]
+
+
+def test_tally_logs_at_once_then_once_per_interval() -> None:
+    tally = Tally(interval=60.0)
+    assert tally.count(0.0) == 1
+    assert [tally.count(t) for t in (1.0, 2.0, 59.0)] == [None, None, None]
+    assert tally.count(60.0) == 4  # three held back, and this one
+    assert tally.count(61.0) is None
+    assert tally.count(500.0) == 2
