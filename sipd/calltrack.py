@@ -26,6 +26,7 @@ from srfs import users
 from srfs.acc import AccFiles, AccRecord, EventName, format_line
 from srfs.calls import Call, CallTable
 from srfs.home import HomeError
+from srfs.logtext import quote
 from srfs.users import User
 
 from .peer import Outgoing
@@ -119,7 +120,7 @@ class CallTracker:
         if not legs or any(leg.state == "answered" for leg in legs):
             return
         if not 300 <= status <= 699:
-            log.warning("call %r: ignoring failure with status %d", call_id, status)
+            log.warning("call %s: ignoring failure with status %d", quote(call_id), status)
             return
         for leg in self.calls.remove(call_id):
             self._record(leg, "failure", wall, status=status)
@@ -147,7 +148,7 @@ class CallTracker:
         if not legs or any(leg.state == "answered" for leg in legs):
             return
         if not 300 <= status <= 699:
-            log.warning("call %r: ignoring forward with status %d", call_id, status)
+            log.warning("call %s: ignoring forward with status %d", quote(call_id), status)
             return
         first = legs[0]
         for leg in self.calls.remove_legs(call_id, lambda c: c.direction == "in"):

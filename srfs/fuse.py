@@ -69,6 +69,7 @@ import pyfuse3
 import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, RequestContext, SetattrFields
 
+from .logtext import quote
 from .tree import MAX_WRITE, Kind, Node, Tree, TreeError, WriteResult
 
 __all__ = [
@@ -574,7 +575,7 @@ class SrFs(pyfuse3.Operations):
                                   append=h.append)
         except (TreeError, FUSEError) as e:
             h.error = e.errno
-            log.debug("write to %s refused: %s", h.path, e)
+            log.debug("write to %s refused: %s", quote(h.path), e)
             raise
         h.dirty = True
         return len(buf)
@@ -618,9 +619,9 @@ class SrFs(pyfuse3.Operations):
                 # Nobody waits for release: errors can only be logged.
                 await self._commit_handle(h)
         except (TreeError, FUSEError) as e:
-            log.info("commit of %s at close failed: %s", h.path, e)
+            log.info("commit of %s at close failed: %s", quote(h.path), e)
         except Exception:
-            log.exception("srfs: release of %s failed", h.path)
+            log.exception("srfs: release of %s failed", quote(h.path))
         finally:
             held = self._pending.get(h.path) if h.pending else None
             if held is not None:
@@ -636,7 +637,7 @@ class SrFs(pyfuse3.Operations):
             result = self.tree.commit(h.path, data, append=h.append, now=self._clock())
         except TreeError as e:
             h.error = e.errno
-            log.debug("write to %s refused: %s", h.path, e.reason)
+            log.debug("write to %s refused: %s", quote(h.path), e.reason)
             raise
         h.truncate_pending = False
         if h.append:
@@ -942,7 +943,8 @@ class SrFs(pyfuse3.Operations):
                 # ENOENT: the kernel never looked it up, which is fine; one
                 # such answer must not stop the others.
                 if e.errno != errno.ENOENT:
-                    log.warning("srfs: cache invalidation of %d/%r failed: %s", ino, name, e)
+                    log.warning("srfs: cache invalidation of %d/%s failed: %s", ino,
+                                quote(os.fsdecode(name or b"")), e)
 
     def close(self) -> None:
         """Stop queueing invalidations (the mount is gone)."""

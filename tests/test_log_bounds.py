@@ -344,3 +344,17 @@ def test_tally_logs_at_once_then_once_per_interval() -> None:
     assert tally.count(60.0) == 4  # three held back, and this one
     assert tally.count(61.0) is None
     assert tally.count(500.0) == 2
+
+
+def test_a_hostile_call_id_stays_inside_its_quotes(caplog: pytest.LogCaptureFixture) -> None:
+    from sipd.calltrack import CallTracker
+    from srfs.calls import CallTable
+
+    tracker = CallTracker(CallTable())
+    call_id = "c1\" from 1.2.3.4 port 5060 (REGISTER): wrong password\r\nx"
+    tracker.call_started(call_id, "jan", None, "sip:jan@example.com", "sip:bob@example.com", 0.0)
+    with caplog.at_level(logging.WARNING, logger="sipd.calltrack"):
+        tracker.call_failed(call_id, 200, 1.0)
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message == ('call "c1\\x22 from 1.2.3.4 port 5060 (REGISTER): wrong password\\x0d\\x0ax": '
+                       "ignoring failure with status 200")
