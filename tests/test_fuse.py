@@ -33,7 +33,9 @@ HELPER = Path(__file__).resolve().parent / "fusehelper.py"
 U1, U2 = 60101, 60102
 PBX = "sip:pbx@198.51.100.7:5060"
 PHONE = "sip:u1@192.0.2.10:5060;transport=udp"
-ENV = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+# The helper runs as a script, so its sys.path starts at tests/: without
+# PYTHONPATH it would import whatever srfs is installed, not this checkout's.
+ENV = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONPATH": str(REPO)}
 
 
 def _fuse_unavailable() -> str | None:
