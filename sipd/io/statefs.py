@@ -203,6 +203,9 @@ class StateFs:
                 out.append(Stat(f"acc_{f.name}", getattr(ep.acc_stats, f.name),
                                 f"Call records: {f.name.replace('_', ' ')}.", StatKind.COUNTER,
                                 status=False))
+            out.append(Stat("acc_calls_unrecorded", ep.tracker.calls_unrecorded,
+                            "Calls left out of ~/.sr/acc: the user's records reached acc_limit.",
+                            StatKind.COUNTER, status=False))
         counters: dict[str, Any] = {}
         for source in (ep.stats, ep.server.stats, self.transports.stats):
             counters.update({f.name: getattr(source, f.name) for f in fields(source)})
