@@ -99,9 +99,8 @@ class CallTracker:
         session_timeout: float = DEFAULT_SESSION_TIMEOUT,
         ringing_timeout: float = DEFAULT_RINGING_TIMEOUT,
         acc_limit: int = DEFAULT_ACC_LIMIT,
-        acc_window: float = ACC_WINDOW,
     ) -> None:
-        if session_timeout <= 0 or ringing_timeout <= 0 or acc_window <= 0:
+        if session_timeout <= 0 or ringing_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if acc_limit <= 0:
             raise ValueError("acc_limit must be positive")
@@ -110,7 +109,6 @@ class CallTracker:
         self.session_timeout = session_timeout
         self.ringing_timeout = ringing_timeout
         self.acc_limit = acc_limit
-        self.acc_window = acc_window
         #: Calls (one user's side each) left out of ``acc`` by the limit, since start.
         self.calls_unrecorded = 0
         self._records: dict[str, list[AccEntry]] = {}
@@ -292,7 +290,7 @@ class CallTracker:
             return False
         window = self._window(leg.user, wall)
         if event == "start" and window.written >= self.acc_limit:
-            end = window.start + self.acc_window
+            end = window.start + ACC_WINDOW
             if not window.unrecorded:
                 heapq.heappush(self._gaps, (end, leg.user))
                 log.warning("call records of %s: %d in a minute, the limit (acc_limit); "
@@ -307,7 +305,7 @@ class CallTracker:
 
     def _window(self, user: str, wall: float) -> _Window:
         window = self._windows.get(user)
-        if window is not None and wall >= window.start + self.acc_window:
+        if window is not None and wall >= window.start + ACC_WINDOW:
             self._close(user, window, wall)
             window = None
         if window is None:
@@ -319,7 +317,7 @@ class CallTracker:
         del self._windows[user]
         if not window.unrecorded:
             return
-        until = min(window.start + self.acc_window, wall)
+        until = min(window.start + ACC_WINDOW, wall)
         self._records.setdefault(user, []).append(AccGap(
             time=int(until // 1),
             user=user,
@@ -340,7 +338,7 @@ class CallTracker:
         # Windows that left nothing out only take memory: drop those that ended.
         while self._windows:
             user, window = next(iter(self._windows.items()))
-            if wall < window.start + self.acc_window:
+            if wall < window.start + ACC_WINDOW:
                 break
             self._close(user, window, wall)
 
@@ -348,7 +346,7 @@ class CallTracker:
         end, user = entry
         window = self._windows.get(user)
         return (window is not None and window.unrecorded > 0
-                and window.start + self.acc_window == end)
+                and window.start + ACC_WINDOW == end)
 
 
 # --- writing records from the daemon -------------------------------------------
