@@ -100,6 +100,7 @@ def test_a_user_over_their_limit_gets_edquot_and_another_user_goes_on(
     assert rc != 0 and "Disk quota exceeded" in err, err
     rc, err = as_user(unix, "bob", f"mktemp -p {bob} && mktemp -p {bob}/config")
     assert rc == 0, err
+    assert "\nsipd_scratch_files 18\n" in (mnt / "metrics").read_text()
     assert as_user(unix, "alice", f"rm {alice}/tmp.* {alice}/config/tmp.*")[0] == 0
 
     # 4 MiB is alice's share of bytes: the fifth 1 MiB copy fails as it writes.

@@ -206,6 +206,12 @@ class StateFs:
             out.append(Stat("acc_calls_unrecorded", ep.tracker.calls_unrecorded,
                             "Calls left out of ~/.sr/acc: the user's records reached acc_limit.",
                             StatKind.COUNTER, status=False))
+        if self.ops is not None:
+            quota = self.ops.scratch_quota
+            out.append(Stat("scratch_files", quota.files,
+                            "Editors' temporary files held in memory.", status=False))
+            out.append(Stat("scratch_bytes", quota.bytes,
+                            "Bytes in editors' temporary files.", status=False))
         counters: dict[str, Any] = {}
         for source in (ep.stats, ep.server.stats, self.transports.stats):
             counters.update({f.name: getattr(source, f.name) for f in fields(source)})
