@@ -116,6 +116,16 @@ class LineFormatter(logging.Formatter):
     record of its own, even where an exception's text came from outside.
     """
 
+    def format(self, record: logging.LogRecord) -> str:
+        # logging caches the traceback text on the record for every handler:
+        # one formatted by another handler would be used unmarked.
+        cached = record.exc_text
+        record.exc_text = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         return escape(super().formatMessage(record))
 

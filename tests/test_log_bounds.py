@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,6 +98,18 @@ def test_formatter_keeps_a_logged_traceback_but_marks_its_lines() -> None:
     assert all(line.startswith("| ") for line in lines[1:])
     assert "| Traceback (most recent call last):" in lines
     assert "| sipd.auth: WARNING: auth failed: forged" in lines
+
+
+def test_a_traceback_another_handler_formatted_first_is_still_marked() -> None:
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), None)
+    try:
+        raise ValueError("one\ntwo")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    logging.Formatter().format(record)  # caches the plain traceback on the record
+    out = LineFormatter("%(message)s").format(record)
+    assert all(line.startswith("| ") for line in out.split("\n")[1:])
+    assert out.endswith("| two")
 
 
 def test_setup_logging_installs_the_formatter() -> None:
