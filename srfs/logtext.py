@@ -120,7 +120,10 @@ class LineFormatter(logging.Formatter):
         # logging caches the traceback text on the record for every handler:
         # one formatted by another handler would be used unmarked.
         cached = record.exc_text
-        record.exc_text = None
+        if record.exc_info:
+            record.exc_text = None
+        elif cached:
+            record.exc_text = _continuation(cached)
         try:
             return super().format(record)
         finally:
