@@ -8,6 +8,17 @@ sans-IO: it never reads a clock and never touches a file. The daemon
 drains :meth:`CallTracker.take_records` and runs :func:`acc_job` for each
 batch in the ``acc`` lane, so the trio thread never waits for a home.
 
+Rate limit: one user's records are counted per minute (a window that
+starts with the user's first record). Once ``acc_limit`` records were
+written in a window, further calls of the user get no records at all until
+it ends; calls already recorded keep getting theirs, so a call's lines are
+always complete or absent. When such a window ends, one ``#`` note
+(:class:`srfs.acc.AccGap`) with the number of calls left out goes to the
+user's file and one line to the log. An INVITE flood towards a user who
+never answers thus writes at most about ``acc_limit`` lines a minute into
+that user's home, and the state kept for it is one window per user and
+the calls in progress.
+
 Session timeout: a call that vanishes without a BYE is ended after
 ``session_timeout`` seconds without a sign of life (the 2xx, a re-INVITE,
 or any in-dialog request passed to :meth:`CallTracker.call_refreshed`),
@@ -18,14 +29,16 @@ proxy's Timer C normally ends it long before.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from srfs import users
-from srfs.acc import AccFiles, AccRecord, EventName, format_line
+from srfs.acc import AccEntry, AccFiles, AccGap, AccRecord, EventName, format_entry, format_time
 from srfs.calls import Call, CallTable
 from srfs.home import HomeError
+from srfs.logtext import quote
 from srfs.users import User
 
 from .peer import Outgoing
@@ -35,6 +48,8 @@ log = logging.getLogger("sipd.calltrack")
 
 __all__ = [
     "ACC_LANE",
+    "ACC_WINDOW",
+    "DEFAULT_ACC_LIMIT",
     "DEFAULT_RINGING_TIMEOUT",
     "DEFAULT_SESSION_TIMEOUT",
     "AccStats",
@@ -49,6 +64,11 @@ DEFAULT_SESSION_TIMEOUT = 3 * 3600.0
 DEFAULT_RINGING_TIMEOUT = 600.0
 #: The ordered job lane of ``acc`` appends: one user's lines stay in order.
 ACC_LANE = "acc"
+#: Records one user's ``acc`` takes per window before new calls go unrecorded.
+#: A PBX trunk with 100 calls a minute writes about 300.
+DEFAULT_ACC_LIMIT = 600
+#: The window ``acc_limit`` counts in, seconds.
+ACC_WINDOW = 60.0
 
 #: Status recorded for a call that ends before any final response (a CANCEL).
 _CANCELLED = 487
@@ -56,6 +76,16 @@ _CANCELLED = 487
 _RING_TIMEOUT = 408
 #: Status recorded for a call still ringing when sipd stops.
 _UNAVAILABLE = 503
+
+
+@dataclass(slots=True)
+class _Window:
+    """One user's records in the current window."""
+
+    start: float
+    written: int = 0
+    unrecorded: int = 0
+    """Calls left out since the limit was reached."""
 
 
 class CallTracker:
@@ -68,14 +98,26 @@ class CallTracker:
         acc_enabled: bool = True,
         session_timeout: float = DEFAULT_SESSION_TIMEOUT,
         ringing_timeout: float = DEFAULT_RINGING_TIMEOUT,
+        acc_limit: int = DEFAULT_ACC_LIMIT,
     ) -> None:
         if session_timeout <= 0 or ringing_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if acc_limit <= 0:
+            raise ValueError("acc_limit must be positive")
         self.calls = calls
         self.acc_enabled = acc_enabled
         self.session_timeout = session_timeout
         self.ringing_timeout = ringing_timeout
-        self._records: dict[str, list[AccRecord]] = {}
+        self.acc_limit = acc_limit
+        #: Calls (one user's side each) left out of ``acc`` by the limit, since start.
+        self.calls_unrecorded = 0
+        self._records: dict[str, list[AccEntry]] = {}
+        # Open windows by user, oldest first (a dict keeps insertion order).
+        self._windows: dict[str, _Window] = {}
+        # (end, user) of the windows that left calls out: their notes are due then.
+        self._gaps: list[tuple[float, str]] = []
+        # Legs whose start went unrecorded: their later events go unrecorded too.
+        self._unrecorded: set[tuple[str, str, str]] = set()
 
     # ------------------------------------------------------------ events
 
@@ -119,7 +161,7 @@ class CallTracker:
         if not legs or any(leg.state == "answered" for leg in legs):
             return
         if not 300 <= status <= 699:
-            log.warning("call %r: ignoring failure with status %d", call_id, status)
+            log.warning("call %s: ignoring failure with status %d", quote(call_id), status)
             return
         for leg in self.calls.remove(call_id):
             self._record(leg, "failure", wall, status=status)
@@ -147,7 +189,7 @@ class CallTracker:
         if not legs or any(leg.state == "answered" for leg in legs):
             return
         if not 300 <= status <= 699:
-            log.warning("call %r: ignoring forward with status %d", call_id, status)
+            log.warning("call %s: ignoring forward with status %d", quote(call_id), status)
             return
         first = legs[0]
         for leg in self.calls.remove_legs(call_id, lambda c: c.direction == "in"):
@@ -166,7 +208,8 @@ class CallTracker:
             self.calls.refresh(call_id, wall + self.session_timeout)
 
     def expire(self, wall: float) -> None:
-        """End the calls whose timeout has passed (see the module text)."""
+        """End the calls whose timeout has passed, and the windows of the rate limit."""
+        self._close_windows(wall)
         for leg in self.calls.expire(wall):
             if leg.state == "answered":
                 self._record(leg, "end", wall, duration=leg.duration(wall), reason="timeout")
@@ -186,10 +229,19 @@ class CallTracker:
                                  reason="shutdown")
                 else:
                     self._record(leg, "failure", wall, status=_UNAVAILABLE, reason="shutdown")
+        # The notes of calls left out so far, rather than never.
+        for user, window in list(self._windows.items()):
+            self._close(user, window, wall)
 
     def next_deadline(self) -> float | None:
         """Wall-clock time at which :meth:`expire` next has work, or None."""
-        return self.calls.next_expiry()
+        calls_due = self.calls.next_expiry()
+        gaps = self._gaps
+        while gaps and not self._is_open_gap(gaps[0]):
+            heapq.heappop(gaps)
+        if not gaps:
+            return calls_due
+        return gaps[0][0] if calls_due is None else min(calls_due, gaps[0][0])
 
     # ----------------------------------------------------------- records
 
@@ -203,7 +255,7 @@ class CallTracker:
         status: int | None = None,
         reason: str | None = None,
     ) -> None:
-        if not self.acc_enabled:
+        if not self.acc_enabled or not self._admit(leg, event, wall):
             return
         self._records.setdefault(leg.user, []).append(AccRecord(
             time=int(wall // 1),
@@ -219,13 +271,82 @@ class CallTracker:
             reason=reason,
         ))
 
-    def take_records(self) -> list[tuple[str, list[AccRecord]]]:
-        """The records queued since the last call, one batch per user, oldest first."""
+    def take_records(self) -> list[tuple[str, list[AccEntry]]]:
+        """The records (and notes) queued since the last call, one batch per user, oldest first."""
         if not self._records:
             return []
         out = list(self._records.items())
         self._records = {}
         return out
+
+    # -------------------------------------------------------- rate limit
+
+    def _admit(self, leg: Call, event: EventName, wall: float) -> bool:
+        """Whether this record of ``leg`` is written (see the module text)."""
+        key = leg.key
+        if key in self._unrecorded:
+            if event in ("end", "failure"):
+                self._unrecorded.discard(key)
+            return False
+        window = self._window(leg.user, wall)
+        if event == "start" and window.written >= self.acc_limit:
+            end = window.start + ACC_WINDOW
+            if not window.unrecorded:
+                heapq.heappush(self._gaps, (end, leg.user))
+                log.warning("call records of %s: %d in a minute, the limit (acc_limit); "
+                            "new calls go unrecorded until %s", leg.user, self.acc_limit,
+                            format_time(end))
+            window.unrecorded += 1
+            self.calls_unrecorded += 1
+            self._unrecorded.add(key)
+            return False
+        window.written += 1
+        return True
+
+    def _window(self, user: str, wall: float) -> _Window:
+        window = self._windows.get(user)
+        if window is not None and wall >= window.start + ACC_WINDOW:
+            self._close(user, window, wall)
+            window = None
+        if window is None:
+            window = self._windows[user] = _Window(wall)
+        return window
+
+    def _close(self, user: str, window: _Window, wall: float) -> None:
+        """End ``user``'s window; the note of the calls it left out goes after its records."""
+        del self._windows[user]
+        if not window.unrecorded:
+            return
+        until = min(window.start + ACC_WINDOW, wall)
+        self._records.setdefault(user, []).append(AccGap(
+            time=int(until // 1),
+            user=user,
+            since=int(window.start // 1),
+            calls=window.unrecorded,
+            limit=self.acc_limit,
+        ))
+        log.warning("call records of %s: %d call(s) left unrecorded from %s to %s "
+                    "(acc_limit %d a minute)", user, window.unrecorded,
+                    format_time(window.start), format_time(until), self.acc_limit)
+
+    def _close_windows(self, wall: float) -> None:
+        gaps = self._gaps
+        while gaps and gaps[0][0] <= wall:
+            entry = heapq.heappop(gaps)
+            if self._is_open_gap(entry):
+                self._close(entry[1], self._windows[entry[1]], wall)
+        # Windows that left nothing out only take memory: drop those that ended.
+        while self._windows:
+            user, window = next(iter(self._windows.items()))
+            if wall < window.start + ACC_WINDOW:
+                break
+            self._close(user, window, wall)
+
+    def _is_open_gap(self, entry: tuple[float, str]) -> bool:
+        end, user = entry
+        window = self._windows.get(user)
+        return (window is not None and window.unrecorded > 0
+                and window.start + ACC_WINDOW == end)
 
 
 # --- writing records from the daemon -------------------------------------------
@@ -240,7 +361,7 @@ class AccStats:
 
 def acc_job(
     user: str,
-    records: Sequence[AccRecord],
+    records: Sequence[AccEntry],
     files: AccFiles,
     *,
     fsync: bool = False,
@@ -253,6 +374,7 @@ def acc_job(
     cannot be written are logged in full, so the journal keeps them.
     """
     batch = tuple(records)
+    count = sum(1 for r in batch if isinstance(r, AccRecord))
 
     def run() -> bool:
         account = lookup(user)
@@ -263,18 +385,18 @@ def acc_job(
     def done(outcome: Outcome, now: float) -> list[Outgoing | Job]:
         if outcome.error is None:
             if stats is not None:
-                stats.records_written += len(batch)
+                stats.records_written += count
                 stats.rotations += 1 if outcome.value else 0
             if outcome.value:
                 log.info("rotated ~%s/.sr/acc to acc.1", user)
             return []
         if stats is not None:
-            stats.records_lost += len(batch)
+            stats.records_lost += count
         error = outcome.error
         why = error.reason if isinstance(error, HomeError) else str(error)
-        log.error("cannot write %d call record(s) of %s: %s", len(batch), user, why)
+        log.error("cannot write %d call record(s) of %s: %s", count, user, why)
         for record in batch:
-            log.warning("unwritten acc record of %s: %s", user, format_line(record))
+            log.warning("unwritten acc record of %s: %s", user, format_entry(record))
         return []
 
     return Job(run, done, queue=ACC_LANE, name=f"acc {user}")

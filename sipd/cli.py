@@ -15,6 +15,8 @@ from typing import Any, NoReturn
 
 import trio
 
+from srfs.logtext import LineFormatter
+
 from . import __version__
 from .config import (
     DEFAULT_CONFIG_PATH,
@@ -100,7 +102,9 @@ def setup_logging(level: str) -> None:
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    # Messages carry values from the network and from users' files: one
+    # record must stay one line whatever they hold (see srfs.logtext).
+    handler.setFormatter(LineFormatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .calltrack import DEFAULT_ACC_LIMIT
 from .sip.errors import ParseError
 from .sip.uri import SipURI, parse_uri
 
@@ -221,6 +222,7 @@ class Settings:
     flush_interval: float = 5.0
     wtmp: bool = True
     acc: bool = True
+    acc_limit: int = DEFAULT_ACC_LIMIT
     outbound_proxy: str = ""
     aliases: str = "/etc/sipd/aliases"
     trunks: str = "/etc/sipd/trunks"
@@ -263,6 +265,8 @@ KEYS: tuple[Key, ...] = (
     Key("flush_interval", _non_negative_number("flush_interval"), "write-back period, seconds (5)"),
     Key("wtmp", _bool("wtmp"), "record registrations in utmp/wtmp (default true)"),
     Key("acc", _bool("acc"), "write call records to ~/.sr/acc (default true)"),
+    Key("acc_limit", _positive_int("acc_limit"),
+        f"call records a minute per user; beyond them new calls go unrecorded ({DEFAULT_ACC_LIMIT})"),
     Key("outbound_proxy", _outbound_proxy,
         "sip: URI where local users' calls to other domains go (default empty: refused, 403)"),
     Key("aliases", _string("aliases"), "the alias map (default /etc/sipd/aliases)"),

@@ -3,8 +3,9 @@
 The files are read in a worker thread (:meth:`Ownership.load`) and the new
 maps are put in force on the trio thread (:meth:`Ownership.apply`), which is
 the only thread that reads them. A file that cannot be trusted or read
-keeps the maps in force; a bad line is skipped. Each problem is logged once
-per change of the file.
+keeps the maps in force; a bad line is skipped. The problems of a file are
+logged once per change of the file, the first few one by one and the rest
+as a count: a file of a million bad lines is a few log lines.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from srfs import users
 from srfs.addresses import parse_host
 from srfs.adminfile import AdminFileError, WatchedAdminFile, read_admin_file, replace_admin_file
 from srfs.aliases import AliasMap, parse_aliases
+from srfs.logtext import log_problems
 from srfs.trunks import TrunkMap, parse_trunks
 
 log = logging.getLogger("sipd.ownership")
@@ -36,11 +38,14 @@ def _is_user(name: str) -> bool:
 
 @dataclass
 class Loaded:
-    """What one :meth:`Ownership.load` found: new maps (None: unchanged)."""
+    """What one :meth:`Ownership.load` found: new maps (None: unchanged).
+
+    ``problems`` holds, per file (or per file not used), what is wrong with it.
+    """
 
     aliases: AliasMap | None = None
     trunks: TrunkMap | None = None
-    problems: list[str] = field(default_factory=list)
+    problems: dict[str, list[object]] = field(default_factory=dict)
 
 
 class Ownership:
@@ -102,21 +107,21 @@ class Ownership:
         if self._alias_file is not None:
             data = self._alias_file.poll(force=force)
             if self._alias_file.problem:
-                out.problems.append(f"not using {self._alias_file.path}: {self._alias_file.problem}")
+                out.problems[f"not using {self._alias_file.path}"] = [self._alias_file.problem]
             elif data is not None:
                 amap, problems = parse_aliases(
                     data.decode("utf-8", "replace"), self.aliases, is_user=self._is_user
                 )
                 out.aliases = amap
-                out.problems.extend(f"{self._alias_file.path}: {p}" for p in problems)
+                out.problems[self._alias_file.path] = list(problems)
         if self._trunk_file is not None:
             data = self._trunk_file.poll(force=force)
             if self._trunk_file.problem:
-                out.problems.append(f"not using {self._trunk_file.path}: {self._trunk_file.problem}")
+                out.problems[f"not using {self._trunk_file.path}"] = [self._trunk_file.problem]
             elif data is not None:
                 tmap, problems = parse_trunks(data.decode("utf-8", "replace"))
                 out.trunks = tmap
-                out.problems.extend(f"{self._trunk_file.path}: {p}" for p in problems)
+                out.problems[self._trunk_file.path] = list(problems)
         return out
 
     def write_aliases(self, data: bytes, *, append: bool) -> Loaded:
@@ -156,8 +161,8 @@ class Ownership:
 
     def apply(self, loaded: Loaded) -> bool:
         """Put what :meth:`load` found in force; True if a map changed."""
-        for problem in loaded.problems:
-            log.warning("%s", problem)
+        for what, problems in loaded.problems.items():
+            log_problems(log, what, problems)
         changed = False
         if loaded.aliases is not None and loaded.aliases.owners != self.aliases.owners:
             self.aliases = loaded.aliases

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from srfs import users
 from srfs.home import FileCache, HomeError
+from srfs.logtext import Recurring
 from srfs.userconfig import EMPTY, UserConfig
 from srfs.userconfig import parse as parse_userconfig
 
@@ -25,6 +26,7 @@ class HomeUsers:
     def __init__(self, group: str) -> None:
         self.group = group
         self._configs: FileCache[UserConfig] = FileCache("config", parse_userconfig)
+        self._unreadable = Recurring()
 
     def find(self, name: str) -> tuple[bool, UserConfig]:
         if not users.valid_name(name):
@@ -35,6 +37,9 @@ class HomeUsers:
         try:
             config = self._configs.get(user)
         except HomeError as exc:
-            log.warning("ignoring config of %s: %s", name, exc.reason)
-            config = None
+            # Met on every call to the user: said once, until it changes.
+            if self._unreadable.report(name, exc.reason):
+                log.warning("ignoring config of %s: %s", name, exc.reason)
+            return True, EMPTY
+        self._unreadable.clear(name)
         return True, config or EMPTY

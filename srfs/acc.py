@@ -22,6 +22,12 @@ into fields at its spaces with ``awk`` or ``cut`` as well as with
 :func:`parse_line`. Readers must ignore keys they do not know: fields may
 be added at the end of a line, never removed or reordered.
 
+A line starting with ``#`` is a note, not a record: readers skip it.
+sipd writes one (:class:`AccGap`) when calls of the user went unrecorded
+because the user's records reached the daemon's limit for a minute::
+
+    # 2026-12-04T17:46:02Z user=jan unrecorded-calls=4211 since=2026-12-04T17:45:02Z limit=600
+
 The file is appended to (``O_APPEND``, never rewritten) through
 :mod:`srfs.home`. When a batch would take it past ``rotate_size`` bytes,
 ``acc`` is renamed to ``acc.1`` (replacing an older ``acc.1``) and a new
@@ -49,13 +55,17 @@ __all__ = [
     "NAME",
     "ROTATE_SIZE",
     "ROTATED_NAME",
+    "AccEntry",
     "AccFiles",
+    "AccGap",
     "AccRecord",
     "Direction",
     "EventName",
     "LineError",
     "decode_value",
     "encode_value",
+    "format_entry",
+    "format_gap",
     "format_line",
     "format_time",
     "parse_file",
@@ -114,6 +124,25 @@ class AccRecord:
             raise ValueError(f"SIP status out of range: {self.status}")
         if self.reason is not None and not _WORD_RE.fullmatch(self.reason):
             raise ValueError(f"reason must be one lower-case word: {self.reason!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class AccGap:
+    """Calls of ``user`` that got no records: the limit of records a minute was reached."""
+
+    time: int
+    """Unix time the gap ended (the end of the minute), whole seconds."""
+    user: str
+    since: int
+    """Unix time the minute began."""
+    calls: int
+    """Calls (this user's side of them) that were left out."""
+    limit: int
+    """Records a minute the daemon writes for one user."""
+
+
+#: What a user's ``acc`` holds: records, and notes of gaps.
+AccEntry = AccRecord | AccGap
 
 
 # --- values ------------------------------------------------------------------
@@ -190,6 +219,16 @@ def format_line(r: AccRecord) -> str:
     return " ".join(parts)
 
 
+def format_gap(g: AccGap) -> str:
+    """The note for ``g``, without the newline: a ``#`` line, which readers skip."""
+    return (f"# {format_time(g.time)} user={encode_value(g.user[:MAX_VALUE])} "
+            f"unrecorded-calls={g.calls} since={format_time(g.since)} limit={g.limit}")
+
+
+def format_entry(entry: AccEntry) -> str:
+    return format_line(entry) if isinstance(entry, AccRecord) else format_gap(entry)
+
+
 def parse_line(line: str) -> AccRecord:
     """The record on one line (without its newline).
 
@@ -248,9 +287,9 @@ def _number(values: dict[str, str], key: str) -> int | None:
     return int(text)
 
 
-def format_records(records: Iterable[AccRecord]) -> bytes:
-    """Lines for ``records``, each ended by a newline, as the file holds them."""
-    return "".join(format_line(r) + "\n" for r in records).encode("ascii")
+def format_records(records: Iterable[AccEntry]) -> bytes:
+    """Lines for ``records`` (and notes), each ended by a newline, as the file holds them."""
+    return "".join(format_entry(r) + "\n" for r in records).encode("ascii")
 
 
 def parse_file(text: str) -> tuple[list[AccRecord], list[str]]:
@@ -291,7 +330,7 @@ class AccFiles:
         self._lock = threading.Lock()
         self._user_locks: dict[str, threading.Lock] = {}
 
-    def append(self, user: User, records: Sequence[AccRecord], *, fsync: bool = False) -> bool:
+    def append(self, user: User, records: Sequence[AccEntry], *, fsync: bool = False) -> bool:
         """Append ``records`` to the user's ``acc``; True when it was rotated first.
 
         Creates ``~/.sr`` (0700) and ``acc`` (0600), owned by the user, when

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from . import passwd, users
 from .home import FileCache, HomeError
+from .logtext import Recurring
 from .users import PAM_SUCCESS, AccountCache, User
 
 log = logging.getLogger("srfs.directory")
@@ -62,6 +63,7 @@ class Directory:
         self._pam_cache = AccountCache(ttl=pam_ttl)
         self._pam_lock = threading.Lock()
         self._passwd = FileCache("passwd", passwd.parse)
+        self._unreadable = Recurring()
         self._first_pam = threading.Lock()
         self._pam_warmed = False
 
@@ -82,8 +84,11 @@ class Directory:
         try:
             pw = self._passwd.get(user)
         except HomeError as exc:
-            log.warning("ignoring passwd of %s: %s", user.name, exc.reason)
+            # Met at every authentication of the user: said once, until it changes.
+            if self._unreadable.report(user.name, exc.reason):
+                log.warning("ignoring passwd of %s: %s", user.name, exc.reason)
             return Account(user, True, exc.reason, passwd_stamp=stamp)
+        self._unreadable.clear(user.name)
         if pw is None:
             return Account(user, True, "no ~/.sr/passwd", passwd_stamp=stamp)
         ha1 = {}

@@ -39,7 +39,8 @@ Behaviour worth knowing (SPEC "The mounted tree", TECH-NOTES §1-§4):
   commit's errno goes back to ``rename``. Without ``O_EXCL`` (``echo x >
   config/typo``) the tree's refusal stands, so a typo is not silently
   accepted. Scratch files are listed, can be removed, and are lost on
-  restart.
+  restart. They are sipd's memory, so :mod:`srfs.scratch` bounds them per
+  user (``EDQUOT``) and in all (``ENOSPC``).
 - ``on_commit(result)`` gets every validated write that changes something
   (a contacts write, a config edit whose ``changed`` is true, an alias map
   write) before ``close``/``rename``/``unlink`` returns, and must make it
@@ -73,6 +74,8 @@ import pyfuse3
 import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, RequestContext, SetattrFields
 
+from .logtext import quote
+from .scratch import DEFAULT_LIMITS, ScratchLimits, ScratchQuota
 from .tree import MAX_WRITE, Kind, Node, Tree, TreeError, WriteResult
 
 __all__ = [
@@ -94,8 +97,6 @@ OnCommit = Callable[[WriteResult], Awaitable[None] | None]
 #: Entry/attribute cache time for nodes whose existence and metadata only
 #: change with group membership (directories, the fixed files).
 STATIC_TIMEOUT = 1.0
-#: At most this many scratch files per directory: they are user-made memory.
-MAX_SCRATCH_PER_DIR = 16
 #: How long an unmount waits for requests being handled to finish.
 SHUTDOWN_GRACE = 5.0
 #: How long a probe of an existing mount may take before it counts as hung.
@@ -161,8 +162,12 @@ class _Scratch:
     gid: int
     mode: int
     mtime: float
+    owner: int
+    """The uid whose quota the file counts against: its creator, whatever chown does."""
     opened: int = 0
     linked: bool = True
+    settled: bool = False
+    """Given back to the quota: no name and no open file holds it any more."""
 
     @property
     def parent(self) -> str:
@@ -206,8 +211,9 @@ class SrFs(pyfuse3.Operations):
     """pyfuse3 operations over a :class:`Tree`.
 
     ``on_commit`` hears of every commit that changed something (see the
-    module doc); ``clock`` gives the wall-clock ``now`` the tree works with.
-    Like the tree, it is touched only from the trio thread.
+    module doc); ``clock`` gives the wall-clock ``now`` the tree works with;
+    ``scratch_limits`` bound the editors' temporary files. Like the tree,
+    it is touched only from the trio thread.
     """
 
     def __init__(
@@ -216,11 +222,13 @@ class SrFs(pyfuse3.Operations):
         *,
         on_commit: OnCommit | None = None,
         clock: Callable[[], float] = time.time,
+        scratch_limits: ScratchLimits = DEFAULT_LIMITS,
     ) -> None:
         super().__init__()
         self.tree = tree
         self._on_commit = on_commit
         self._clock = clock
+        self.scratch_quota = ScratchQuota(scratch_limits)
         root = pyfuse3.ROOT_INODE
         self._ino_of: dict[str, int] = {"/": root}
         self._path_of: dict[int, str] = {root: "/"}
@@ -430,7 +438,7 @@ class SrFs(pyfuse3.Operations):
             # the original's owner and mode onto it (the kernel has already
             # checked that the caller may).
             if fields.update_size:
-                self._resize(scratch.data, attr.st_size)
+                self._resize_scratch(scratch, attr.st_size)
             if fields.update_mode:
                 scratch.mode = stat.S_IMODE(attr.st_mode)
             if fields.update_uid:
@@ -504,7 +512,7 @@ class SrFs(pyfuse3.Operations):
         scratch = self._scratch_by_ino.get(ino)
         if scratch is not None:
             if truncate:
-                scratch.data.clear()
+                self._resize_scratch(scratch, 0)
                 scratch.mtime = now
             scratch.opened += 1
             h = _Handle(ino, scratch.path, scratch, readable, writable, append)
@@ -568,9 +576,13 @@ class SrFs(pyfuse3.Operations):
         if not h.writable:
             raise FUSEError(errno.EBADF)
         if h.scratch is not None:
-            data = h.scratch.data
-            self._put(data, len(data) if h.append else off, buf)
-            h.scratch.mtime = self._clock()
+            scratch = h.scratch
+            at = len(scratch.data) if h.append else off
+            end = at + len(buf)
+            if end > len(scratch.data):
+                self._resize_scratch(scratch, end)
+            scratch.data[at:end] = buf
+            scratch.mtime = self._clock()
             return len(buf)
         if h.error:
             raise FUSEError(h.error)
@@ -590,7 +602,7 @@ class SrFs(pyfuse3.Operations):
                                   append=h.append)
         except (TreeError, FUSEError) as e:
             h.error = e.errno
-            log.debug("write to %s refused: %s", h.path, e)
+            log.debug("write to %s refused: %s", quote(h.path), e)
             raise
         h.dirty = True
         if h.one_line and h.buf.endswith(b"\n"):
@@ -635,14 +647,15 @@ class SrFs(pyfuse3.Operations):
         try:
             if h.scratch is not None:
                 h.scratch.opened -= 1
+                self._settle(h.scratch)
                 self._maybe_drop(h.scratch.ino)
             elif h.writable and not h.error and (h.dirty or h.truncate_pending):
                 # Nobody waits for release: errors can only be logged.
                 await self._commit_handle(h)
         except (TreeError, FUSEError) as e:
-            log.info("commit of %s at close failed: %s", h.path, e)
+            log.info("commit of %s at close failed: %s", quote(h.path), e)
         except Exception:
-            log.exception("srfs: release of %s failed", h.path)
+            log.exception("srfs: release of %s failed", quote(h.path))
         finally:
             held = self._pending.get(h.path) if h.pending else None
             if held is not None:
@@ -658,7 +671,7 @@ class SrFs(pyfuse3.Operations):
             result = self.tree.prepare(h.path, data, append=h.append, now=self._clock())
         except TreeError as e:
             h.error = e.errno
-            log.debug("write to %s refused: %s", h.path, e.reason)
+            log.debug("write to %s refused: %s", quote(h.path), e.reason)
             raise
         h.truncate_pending = False
         if h.append:
@@ -737,10 +750,9 @@ class SrFs(pyfuse3.Operations):
     def _create_scratch(
         self, path: str, flags: int, ctx: RequestContext, now: float
     ) -> tuple[FileInfo, EntryAttributes]:
-        parent = _dirname(path)
-        if sum(1 for s in self._scratch_by_path.values() if s.parent == parent) >= MAX_SCRATCH_PER_DIR:
-            raise FUSEError(errno.ENOSPC)
-        scratch = _Scratch(self._new_ino(), path, bytearray(), ctx.uid, ctx.gid, 0o600, now)
+        self.scratch_quota.add_file(ctx.uid)
+        scratch = _Scratch(self._new_ino(), path, bytearray(), ctx.uid, ctx.gid, 0o600, now,
+                           owner=ctx.uid)
         self._scratch_by_path[path] = scratch
         self._scratch_by_ino[scratch.ino] = scratch
         self._path_of[scratch.ino] = path
@@ -797,16 +809,13 @@ class SrFs(pyfuse3.Operations):
         del self._scratch_by_path[old]
         scratch.linked = False
         self._scratch_by_ino.pop(scratch.ino, None)
+        self._settle(scratch)
         # The kernel now has the scratch inode under the new name: let that
         # number stand for the node until the kernel forgets it.
         self._path_of[scratch.ino] = new
         self._maybe_drop(scratch.ino)
 
     def _move_scratch(self, scratch: _Scratch, new: str) -> None:
-        if _dirname(new) != scratch.parent and sum(
-            1 for s in self._scratch_by_path.values() if s.parent == _dirname(new)
-        ) >= MAX_SCRATCH_PER_DIR:
-            raise FUSEError(errno.ENOSPC)
         del self._scratch_by_path[scratch.path]
         scratch.path = new
         self._scratch_by_path[new] = scratch
@@ -815,7 +824,32 @@ class SrFs(pyfuse3.Operations):
     def _unlink_scratch(self, scratch: _Scratch) -> None:
         del self._scratch_by_path[scratch.path]
         scratch.linked = False
+        self._settle(scratch)
         self._maybe_drop(scratch.ino)
+
+    def _resize_scratch(self, scratch: _Scratch, size: int) -> None:
+        """Make ``scratch`` ``size`` bytes long, within its owner's quota (zeros added)."""
+        if size > MAX_WRITE:
+            raise FUSEError(errno.EFBIG)
+        data = scratch.data
+        # Counted before the memory is taken: a refusal changes nothing.
+        self.scratch_quota.grow(scratch.owner, size - len(data))
+        if size < len(data):
+            del data[size:]
+        else:
+            data.extend(bytes(size - len(data)))
+
+    def _settle(self, scratch: _Scratch) -> None:
+        """Give a scratch file's memory back once no name and no open file holds it.
+
+        The kernel may still know the inode (it shows with size 0 then): the
+        content can no longer be reached, so it need not be kept.
+        """
+        if scratch.linked or scratch.opened or scratch.settled:
+            return
+        self.scratch_quota.drop_file(scratch.owner, len(scratch.data))
+        scratch.data = bytearray()
+        scratch.settled = True
 
     @_handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
@@ -974,7 +1008,8 @@ class SrFs(pyfuse3.Operations):
                 # ENOENT: the kernel never looked it up, which is fine; one
                 # such answer must not stop the others.
                 if e.errno != errno.ENOENT:
-                    log.warning("srfs: cache invalidation of %d/%r failed: %s", ino, name, e)
+                    log.warning("srfs: cache invalidation of %d/%s failed: %s", ino,
+                                quote(os.fsdecode(name or b"")), e)
 
     def close(self) -> None:
         """Stop queueing invalidations (the mount is gone)."""
@@ -1130,6 +1165,7 @@ async def serve(
     *,
     on_commit: OnCommit | None = None,
     clock: Callable[[], float] = time.time,
+    scratch_limits: ScratchLimits = DEFAULT_LIMITS,
     task_status: trio.TaskStatus[SrFs] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount ``tree`` at ``mountpoint`` and serve it until cancelled.
@@ -1145,7 +1181,7 @@ async def serve(
         raise RuntimeError("srfs: one FUSE mount per process, and one is being served")
     try:
         where = await trio.to_thread.run_sync(_canonical, mountpoint)
-        ops = SrFs(tree, on_commit=on_commit, clock=clock)
+        ops = SrFs(tree, on_commit=on_commit, clock=clock, scratch_limits=scratch_limits)
         await trio.to_thread.run_sync(_prepare, where)
         options = set(pyfuse3.default_options)
         options |= {"allow_other", "fsname=srfs", "subtype=srfs", "default_permissions"}

@@ -1026,8 +1026,10 @@ class Tree:
     def config(self, user: str) -> UserConfig:
         return self.configs.get(user)
 
-    def load_config(self, user: str, data: str | bytes | None, now: float) -> UserConfig:
-        """Take the user's ``~/.sr/config`` as read from disk (None: no file).
+    def load_config(self, user: str, data: str | bytes | UserConfig | None,
+                    now: float) -> UserConfig:
+        """Take the user's ``~/.sr/config`` as read from disk (None: no file),
+        as its text or already parsed.
 
         Keys whose value changed get ``now`` as their mtime; the problems
         of the returned config are for the daemon's log.

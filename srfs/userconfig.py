@@ -44,6 +44,7 @@ from types import MappingProxyType
 __all__ = [
     "EMPTY",
     "KEYS",
+    "MAX_PROBLEMS",
     "ConfigValueError",
     "Key",
     "Problem",
@@ -277,17 +278,25 @@ def _render(key: str, value: str) -> str:
     return f"{key} = {value}"
 
 
+#: Problems a parsed config keeps; the rest are only counted. A file of a
+#: million bad lines must not become a million objects held for its user.
+MAX_PROBLEMS = 10
+
+
 @dataclass(frozen=True, slots=True)
 class UserConfig:
     """A parsed config file: the values in force, the problems, and the text itself.
 
     ``values`` holds only known keys with valid values, normalised. ``text``
     is what was parsed, so edits can keep the user's comments and lines.
+    ``problems`` holds the first :data:`MAX_PROBLEMS` problems, in line
+    order, and ``problem_count`` counts them all.
     """
 
     text: str = ""
     values: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     problems: tuple[Problem, ...] = ()
+    problem_count: int = 0
 
     def get(self, key: str) -> str | None:
         return self.values.get(key)
@@ -318,28 +327,36 @@ def parse(data: str | bytes) -> UserConfig:
     values: dict[str, str] = {}
     where: dict[str, int] = {}
     problems: list[Problem] = []
+    count = 0
+
+    def problem(lineno: int, reason: str) -> None:
+        nonlocal count
+        count += 1
+        if len(problems) < MAX_PROBLEMS:
+            problems.append(Problem(lineno, reason))
+
     for lineno, raw in enumerate(_split_lines(text), start=1):
         parsed = _split(raw)
         if parsed is None:
             continue
         if isinstance(parsed, str):
-            problems.append(Problem(lineno, parsed))
+            problem(lineno, parsed)
             continue
         key, raw_value = parsed
         spec = KEYS.get(key)
         if spec is None:
-            problems.append(Problem(lineno, f"unknown key {key!r} (ignored)"))
+            problem(lineno, f"unknown key {key!r} (ignored)")
             continue
         try:
             value = spec.validate(raw_value)
         except ConfigValueError as e:
-            problems.append(Problem(lineno, f"{key}: {e.reason} (line ignored)"))
+            problem(lineno, f"{key}: {e.reason} (line ignored)")
             continue
         if key in where:
-            problems.append(Problem(lineno, f"{key} set again; line {where[key]} is overridden"))
+            problem(lineno, f"{key} set again; line {where[key]} is overridden")
         values[key] = value
         where[key] = lineno
-    return UserConfig(text, MappingProxyType(values), tuple(problems))
+    return UserConfig(text, MappingProxyType(values), tuple(problems), count)
 
 
 def _key_of(line: str) -> str | None:
@@ -398,9 +415,14 @@ class UserConfigs:
         """The user's config; :data:`EMPTY` when none was loaded."""
         return self._configs.get(user, EMPTY)
 
-    def load(self, user: str, data: str | bytes | None) -> UserConfig:
+    def load(self, user: str, data: str | bytes | UserConfig | None) -> UserConfig:
         """Parse and keep the user's file (None: the user has no file)."""
-        config = EMPTY if data is None else parse(data)
+        if data is None:
+            config = EMPTY
+        elif isinstance(data, UserConfig):
+            config = data
+        else:
+            config = parse(data)
         self._configs[user] = config
         return config
 

@@ -7,7 +7,8 @@ Users u1 (uid 60101) and u2 (60102) are SIP members; they need not exist in
 registered phone. Every commit result is appended to RECORD.json (written
 in a worker thread, as the daemon writes ~/.sr/config). Prints ``ready``
 once mounted, ``served`` if the mount goes away by itself. SIGUSR1 toggles membership of u3 (60103); SIGTERM/SIGINT
-unmount and exit 0.
+unmount and exit 0. FUSEHELPER_SCRATCH=FILES,BYTES,TOTAL_FILES,TOTAL_BYTES
+sets the limits of scratch files (srfs.scratch.ScratchLimits).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import trio
 
 from srfs.fuse import serve
 from srfs.location import Binding, LocationStore
+from srfs.scratch import DEFAULT_LIMITS, ScratchLimits
 from srfs.tree import Stat, StatKind, Tree, WriteResult
 from srfs.users import User
 
@@ -38,6 +40,14 @@ def _write_json(path: str, records: list[dict[str, Any]]) -> None:
     with open(tmp, "w") as f:
         json.dump(records, f)
     os.replace(tmp, path)
+
+
+def _scratch_limits() -> ScratchLimits:
+    spec = os.environ.get("FUSEHELPER_SCRATCH")
+    if not spec:
+        return DEFAULT_LIMITS
+    files, size, total_files, total_size = (int(n) for n in spec.split(","))
+    return ScratchLimits(files, size, total_files, total_size)
 
 
 async def main(mountpoint: str, record: str) -> None:
@@ -67,7 +77,8 @@ async def main(mountpoint: str, record: str) -> None:
         await trio.to_thread.run_sync(_write_json, record, list(records))
 
     async def serve_and_report(*, task_status: trio.TaskStatus[object]) -> None:
-        await serve(tree, mountpoint, on_commit=on_commit, task_status=task_status)
+        await serve(tree, mountpoint, on_commit=on_commit, scratch_limits=_scratch_limits(),
+                    task_status=task_status)
         # Only reached when the filesystem went away by itself (fusermount3 -u).
         print("served", flush=True)
 

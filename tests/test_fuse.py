@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ HELPER = Path(__file__).resolve().parent / "fusehelper.py"
 U1, U2 = 60101, 60102
 PBX = "sip:pbx@198.51.100.7:5060"
 PHONE = "sip:u1@192.0.2.10:5060;transport=udp"
-ENV = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+# The helper runs as a script, so its sys.path starts at tests/: without
+# PYTHONPATH it would import whatever srfs is installed, not this checkout's.
+ENV = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONPATH": str(REPO)}
 
 
 def _fuse_unavailable() -> str | None:
@@ -60,6 +63,7 @@ class Mount:
 
     base: str
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=lambda: dict(ENV))
 
     @property
     def mnt(self) -> str:
@@ -80,7 +84,7 @@ class Mount:
         log = open(os.path.join(self.base, f"helper{len(self.procs)}.log"), "w")
         proc = subprocess.Popen(
             [sys.executable, str(HELPER), self.mnt, self.record],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, env=ENV,
+            cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, env=self.env,
         )
         log.close()
         self.procs.append(proc)
@@ -116,13 +120,14 @@ class Mount:
             return f.read()
 
 
-@pytest.fixture
-def fs() -> Iterator[Mount]:
+@contextmanager
+def helper_mount(**env: str) -> Iterator[Mount]:
+    """A started helper with ``env`` added to its environment; stopped and unmounted after."""
     # Not under pytest's tmp_path: its 0700 parent would stop the
     # unprivileged uids before they reach the mount.
     base = tempfile.mkdtemp(prefix="srfs-test-")
     os.chmod(base, 0o755)
-    m = Mount(base)
+    m = Mount(base, env={**ENV, **env})
     try:
         m.start()
         yield m
@@ -137,6 +142,12 @@ def fs() -> Iterator[Mount]:
             force_unmount(m.mnt)
         if not mounted(m.mnt):  # never recurse into a live mount
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def fs() -> Iterator[Mount]:
+    with helper_mount() as m:
+        yield m
 
 
 def sh(script: str, uid: int | None = None) -> subprocess.CompletedProcess[str]:

@@ -168,7 +168,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         ownership=ownership,
     )
     transactions = TransactionLayer()
-    tracker = CallTracker(CallTable(), acc_enabled=settings.acc)
+    tracker = CallTracker(CallTable(), acc_enabled=settings.acc, acc_limit=settings.acc_limit)
     if bound is None:
         bound = [("udp", h, p) for h in hosts for p in ports]
     try:

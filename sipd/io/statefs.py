@@ -6,8 +6,10 @@ daemon and carries their results to the disk:
 
 - the SIP group's members, re-read every few seconds in a worker thread,
   so users appear and disappear without a restart;
-- each member's ``~/.sr/config``, re-read when it changed (one stat), so
-  hand edits show up in ``config/`` without a restart;
+- each member's ``~/.sr/config``, re-read and parsed in the worker thread
+  when it changed (one stat), so hand edits show up in ``config/`` without
+  a restart and a large file never holds up SIP; its problems are logged
+  a few lines and a count per change;
 - ``status`` and ``metrics`` from the daemon's counters;
 - config values written through the tree, written to ``~/.sr/config``
   (comments and unknown lines kept) by a worker thread. Contacts written
@@ -30,7 +32,9 @@ from srfs import home, userconfig, users
 from srfs.fuse import SrFs, serve
 from srfs.home import FileCache, HomeError
 from srfs.location import Binding, Op
+from srfs.logtext import Recurring, log_problems
 from srfs.tree import ConfigChange, ContactsWrite, Stat, StatKind, Tree, TreeError, WriteResult
+from srfs.userconfig import UserConfig
 from srfs.users import User
 
 from .. import __version__
@@ -45,10 +49,6 @@ log = logging.getLogger("sipd.statefs")
 
 #: How often the group and the users' config files are looked at again.
 REFRESH_INTERVAL = 5.0
-
-
-def _config_text(data: bytes) -> str:
-    return userconfig.decode(data)
 
 
 def _ownership_hooks(ownership: Ownership | None, rules: BindingRules | None) -> dict[str, Any]:
@@ -94,7 +94,8 @@ class StateFs:
             endpoint.tracker.calls.subscribe(
                 lambda change: self.tree.touch(f"/{change.call.user}/calls", time.time())
             )
-        self._configs = FileCache("config", _config_text)
+        self._configs = FileCache("config", userconfig.parse)
+        self._unreadable = Recurring()
         self._config_locks: dict[str, trio.Lock] = {}
         #: Per user, odd while a config write through the tree is under way,
         #: two more after each: the poll must not put back what the file
@@ -114,25 +115,31 @@ class StateFs:
         self.members = tuple(users.members(self.settings.group))
         now = time.time()
         self.tree.sync_members(now)
-        for user, text in self._read_configs(self.members):
-            self._take_config(user, text, now)
+        for user, config in self._read_configs(self.members):
+            self._take_config(user, config, now)
 
-    def _read_configs(self, members: tuple[User, ...]) -> list[tuple[User, str | None]]:
-        out: list[tuple[User, str | None]] = []
+    def _read_configs(self, members: tuple[User, ...]) -> list[tuple[User, UserConfig | None]]:
+        """Blocking: each member's parsed config (None: no file); the cache
+        makes an unchanged file cost one stat and no parse."""
+        out: list[tuple[User, UserConfig | None]] = []
         for user in members:
             try:
                 out.append((user, self._configs.get(user)))
             except HomeError as exc:
-                log.warning("ignoring config of %s: %s", user.name, exc.reason)
+                # Seen again at every refresh until the user fixes it.
+                if self._unreadable.report(user.name, exc.reason):
+                    log.warning("ignoring config of %s: %s", user.name, exc.reason)
+                continue
+            self._unreadable.clear(user.name)
         return out
 
-    def _take_config(self, user: User, text: str | None, now: float) -> None:
+    def _take_config(self, user: User, config: UserConfig | None, now: float) -> None:
         before = self.tree.config(user.name)
-        if before.text == (text or "") and text is not None:
+        if config is not None and before.text == config.text:
             return
-        config = self.tree.load_config(user.name, text, now)
-        for problem in config.problems:
-            log.warning("%s's ~/.sr/config: %s", user.name, problem)
+        loaded = self.tree.load_config(user.name, config, now)
+        log_problems(log, f"{user.name}'s ~/.sr/config", loaded.problems,
+                     total=loaded.problem_count)
 
     async def refresh_loop(self) -> None:
         while True:
@@ -152,13 +159,13 @@ class StateFs:
             for name in removed:
                 log.info("%s left group %s", name, self.settings.group)
                 self.tree.forget_config(name)
-            for user, text in configs:
+            for user, config in configs:
                 count = self._config_writes.get(user.name, 0)
                 if count != writes.get(user.name, 0) or count % 2:
                     # Read while a write through the tree was under way: what
                     # it says may be older than what that write acknowledged.
                     continue
-                self._take_config(user, text, now)
+                self._take_config(user, config, now)
 
     # ------------------------------------------------------------ outputs
 
@@ -200,10 +207,10 @@ class StateFs:
 
     async def _write_config(self, user: User, change: ConfigChange) -> None:
         try:
-            text = await trio.to_thread.run_sync(self._configs.get, user)
+            config = await trio.to_thread.run_sync(self._configs.get, user)
         except HomeError as exc:
             raise OSError(exc.errno, exc.reason) from None
-        self._take_config(user, text, time.time())
+        self._take_config(user, config, time.time())
         try:
             current = self.tree.config_change(user.name, change.key, change.value)
         except TreeError as exc:
@@ -266,6 +273,15 @@ class StateFs:
                 out.append(Stat(f"acc_{f.name}", getattr(ep.acc_stats, f.name),
                                 f"Call records: {f.name.replace('_', ' ')}.", StatKind.COUNTER,
                                 status=False))
+            out.append(Stat("acc_calls_unrecorded", ep.tracker.calls_unrecorded,
+                            "Calls left out of ~/.sr/acc: the user's records reached acc_limit.",
+                            StatKind.COUNTER, status=False))
+        if self.ops is not None:
+            quota = self.ops.scratch_quota
+            out.append(Stat("scratch_files", quota.files,
+                            "Editors' temporary files held in memory.", status=False))
+            out.append(Stat("scratch_bytes", quota.bytes,
+                            "Bytes in editors' temporary files.", status=False))
         counters: dict[str, Any] = {}
         for source in (ep.stats, ep.server.stats, self.transports.stats):
             counters.update({f.name: getattr(source, f.name) for f in fields(source)})

@@ -21,6 +21,8 @@ from typing import Protocol
 
 import trio
 
+from srfs.logtext import Tally
+
 from ..config import ListenAddress
 from ..peer import Outgoing, Peer
 from ..sip.framing import FramingError, Ping, Pong, StreamFramer
@@ -167,6 +169,8 @@ class Transports:
         #: Worker threads for blocking work at once (PAM, NSS, home I/O).
         self._limiter = trio.CapacityLimiter(8)
         self._lanes: dict[str, trio.MemorySendChannel[Job]] = {}
+        self._tcp_refusals = Tally()
+        self._accept_failures = Tally()
         self.sync_clock()
 
     def sync_clock(self) -> None:
@@ -367,12 +371,19 @@ class Transports:
                 stream = await listener.accept()
             except OSError as exc:
                 # EMFILE and friends: wait instead of spinning.
-                log.warning("tcp accept failed: %s", exc)
+                failed = self._accept_failures.count(trio.current_time())
+                if failed is not None:
+                    log.warning("tcp accept failed %d time(s): %s", failed, exc)
                 await trio.sleep(0.1)
                 continue
             if len(self._tcp) >= self.tcp_max_connections:
                 self.stats.tcp_refused += 1
-                log.warning("refusing tcp connection: %d connections open", len(self._tcp))
+                # A line per refusal would let any client write the log at
+                # the rate it can open connections.
+                refused = self._tcp_refusals.count(trio.current_time())
+                if refused is not None:
+                    log.warning("refused %d tcp connection(s): %d connections open "
+                                "(tcp_max_connections)", refused, len(self._tcp))
                 await stream.aclose()
                 continue
             nursery.start_soon(self._serve_tcp, stream)
