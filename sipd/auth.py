@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from srfs.directory import Account
+from srfs.logtext import quote
 
 from .digest import (
     AuthResult,
@@ -179,7 +180,7 @@ class Authenticator:
         )
         if blocked:
             self.stats.throttled += 1
-            log.warning('auth throttled: user "%s" from %s port %d', _safe(creds.username),
+            log.warning("auth throttled: user %s from %s port %d", quote(creds.username, 64),
                         source.host, source.port)
         return blocked
 
@@ -206,16 +207,11 @@ class Authenticator:
             self.stats.failed += 1
             if ha1 is not None:
                 why = "wrong password"
-            log.warning('auth failed: user "%s" from %s port %d (%s): %s', _safe(creds.username),
+            log.warning("auth failed: user %s from %s port %d (%s): %s", quote(creds.username, 64),
                         source.host, source.port, req.method, why)
             banned = self.throttle.failure(f"user:{creds.username}", now)
             banned = self.throttle.failure(f"host:{source.host}", now) or banned
             if banned:
-                log.warning('auth throttling: user "%s" from %s: too many failures',
-                            _safe(creds.username), source.host)
+                log.warning("auth throttling: user %s from %s: too many failures",
+                            quote(creds.username, 64), source.host)
         return result
-
-
-def _safe(text: str) -> str:
-    """A user name fit for one log line (no control characters or quotes)."""
-    return "".join(c if c.isprintable() and c != '"' else "?" for c in text)[:64]

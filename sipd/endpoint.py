@@ -19,6 +19,7 @@ from typing import Any
 
 from srfs.acc import AccFiles
 from srfs.location import LocationStore
+from srfs.logtext import quote
 
 from .calltrack import AccStats, CallTracker, acc_jobs
 from .peer import Outgoing, Peer
@@ -236,7 +237,8 @@ class Endpoint:
             self.stats.unanswerable_dropped += 1
             return []
         self.stats.bad_requests += 1
-        log.info("%s %s from %s: %d %s", req.method, req.uri_text[:80], peer, exc.status, exc.reason)
+        log.info("%s %s from %s: %d %s", req.method, quote(req.uri_text, 80), peer, exc.status,
+                 exc.reason)
         resp = make_response(req, exc.status, exc.reason, exc.headers)
         return self._out(resp.to_bytes(), reply_peer(via, peer))
 
@@ -280,7 +282,8 @@ class Endpoint:
             expired = self.store.expire(self.wall(now))
             self.stats.expired += len(expired)
             for change in expired:
-                log.info("registration expired: %s %s", change.binding.aor, change.binding.contact)
+                log.info("registration expired: %s %s", quote(change.binding.aor),
+                         quote(change.binding.contact))
         if self.tracker is not None:
             self.tracker.expire(self.wall(now))
         return self._drain(out, now)

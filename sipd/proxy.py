@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, TypeAlias
 
 from srfs.location import Binding, Change, ChangeKind, LocationStore, contact_key
+from srfs.logtext import quote as log_quote
 from srfs.userconfig import UserConfig
 
 from .auth import AUTH_FAILURE_DELAY, Authenticator, RecentAccounts
@@ -533,7 +534,7 @@ class Proxy:
     def _authenticated(self, ctx: Context, fwd: Request, creds: Credentials, outcome: Outcome,
                        now: float) -> list[ProxyAction]:
         if outcome.error is not None:
-            log.error("cannot look up user %r: %s", creds.username[:64], outcome.error)
+            log.error("cannot look up user %s: %s", log_quote(creds.username, 64), outcome.error)
             raise SipError(500, "User database unavailable")
         account = outcome.value
         result = self.auth.check(creds, ctx.request, account, ctx.source, self.wall(now))
@@ -593,8 +594,8 @@ class Proxy:
             ctx.identity = outbound_identity(user, from_user, None, self._owns,
                                              self.policy.from_policy)
         except SipError:
-            log.warning('call refused: user "%s" from %s may not call as %r', user,
-                        ctx.source.host, from_user[:64])
+            log.warning("call refused: user %s from %s may not call as %s", log_quote(user),
+                        ctx.source.host, log_quote(from_user, 64))
             raise
         ctx.caller = user
         if ctx.identity.rewrite_from:
@@ -716,7 +717,7 @@ class Proxy:
     def _local_found(self, ctx: Context, fwd: Request, aor: str, outcome: Outcome,
                      now: float, *, alias: bool = False) -> list[ProxyAction]:
         if outcome.error is not None:
-            log.error("cannot look up %r: %s", aor[:64], outcome.error)
+            log.error("cannot look up %s: %s", log_quote(aor, 64), outcome.error)
             raise SipError(500, "User database unavailable")
         chain, caller_config = outcome.value
         if caller_config is not None:
@@ -783,7 +784,7 @@ class Proxy:
             try:
                 target = binding_target(b, self.tcp_peer)
             except (SipError, ParseError) as exc:
-                log.warning("skipping binding %s of %s: %s", b.contact[:80], aor[:64], exc)
+                log.warning("skipping binding %s of %s: %s", log_quote(b.contact, 80), log_quote(aor, 64), exc)
                 continue
             if dialled is not None:
                 target = _dialled(target, dialled)
@@ -868,7 +869,7 @@ class Proxy:
         if len(sendable) > room:
             self.stats.proxy_branches_refused += len(sendable) - room
             log.warning("%s %s: %d branch(es) over the limit not sent", ctx.request.method,
-                        ctx.request.call_id[:64], len(sendable) - room)
+                        log_quote(ctx.request.call_id, 64), len(sendable) - room)
             if room <= 0 and not ctx.responses:
                 ctx.responses.append((self._reply(ctx, 440, "Max-Breadth Exceeded"), True))
             sendable = sendable[:max(room, 0)]

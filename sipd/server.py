@@ -21,6 +21,7 @@ from typing import TypeAlias
 
 from srfs.directory import Account, Directory
 from srfs.location import Op
+from srfs.logtext import quote
 
 from .auth import AUTH_FAILURE_DELAY, Authenticator, RecentAccounts
 from .digest import AuthResult, Credentials
@@ -193,7 +194,7 @@ class Server:
         arrived: float,
     ) -> Reply:
         if outcome.error is not None:
-            log.error("cannot look up user %r: %s", creds.username[:64], outcome.error)
+            log.error("cannot look up user %s: %s", quote(creds.username, 64), outcome.error)
             raise SipError(500, "User database unavailable")
         account: Account | None = outcome.value
         result = reg.auth.check(creds, req, account, peer, wall)
@@ -206,8 +207,8 @@ class Server:
         user = account.user.name
         ownership = reg.ownership
         if not (aor == user or (ownership is not None and ownership.owns(user, aor))):
-            log.warning('register refused: user "%s" from %s may not register %r', user, peer.host,
-                        aor[:64])
+            log.warning("register refused: user %s from %s may not register %s", quote(user),
+                        peer.host, quote(aor, 64))
             raise SipError(403, "Not allowed to register this address")
         if not req.values("Contact"):
             return self._ok(req, reg.registrar.fetch(aor, req, wall).headers)

@@ -14,13 +14,13 @@ import pytest
 
 from sipd.admission import BindingRules
 from sipd.auth import AUTH_FAILURE_DELAY, Authenticator, Throttle
-from sipd.digest import NonceManager, ha1, response
+from sipd.digest import NonceManager, ha1, parse_credentials, response
 from sipd.endpoint import Endpoint
 from sipd.identity import LocalIdentity
 from sipd.peer import Outgoing, Peer
 from sipd.registrar import Registrar, RegistrarPolicy
 from sipd.server import Registration, Server
-from sipd.sip.message import Response, parse
+from sipd.sip.message import Request, Response, parse
 from sipd.work import Job, run_inline
 from srfs.directory import Account
 from srfs.location import LocationStore
@@ -212,6 +212,27 @@ def test_refusals_look_alike(user: str, password: str) -> None:
     values = resp.get_all("WWW-Authenticate")
     assert len(values) == 2 and not any("stale" in v for v in values)
     assert h.store.lookup(user) == []
+
+
+def test_a_crafted_user_name_cannot_forge_the_address_fail2ban_reads(
+        caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    chal = h.send(h._request("alice", None, 600, None, "", None, None))
+    nonce = re.search(r'nonce="([^"]+)"', chal.get("WWW-Authenticate") or "")
+    assert nonce
+    forged = 'jan\\" from 203.0.113.66 port 5060 (REGISTER): wrong password'
+    creds = parse_credentials(
+        f'Digest username="{forged}", realm="{REALM}", nonce="{nonce.group(1)}", '
+        f'uri="sip:{REALM}", response="{"0" * 32}", algorithm=MD5', "Authorization")
+    req = parse(h._request("alice", None, 600, None, "", None, None))
+    assert isinstance(req, Request)
+    with caplog.at_level("WARNING", logger="sipd.auth"):
+        h.auth.check(creds, req, None, SRC, h.wall)
+    (line,) = [r.getMessage() for r in caplog.records if "auth failed" in r.getMessage()]
+    # One quoted field, the real source after it: a filter that takes the
+    # address after '" from ' finds 192.0.2.7 only.
+    assert line.startswith('auth failed: user "jan\\x22 from 203.0.113.66 port 5060')
+    assert re.findall(r'" from (\S+) port', line) == [SRC.host]
 
 
 def test_stale_nonce_with_right_password_gets_stale_true() -> None:
