@@ -17,7 +17,8 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import trio
@@ -245,9 +246,19 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
+@contextmanager
+def user_database_needed() -> Iterator[None]:
+    """Start-up steps that read NSS: a failing user database stops the start, in one line."""
+    try:
+        yield
+    except users.DirectoryUnavailable as exc:
+        raise StartupError(f"cannot start: {exc}") from None
+
+
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT. Start-up failures raise StartupError."""
-    check_accounts(settings)
+    with user_database_needed():
+        check_accounts(settings)
     bound = bind_sockets(settings.listen, skip_unavailable_ipv6=settings.listen_is_default)
     try:
         daemon = build(settings, ports={a.port for a, _ in bound}, hosts=[a.host for a, _ in bound],
@@ -260,8 +271,9 @@ async def run(settings: Settings) -> None:
             tcp_message_timeout=settings.tcp_message_timeout,
         )
         daemon.endpoint.transport_stats = transports.stats
-        await trio.to_thread.run_sync(reload_registrations, daemon)
-        daemon.ownership.apply(await trio.to_thread.run_sync(daemon.ownership.load))
+        with user_database_needed():
+            await trio.to_thread.run_sync(reload_registrations, daemon)
+            daemon.ownership.apply(await trio.to_thread.run_sync(daemon.ownership.load))
     except BaseException:
         for _, sock in bound:
             sock.close()
@@ -272,7 +284,8 @@ async def run(settings: Settings) -> None:
 
         statefs = StateFs(settings, daemon.endpoint, transports, started=time.time(),
                           ownership=daemon.ownership)
-        await trio.to_thread.run_sync(statefs.load)
+        with user_database_needed():
+            await trio.to_thread.run_sync(statefs.load)
     tune_gc()
     async with trio.open_nursery() as nursery:
         await nursery.start(transports.serve, bound)
@@ -340,9 +353,19 @@ class ReloadRequest:
 
 async def watch_admin_files(ownership: Ownership, reload: ReloadRequest) -> None:
     """Re-read /etc/sipd/aliases and trunks when they change, or at once on SIGHUP."""
+    retry = False
     while True:
-        force = await reload.wait(ADMIN_POLL_INTERVAL)
-        loaded = await trio.to_thread.run_sync(functools.partial(ownership.load, force=force))
+        force = await reload.wait(ADMIN_POLL_INTERVAL) or retry
+        try:
+            loaded = await trio.to_thread.run_sync(functools.partial(ownership.load, force=force))
+        except users.DirectoryUnavailable as exc:
+            # Which alias names are users' own logins is unknown: keep the
+            # maps in force and read the files again until it is known.
+            if not retry:
+                log.warning("alias map not reloaded, retrying: %s", exc)
+            retry = True
+            continue
+        retry = False
         ownership.apply(loaded)
         if force:
             log.info("reloaded: alias map with %d name(s), %d trusted trunk network(s)",
