@@ -48,6 +48,7 @@ from ..sip.uri import SipURI, parse_uri
 from ..targets import LocalAddresses
 from ..userlookup import HomeUsers
 from ..work import run_inline
+from .limits import connection_cap, raise_open_file_limit, reserve
 from .transport import StartupError, Transports, bind_sockets
 
 log = logging.getLogger("sipd")
@@ -255,18 +256,33 @@ def user_database_needed() -> Iterator[None]:
         raise StartupError(f"cannot start: {exc}") from None
 
 
+def tcp_connection_cap(settings: Settings) -> int:
+    """``tcp_max_connections``, lowered to leave descriptors for everything else."""
+    limit = raise_open_file_limit()
+    cap = connection_cap(settings.tcp_max_connections, limit)
+    if cap < settings.tcp_max_connections:
+        log.warning("tcp_max_connections lowered from %d to %d: the open-file limit is %d and "
+                    "%d descriptors are kept for homes, NSS and PAM",
+                    settings.tcp_max_connections, cap, limit, reserve(limit))
+    return cap
+
+
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT. Start-up failures raise StartupError."""
     with user_database_needed():
         check_accounts(settings)
     bound = bind_sockets(settings.listen, skip_unavailable_ipv6=settings.listen_is_default)
     try:
+        # After the checks that fail a start in one line, before the
+        # reload that opens every user's home.
+        tcp_cap = tcp_connection_cap(settings)
         daemon = build(settings, ports={a.port for a, _ in bound}, hosts=[a.host for a, _ in bound],
                        bound=[(a.transport, a.host, a.port) for a, _ in bound])
         transports = Transports(
             daemon.endpoint,
             max_message_size=settings.max_message_size,
-            tcp_max_connections=settings.tcp_max_connections,
+            tcp_max_connections=tcp_cap,
+            tcp_max_connections_per_source=settings.tcp_max_connections_per_source,
             tcp_idle_timeout=settings.tcp_idle_timeout,
             tcp_message_timeout=settings.tcp_message_timeout,
         )
