@@ -229,6 +229,7 @@ class Settings:
     tcp_max_connections: int = 1024
     tcp_max_connections_per_source: int = 128
     tcp_idle_timeout: float = 300.0
+    tcp_unregistered_idle_timeout: float = 30.0
     tcp_message_timeout: float = 32.0
     config_path: str = DEFAULT_CONFIG_PATH
 
@@ -280,8 +281,12 @@ KEYS: tuple[Key, ...] = (
         "(128: an office of 50 phones behind one NAT, two connections each, with room to spare)"),
     Key("tcp_idle_timeout", _non_negative_number("tcp_idle_timeout"),
         "close a TCP connection silent this long, seconds (300)"),
+    Key("tcp_unregistered_idle_timeout", _non_negative_number("tcp_unregistered_idle_timeout"),
+        "close an accepted TCP connection that carries no registration when no SIP message "
+        "came over it for this long; keep-alives do not count; 0 turns this off, seconds (30)"),
     Key("tcp_message_timeout", _non_negative_number("tcp_message_timeout"),
-        "close a TCP connection that leaves a message unfinished this long, seconds (32)"),
+        "close a TCP connection that leaves a message unfinished this long after its first "
+        "byte, seconds (32)"),
 )
 _KEYS = {k.name: k for k in KEYS}
 

@@ -1,4 +1,4 @@
-"""TCP under pressure, against a real sipd: floods and descriptor limits.
+"""TCP under pressure, against a real sipd: floods, keep-alives, trickles, descriptor limits.
 
 Loopback is all of 127.0.0.0/8, so "another address" is 127.0.0.2 and up.
 """
@@ -97,6 +97,26 @@ def still_served(socks: list[socket.socket]) -> int:
     return served
 
 
+def closed_within(sock: socket.socket, limit: float, *, ping_every: float = 0.2) -> float | None:
+    """Seconds until the server closes ``sock`` while it sends a CRLF ping
+    every ``ping_every`` s; None if it is still open after ``limit`` s."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        try:
+            sock.sendall(b"\r\n\r\n")
+            sock.settimeout(ping_every)
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - start
+        if not data:
+            return time.monotonic() - start
+        assert data.strip(b"\r\n") == b"", data[:200]
+        time.sleep(ping_every)
+    return None
+
+
 # --- floods ------------------------------------------------------------------------
 
 
@@ -170,3 +190,68 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path, unix: F
         assert re.search(r"Max open files\s+4096\s+4096", limits), limits
     assert "open-file limit raised from 600 to 4096" in sipd.log
     assert "lowered" not in sipd.log
+
+
+# --- keep-alives ---------------------------------------------------------------------
+
+
+def test_keepalives_keep_only_connections_that_carry_a_registration(
+        tmp_path: Path, unix: FakeUnix, passwords: dict[str, str]) -> None:
+    config = "tcp_unregistered_idle_timeout = 1\ntcp_idle_timeout = 60\n"
+    with sipd_with(tmp_path, unix, config) as sipd, ExitStack() as stack:
+        phone = stack.enter_context(Phone(sipd.port, "alice", passwords["alice"],
+                                          transport="tcp", source="127.0.0.2"))
+        assert status_of(phone.register()) == 200
+
+        # Nothing but pings: closed after the short idle time, pings or not.
+        idle = connect_many(stack, sipd.port, 1, "127.0.0.3")[0]
+        took = closed_within(idle, limit=4.0)
+        assert took is not None and 0.9 <= took <= 2.5, took
+
+        # A SIP message counts; the pings after it do not.
+        chatty = connect_many(stack, sipd.port, 1, "127.0.0.4")[0]
+        chatty.sendall(options("sip:127.0.0.1", via_host="127.0.0.4",
+                               via_port=chatty.getsockname()[1], transport="TCP"))
+        assert status_of(chatty.recv(65536)) == 200
+        took = closed_within(chatty, limit=4.0)
+        assert took is not None and 0.9 <= took <= 2.5, took
+
+        # The registered phone lived through the same pings, and is served.
+        assert closed_within(phone.sock, limit=1.0) is None
+        phone.sock.settimeout(5)
+        phone.sock.sendall(options(f"sip:{REALM}", via_host="127.0.0.2", via_port=phone.port,
+                                   transport="TCP"))
+        assert status_of(phone.recv_message()) == 200
+    assert "no registration" in sipd.log
+
+
+# --- unfinished messages -----------------------------------------------------------------
+
+
+def test_an_unfinished_message_has_a_deadline_from_its_first_byte(
+        tmp_path: Path, unix: FakeUnix) -> None:
+    """One header line every 0.25 s never resets tcp_message_timeout."""
+    timeout = 2.0
+    with sipd_with(tmp_path, unix, f"tcp_message_timeout = {timeout}\n") as sipd, \
+            socket.create_connection(("127.0.0.1", sipd.port), timeout=5) as c:
+        lines = options("sip:127.0.0.1", via_port=c.getsockname()[1], transport="TCP").split(b"\r\n")
+        start = time.monotonic()
+        c.sendall(lines[0] + b"\r\n")
+        took = None
+        n = 0
+        while time.monotonic() - start < 3 * timeout:
+            try:
+                c.sendall(f"X-Trickle-{n}: {'x' * 20}\r\n".encode())
+                c.settimeout(0.25)
+                if c.recv(65536) == b"":
+                    took = time.monotonic() - start
+                    break
+            except TimeoutError:
+                n += 1
+            except (ConnectionResetError, BrokenPipeError):
+                took = time.monotonic() - start
+                break
+        assert took is not None, "still open while the message trickles in"
+        assert timeout - 0.1 <= took <= timeout + 1.0, took
+        assert n >= 5
+    assert "an unfinished message" in sipd.log

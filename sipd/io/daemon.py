@@ -284,6 +284,7 @@ async def run(settings: Settings) -> None:
             tcp_max_connections=tcp_cap,
             tcp_max_connections_per_source=settings.tcp_max_connections_per_source,
             tcp_idle_timeout=settings.tcp_idle_timeout,
+            tcp_unregistered_idle_timeout=settings.tcp_unregistered_idle_timeout,
             tcp_message_timeout=settings.tcp_message_timeout,
         )
         daemon.endpoint.transport_stats = transports.stats

@@ -9,12 +9,14 @@ peer cannot stall the loop that serves everyone else.
 
 Accepted connections are counted the moment ``accept`` returns, against a
 global cap and a cap per source address, so that no burst of connections
-can hold more slots than configured.
+can hold more slots than configured; see :mod:`.liveness` for when a
+connection is closed again.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import itertools
 import logging
@@ -31,6 +33,7 @@ from ..config import ListenAddress
 from ..peer import Outgoing, Peer
 from ..sip.framing import FramingError, Ping, Pong, StreamFramer
 from ..work import Job, Outcome
+from .liveness import Close, Liveness
 
 Action = Outgoing | Job
 
@@ -61,6 +64,7 @@ class EndpointLike(Protocol):
     def connection_closed(self, peer: Peer) -> None: ...
     def framing_error(self, error: FramingError, peer: Peer, now: float) -> list[Action]: ...
     def connection_failed(self, peer: Peer, now: float) -> list[Action]: ...
+    def connection_has_binding(self, peer: Peer) -> bool: ...
 
 
 @dataclass
@@ -73,6 +77,7 @@ class TransportStats:
     tcp_refused_per_source: int = 0
     tcp_open: int = 0
     tcp_idle_closed: int = 0
+    tcp_unregistered_closed: int = 0
     tcp_framing_errors: int = 0
     tcp_send_overflow: int = 0
     tcp_pings: int = 0
@@ -201,6 +206,7 @@ class Transports:
         tcp_idle_timeout: float,
         tcp_message_timeout: float,
         tcp_max_connections_per_source: int | None = None,
+        tcp_unregistered_idle_timeout: float = 0.0,
     ) -> None:
         self.endpoint = endpoint
         self.max_message_size = max_message_size
@@ -208,6 +214,8 @@ class Transports:
         self.tcp_max_connections_per_source = tcp_max_connections_per_source or tcp_max_connections
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tcp_message_timeout = tcp_message_timeout
+        #: 0 turns the rule for connections without a registration off.
+        self.tcp_unregistered_idle_timeout = tcp_unregistered_idle_timeout
         self.stats = TransportStats()
         self._ids = itertools.count(1)
         self._udp: dict[int, socket.socket] = {}
@@ -507,19 +515,28 @@ class Transports:
     async def _tcp_reader(self, conn: _TcpConnection) -> None:
         framer = StreamFramer(self.max_message_size)
         peer = conn.peer
-        assert conn.stream is not None
+        stream = conn.stream
+        assert stream is not None
+        unregistered = self.tcp_unregistered_idle_timeout
+        clock = Liveness.opened(
+            trio.current_time(),
+            idle_timeout=self.tcp_idle_timeout,
+            message_timeout=self.tcp_message_timeout,
+            # Only for connections peers opened: ours carry our own traffic.
+            unregistered_timeout=unregistered if conn.source is not None and unregistered else None,
+        )
+        has_binding = functools.partial(self.endpoint.connection_has_binding, peer)
         while True:
-            timeout = self.tcp_message_timeout if framer.pending else self.tcp_idle_timeout
-            with trio.move_on_after(timeout) as scope:
+            with trio.move_on_at(clock.deadline()) as scope:
                 try:
-                    data = await conn.stream.receive_some(_RECV_SIZE)
+                    data = await stream.receive_some(_RECV_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
+            now = trio.current_time()
             if scope.cancelled_caught:
-                self.stats.tcp_idle_closed += 1
-                what = "an unfinished message" if framer.pending else "no traffic"
-                log.info("closing tcp connection %s: %s for %g s", peer, what, timeout)
-                return
+                if self._expired(peer, clock.check(now, has_binding)):
+                    return
+                continue
             if not data:
                 return
             self.stats.bytes_in += len(data)
@@ -528,8 +545,9 @@ class Transports:
             except FramingError as exc:
                 self.stats.tcp_framing_errors += 1
                 log.info("closing tcp connection %s: %s", peer, exc.reason)
-                self.send(self.endpoint.framing_error(exc, peer, trio.current_time()))
+                self.send(self.endpoint.framing_error(exc, peer, now))
                 return
+            messages = 0
             for frame in frames:
                 if isinstance(frame, Ping):
                     # RFC 5626 §3.5.1: answer a double-CRLF ping with one CRLF.
@@ -539,4 +557,21 @@ class Transports:
                     # The answer to a ping of ours: the connection is alive.
                     self.stats.tcp_pongs += 1
                 else:
+                    messages += 1
                     self.send(self.endpoint.receive(frame, peer, trio.current_time()))
+            clock.received(now, frames=len(frames), messages=messages, pending=framer.pending)
+            # A deadline can pass while bytes keep coming (a trickled message,
+            # keep-alives on a connection nobody registered over).
+            if self._expired(peer, clock.check(now, has_binding)):
+                return
+
+    def _expired(self, peer: Peer, why: tuple[Close, float] | None) -> bool:
+        if why is None:
+            return False
+        reason, after = why
+        if reason is Close.UNREGISTERED:
+            self.stats.tcp_unregistered_closed += 1
+        else:
+            self.stats.tcp_idle_closed += 1
+        log.info("closing tcp connection %s: %s for %g s", peer, reason.value, after)
+        return True
