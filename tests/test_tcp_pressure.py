@@ -5,6 +5,7 @@ Loopback is all of 127.0.0.0/8, so "another address" is 127.0.0.2 and up.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import select
 import socket
@@ -36,9 +37,13 @@ def sipd_with(tmp: Path, unix: FakeUnix, config: str = "", *,
     """A sipd with ``config`` as its file, under ``prlimit --nofile=SOFT:HARD`` if given."""
     path = tmp / "sipd.toml"
     path.write_text(config)
-    launcher = ["prlimit", f"--nofile={nofile}"] if nofile else []
     saved = sipclient.SIPD
-    sipclient.SIPD = [*launcher, *saved]
+    if nofile:
+        # The wrappers skip the launcher (see FakeUnix.command): pam_wrapper
+        # leaves a directory in /tmp behind a process that execs.
+        argv, env = unix.command(saved, ["prlimit", f"--nofile={nofile}"])
+        sipclient.SIPD = argv
+        unix = dataclasses.replace(unix, env=env)
     try:
         with running_sipd(tmp, "-c", str(path), unix=unix) as daemon:
             sipclient.SIPD = saved
