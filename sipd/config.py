@@ -229,7 +229,9 @@ class Settings:
     from_policy: str = "reject"
     max_message_size: int = 65535
     tcp_max_connections: int = 1024
+    tcp_max_connections_per_source: int = 128
     tcp_idle_timeout: float = 300.0
+    tcp_unregistered_idle_timeout: float = 30.0
     tcp_message_timeout: float = 32.0
     config_path: str = DEFAULT_CONFIG_PATH
 
@@ -276,11 +278,19 @@ KEYS: tuple[Key, ...] = (
     Key("max_message_size", _positive_int("max_message_size"),
         "largest SIP message accepted, bytes (65535)"),
     Key("tcp_max_connections", _positive_int("tcp_max_connections"),
-        "TCP connections open at once; more are refused (1024)"),
+        "TCP connections open at once, at most the open-file limit less a reserve; "
+        "more are refused (1024)"),
+    Key("tcp_max_connections_per_source", _positive_int("tcp_max_connections_per_source"),
+        "TCP connections open at once from one IPv4 address or IPv6 /64; more are refused "
+        "(128: an office of 50 phones behind one NAT, two connections each, with room to spare)"),
     Key("tcp_idle_timeout", _non_negative_number("tcp_idle_timeout"),
         "close a TCP connection silent this long, seconds (300)"),
+    Key("tcp_unregistered_idle_timeout", _non_negative_number("tcp_unregistered_idle_timeout"),
+        "close an accepted TCP connection that carries no registration when no SIP message "
+        "came over it for this long; keep-alives do not count; 0 turns this off, seconds (30)"),
     Key("tcp_message_timeout", _non_negative_number("tcp_message_timeout"),
-        "close a TCP connection that leaves a message unfinished this long, seconds (32)"),
+        "close a TCP connection that leaves a message unfinished this long after its first "
+        "byte, seconds (32)"),
 )
 _KEYS = {k.name: k for k in KEYS}
 

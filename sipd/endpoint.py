@@ -22,6 +22,7 @@ from srfs.location import LocationStore
 from srfs.logtext import quote
 
 from .calltrack import AccStats, CallTracker, acc_jobs
+from .flows import RegisteredFlows
 from .peer import Outgoing, Peer
 from .persistence import Persistence
 from .proxy import PROXY_METHODS, Proxy, ProxyAction
@@ -133,6 +134,8 @@ class Endpoint:
         # Not "or": an empty layer has len() 0 and is falsy.
         self.transactions = transactions if transactions is not None else TransactionLayer()
         self.store = store
+        #: The TCP connections registrations were made over.
+        self.flows = RegisteredFlows(store) if store is not None else None
         self.persistence = persistence
         #: Calls in progress and their records (``~/.sr/acc``); fed by the proxy.
         self.tracker = tracker
@@ -212,6 +215,10 @@ class Endpoint:
         """A TCP connection ended: the proxy no longer sends on it."""
         if self._tcp_peers.get((peer.host, peer.port)) == peer:
             del self._tcp_peers[(peer.host, peer.port)]
+
+    def connection_has_binding(self, peer: Peer) -> bool:
+        """Whether a registration held now came over ``peer``'s TCP connection."""
+        return self.flows is not None and self.flows.carries_binding(peer)
 
     def connection_failed(self, peer: Peer, now: float) -> list[Action]:
         """An outgoing TCP connection could not be opened."""

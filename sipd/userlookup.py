@@ -17,7 +17,9 @@ log = logging.getLogger("sipd.proxy")
 class UserLookup(Protocol):
     """Blocking: does a local user exist (SIP group member), and their settings."""
 
-    def find(self, name: str) -> tuple[bool, UserConfig]: ...
+    def find(self, name: str) -> tuple[bool, UserConfig]:
+        """Raises :class:`~srfs.users.DirectoryUnavailable` when NSS fails."""
+        ...
 
 
 class HomeUsers:

@@ -68,7 +68,12 @@ class Directory:
         self._pam_warmed = False
 
     def account(self, name: str, rhost: str | None = None) -> Account | None:
-        """The account called ``name``, or None if there is no such UNIX user."""
+        """The account called ``name``, or None if there is no such UNIX user.
+
+        Raises :class:`~srfs.users.DirectoryUnavailable` when NSS fails: the
+        caller answers that as a server error, never as an unknown user or
+        a refused account.
+        """
         user = users.lookup(name)
         if user is None:
             return None

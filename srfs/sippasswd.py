@@ -269,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except home.HomeError as e:
         print(f"{PROG}: {e.reason}", file=sys.stderr)
         return EXIT_FAILURE
+    except users.DirectoryUnavailable as e:
+        # Not EXIT_UNKNOWN_USER: the user may well exist.
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return EXIT_INTERRUPTED

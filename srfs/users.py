@@ -1,9 +1,15 @@
 """UNIX users as SIP users: NSS lookups, the SIP group and the PAM account check.
 
-Everything goes through NSS (``pwd``, ``grp``, ``os.getgrouplist``) so users
-from LDAP or sssd work exactly like those in ``/etc/passwd``. Every function
-here may block (an NSS or PAM module can talk to a directory server over the
-network): the daemon calls them through ``trio.to_thread.run_sync``.
+Everything goes through NSS (``getpwnam_r``, ``getgrnam_r``, ``getgrouplist``)
+so users from LDAP or sssd work exactly like those in ``/etc/passwd``. Every
+function here may block (an NSS or PAM module can talk to a directory server
+over the network): the daemon calls them through ``trio.to_thread.run_sync``.
+
+A lookup answers None (or False, or leaves a user out) only when NSS said
+there is no such entry. When the user database fails (out of descriptors,
+an unreachable directory server) they raise :class:`DirectoryUnavailable`
+instead: a valid user must never look unknown, since an unknown user's
+registration counts as a failed login. See :mod:`srfs.nss`.
 
 The PAM check runs ``pam_acct_mgmt`` only. python-pam has no account-only
 call (its ``authenticate`` always runs ``pam_authenticate`` first), and SIP
@@ -18,12 +24,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import grp
+import errno
 import os
-import pwd
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+
+from . import nss
+from .nss import DirectoryUnavailable
 
 __all__ = [
     "PAM_ACCT_EXPIRED",
@@ -34,6 +42,7 @@ __all__ = [
     "PAM_SYSTEM_ERR",
     "PAM_USER_UNKNOWN",
     "AccountCache",
+    "DirectoryUnavailable",
     "PamUnavailable",
     "User",
     "account_check",
@@ -85,81 +94,91 @@ def valid_name(name: str) -> bool:
     return not any(c in _FORBIDDEN_IN_NAME or not c.isprintable() for c in name)
 
 
-def _user(pw: pwd.struct_passwd) -> User:
-    return User(name=pw.pw_name, uid=pw.pw_uid, gid=pw.pw_gid, home=pw.pw_dir)
+def _user(pw: nss.PasswdEntry) -> User:
+    return User(name=pw.name, uid=pw.uid, gid=pw.gid, home=pw.home)
 
 
 def lookup(name: str) -> User | None:
-    """The user called ``name``, or None if NSS knows no such user."""
+    """The user called ``name``, or None if NSS knows no such user.
+
+    Raises :class:`DirectoryUnavailable` when the user database fails.
+    """
     if not valid_name(name):
         return None
-    try:
-        return _user(pwd.getpwnam(name))
-    except KeyError:
-        return None
+    pw = nss.getpwnam(name)
+    return None if pw is None else _user(pw)
+
+
+#: uid_t is 32 bits and (uid_t)-1 means "no uid" to the kernel.
+_MAX_UID = 2**32 - 2
 
 
 def lookup_uid(uid: int) -> User | None:
-    """The user with this uid, or None (a uid without a passwd entry)."""
-    try:
-        return _user(pwd.getpwuid(uid))
-    except (KeyError, OverflowError):
+    """The user with this uid, or None (a uid without a passwd entry).
+
+    Raises :class:`DirectoryUnavailable` when the user database fails.
+    """
+    if not 0 <= uid <= _MAX_UID:
         return None
+    pw = nss.getpwuid(uid)
+    return None if pw is None else _user(pw)
 
 
-def _group_gid(group_name: str) -> int | None:
+def _group(group_name: str) -> nss.GroupEntry | None:
     if not valid_name(group_name):
         return None
-    try:
-        return grp.getgrnam(group_name).gr_gid
-    except KeyError:
-        return None
+    return nss.getgrnam(group_name)
 
 
 def group_exists(group_name: str) -> bool:
-    """Whether NSS knows the group (sipd warns at start when the SIP group is missing)."""
-    return _group_gid(group_name) is not None
+    """Whether NSS knows the group (sipd refuses to start when the SIP group is missing).
+
+    Raises :class:`DirectoryUnavailable` when the group database fails.
+    """
+    return _group(group_name) is not None
 
 
 def is_sip_member(user: User, group_name: str) -> bool:
     """Whether ``user`` belongs to ``group_name`` as primary or supplementary group.
 
-    ``getgrouplist`` asks NSS the way login does, so it includes groups that
-    only a directory server knows and the user's primary group.
+    The group's own member list answers most users; ``getgrouplist`` then
+    asks NSS the way login does, for memberships only a directory server
+    knows (nested groups in LDAP or sssd). Raises
+    :class:`DirectoryUnavailable` when the group cannot be read. glibc's
+    getgrouplist reports no NSS errors, so a directory that fails between
+    the group lookup and that call can still hide such a membership.
     """
-    gid = _group_gid(group_name)
-    if gid is None:
+    group = _group(group_name)
+    if group is None:
         return False
-    if user.gid == gid:
+    if user.gid == group.gid or user.name in group.members:
         return True
     try:
-        return gid in os.getgrouplist(user.name, user.gid)
-    except OSError:
-        return False
+        return group.gid in os.getgrouplist(user.name, user.gid)
+    except OSError as exc:
+        raise DirectoryUnavailable(exc.errno or errno.EIO, "getgrouplist") from None
 
 
 def members(group_name: str) -> list[User]:
     """Every user of the group, supplementary and primary members, sorted by name.
 
     Names listed in the group that NSS cannot resolve to a user are left
-    out. Primary members are found by enumerating ``pwd.getpwall()``; sssd
+    out. Primary members are found by enumerating the passwd database; sssd
     enumerates only with ``enumerate = true``, so such sites should list
-    SIP users as supplementary members.
+    SIP users as supplementary members. Raises :class:`DirectoryUnavailable`
+    when a lookup or the enumeration fails: a partial list is never returned.
     """
-    if not valid_name(group_name):
-        return []
-    try:
-        group = grp.getgrnam(group_name)
-    except KeyError:
+    group = _group(group_name)
+    if group is None:
         return []
     found: dict[str, User] = {}
-    for name in group.gr_mem:
+    for name in group.members:
         user = lookup(name)
         if user is not None:
             found[user.name] = user
-    for pw in pwd.getpwall():
-        if pw.pw_gid == group.gr_gid and pw.pw_name not in found:
-            found[pw.pw_name] = _user(pw)
+    for pw in nss.all_passwd():
+        if pw.gid == group.gid and pw.name not in found:
+            found[pw.name] = _user(pw)
     return [found[name] for name in sorted(found)]
 
 

@@ -17,7 +17,8 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import trio
@@ -48,6 +49,7 @@ from ..sip.uri import SipURI, parse_uri
 from ..targets import LocalAddresses
 from ..userlookup import HomeUsers
 from ..work import run_inline
+from .limits import connection_cap, raise_open_file_limit, reserve
 from .transport import StartupError, Transports, bind_sockets
 
 log = logging.getLogger("sipd")
@@ -278,24 +280,51 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
+@contextmanager
+def user_database_needed() -> Iterator[None]:
+    """Start-up steps that read NSS: a failing user database stops the start, in one line."""
+    try:
+        yield
+    except users.DirectoryUnavailable as exc:
+        raise StartupError(f"cannot start: {exc}") from None
+
+
+def tcp_connection_cap(settings: Settings) -> int:
+    """``tcp_max_connections``, lowered to leave descriptors for everything else."""
+    limit = raise_open_file_limit()
+    cap = connection_cap(settings.tcp_max_connections, limit)
+    if cap < settings.tcp_max_connections:
+        log.warning("tcp_max_connections lowered from %d to %d: the open-file limit is %d and "
+                    "%d descriptors are kept for homes, NSS and PAM",
+                    settings.tcp_max_connections, cap, limit, reserve(limit))
+    return cap
+
+
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT. Start-up failures raise StartupError."""
-    check_accounts(settings)
+    with user_database_needed():
+        check_accounts(settings)
     bound = bind_sockets(settings.listen, skip_unavailable_ipv6=settings.listen_is_default)
     try:
+        # After the checks that fail a start in one line, before the
+        # reload that opens every user's home.
+        tcp_cap = tcp_connection_cap(settings)
         daemon = build(settings, ports={a.port for a, _ in bound}, hosts=[a.host for a, _ in bound],
                        bound=[(a.transport, a.host, a.port) for a, _ in bound])
         transports = Transports(
             daemon.endpoint,
             max_message_size=settings.max_message_size,
-            tcp_max_connections=settings.tcp_max_connections,
+            tcp_max_connections=tcp_cap,
+            tcp_max_connections_per_source=settings.tcp_max_connections_per_source,
             tcp_idle_timeout=settings.tcp_idle_timeout,
+            tcp_unregistered_idle_timeout=settings.tcp_unregistered_idle_timeout,
             tcp_message_timeout=settings.tcp_message_timeout,
         )
         daemon.endpoint.transport_stats = transports.stats
-        # The alias map and trunks first: the reload checks every line against them.
-        daemon.ownership.apply(await trio.to_thread.run_sync(daemon.ownership.load))
-        await trio.to_thread.run_sync(reload_registrations, daemon)
+        with user_database_needed():
+            # The alias map and trunks first: the reload checks every line against them.
+            daemon.ownership.apply(await trio.to_thread.run_sync(daemon.ownership.load))
+            await trio.to_thread.run_sync(reload_registrations, daemon)
     except BaseException:
         for _, sock in bound:
             sock.close()
@@ -306,7 +335,8 @@ async def run(settings: Settings) -> None:
 
         statefs = StateFs(settings, daemon.endpoint, transports, started=time.time(),
                           ownership=daemon.ownership, rules=daemon.rules)
-        await trio.to_thread.run_sync(statefs.load)
+        with user_database_needed():
+            await trio.to_thread.run_sync(statefs.load)
     tune_gc()
     async with trio.open_nursery() as nursery:
         await nursery.start(transports.serve, bound)
@@ -374,9 +404,19 @@ class ReloadRequest:
 
 async def watch_admin_files(ownership: Ownership, reload: ReloadRequest) -> None:
     """Re-read /etc/sipd/aliases and trunks when they change, or at once on SIGHUP."""
+    retry = False
     while True:
-        force = await reload.wait(ADMIN_POLL_INTERVAL)
-        loaded = await trio.to_thread.run_sync(functools.partial(ownership.load, force=force))
+        force = await reload.wait(ADMIN_POLL_INTERVAL) or retry
+        try:
+            loaded = await trio.to_thread.run_sync(functools.partial(ownership.load, force=force))
+        except users.DirectoryUnavailable as exc:
+            # Which alias names are users' own logins is unknown: keep the
+            # maps in force and read the files again until it is known.
+            if not retry:
+                log.warning("alias map not reloaded, retrying: %s", exc)
+            retry = True
+            continue
+        retry = False
         ownership.apply(loaded)
         if force:
             log.info("reloaded: alias map with %d name(s), %d trusted trunk network(s)",

@@ -6,15 +6,23 @@ Sends never await: UDP uses the non-blocking socket directly (a full socket
 buffer drops the datagram, as the network would), TCP queues into a
 bounded per-connection channel whose writer task drains it, so one slow
 peer cannot stall the loop that serves everyone else.
+
+Accepted connections are counted the moment ``accept`` returns, against a
+global cap and a cap per source address, so that no burst of connections
+can hold more slots than configured; see :mod:`.liveness` for when a
+connection is closed again.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
+import ipaddress
 import itertools
 import logging
 import math
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -27,6 +35,7 @@ from ..config import ListenAddress
 from ..peer import Outgoing, Peer
 from ..sip.framing import FramingError, Ping, Pong, StreamFramer
 from ..work import Job, Outcome
+from .liveness import Close, Liveness
 
 Action = Outgoing | Job
 
@@ -39,6 +48,8 @@ log = logging.getLogger("sipd.transport")
 TCP_SEND_QUEUE = 256
 #: How long opening a connection to a phone or the next hop may take.
 CONNECT_TIMEOUT = 5.0
+#: Refused connections are logged per source at most this often, seconds.
+REFUSAL_LOG_INTERVAL = 10.0
 _RECV_SIZE = 65536
 
 
@@ -55,6 +66,7 @@ class EndpointLike(Protocol):
     def connection_closed(self, peer: Peer) -> None: ...
     def framing_error(self, error: FramingError, peer: Peer, now: float) -> list[Action]: ...
     def connection_failed(self, peer: Peer, now: float) -> list[Action]: ...
+    def connection_has_binding(self, peer: Peer) -> bool: ...
 
 
 @dataclass
@@ -64,8 +76,10 @@ class TransportStats:
     udp_send_errors: int = 0
     tcp_accepted: int = 0
     tcp_refused: int = 0
+    tcp_refused_per_source: int = 0
     tcp_open: int = 0
     tcp_idle_closed: int = 0
+    tcp_unregistered_closed: int = 0
     tcp_framing_errors: int = 0
     tcp_send_overflow: int = 0
     tcp_pings: int = 0
@@ -84,6 +98,51 @@ class _TcpConnection:
     stream: trio.SocketStream | None
     send: trio.MemorySendChannel[bytes]
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    #: What the per-source cap counts an accepted connection by; None for ours.
+    source: str | None = None
+
+
+def source_key(host: str) -> str:
+    """What the per-source cap counts by: the IPv4 address, or the IPv6 /64.
+
+    One IPv6 host commonly holds a whole /64, and phones behind one router
+    share it as IPv4 phones share a NAT address.
+    """
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False))
+    except ValueError:
+        return host
+
+
+class _RefusalLog:
+    """One log line per refused source per interval; the rest are counted into it."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def due(self, key: str, now: float) -> int | None:
+        """None to stay quiet, else how many refusals went unlogged before this one."""
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.interval:
+            self._seen[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._seen) > 4096:
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.interval}
+        self._seen[key] = (now, 0)
+        return last[1] if last is not None else 0
+
+
+def _reset(sock: trio.socket.SocketType) -> None:
+    # An abortive close (RST): the peer learns at once, and a flood of
+    # refusals leaves no TIME_WAIT sockets behind here.
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
 
 
 def bind_sockets(listen: tuple[ListenAddress, ...], skip_unavailable_ipv6: bool) -> list[tuple[ListenAddress, socket.socket]]:
@@ -148,12 +207,17 @@ class Transports:
         tcp_max_connections: int,
         tcp_idle_timeout: float,
         tcp_message_timeout: float,
+        tcp_max_connections_per_source: int | None = None,
+        tcp_unregistered_idle_timeout: float = 0.0,
     ) -> None:
         self.endpoint = endpoint
         self.max_message_size = max_message_size
         self.tcp_max_connections = tcp_max_connections
+        self.tcp_max_connections_per_source = tcp_max_connections_per_source or tcp_max_connections
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tcp_message_timeout = tcp_message_timeout
+        #: 0 turns the rule for connections without a registration off.
+        self.tcp_unregistered_idle_timeout = tcp_unregistered_idle_timeout
         self.stats = TransportStats()
         self._ids = itertools.count(1)
         self._udp: dict[int, socket.socket] = {}
@@ -161,6 +225,9 @@ class Transports:
         #: Connections by remote address, for messages to a peer we hold no
         #: connection id for (conn 0): reused, or opened on demand.
         self._tcp_by_addr: dict[tuple[str, int], _TcpConnection] = {}
+        #: Accepted connections open per :func:`source_key`.
+        self._per_source: dict[str, int] = {}
+        self._refusals = _RefusalLog(REFUSAL_LOG_INTERVAL)
         self._udp_family: dict[int, int] = {}
         self._timer_changed = trio.Event()
         self._armed = math.inf
@@ -169,7 +236,6 @@ class Transports:
         #: Worker threads for blocking work at once (PAM, NSS, home I/O).
         self._limiter = trio.CapacityLimiter(8)
         self._lanes: dict[str, trio.MemorySendChannel[Job]] = {}
-        self._tcp_refusals = Tally()
         self._accept_failures = Tally()
         self.sync_clock()
 
@@ -259,6 +325,12 @@ class Transports:
         key = (conn.peer.host, conn.peer.port)
         if self._tcp_by_addr.get(key) is conn:
             del self._tcp_by_addr[key]
+        if conn.source is not None:
+            left = self._per_source[conn.source] - 1
+            if left:
+                self._per_source[conn.source] = left
+            else:
+                del self._per_source[conn.source]
         self.stats.tcp_open -= 1
 
     def _start_job(self, job: Job) -> None:
@@ -376,33 +448,46 @@ class Transports:
                     log.warning("tcp accept failed %d time(s): %s", failed, exc)
                 await trio.sleep(0.1)
                 continue
-            if len(self._tcp) >= self.tcp_max_connections:
-                self.stats.tcp_refused += 1
-                # A line per refusal would let any client write the log at
-                # the rate it can open connections.
-                refused = self._tcp_refusals.count(trio.current_time())
-                if refused is not None:
-                    log.warning("refused %d tcp connection(s): %d connections open "
-                                "(tcp_max_connections)", refused, len(self._tcp))
-                await stream.aclose()
+            # From here to start_soon nothing awaits: the connection is
+            # counted before the next accept, so the caps hold exactly.
+            try:
+                host, port = stream.socket.getpeername()[:2]
+            except OSError:
+                _reset(stream.socket)
                 continue
-            nursery.start_soon(self._serve_tcp, stream)
+            if self._refuse(host):
+                _reset(stream.socket)
+                continue
+            conn_id = next(self._ids)
+            send, receive = trio.open_memory_channel[bytes](TCP_SEND_QUEUE)
+            key = source_key(host)
+            conn = _TcpConnection(Peer("tcp", host, port, conn_id), stream, send, source=key)
+            self._tcp[conn_id] = conn
+            self._tcp_by_addr.setdefault((host, port), conn)
+            self._per_source[key] = self._per_source.get(key, 0) + 1
+            self.stats.tcp_accepted += 1
+            self.stats.tcp_open += 1
+            nursery.start_soon(self._run_tcp, conn, receive)
 
-    async def _serve_tcp(self, stream: trio.SocketStream) -> None:
-        try:
-            host, port = stream.socket.getpeername()[:2]
-        except OSError:
-            await stream.aclose()
-            return
-        conn_id = next(self._ids)
-        peer = Peer("tcp", host, port, conn_id)
-        send, receive = trio.open_memory_channel[bytes](TCP_SEND_QUEUE)
-        conn = _TcpConnection(peer, stream, send)
-        self._tcp[conn_id] = conn
-        self._tcp_by_addr.setdefault((host, port), conn)
-        self.stats.tcp_accepted += 1
-        self.stats.tcp_open += 1
-        await self._run_tcp(conn, receive)
+    def _refuse(self, host: str) -> bool:
+        """Whether a connection from ``host`` is over a cap; logs why, now and then."""
+        key = source_key(host)
+        if len(self._tcp) >= self.tcp_max_connections:
+            why = f"{len(self._tcp)} connections open (tcp_max_connections)"
+            log_key = ""
+        elif self._per_source.get(key, 0) >= self.tcp_max_connections_per_source:
+            self.stats.tcp_refused_per_source += 1
+            where = "that address" if key == host else key
+            why = f"{self._per_source[key]} open from {where} (tcp_max_connections_per_source)"
+            log_key = key
+        else:
+            return False
+        self.stats.tcp_refused += 1
+        unlogged = self._refusals.due(log_key, trio.current_time())
+        if unlogged is not None:
+            more = f"; {unlogged} more refused since the last message" if unlogged else ""
+            log.warning("refusing tcp connection from %s: %s%s", host, why, more)
+        return True
 
     async def _run_tcp(self, conn: _TcpConnection, receive: trio.MemoryReceiveChannel[bytes]) -> None:
         """Serve one connection, accepted or opened by us, until it ends."""
@@ -435,19 +520,28 @@ class Transports:
     async def _tcp_reader(self, conn: _TcpConnection) -> None:
         framer = StreamFramer(self.max_message_size)
         peer = conn.peer
-        assert conn.stream is not None
+        stream = conn.stream
+        assert stream is not None
+        unregistered = self.tcp_unregistered_idle_timeout
+        clock = Liveness.opened(
+            trio.current_time(),
+            idle_timeout=self.tcp_idle_timeout,
+            message_timeout=self.tcp_message_timeout,
+            # Only for connections peers opened: ours carry our own traffic.
+            unregistered_timeout=unregistered if conn.source is not None and unregistered else None,
+        )
+        has_binding = functools.partial(self.endpoint.connection_has_binding, peer)
         while True:
-            timeout = self.tcp_message_timeout if framer.pending else self.tcp_idle_timeout
-            with trio.move_on_after(timeout) as scope:
+            with trio.move_on_at(clock.deadline()) as scope:
                 try:
-                    data = await conn.stream.receive_some(_RECV_SIZE)
+                    data = await stream.receive_some(_RECV_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
+            now = trio.current_time()
             if scope.cancelled_caught:
-                self.stats.tcp_idle_closed += 1
-                what = "an unfinished message" if framer.pending else "no traffic"
-                log.info("closing tcp connection %s: %s for %g s", peer, what, timeout)
-                return
+                if self._expired(peer, clock.check(now, has_binding)):
+                    return
+                continue
             if not data:
                 return
             self.stats.bytes_in += len(data)
@@ -456,8 +550,9 @@ class Transports:
             except FramingError as exc:
                 self.stats.tcp_framing_errors += 1
                 log.info("closing tcp connection %s: %s", peer, exc.reason)
-                self.send(self.endpoint.framing_error(exc, peer, trio.current_time()))
+                self.send(self.endpoint.framing_error(exc, peer, now))
                 return
+            messages = 0
             for frame in frames:
                 if isinstance(frame, Ping):
                     # RFC 5626 §3.5.1: answer a double-CRLF ping with one CRLF.
@@ -467,4 +562,21 @@ class Transports:
                     # The answer to a ping of ours: the connection is alive.
                     self.stats.tcp_pongs += 1
                 else:
+                    messages += 1
                     self.send(self.endpoint.receive(frame, peer, trio.current_time()))
+            clock.received(now, frames=len(frames), messages=messages, pending=framer.pending)
+            # A deadline can pass while bytes keep coming (a trickled message,
+            # keep-alives on a connection nobody registered over).
+            if self._expired(peer, clock.check(now, has_binding)):
+                return
+
+    def _expired(self, peer: Peer, why: tuple[Close, float] | None) -> bool:
+        if why is None:
+            return False
+        reason, after = why
+        if reason is Close.UNREGISTERED:
+            self.stats.tcp_unregistered_closed += 1
+        else:
+            self.stats.tcp_idle_closed += 1
+        log.info("closing tcp connection %s: %s for %g s", peer, reason.value, after)
+        return True

@@ -1,0 +1,55 @@
+"""File descriptors: the open-file limit, and how many of them TCP may take.
+
+Every TCP connection is a descriptor, and so is every file a worker thread
+opens: a home's ``~/.sr`` files, the passwd and group files NSS reads, the
+modules and files of the PAM stack. A daemon that lets connections take
+the last descriptor gets ``EMFILE`` in those threads, and a user database
+that cannot be read must not become a refused login. So the connection cap
+is kept below the limit by a reserve.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+
+log = logging.getLogger("sipd")
+
+#: Descriptors never given to TCP connections: homes, NSS, PAM, the state
+#: filesystem, the log, the listening sockets and the worker threads' files.
+FD_RESERVE = 256
+
+
+def raise_open_file_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; the soft limit in force.
+
+    Service managers commonly start daemons with a soft limit of 1024 and a
+    much higher hard limit, which is theirs to take. Logs one line either way.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == hard:
+        log.info("open-file limit is %s", _show(soft))
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("open-file limit is %d: cannot raise it to %d: %s", soft, hard, exc)
+        return soft
+    log.info("open-file limit raised from %d to %d", soft, hard)
+    return hard
+
+
+def _show(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
+def reserve(limit: int) -> int:
+    """Descriptors kept from TCP under ``limit``: :data:`FD_RESERVE`, or half a small limit."""
+    return min(FD_RESERVE, limit // 2)
+
+
+def connection_cap(configured: int, limit: int) -> int:
+    """The effective ``tcp_max_connections`` under an open-file ``limit``."""
+    if limit == resource.RLIM_INFINITY:
+        return configured
+    return max(1, min(configured, limit - reserve(limit)))

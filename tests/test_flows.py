@@ -1,0 +1,60 @@
+"""Which TCP connections carry a registration, from the location store's changes."""
+
+from __future__ import annotations
+
+from sipd.endpoint import Endpoint
+from sipd.flows import RegisteredFlows
+from sipd.identity import LocalIdentity
+from sipd.peer import Peer
+from sipd.server import Server
+from srfs.location import Binding, LocationStore, RemoveReason
+
+PHONE = Peer("tcp", "192.0.2.7", 49152, conn=3)
+V6 = Peer("tcp", "2001:db8::7", 49153, conn=4)
+
+
+def binding(contact: str, received: str | None, expires: float = 1000.0) -> Binding:
+    return Binding("alice", "alice", contact, expires, received=received)
+
+
+def test_bindings_name_their_connections() -> None:
+    store = LocationStore()
+    store.upsert(binding("sip:alice@10.0.0.1:5060", "tcp:192.0.2.7:49152"))
+    flows = RegisteredFlows(store)  # bindings already there count
+    store.upsert(binding("sip:alice@10.0.0.2:5060", "tcp:[2001:db8::7]:49153"))
+    store.upsert(binding("sip:alice@10.0.0.3:5060", "udp:192.0.2.7:49152"))
+    store.upsert(binding("sip:alice@10.0.0.4:5060", None))
+    assert flows.carries_binding(PHONE) and flows.carries_binding(V6)
+    assert not flows.carries_binding(Peer("udp", "192.0.2.7", 49152, conn=1))
+    assert not flows.carries_binding(Peer("tcp", "192.0.2.7", 49999, conn=5))
+    assert len(flows) == 2
+
+
+def test_two_bindings_over_one_connection_and_their_removal() -> None:
+    store = LocationStore()
+    flows = RegisteredFlows(store)
+    for n in (1, 2):
+        store.upsert(binding(f"sip:alice@10.0.0.{n}:5060", "tcp:192.0.2.7:49152"))
+    store.remove("alice", binding("sip:alice@10.0.0.1:5060", None).key, RemoveReason.UNREGISTERED)
+    assert flows.carries_binding(PHONE)
+    store.expire(2000.0)
+    assert not flows.carries_binding(PHONE) and len(flows) == 0
+
+
+def test_a_refresh_over_a_new_connection_moves_the_binding() -> None:
+    store = LocationStore()
+    flows = RegisteredFlows(store)
+    store.upsert(binding("sip:alice@10.0.0.1:5060", "tcp:192.0.2.7:49152"))
+    store.upsert(binding("sip:alice@10.0.0.1:5060", "tcp:192.0.2.7:50000"))
+    assert not flows.carries_binding(PHONE)
+    assert flows.carries_binding(Peer("tcp", "192.0.2.7", 50000, conn=6))
+
+
+def test_the_endpoint_answers_the_transport() -> None:
+    identity = LocalIdentity(frozenset({"sip.test"}), frozenset({5060}))
+    store = LocationStore()
+    ep = Endpoint(Server(identity), max_message_size=65535, store=store)
+    assert not ep.connection_has_binding(PHONE)
+    store.upsert(binding("sip:alice@10.0.0.1:5060", str(PHONE)))
+    assert ep.connection_has_binding(PHONE)
+    assert not Endpoint(Server(identity), max_message_size=65535).connection_has_binding(PHONE)
