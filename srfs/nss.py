@@ -156,42 +156,32 @@ def _call(call: str, run: Callable[[ctypes.Array[ctypes.c_char], int], tuple[int
         raise DirectoryUnavailable(rc, call)
 
 
-def getpwnam(name: str) -> PasswdEntry | None:
-    """The passwd entry called ``name``; None if there is none."""
-    raw = os.fsencode(name)
+def _passwd_by(call: str, function: Callable[..., int], key: bytes | int) -> PasswdEntry | None:
     pw = _Passwd()
     result = ctypes.POINTER(_Passwd)()
     found: PasswdEntry | None = None
 
     def run(buf: ctypes.Array[ctypes.c_char], size: int) -> tuple[int, bool]:
         nonlocal found
-        rc = _getpwnam_r(raw, ctypes.byref(pw), buf, size, ctypes.byref(result))
+        rc = function(key, ctypes.byref(pw), buf, size, ctypes.byref(result))
         if rc == 0 and result:
             # The strings point into the buffer: copied out before it goes.
             found = _passwd(pw)
             return rc, True
         return rc, False
 
-    _call("getpwnam_r", run)
+    _call(call, run)
     return found
+
+
+def getpwnam(name: str) -> PasswdEntry | None:
+    """The passwd entry called ``name``; None if there is none."""
+    return _passwd_by("getpwnam_r", _getpwnam_r, os.fsencode(name))
 
 
 def getpwuid(uid: int) -> PasswdEntry | None:
     """The passwd entry with this uid; None if there is none."""
-    pw = _Passwd()
-    result = ctypes.POINTER(_Passwd)()
-    found: PasswdEntry | None = None
-
-    def run(buf: ctypes.Array[ctypes.c_char], size: int) -> tuple[int, bool]:
-        nonlocal found
-        rc = _getpwuid_r(uid, ctypes.byref(pw), buf, size, ctypes.byref(result))
-        if rc == 0 and result:
-            found = _passwd(pw)
-            return rc, True
-        return rc, False
-
-    _call("getpwuid_r", run)
-    return found
+    return _passwd_by("getpwuid_r", _getpwuid_r, uid)
 
 
 def getgrnam(name: str) -> GroupEntry | None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,14 @@ def running_sipd(
         yield daemon
     finally:
         stop_process(proc, 10)
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll ``check`` until it is true; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 5) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from sipd.work import run_inline
 from srfs.acc import AccFiles, AccGap, AccRecord, format_gap, parse_file
 from srfs.calls import CallTable
 
-from .sipclient import UdpClient, options, running_sipd, status_of
+from .sipclient import UdpClient, options, running_sipd, status_of, wait_for
 from .test_register_e2e import REALM, Phone
 from .test_statefs_e2e import password  # noqa: F401  (a fixture)
 from .unixusers import FakeUnix
@@ -166,13 +164,6 @@ def test_the_note_is_a_comment_readers_skip(unix: FakeUnix) -> None:
 
 
 # ------------------------------------------------------------- a real sipd
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_an_invite_flood_writes_at_most_the_limit(tmp_path: Path, unix: FakeUnix, mnt: Path,

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .sipclient import Daemon, reason_of, running_sipd, status_of
+from .sipclient import Daemon, reason_of, running_sipd, status_of, wait_for
 from .test_register_e2e import Phone
 from .test_statefs_e2e import password  # noqa: F401  (a fixture)
 from .unixusers import FakeUnix
@@ -20,13 +19,6 @@ pytestmark = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") or os.geteuid() != 0,
     reason="needs /dev/fuse and root to mount the state filesystem",
 )
-
-
-def wait_for(check: object, what: str, timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import logging
 import os
 import re
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import pytest
 from sipd.cli import setup_logging
 from srfs.logtext import LineFormatter, Recurring, Tally, escape, log_problems, quote
 
-from .sipclient import Daemon, TcpClient, UdpClient, options, running_sipd, status_of
+from .sipclient import Daemon, TcpClient, UdpClient, options, running_sipd, status_of, wait_for
 from .unixusers import FakeUnix
 
 #: Every character class the log must never carry raw.
@@ -154,13 +153,6 @@ def test_recurring_reports_a_condition_once_per_change() -> None:
 
 
 # ------------------------------------------------------------- a real sipd
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 12.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def assert_one_line_records(log: str) -> None:

@@ -24,7 +24,15 @@ import pytest
 from sipd.auth import AUTH_FAILURE_DELAY
 from sipd.digest import ha1, response
 
-from .sipclient import Daemon, UdpClient, free_port, reason_of, running_sipd, status_of
+from .sipclient import (
+    Daemon,
+    UdpClient,
+    free_port,
+    reason_of,
+    running_sipd,
+    status_of,
+    wait_for,
+)
 from .test_register_e2e import REALM, Phone
 from .unixusers import FakeUnix, give_passwords
 
@@ -287,10 +295,7 @@ def test_the_tree_refuses_what_register_refuses(
     conf = config_file(tmp_path, admin, mnt)
     with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as sipd:
         contacts = mnt / "alice" / "contacts"
-        deadline = time.monotonic() + 10
-        while not contacts.exists():
-            assert time.monotonic() < deadline, sipd.log
-            time.sleep(0.05)
+        wait_for(contacts.exists, "the mount")
         refused = {
             f"sip:x@127.0.0.1:{sipd.port}": "Permission denied",
             f"sip:x@127.000.000.001:{sipd.port}": "Permission denied",
@@ -358,10 +363,7 @@ def test_nothing_is_acknowledged_that_the_disk_did_not_take(
     conf.write_text(f'mount = "{mnt}"\n')
     with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as sipd:
         node = mnt / "alice" / "config"
-        deadline = time.monotonic() + 10
-        while not node.exists():
-            assert time.monotonic() < deadline, sipd.log
-            time.sleep(0.05)
+        wait_for(node.exists, "the mount")
         phone = Phone(sipd, "alice", passwords["alice"])
         try:
             answer = phone.register()
@@ -393,8 +395,5 @@ def test_nothing_is_acknowledged_that_the_disk_did_not_take(
         # and must not have undone what the tree acknowledged.
         with open(full_sr / "config", "a") as f:
             f.write("ring_timeout = 15\n")
-        deadline = time.monotonic() + 15
-        while not (node / "ring_timeout").exists():
-            assert time.monotonic() < deadline, "the poll did not pick up the hand edit"
-            time.sleep(0.1)
+        wait_for((node / "ring_timeout").exists, "the poll to pick up the hand edit", 15)
         assert (node / "dnd").read_text() == "yes\n"
