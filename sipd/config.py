@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .auth import DEFAULT_SHA256_USER_AGENTS
 from .calltrack import DEFAULT_ACC_LIMIT
 from .sip.errors import ParseError
 from .sip.uri import SipURI, parse_uri
@@ -164,6 +165,19 @@ def _algorithms(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for item in _string_list("trusted_networks")(value):
+        try:
+            net = ipaddress.ip_network(item, strict=True)
+        except ValueError as exc:
+            raise ConfigError(f"trusted_networks: {item!r}: {exc}") from None
+        if net.prefixlen == 0:
+            raise ConfigError(f"trusted_networks: {item!r} would trust every address")
+        out.append(net)
+    return tuple(out)
+
+
 def _listen(value: Any) -> tuple[ListenAddress, ...]:
     out: list[ListenAddress] = []
     for item in _string_list("listen")(value):
@@ -212,6 +226,8 @@ class Settings:
     pam_service: str = "sipd"
     pam: bool = True
     auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    sha256_user_agents: tuple[str, ...] = DEFAULT_SHA256_USER_AGENTS
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     log_level: str = "info"
     min_expires: int = 60
     max_expires: int = 3600
@@ -251,9 +267,15 @@ KEYS: tuple[Key, ...] = (
     Key("pam_service", _string("pam_service"), "PAM service for the account check (default sipd)"),
     Key("pam", _bool("pam"), "run the PAM account check (default true)"),
     Key("auth_algorithms", _algorithms,
-        "digest algorithms offered, one challenge each, in this order (default MD5, SHA-256: "
-        "clients that read only the first challenge, such as sipp and many older phones, "
-        "need MD5 first)"),
+        "digest algorithms accepted (default MD5, SHA-256); a challenge offers one of them, "
+        "the one the phone used last, or SHA-256 and MD5 to phones of sha256_user_agents, "
+        "else MD5"),
+    Key("sha256_user_agents", _string_list("sha256_user_agents"),
+        "User-Agent substrings of phones offered SHA-256 first (default: "
+        + ", ".join(DEFAULT_SHA256_USER_AGENTS) + ")"),
+    Key("trusted_networks", _networks,
+        "addresses never throttled for failed authentications, as networks "
+        "(default none; trusted trunks never are)"),
     Key("log_level", _log_level, "debug, info, warning or error (default info)"),
     Key("min_expires", _positive_int("min_expires"), "shortest registration accepted, seconds (60)"),
     Key("max_expires", _positive_int("max_expires"), "longest registration granted, seconds (3600)"),

@@ -29,9 +29,9 @@ from srfs.location import Binding, Change, ChangeKind, LocationStore, contact_ke
 from srfs.logtext import quote as log_quote
 from srfs.userconfig import UserConfig
 
-from .auth import AUTH_FAILURE_DELAY, Authenticator, RecentAccounts
+from .auth import Authenticator, LookUp, Refused, Verdict
 from .callerid import FromPolicy, OutboundIdentity, outbound_identity, privacy_requested
-from .digest import AuthResult, Credentials, NotDigest, parse_credentials
+from .digest import NotDigest, parse_credentials
 from .identity import LocalIdentity
 from .limits import Destinations, SourceBudget
 from .ownership import Ownership
@@ -95,6 +95,8 @@ class CallHooks(Protocol):
     def call_answered(self, call_id: str, wall: float) -> None: ...
     def call_failed(self, call_id: str, status: int, wall: float) -> None: ...
     def call_ended(self, call_id: str, wall: float) -> None: ...
+    def call_forwarded(self, call_id: str, callee_user: str | None, status: int,
+                       wall: float) -> None: ...
 
 
 class NoHooks:
@@ -111,6 +113,10 @@ class NoHooks:
         pass
 
     def call_ended(self, call_id: str, wall: float) -> None:
+        pass
+
+    def call_forwarded(self, call_id: str, callee_user: str | None, status: int,
+                       wall: float) -> None:
         pass
 
 
@@ -171,6 +177,9 @@ class Context:
     """The local user this request is routed to, hashed into our Via branch:
     the same request coming back for the same user is a loop."""
     answer_timer: _Timer | None = None
+    forward_status: int = 0
+    """Set when ``forward_noanswer`` sent the call on (408): its new local
+    callee, once known, gets a leg of the call record."""
 
     @property
     def is_invite(self) -> bool:
@@ -228,11 +237,9 @@ class Proxy:
         transactions: TransactionLayer,
         store: LocationStore,
         auth: Authenticator,
-        lookup_account: Callable[[str, str], Any],
         user_lookup: UserLookup,
         policy: ProxyPolicy | None = None,
         hooks: CallHooks | None = None,
-        accounts: RecentAccounts | None = None,
         ownership: Ownership | None = None,
     ) -> None:
         self.identity = identity
@@ -240,11 +247,9 @@ class Proxy:
         self.transactions = transactions
         self.store = store
         self.auth = auth
-        self.lookup_account = lookup_account
         self.user_lookup = user_lookup
         self.policy = policy or ProxyPolicy()
         self.hooks: CallHooks = hooks or NoHooks()
-        self.accounts = accounts
         #: Aliases, DIDs and trusted trunks; without it a user owns only their name.
         self.ownership = ownership
         self.stats = ProxyStats()
@@ -494,28 +499,17 @@ class Proxy:
     # ------------------------------------------------------------ auth
 
     def _authenticate(self, ctx: Context, fwd: Request, now: float) -> list[ProxyAction]:
-        req = ctx.request
-        wall = self.wall(now)
-        creds = self.auth.credentials(req, "Proxy-Authorization")
-        if creds is None:
-            return self._challenge(ctx, wall)
-        if self.auth.throttled(creds, ctx.source, wall):
-            raise SipError(403, "Too many failed attempts")
-        name = creds.username
-        if self.accounts is not None:
-            hit, known = self.accounts.get(name, wall)
-            if hit:
-                return self._authenticated(ctx, fwd, creds, Outcome(known), now)
-        lookup = self.lookup_account
-        source = ctx.source
+        verdict = self.auth.authenticate(ctx.request, ctx.source, self.wall(now), proxy=True)
+        if isinstance(verdict, LookUp):
+            found = verdict
 
-        def looked_up(outcome: Outcome, later: float) -> list[ProxyAction]:
-            if self.accounts is not None and outcome.error is None:
-                self.accounts.put(name, outcome.value, self.wall(later))
-            mono = self._mono(later, now)
-            return self._safely(ctx, lambda: self._authenticated(ctx, fwd, creds, outcome, mono))
+            def looked_up(outcome: Outcome, later: float) -> list[ProxyAction]:
+                mono = self._mono(later, now)
+                return self._safely(ctx, lambda: self._authenticated(
+                    ctx, fwd, found.resume(outcome, self.wall(later)), mono))
 
-        return [Defer(lambda: lookup(name, source.host), looked_up, name=f"account {name}")]
+            return [Defer(found.run, looked_up, name=found.name)]
+        return self._authenticated(ctx, fwd, verdict, now)
 
     def _answer_at(self, ctx: Context, due: float, now: float,
                    answer: Callable[[float], list[ProxyAction]]) -> list[ProxyAction]:
@@ -525,26 +519,18 @@ class Proxy:
         ctx.answer_timer = self._arm(due - now, now, answer)
         return []
 
-    def _challenge(self, ctx: Context, wall: float, stale: bool = False) -> list[ProxyAction]:
-        headers = self.auth.challenge_headers(True, wall, stale)
-        resp = make_response(ctx.request, 407, "Proxy Authentication Required",
-                             (("Server", "sipd"), *headers), to_tag=_tag(ctx.request))
-        return self._send_final(ctx, resp)
-
-    def _authenticated(self, ctx: Context, fwd: Request, creds: Credentials, outcome: Outcome,
+    def _authenticated(self, ctx: Context, fwd: Request, verdict: Verdict,
                        now: float) -> list[ProxyAction]:
-        if outcome.error is not None:
-            log.error("cannot look up user %s: %s", log_quote(creds.username, 64), outcome.error)
-            raise SipError(500, "User database unavailable")
-        account = outcome.value
-        result = self.auth.check(creds, ctx.request, account, ctx.source, self.wall(now))
-        if result is AuthResult.FAILED:
-            return self._answer_at(ctx, ctx.arrived + AUTH_FAILURE_DELAY, now,
-                                   lambda t: self._challenge(ctx, self.wall(t)))
-        if result is not AuthResult.OK:
-            return self._challenge(ctx, self.wall(now), result is AuthResult.STALE)
+        if isinstance(verdict, Refused):
+            refused = verdict
+            resp = make_response(ctx.request, refused.status, refused.reason,
+                                 (("Server", "sipd"), *refused.headers), to_tag=_tag(ctx.request))
+            if refused.not_before is None:
+                return self._send_final(ctx, resp)
+            due = refused.not_before - self.wall(now) + now
+            return self._answer_at(ctx, due, now, lambda t: self._send_final(ctx, resp))
         _drop_our_credentials(fwd, self.auth.realm)
-        return self._caller_known(ctx, fwd, account.user.name, now)
+        return self._caller_known(ctx, fwd, verdict.account.user.name, now)
 
     # ------------------------------------------------------------ identity
 
@@ -738,10 +724,27 @@ class Proxy:
         if not in_dialog and self._passed_before(ctx.request, ctx.target_tag):
             self.stats.proxy_loops += 1
             raise SipError(482, "Loop Detected")
-        ctx.callee = chain[0][0] if chain[0][1] else None
-        if not in_dialog and ctx.is_invite and config.flag("dnd"):
-            raise SipError(486, "Busy Here")
         forward = config.get("forward") if not in_dialog else None
+        initial_invite = ctx.is_invite and not in_dialog
+        if initial_invite and ctx.forward_status:
+            # forward_noanswer: the call goes on, to this user now.
+            self.hooks.call_forwarded(ctx.request.call_id, chain[0][0] if chain[0][1] else None,
+                                      ctx.forward_status, self.wall(now))
+            ctx.forward_status = 0
+        else:
+            ctx.callee = chain[0][0] if chain[0][1] else None
+        if ctx.final_sent:
+            return []  # answered (a CANCEL, say) while the look-up ran
+        if initial_invite and (forward is not None or len(chain) > 1 or config.flag("dnd")):
+            # The callee's own settings decide this call: it is theirs to
+            # see in ~/.sr/acc, refused or sent on.
+            self._call_begins(ctx, now)
+            if forward is not None or len(chain) > 1:
+                # The callee's ``forward`` sent it on: their leg ends here.
+                target = None if forward is not None else (name if known else None)
+                self.hooks.call_forwarded(ctx.request.call_id, target, 302, self.wall(now))
+        if initial_invite and config.flag("dnd"):
+            raise SipError(486, "Busy Here")
         if forward is not None:
             # The chain of forwards ended at a target in another domain.
             fwd.uri = parse_uri(forward)
@@ -802,18 +805,22 @@ class Proxy:
 
     def _start_call(self, ctx: Context, fwd: Request, groups: list[list[Target]],
                     noanswer: tuple[str, int] | None, now: float) -> list[ProxyAction]:
-        req = ctx.request
         if ctx.final_sent:
             return []  # answered (a CANCEL, say) while the look-up ran
-        if ctx.is_invite and req.to.tag is None and not ctx.call_started:
-            ctx.call_started = True
-            self.hooks.call_started(req.call_id, ctx.caller, ctx.callee, str(req.from_.uri),
-                                    str(req.to.uri), self.wall(now))
+        self._call_begins(ctx, now)
         if noanswer is not None:
             target, seconds = noanswer
             ctx.forward_noanswer = target
             ctx.ring_timer = self._arm(seconds, now, lambda t: self._no_answer(ctx, t))
         return self._start(ctx, fwd, groups, now)
+
+    def _call_begins(self, ctx: Context, now: float) -> None:
+        """The first time an initial INVITE is routed: the call record starts."""
+        req = ctx.request
+        if ctx.is_invite and req.to.tag is None and not ctx.call_started:
+            ctx.call_started = True
+            self.hooks.call_started(req.call_id, ctx.caller, ctx.callee, str(req.from_.uri),
+                                    str(req.to.uri), self.wall(now))
 
     def _start(self, ctx: Context, fwd: Request, groups: list[list[Target]],
                now: float) -> list[ProxyAction]:
@@ -1190,9 +1197,11 @@ class Proxy:
 
         def then() -> list[ProxyAction]:
             if self._is_local_aor(uri):
+                ctx.forward_status = 408
                 return self._to_local(ctx, fwd, None, uri, now)
             if self._outbound is None:
                 raise SipError(403, "Relaying denied")
+            self.hooks.call_forwarded(ctx.request.call_id, None, 408, self.wall(now))
             return self._start(ctx, fwd, [[self._outbound_target(fwd.uri_text)]], now)
 
         more = self._safely(ctx, then)

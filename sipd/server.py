@@ -19,12 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from srfs.directory import Account, Directory
 from srfs.location import Op
 from srfs.logtext import quote
 
-from .auth import AUTH_FAILURE_DELAY, Authenticator, RecentAccounts
-from .digest import AuthResult, Credentials
+from .auth import Authenticator, LookUp, Refused, Verdict
 from .identity import LocalIdentity
 from .ownership import Ownership
 from .peer import Peer
@@ -58,8 +56,6 @@ class Registration:
 
     registrar: Registrar
     auth: Authenticator
-    directory: Directory
-    accounts: RecentAccounts | None = None
     #: The alias map and trusted trunks; without it a user owns only their own name.
     ownership: Ownership | None = None
 
@@ -158,52 +154,24 @@ class Server:
         aor = aor_of(to_uri)
         if not aor:
             raise SipError(400, "To has no user part")
-        creds = reg.auth.credentials(req, "Authorization")
-        if creds is None:
-            return self.reply(req, 401, "Unauthorized", reg.auth.challenge_headers(False, wall))
-        if reg.auth.throttled(creds, peer, wall):
-            raise SipError(403, "Too many failed attempts")
-        name = creds.username
-        accounts = reg.accounts
-        if accounts is not None:
-            hit, known = accounts.get(name, wall)
-            if hit:
-                return self._register_checked(req, reg, creds, aor, Outcome(known), peer, wall,
-                                              wall)
-        directory = reg.directory
+        verdict = reg.auth.authenticate(req, peer, wall, proxy=False)
+        if isinstance(verdict, LookUp):
+            found = verdict
 
-        def looked_up(outcome: Outcome, wall2: float) -> Reply:
-            if accounts is not None and outcome.error is None:
-                accounts.put(name, outcome.value, wall2)
-            return self.guard(
-                req, lambda: self._register_checked(req, reg, creds, aor, outcome, peer, wall2,
-                                                    wall)
-            )
+            def looked_up(outcome: Outcome, wall2: float) -> Reply:
+                return self.guard(
+                    req, lambda: self._register_checked(req, reg, aor, found.resume(outcome, wall2),
+                                                        peer, wall2))
 
-        return Defer(lambda: directory.account(name, peer.host), looked_up, name=f"account {name}")
+            return Defer(found.run, looked_up, name=found.name)
+        return self._register_checked(req, reg, aor, verdict, peer, wall)
 
-    def _register_checked(
-        self,
-        req: Request,
-        reg: Registration,
-        creds: Credentials,
-        aor: str,
-        outcome: Outcome,
-        peer: Peer,
-        wall: float,
-        arrived: float,
-    ) -> Reply:
-        if outcome.error is not None:
-            log.error("cannot look up user %s: %s", quote(creds.username, 64), outcome.error)
-            raise SipError(500, "User database unavailable")
-        account: Account | None = outcome.value
-        result = reg.auth.check(creds, req, account, peer, wall)
-        if result is AuthResult.FAILED:
-            return Later(self.reply(req, 401, "Unauthorized", reg.auth.challenge_headers(False, wall)),
-                         arrived + AUTH_FAILURE_DELAY)
-        if result is AuthResult.STALE:
-            return self.reply(req, 401, "Unauthorized", reg.auth.challenge_headers(False, wall, True))
-        assert account is not None
+    def _register_checked(self, req: Request, reg: Registration, aor: str, verdict: Verdict,
+                          peer: Peer, wall: float) -> Reply:
+        if isinstance(verdict, Refused):
+            answer = self.reply(req, verdict.status, verdict.reason, verdict.headers)
+            return answer if verdict.not_before is None else Later(answer, verdict.not_before)
+        account = verdict.account
         user = account.user.name
         ownership = reg.ownership
         if not (aor == user or (ownership is not None and ownership.owns(user, aor))):

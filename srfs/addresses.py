@@ -17,7 +17,7 @@ import ipaddress
 import re
 import socket
 
-__all__ = ["IPAddress", "is_unicast", "parse_host"]
+__all__ = ["IPAddress", "is_unicast", "parse_host", "source_key"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -62,3 +62,17 @@ def is_unicast(addr: IPAddress) -> bool:
     if addr.is_multicast or addr.is_unspecified:
         return False
     return not (isinstance(addr, ipaddress.IPv4Address) and addr == ipaddress.IPv4Address("255.255.255.255"))
+
+
+def source_key(host: str) -> str:
+    """What limits per source count by: the IPv4 address, or the IPv6 /64.
+
+    One IPv6 host commonly holds a whole /64, and phones behind one router
+    share it as IPv4 phones share a NAT address.
+    """
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False))
+    except ValueError:
+        return host

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sipd.auth import Authenticator
+from sipd.auth import AUTH_FAILURE_DELAY, Authenticator
 from sipd.digest import NonceManager, ha1, response
 from sipd.endpoint import Endpoint
 from sipd.identity import LocalIdentity
 from sipd.peer import Outgoing, Peer
-from sipd.proxy import AUTH_FAILURE_DELAY, TIMER_C, Proxy, ProxyPolicy, _branch_key
+from sipd.proxy import TIMER_C, CallHooks, Proxy, ProxyPolicy, _branch_key
 from sipd.server import Server
 from sipd.sip.message import Request, Response, make_response, parse
 from sipd.sip.transaction import TransactionLayer
@@ -73,20 +73,27 @@ class Hooks:
     def call_ended(self, call_id: str, wall: float) -> None:
         self.seen.append(("ended", call_id))
 
+    def call_forwarded(self, call_id: str, callee_user: str | None, status: int,
+                       wall: float) -> None:
+        self.seen.append(("forwarded", call_id, callee_user, status))
+
 
 class Net:
     """One proxy and the phones around it; time moves only when told."""
 
-    def __init__(self, outbound: str = "", users: Users | None = None) -> None:
+    def __init__(self, outbound: str = "", users: Users | None = None,
+                 hooks: CallHooks | None = None) -> None:
         identity = LocalIdentity(frozenset({REALM, "192.0.2.1"}), frozenset({5060}))
         self.store = LocationStore()
         self.users = users or Users()
         self.hooks = Hooks()
-        auth = Authenticator(REALM, NonceManager(secrets.token_bytes(32)), algorithms=("MD5",))
+        self.call_hooks: CallHooks = hooks or self.hooks
+        auth = Authenticator(REALM, NonceManager(secrets.token_bytes(32)), algorithms=("MD5",),
+                             identity=identity, lookup=account)
         addresses = LocalAddresses({("udp", 4): ME, ("tcp", 4): ME})
         layer = TransactionLayer()
-        self.proxy = Proxy(identity, addresses, layer, self.store, auth, account,
-                           self.users, ProxyPolicy(outbound_proxy=outbound), self.hooks)
+        self.proxy = Proxy(identity, addresses, layer, self.store, auth,
+                           self.users, ProxyPolicy(outbound_proxy=outbound), self.call_hooks)
         self.ep = Endpoint(Server(identity, proxying=True), max_message_size=65535,
                            transactions=layer, store=self.store, proxy=self.proxy)
         self.now = 1000.0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from sipd.admission import BindingRules
-from sipd.auth import AUTH_FAILURE_DELAY, Authenticator, Throttle
+from sipd.auth import AUTH_FAILURE_DELAY, Authenticator, ChallengePolicy, Throttle
 from sipd.digest import NonceManager, ha1, parse_credentials, response
 from sipd.endpoint import Endpoint
 from sipd.identity import LocalIdentity
@@ -54,15 +54,15 @@ class Harness:
     def __init__(self, **policy: object) -> None:
         self.store = LocationStore()
         self.directory = Directory()
-        self.auth = Authenticator(REALM, NonceManager(secrets.token_bytes(32), lifetime=300),
-                                  throttle=Throttle(limit=5, window=60, ban=60))
         identity = LocalIdentity(frozenset({REALM, "192.0.2.1"}), frozenset({5060}))
+        self.auth = Authenticator(REALM, NonceManager(secrets.token_bytes(32), lifetime=300),
+                                  throttle=Throttle(), identity=identity,
+                                  lookup=self.directory.account)
         self.rules = BindingRules(identity)
         registration = Registration(
             registrar=Registrar(RegistrarPolicy(**policy), self.store,  # type: ignore[arg-type]
                                 self.rules),
             auth=self.auth,
-            directory=self.directory,  # type: ignore[arg-type]
         )
         self.endpoint = Endpoint(Server(identity, registration), max_message_size=65535,
                                  store=self.store)
@@ -177,21 +177,64 @@ def contact_expiries(resp: Response) -> dict[str, int]:
 # ---------------------------------------------------------------- auth
 
 
-def test_challenge_offers_md5_then_sha256() -> None:
+def offered(resp: Response) -> list[str]:
+    return [re.search(r"algorithm=([\w-]+)", v).group(1)  # type: ignore[union-attr]
+            for v in resp.get_all("WWW-Authenticate")]
+
+
+LINPHONE = "User-Agent: Linphone-Desktop/5.1.2 (belle-sip/5.1.64)"
+
+
+def test_an_unknown_phone_is_offered_md5_alone() -> None:
+    """Every phone answers MD5; a second challenge breaks some (libre under baresip 1.0)."""
     h = Harness()
-    first = h.send(h._request("alice", None, 600, None, "", None, None))
+    first = h.send(h._request("alice", None, 600, None, "User-Agent: baresip v1.0.0", None, None))
     assert first.status == 401
-    algs = [re.search(r"algorithm=([\w-]+)", v).group(1)  # type: ignore[union-attr]
-            for v in first.get_all("WWW-Authenticate")]
-    assert algs == ["MD5", "SHA-256"]
+    assert offered(first) == ["MD5"]
     assert all('qop="auth"' in v and f'realm="{REALM}"' in v for v in first.get_all("WWW-Authenticate"))
     assert h.directory.lookups == 0  # no lookup before credentials arrive
 
 
-@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
-def test_register_with_digest(algorithm: str) -> None:
+def test_a_phone_known_to_choose_sha256_is_offered_it_first() -> None:
     h = Harness()
-    ok = h.register(algorithm=algorithm)
+    first = h.send(h._request("alice", None, 600, None, LINPHONE, None, None))
+    assert offered(first) == ["SHA-256", "MD5"]
+
+
+def test_a_phone_is_offered_what_it_used_last() -> None:
+    h = Harness()
+    assert h.register(algorithm="SHA-256", extra=LINPHONE).status == 200
+    again = h.send(h._request("alice", None, 600, None, LINPHONE, None, None))
+    assert offered(again) == ["SHA-256"]
+    # Another phone of the same user is a phone of its own.
+    other = h.send(h._request("alice", None, 600, None, "User-Agent: Other/1", None, None))
+    assert offered(other) == ["MD5"]
+    # A Linphone that chose MD5 keeps MD5.
+    h2 = Harness()
+    assert h2.register(algorithm="MD5", extra=LINPHONE).status == 200
+    assert offered(h2.send(h2._request("alice", None, 600, None, LINPHONE, None, None))) == ["MD5"]
+
+
+def test_only_accepted_algorithms_are_offered_or_taken() -> None:
+    h = Harness()
+    h.auth.algorithms = ("SHA-256",)
+    h.auth.policy = ChallengePolicy(("SHA-256",))
+    first = h.send(h._request("alice", None, 600, None, "", None, None))
+    assert offered(first) == ["SHA-256"]
+    assert h.register(algorithm="SHA-256").status == 200
+    # MD5 credentials (for a challenge of another server, say) are a failure.
+    h.auth.policy = ChallengePolicy(("MD5", "SHA-256"))
+    md5 = h.send(h._request("alice", None, 600, None, "", None, None))
+    h.auth.policy = ChallengePolicy(("SHA-256",))
+    refused = h.send(h._request("alice", None, 600, None, "", None, None,
+                                auth=(md5, "secret-a", "MD5", 1)))
+    assert refused.status == 401
+
+
+@pytest.mark.parametrize(("algorithm", "agent"), [("MD5", ""), ("SHA-256", LINPHONE)])
+def test_register_with_digest(algorithm: str, agent: str) -> None:
+    h = Harness()
+    ok = h.register(algorithm=algorithm, extra=agent)
     assert ok.status == 200
     assert contact_expiries(ok) == {"sip:alice@192.0.2.7:5062": 600}
     (b,) = h.store.lookup("alice")
@@ -210,7 +253,7 @@ def test_refusals_look_alike(user: str, password: str) -> None:
     assert resp.status == 401
     assert resp.reason == "Unauthorized"
     values = resp.get_all("WWW-Authenticate")
-    assert len(values) == 2 and not any("stale" in v for v in values)
+    assert len(values) == 1 and not any("stale" in v for v in values)
     assert h.store.lookup(user) == []
 
 

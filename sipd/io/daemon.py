@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import trio
 
 from srfs import users
+from srfs.addresses import parse_host
 from srfs.calls import CallTable
 from srfs.directory import Directory
 from srfs.home import HomeError
@@ -32,7 +33,7 @@ from srfs.usrloc import UsrlocFiles
 from srfs.wtmp import UNAVAILABLE_REASON, LoginRecorder, WtmpError
 
 from ..admission import BindingRules
-from ..auth import Authenticator, RecentAccounts
+from ..auth import Authenticator, ChallengePolicy, RecentAccounts, Throttle
 from ..calltrack import CallTracker, acc_jobs
 from ..config import Settings
 from ..digest import NonceManager
@@ -148,10 +149,25 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
     ownership = Ownership(settings.aliases, settings.trunks,
                           gateways=[gateway_host(settings.outbound_proxy)])
     rules = BindingRules(identity, ownership)
-    auth = Authenticator(realm, NonceManager(secrets.token_bytes(32)),
-                         algorithms=settings.auth_algorithms)
     directory = Directory(realm, settings.group, settings.pam_service if settings.pam else None)
-    accounts = RecentAccounts(Directory.unchanged)
+    trusted = settings.trusted_networks
+
+    def never_throttled(host: str) -> bool:
+        # Trusted trunks and the networks the admin named: an office's own
+        # PBX is never locked out by a phone behind it.
+        addr = parse_host(host)
+        return (ownership.trunk_user_at(host) is not None
+                or (addr is not None and any(addr in net for net in trusted)))
+
+    auth = Authenticator(
+        realm, NonceManager(secrets.token_bytes(32)),
+        throttle=Throttle(trusted=never_throttled),
+        algorithms=settings.auth_algorithms,
+        policy=ChallengePolicy(settings.auth_algorithms, settings.sha256_user_agents),
+        identity=identity,
+        lookup=directory.account,
+        accounts=RecentAccounts(Directory.unchanged),
+    )
     registration = Registration(
         registrar=Registrar(
             RegistrarPolicy(
@@ -165,8 +181,6 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
             rules,
         ),
         auth=auth,
-        directory=directory,
-        accounts=accounts,
         ownership=ownership,
     )
     transactions = TransactionLayer()
@@ -175,11 +189,10 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         bound = [("udp", h, p) for h in hosts for p in ports]
     try:
         proxy = Proxy(
-            identity, advertised(bound), transactions, store, auth,
-            directory.account, HomeUsers(settings.group),
+            identity, advertised(bound), transactions, store, auth, HomeUsers(settings.group),
             ProxyPolicy(outbound_proxy=settings.outbound_proxy,
                         from_policy="rewrite" if settings.from_policy == "rewrite" else "reject"),
-            hooks or tracker, accounts, ownership,
+            hooks or tracker, ownership,
         )
     except (ValueError, ParseError) as exc:
         raise StartupError(f"bad outbound_proxy {settings.outbound_proxy!r}: {exc}") from None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import ipaddress
 import itertools
 import logging
 import math
@@ -29,6 +28,7 @@ from typing import Protocol
 
 import trio
 
+from srfs.addresses import source_key
 from srfs.logtext import Tally
 
 from ..config import ListenAddress
@@ -100,20 +100,6 @@ class _TcpConnection:
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     #: What the per-source cap counts an accepted connection by; None for ours.
     source: str | None = None
-
-
-def source_key(host: str) -> str:
-    """What the per-source cap counts by: the IPv4 address, or the IPv6 /64.
-
-    One IPv6 host commonly holds a whole /64, and phones behind one router
-    share it as IPv4 phones share a NAT address.
-    """
-    if ":" not in host:
-        return host
-    try:
-        return str(ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False))
-    except ValueError:
-        return host
 
 
 class _RefusalLog:
