@@ -31,6 +31,12 @@ Why the pieces are the way they are:
 - ``updwtmp`` opens wtmp without ``O_CREAT`` and returns nothing: the file is
   created here if missing, and success is checked by the file growing by a
   record (plus errno), because glibc reports no error at all.
+- errno is no verdict. For exactly ``/var/run/utmp`` and ``/var/log/wtmp``
+  glibc first probes for ``utmpx``/``wtmpx`` with access(2), which fails
+  with ENOENT on Linux and leaves that in errno however the call goes. So
+  ``setutent`` (which returns nothing) is not judged at all: ``getutent``
+  and ``pututline`` open the file again if it failed and report by their
+  return value. errno is read only once a call is known to have failed.
 - glibc's utmp state (the ``utmpname`` file name, the open descriptor) is
   process-global, and its lock timeout temporarily replaces the process's
   SIGALRM handler and alarm. Two threads inside those functions at once can
@@ -207,19 +213,23 @@ class _Libc:
     # Each method returns errno (0 for success) rather than raising, so that
     # callers can attach the file name and the operation to the message.
 
-    def open_utmp(self, path: bytes) -> int:
+    def select_utmp(self, path: bytes) -> int:
+        """Make ``path`` the utmp file and rewind to its start."""
         if self._utmpname(path) != 0:
-            return errno.ENOMEM
-        ctypes.set_errno(0)
-        # setutent reports a failed open only through errno.
+            return ctypes.get_errno() or errno.ENOMEM
+        # setutent returns nothing, and its errno means nothing (see the
+        # module docstring). If the open failed, the next getutent or
+        # pututline tries again and says so.
         self._setutent()
-        return ctypes.get_errno()
+        return 0
 
     def close_utmp(self) -> None:
         self._endutent()
         self._utmpname(_GLIBC_DEFAULT_UTMP)
 
     def read_utmp(self) -> tuple[Utmp | None, int]:
+        # NULL is both the end of the file and a failure; glibc leaves errno
+        # as it was at the end, so only a cleared errno tells them apart.
         ctypes.set_errno(0)
         p = self._getutent()
         if not p:
@@ -579,7 +589,7 @@ class LoginRecorder:
     def _put_utmp(self, recs: list[Utmp]) -> None:
         _ensure_file(self._utmp)
         with _LIBC_LOCK:
-            err = self._libc.open_utmp(self._utmp)
+            err = self._libc.select_utmp(self._utmp)
             try:
                 if err:
                     raise _os_error(err, "cannot open", self._utmp)
@@ -599,7 +609,7 @@ class LoginRecorder:
             raise _os_error(e.errno or errno.EIO, "cannot read", self._utmp) from e
         out: list[Utmp] = []
         with _LIBC_LOCK:
-            err = self._libc.open_utmp(self._utmp)
+            err = self._libc.select_utmp(self._utmp)
             try:
                 if err:
                     raise _os_error(err, "cannot open", self._utmp)
