@@ -73,3 +73,79 @@ print(line)
         (USER_PROCESS, "sip/1", "jan", int(T0) + 3601),
         (DEAD_PROCESS, "sip/1", "", int(T0) + 3660),
     ]
+
+
+# A /var/log of the script's own (a tmpfs in the namespace), so that wtmp
+# can be renamed or fill its file system, which the bind mount cannot.
+_OWN_LOG = """
+import ctypes, os, subprocess
+from srfs import wtmp
+subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size={size}', 'own-log', '/var/log'], check=True)
+open('/var/log/wtmp', 'wb').close()
+"""
+
+# A logrotate ("create" mode) at the worst moments: between the recorder's
+# look at wtmp and updwtmp, and right after updwtmp.
+_ROTATING = """
+def rotate(create=True):
+    os.rename('/var/log/wtmp', '/var/log/wtmp.1')
+    if create:
+        open('/var/log/wtmp', 'wb').close()
+
+class Rotating(wtmp._Libc):
+    when = 'before'
+    def append_wtmp(self, path, rec):
+        if self.when == 'before':
+            rotate()
+        elif self.when == 'instead':
+            rotate(create=False)
+        err = super().append_wtmp(path, rec)
+        if self.when == 'after':
+            rotate()
+        return err
+
+rec._libc = libc = Rotating(ctypes.CDLL('libc.so.6', use_errno=True))
+def users(path):
+    return [(r.ut_type, r.user) for r in wtmp.iter_records(path)]
+"""
+
+
+def test_wtmp_rotated_during_the_append(host: StockHost) -> None:
+    out = _recorder(host, _OWN_LOG.format(size="1m") + _ROTATING + f"""
+libc.when = 'before'
+line = rec.login('jan', '192.0.2.10', {T0})
+print(users('/var/log/wtmp'), users('/var/log/wtmp.1'))
+libc.when = 'after'
+rec.logout(line, {T0 + 60})
+print(users('/var/log/wtmp'), users('/var/log/wtmp.1'))
+libc.when = 'instead'
+try:
+    rec.login('jan', '192.0.2.10', {T0 + 120})
+except wtmp.WtmpError as e:
+    print(e)
+""")
+    # The record is found wherever glibc put it; only a missing file fails.
+    assert out.splitlines() == [
+        "[(7, 'jan')] []",
+        "[] [(7, 'jan'), (8, '')]",
+        "cannot append to /var/log/wtmp: No such file or directory",
+    ]
+
+
+def test_full_wtmp_file_system(host: StockHost) -> None:
+    # One page: ten records fit, the eleventh is written short and glibc
+    # takes it back, setting no errno of its own.
+    out = _recorder(host, _OWN_LOG.format(size="4k") + f"""
+with open('/var/log/wtmp', 'wb') as f:
+    f.write(bytes(wtmp.make_record(wtmp.DEAD_PROCESS, 'pts/0', '', '', 1, {T0})) * 10)
+try:
+    rec.login('jan', '192.0.2.10', {T0})
+except wtmp.WtmpError as e:
+    print(e)
+print(os.stat('/var/log/wtmp').st_size, rec.lines_in_use())
+""")
+    assert out.splitlines() == [
+        "cannot append to /var/log/wtmp: No space left on device",
+        f"{10 * wtmp.UTMP_SIZE} []",
+    ]
+    assert [r.ut_type for r in iter_records(host.utmp)] == [DEAD_PROCESS]
