@@ -9,6 +9,7 @@ in a private mount namespace (see :mod:`tests.stockhost`).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,8 +20,10 @@ import pytest
 from srfs import wtmp
 from srfs.wtmp import DEAD_PROCESS, USER_PROCESS, iter_records
 
-from .sipclient import ROOT
+from .sipclient import ROOT, Daemon, running_sipd, status_of, wait_for
 from .stockhost import StockHost, stock_host
+from .test_register_e2e import REALM, Phone
+from .unixusers import FakeUnix, give_passwords
 
 pytestmark = pytest.mark.skipif(
     wtmp.UNAVAILABLE_REASON is not None, reason=f"wtmp unavailable: {wtmp.UNAVAILABLE_REASON}"
@@ -149,3 +152,87 @@ print(os.stat('/var/log/wtmp').st_size, rec.lines_in_use())
         f"{10 * wtmp.UTMP_SIZE} []",
     ]
     assert [r.ut_type for r in iter_records(host.utmp)] == [DEAD_PROCESS]
+
+
+# -- the daemon -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def passwords(unix: FakeUnix) -> dict[str, str]:
+    return give_passwords(unix, REALM, ("alice",))
+
+
+def _who(unix: FakeUnix, daemon: Daemon) -> str:
+    return _inside(unix, daemon, "who")
+
+
+def _last(unix: FakeUnix, daemon: Daemon) -> str:
+    return _inside(unix, daemon, "last", "-w")
+
+
+def _inside(unix: FakeUnix, daemon: Daemon, *argv: str) -> str:
+    # Under the fake users' NSS, as on a host where alice is a real user:
+    # last's "gone - no logout" depends on finding her.
+    assert daemon.alive(), daemon.log
+    cmd, env = unix.command(argv, StockHost.inside(daemon.proc.pid))
+    r = subprocess.run(cmd, env={**env, "TZ": "UTC", "LC_ALL": "C"}, capture_output=True,
+                       text=True, timeout=30, check=False)
+    assert r.returncode == 0, f"{argv[0]} failed ({r.returncode}): {r.stderr}"
+    return r.stdout
+
+
+def test_who_and_last_list_registrations(
+    host: StockHost, tmp_path: Path, unix: FakeUnix, passwords: dict[str, str]
+) -> None:
+    session = r"^alice\s+sip/1\s+127\.0\.0\.1\s"
+    # A session with its logout. Within the second of the logout, last
+    # says "still running" instead; waiting for this form waits that out.
+    ended = r".* - \d\d:\d\d\s+\(00:0\d\)$"
+    try:
+        with running_sipd(tmp_path, unix=unix, stock=host) as daemon:
+            assert "wtmp disabled" not in daemon.log
+            phone = Phone(daemon, "alice", passwords["alice"])
+            try:
+                assert status_of(phone.register(expires=600)) == 200
+                wait_for(lambda: "alice" in _who(unix, daemon), "alice in who")
+                assert re.search(r"^alice\s+sip/1\s.*\(127\.0\.0\.1\)$", _who(unix, daemon), re.M)
+                last = _last(unix, daemon)
+                assert re.search(session + r".*gone - no logout$", last, re.M), last
+
+                assert status_of(phone.register(expires=0)) == 200
+                wait_for(lambda: "alice" not in _who(unix, daemon), "alice gone from who")
+                wait_for(lambda: re.search(session + ended, _last(unix, daemon), re.M),
+                         "alice's logout in last")
+
+                assert status_of(phone.register(expires=600)) == 200
+                wait_for(lambda: "alice" in _who(unix, daemon), "alice back in who")
+            finally:
+                phone.close()
+            assert "wtmp disabled" not in daemon.log
+            daemon.proc.kill()  # a crash: nothing logs alice out
+            daemon.proc.wait()
+
+        # The next start closes the line the crash left open, then logs the
+        # reloaded registration in again.
+        with running_sipd(tmp_path, unix=unix, stock=host) as daemon:
+            assert "closed 1 utmp line(s) left open by an earlier run" in daemon.log
+            wait_for(lambda: "alice" in _who(unix, daemon), "the reloaded alice in who")
+            wait_for(lambda: len(re.findall(session + ended, _last(unix, daemon), re.M)) == 2,
+                     "the crashed session closed in last")
+            last = _last(unix, daemon)
+            sessions = re.findall(session + r".*$", last, re.M)
+            assert len(sessions) == 3, last
+            assert sessions[0].endswith("gone - no logout"), last
+            assert "wtmp disabled" not in daemon.log
+        # A clean stop logs the reloaded registration out again.
+        assert [(r.ut_type, r.line, r.user) for r in iter_records(host.wtmp)] == [
+            (USER_PROCESS, "sip/1", "alice"),
+            (DEAD_PROCESS, "sip/1", ""),  # REGISTER with expires 0
+            (USER_PROCESS, "sip/1", "alice"),
+            (DEAD_PROCESS, "sip/1", ""),  # closed at the start after the crash
+            (USER_PROCESS, "sip/1", "alice"),  # reloaded from usrloc
+            (DEAD_PROCESS, "sip/1", ""),  # SIGTERM
+        ]
+        assert [r.ut_type for r in iter_records(host.utmp)] == [DEAD_PROCESS]
+    finally:
+        (unix["alice"].home / ".sr" / "usrloc").unlink(missing_ok=True)
