@@ -242,7 +242,10 @@ def running_sipd(
         env = {**unix.env, "SIPD_WTMP": str(tmp / "wtmp"), "SIPD_UTMP": str(tmp / "utmp")}
     else:
         cmd, env = unix.command(cmd, stock.command())
-        env = {k: v for k, v in env.items() if k not in ("SIPD_WTMP", "SIPD_UTMP")}
+        # Without PAM_WRAPPER, pam_wrapper stays idle and leaves no /tmp/pam.X
+        # behind a daemon that a test kills.
+        unset = ("SIPD_WTMP", "SIPD_UTMP") if pam else ("SIPD_WTMP", "SIPD_UTMP", "PAM_WRAPPER")
+        env = {k: v for k, v in env.items() if k not in unset}
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     daemon = Daemon(proc, port, log)

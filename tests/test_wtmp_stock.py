@@ -175,6 +175,7 @@ def _inside(unix: FakeUnix, daemon: Daemon, *argv: str) -> str:
     # last's "gone - no logout" depends on finding her.
     assert daemon.alive(), daemon.log
     cmd, env = unix.command(argv, StockHost.inside(daemon.proc.pid))
+    env = {k: v for k, v in env.items() if k != "PAM_WRAPPER"}  # see running_sipd
     r = subprocess.run(cmd, env={**env, "TZ": "UTC", "LC_ALL": "C"}, capture_output=True,
                        text=True, timeout=30, check=False)
     assert r.returncode == 0, f"{argv[0]} failed ({r.returncode}): {r.stderr}"
