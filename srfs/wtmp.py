@@ -29,8 +29,14 @@ Why the pieces are the way they are:
   no logout" there; ``who`` is the live view.) After a crash,
   :meth:`LoginRecorder.close_stale` writes the missing logouts.
 - ``updwtmp`` opens wtmp without ``O_CREAT`` and returns nothing: the file is
-  created here if missing, and success is checked by the file growing by a
-  record (plus errno), because glibc reports no error at all.
+  created here if missing, and success is checked by the record being in
+  the file afterwards, because glibc reports no error at all.
+- errno is no verdict. For exactly ``/var/run/utmp`` and ``/var/log/wtmp``
+  glibc first probes for ``utmpx``/``wtmpx`` with access(2), which fails
+  with ENOENT on Linux and leaves that in errno however the call goes. So
+  ``setutent`` (which returns nothing) is not judged at all: ``getutent``
+  and ``pututline`` open the file again if it failed and report by their
+  return value. errno is read only once a call is known to have failed.
 - glibc's utmp state (the ``utmpname`` file name, the open descriptor) is
   process-global, and its lock timeout temporarily replaces the process's
   SIGALRM handler and alarm. Two threads inside those functions at once can
@@ -54,6 +60,7 @@ import math
 import os
 import platform
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -207,19 +214,23 @@ class _Libc:
     # Each method returns errno (0 for success) rather than raising, so that
     # callers can attach the file name and the operation to the message.
 
-    def open_utmp(self, path: bytes) -> int:
+    def select_utmp(self, path: bytes) -> int:
+        """Make ``path`` the utmp file and rewind to its start."""
         if self._utmpname(path) != 0:
-            return errno.ENOMEM
-        ctypes.set_errno(0)
-        # setutent reports a failed open only through errno.
+            return ctypes.get_errno() or errno.ENOMEM
+        # setutent returns nothing, and its errno means nothing (see the
+        # module docstring). If the open failed, the next getutent or
+        # pututline tries again and says so.
         self._setutent()
-        return ctypes.get_errno()
+        return 0
 
     def close_utmp(self) -> None:
         self._endutent()
         self._utmpname(_GLIBC_DEFAULT_UTMP)
 
     def read_utmp(self) -> tuple[Utmp | None, int]:
+        # NULL is both the end of the file and a failure; glibc leaves errno
+        # as it was at the end, so only a cleared errno tells them apart.
         ctypes.set_errno(0)
         p = self._getutent()
         if not p:
@@ -237,6 +248,7 @@ class _Libc:
         return ctypes.get_errno() or errno.EIO
 
     def append_wtmp(self, path: bytes, rec: Utmp) -> int:
+        """errno after ``updwtmp``: the reason if the record is missing, else meaningless."""
         ctypes.set_errno(0)
         self._updwtmp(path, ctypes.byref(rec))
         return ctypes.get_errno()
@@ -579,7 +591,7 @@ class LoginRecorder:
     def _put_utmp(self, recs: list[Utmp]) -> None:
         _ensure_file(self._utmp)
         with _LIBC_LOCK:
-            err = self._libc.open_utmp(self._utmp)
+            err = self._libc.select_utmp(self._utmp)
             try:
                 if err:
                     raise _os_error(err, "cannot open", self._utmp)
@@ -599,7 +611,7 @@ class LoginRecorder:
             raise _os_error(e.errno or errno.EIO, "cannot read", self._utmp) from e
         out: list[Utmp] = []
         with _LIBC_LOCK:
-            err = self._libc.open_utmp(self._utmp)
+            err = self._libc.select_utmp(self._utmp)
             try:
                 if err:
                     raise _os_error(err, "cannot open", self._utmp)
@@ -619,18 +631,77 @@ class LoginRecorder:
 
     def _append_wtmp(self, rec: Utmp) -> None:
         _ensure_file(self._wtmp)
-        try:
-            before = os.stat(self._wtmp)
-            with _LIBC_LOCK:
+        record = bytes(rec)
+        with _LIBC_LOCK:
+            # Our own descriptor is opened and closed under the lock too:
+            # closing any descriptor of a file drops every fcntl lock the
+            # process holds on it, glibc's included. Held across the call so
+            # that a rotation meanwhile cannot hide where the record went.
+            # O_NONBLOCK: a FIFO in the way must not hang us here.
+            try:
+                fd = os.open(self._wtmp, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                raise _os_error(e.errno or errno.EIO, "cannot open", self._wtmp) from e
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISDIR(st.st_mode):
+                    raise _os_error(errno.EISDIR, "cannot append to", self._wtmp)
+                if not stat.S_ISREG(st.st_mode):
+                    raise WtmpError(f"cannot append to {self.wtmp_path}: not a regular file")
                 err = self._libc.append_wtmp(self._wtmp, rec)
-            after = os.stat(self._wtmp)
-        except OSError as e:
-            raise _os_error(e.errno or errno.EIO, "cannot write to", self._wtmp) from e
-        # updwtmp returns void, and its errno is only meaningful on failure;
-        # the file not growing by one record is the real test. glibc first
-        # cuts a torn trailing record, hence the rounding. A different inode
-        # means the log was rotated meanwhile: then errno is all we have.
-        expected = before.st_size - before.st_size % UTMP_SIZE + UTMP_SIZE
-        same_file = (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino)
-        if (same_file and after.st_size < expected) or (not same_file and err):
-            raise _os_error(err or errno.EIO, "cannot append to", self._wtmp)
+                # glibc first cuts a torn trailing record, hence the rounding.
+                if _holds(fd, st.st_size - st.st_size % UTMP_SIZE, record):
+                    return
+                same = _names(self._wtmp, fd)
+                if not same and _tail_holds(self._wtmp, record):
+                    return  # rotated, and glibc opened the new file
+            except OSError as e:
+                raise _os_error(e.errno or errno.EIO, "cannot check", self._wtmp) from e
+            finally:
+                os.close(fd)
+        if same and err in (0, errno.ENOENT):
+            # updwtmp sets no errno when a write comes up short, and an
+            # ENOENT is then the wtmpx probe's, not the file's, which was
+            # there all along. glibc's own pututline takes a short write
+            # for a full disk.
+            err = errno.ENOSPC
+        raise _os_error(err or errno.EIO, "cannot append to", self._wtmp)
+
+
+def _holds(fd: int, start: int, record: bytes) -> bool:
+    """Whether ``record`` is one of the whole records of ``fd`` from offset ``start`` on."""
+    off = start
+    while chunk := os.pread(fd, UTMP_SIZE * 256, off):
+        whole = len(chunk) - len(chunk) % UTMP_SIZE
+        if any(chunk[i : i + UTMP_SIZE] == record for i in range(0, whole, UTMP_SIZE)):
+            return True
+        if not whole:
+            return False
+        off += whole
+    return False
+
+
+def _names(path: bytes, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+
+#: How far back a just-rotated wtmp is searched; the new file is near-empty.
+_ROTATED_TAIL: Final = 64 * UTMP_SIZE
+
+
+def _tail_holds(path: bytes, record: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        return _holds(fd, max(0, size - size % UTMP_SIZE - _ROTATED_TAIL), record)
+    finally:
+        os.close(fd)

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .stockhost import StockHost
 from .unixusers import FakeUnix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,12 +221,13 @@ class Daemon:
 @contextmanager
 def running_sipd(
     tmp: Path, *args: str, unix: FakeUnix, pam: bool = False, port: int | None = None,
-    mount: bool = False,
+    mount: bool = False, stock: StockHost | None = None,
 ) -> Iterator[Daemon]:
     """sipd under the fake users' NSS (and PAM), utmp/wtmp in ``tmp``.
 
     Without ``mount`` it runs with --no-mount; with it, a config file among
-    ``args`` names the mountpoint.
+    ``args`` names the mountpoint. With ``stock`` it writes the stock
+    utmp/wtmp paths instead, in a namespace where they are ``stock``'s files.
     """
     port = port or free_port()
     log = tmp / f"sipd-{port}.log"
@@ -236,7 +238,14 @@ def running_sipd(
     if not mount:
         cmd.append("--no-mount")
     (tmp / "none.toml").write_text("")
-    env = {**unix.env, "SIPD_WTMP": str(tmp / "wtmp"), "SIPD_UTMP": str(tmp / "utmp")}
+    if stock is None:
+        env = {**unix.env, "SIPD_WTMP": str(tmp / "wtmp"), "SIPD_UTMP": str(tmp / "utmp")}
+    else:
+        cmd, env = unix.command(cmd, stock.command())
+        # Without PAM_WRAPPER, pam_wrapper stays idle and leaves no /tmp/pam.X
+        # behind a daemon that a test kills.
+        unset = ("SIPD_WTMP", "SIPD_UTMP") if pam else ("SIPD_WTMP", "SIPD_UTMP", "PAM_WRAPPER")
+        env = {k: v for k, v in env.items() if k not in unset}
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     daemon = Daemon(proc, port, log)

@@ -333,6 +333,16 @@ def test_wtmp_failure_withdraws_the_login(files: tuple[Path, Path]) -> None:
     assert rec.login("jan", "192.0.2.10", T0) == "sip/1"
 
 
+def test_wtmp_not_a_regular_file(files: tuple[Path, Path]) -> None:
+    wtmp_file, utmp_file = files
+    os.mkfifo(wtmp_file)  # would block an open for reading that waited for a writer
+    rec = LoginRecorder(*files)
+    with pytest.raises(WtmpError, match="wtmp: not a regular file"):
+        rec.login("jan", "192.0.2.10", T0)
+    assert rec.lines_in_use() == []
+    assert user_lines(utmp_file) == {}
+
+
 def test_utmp_failure_writes_nothing_to_wtmp(files: tuple[Path, Path]) -> None:
     wtmp_file, utmp_file = files
     utmp_file.mkdir()
