@@ -23,9 +23,9 @@ from .config import (
     ConfigError,
     Settings,
     build,
+    check_values,
     describe,
     load_file,
-    parse_listen,
 )
 from .io.transport import StartupError
 
@@ -67,33 +67,32 @@ def make_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     path = args.config or DEFAULT_CONFIG_PATH
     file_values = load_file(path, required=args.config is not None)
-    overrides: dict[str, Any] = {}
+    # Options pass the same checks as the file's keys: "-r ''" is refused
+    # like realm = "", not quietly ignored.
+    options: dict[str, Any] = {}
     if args.listen:
-        listen = []
-        for item in args.listen:
-            listen.extend(parse_listen(item))
-        overrides["listen"] = tuple(listen)
-    if args.mount:
-        overrides["mount"] = args.mount
+        options["listen"] = list(args.listen)
+    if args.mount is not None:
+        options["mount"] = args.mount
     if args.no_mount:
-        overrides["mount_enabled"] = False
-    if args.realm:
-        overrides["realm"] = args.realm
+        options["mount_enabled"] = False
+    if args.realm is not None:
+        options["realm"] = args.realm
     if args.domain:
-        overrides["domains"] = tuple(args.domain)
-    if args.group:
-        overrides["group"] = args.group
-    if args.pam_service:
-        overrides["pam_service"] = args.pam_service
+        options["domains"] = list(args.domain)
+    if args.group is not None:
+        options["group"] = args.group
+    if args.pam_service is not None:
+        options["pam_service"] = args.pam_service
     if args.no_pam:
-        overrides["pam"] = False
+        options["pam"] = False
     if args.log_level:
-        overrides["log_level"] = args.log_level
+        options["log_level"] = args.log_level
     elif args.verbose:
-        overrides["log_level"] = "debug"
+        options["log_level"] = "debug"
     elif args.quiet:
-        overrides["log_level"] = "warning"
-    return build(file_values, overrides, path)
+        options["log_level"] = "warning"
+    return build(file_values, check_values(options, source="command line"), path)
 
 
 def setup_logging(level: str) -> None:

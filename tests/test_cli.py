@@ -32,8 +32,19 @@ def test_bad_option() -> None:
     assert_one_line_error(run("--frobnicate"), 2, "unrecognized arguments: --frobnicate")
 
 
-def test_bad_listen_option() -> None:
-    assert_one_line_error(run("-l", "nonsense", "--check-config"), 1, "bad listen address")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-l", "nonsense"], "bad listen address"),
+        (["-r", ""], "realm must be a non-empty string, not ''"),
+        (["-r", "a:b"], "realm 'a:b' has a colon"),
+        (["-g", " "], "group must be a non-empty string"),
+    ],
+)
+def test_bad_option_values(args: list[str], message: str) -> None:
+    # Options pass the checks of the file's keys: none is quietly ignored.
+    assert_one_line_error(run(*args, "-c", "/dev/null", "--check-config"), 1,
+                          f"command line: {message}")
 
 
 def test_missing_named_config(tmp_path: Path) -> None:
