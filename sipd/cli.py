@@ -1,8 +1,9 @@
 """The ``sipd`` command: options, configuration, logging, exit codes.
 
 Exit status: 0 after SIGTERM/SIGINT or a good ``--check-config``; 1 for a
-configuration or start-up error; 2 for a bad command line. Every error is
-one line on stderr, never a traceback.
+configuration or start-up error (``--check-config`` gives the same line
+the daemon would); 2 for a bad command line. Every error is one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--pam-service", metavar="NAME", help="PAM service for the account check")
     p.add_argument("--no-pam", action="store_true", help="skip the PAM account check")
     p.add_argument("--check-config", action="store_true",
-                   help="validate the configuration, print the effective settings, exit")
+                   help="run the start-up checks without starting, print the effective "
+                   "settings, exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -116,10 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
-    if args.check_config:
-        print("\n".join(describe(settings)))
-        return 0
     setup_logging(settings.log_level)
+    if args.check_config:
+        return check_config(settings)
     from .io.daemon import run
 
     try:
@@ -137,6 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # A second Ctrl-C while shutting down.
         return 130
+    return 0
+
+
+def check_config(settings: Settings) -> int:
+    """Run the daemon's start-up checks without starting; print the settings if they pass."""
+    from .io.startup import check_all
+
+    try:
+        check_all(settings)
+    except StartupError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(describe(settings)))
     return 0
 
 

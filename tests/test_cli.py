@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -15,8 +16,10 @@ from .sipclient import ROOT, SIPD, free_port, running_sipd
 from .unixusers import FakeUnix
 
 
-def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SIPD, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def run(*args: str, timeout: float = 20,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SIPD, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=env)
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess[str], code: int, text: str) -> None:
@@ -87,10 +90,12 @@ def test_bad_config_values(tmp_path: Path, text: str, message: str) -> None:
     assert_one_line_error(run("-c", str(path), "--check-config"), 1, message)
 
 
-def test_check_config_prints_effective_settings(tmp_path: Path) -> None:
+def test_check_config_prints_effective_settings(tmp_path: Path, unix: FakeUnix) -> None:
+    # Under the fake users: --check-config also checks the group and PAM.
     path = tmp_path / "sipd.toml"
     path.write_text('realm = "example.org"\nmax_contacts = 4\n')
-    p = run("-c", str(path), "--check-config", "-l", "tcp:[::1]:5099", "--no-pam")
+    p = run("-c", str(path), "--check-config", "-l", "tcp:[::1]:5099", "--no-pam", "--no-mount",
+            env=unix.env)
     assert p.returncode == 0, p.stderr
     out = p.stdout.splitlines()
     assert 'realm = "example.org"' in out
@@ -100,9 +105,11 @@ def test_check_config_prints_effective_settings(tmp_path: Path) -> None:
     assert "min_expires = 60" in out
 
 
-def test_defaults_without_config_file(tmp_path: Path) -> None:
+def test_defaults_without_config_file(tmp_path: Path, unix: FakeUnix) -> None:
     # The default path is optional: absent means built-in defaults.
-    p = run("--check-config")
+    if os.path.exists("/etc/sipd/sipd.conf"):
+        pytest.skip("/etc/sipd/sipd.conf exists on this host")
+    p = run("--check-config", "--no-mount", env=unix.env)
     assert p.returncode == 0, p.stderr
     assert 'listen = ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060", "udp:[::]:5060", "tcp:[::]:5060"]' in p.stdout
 
