@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sipd.config import ConfigError, parse_listen
+from sipd.config import ConfigError, Settings, parse_listen
+from srfs.sipdconf import host_realm
 
 from .sipclient import ROOT, SIPD, free_port, running_sipd
 from .unixusers import FakeUnix
@@ -166,3 +167,11 @@ def test_parse_listen(text: str, expected: list[str]) -> None:
 def test_parse_listen_rejects(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_listen(text)
+
+
+def test_the_default_realm_is_looked_up_once_at_start() -> None:
+    # The daemon serves with the realm filled in: nothing asks DNS for it again.
+    assert Settings(realm="example.org").resolved().realm == "example.org"
+    resolved = Settings().resolved()
+    assert resolved.realm == host_realm()
+    assert resolved.resolved() is resolved

@@ -8,6 +8,7 @@ refuse, exit 1, and print the same one line.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from srfs.fuse import mounted
 
 from .sipclient import ROOT, SIPD, free_port, running_sipd
-from .unixusers import FakeUnix, fake_unix
+from .unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +186,26 @@ def test_beside_a_running_sipd_its_port_and_mount_are_no_problem(
                     f"[::1]:{port}", "-r", "test.invalid", "--no-pam", "--check-config")
         assert proc.returncode == 0, proc.stderr
         assert daemon.ping() == 200
+
+
+# --- what the daemon says at start about users' passwords ----------------------------
+
+MANY = tuple(UserSpec(f"user{n}", groups=("sip",)) for n in range(1, 10))
+
+
+def test_users_without_a_password_for_the_realm_are_named(tmp_path: Path) -> None:
+    with fake_unix(users=(UserSpec("alice", groups=("sip",)), *MANY)) as unix:
+        give_passwords(unix, "test.invalid", ["alice"])
+        give_passwords(unix, "old.example", ["user1"])
+        with running_sipd(tmp_path, unix=unix) as daemon:
+            log = daemon.log
+    lines = [x for x in log.splitlines() if "no password for realm test.invalid" in x]
+    # user1 holds an entry for another realm only; the others hold nothing.
+    assert any(x.endswith('user1 (entries only for realm "old.example")') for x in lines), lines
+    assert any(x.endswith("user2 (no ~/.sr/passwd)") for x in lines), lines
+    # Five named, then one count: nine users are at most six lines.
+    assert len(lines) == 6, lines
+    assert lines[-1].endswith("4 more problem(s) not logged, 9 in all"), lines
+    assert not any("alice" in x for x in lines)
+    # Names and realms only: no hash of any password reaches the log.
+    assert not re.search(r"[0-9a-f]{32}", log)

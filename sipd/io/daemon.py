@@ -3,10 +3,10 @@
 Start-up order: the checks ``--check-config`` runs too (the SIP group,
 PAM, the admin files, the mountpoint: :mod:`sipd.io.startup`), bind every
 socket, close utmp lines a crash left open, reload every SIP user's
-``~/.sr/usrloc``, mount ``/run/sr``, then serve and tell systemd READY=1.
-Any failure before serving is one clear line and exit status 1.
-SIGTERM/SIGINT write what is not on disk yet, record the logouts, close
-the sockets and exit 0.
+``~/.sr/usrloc`` and name the users without a password for the realm,
+mount ``/run/sr``, then serve and tell systemd READY=1. Any failure before
+serving is one clear line and exit status 1. SIGTERM/SIGINT write what is
+not on disk yet, record the logouts, close the sockets and exit 0.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from ..targets import LocalAddresses
 from ..userlookup import HomeUsers
 from ..work import run_inline
 from .limits import connection_cap, raise_open_file_limit, reserve
-from .startup import check_host, mount_failed, user_database_needed
+from .startup import check_host, mount_failed, report_missing_passwords, user_database_needed
 from .transport import StartupError, Transports, bind_sockets
 
 log = logging.getLogger("sipd")
@@ -273,14 +273,17 @@ def tcp_connection_cap(settings: Settings) -> int:
 
 
 def load_users(daemon: Daemon) -> None:
-    """Read every SIP user's files at start: registrations back."""
+    """Read every SIP user's files at start: registrations back, passwords checked."""
     members = users.members(daemon.settings.group)
     reload_registrations(daemon, members)
+    report_missing_passwords(members, daemon.settings.realm)
 
 
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT. Start-up failures raise StartupError."""
     check_host(settings)
+    # The default realm asks DNS: once, here, and never while serving.
+    settings = settings.resolved()
     bound = bind_sockets(settings.listen, skip_unavailable_ipv6=settings.listen_is_default)
     try:
         # After the checks that fail a start in one line, before the
@@ -331,7 +334,7 @@ async def run(settings: Settings) -> None:
                 raise mount_failed(settings, exc) from None
         log.info(
             "sipd ready: realm %s, group %s, listening on %s",
-            settings.effective_realm(), settings.group,
+            settings.realm, settings.group,
             ", ".join(str(a) for a, _ in bound),
         )
         notify_systemd("READY=1")

@@ -5,18 +5,27 @@ The daemon runs :func:`check_host` before it binds a socket, and
 :class:`StartupError`, with the same one line, whichever found it. All of
 it blocks (NSS, PAM, files, a probe of the mountpoint) and none of it
 changes anything: nothing is created, mounted or bound for good.
+
+Once the daemon has read the SIP group, :func:`report_missing_passwords`
+names the users who cannot log in for want of a password for the realm:
+a warning, not a reason to refuse the start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from srfs import users
+from srfs import home, passwd, users
 from srfs.adminfile import AdminFileError, read_admin_file
+from srfs.logtext import log_problems, quote
+from srfs.users import User
 
 from ..config import Settings
 from .transport import StartupError, bind_sockets
+
+log = logging.getLogger("sipd")
 
 __all__ = [
     "check_accounts",
@@ -25,6 +34,7 @@ __all__ = [
     "check_host",
     "check_mount",
     "mount_failed",
+    "report_missing_passwords",
     "user_database_needed",
 ]
 
@@ -115,3 +125,47 @@ def check_all(settings: Settings) -> None:
     check_host(settings, beside_daemon=True)
     for _, sock in bind_sockets(settings.listen, settings.listen_is_default, any_port=True):
         sock.close()
+
+
+#: Users named one by one at start for a missing password; the rest are counted.
+PASSWORDLESS_SHOWN = 5
+#: Other realms named for one user's ``~/.sr/passwd``.
+REALMS_SHOWN = 3
+
+
+def password_problem(user: User, realm: str) -> str | None:
+    """Why ``user`` cannot authenticate in ``realm`` from ``~/.sr/passwd``, or None.
+
+    Names the other realms the file holds an entry for, never a hash.
+    """
+    try:
+        data = home.read_file(user, "passwd")
+    except home.HomeError as exc:
+        return exc.reason
+    if data is None:
+        return "no ~/.sr/passwd"
+    pf = passwd.parse(data)
+    if pf.find(user.name, realm) is not None:
+        return None
+    # The file is the user's: its realms are quoted, and only a few are named.
+    others = sorted({e.realm for e in pf.entries if e.user == user.name})
+    if not others:
+        return "no entry for the user"
+    named = ", ".join(quote(r) for r in others[:REALMS_SHOWN])
+    more = len(others) - REALMS_SHOWN
+    return f"entries only for realm {named}" + (f" and {more} more" if more > 0 else "")
+
+
+def report_missing_passwords(members: Sequence[User], realm: str) -> int:
+    """Log each SIP user who holds no password for ``realm``; how many there are.
+
+    A password set for another realm (the host renamed, ``-r`` given to
+    one command and not the other) lets nobody in and shows nowhere else.
+    """
+    problems = []
+    for user in members:
+        why = password_problem(user, realm)
+        if why is not None:
+            problems.append(f"{user.name} ({why})")
+    log_problems(log, f"no password for realm {realm}", problems, shown=PASSWORDLESS_SHOWN)
+    return len(problems)
