@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-c",
         "--config",
+        metavar="PATH",
         help=f"sipd configuration file (default: {DEFAULT_CONFIG})",
     )
     mode = p.add_mutually_exclusive_group()
