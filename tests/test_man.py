@@ -1,9 +1,9 @@
 """The manual pages: clean for mandoc, and true to the commands' options and settings.
 
 The options come from ``sipd --help`` and ``sippasswd --help`` as the real
-commands print them, and the settings from the one table in
-:mod:`sipd.config`, so a new option or key without its paragraph fails
-here.
+commands print them, and the settings from their tables
+(:mod:`sipd.config`, :mod:`srfs.userconfig`), so a new option or key
+without its paragraph fails here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sipd.config import KEYS
+from srfs.userconfig import KEYS as USER_KEYS
 
 from .unixusers import REPO
 
@@ -93,3 +94,12 @@ def test_every_setting_has_its_paragraph_in_sipd_8() -> None:
     documented = tags(section("sipd.8", "CONFIGURATION FILE"))
     missing = [k.name for k in KEYS if k.name not in documented]
     assert missing == [], f"sipd(8), CONFIGURATION FILE, lacks {missing}"
+
+
+def test_every_user_setting_is_in_sr_5_and_srfs_5() -> None:
+    # ~/.sr/config's keys: described where they are written (srfs(5)) and
+    # named where the file is (sr(5)).
+    writing = tags(section("srfs.5", "WRITING"))
+    in_file = plain(section("sr.5", "~/.sr/config"))
+    missing = [k for k in USER_KEYS if k not in writing or not mentions(in_file, k)]
+    assert missing == [], f"srfs(5) or sr(5) lacks {missing}"
