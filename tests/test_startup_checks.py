@@ -20,6 +20,9 @@ from srfs.fuse import mounted
 from .sipclient import ROOT, SIPD, free_port, running_sipd
 from .unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
 
+needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"),
+                                reason="needs /dev/fuse: no FUSE in this kernel or container")
+
 
 @pytest.fixture(scope="module")
 def unix() -> Iterator[FakeUnix]:
@@ -68,6 +71,7 @@ def base(tmp: Path, **keys: str) -> list[str]:
     return ["-c", str(config(tmp, **keys)), "-l", f"127.0.0.1:{free_port()}"]
 
 
+@needs_fuse
 def test_a_good_configuration_passes_and_changes_nothing(unix: FakeUnix, tmp_path: Path) -> None:
     aliases = tmp_path / "aliases"
     aliases.write_text("1003: alice\n")
@@ -173,6 +177,7 @@ def test_the_first_problem_is_the_one_reported(unix: FakeUnix, tmp_path: Path) -
     assert "alias" not in line and "mount" not in line
 
 
+@needs_fuse
 def test_beside_a_running_sipd_its_port_and_mount_are_no_problem(
     unix: FakeUnix, tmp_path: Path, mnt: Path
 ) -> None:
