@@ -34,6 +34,7 @@ __all__ = [
     "check_host",
     "check_mount",
     "mount_failed",
+    "password_problem",
     "report_missing_passwords",
     "user_database_needed",
 ]
