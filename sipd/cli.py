@@ -1,8 +1,9 @@
 """The ``sipd`` command: options, configuration, logging, exit codes.
 
 Exit status: 0 after SIGTERM/SIGINT or a good ``--check-config``; 1 for a
-configuration or start-up error; 2 for a bad command line. Every error is
-one line on stderr, never a traceback.
+configuration or start-up error (``--check-config`` gives the same line
+the daemon would); 2 for a bad command line. Every error is one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from .config import (
     ConfigError,
     Settings,
     build,
+    check_values,
     describe,
     load_file,
-    parse_listen,
 )
 from .io.transport import StartupError
 
@@ -56,7 +57,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--pam-service", metavar="NAME", help="PAM service for the account check")
     p.add_argument("--no-pam", action="store_true", help="skip the PAM account check")
     p.add_argument("--check-config", action="store_true",
-                   help="validate the configuration, print the effective settings, exit")
+                   help="run the start-up checks without starting, print the effective "
+                   "settings, exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -67,33 +69,32 @@ def make_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     path = args.config or DEFAULT_CONFIG_PATH
     file_values = load_file(path, required=args.config is not None)
-    overrides: dict[str, Any] = {}
+    # Options pass the same checks as the file's keys: "-r ''" is refused
+    # like realm = "", not quietly ignored.
+    options: dict[str, Any] = {}
     if args.listen:
-        listen = []
-        for item in args.listen:
-            listen.extend(parse_listen(item))
-        overrides["listen"] = tuple(listen)
-    if args.mount:
-        overrides["mount"] = args.mount
+        options["listen"] = list(args.listen)
+    if args.mount is not None:
+        options["mount"] = args.mount
     if args.no_mount:
-        overrides["mount_enabled"] = False
-    if args.realm:
-        overrides["realm"] = args.realm
+        options["mount_enabled"] = False
+    if args.realm is not None:
+        options["realm"] = args.realm
     if args.domain:
-        overrides["domains"] = tuple(args.domain)
-    if args.group:
-        overrides["group"] = args.group
-    if args.pam_service:
-        overrides["pam_service"] = args.pam_service
+        options["domains"] = list(args.domain)
+    if args.group is not None:
+        options["group"] = args.group
+    if args.pam_service is not None:
+        options["pam_service"] = args.pam_service
     if args.no_pam:
-        overrides["pam"] = False
+        options["pam"] = False
     if args.log_level:
-        overrides["log_level"] = args.log_level
+        options["log_level"] = args.log_level
     elif args.verbose:
-        overrides["log_level"] = "debug"
+        options["log_level"] = "debug"
     elif args.quiet:
-        overrides["log_level"] = "warning"
-    return build(file_values, overrides, path)
+        options["log_level"] = "warning"
+    return build(file_values, check_values(options, source="command line"), path)
 
 
 def setup_logging(level: str) -> None:
@@ -117,10 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
-    if args.check_config:
-        print("\n".join(describe(settings)))
-        return 0
     setup_logging(settings.log_level)
+    if args.check_config:
+        return check_config(settings)
     from .io.daemon import run
 
     try:
@@ -138,6 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # A second Ctrl-C while shutting down.
         return 130
+    return 0
+
+
+def check_config(settings: Settings) -> int:
+    """Run the daemon's start-up checks without starting; print the settings if they pass."""
+    from .io.startup import check_all
+
+    try:
+        check_all(settings)
+    except StartupError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(describe(settings)))
     return 0
 
 

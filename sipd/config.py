@@ -7,25 +7,21 @@ line's defaults, prints ``--check-config`` and documents the keys in
 
 from __future__ import annotations
 
-import errno
 import ipaddress
-import os
 import socket
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from srfs import sipdconf
+from srfs.sipdconf import ConfigError as ConfigError
 
 from .auth import DEFAULT_SHA256_USER_AGENTS
 from .calltrack import DEFAULT_ACC_LIMIT
 from .sip.errors import ParseError
 from .sip.uri import SipURI, parse_uri
 
-DEFAULT_CONFIG_PATH = "/etc/sipd/sipd.conf"
-
-
-class ConfigError(Exception):
-    """A setting that cannot be used; the message is one line for the user."""
+DEFAULT_CONFIG_PATH = sipdconf.DEFAULT_PATH
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +103,7 @@ def _bool(name: str) -> Callable[[Any], bool]:
 
 def _string(name: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
-        return value.strip()
+        return sipdconf.check_string(name, value)
 
     return check
 
@@ -203,10 +197,6 @@ class Key:
     doc: str
 
 
-def default_realm() -> str:
-    return socket.getfqdn() or socket.gethostname() or "localhost"
-
-
 DEFAULT_LISTEN = ("0.0.0.0:5060", "[::]:5060")
 
 
@@ -222,7 +212,7 @@ class Settings:
     mount_enabled: bool = True
     realm: str = ""
     domains: tuple[str, ...] = ()
-    group: str = "sip"
+    group: str = sipdconf.DEFAULT_GROUP
     pam_service: str = "sipd"
     pam: bool = True
     auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
@@ -252,7 +242,12 @@ class Settings:
     config_path: str = DEFAULT_CONFIG_PATH
 
     def effective_realm(self) -> str:
-        return self.realm or default_realm()
+        """The realm in use; without one configured this asks DNS (see :meth:`resolved`)."""
+        return sipdconf.effective_realm(self.realm)
+
+    def resolved(self) -> Settings:
+        """These settings with the realm filled in, so nothing asks DNS for it again."""
+        return self if self.realm else replace(self, realm=sipdconf.host_realm())
 
 
 #: The keys a config file may set, in the order ``--check-config`` prints them.
@@ -261,7 +256,8 @@ KEYS: tuple[Key, ...] = (
         "without a prefix both UDP and TCP (default 0.0.0.0:5060 and [::]:5060)"),
     Key("mount", _string("mount"), "where the state filesystem is mounted (default /run/sr)"),
     Key("mount_enabled", _bool("mount_enabled"), "mount the state filesystem (default true)"),
-    Key("realm", _string("realm"), "digest realm and primary local domain (default: the host's FQDN)"),
+    Key("realm", sipdconf.realm_setting,
+        "digest realm and primary local domain (default: the host's FQDN)"),
     Key("domains", _string_list("domains"), "further domains or addresses treated as local"),
     Key("group", _string("group"), "UNIX group whose members may use SIP (default sip)"),
     Key("pam_service", _string("pam_service"), "PAM service for the account check (default sipd)"),
@@ -319,21 +315,7 @@ _KEYS = {k.name: k for k in KEYS}
 
 def load_file(path: str, *, required: bool) -> dict[str, Any]:
     """Read and check a TOML config file; a missing optional file gives {}."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(f"cannot read {path}: No such file or directory") from None
-        return {}
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        if exc.errno == errno.EISDIR:
-            reason = "Is a directory"
-        raise ConfigError(f"cannot read {path}: {reason}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return check_values(raw, source=path)
+    return check_values(sipdconf.read_file(path, required=required), source=path)
 
 
 def check_values(raw: dict[str, Any], source: str) -> dict[str, Any]:

@@ -83,6 +83,7 @@ __all__ = [
     "MountError",
     "OnCommit",
     "SrFs",
+    "check_mountpoint",
     "cleanup_stale",
     "mount_entries",
     "mounted",
@@ -1114,6 +1115,25 @@ def _detach(mountpoint: str) -> None:
                          f"{done.stderr.strip() or done.returncode}")
 
 
+def _mount_at(where: str) -> tuple[MountEntry, str] | None:
+    """The top mount at ``where`` and its state: ``live``, ``dead`` or ``hung``.
+
+    None when nothing is mounted there; :class:`MountError` for a
+    filesystem other than FUSE, which sipd never touches.
+    """
+    entries = mount_entries(where)
+    if not entries:
+        return None
+    top = entries[-1]
+    if top.fstype != "fuse" and not top.fstype.startswith("fuse."):
+        raise MountError(f"{where} has a {top.fstype} filesystem mounted on it")
+    return top, _probe(where)
+
+
+def _in_use(where: str, top: MountEntry) -> MountError:
+    return MountError(f"{where} is a working FUSE mount ({top.source}); is another sipd running?")
+
+
 def cleanup_stale(mountpoint: str) -> bool:
     """Remove a FUSE mount left at ``mountpoint`` by a daemon that died; True if one was.
 
@@ -1125,16 +1145,12 @@ def cleanup_stale(mountpoint: str) -> bool:
     where = _canonical(mountpoint)
     cleaned = False
     for _ in range(8):  # stale mounts can be stacked
-        entries = mount_entries(where)
-        if not entries:
+        found = _mount_at(where)
+        if found is None:
             return cleaned
-        top = entries[-1]
-        if top.fstype != "fuse" and not top.fstype.startswith("fuse."):
-            raise MountError(f"{where} has a {top.fstype} filesystem mounted on it")
-        state = _probe(where)
+        top, state = found
         if state == "live":
-            raise MountError(f"{where} is a working FUSE mount ({top.source}); "
-                             "is another sipd running?")
+            raise _in_use(where, top)
         if state == "hung":
             log.warning("srfs: the FUSE mount at %s does not answer; detaching it", where)
         else:
@@ -1142,6 +1158,44 @@ def cleanup_stale(mountpoint: str) -> bool:
         _detach(where)
         cleaned = True
     raise MountError(f"{where} stays mounted after unmounting")
+
+
+FUSE_DEVICE = "/dev/fuse"
+#: How a mount of this module shows in mountinfo (``subtype=srfs``).
+FSTYPE = "fuse.srfs"
+
+
+def check_mountpoint(mountpoint: str, *, running_srfs_ok: bool = False) -> None:
+    """Raise :class:`MountError` when :func:`serve` could not mount there; change nothing.
+
+    A stale FUSE mount passes (:func:`serve` removes it), and so does a
+    mountpoint that does not exist yet (it is created). With
+    ``running_srfs_ok`` a working srfs mount passes too: the check then
+    runs beside the daemon it is meant to replace, whose mount goes when
+    it stops. Blocking: a hung FUSE mount takes ``PROBE_TIMEOUT`` to tell.
+    """
+    where = _canonical(mountpoint)
+    found = _mount_at(where)
+    if found is not None:
+        top, state = found
+        if state == "live" and not (running_srfs_ok and top.fstype == FSTYPE):
+            raise _in_use(where, top)
+    else:
+        # Nothing mounted, so a stat cannot hang on a dead FUSE daemon.
+        try:
+            st = os.stat(where)
+        except FileNotFoundError:
+            pass  # created at mount time, parents included
+        except OSError as exc:
+            raise MountError(f"{where}: {exc.strerror}") from None
+        else:
+            if not stat.S_ISDIR(st.st_mode):
+                raise MountError(f"{where} is not a directory")
+    try:
+        fd = os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise MountError(f"cannot open {FUSE_DEVICE}: {exc.strerror}") from None
+    os.close(fd)
 
 
 def _prepare(mountpoint: str) -> None:

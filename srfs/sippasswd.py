@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import getpass
 import os
-import socket
 import sys
-import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import home, passwd, users
+from . import home, passwd, sipdconf, users
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -34,8 +33,8 @@ __all__ = [
 ]
 
 PROG = "sippasswd"
-DEFAULT_CONFIG = "/etc/sipd/sipd.conf"
-DEFAULT_GROUP = "sip"
+DEFAULT_CONFIG = sipdconf.DEFAULT_PATH
+DEFAULT_GROUP = sipdconf.DEFAULT_GROUP
 PASSWD_FILE = "passwd"
 #: Longest password accepted, in UTF-8 bytes.
 MAX_PASSWORD = 1024
@@ -81,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-c",
         "--config",
+        metavar="PATH",
         help=f"sipd configuration file (default: {DEFAULT_CONFIG})",
     )
     mode = p.add_mutually_exclusive_group()
@@ -93,47 +93,47 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_config(path: str | None) -> dict[str, Any]:
-    # The default file is optional; a file named with -c must exist. A file
-    # that exists but cannot be read is an error either way: falling back to
-    # defaults would silently write a password for the wrong realm.
-    name = path or DEFAULT_CONFIG
-    try:
-        with open(name, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        if path is None:
-            return {}
-        _fail(EXIT_FAILURE, f"{name}: no such file")
-    except OSError as e:
-        _fail(EXIT_FAILURE, f"cannot read {name}: {os.strerror(e.errno or errno.EIO)} (use -r)")
-    except tomllib.TOMLDecodeError as e:
-        _fail(EXIT_FAILURE, f"{name}: {e}")
-
-
 class _Config:
-    """The config file, read at most once and only when a value is needed from it."""
+    """The config file, read at most once and only when a value is needed from it.
+
+    Its realm and group pass the checks sipd gives them (:mod:`srfs.sipdconf`);
+    sipd's other settings are sipd's business.
+    """
 
     def __init__(self, path: str | None) -> None:
         self.path = path
         self.name = path or DEFAULT_CONFIG
         self._data: dict[str, Any] | None = None
 
-    def get(self, key: str) -> str | None:
+    def value(self, key: str, check: Callable[[Any], str]) -> str | None:
+        """The file's ``key`` as ``check`` returns it; None when the file does not set it."""
         if self._data is None:
-            self._data = _load_config(self.path)
-        value = self._data.get(key)
-        if value is not None and not isinstance(value, str):
-            _fail(EXIT_FAILURE, f"{self.name}: {key} must be a string")
-        return value or None
+            try:
+                # The default file is optional; a file named with -c must exist.
+                self._data = sipdconf.read_file(self.name, required=self.path is not None)
+            except sipdconf.ConfigError as e:
+                _fail(EXIT_FAILURE, str(e))
+        raw = self._data.get(key)
+        if raw is None:
+            return None
+        try:
+            return check(raw)
+        except sipdconf.ConfigError as e:
+            _fail(EXIT_FAILURE, f"{self.name}: {e}")
 
 
 def _realm(args: argparse.Namespace, config: _Config) -> str:
-    realm: str | None = args.realm or config.get("realm")
-    if realm:
-        return realm
-    # Same default as sipd: the FQDN, or the host name when there is none.
-    return socket.getfqdn() or socket.gethostname() or "localhost"
+    """The realm as sipd would use it: -r, else the config file's, else the host's."""
+    if args.realm is not None:
+        try:
+            return sipdconf.realm_setting(args.realm)
+        except sipdconf.ConfigError as e:
+            _fail(EXIT_USAGE, str(e))
+    try:
+        configured = config.value("realm", sipdconf.realm_setting)
+    except _Fail as e:
+        _fail(e.status, f"{e.message}; give the realm with -r")
+    return sipdconf.effective_realm(configured)
 
 
 def _group(args: argparse.Namespace, config: _Config) -> str | None:
@@ -141,11 +141,12 @@ def _group(args: argparse.Namespace, config: _Config) -> str | None:
     if args.group:
         return str(args.group)
     try:
-        return config.get("group") or DEFAULT_GROUP
+        group = config.value("group", functools.partial(sipdconf.check_string, "group"))
     except _Fail as e:
         # The group only feeds a warning: not a reason to refuse the change.
         _warn(f"{e.message}; group membership not checked")
         return None
+    return group or DEFAULT_GROUP
 
 
 def _target(args: argparse.Namespace) -> users.User:
@@ -238,9 +239,6 @@ def _run(args: argparse.Namespace) -> int:
     user = _target(args)
     config = _Config(args.config)
     realm = _realm(args, config)
-    problem = passwd.check_realm(realm)
-    if problem:
-        _fail(EXIT_USAGE, problem)
     if passwd.check_user(user.name):
         _fail(EXIT_FAILURE, f"user name {user.name!r} cannot be stored in {PASSWD_FILE}")
     if args.delete:

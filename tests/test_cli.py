@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -9,14 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from sipd.config import ConfigError, parse_listen
+from sipd.config import ConfigError, Settings, parse_listen
+from srfs.sipdconf import host_realm
 
 from .sipclient import ROOT, SIPD, free_port, running_sipd
 from .unixusers import FakeUnix
 
 
-def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SIPD, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def run(*args: str, timeout: float = 20,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SIPD, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=env)
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess[str], code: int, text: str) -> None:
@@ -32,8 +36,19 @@ def test_bad_option() -> None:
     assert_one_line_error(run("--frobnicate"), 2, "unrecognized arguments: --frobnicate")
 
 
-def test_bad_listen_option() -> None:
-    assert_one_line_error(run("-l", "nonsense", "--check-config"), 1, "bad listen address")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-l", "nonsense"], "bad listen address"),
+        (["-r", ""], "realm must be a non-empty string, not ''"),
+        (["-r", "a:b"], "realm 'a:b' has a colon"),
+        (["-g", " "], "group must be a non-empty string"),
+    ],
+)
+def test_bad_option_values(args: list[str], message: str) -> None:
+    # Options pass the checks of the file's keys: none is quietly ignored.
+    assert_one_line_error(run(*args, "-c", "/dev/null", "--check-config"), 1,
+                          f"command line: {message}")
 
 
 def test_missing_named_config(tmp_path: Path) -> None:
@@ -76,10 +91,12 @@ def test_bad_config_values(tmp_path: Path, text: str, message: str) -> None:
     assert_one_line_error(run("-c", str(path), "--check-config"), 1, message)
 
 
-def test_check_config_prints_effective_settings(tmp_path: Path) -> None:
+def test_check_config_prints_effective_settings(tmp_path: Path, unix: FakeUnix) -> None:
+    # Under the fake users: --check-config also checks the group and PAM.
     path = tmp_path / "sipd.toml"
     path.write_text('realm = "example.org"\nmax_contacts = 4\n')
-    p = run("-c", str(path), "--check-config", "-l", "tcp:[::1]:5099", "--no-pam")
+    p = run("-c", str(path), "--check-config", "-l", "tcp:[::1]:5099", "--no-pam", "--no-mount",
+            env=unix.env)
     assert p.returncode == 0, p.stderr
     out = p.stdout.splitlines()
     assert 'realm = "example.org"' in out
@@ -89,9 +106,11 @@ def test_check_config_prints_effective_settings(tmp_path: Path) -> None:
     assert "min_expires = 60" in out
 
 
-def test_defaults_without_config_file(tmp_path: Path) -> None:
+def test_defaults_without_config_file(tmp_path: Path, unix: FakeUnix) -> None:
     # The default path is optional: absent means built-in defaults.
-    p = run("--check-config")
+    if os.path.exists("/etc/sipd/sipd.conf"):
+        pytest.skip("/etc/sipd/sipd.conf exists on this host")
+    p = run("--check-config", "--no-mount", env=unix.env)
     assert p.returncode == 0, p.stderr
     assert 'listen = ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060", "udp:[::]:5060", "tcp:[::]:5060"]' in p.stdout
 
@@ -148,3 +167,11 @@ def test_parse_listen(text: str, expected: list[str]) -> None:
 def test_parse_listen_rejects(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_listen(text)
+
+
+def test_the_default_realm_is_looked_up_once_at_start() -> None:
+    # The daemon serves with the realm filled in: nothing asks DNS for it again.
+    assert Settings(realm="example.org").resolved().realm == "example.org"
+    resolved = Settings().resolved()
+    assert resolved.realm == host_realm()
+    assert resolved.resolved() is resolved

@@ -158,9 +158,51 @@ def test_realm_defaults_to_the_fqdn(unix: FakeUnix) -> None:
     assert stored(unix, "alice").lookup("alice", fqdn) == ha1("alice", fqdn, "pw")
 
 
+def sipd_realm(unix: FakeUnix, conf: Path) -> subprocess.CompletedProcess[str]:
+    """``sipd --check-config`` on ``conf``, under the same fake users as sippasswd."""
+    return unix.run([unix.python, "-m", "sipd.cli", "-c", str(conf), "--check-config",
+                     "--no-pam", "--no-mount", "-l", "127.0.0.1:5060"])
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", 'realm = "  spaced.example  "\n', 'realm = "conf.example"\ngroup = "sip"\n'],
+    ids=["default", "spaces", "plain"],
+)
+def test_sipd_and_sippasswd_agree_on_the_realm(unix: FakeUnix, content: str) -> None:
+    # The realm sipd prints is the one sippasswd writes and names.
+    conf = unix.root / "sipd.conf"
+    conf.write_text(content)
+    checked = sipd_realm(unix, conf)
+    assert checked.returncode == 0, checked.stderr
+    [line] = [x for x in checked.stdout.splitlines() if x.startswith("realm = ")]
+    realm = line.removeprefix("realm = ").strip('"')
+    proc = unix.sippasswd("-c", str(conf), "--stdin", "alice", input="pw\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"password for alice in realm {realm} updated\n"
+    assert stored(unix, "alice").lookup("alice", realm) == ha1("alice", realm, "pw")
+
+
+@pytest.mark.parametrize("content", ['realm = ""\n', 'realm = "a:b"\n', "realm = 5\n"])
+def test_sipd_and_sippasswd_refuse_the_same_realm(unix: FakeUnix, content: str) -> None:
+    conf = unix.root / "sipd.conf"
+    conf.write_text(content)
+    checked = sipd_realm(unix, conf)
+    assert checked.returncode == 1
+    reason = checked.stderr.strip().removeprefix("sipd: ")
+    proc = unix.sippasswd("-c", str(conf), "--stdin", "alice", input="pw\n")
+    assert_one_line_error(proc, EXIT_FAILURE, reason)
+    assert not (unix["alice"].home / ".sr").exists()
+
+
 @pytest.mark.parametrize(
     ("content", "text"),
-    [("realm = ", "sipd.conf"), ("realm = 5\n", "realm must be a string")],
+    [
+        ("realm = ", "sipd.conf"),
+        ("realm = 5\n", "realm must be a non-empty string, not 5; give the realm with -r"),
+        ('realm = ""\n', "realm must be a non-empty string, not ''"),
+        ('realm = "a:b"\n', "realm 'a:b' has a colon"),
+    ],
 )
 def test_bad_config_file(unix: FakeUnix, content: str, text: str) -> None:
     conf = unix.root / "sipd.conf"
@@ -183,7 +225,7 @@ def test_config_unreadable_for_the_user(unix: FakeUnix) -> None:
     conf.write_text('realm = "conf.example"\n')
     conf.chmod(0o600)
     proc = unix.sippasswd("-c", str(conf), "--stdin", as_user="alice", input="pw\n")
-    assert_one_line_error(proc, EXIT_FAILURE, "Permission denied (use -r)")
+    assert_one_line_error(proc, EXIT_FAILURE, "Permission denied; give the realm with -r")
     assert not (unix["alice"].home / ".sr").exists()
 
 
@@ -210,6 +252,8 @@ def test_no_terminal_without_stdin_option(unix: FakeUnix) -> None:
 def test_bad_realm_and_options(unix: FakeUnix) -> None:
     proc = unix.sippasswd("-r", "a:b", "--stdin", "alice", input="pw\n")
     assert_one_line_error(proc, EXIT_USAGE, "colon")
+    proc = unix.sippasswd("-r", "", "--stdin", "alice", input="pw\n")
+    assert_one_line_error(proc, EXIT_USAGE, "realm must be a non-empty string")
     proc = unix.sippasswd("--stdin", "--delete", "alice")
     assert proc.returncode == EXIT_USAGE and "Traceback" not in proc.stderr
 

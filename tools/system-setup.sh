@@ -2,7 +2,7 @@
 # Install the Debian packages sipd and its tests need, only when one is
 # missing, so a second `make setup` costs one dpkg-query.
 set -eu
-PACKAGES="fuse3 libfuse3-dev pkg-config sip-tester libnss-wrapper libpam-wrapper libpam-modules baresip-core"
+PACKAGES="fuse3 libfuse3-dev pkg-config sip-tester libnss-wrapper libpam-wrapper libpam-modules baresip-core mandoc"
 missing=""
 for p in $PACKAGES; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

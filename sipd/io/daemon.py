@@ -1,10 +1,12 @@
 """The daemon: ordered start-up, one trio loop, signals, systemd readiness.
 
-Start-up order: check PAM and the SIP group, bind every socket, close
-utmp lines a crash left open, reload every SIP user's ``~/.sr/usrloc``,
-then serve and tell systemd READY=1. Any failure before serving is one
-clear line and exit status 1. SIGTERM/SIGINT write what is not on disk
-yet, record the logouts, close the sockets and exit 0.
+Start-up order: the checks ``--check-config`` runs too (the SIP group,
+PAM, the admin files, the mountpoint: :mod:`sipd.io.startup`), bind every
+socket, close utmp lines a crash left open, reload every SIP user's
+``~/.sr/usrloc`` and name the users without a password for the realm,
+mount ``/run/sr``, then serve and tell systemd READY=1. Any failure before
+serving is one clear line and exit status 1. SIGTERM/SIGINT write what is
+not on disk yet, record the logouts, close the sockets and exit 0.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -29,6 +30,7 @@ from srfs.calls import CallTable
 from srfs.directory import Directory
 from srfs.home import HomeError
 from srfs.location import Binding, LocationStore
+from srfs.users import User
 from srfs.usrloc import UsrlocFiles
 from srfs.wtmp import UNAVAILABLE_REASON, LoginRecorder, WtmpError
 
@@ -51,6 +53,7 @@ from ..targets import LocalAddresses
 from ..userlookup import HomeUsers
 from ..work import run_inline
 from .limits import connection_cap, raise_open_file_limit, reserve
+from .startup import check_host, mount_failed, report_missing_passwords, user_database_needed
 from .transport import StartupError, Transports, bind_sockets
 
 log = logging.getLogger("sipd")
@@ -72,27 +75,6 @@ def notify_systemd(state: str) -> None:
             s.sendall(state.encode())
     except OSError as exc:
         log.warning("cannot notify systemd: %s", exc)
-
-
-def check_accounts(settings: Settings) -> None:
-    """Refuse to start where users would be let in by mistake."""
-    if not users.group_exists(settings.group):
-        raise StartupError(
-            f"group {settings.group!r} does not exist: create it (groupadd {settings.group}) "
-            "or name another with --group"
-        )
-    if settings.pam:
-        try:
-            users.load_libpam()
-        except users.PamUnavailable as exc:
-            raise StartupError(f"PAM is unavailable: {exc}; run with --no-pam to skip it") from None
-        if not users.pam_service_exists(settings.pam_service):
-            # libpam would fall back to /etc/pam.d/other, which lets in
-            # users outside the SIP group.
-            raise StartupError(
-                f"PAM service file {users.pam_service_path(settings.pam_service)} is missing: "
-                "install pam/sipd there (make setup does) or run with --no-pam"
-            )
 
 
 @dataclass
@@ -226,7 +208,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
 RELOAD_PROBLEMS_SHOWN = 3
 
 
-def reload_registrations(daemon: Daemon) -> None:
+def reload_registrations(daemon: Daemon, members: Sequence[User]) -> None:
     """Read back every SIP user's usrloc, dropping what expired meanwhile.
 
     ``~/.sr/usrloc`` belongs to its user, who may edit it while sipd is
@@ -238,7 +220,6 @@ def reload_registrations(daemon: Daemon) -> None:
     started = time.monotonic()
     now = time.time()
     count = 0
-    members = users.members(daemon.settings.group)
     limit = daemon.settings.max_contacts
     for user in members:
         try:
@@ -293,15 +274,6 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-@contextmanager
-def user_database_needed() -> Iterator[None]:
-    """Start-up steps that read NSS: a failing user database stops the start, in one line."""
-    try:
-        yield
-    except users.DirectoryUnavailable as exc:
-        raise StartupError(f"cannot start: {exc}") from None
-
-
 def tcp_connection_cap(settings: Settings) -> int:
     """``tcp_max_connections``, lowered to leave descriptors for everything else."""
     limit = raise_open_file_limit()
@@ -313,10 +285,18 @@ def tcp_connection_cap(settings: Settings) -> int:
     return cap
 
 
+def load_users(daemon: Daemon) -> None:
+    """Read every SIP user's files at start: registrations back, passwords checked."""
+    members = users.members(daemon.settings.group)
+    reload_registrations(daemon, members)
+    report_missing_passwords(members, daemon.settings.realm)
+
+
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT. Start-up failures raise StartupError."""
-    with user_database_needed():
-        check_accounts(settings)
+    check_host(settings)
+    # The default realm asks DNS: once, here, and never while serving.
+    settings = settings.resolved()
     bound = bind_sockets(settings.listen, skip_unavailable_ipv6=settings.listen_is_default)
     try:
         # After the checks that fail a start in one line, before the
@@ -335,9 +315,11 @@ async def run(settings: Settings) -> None:
         )
         daemon.endpoint.transport_stats = transports.stats
         with user_database_needed():
-            # The alias map and trunks first: the reload checks every line against them.
+            # The alias map and trunks first: the reload checks every line
+            # against them. They passed check_host; one changed since is
+            # treated as while serving (logged, not used).
             daemon.ownership.apply(await trio.to_thread.run_sync(daemon.ownership.load))
-            await trio.to_thread.run_sync(reload_registrations, daemon)
+            await trio.to_thread.run_sync(load_users, daemon)
     except BaseException:
         for _, sock in bound:
             sock.close()
@@ -362,10 +344,10 @@ async def run(settings: Settings) -> None:
             try:
                 await start_statefs(statefs, nursery)
             except (MountError, OSError) as exc:
-                raise StartupError(f"cannot mount the state filesystem at {settings.mount}: {exc}") from None
+                raise mount_failed(settings, exc) from None
         log.info(
             "sipd ready: realm %s, group %s, listening on %s",
-            settings.effective_realm(), settings.group,
+            settings.realm, settings.group,
             ", ".join(str(a) for a, _ in bound),
         )
         notify_systemd("READY=1")

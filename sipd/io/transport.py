@@ -131,12 +131,16 @@ def _reset(sock: trio.socket.SocketType) -> None:
     sock.close()
 
 
-def bind_sockets(listen: tuple[ListenAddress, ...], skip_unavailable_ipv6: bool) -> list[tuple[ListenAddress, socket.socket]]:
+def bind_sockets(
+    listen: tuple[ListenAddress, ...], skip_unavailable_ipv6: bool, *, any_port: bool = False
+) -> list[tuple[ListenAddress, socket.socket]]:
     """Open and bind every listening socket before anything else starts.
 
     Binding first means a busy port is a clear start-up error, not a task
     that dies later. With the default listen set, a host without IPv6
-    simply gets IPv4 only.
+    simply gets IPv4 only. ``any_port`` binds each address on a port the
+    kernel picks: a test of the addresses that leaves the configured ports
+    to whoever holds them (``--check-config`` beside a running sipd).
     """
     out: list[tuple[ListenAddress, socket.socket]] = []
     try:
@@ -158,7 +162,7 @@ def bind_sockets(listen: tuple[ListenAddress, ...], skip_unavailable_ipv6: bool)
                 else:
                     # A bigger receive buffer rides out bursts of REGISTERs.
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-                sock.bind((addr.host, addr.port))
+                sock.bind((addr.host, 0 if any_port else addr.port))
                 if kind == socket.SOCK_STREAM:
                     sock.listen(512)
                 sock.setblocking(False)
