@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Memory per binding of srfs.location.LocationStore, in process.
+"""Memory per binding of srfs.state.location.LocationStore, in process.
 
     .venv/bin/python bench/location_memory.py [--sizes 10000,100000] [--per-aor 1,10]
 
@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from srfs.location import Binding, LocationStore  # noqa: E402
+from srfs.state.location import Binding, LocationStore  # noqa: E402
 
 TARGET = 1024
 UA = "Yealink SIP-T46S 66.86.0.15"

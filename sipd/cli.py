@@ -16,10 +16,8 @@ from typing import Any, NoReturn
 
 import trio
 
-from srfs.logtext import LineFormatter
-
-from . import __version__
-from .config import (
+from sipd import __version__
+from sipd.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
     Settings,
@@ -28,7 +26,8 @@ from .config import (
     describe,
     load_file,
 )
-from .io.transport import StartupError
+from sipd.io.transport import StartupError
+from srfs.logtext import LineFormatter
 
 PROG = "sipd"
 
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     if args.check_config:
         return check_config(settings)
-    from .io.daemon import run
+    from sipd.io.daemon import run
 
     try:
         trio.run(run, settings)
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_config(settings: Settings) -> int:
     """Run the daemon's start-up checks without starting; print the settings if they pass."""
-    from .io.startup import check_all
+    from sipd.io.startup import check_all
 
     try:
         check_all(settings)

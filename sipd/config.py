@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from sipd.auth.authenticator import DEFAULT_SHA256_USER_AGENTS
+from sipd.proxy.calltrack import DEFAULT_ACC_LIMIT
+from sipd.sip.errors import ParseError
+from sipd.sip.uri import SipURI, parse_uri
 from srfs import sipdconf
 from srfs.sipdconf import ConfigError as ConfigError
-
-from .auth import DEFAULT_SHA256_USER_AGENTS
-from .calltrack import DEFAULT_ACC_LIMIT
-from .sip.errors import ParseError
-from .sip.uri import SipURI, parse_uri
 
 DEFAULT_CONFIG_PATH = sipdconf.DEFAULT_PATH
 

@@ -17,29 +17,22 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
-from srfs.acc import AccFiles
-from srfs.location import LocationStore
+from sipd.core.flows import RegisteredFlows
+from sipd.core.peer import Outgoing, Peer
+from sipd.core.work import Commit, Defer, Job, Later, Outcome
+from sipd.proxy.calltrack import AccStats, CallTracker, acc_jobs
+from sipd.proxy.proxy import PROXY_METHODS, Proxy, ProxyAction
+from sipd.registrar.persistence import Persistence
+from sipd.registrar.server import Reply, Server
+from sipd.sip.errors import ParseError, SipError
+from sipd.sip.framing import FramingError
+from sipd.sip.headers import Via
+from sipd.sip.message import Request, Response, make_response, parse
+from sipd.sip.transaction import Event, RequestReceived, Send, ServerTransaction, TransactionLayer
+from sipd.sip.uri import SipURI
+from srfs.files.acc import AccFiles
 from srfs.logtext import quote
-
-from .calltrack import AccStats, CallTracker, acc_jobs
-from .flows import RegisteredFlows
-from .peer import Outgoing, Peer
-from .persistence import Persistence
-from .proxy import PROXY_METHODS, Proxy, ProxyAction
-from .server import Reply, Server
-from .sip.errors import ParseError, SipError
-from .sip.framing import FramingError
-from .sip.headers import Via
-from .sip.message import Request, Response, make_response, parse
-from .sip.transaction import (
-    Event,
-    RequestReceived,
-    Send,
-    ServerTransaction,
-    TransactionLayer,
-)
-from .sip.uri import SipURI
-from .work import Commit, Defer, Job, Later, Outcome
+from srfs.state.location import LocationStore
 
 Action = Outgoing | Job
 

@@ -21,7 +21,7 @@ import socket
 import tomllib
 from typing import Any
 
-from .passwd import check_realm
+from srfs.accounts.passwd import check_realm
 
 __all__ = [
     "DEFAULT_GROUP",

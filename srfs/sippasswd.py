@@ -18,7 +18,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import home, passwd, sipdconf, users
+from srfs import sipdconf
+from srfs.accounts import passwd, users
+from srfs.files import home
+from srfs.user import User
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -149,7 +152,7 @@ def _group(args: argparse.Namespace, config: _Config) -> str | None:
     return group or DEFAULT_GROUP
 
 
-def _target(args: argparse.Namespace) -> users.User:
+def _target(args: argparse.Namespace) -> User:
     uid = os.getuid()
     if args.user is None:
         me = users.lookup_uid(uid)
@@ -164,7 +167,7 @@ def _target(args: argparse.Namespace) -> users.User:
     return user
 
 
-def _read_password(use_stdin: bool, user: users.User, realm: str) -> str:
+def _read_password(use_stdin: bool, user: User, realm: str) -> str:
     if use_stdin:
         raw = sys.stdin.buffer.readline(MAX_PASSWORD + 2)
         if not raw:
@@ -202,7 +205,7 @@ def _read_password(use_stdin: bool, user: users.User, realm: str) -> str:
     return password
 
 
-def _check_membership(user: users.User, group: str) -> None:
+def _check_membership(user: User, group: str) -> None:
     if not users.group_exists(group):
         _warn(f"group {group!r} does not exist; sipd accepts only its members")
     elif not users.is_sip_member(user, group):
@@ -212,7 +215,7 @@ def _check_membership(user: users.User, group: str) -> None:
         )
 
 
-def _update(user: users.User, realm: str, password: str | None) -> bool:
+def _update(user: User, realm: str, password: str | None) -> bool:
     """Write the new passwd file; False when --delete found nothing to delete."""
     label = f"~{user.name}/{home.SR_DIR}/{PASSWD_FILE}"
     try:

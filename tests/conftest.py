@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from .sipclient import mount_point
-from .unixusers import FakeUnix, fake_unix
+from tests.sipclient import mount_point
+from tests.unixusers import FakeUnix, fake_unix
 
 
 @pytest.fixture(scope="session")

@@ -23,11 +23,11 @@ from typing import Any
 
 import trio
 
-from srfs.fuse import serve
-from srfs.location import Binding, LocationStore
-from srfs.scratch import DEFAULT_LIMITS, ScratchLimits
-from srfs.tree import Stat, StatKind, Tree, WriteResult
-from srfs.users import User
+from srfs.fs.fuse import serve
+from srfs.fs.scratch import DEFAULT_LIMITS, ScratchLimits
+from srfs.fs.tree import Stat, StatKind, Tree, WriteResult
+from srfs.state.location import Binding, LocationStore
+from srfs.user import User
 
 U1 = User("u1", 60101, 60101, "/nonexistent/u1")
 U2 = User("u2", 60102, 60102, "/nonexistent/u2")

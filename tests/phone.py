@@ -10,9 +10,8 @@ import re
 import secrets
 import socket
 
-from sipd.digest import ha1, response
-
-from .sipclient import status_of
+from sipd.sip.digest import ha1, response
+from tests.sipclient import status_of
 
 REALM = "test.invalid"
 

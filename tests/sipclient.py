@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .stockhost import StockHost
-from .unixusers import FakeUnix
+from tests.stockhost import StockHost
+from tests.unixusers import FakeUnix
 
 ROOT = Path(__file__).resolve().parents[1]
 SIPD = [sys.executable, "-m", "sipd.cli"]

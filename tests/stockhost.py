@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from srfs.wtmp import DEFAULT_UTMP, DEFAULT_WTMP
+from srfs.files.wtmp import DEFAULT_UTMP, DEFAULT_WTMP
 
 UNSHARE = shutil.which("unshare")
 NSENTER = shutil.which("nsenter")

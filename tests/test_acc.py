@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from srfs import home
-from srfs.acc import (
+from srfs.files import home
+from srfs.files.acc import (
     MAX_VALUE,
     NAME,
     ROTATED_NAME,
@@ -30,10 +30,9 @@ from srfs.acc import (
     parse_line,
     parse_time,
 )
-from srfs.home import HomeError
-from srfs.users import User
-
-from .unixusers import FakeUnix, fake_unix
+from srfs.files.home import HomeError
+from srfs.user import User
+from tests.unixusers import FakeUnix, fake_unix
 
 T0 = 1_796_406_302  # 2026-12-04T17:45:02Z
 

@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from sipd.calltrack import DEFAULT_ACC_LIMIT, AccStats, CallTracker, acc_job
-from sipd.work import run_inline
-from srfs.acc import AccFiles, AccGap, AccRecord, format_gap, parse_file
-from srfs.calls import CallTable
-
-from .sipclient import UdpClient, options, running_sipd, status_of, wait_for
-from .test_register_e2e import REALM, Phone
-from .test_statefs_e2e import password  # noqa: F401  (a fixture)
-from .unixusers import FakeUnix
+from sipd.core.work import run_inline
+from sipd.proxy.calltrack import DEFAULT_ACC_LIMIT, AccStats, CallTracker, acc_job
+from srfs.files.acc import AccFiles, AccGap, AccRecord, format_gap, parse_file
+from srfs.state.calls import CallTable
+from tests.sipclient import UdpClient, options, running_sipd, status_of, wait_for
+from tests.test_register_e2e import REALM, Phone
+from tests.test_statefs_e2e import password  # noqa: F401  (a fixture)
+from tests.unixusers import FakeUnix
 
 T0 = 1_796_406_302.0  # 2026-12-04T17:45:02Z
 JAN = "sip:jan@example.com"

@@ -5,12 +5,11 @@ Sans-IO: the proxy of test_proxy with the real call tracker behind it.
 
 from __future__ import annotations
 
-from sipd.calltrack import CallTracker
-from sipd.peer import Peer
-from srfs.acc import AccRecord
-from srfs.calls import CallTable
-
-from .test_proxy import BOB1, CALLER, REALM, Net, answer, invite, requests, responses
+from sipd.core.peer import Peer
+from sipd.proxy.calltrack import CallTracker
+from srfs.files.acc import AccRecord
+from srfs.state.calls import CallTable
+from tests.test_proxy import BOB1, CALLER, REALM, Net, answer, invite, requests, responses
 
 CAROL1 = Peer("udp", "192.0.2.30", 5070, conn=0)
 

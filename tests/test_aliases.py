@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from srfs.adminfile import AdminFileError, WatchedAdminFile, read_admin_file, replace_admin_file
-from srfs.aliases import AliasMap, parse_aliases, valid_alias
-from srfs.trunks import parse_trunks
+from srfs.files.adminfile import (
+    AdminFileError,
+    WatchedAdminFile,
+    read_admin_file,
+    replace_admin_file,
+)
+from srfs.files.aliases import AliasMap, parse_aliases, valid_alias
+from srfs.files.trunks import parse_trunks
 
 EXAMPLE = """\
 # name: owner
@@ -165,7 +170,7 @@ def test_watched_file_rereads_only_on_change(tmp_path: Path) -> None:
 def test_ownership_keeps_the_maps_in_force_when_a_file_goes_bad(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from sipd.ownership import Ownership
+    from sipd.core.ownership import Ownership
 
     aliases, trunks = tmp_path / "aliases", tmp_path / "trunks"
     aliases.write_text("1003: jan\n1004: bob\n")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from .sipclient import Daemon, reason_of, running_sipd, status_of, wait_for
-from .test_register_e2e import Phone
-from .test_statefs_e2e import password  # noqa: F401  (a fixture)
-from .unixusers import FakeUnix
+from tests.sipclient import Daemon, reason_of, running_sipd, status_of, wait_for
+from tests.test_register_e2e import Phone
+from tests.test_statefs_e2e import password  # noqa: F401  (a fixture)
+from tests.unixusers import FakeUnix
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") or os.geteuid() != 0,

@@ -10,13 +10,12 @@ from dataclasses import replace
 
 import pytest
 
-from sipd.auth import AUTH_FAILURE_DELAY, Throttle
-from sipd.digest import ha1, response
-from sipd.peer import Peer
+from sipd.auth.authenticator import AUTH_FAILURE_DELAY, Throttle
+from sipd.core.peer import Peer
+from sipd.sip.digest import ha1, response
 from sipd.sip.message import Response
-from srfs.directory import Account
-
-from .test_registrar import REALM, Harness, challenge_params
+from srfs.accounts.directory import Account
+from tests.test_registrar import REALM, Harness, challenge_params
 
 NAT = Peer("udp", "203.0.113.5", 5060, conn=1)
 ELSEWHERE = Peer("udp", "198.51.100.20", 5060, conn=1)
@@ -183,7 +182,7 @@ def test_credentials_for_another_request_uri_are_a_failure(uri: str) -> None:
 
 def test_a_captured_invite_credential_does_not_reach_another_callee() -> None:
     """The toll-fraud case: a Proxy-Authorization for bob, replayed to call carol."""
-    from .test_proxy import BOB1, CALLER, Net, challenge, credentials, invite, requests
+    from tests.test_proxy import BOB1, CALLER, Net, challenge, credentials, invite, requests
 
     net = Net()
     net.bind("bob", BOB1)

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from .sipclient import Daemon, free_port, running_sipd, stop_process
-from .unixusers import FakeUnix
+from tests.sipclient import Daemon, free_port, running_sipd, stop_process
+from tests.unixusers import FakeUnix
 
 REALM = "test.invalid"
 USER = "alice"

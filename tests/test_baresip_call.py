@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .sipclient import Daemon, running_sipd
-from .test_baresip import (
+from tests.sipclient import Daemon, running_sipd
+from tests.test_baresip import (
     PASSWORD,
     REALM,
     STEP_TIMEOUT,
@@ -25,7 +25,7 @@ from .test_baresip import (
     running_baresip,
     set_password,
 )
-from .unixusers import FakeUnix
+from tests.unixusers import FakeUnix
 
 BOB_PASSWORD = "bob-secret"
 

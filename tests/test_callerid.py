@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipd.callerid import outbound_identity, privacy_requested
+from sipd.proxy.callerid import outbound_identity, privacy_requested
 from sipd.sip.errors import SipError
 
 OWNED = {"jan": {"jan", "1003", "01727221221"}, "acme": {"acme", "+441727238471"}}

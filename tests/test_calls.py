@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from srfs.calls import Call, CallChange, CallChangeKind, CallTable, format_call
-from srfs.usrloc import tokenize
+from srfs.files.usrloc import tokenize
+from srfs.state.calls import Call, CallChange, CallChangeKind, CallTable, format_call
 
 T0 = 1_796_406_302.25  # 2026-12-04T17:45:02Z and a quarter
 
@@ -172,9 +172,9 @@ def test_man_page_example_lines_are_what_sipd_renders() -> None:
 
 
 def test_tree_shows_each_user_their_own_calls() -> None:
-    from srfs.location import LocationStore
-    from srfs.tree import Tree
-    from srfs.users import User
+    from srfs.fs.tree import Tree
+    from srfs.state.location import LocationStore
+    from srfs.user import User
 
     jan, bob = User("jan", 1001, 1001, "/home/jan"), User("bob", 1002, 1002, "/home/bob")
     table = CallTable()
@@ -210,7 +210,7 @@ def test_srfs_call_modules_never_import_sipd() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, srfs.acc, srfs.calls; "
+    code = ("import sys, srfs.files.acc, srfs.state.calls; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sipd'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

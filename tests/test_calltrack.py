@@ -7,19 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from sipd.calltrack import (
-    ACC_LANE,
-    AccStats,
-    CallTracker,
-    acc_job,
-    acc_jobs,
-)
-from sipd.work import run_inline
-from srfs.acc import AccFiles, AccRecord, parse_file
-from srfs.calls import CallTable
-from srfs.users import User
-
-from .unixusers import FakeUnix, fake_unix
+from sipd.core.work import run_inline
+from sipd.proxy.calltrack import ACC_LANE, AccStats, CallTracker, acc_job, acc_jobs
+from srfs.files.acc import AccFiles, AccRecord, parse_file
+from srfs.state.calls import CallTable
+from srfs.user import User
+from tests.unixusers import FakeUnix, fake_unix
 
 T0 = 1_796_406_302.0  # 2026-12-04T17:45:02Z
 JAN = "sip:jan@example.com"

@@ -12,9 +12,8 @@ import pytest
 
 from sipd.config import ConfigError, Settings, parse_listen
 from srfs.sipdconf import host_realm
-
-from .sipclient import ROOT, SIPD, free_port, running_sipd
-from .unixusers import FakeUnix
+from tests.sipclient import ROOT, SIPD, free_port, running_sipd
+from tests.unixusers import FakeUnix
 
 
 def run(*args: str, timeout: float = 20,

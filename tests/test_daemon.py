@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from .sipclient import Daemon, TcpClient, UdpClient, options, reason_of, running_sipd, status_of
-from .unixusers import FakeUnix
+from tests.sipclient import (
+    Daemon,
+    TcpClient,
+    UdpClient,
+    options,
+    reason_of,
+    running_sipd,
+    status_of,
+)
+from tests.unixusers import FakeUnix
 
 HOSTS = ["127.0.0.1", "::1"]
 

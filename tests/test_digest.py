@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipd import digest
-from sipd.digest import (
+from sipd.sip import digest
+from sipd.sip.digest import (
     AuthResult,
     Credentials,
     NonceCounts,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from sipd.core.identity import LocalIdentity
+from sipd.core.peer import Outgoing, Peer
 from sipd.endpoint import Endpoint
-from sipd.identity import LocalIdentity
-from sipd.peer import Outgoing, Peer
-from sipd.server import Server
+from sipd.registrar.server import Server
 from sipd.sip.message import Response, parse
-
-from .sipclient import options
+from tests.sipclient import options
 
 SRC = Peer("udp", "192.0.2.7", 40000, conn=1)
 TCP = Peer("tcp", "192.0.2.7", 40001, conn=9)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from sipd.core.flows import RegisteredFlows
+from sipd.core.identity import LocalIdentity
+from sipd.core.peer import Peer
 from sipd.endpoint import Endpoint
-from sipd.flows import RegisteredFlows
-from sipd.identity import LocalIdentity
-from sipd.peer import Peer
-from sipd.server import Server
-from srfs.location import Binding, LocationStore, RemoveReason
+from sipd.registrar.server import Server
+from srfs.state.location import Binding, LocationStore, RemoveReason
 
 PHONE = Peer("tcp", "192.0.2.7", 49152, conn=3)
 V6 = Peer("tcp", "2001:db8::7", 49153, conn=4)

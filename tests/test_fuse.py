@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from srfs.fuse import MountError, cleanup_stale, mount_entries, mounted, parse_mountinfo
+from srfs.fs.fuse import MountError, cleanup_stale, mount_entries, mounted, parse_mountinfo
 
 REPO = Path(__file__).resolve().parent.parent
 HELPER = Path(__file__).resolve().parent / "fusehelper.py"

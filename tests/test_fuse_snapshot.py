@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import pytest
 
-from srfs import fuse
-from srfs.fuse import SrFs
-from srfs.location import Binding, LocationStore
-from srfs.tree import Tree
-from srfs.users import User
+from srfs.fs import fuse
+from srfs.fs.fuse import SrFs
+from srfs.fs.tree import Tree
+from srfs.state.location import Binding, LocationStore
+from srfs.user import User
 
 NOW = 1_700_000_000.0
 JAN = User("jan", 1001, 1001, "/home/jan")

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from srfs import home
-from srfs.home import MAX_READ, MAX_WRITE, FileCache, HomeError, SrDir
-from srfs.users import User
-
-from .unixusers import FakeUnix, fake_unix
+from srfs.files import home
+from srfs.files.home import MAX_READ, MAX_WRITE, FileCache, HomeError, SrDir
+from srfs.user import User
+from tests.unixusers import FakeUnix, fake_unix
 
 SECRET = b"root-only secret\n"
 

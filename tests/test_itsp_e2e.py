@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from .sipclient import free_port
-from .test_proxy_e2e import (  # noqa: F401  (fixtures)
+from tests.sipclient import free_port
+from tests.test_proxy_e2e import (  # noqa: F401  (fixtures)
     REALM,
     SIPP,
     Calls,
@@ -26,7 +26,7 @@ from .test_proxy_e2e import (  # noqa: F401  (fixtures)
     passwords,
     unix,
 )
-from .unixusers import FakeUnix
+from tests.unixusers import FakeUnix
 
 PBX_IP = "127.0.0.2"
 DID = "+441727238471"

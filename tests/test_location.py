@@ -16,7 +16,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from srfs.location import (
+from srfs.state.location import (
     Binding,
     Change,
     ChangeKind,

@@ -19,9 +19,16 @@ import pytest
 
 from sipd.cli import setup_logging
 from srfs.logtext import LineFormatter, Recurring, Tally, escape, log_problems, quote
-
-from .sipclient import Daemon, TcpClient, UdpClient, options, running_sipd, status_of, wait_for
-from .unixusers import FakeUnix
+from tests.sipclient import (
+    Daemon,
+    TcpClient,
+    UdpClient,
+    options,
+    running_sipd,
+    status_of,
+    wait_for,
+)
+from tests.unixusers import FakeUnix
 
 #: Every character class the log must never carry raw.
 HOSTILE = "a\x00b\x01c\x7fd\x1be\x85f\u2028g\u2029h\u202ei\tj"
@@ -297,7 +304,7 @@ def test_an_unreadable_passwd_is_logged_once_not_per_lookup(unix: FakeUnix) -> N
     passwd.symlink_to("/etc/hostname")
     code = (
         "import json, logging\n"
-        "from srfs.directory import Directory\n"
+        "from srfs.accounts.directory import Directory\n"
         "seen = []\n"
         "class Keep(logging.Handler):\n"
         "    def emit(self, record): seen.append(record.getMessage())\n"
@@ -355,8 +362,8 @@ def test_tally_logs_at_once_then_once_per_interval() -> None:
 
 
 def test_a_hostile_call_id_stays_inside_its_quotes(caplog: pytest.LogCaptureFixture) -> None:
-    from sipd.calltrack import CallTracker
-    from srfs.calls import CallTable
+    from sipd.proxy.calltrack import CallTracker
+    from srfs.state.calls import CallTable
 
     tracker = CallTracker(CallTable())
     call_id = "c1\" from 1.2.3.4 port 5060 (REGISTER): wrong password\r\nx"

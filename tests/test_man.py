@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from sipd.config import KEYS
-from srfs.userconfig import KEYS as USER_KEYS
-
-from .unixusers import REPO
+from srfs.files.userconfig import KEYS as USER_KEYS
+from tests.unixusers import REPO
 
 MAN = REPO / "man"
 PAGES = sorted(p for p in MAN.iterdir() if p.is_file())

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from .phone import REALM, Phone
-from .sipclient import SIPD, Daemon, free_port, running_sipd, status_of
-from .unixusers import REPO, FakeUnix, fake_unix, give_passwords
+from tests.phone import REALM, Phone
+from tests.sipclient import SIPD, Daemon, free_port, running_sipd, status_of
+from tests.unixusers import REPO, FakeUnix, fake_unix, give_passwords
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +50,17 @@ def passwords(unix: FakeUnix) -> dict[str, str]:
 # DirectoryUnavailable raised.
 _PROBE = """
 import json, sys
-from srfs import users
-from srfs.directory import Directory
-from sipd.userlookup import HomeUsers
+from srfs.accounts import users
+from srfs.accounts.directory import Directory
+from srfs.user import User
+from sipd.proxy.users import HomeUsers
 
 def run(f):
     try:
         value = f()
     except users.DirectoryUnavailable as exc:
         return {"errno": exc.errno, "text": str(exc)}
-    if isinstance(value, users.User):
+    if isinstance(value, User):
         return {"user": value.name, "home": value.home}
     if isinstance(value, list):
         return {"users": [u.name for u in value]}
@@ -69,7 +70,7 @@ def run(f):
         return {"allowed": value.allowed}
     return {"value": value}
 
-alice = users.User("alice", int(sys.argv[1]), int(sys.argv[2]), "/")
+alice = User("alice", int(sys.argv[1]), int(sys.argv[2]), "/")
 checks = {
     "lookup alice": lambda: users.lookup("alice"),
     "lookup nobody": lambda: users.lookup("no-such-user"),
@@ -155,7 +156,7 @@ def test_sippasswd_says_the_user_database_failed_not_unknown_user(
 
 _OUT_OF_DESCRIPTORS = """
 import json, os, resource
-from srfs import nss, users
+from srfs.accounts import nss, users
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 held = []
 try:

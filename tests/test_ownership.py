@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sipd.ownership import Ownership
-from srfs.aliases import AliasMap
-from srfs.trunks import parse_trunks
-
-from .test_registrar import Harness, contact_expiries
+from sipd.core.ownership import Ownership
+from srfs.files.aliases import AliasMap
+from srfs.files.trunks import parse_trunks
+from tests.test_registrar import Harness, contact_expiries
 
 
 def harness(gateways: tuple[str, ...] = ()) -> Harness:

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srfs import passwd
-from srfs.digestcalc import base_algorithm, ha1, hexdigest
-from srfs.passwd import Entry, parse
+from srfs.accounts import passwd
+from srfs.accounts.digestcalc import base_algorithm, ha1, hexdigest
+from srfs.accounts.passwd import Entry, parse
 
 
 def htdigest_line(user: str, realm: str, password: str) -> str:

@@ -8,22 +8,22 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sipd.auth import AUTH_FAILURE_DELAY, Authenticator
-from sipd.digest import NonceManager, ha1, response
+from sipd.auth.authenticator import AUTH_FAILURE_DELAY, Authenticator
+from sipd.core.identity import LocalIdentity
+from sipd.core.peer import Outgoing, Peer
+from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
-from sipd.identity import LocalIdentity
-from sipd.peer import Outgoing, Peer
-from sipd.proxy import TIMER_C, CallHooks, Proxy, ProxyPolicy, _branch_key
-from sipd.server import Server
+from sipd.proxy.proxy import TIMER_C, CallHooks, Proxy, ProxyPolicy, _branch_key
+from sipd.proxy.targets import LocalAddresses
+from sipd.registrar.server import Server
+from sipd.sip.digest import NonceManager, ha1, response
 from sipd.sip.message import Request, Response, make_response, parse
 from sipd.sip.transaction import TransactionLayer
-from sipd.targets import LocalAddresses
-from sipd.work import run_inline
-from srfs.directory import Account
-from srfs.location import Binding, LocationStore
-from srfs.userconfig import EMPTY, UserConfig
-from srfs.userconfig import parse as parse_config
-from srfs.users import User
+from srfs.accounts.directory import Account
+from srfs.files.userconfig import EMPTY, UserConfig
+from srfs.files.userconfig import parse as parse_config
+from srfs.state.location import Binding, LocationStore
+from srfs.user import User
 
 ME = ("192.0.2.1", 5060)
 CALLER = Peer("udp", "198.51.100.7", 5062, conn=1)
@@ -746,7 +746,7 @@ def test_in_dialog_requests_reach_a_phone_behind_nat_at_its_register_source() ->
     (_, peer), = requests(net.send(ack, CALLER), "ACK")
     assert peer == nat
     # Once the binding is gone the contact itself is used.
-    from srfs.location import RemoveReason
+    from srfs.state.location import RemoveReason
 
     key = net.store.lookup("bob")[0].key
     net.store.remove("bob", key, RemoveReason.UNREGISTERED)
@@ -756,8 +756,8 @@ def test_in_dialog_requests_reach_a_phone_behind_nat_at_its_register_source() ->
 
 
 def test_allow_lists_every_proxied_method_once() -> None:
-    from sipd.proxy import PROXY_METHODS
-    from sipd.server import PROXY_ORDER
+    from sipd.proxy.proxy import PROXY_METHODS
+    from sipd.registrar.server import PROXY_ORDER
 
     assert sorted(PROXY_ORDER) == sorted(PROXY_METHODS)
     identity = LocalIdentity(frozenset({REALM}), frozenset({5060}))

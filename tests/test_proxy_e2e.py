@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from .sipclient import Daemon, free_port, running_sipd, stop_process
-from .unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
+from tests.sipclient import Daemon, free_port, running_sipd, stop_process
+from tests.unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
 
 REALM = "test.invalid"
 SIPP = Path(__file__).parent / "sipp"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from sipd.ownership import Ownership
-from sipd.peer import Peer
-from sipd.proxy import ProxyPolicy
-from srfs.aliases import AliasMap
-from srfs.location import Binding
-from srfs.trunks import parse_trunks
-
-from .test_proxy import (
+from sipd.core.ownership import Ownership
+from sipd.core.peer import Peer
+from sipd.proxy.proxy import ProxyPolicy
+from srfs.files.aliases import AliasMap
+from srfs.files.trunks import parse_trunks
+from srfs.state.location import Binding
+from tests.test_proxy import (
     BOB1,
     CALLER,
     REALM,

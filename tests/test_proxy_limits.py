@@ -9,11 +9,10 @@ import collections
 
 import pytest
 
-from sipd.peer import Outgoing, Peer
-from sipd.proxy import MAX_BRANCHES
-from sipd.work import run_inline
-
-from .test_proxy import BOB1, CALLER, ME, REALM, Net, invite, requests, responses
+from sipd.core.peer import Outgoing, Peer
+from sipd.core.work import run_inline
+from sipd.proxy.proxy import MAX_BRANCHES
+from tests.test_proxy import BOB1, CALLER, ME, REALM, Net, invite, requests, responses
 
 #: Added headers (Via, Record-Route, Max-Breadth...) per copy stay under this.
 OVERHEAD = 512

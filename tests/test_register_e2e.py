@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sipd.digest import ha1, response
-
-from .sipclient import Daemon, TcpClient, UdpClient, free_port, running_sipd, status_of
-from .unixusers import FakeUnix, give_passwords
+from sipd.sip.digest import ha1, response
+from tests.sipclient import Daemon, TcpClient, UdpClient, free_port, running_sipd, status_of
+from tests.unixusers import FakeUnix, give_passwords
 
 REALM = "test.invalid"
 SCENARIO = Path(__file__).parent / "sipp" / "register.xml"

@@ -12,19 +12,19 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sipd.admission import BindingRules
-from sipd.auth import AUTH_FAILURE_DELAY, Authenticator, ChallengePolicy, Throttle
-from sipd.digest import NonceManager, ha1, parse_credentials, response
+from sipd.auth.authenticator import AUTH_FAILURE_DELAY, Authenticator, ChallengePolicy, Throttle
+from sipd.core.identity import LocalIdentity
+from sipd.core.peer import Outgoing, Peer
+from sipd.core.work import Job, run_inline
 from sipd.endpoint import Endpoint
-from sipd.identity import LocalIdentity
-from sipd.peer import Outgoing, Peer
-from sipd.registrar import Registrar, RegistrarPolicy
-from sipd.server import Registration, Server
+from sipd.registrar.admission import BindingRules
+from sipd.registrar.register import Registrar, RegistrarPolicy
+from sipd.registrar.server import Registration, Server
+from sipd.sip.digest import NonceManager, ha1, parse_credentials, response
 from sipd.sip.message import Request, Response, parse
-from sipd.work import Job, run_inline
-from srfs.directory import Account
-from srfs.location import LocationStore
-from srfs.users import User
+from srfs.accounts.directory import Account
+from srfs.state.location import LocationStore
+from srfs.user import User
 
 REALM = "sip.test"
 SRC = Peer("udp", "192.0.2.7", 5062, conn=1)

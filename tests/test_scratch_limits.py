@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from srfs.scratch import DEFAULT_LIMITS, ScratchLimits, ScratchQuota
-from srfs.tree import TreeError
-
-from .sipclient import Daemon, running_sipd
-from .test_fuse import U1, U2, Mount, helper_mount, needs_fuse, ok, sh
-from .unixusers import FakeUnix
+from srfs.fs.scratch import DEFAULT_LIMITS, ScratchLimits, ScratchQuota
+from srfs.fs.tree import TreeError
+from tests.sipclient import Daemon, running_sipd
+from tests.test_fuse import U1, U2, Mount, helper_mount, needs_fuse, ok, sh
+from tests.unixusers import FakeUnix
 
 MIB = 1 << 20
 

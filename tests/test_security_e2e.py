@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from sipd.auth import AUTH_FAILURE_DELAY
-from sipd.digest import ha1, response
-
-from .sipclient import (
+from sipd.auth.authenticator import AUTH_FAILURE_DELAY
+from sipd.sip.digest import ha1, response
+from tests.sipclient import (
     Daemon,
     UdpClient,
     free_port,
@@ -33,8 +32,8 @@ from .sipclient import (
     status_of,
     wait_for,
 )
-from .test_register_e2e import REALM, Phone
-from .unixusers import FakeUnix, give_passwords
+from tests.test_register_e2e import REALM, Phone
+from tests.unixusers import FakeUnix, give_passwords
 
 needs_mount = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") or os.geteuid() != 0,

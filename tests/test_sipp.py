@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from .sipclient import Daemon, free_port, running_sipd
-from .unixusers import FakeUnix
+from tests.sipclient import Daemon, free_port, running_sipd
+from tests.unixusers import FakeUnix
 
 SCENARIO = Path(__file__).parent / "sipp" / "options.xml"
 

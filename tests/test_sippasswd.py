@@ -13,16 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from srfs import passwd
-from srfs.digestcalc import ha1
-from srfs.sippasswd import (
-    EXIT_FAILURE,
-    EXIT_PASSWORD,
-    EXIT_UNKNOWN_USER,
-    EXIT_USAGE,
-)
-
-from .unixusers import FakeUnix, fake_unix
+from srfs.accounts import passwd
+from srfs.accounts.digestcalc import ha1
+from srfs.sippasswd import EXIT_FAILURE, EXIT_PASSWORD, EXIT_UNKNOWN_USER, EXIT_USAGE
+from tests.unixusers import FakeUnix, fake_unix
 
 REALM = "sip.example.org"
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from srfs.fuse import mounted
-
-from .sipclient import ROOT, SIPD, free_port, running_sipd
-from .unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
+from srfs.fs.fuse import mounted
+from tests.sipclient import ROOT, SIPD, free_port, running_sipd
+from tests.unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
 
 needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"),
                                 reason="needs /dev/fuse: no FUSE in this kernel or container")

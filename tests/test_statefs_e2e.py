@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from .sipclient import Daemon, running_sipd, status_of
-from .test_register_e2e import REALM, Phone
-from .unixusers import FakeUnix
+from tests.sipclient import Daemon, running_sipd, status_of
+from tests.test_register_e2e import REALM, Phone
+from tests.unixusers import FakeUnix
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") or os.geteuid() != 0,

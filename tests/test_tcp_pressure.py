@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from . import sipclient
-from .phone import REALM, Phone
-from .sipclient import Daemon, options, running_sipd, status_of
-from .unixusers import FakeUnix, give_passwords
+from tests import sipclient
+from tests.phone import REALM, Phone
+from tests.sipclient import Daemon, options, running_sipd, status_of
+from tests.unixusers import FakeUnix, give_passwords
 
 #: The defaults of tcp_max_connections and tcp_max_connections_per_source.
 GLOBAL_CAP = 1024

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srfs.location import Binding, Change, ChangeKind, LocationStore, RemoveReason
-from srfs.tree import (
+from srfs.files.usrloc import format_line
+from srfs.fs.tree import (
     MAX_WRITE,
     Kind,
     Node,
@@ -28,8 +28,8 @@ from srfs.tree import (
     render_metrics,
     render_status,
 )
-from srfs.users import User
-from srfs.usrloc import format_line
+from srfs.state.location import Binding, Change, ChangeKind, LocationStore, RemoveReason
+from srfs.user import User
 
 NOW = 1_700_000_000.0
 STARTED = NOW - 10_000
@@ -1295,7 +1295,7 @@ def test_stat_checks_itself(kwargs: dict[str, object], match: str) -> None:
 
 def test_tree_and_userconfig_import_neither_sipd_nor_pyfuse3() -> None:
     code = (
-        "import sys, srfs.tree, srfs.userconfig; "
+        "import sys, srfs.fs.tree, srfs.files.userconfig; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('sipd', 'pyfuse3', 'trio')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

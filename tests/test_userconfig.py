@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srfs import userconfig
-from srfs.userconfig import (
+from srfs.files import userconfig
+from srfs.files.userconfig import (
     EMPTY,
     KEYS,
     ConfigValueError,

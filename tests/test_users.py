@@ -8,16 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from srfs import users
-from srfs.users import (
-    PAM_SUCCESS,
-    PAM_USER_UNKNOWN,
-    AccountCache,
-    PamUnavailable,
-    User,
-)
-
-from .unixusers import SHIPPED_PAM_SERVICE, FakeUnix, fake_unix
+from srfs.accounts import users
+from srfs.accounts.users import PAM_SUCCESS, PAM_USER_UNKNOWN, AccountCache, PamUnavailable
+from srfs.user import User
+from tests.unixusers import SHIPPED_PAM_SERVICE, FakeUnix, fake_unix
 
 
 @pytest.fixture
@@ -156,7 +150,7 @@ def test_cache_zero_ttl_keeps_nothing() -> None:
 def test_fake_users_and_the_sip_group(unix: FakeUnix) -> None:
     code = """
 import json
-from srfs import users
+from srfs.accounts import users
 out = {
     "members": [u.name for u in users.members("sip")],
     "alice": users.is_sip_member(users.lookup("alice"), "sip"),
@@ -213,7 +207,7 @@ def test_pam_permit_and_deny_stacks(unix: FakeUnix) -> None:
 def test_pam_service_exists_under_the_wrapper(unix: FakeUnix) -> None:
     code = """
 import json
-from srfs.users import pam_service_exists
+from srfs.accounts.users import pam_service_exists
 print(json.dumps([pam_service_exists("sipd"), pam_service_exists("sipd-missing")]))
 """
     assert unix.python_json(code) == [True, False]
@@ -223,7 +217,7 @@ def test_account_check_from_many_threads(unix: FakeUnix) -> None:
     code = """
 import json
 from concurrent.futures import ThreadPoolExecutor
-from srfs.users import account_check
+from srfs.accounts.users import account_check
 names = ["alice", "carol"] * 40
 with ThreadPoolExecutor(8) as ex:
     rcs = list(ex.map(lambda n: account_check(n, "sipd")[0], names))

@@ -15,11 +15,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from srfs import home
-from srfs.home import HomeError
-from srfs.location import Binding
-from srfs.users import User
-from srfs.usrloc import (
+from srfs.files import home
+from srfs.files.home import HomeError
+from srfs.files.usrloc import (
     KNOWN_KEYS,
     MAX_LINE,
     LineError,
@@ -31,8 +29,9 @@ from srfs.usrloc import (
     render_file,
     tokenize,
 )
-
-from .unixusers import FakeUnix
+from srfs.state.location import Binding
+from srfs.user import User
+from tests.unixusers import FakeUnix
 
 NOW = 1_700_000_000.0
 

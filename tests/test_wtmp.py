@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from srfs import wtmp
-from srfs.wtmp import (
+from srfs.files import wtmp
+from srfs.files.wtmp import (
     DEAD_PROCESS,
     USER_PROCESS,
     LineAllocator,

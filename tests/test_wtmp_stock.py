@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from srfs import wtmp
-from srfs.wtmp import DEAD_PROCESS, USER_PROCESS, iter_records
-
-from .sipclient import ROOT, Daemon, running_sipd, status_of, wait_for
-from .stockhost import StockHost, stock_host
-from .test_register_e2e import REALM, Phone
-from .unixusers import FakeUnix, give_passwords
+from srfs.files import wtmp
+from srfs.files.wtmp import DEAD_PROCESS, USER_PROCESS, iter_records
+from tests.sipclient import ROOT, Daemon, running_sipd, status_of, wait_for
+from tests.stockhost import StockHost, stock_host
+from tests.test_register_e2e import REALM, Phone
+from tests.unixusers import FakeUnix, give_passwords
 
 pytestmark = pytest.mark.skipif(
     wtmp.UNAVAILABLE_REASON is not None, reason=f"wtmp unavailable: {wtmp.UNAVAILABLE_REASON}"
@@ -41,7 +40,7 @@ def host(tmp_path: Path) -> Iterator[StockHost]:
 def _recorder(host: StockHost, script: str) -> str:
     """Run ``script`` with a default LoginRecorder ``rec`` in the namespace; its output."""
     code = (
-        "from srfs.wtmp import LoginRecorder\n"
+        "from srfs.files.wtmp import LoginRecorder\n"
         "rec = LoginRecorder()\n"
         "assert (rec.utmp_path, rec.wtmp_path) == ('/var/run/utmp', '/var/log/wtmp')\n"
         + script
@@ -82,7 +81,7 @@ print(line)
 # can be renamed or fill its file system, which the bind mount cannot.
 _OWN_LOG = """
 import ctypes, os, subprocess
-from srfs import wtmp
+from srfs.files import wtmp
 subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size={size}', 'own-log', '/var/log'], check=True)
 open('/var/log/wtmp', 'wb').close()
 """

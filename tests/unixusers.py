@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from srfs.users import User
+from srfs.user import User
 
 REPO = Path(__file__).resolve().parent.parent
 FIRST_UID = 60001
@@ -86,7 +86,7 @@ class FakeUser:
 
     @property
     def user(self) -> User:
-        """The same user as srfs.users would report it under the wrappers."""
+        """The same user as srfs.accounts.users would report it under the wrappers."""
         return User(self.name, self.uid, self.gid, str(self.home))
 
 
@@ -181,9 +181,9 @@ class FakeUnix:
     def account_check(
         self, user: str, service: str = "sipd", rhost: str | None = None
     ) -> tuple[int, str]:
-        """srfs.users.account_check in a child under pam_wrapper."""
+        """srfs.accounts.users.account_check in a child under pam_wrapper."""
         code = (
-            "import json\nfrom srfs.users import account_check\n"
+            "import json\nfrom srfs.accounts.users import account_check\n"
             f"print(json.dumps(account_check({user!r}, {service!r}, {rhost!r})))\n"
         )
         result = self.python_json(code)

@@ -24,37 +24,41 @@ from dataclasses import dataclass
 
 import trio
 
-from srfs import users
+from sipd.auth.authenticator import Authenticator, ChallengePolicy, RecentAccounts, Throttle
+from sipd.config import Settings
+from sipd.core.identity import build_identity, interface_addresses
+from sipd.core.ownership import Ownership
+from sipd.core.work import run_inline
+from sipd.endpoint import Endpoint
+from sipd.io.limits import connection_cap, raise_open_file_limit, reserve
+from sipd.io.startup import (
+    check_host,
+    mount_failed,
+    report_missing_passwords,
+    user_database_needed,
+)
+from sipd.io.transport import StartupError, Transports, bind_sockets
+from sipd.proxy.calltrack import CallTracker, acc_jobs
+from sipd.proxy.proxy import CallHooks, Proxy, ProxyPolicy
+from sipd.proxy.targets import LocalAddresses
+from sipd.proxy.users import HomeUsers
+from sipd.registrar.admission import BindingRules
+from sipd.registrar.persistence import Persistence, WtmpSessions
+from sipd.registrar.register import Registrar, RegistrarPolicy
+from sipd.registrar.server import Registration, Server
+from sipd.sip.digest import NonceManager
+from sipd.sip.errors import ParseError
+from sipd.sip.transaction import TransactionLayer
+from sipd.sip.uri import SipURI, parse_uri
+from srfs.accounts import users
+from srfs.accounts.directory import Directory
 from srfs.addresses import parse_host
-from srfs.calls import CallTable
-from srfs.directory import Directory
-from srfs.home import HomeError
-from srfs.location import Binding, LocationStore
-from srfs.users import User
-from srfs.usrloc import UsrlocFiles
-from srfs.wtmp import UNAVAILABLE_REASON, LoginRecorder, WtmpError
-
-from ..admission import BindingRules
-from ..auth import Authenticator, ChallengePolicy, RecentAccounts, Throttle
-from ..calltrack import CallTracker, acc_jobs
-from ..config import Settings
-from ..digest import NonceManager
-from ..endpoint import Endpoint
-from ..identity import build_identity, interface_addresses
-from ..ownership import Ownership
-from ..persistence import Persistence, WtmpSessions
-from ..proxy import CallHooks, Proxy, ProxyPolicy
-from ..registrar import Registrar, RegistrarPolicy
-from ..server import Registration, Server
-from ..sip.errors import ParseError
-from ..sip.transaction import TransactionLayer
-from ..sip.uri import SipURI, parse_uri
-from ..targets import LocalAddresses
-from ..userlookup import HomeUsers
-from ..work import run_inline
-from .limits import connection_cap, raise_open_file_limit, reserve
-from .startup import check_host, mount_failed, report_missing_passwords, user_database_needed
-from .transport import StartupError, Transports, bind_sockets
+from srfs.files.home import HomeError
+from srfs.files.usrloc import UsrlocFiles
+from srfs.files.wtmp import UNAVAILABLE_REASON, LoginRecorder, WtmpError
+from srfs.state.calls import CallTable
+from srfs.state.location import Binding, LocationStore
+from srfs.user import User
 
 log = logging.getLogger("sipd")
 
@@ -326,7 +330,7 @@ async def run(settings: Settings) -> None:
         raise
     statefs = None
     if settings.mount_enabled:
-        from .statefs import StateFs
+        from sipd.io.statefs import StateFs
 
         statefs = StateFs(settings, daemon.endpoint, transports, started=time.time(),
                           ownership=daemon.ownership, rules=daemon.rules)
@@ -337,9 +341,8 @@ async def run(settings: Settings) -> None:
         await nursery.start(transports.serve, bound)
         transports.send(daemon.endpoint.take_pending(trio.current_time()))
         if statefs is not None:
-            from srfs.fuse import MountError
-
-            from .statefs import start_statefs
+            from sipd.io.statefs import start_statefs
+            from srfs.fs.fuse import MountError
 
             try:
                 await start_statefs(statefs, nursery)

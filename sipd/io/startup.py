@@ -17,13 +17,13 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from srfs import home, passwd, users
-from srfs.adminfile import AdminFileError, read_admin_file
+from sipd.config import Settings
+from sipd.io.transport import StartupError, bind_sockets
+from srfs.accounts import passwd, users
+from srfs.files import home
+from srfs.files.adminfile import AdminFileError, read_admin_file
 from srfs.logtext import log_problems, quote
-from srfs.users import User
-
-from ..config import Settings
-from .transport import StartupError, bind_sockets
+from srfs.user import User
 
 log = logging.getLogger("sipd")
 
@@ -95,7 +95,7 @@ def check_mount(settings: Settings, *, beside_daemon: bool = False) -> None:
     if not settings.mount_enabled:
         return
     # Imported here: pyfuse3 is needed only when mounting.
-    from srfs.fuse import MountError, check_mountpoint
+    from srfs.fs.fuse import MountError, check_mountpoint
 
     try:
         check_mountpoint(settings.mount, running_srfs_ok=beside_daemon)

@@ -28,22 +28,22 @@ from typing import Any
 
 import trio
 
-from srfs import home, userconfig, users
-from srfs.fuse import SrFs, serve
-from srfs.home import FileCache, HomeError
-from srfs.location import Binding, Op
+from sipd import __version__
+from sipd.config import Settings
+from sipd.core.ownership import Ownership
+from sipd.core.work import Outcome
+from sipd.endpoint import Endpoint
+from sipd.io.transport import Action, Transports
+from sipd.registrar.admission import BindingRules
+from srfs.accounts import users
+from srfs.files import home, userconfig
+from srfs.files.home import FileCache, HomeError
+from srfs.files.userconfig import UserConfig
+from srfs.fs.fuse import SrFs, serve
+from srfs.fs.tree import ConfigChange, ContactsWrite, Stat, StatKind, Tree, TreeError, WriteResult
 from srfs.logtext import Recurring, log_problems
-from srfs.tree import ConfigChange, ContactsWrite, Stat, StatKind, Tree, TreeError, WriteResult
-from srfs.userconfig import UserConfig
-from srfs.users import User
-
-from .. import __version__
-from ..admission import BindingRules
-from ..config import Settings
-from ..endpoint import Endpoint
-from ..ownership import Ownership
-from ..work import Outcome
-from .transport import Action, Transports
+from srfs.state.location import Binding, Op
+from srfs.user import User
 
 log = logging.getLogger("sipd.statefs")
 

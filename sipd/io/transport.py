@@ -28,14 +28,13 @@ from typing import Protocol
 
 import trio
 
+from sipd.config import ListenAddress
+from sipd.core.peer import Outgoing, Peer
+from sipd.core.work import Job, Outcome
+from sipd.io.liveness import Close, Liveness
+from sipd.sip.framing import FramingError, Ping, Pong, StreamFramer
 from srfs.addresses import source_key
 from srfs.logtext import Tally
-
-from ..config import ListenAddress
-from ..peer import Outgoing, Peer
-from ..sip.framing import FramingError, Ping, Pong, StreamFramer
-from ..work import Job, Outcome
-from .liveness import Close, Liveness
 
 Action = Outgoing | Job
 

@@ -1,1 +1,5 @@
-"""The sans-IO SIP core: messages, framing, transactions. No sockets, no clocks."""
+"""The sans-IO SIP core: messages, framing, transactions, digest math.
+
+Bytes and ``now`` in, bytes and deadlines out: no sockets, no clocks, and
+no import of anything else of the project.
+"""

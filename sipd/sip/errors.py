@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .message import Message
+    from sipd.sip.message import Message
 
 
 class SipError(Exception):

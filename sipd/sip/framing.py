@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import re
 
-from .errors import ParseError
-from .message import MAX_MESSAGE_SIZE, Message, parse
+from sipd.sip.errors import ParseError
+from sipd.sip.message import MAX_MESSAGE_SIZE, Message, parse
 
 __all__ = ["MAX_MESSAGE_SIZE", "PING", "PONG", "FramingError", "Ping", "Pong", "StreamFramer"]
 

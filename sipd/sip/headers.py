@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from .errors import ParseError
-from .uri import (
+from sipd.sip.errors import ParseError
+from sipd.sip.uri import (
     HOST_PATTERN,
     URI,
     Params,

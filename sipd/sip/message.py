@@ -18,8 +18,8 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import ParseError, SipError
-from .headers import (
+from sipd.sip.errors import ParseError, SipError
+from sipd.sip.headers import (
     Address,
     CSeq,
     Via,
@@ -30,7 +30,7 @@ from .headers import (
     parse_via,
     split_list,
 )
-from .uri import URI, SipURI, parse_uri
+from sipd.sip.uri import URI, SipURI, parse_uri
 
 if TYPE_CHECKING:
     import sipmessage

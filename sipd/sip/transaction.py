@@ -40,10 +40,10 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
-from .errors import ParseError
-from .headers import Via
-from .message import Request, Response, make_response
-from .timers import Timer, Timers
+from sipd.sip.errors import ParseError
+from sipd.sip.headers import Via
+from sipd.sip.message import Request, Response, make_response
+from sipd.sip.timers import Timer, Timers
 
 #: RFC 3261 §8.1.1.7: a branch starting with this was built to be unique.
 MAGIC_COOKIE = "z9hG4bK"

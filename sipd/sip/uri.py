@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote
 
-from .errors import ParseError
+from sipd.sip.errors import ParseError
 
 Params = tuple[tuple[str, str | None], ...]
 

@@ -1,0 +1,507 @@
+"""Challenge, verify, throttle: digest authentication as the server applies it.
+
+Sans-IO, and one flow for REGISTER and for calls
+(:meth:`Authenticator.authenticate`): credentials, then the throttle, then
+the account (remembered, or looked up in a worker thread: NSS, PAM,
+``~/.sr/passwd`` are the directory's business), then the digest, then a
+:data:`Verdict` the registrar and the proxy each turn into their answer.
+
+Every refusal looks the same from outside: an unknown user, a wrong
+password, a user outside the SIP group and a PAM refusal all get the same
+fresh challenge, sent :data:`AUTH_FAILURE_DELAY` after the request
+arrived; a throttled request gets the same 403 whoever it names. The log
+says which, one line per failure, in a form fail2ban can match::
+
+    auth failed: user "jan" from 203.0.113.5 port 5060 (REGISTER): wrong password
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeAlias, TypeVar
+from urllib.parse import unquote
+
+from sipd.core.identity import LocalIdentity
+from sipd.core.peer import Peer
+from sipd.core.work import Outcome
+from sipd.sip.digest import (
+    AuthResult,
+    Credentials,
+    NonceCounts,
+    NonceManager,
+    NotDigest,
+    base_algorithm,
+    challenges,
+    check_credentials,
+    parse_credentials,
+)
+from sipd.sip.errors import ParseError, SipError
+from sipd.sip.message import Request
+from sipd.sip.uri import SipURI, TelURI, parse_uri
+from srfs.accounts.directory import Account
+from srfs.addresses import parse_host, source_key
+from srfs.logtext import quote
+
+log = logging.getLogger("sipd.auth")
+
+#: How long after its request a failed authentication is answered, whatever
+#: the look-ups cost (NSS, the SIP group, PAM, ``~/.sr/passwd``): an unknown
+#: user, a user outside the group and a wrong password take the same time.
+AUTH_FAILURE_DELAY = 0.5
+
+#: User-Agent substrings of phones known to pick SHA-256 out of several
+#: challenges (RFC 8760); sipd.conf's ``sha256_user_agents`` replaces them.
+DEFAULT_SHA256_USER_AGENTS: tuple[str, ...] = ("Linphone",)
+
+
+@dataclass
+class AuthStats:
+    challenges: int = 0
+    ok: int = 0
+    stale: int = 0
+    failed: int = 0
+    throttled: int = 0
+    blocks: int = 0
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+@dataclass(slots=True)
+class _BackOff:
+    failures: int = 0
+    """Failures since the last block ended (or since the start)."""
+    blocks: int = 0
+    """Blocks so far: each one lasts twice the one before."""
+    until: float = 0.0
+    last: float = 0.0
+
+
+class Throttle:
+    """Failed authentications per (user, source) and per source, with growing back-off.
+
+    - A user name that fails ``pair_limit`` times from one source is refused
+      from that source for ``first_block`` seconds; after that one more
+      failure is enough, and each block lasts twice the one before, up to
+      ``max_block``. An honest phone with a stale password is answered
+      again after a minute; a guesser gets fewer tries each hour.
+    - A source whose failures (any user names) reach ``source_limit`` is
+      refused the same way, but only for user names that have not
+      succeeded from it lately (``good_for``): the other phones behind an
+      attacker's NAT address keep working, a name sprayed from it does not.
+    - A user name is never refused from everywhere: only the pair and the
+      source count.
+    - ``trusted(host)``: sources never throttled (trusted trunks, the
+      ``trusted_networks`` of sipd.conf).
+    - A quiet ``forget_after`` seconds forgets a key's history.
+
+    Sources are counted by :func:`~srfs.addresses.source_key` (an IPv6 /64
+    is one source). Memory is bounded: the least recently used keys are
+    forgotten first.
+    """
+
+    def __init__(
+        self,
+        *,
+        pair_limit: int = 5,
+        source_limit: int = 30,
+        first_block: float = 60.0,
+        max_block: float = 3600.0,
+        forget_after: float = 3600.0,
+        good_for: float = 86400.0,
+        trusted: Callable[[str], bool] = lambda host: False,
+        max_entries: int = 100_000,
+    ) -> None:
+        self.pair_limit = pair_limit
+        self.source_limit = source_limit
+        self.first_block = first_block
+        self.max_block = max_block
+        self.forget_after = forget_after
+        self.good_for = good_for
+        self.trusted = trusted
+        self.max_entries = max_entries
+        self._pairs: OrderedDict[tuple[str, str], _BackOff] = OrderedDict()
+        self._sources: OrderedDict[str, _BackOff] = OrderedDict()
+        self._good: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def blocked(self, user: str, host: str, now: float) -> bool:
+        """Whether a request naming ``user`` from ``host`` is refused unheard."""
+        if self.trusted(host):
+            return False
+        source = source_key(host)
+        pair = self._pairs.get((user, source))
+        if pair is not None and now < pair.until:
+            return True
+        src = self._sources.get(source)
+        if src is not None and now < src.until:
+            good = self._good.get((user, source))
+            return good is None or now - good > self.good_for
+        return False
+
+    def failure(self, user: str, host: str, now: float) -> bool:
+        """Count a failure; True if it starts a block (of the pair or the source)."""
+        if self.trusted(host):
+            return False
+        source = source_key(host)
+        started = self._count(self._pairs, (user, source), self.pair_limit, now)
+        return self._count(self._sources, source, self.source_limit, now) or started
+
+    def success(self, user: str, host: str, now: float) -> None:
+        source = source_key(host)
+        self._pairs.pop((user, source), None)
+        self._good.pop((user, source), None)
+        self._good[(user, source)] = now
+        self._trim(self._good)
+
+    def _count(self, table: OrderedDict[_K, _BackOff], key: _K, limit: int, now: float) -> bool:
+        state = table.pop(key, None)
+        if state is None or now - state.last > self.forget_after:
+            state = _BackOff()
+        table[key] = state
+        self._trim(table)
+        state.last = now
+        if now < state.until:
+            return False  # already refused; counted by nobody
+        state.failures += 1
+        if state.failures < (limit if state.blocks == 0 else 1):
+            return False
+        state.failures = 0
+        state.until = now + min(self.first_block * 2 ** state.blocks, self.max_block)
+        state.blocks += 1
+        return True
+
+    def _trim(self, table: OrderedDict[_K, _V]) -> None:
+        while len(table) > self.max_entries:
+            table.popitem(last=False)
+
+
+class ChallengePolicy:
+    """Which digest algorithms a challenge offers, so that every phone can answer.
+
+    One challenge per algorithm is what RFC 8760 suggests, but phones in
+    the field read only the first challenge, or give up on the whole
+    response when one names an algorithm they lack (libre, under baresip
+    1.0). So a challenge offers one algorithm unless it is known better:
+
+    - a phone (the user named in To or From, and its User-Agent) that
+      authenticated before is offered what it used last;
+    - a User-Agent that contains one of ``sha256_agents`` (phones known
+      to choose SHA-256 from several challenges) is offered SHA-256 first
+      and MD5 after it;
+    - anything else is offered MD5 alone, which every phone answers.
+
+    Only algorithms in ``accepted`` are ever offered.
+    """
+
+    def __init__(self, accepted: Sequence[str] = ("MD5", "SHA-256"),
+                 sha256_agents: Sequence[str] = DEFAULT_SHA256_USER_AGENTS,
+                 max_entries: int = 20_000) -> None:
+        self.accepted = tuple(accepted)
+        self.sha256_agents = tuple(a.lower() for a in sha256_agents if a)
+        self.max_entries = max_entries
+        self._learned: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def offer(self, hint: str, agent: str) -> tuple[str, ...]:
+        learned = self._learned.get((hint, agent))
+        if learned is not None and learned in self.accepted:
+            return (learned,)
+        lowered = agent.lower()
+        if "SHA-256" in self.accepted and any(a in lowered for a in self.sha256_agents):
+            return tuple(a for a in ("SHA-256", "MD5") if a in self.accepted)
+        return ("MD5",) if "MD5" in self.accepted else self.accepted[:1]
+
+    def succeeded(self, hint: str, agent: str, algorithm: str) -> None:
+        key = (hint, agent)
+        self._learned.pop(key, None)
+        self._learned[key] = algorithm
+        while len(self._learned) > self.max_entries:
+            self._learned.popitem(last=False)
+
+
+def challenge_hint(req: Request) -> tuple[str, str]:
+    """Who a request says it is before it has proved it: (To or From user, User-Agent)."""
+    try:
+        uri = req.to.uri if req.method == "REGISTER" else req.from_.uri
+    except ParseError:
+        uri = None
+    if isinstance(uri, SipURI):
+        hint = unquote(uri.user or "")
+    elif isinstance(uri, TelURI):
+        hint = uri.number
+    else:
+        hint = ""
+    return hint[:128], (req.get("User-Agent") or "")[:128]
+
+
+class RecentAccounts:
+    """Accounts looked up lately, so a phone's next request needs no worker thread.
+
+    An entry is used while it is younger than ``ttl`` (the group and PAM
+    answers: a minute, like the PAM cache) and ``fresh(account)`` says its
+    ``~/.sr/passwd`` has not changed (one stat), so a new password still
+    counts from the next request. Unknown users and refused accounts are
+    remembered for ``negative_ttl`` only, so an administrator's fix counts
+    within seconds.
+    """
+
+    def __init__(self, fresh: Callable[[Account], bool], ttl: float = 60.0,
+                 negative_ttl: float = 10.0, max_entries: int = 20_000) -> None:
+        self.fresh = fresh
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, Account | None]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, name: str, now: float) -> tuple[bool, Account | None]:
+        """``(True, account)`` when a usable answer is remembered."""
+        entry = self._entries.get(name)
+        if entry is not None:
+            until, account = entry
+            if now < until and (account is None or not account.allowed or self.fresh(account)):
+                self.hits += 1
+                return True, account
+            del self._entries[name]
+        self.misses += 1
+        return False, None
+
+    def put(self, name: str, account: Account | None, now: float) -> None:
+        good = account is not None and account.allowed
+        self._entries.pop(name, None)
+        self._entries[name] = (now + (self.ttl if good else self.negative_ttl), account)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def forget(self) -> None:
+        self._entries.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """The request carries a right password of an account that may use SIP."""
+
+    account: Account
+    creds: Credentials
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The answer to a request that did not authenticate.
+
+    A challenge (401/407 with its headers), a throttled request (403) or a
+    user database that failed (500). ``not_before`` is the wall-clock time
+    before which it must not be sent (failures wait for
+    :data:`AUTH_FAILURE_DELAY`), or None.
+    """
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+    not_before: float | None = None
+
+
+Verdict: TypeAlias = Authenticated | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class LookUp:
+    """The account must be looked up first: ``run`` blocks (a worker thread),
+    then ``resume(outcome, wall)`` gives the verdict."""
+
+    run: Callable[[], Account | None]
+    resume: Callable[[Outcome, float], Verdict]
+    name: str
+
+
+def _no_lookup(name: str, rhost: str | None) -> Account | None:
+    return None
+
+
+class Authenticator:
+    def __init__(
+        self,
+        realm: str,
+        nonces: NonceManager,
+        counts: NonceCounts | None = None,
+        throttle: Throttle | None = None,
+        algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
+        *,
+        policy: ChallengePolicy | None = None,
+        identity: LocalIdentity | None = None,
+        lookup: Callable[[str, str | None], Account | None] = _no_lookup,
+        accounts: RecentAccounts | None = None,
+    ) -> None:
+        self.realm = realm
+        self.algorithms = algorithms
+        self.nonces = nonces
+        self.counts = counts or NonceCounts()
+        self.throttle = throttle or Throttle()
+        self.policy = policy or ChallengePolicy(algorithms)
+        #: Who "this server" is, for the digest uri of a request to it.
+        self.identity = identity
+        #: Blocking: the account a digest username names (NSS, PAM, ~/.sr/passwd).
+        self.lookup = lookup
+        self.accounts = accounts
+        self.stats = AuthStats()
+
+    # ------------------------------------------------------------ the flow
+
+    def authenticate(self, req: Request, source: Peer, wall: float, *,
+                     proxy: bool) -> Verdict | LookUp:
+        """Credentials, throttle, account, digest: who sent ``req``, or the answer.
+
+        ``proxy`` picks Proxy-Authorization and 407 over Authorization and
+        401. Raises SipError(400) for credentials that do not parse.
+        """
+        creds = self.credentials(req, "Proxy-Authorization" if proxy else "Authorization")
+        hint, agent = challenge_hint(req)
+        if creds is None:
+            return self._challenge(proxy, wall, self.policy.offer(hint, agent))
+        if self.throttle.blocked(creds.username, source.host, wall):
+            # The same answer, at the same time, for every name and password.
+            self.stats.throttled += 1
+            return Refused(403, "Too many failed attempts", (), wall + AUTH_FAILURE_DELAY)
+        name = creds.username
+        accounts = self.accounts
+        if accounts is not None:
+            hit, known = accounts.get(name, wall)
+            if hit:
+                return self._verify(req, creds, known, source, wall, proxy, (hint, agent), wall)
+        lookup = self.lookup
+
+        def resume(outcome: Outcome, later: float) -> Verdict:
+            if outcome.error is not None:
+                # Not the user's failure: never counted, never a challenge.
+                log.error("cannot look up user %s: %s", quote(name, 64), outcome.error)
+                return Refused(500, "User database unavailable")
+            if accounts is not None:
+                accounts.put(name, outcome.value, later)
+            return self._verify(req, creds, outcome.value, source, later, proxy, (hint, agent),
+                                wall)
+
+        return LookUp(lambda: lookup(name, source.host), resume, f"account {name}")
+
+    def _verify(self, req: Request, creds: Credentials, account: Account | None, source: Peer,
+                wall: float, proxy: bool, who: tuple[str, str], arrived: float) -> Verdict:
+        result = self.check(creds, req, account, source, wall)
+        algorithm = base_algorithm(creds.algorithm)
+        if result is AuthResult.OK:
+            assert account is not None
+            self.policy.succeeded(*who, algorithm)
+            return Authenticated(account, creds)
+        if result is AuthResult.STALE:
+            # The password was right: offer what the phone just used.
+            offer = (algorithm,) if algorithm in self.algorithms else self.policy.offer(*who)
+            return self._challenge(proxy, wall, offer, stale=True)
+        refused = self._challenge(proxy, wall, self.policy.offer(*who))
+        return Refused(refused.status, refused.reason, refused.headers,
+                       arrived + AUTH_FAILURE_DELAY)
+
+    def _challenge(self, proxy: bool, wall: float, algorithms: Sequence[str],
+                   stale: bool = False) -> Refused:
+        if proxy:
+            return Refused(407, "Proxy Authentication Required",
+                           self.challenge_headers(True, wall, stale, algorithms))
+        return Refused(401, "Unauthorized", self.challenge_headers(False, wall, stale, algorithms))
+
+    # ------------------------------------------------------------ the parts
+
+    def credentials(self, req: Request, header: str) -> Credentials | None:
+        """Our realm's digest credentials from ``header``, if any (RFC 3261 §22.3)."""
+        for value in req.get_all(header):
+            try:
+                creds = parse_credentials(value, header)
+            except NotDigest:
+                continue
+            except ParseError as exc:
+                raise SipError(400, exc.reason) from None
+            if creds.realm == self.realm:
+                return creds
+        return None
+
+    def challenge_headers(self, proxy: bool, now: float, stale: bool = False,
+                          algorithms: Sequence[str] | None = None) -> tuple[tuple[str, str], ...]:
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        self.stats.challenges += 1
+        offered = self.algorithms if algorithms is None else algorithms
+        values = challenges(self.realm, now, self.nonces, stale=stale, algorithms=offered)
+        return tuple((name, v) for v in values)
+
+    def check(self, creds: Credentials, req: Request, account: Account | None, source: Peer,
+              now: float) -> AuthResult:
+        """Verify ``creds`` for ``req``; count and log a failure."""
+        ha1: str | None = None
+        why = "unknown user"
+        if account is not None:
+            if not account.allowed:
+                why = account.reason
+            else:
+                ha1 = account.ha1.get(base_algorithm(creds.algorithm))
+                why = account.reason or f"no {base_algorithm(creds.algorithm)} password"
+        if base_algorithm(creds.algorithm) not in self.algorithms:
+            ha1, why = None, f"{base_algorithm(creds.algorithm)} is not accepted (auth_algorithms)"
+        result = check_credentials(
+            creds, req.method, ha1, nonces=self.nonces, counts=self.counts, now=now,
+            bound=self.realm, body=req.body,
+        )
+        if result is not AuthResult.FAILED and not _uri_designates(creds.uri, req, self.identity):
+            # RFC 7616 §3.4.6: credentials computed for another Request-URI (a
+            # captured INVITE replayed towards another callee) are a failure.
+            result, why = AuthResult.FAILED, "digest uri is not the Request-URI"
+        if result is AuthResult.OK:
+            self.stats.ok += 1
+            self.throttle.success(creds.username, source.host, now)
+        elif result is AuthResult.STALE:
+            self.stats.stale += 1
+        else:
+            self.stats.failed += 1
+            if ha1 is not None and why != "digest uri is not the Request-URI":
+                why = "wrong password"
+            log.warning("auth failed: user %s from %s port %d (%s): %s", quote(creds.username, 64),
+                        source.host, source.port, req.method, why)
+            if self.throttle.failure(creds.username, source.host, now):
+                self.stats.blocks += 1
+                log.warning("auth throttling: user %s from %s: too many failures",
+                            quote(creds.username, 64), source.host)
+        return result
+
+
+def _uri_designates(text: str, req: Request, identity: LocalIdentity | None) -> bool:
+    """Does the digest ``uri`` name the Request-URI (RFC 7616 §3.4.6)?
+
+    Scheme, user and host must be the same, and the port. The one
+    difference allowed: a digest uri that is this server's own address
+    (no user part, one of its names or addresses, with or without one of
+    its ports), which sipp writes whatever the Request-URI. Credentials a
+    phone computed for a callee never pass for another callee.
+    """
+    try:
+        given = parse_uri(text)
+        target = req.uri
+    except ParseError:
+        return False
+    if isinstance(given, TelURI) or isinstance(target, TelURI):
+        return (isinstance(given, TelURI) and isinstance(target, TelURI)
+                and given.number == target.number)
+    if not isinstance(given, SipURI) or not isinstance(target, SipURI):
+        return False
+    if given.secure != target.secure:
+        return False
+    if given.user is None and identity is not None and _names_me(given, identity):
+        return True
+    return (unquote(given.user or "") == unquote(target.user or "")
+            and _host_key(given.host) == _host_key(target.host) and given.port == target.port)
+
+
+def _names_me(uri: SipURI, identity: LocalIdentity) -> bool:
+    return identity.is_local_host(uri.host) and (uri.port is None or uri.port in identity.ports)
+
+
+def _host_key(host: str) -> str:
+    addr = parse_host(host)
+    return str(addr) if addr is not None else host.strip("[]").lower().rstrip(".")

@@ -1,0 +1,263 @@
+"""Location-store subscribers: ``~/.sr/usrloc`` files and utmp/wtmp records.
+
+Both hear every change of the location store and turn it into blocking
+:class:`~sipd.work.Job` s; neither is ever called by the registrar.
+
+``sync = write-through``: a change somebody is told about (a REGISTER's
+200 OK, a successful ``write`` to ``/run/sr``) is a :class:`Commit`. The
+commits of one user run one at a time: the plan is made against the
+store, the user's file is written as it will be (with fsync), and only
+then is the plan applied and the answer given. A write that fails leaves
+memory as it was, so nothing is acknowledged that a restart would lose,
+and nothing is in force that was refused. Changes nobody is told about
+(expiry) are written at once in the background, but never while a commit
+of the same user is in flight. ``sync = write-back``: commits apply at
+once, changed users are written every ``flush_interval`` seconds, and
+:meth:`Persistence.flush_all` writes everything at exit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sipd.core.peer import Outgoing
+from sipd.core.work import Job, Outcome
+from srfs.accounts import users
+from srfs.files.usrloc import UsrlocFiles, render_file
+from srfs.files.wtmp import LoginRecorder, WtmpError
+from srfs.state.location import Change, ChangeKind, LocationStore, Op
+
+log = logging.getLogger("sipd.persistence")
+
+Action = Outgoing | Job
+Finish = Callable[[Outcome, float], list[Action]]
+
+
+@dataclass
+class PersistenceStats:
+    writes: int = 0
+    write_errors: int = 0
+    commits: int = 0
+    commits_refused: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    plan: Callable[[float], Sequence[Op]]
+    finish: Finish
+
+
+class Persistence:
+    def __init__(
+        self,
+        store: LocationStore,
+        files: UsrlocFiles,
+        *,
+        write_through: bool,
+        flush_interval: float,
+    ) -> None:
+        self.store = store
+        self.files = files
+        self.write_through = write_through
+        self.flush_interval = flush_interval
+        #: Monotonic time to the wall clock of plans and files; the endpoint sets it.
+        self.wall: Callable[[float], float] = lambda now: now
+        # Every file rendered gets the next number: a write never replaces a
+        # file rendered after it (see UsrlocFiles.save).
+        self._seq = itertools.count(1)
+        self._dirty: set[str] = set()
+        self._next_flush: float | None = None
+        #: Users with a commit in flight, and the commits waiting behind it.
+        self._commits: dict[str, deque[_Pending]] = {}
+        #: The user whose committed plan is being applied: already on disk.
+        self._applying: str | None = None
+        self.stats = PersistenceStats()
+        store.subscribe(self._changed)
+
+    def _changed(self, change: Change) -> None:
+        touched = {change.binding.user}
+        if change.previous is not None:
+            # An AOR that changed owner leaves the old owner's file too.
+            touched.add(change.previous.user)
+        touched.discard(self._applying or "")
+        self._dirty.update(touched)
+
+    # ------------------------------------------------------------ commits
+
+    def commit(self, user: str, plan: Callable[[float], Sequence[Op]], finish: Finish,
+               now: float) -> list[Action]:
+        """Plan, write and apply a change of ``user``'s bindings, then ``finish``.
+
+        ``finish(outcome, now)`` gives the answer; ``outcome.error`` is the
+        refusal raised by ``plan`` or the failed write, and then nothing
+        was applied. Commits of one user run in the order they came.
+        """
+        waiting = self._commits.get(user)
+        if waiting is not None:
+            waiting.append(_Pending(plan, finish))
+            return []
+        self._commits[user] = deque()
+        return self._start(user, _Pending(plan, finish), now)
+
+    def _start(self, user: str, pending: _Pending, now: float) -> list[Action]:
+        self.stats.commits += 1
+        wall = self.wall(now)
+        try:
+            ops = list(pending.plan(wall))
+        except Exception as exc:  # noqa: BLE001 - the refusal is the answer
+            self.stats.commits_refused += 1
+            return pending.finish(Outcome(error=exc), now) + self._next(user, now)
+        if not ops or not self.write_through:
+            self.store.apply(ops)
+            return pending.finish(Outcome(), now) + self._next(user, now)
+        text = render_file(self.store.preview(user, ops), wall)
+        write = self._write(user, text, fsync=True)
+
+        def done(outcome: Outcome, later: float) -> list[Action]:
+            self.record(user, outcome)
+            if outcome.error is None:
+                self._applying = user
+                try:
+                    self.store.apply(ops)
+                finally:
+                    self._applying = None
+            return pending.finish(outcome, later) + self._next(user, later)
+
+        return [Job(write, done, name=f"save {user}")]
+
+    def _next(self, user: str, now: float) -> list[Action]:
+        waiting = self._commits.get(user)
+        if waiting:
+            return self._start(user, waiting.popleft(), now)
+        self._commits.pop(user, None)
+        # Changes heard while the commits ran (an expiry) are written now.
+        return list(self.jobs(now, self.wall(now))) if user in self._dirty else []
+
+    # ------------------------------------------------------------ background
+
+    def jobs(self, now: float, wall: float) -> list[Job]:
+        """Writes that are due: every dirty user at once (write-through), or
+        at the flush interval (write-back). A user with a commit in flight
+        waits for it: the commit's file must not be overtaken by one
+        rendered without its plan."""
+        if not self._dirty:
+            return []
+        if not self.write_through:
+            if self._next_flush is None:
+                self._next_flush = now + self.flush_interval
+                return []
+            if now < self._next_flush:
+                return []
+            self._next_flush = None
+        due = sorted(u for u in self._dirty if u not in self._commits)
+        self._dirty.difference_update(due)
+        return [self._job(u, wall, fsync=self.write_through) for u in due]
+
+    def forget_changes(self) -> None:
+        """Treat the current state as on disk (just read back from it)."""
+        self._dirty.clear()
+
+    def next_deadline(self) -> float | None:
+        return self._next_flush if self._dirty and not self.write_through else None
+
+    def flush_all(self, wall: float) -> list[Job]:
+        """Every dirty user, now (shutdown)."""
+        users_ = sorted(self._dirty)
+        self._dirty.clear()
+        return [self._job(u, wall, fsync=True) for u in users_]
+
+    def _job(self, user: str, wall: float, *, fsync: bool) -> Job:
+        text = render_file(self.store.bindings_of_user(user), wall)
+
+        def done(outcome: Outcome, now: float) -> list[Outgoing | Job]:
+            self.record(user, outcome)
+            return []
+
+        return Job(self._write(user, text, fsync=fsync), done, name=f"usrloc {user}")
+
+    def _write(self, user: str, text: str, *, fsync: bool) -> Callable[[], None]:
+        # Rendered on the event loop, so the file is one consistent
+        # snapshot; the sequence number lets the writer skip it if a file
+        # rendered later is already on disk.
+        seq = next(self._seq)
+        files = self.files
+
+        def run() -> None:
+            account = users.lookup(user)
+            if account is None:
+                raise LookupError(f"user {user} no longer exists")
+            files.save(account, seq, text, fsync=fsync)
+
+        return run
+
+    def record(self, user: str, outcome: Outcome) -> None:
+        if outcome.error is None:
+            self.stats.writes += 1
+        else:
+            self.stats.write_errors += 1
+            log.error("cannot save registrations of %s: %s", user, outcome.error)
+
+
+class WtmpSessions:
+    """utmp/wtmp login records for registrations, in one ordered lane.
+
+    A login when a binding is created, a logout when it expires or is
+    removed; refreshes write nothing. Static bindings (a trunk's fixed
+    contact) are configuration, not logins. The binding-to-line map is only
+    touched by jobs of the ``wtmp`` lane, which run one at a time.
+    """
+
+    LANE = "wtmp"
+
+    def __init__(self, store: LocationStore, recorder: LoginRecorder, emit: Callable[[Job], None]) -> None:
+        self.recorder = recorder
+        self._emit = emit
+        self._lines: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        store.subscribe(self._changed)
+
+    def _changed(self, change: Change) -> None:
+        b = change.binding
+        key = (b.aor, b.key)
+        if change.kind is ChangeKind.ADDED and not b.static:
+            host = _host_of(b.received) or "-"
+            self._emit(Job(lambda: self._login(key, b.user, host, b.registered),
+                           queue=self.LANE, name="wtmp login"))
+        elif change.kind is ChangeKind.REMOVED and not b.static:
+            self._emit(Job(lambda: self._logout(key), queue=self.LANE, name="wtmp logout"))
+
+    def _login(self, key: tuple[str, str], user: str, host: str, when: float) -> None:
+        line = self.recorder.login(user, host, when)
+        with self._lock:
+            self._lines[key] = line
+
+    def logout_all(self) -> None:
+        """Close every line (shutdown): the registrations outlive the daemon
+        in usrloc, but nobody answers for them until it is back."""
+        with self._lock:
+            lines, self._lines = list(self._lines.values()), {}
+        for line in lines:
+            try:
+                self.recorder.logout(line, time.time())
+            except (WtmpError, ValueError) as exc:
+                log.warning("wtmp logout of %s failed: %s", line, exc)
+
+    def _logout(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            line = self._lines.pop(key, None)
+        if line is not None:
+            self.recorder.logout(line, time.time())
+
+
+def _host_of(received: str | None) -> str | None:
+    if not received:
+        return None
+    _, _, rest = received.partition(":")
+    host, _, _ = rest.rpartition(":")
+    return host.strip("[]") or None

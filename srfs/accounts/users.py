@@ -1,0 +1,406 @@
+"""UNIX users as SIP users: NSS lookups, the SIP group and the PAM account check.
+
+Everything goes through NSS (``getpwnam_r``, ``getgrnam_r``, ``getgrouplist``)
+so users from LDAP or sssd work exactly like those in ``/etc/passwd``. Every
+function here may block (an NSS or PAM module can talk to a directory server
+over the network): the daemon calls them through ``trio.to_thread.run_sync``.
+
+A lookup answers None (or False, or leaves a user out) only when NSS said
+there is no such entry. When the user database fails (out of descriptors,
+an unreachable directory server) they raise :class:`DirectoryUnavailable`
+instead: a valid user must never look unknown, since an unknown user's
+registration counts as a failed login. See :mod:`srfs.nss`.
+
+The PAM check runs ``pam_acct_mgmt`` only. python-pam has no account-only
+call (its ``authenticate`` always runs ``pam_authenticate`` first), and SIP
+never sees the UNIX password: digest credentials live in ``~/.sr/passwd``.
+So libpam is called through ctypes, one handle per call, which is thread
+safe and costs about 2 ms; :class:`AccountCache` keeps the answers for a
+while because phones refresh registrations far more often than accounts
+change.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import threading
+from collections import OrderedDict
+
+from srfs.accounts import nss
+from srfs.accounts.nss import DirectoryUnavailable
+from srfs.user import User, valid_name
+
+__all__ = [
+    "PAM_ACCT_EXPIRED",
+    "PAM_AUTH_ERR",
+    "PAM_NEW_AUTHTOK_REQD",
+    "PAM_PERM_DENIED",
+    "PAM_SUCCESS",
+    "PAM_SYSTEM_ERR",
+    "PAM_USER_UNKNOWN",
+    "AccountCache",
+    "DirectoryUnavailable",
+    "PamUnavailable",
+    "account_check",
+    "group_exists",
+    "is_sip_member",
+    "load_libpam",
+    "lookup",
+    "lookup_uid",
+    "members",
+    "pam_service_exists",
+    "pam_service_path",
+]
+
+
+def _user(pw: nss.PasswdEntry) -> User:
+    return User(name=pw.name, uid=pw.uid, gid=pw.gid, home=pw.home)
+
+
+def lookup(name: str) -> User | None:
+    """The user called ``name``, or None if NSS knows no such user.
+
+    Raises :class:`DirectoryUnavailable` when the user database fails.
+    """
+    if not valid_name(name):
+        return None
+    pw = nss.getpwnam(name)
+    return None if pw is None else _user(pw)
+
+
+#: uid_t is 32 bits and (uid_t)-1 means "no uid" to the kernel.
+_MAX_UID = 2**32 - 2
+
+
+def lookup_uid(uid: int) -> User | None:
+    """The user with this uid, or None (a uid without a passwd entry).
+
+    Raises :class:`DirectoryUnavailable` when the user database fails.
+    """
+    if not 0 <= uid <= _MAX_UID:
+        return None
+    pw = nss.getpwuid(uid)
+    return None if pw is None else _user(pw)
+
+
+def _group(group_name: str) -> nss.GroupEntry | None:
+    if not valid_name(group_name):
+        return None
+    return nss.getgrnam(group_name)
+
+
+def group_exists(group_name: str) -> bool:
+    """Whether NSS knows the group (sipd refuses to start when the SIP group is missing).
+
+    Raises :class:`DirectoryUnavailable` when the group database fails.
+    """
+    return _group(group_name) is not None
+
+
+def is_sip_member(user: User, group_name: str) -> bool:
+    """Whether ``user`` belongs to ``group_name`` as primary or supplementary group.
+
+    The group's own member list answers most users; ``getgrouplist`` then
+    asks NSS the way login does, for memberships only a directory server
+    knows (nested groups in LDAP or sssd). Raises
+    :class:`DirectoryUnavailable` when the group cannot be read. glibc's
+    getgrouplist reports no NSS errors, so a directory that fails between
+    the group lookup and that call can still hide such a membership.
+    """
+    group = _group(group_name)
+    if group is None:
+        return False
+    if user.gid == group.gid or user.name in group.members:
+        return True
+    try:
+        return group.gid in os.getgrouplist(user.name, user.gid)
+    except OSError as exc:
+        raise DirectoryUnavailable(exc.errno or errno.EIO, "getgrouplist") from None
+
+
+def members(group_name: str) -> list[User]:
+    """Every user of the group, supplementary and primary members, sorted by name.
+
+    Names listed in the group that NSS cannot resolve to a user are left
+    out. Primary members are found by enumerating the passwd database; sssd
+    enumerates only with ``enumerate = true``, so such sites should list
+    SIP users as supplementary members. Raises :class:`DirectoryUnavailable`
+    when a lookup or the enumeration fails: a partial list is never returned.
+    """
+    group = _group(group_name)
+    if group is None:
+        return []
+    found: dict[str, User] = {}
+    for name in group.members:
+        user = lookup(name)
+        if user is not None:
+            found[user.name] = user
+    for pw in nss.all_passwd():
+        if pw.gid == group.gid and pw.name not in found:
+            found[pw.name] = _user(pw)
+    return [found[name] for name in sorted(found)]
+
+
+# --- PAM ------------------------------------------------------------------
+
+#: Return codes of Linux-PAM (security/_pam_types.h) that callers may test.
+PAM_SUCCESS = 0
+PAM_SYSTEM_ERR = 4
+PAM_PERM_DENIED = 6
+PAM_AUTH_ERR = 7
+PAM_USER_UNKNOWN = 10
+PAM_NEW_AUTHTOK_REQD = 12
+PAM_ACCT_EXPIRED = 13
+
+_PAM_CONV_ERR = 19
+_PAM_RHOST = 4
+# Modules must not talk to a user who is not there.
+_PAM_SILENT = 0x8000
+
+_PAM_SERVICE_DIR = "/etc/pam.d"
+
+
+class PamUnavailable(Exception):
+    """libpam could not be loaded; no account check is possible."""
+
+
+class _PamMessage(ctypes.Structure):
+    _fields_ = [("msg_style", ctypes.c_int), ("msg", ctypes.c_char_p)]
+
+
+class _PamResponse(ctypes.Structure):
+    _fields_ = [("resp", ctypes.c_char_p), ("resp_retcode", ctypes.c_int)]
+
+
+_CONV_FUNC = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.POINTER(ctypes.POINTER(_PamMessage)),
+    ctypes.POINTER(ctypes.POINTER(_PamResponse)),
+    ctypes.c_void_p,
+)
+
+
+class _PamConv(ctypes.Structure):
+    _fields_ = [("conv", _CONV_FUNC), ("appdata_ptr", ctypes.c_void_p)]
+
+
+def _refuse_conversation(
+    num_msg: int,
+    msgs: ctypes._Pointer[ctypes._Pointer[_PamMessage]],
+    resp: ctypes._Pointer[ctypes._Pointer[_PamResponse]],
+    appdata: int | None,
+) -> int:
+    # There is nobody to answer a prompt: an account stack that asks for
+    # anything must fail rather than get an empty answer it might accept.
+    return _PAM_CONV_ERR
+
+
+# Module-level so the callback outlives every handle that points at it.
+_CONV_CALLBACK = _CONV_FUNC(_refuse_conversation)
+_CONV = _PamConv(_CONV_CALLBACK, None)
+
+_lib_lock = threading.Lock()
+_libs: dict[str, ctypes.CDLL] = {}
+
+
+def _libpam_name() -> str | None:
+    # pam_wrapper tests need the wrapper loaded by name: symbols looked up
+    # through a handle on the real libpam bypass the LD_PRELOAD interposer.
+    return os.environ.get("SRFS_LIBPAM") or ctypes.util.find_library("pam")
+
+
+def load_libpam() -> ctypes.CDLL:
+    """Load libpam (``$SRFS_LIBPAM`` or the system's) once; raise :class:`PamUnavailable`.
+
+    sipd calls this at start so that a missing library is a start-up error,
+    not a refusal of every registration later.
+    """
+    name = _libpam_name()
+    if not name:
+        raise PamUnavailable("libpam not found")
+    with _lib_lock:
+        lib = _libs.get(name)
+        if lib is not None:
+            return lib
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError as e:
+            raise PamUnavailable(f"cannot load {name}: {e}") from e
+        lib.pam_start.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.POINTER(_PamConv),
+            ctypes.POINTER(ctypes.c_void_p),
+        ]
+        lib.pam_start.restype = ctypes.c_int
+        lib.pam_end.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.pam_end.restype = ctypes.c_int
+        lib.pam_set_item.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        lib.pam_set_item.restype = ctypes.c_int
+        lib.pam_acct_mgmt.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.pam_acct_mgmt.restype = ctypes.c_int
+        lib.pam_strerror.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.pam_strerror.restype = ctypes.c_char_p
+        _libs[name] = lib
+        return lib
+
+
+def _strerror(lib: ctypes.CDLL, handle: int | None, rc: int) -> str:
+    text: bytes | None = lib.pam_strerror(handle, rc)
+    return text.decode("utf-8", "replace") if text else f"PAM error {rc}"
+
+
+def account_check(user: User | str, service: str, rhost: str | None = None) -> tuple[int, str]:
+    """Run the PAM account stack of ``service`` for ``user``: ``(rc, message)``.
+
+    ``rc`` is :data:`PAM_SUCCESS` (0) when the account may be used, else a
+    PAM error such as :data:`PAM_ACCT_EXPIRED` or :data:`PAM_USER_UNKNOWN`;
+    ``message`` is libpam's text for it, fit for a log line. ``rhost`` is
+    the peer's address, for modules such as pam_access. Blocking (a few
+    ms, more with a remote directory); one PAM handle per call, so threads
+    may call it concurrently. Raises :class:`PamUnavailable` when libpam
+    cannot be loaded. Without the service file the answer is
+    :data:`PAM_SYSTEM_ERR` (libpam would fall back to the ``other``
+    service); sipd should still check :func:`pam_service_exists` at start.
+    """
+    name = user.name if isinstance(user, User) else user
+    if not valid_name(name):
+        return PAM_USER_UNKNOWN, "invalid user name"
+    if not valid_name(service):
+        raise ValueError(f"invalid PAM service name {service!r}")
+    if not pam_service_exists(service):
+        # Fail closed: libpam would quietly run /etc/pam.d/other instead,
+        # e.g. after the file was removed while sipd was running.
+        return PAM_SYSTEM_ERR, f"no PAM service file {pam_service_path(service)}"
+    lib = load_libpam()
+    if not _warmed.is_set():
+        # The first call in a process runs alone: concurrent first calls
+        # under pam_wrapper gave sporadic wrong refusals (lazy set-up in the
+        # PAM/NSS layers), and one serialised call costs nothing later.
+        with _warm_lock:
+            if not _warmed.is_set():
+                try:
+                    return _account_check(lib, name, service, rhost)
+                finally:
+                    _warmed.set()
+    return _account_check(lib, name, service, rhost)
+
+
+_warm_lock = threading.Lock()
+_warmed = threading.Event()
+
+
+def _account_check(lib: ctypes.CDLL, name: str, service: str, rhost: str | None) -> tuple[int, str]:
+    handle = ctypes.c_void_p()
+    rc: int = lib.pam_start(
+        service.encode(), name.encode(), ctypes.byref(_CONV), ctypes.byref(handle)
+    )
+    if rc != PAM_SUCCESS:
+        return rc, f"pam_start: {_strerror(lib, handle.value, rc)}"
+    try:
+        if rhost:
+            if "\0" in rhost:
+                raise ValueError("NUL in rhost")
+            rhost_c = ctypes.c_char_p(rhost.encode())
+            rc = lib.pam_set_item(handle, _PAM_RHOST, ctypes.cast(rhost_c, ctypes.c_void_p))
+            if rc != PAM_SUCCESS:
+                return rc, f"pam_set_item: {_strerror(lib, handle.value, rc)}"
+        rc = lib.pam_acct_mgmt(handle, _PAM_SILENT)
+        return rc, _strerror(lib, handle.value, rc)
+    finally:
+        lib.pam_end(handle, rc)
+
+
+def pam_service_path(service: str) -> str:
+    """Where libpam reads ``service`` from.
+
+    Under pam_wrapper (``PAM_WRAPPER=1``) that is ``$PAM_WRAPPER_SERVICE_DIR``,
+    so tests can use a service directory of their own.
+    """
+    if not valid_name(service):
+        raise ValueError(f"invalid PAM service name {service!r}")
+    directory = _PAM_SERVICE_DIR
+    if os.environ.get("PAM_WRAPPER") == "1":
+        directory = os.environ.get("PAM_WRAPPER_SERVICE_DIR") or directory
+    return os.path.join(directory, service)
+
+
+def pam_service_exists(service: str) -> bool:
+    """Whether the PAM service file for ``service`` exists.
+
+    sipd must refuse to start with PAM on when this is False: libpam would
+    silently use ``/etc/pam.d/other``, which on Debian lets any user with a
+    valid account in, SIP group or not.
+    """
+    try:
+        return os.path.isfile(pam_service_path(service))
+    except ValueError:
+        return False
+
+
+class AccountCache:
+    """Recent :func:`account_check` answers per user, with times passed in.
+
+    ``now`` is any monotonic clock in seconds (``trio.current_time()`` or
+    ``time.monotonic()``); the cache never reads a clock itself. Refusals
+    may be kept for a shorter time than successes (``negative_ttl``) so that
+    an administrator who fixes an account does not wait long. At most
+    ``max_entries`` users are remembered; the oldest answers go first.
+    Not thread safe: keep it in the trio thread and run only the PAM call in
+    a worker thread.
+    """
+
+    def __init__(
+        self,
+        ttl: float = 60.0,
+        negative_ttl: float | None = 10.0,
+        max_entries: int = 10_000,
+    ) -> None:
+        if ttl < 0 or (negative_ttl is not None and negative_ttl < 0) or max_entries < 1:
+            raise ValueError("ttl and negative_ttl must be >= 0, max_entries >= 1")
+        self.ttl = ttl
+        self.negative_ttl = ttl if negative_ttl is None else negative_ttl
+        self.max_entries = max_entries
+        # user -> (expiry, result); insertion order == age order
+        self._entries: OrderedDict[str, tuple[float, tuple[int, str]]] = OrderedDict()
+
+    def get(self, user: str, now: float) -> tuple[int, str] | None:
+        """The cached answer for ``user`` if still fresh at ``now``, else None."""
+        entry = self._entries.get(user)
+        if entry is None:
+            return None
+        expiry, result = entry
+        if now >= expiry:
+            del self._entries[user]
+            return None
+        return result
+
+    def put(self, user: str, now: float, result: tuple[int, str]) -> None:
+        """Remember ``result`` (from :func:`account_check`) for ``user`` as of ``now``."""
+        ttl = self.ttl if result[0] == PAM_SUCCESS else self.negative_ttl
+        self._entries.pop(user, None)
+        if ttl <= 0:
+            return
+        self._entries[user] = (now + ttl, result)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def invalidate(self, user: str | None = None) -> None:
+        """Forget one user's answer (or all of them, e.g. on SIGHUP)."""
+        if user is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(user, None)
+
+    def prune(self, now: float) -> None:
+        """Drop every answer that has expired at ``now`` (call from a timer)."""
+        stale = [user for user, (expiry, _) in self._entries.items() if now >= expiry]
+        for user in stale:
+            del self._entries[user]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,726 @@
+"""Safe file I/O inside a user's ``~/.sr``: the only code that opens files in homes.
+
+The daemon runs as root and a user controls everything under their home, so
+a plain ``open("~jan/.sr/passwd")`` would let jan point root at any file on
+the host through a symlink, a hard link or a FIFO. The rules here, in the
+spirit of sshd's StrictModes:
+
+- ``~/.sr`` is opened once relative to the home directory with
+  ``O_NOFOLLOW``, then every file relative to that directory fd, also with
+  ``O_NOFOLLOW``. Holding the fd means a rename of ``.sr`` after the checks
+  cannot redirect us.
+- ``~/.sr`` must be a directory owned by the user and not group or world
+  writable; every file read or appended to must be a regular file owned by
+  the user and not group or world writable. A hard link to someone else's
+  file fails the owner check; ``O_NONBLOCK`` keeps a FIFO from blocking the
+  open long enough to be refused.
+- Whole-file writes never open an existing file: they create a new temporary
+  file (``O_CREAT|O_EXCL|O_NOFOLLOW``), give it to the user, write, optionally
+  fsync, and rename it over the old name. A symlink in the way is replaced as
+  a directory entry; its target is never touched. The temporary file is
+  removed on every failure.
+- Reads and writes are capped in size: a user must not make root read a
+  huge file into memory or write unbounded data that is not charged to
+  anyone.
+- Second layer, when running as root: each operation runs with the thread's
+  filesystem uid/gid set to the user's (``setfsuid``/``setfsgid``, which are
+  per thread, unlike ``seteuid``), so even a bug in the checks above can
+  only reach files the user could reach anyway. This also makes root's
+  writes work on NFS homes exported with root_squash.
+
+Every failure is a :class:`HomeError` with an errno and a reason meant for a
+log line ("~jan/.sr/passwd is a symlink"). All calls block; the daemon runs
+them with ``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import re
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from srfs.errors import ReasonedError
+from srfs.user import User
+
+__all__ = [
+    "MAX_APPEND",
+    "MAX_READ",
+    "MAX_WRITE",
+    "SR_DIR",
+    "FileCache",
+    "HomeError",
+    "SrDir",
+    "Stamp",
+    "append_file",
+    "open_sr",
+    "read_file",
+    "remove_file",
+    "write_file",
+]
+
+SR_DIR = ".sr"
+#: Largest file read from a home (bytes).
+MAX_READ = 1 << 20
+#: Largest whole file written into a home (bytes).
+MAX_WRITE = 1 << 20
+#: Largest size an appended-to file (``acc``) may reach; rotate before that.
+MAX_APPEND = 64 << 20
+
+# Names are chosen by our own code ("passwd", "usrloc", ...); anything else
+# is a bug, so it is rejected before any system call.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# O_PATH: a home may be searchable but not readable (0711), and the fd is
+# only used as a base for openat/mkdirat and fstat.
+_HOME_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_TEMP_ATTEMPTS = 8
+
+# Tests turn the setfsuid layer off to prove the first layer works alone.
+_SETFSUID = True
+
+
+class HomeError(ReasonedError):
+    """A file in a home could not be used, with an errno and a reason for humans."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What identifies one version of a file: a change in any field means re-read.
+
+    ``ctime_ns``, ``mode`` and ``uid`` are there so that a chmod or chown,
+    which can make a file fail the checks, also invalidates a cached read.
+    """
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    mode: int
+    uid: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stamp:
+        return cls(
+            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid
+        )
+
+
+# --- per-thread filesystem identity ----------------------------------------
+
+_libc_lock = threading.Lock()
+_libc: ctypes.CDLL | None = None
+
+
+def _get_libc() -> ctypes.CDLL:
+    global _libc
+    with _libc_lock:
+        if _libc is None:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            lib.setfsuid.argtypes = [ctypes.c_int]
+            lib.setfsuid.restype = ctypes.c_int
+            lib.setfsgid.argtypes = [ctypes.c_int]
+            lib.setfsgid.restype = ctypes.c_int
+            _libc = lib
+        return _libc
+
+
+def _current_fsids(libc: ctypes.CDLL) -> tuple[int, int]:
+    # setfsuid(-1) is always rejected and so just reports the current value;
+    # the calls report no errors any other way.
+    return libc.setfsuid(-1) & 0xFFFFFFFF, libc.setfsgid(-1) & 0xFFFFFFFF
+
+
+@contextmanager
+def _acting_as(user: User) -> Iterator[None]:
+    """Run the body with this thread's fsuid/fsgid set to the user's when we are root."""
+    if not _SETFSUID or os.geteuid() != 0 or user.uid == 0:
+        yield
+        return
+    libc = _get_libc()
+    prev_uid, prev_gid = _current_fsids(libc)
+    libc.setfsgid(user.gid)
+    libc.setfsuid(user.uid)
+    try:
+        if _current_fsids(libc) != (user.uid, user.gid):
+            raise HomeError(errno.EPERM, f"cannot take the file identity of {user.name}")
+        yield
+    finally:
+        # fsuid first: back to root restores the capability to set fsgid.
+        libc.setfsuid(prev_uid)
+        libc.setfsgid(prev_gid)
+        if _current_fsids(libc) != (prev_uid, prev_gid):
+            # A worker thread left with another identity would fail in
+            # confusing ways later; stop loudly instead.
+            raise RuntimeError("could not restore the thread's filesystem identity")
+
+
+# --- checks ----------------------------------------------------------------
+
+
+def _check_name(name: str) -> None:
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(f"bad file name for ~/.sr: {name!r}")
+
+
+def _perm_problem(st: os.stat_result, uid: int) -> str | None:
+    if st.st_uid != uid:
+        return f"owned by uid {st.st_uid}"
+    if st.st_mode & 0o022:
+        return "group or world writable"
+    return None
+
+
+def _kind(st: os.stat_result, want_dir: bool = False) -> str:
+    """What is in the way, for a reason string."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symlink"
+    if want_dir:
+        return "is not a directory"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory"
+    return "is not a regular file"
+
+
+class SrDir:
+    """One user's ``~/.sr``, opened and checked; use as a context manager.
+
+    Every method re-checks what it opens and raises :class:`HomeError`. The
+    object holds a directory fd: keep it for one task (a read-modify-write),
+    not across requests, since the user may replace the directory.
+    """
+
+    def __init__(self, user: User, fd: int) -> None:
+        # Use SrDir.open(); this only wraps an fd that passed the checks.
+        self.user = user
+        self._fd = fd
+
+    # -- opening -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, user: User, *, create: bool = False) -> SrDir:
+        """Open ``~user/.sr``; create it (0700, owned by the user) if ``create``.
+
+        A missing directory without ``create`` is ``HomeError(ENOENT)``.
+        """
+        euid = os.geteuid()
+        if euid not in (0, user.uid):
+            raise HomeError(errno.EPERM, f"uid {euid} cannot act for {user.name}")
+        with _acting_as(user):
+            home_fd = cls._open_home(user)
+            try:
+                fd = cls._open_sr(user, home_fd, create)
+            finally:
+                os.close(home_fd)
+        return cls(user, fd)
+
+    @staticmethod
+    def _open_home(user: User) -> int:
+        # The home path comes from NSS, i.e. from the administrator, so it is
+        # followed as given; only what is inside it belongs to the user.
+        label = f"~{user.name}"
+        if not os.path.isabs(user.home):
+            raise HomeError(errno.EINVAL, f"{label}: no usable home directory ({user.home!r})")
+        try:
+            fd = os.open(user.home, _HOME_FLAGS)
+        except OSError as e:
+            raise HomeError(
+                e.errno or errno.EIO, f"{label}: {os.strerror(e.errno or errno.EIO)}"
+            ) from e
+        try:
+            st = os.fstat(fd)
+            if st.st_uid not in (user.uid, 0):
+                raise HomeError(errno.EPERM, f"{label} is owned by uid {st.st_uid}")
+            if st.st_mode & 0o002:
+                raise HomeError(errno.EPERM, f"{label} is world writable")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @classmethod
+    def _open_sr(cls, user: User, home_fd: int, create: bool) -> int:
+        label = f"~{user.name}/{SR_DIR}"
+        flags = _DIR_FLAGS | os.O_NOFOLLOW
+        created = False
+        try:
+            fd = os.open(SR_DIR, flags, dir_fd=home_fd)
+        except FileNotFoundError:
+            if not create:
+                raise HomeError(errno.ENOENT, f"{label} does not exist") from None
+            try:
+                os.mkdir(SR_DIR, 0o700, dir_fd=home_fd)
+                created = True
+            except FileExistsError:
+                pass  # made meanwhile; the checks below decide
+            except OSError as e:
+                raise cls._os_error(label, e, "cannot create ") from e
+            try:
+                fd = os.open(SR_DIR, flags, dir_fd=home_fd)
+            except OSError as e:
+                raise cls._open_error(label, e, home_fd, SR_DIR, want_dir=True) from e
+        except OSError as e:
+            raise cls._open_error(label, e, home_fd, SR_DIR, want_dir=True) from e
+        try:
+            st = os.fstat(fd)
+            if created and st.st_uid != user.uid and st.st_uid == os.geteuid():
+                # Made by root without the fsuid layer: hand it over, but only
+                # an empty directory, so a root-owned directory slipped in its
+                # place between mkdir and open is never given away.
+                if os.listdir(fd):
+                    raise HomeError(errno.EPERM, f"{label} changed while being created")
+                os.fchown(fd, user.uid, user.gid)
+                st = os.fstat(fd)
+            if created and st.st_uid == user.uid and stat.S_IMODE(st.st_mode) != 0o700:
+                os.fchmod(fd, 0o700)  # the umask may have taken bits we want
+                st = os.fstat(fd)
+            problem = _perm_problem(st, user.uid)
+            if problem:
+                raise HomeError(errno.EPERM, f"{label} is {problem}")
+        except OSError as e:
+            os.close(fd)
+            raise cls._os_error(label, e) from e
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    # -- errors ------------------------------------------------------------
+
+    @staticmethod
+    def _os_error(label: str, e: OSError, prefix: str = "") -> HomeError:
+        code = e.errno or errno.EIO
+        return HomeError(code, f"{prefix}{label}: {os.strerror(code)}")
+
+    @classmethod
+    def _open_error(
+        cls, label: str, e: OSError, dir_fd: int, name: str, want_dir: bool = False
+    ) -> HomeError:
+        # ELOOP (symlink with O_NOFOLLOW), ENOTDIR (symlink or file where a
+        # directory should be) and ENXIO (FIFO or socket opened for writing)
+        # deserve a reason that names what is in the way.
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EISDIR):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                pass
+            else:
+                return HomeError(e.errno or errno.EIO, f"{label} {_kind(st, want_dir)}")
+        return cls._os_error(label, e)
+
+    def _label(self, name: str) -> str:
+        return f"~{self.user.name}/{SR_DIR}/{name}"
+
+    # -- operations --------------------------------------------------------
+
+    def _checked_fd(self, name: str, fd: int) -> os.stat_result:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HomeError(errno.EINVAL, f"{self._label(name)} {_kind(st)}")
+        problem = _perm_problem(st, self.user.uid)
+        if problem:
+            raise HomeError(errno.EPERM, f"{self._label(name)} is {problem}")
+        return st
+
+    def stat(self, name: str) -> Stamp | None:
+        """The file's stamp without following a link, or None if it does not exist."""
+        _check_name(name)
+        with _acting_as(self.user):
+            try:
+                return Stamp.of(os.stat(name, dir_fd=self._fd, follow_symlinks=False))
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                raise self._os_error(self._label(name), e) from e
+
+    def read(self, name: str, max_size: int = MAX_READ) -> bytes | None:
+        """The file's bytes, or None if it does not exist."""
+        found = self.read_stamped(name, max_size)
+        return None if found is None else found[0]
+
+    def read_stamped(self, name: str, max_size: int = MAX_READ) -> tuple[bytes, Stamp] | None:
+        """The file's bytes and the stamp of the file they came from, or None."""
+        _check_name(name)
+        label = self._label(name)
+        with _acting_as(self.user):
+            try:
+                fd = os.open(name, _READ_FLAGS, dir_fd=self._fd)
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                raise self._open_error(label, e, self._fd, name) from e
+            try:
+                st = self._checked_fd(name, fd)
+                if st.st_size > max_size:
+                    raise HomeError(errno.EFBIG, f"{label} is larger than {max_size} bytes")
+                chunks: list[bytes] = []
+                total = 0
+                # Read one byte past the cap: the file may grow after fstat.
+                while total <= max_size:
+                    chunk = os.read(fd, max_size + 1 - total)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    total += len(chunk)
+                if total > max_size:
+                    raise HomeError(errno.EFBIG, f"{label} is larger than {max_size} bytes")
+                return b"".join(chunks), Stamp.of(st)
+            except OSError as e:
+                raise self._os_error(label, e) from e
+            finally:
+                os.close(fd)
+
+    def _give_to_user(self, fd: int, mode: int) -> None:
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != (self.user.uid, self.user.gid) and os.geteuid() == 0:
+            os.fchown(fd, self.user.uid, self.user.gid)
+        os.fchmod(fd, mode)
+
+    def write(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        fsync: bool = True,
+        mode: int = 0o600,
+        max_size: int = MAX_WRITE,
+    ) -> None:
+        """Replace the file with ``data`` atomically (temp file + rename).
+
+        Whatever is at ``name`` (a file, a symlink, a hard link to a foreign
+        file) is replaced as a directory entry and never opened. With
+        ``fsync`` the data and the rename are on disk before this returns.
+        """
+        _check_name(name)
+        label = self._label(name)
+        if len(data) > max_size:
+            raise HomeError(
+                errno.EFBIG, f"{label}: {len(data)} bytes is over the limit of {max_size}"
+            )
+        if mode & ~0o644:
+            raise ValueError(f"mode {mode:o} would let others write")
+        with _acting_as(self.user):
+            tmp, fd = self._create_temp(name)
+            try:
+                self._give_to_user(fd, mode)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if fsync:
+                    os.fsync(fd)
+                os.close(fd)
+                fd = -1
+                os.rename(tmp, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+                tmp = ""
+                if fsync:
+                    os.fsync(self._fd)  # makes the rename itself durable
+            except OSError as e:
+                if e.errno == errno.EISDIR:
+                    raise HomeError(e.errno, f"{label} is a directory") from e
+                raise self._os_error(label, e) from e
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+                if tmp:
+                    try:
+                        os.unlink(tmp, dir_fd=self._fd)
+                    except OSError:
+                        pass
+
+    def _create_temp(self, name: str) -> tuple[str, int]:
+        for _ in range(_TEMP_ATTEMPTS):
+            # A random name: the user can pre-create any predictable one.
+            tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+            try:
+                fd = os.open(tmp, _WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self._fd)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise self._os_error(
+                    self._label(name), e, "cannot create a temporary file for "
+                ) from e
+            return tmp, fd
+        raise HomeError(errno.EEXIST, f"cannot create a temporary file for {self._label(name)}")
+
+    def append(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        fsync: bool = False,
+        mode: int = 0o600,
+        max_size: int = MAX_APPEND,
+    ) -> None:
+        """Append ``data`` to the file, creating it (owned by the user) if missing.
+
+        For log-like files such as ``acc``. An existing file must pass the
+        same checks as for reading; ``HomeError(EFBIG)`` when the file would
+        grow past ``max_size``, so the caller can rotate it.
+        """
+        _check_name(name)
+        label = self._label(name)
+        if mode & ~0o644:
+            raise ValueError(f"mode {mode:o} would let others write")
+        with _acting_as(self.user):
+            fd, created = self._open_for_append(name)
+            try:
+                if created:
+                    self._give_to_user(fd, mode)
+                st = self._checked_fd(name, fd)
+                if st.st_size + len(data) > max_size:
+                    raise HomeError(errno.EFBIG, f"{label} would grow past {max_size} bytes")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if fsync:
+                    os.fsync(fd)
+            except OSError as e:
+                raise self._os_error(label, e) from e
+            finally:
+                os.close(fd)
+
+    def _open_for_append(self, name: str) -> tuple[int, bool]:
+        # Never O_CREAT without O_EXCL: a file that exists is opened without
+        # it and checked; one we create is known to be ours. That is how a
+        # root-owned hard link is told apart from a file we just made.
+        flags = _WRITE_FLAGS | os.O_APPEND
+        label = self._label(name)
+        for _ in range(_TEMP_ATTEMPTS):
+            try:
+                return os.open(name, flags, dir_fd=self._fd), False
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise self._open_error(label, e, self._fd, name) from e
+            try:
+                return os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self._fd), True
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise self._open_error(label, e, self._fd, name) from e
+        raise HomeError(errno.EAGAIN, f"{label} keeps changing")
+
+    def remove(self, name: str) -> bool:
+        """Remove the directory entry (a link itself, never its target); False if absent."""
+        _check_name(name)
+        with _acting_as(self.user):
+            try:
+                os.unlink(name, dir_fd=self._fd)
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                raise self._open_error(self._label(name), e, self._fd, name) from e
+        return True
+
+    def rename(self, name: str, new_name: str) -> bool:
+        """Rename the entry ``name`` to ``new_name`` inside ``~/.sr``; False if absent.
+
+        For rotating log-like files (``acc`` to ``acc.1``). Works on
+        directory entries only: a symlink is renamed as a link, and one at
+        ``new_name`` is replaced, never followed, so nothing outside
+        ``~/.sr`` is touched.
+        """
+        _check_name(name)
+        _check_name(new_name)
+        with _acting_as(self.user):
+            try:
+                os.rename(name, new_name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                raise self._os_error(self._label(new_name), e, f"cannot rename {name} to ") from e
+        return True
+
+    @contextmanager
+    def lock(self, timeout: float = 10.0) -> Iterator[None]:
+        """Hold an exclusive flock on ``~/.sr`` for a read-modify-write.
+
+        Only cooperating writers (sippasswd) take it. Polls rather than
+        blocks, so a user holding the lock on their own directory delays us
+        at most ``timeout`` seconds, then it is ``HomeError(EWOULDBLOCK)``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise HomeError(
+                        errno.EWOULDBLOCK,
+                        f"~{self.user.name}/{SR_DIR} is locked by another process",
+                    ) from None
+                time.sleep(0.05)
+            except OSError as e:
+                raise self._os_error(f"~{self.user.name}/{SR_DIR}", e, "cannot lock ") from e
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> SrDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A forgotten close must not leak a directory fd in a long-running daemon.
+        if getattr(self, "_fd", -1) >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+
+# --- one-shot helpers --------------------------------------------------------
+
+
+def open_sr(user: User, *, create: bool = False) -> SrDir:
+    """Same as :meth:`SrDir.open`."""
+    return SrDir.open(user, create=create)
+
+
+def read_file(user: User, name: str, max_size: int = MAX_READ) -> bytes | None:
+    """``~user/.sr/<name>``, or None when ``~/.sr`` or the file does not exist."""
+    try:
+        sr = SrDir.open(user)
+    except HomeError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    with sr:
+        return sr.read(name, max_size)
+
+
+def write_file(
+    user: User,
+    name: str,
+    data: bytes,
+    *,
+    fsync: bool = True,
+    mode: int = 0o600,
+    max_size: int = MAX_WRITE,
+) -> None:
+    """Atomically replace ``~user/.sr/<name>``, creating ``~/.sr`` if needed."""
+    with SrDir.open(user, create=True) as sr:
+        sr.write(name, data, fsync=fsync, mode=mode, max_size=max_size)
+
+
+def append_file(
+    user: User,
+    name: str,
+    data: bytes,
+    *,
+    fsync: bool = False,
+    max_size: int = MAX_APPEND,
+) -> None:
+    """Append to ``~user/.sr/<name>``, creating ``~/.sr`` and the file if needed."""
+    with SrDir.open(user, create=True) as sr:
+        sr.append(name, data, fsync=fsync, max_size=max_size)
+
+
+def remove_file(user: User, name: str) -> bool:
+    """Remove ``~user/.sr/<name>``; False when it (or ``~/.sr``) was not there."""
+    try:
+        sr = SrDir.open(user)
+    except HomeError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    with sr:
+        return sr.remove(name)
+
+
+# --- cached reads ------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached(Generic[T]):
+    user: User
+    stamp: Stamp
+    value: T | None
+    error: HomeError | None
+
+
+class FileCache(Generic[T]):
+    """Parsed ``~/.sr/<name>`` per user, read again only when its :class:`Stamp` changes.
+
+    ``get(user)`` costs opening ``~/.sr`` and one ``fstatat`` when nothing
+    changed, so hand edits are seen on the next call without a restart. A
+    file that fails the checks raises the same :class:`HomeError` on every
+    call until it changes (log it once per change if you like: the error
+    object is the same). Thread safe; ``parse`` runs in the calling thread.
+    """
+
+    def __init__(self, name: str, parse: Callable[[bytes], T], *, max_size: int = MAX_READ) -> None:
+        _check_name(name)
+        self.name = name
+        self._parse = parse
+        self._max_size = max_size
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Cached[T]] = {}
+
+    def get(self, user: User) -> T | None:
+        """The parsed file, or None when ``~/.sr`` or the file does not exist."""
+        try:
+            sr = SrDir.open(user)
+        except HomeError as e:
+            if e.errno == errno.ENOENT:
+                self.forget(user)
+                return None
+            raise
+        with sr:
+            stamp = sr.stat(self.name)
+            if stamp is None:
+                self.forget(user)
+                return None
+            with self._lock:
+                cached = self._entries.get(user.name)
+            if cached is not None and cached.user == user and cached.stamp == stamp:
+                if cached.error is not None:
+                    raise cached.error
+                return cached.value
+            try:
+                found = sr.read_stamped(self.name, self._max_size)
+            except HomeError as e:
+                with self._lock:
+                    self._entries[user.name] = _Cached(user, stamp, None, e)
+                raise
+        if found is None:  # removed between stat and open
+            self.forget(user)
+            return None
+        data, read_stamp = found
+        value = self._parse(data)
+        with self._lock:
+            self._entries[user.name] = _Cached(user, read_stamp, value, None)
+        return value
+
+    def forget(self, user: User | None = None) -> None:
+        """Drop one user's entry (or all), e.g. when they leave the SIP group."""
+        with self._lock:
+            if user is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(user.name, None)

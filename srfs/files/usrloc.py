@@ -1,0 +1,290 @@
+"""The contact line: ``~/.sr/usrloc`` and ``/run/sr/<user>/contacts``.
+
+One binding per line: the contact URI, then space-separated ``key=value``
+attributes, values with spaces or quotes double-quoted with backslash
+escapes::
+
+    sip:jan@192.0.2.10:5060;transport=udp aor=jan expires=3521 q=1.0 received=udp:203.0.113.5:40000 ua="Linksys/SPA3102-5.1.10" callid=217edcfa-3c466a22 cseq=65321
+
+``expires`` is the number of seconds left, or ``never`` for a static
+binding. The file on disk also carries ``expires_at`` (Unix time), which
+wins over ``expires`` when the file is read back: a relative time would
+stretch every registration by however long the daemon was down.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+
+from srfs.files import home
+from srfs.lines import quote_value
+from srfs.state.location import Binding
+from srfs.user import User
+
+MAX_LINE = 4096
+
+# A deliberately small check: srfs does not know SIP beyond what a contact
+# line needs. sip:/sips: URI, optional userinfo, a host, optional port and
+# parameters, no spaces or quotes.
+_URI_RE = re.compile(
+    r"sips?:(?:[^@\s\"<>]+@)?"
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?)"
+    r"(?::[0-9]{1,5})?(?:;[^\s\"<>?]*)?",
+    # ASCII: without it IGNORECASE lets "\u017fip:" (long s) pass as "sip:"
+    # and "\u212a" (Kelvin sign) pass as a host letter, and \d takes any digit.
+    re.IGNORECASE | re.ASCII,
+)
+_RECEIVED_RE = re.compile(
+    r"(udp|tcp|tls):(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[A-Za-z0-9.\-]+):([0-9]{1,5})", re.ASCII
+)
+_DIGITS_RE = re.compile(r"[0-9]{1,12}")
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+_AOR_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+")
+
+KNOWN_KEYS = frozenset(
+    {"aor", "expires", "expires_at", "q", "received", "ua", "callid", "cseq",
+     "instance", "reg_id", "path", "registered"}
+)
+
+
+class LineError(ValueError):
+    """A contact line that cannot be used; the message names the problem."""
+
+
+def tokenize(line: str) -> list[str]:
+    """Split at spaces outside double quotes; quoted parts are unescaped."""
+    tokens: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        while i < n and line[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        buf: list[str] = []
+        while i < n and line[i] not in " \t":
+            c = line[i]
+            if c == '"':
+                i += 1
+                while True:
+                    if i >= n:
+                        raise LineError("unterminated quoted value")
+                    c = line[i]
+                    if c == "\\" and i + 1 < n:
+                        buf.append(line[i + 1])
+                        i += 2
+                        continue
+                    if c == '"':
+                        i += 1
+                        break
+                    buf.append(c)
+                    i += 1
+            else:
+                buf.append(c)
+                i += 1
+        tokens.append("".join(buf))
+    return tokens
+
+
+def format_line(b: Binding, now: float, *, on_disk: bool = False) -> str:
+    """The line for ``b``; ``on_disk`` adds the absolute times."""
+    remaining = b.remaining(now)
+    parts = [b.contact, f"aor={quote_value(b.aor)}",
+             "expires=never" if remaining is None else f"expires={remaining}",
+             f"q={b.q:.3g}" if b.q != int(b.q) else f"q={b.q:.1f}"]
+    if b.received:
+        parts.append(f"received={b.received}")
+    if b.ua:
+        parts.append(f"ua={quote_value(b.ua)}")
+    if b.callid:
+        parts.append(f"callid={quote_value(b.callid)}")
+    if b.cseq:
+        parts.append(f"cseq={b.cseq}")
+    if b.instance is not None:
+        parts.append(f"instance={quote_value(b.instance)}")
+    if b.reg_id is not None:
+        parts.append(f"reg_id={b.reg_id}")
+    if b.path:
+        parts.append(f"path={quote_value(','.join(b.path))}")
+    if on_disk:
+        if b.expires is not None:
+            parts.append(f"expires_at={b.expires:.0f}")
+        if b.registered:
+            parts.append(f"registered={b.registered:.0f}")
+    return " ".join(parts)
+
+
+# Printable ASCII without space: what a URI, an AOR and the other
+# machine-made attributes may hold once written to a file.
+_PRINTABLE_ASCII_RE = re.compile(r"[\x21-\x7e]*", re.ASCII)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character replaced by "?" (a user agent, say)."""
+    return _CONTROL_RE.sub("?", text)
+
+
+def check_binding(b: Binding) -> str | None:
+    """Why ``b`` cannot be kept as a line of ``~/.sr/usrloc``, or None.
+
+    Every way a binding enters (REGISTER, a write through ``/run/sr``, the
+    reload at start) passes this, so what is accepted is also what reloads:
+    a contact URI of the shape :func:`parse_line` takes, no control
+    characters anywhere, and a line no longer than :data:`MAX_LINE`.
+    """
+    if not _URI_RE.fullmatch(b.contact) or not _PRINTABLE_ASCII_RE.fullmatch(b.contact):
+        return "contact is not a plain sip: or sips: URI"
+    if not _AOR_RE.fullmatch(b.aor):
+        return "bad AOR"
+    for name, value in (("received", b.received), ("instance", b.instance), ("path", ",".join(b.path))):
+        if value and not _PRINTABLE_ASCII_RE.fullmatch(value.replace(" ", "")):
+            return f"control or non-ASCII characters in {name}"
+    for name, value in (("user agent", b.ua), ("call-id", b.callid)):
+        if value and _CONTROL_RE.search(value):
+            return f"control characters in {name}"
+    if len(format_line(b, b.registered, on_disk=True).encode("utf-8", "surrogateescape")) > MAX_LINE:
+        return f"contact line longer than {MAX_LINE} bytes"
+    return None
+
+
+def parse_line(line: str, *, user: str, default_aor: str, now: float) -> Binding:
+    """A binding from one line. A missing ``expires`` means static."""
+    if len(line) > MAX_LINE:
+        raise LineError(f"line longer than {MAX_LINE} bytes")
+    tokens = tokenize(line)
+    if not tokens:
+        raise LineError("empty line")
+    uri, *attrs = tokens
+    if not _URI_RE.fullmatch(uri) or not _PRINTABLE_ASCII_RE.fullmatch(uri):
+        raise LineError(f"not a sip: or sips: contact URI: {uri[:60]!r}")
+    values: dict[str, str] = {}
+    for attr in attrs:
+        key, eq, value = attr.partition("=")
+        if not eq:
+            raise LineError(f"attribute without '=': {attr[:40]!r}")
+        if key not in KNOWN_KEYS:
+            # A typo such as "expire=0" must not quietly add a static contact.
+            raise LineError(f"unknown attribute {key[:20]!r}")
+        if key in values:
+            raise LineError(f"attribute {key!r} given twice")
+        values[key] = value
+    aor = values.get("aor", default_aor)
+    if not _AOR_RE.fullmatch(aor):
+        raise LineError(f"bad aor {aor!r}")
+    expires: float | None
+    if "expires_at" in values:
+        expires = _number(values, "expires_at")
+    elif values.get("expires", "never") == "never":
+        expires = None
+    else:
+        expires = now + _integer(values, "expires", 0, 2**31)
+    q = 1.0
+    if "q" in values:
+        q = _number(values, "q")
+        if not 0 <= q <= 1:
+            raise LineError("q must lie between 0 and 1")
+    received = values.get("received")
+    if received is not None:
+        m = _RECEIVED_RE.fullmatch(received)
+        if not m or not 0 < int(m.group(3)) < 65536:
+            raise LineError(f"bad received {received!r}: expected transport:host:port")
+    reg_id = _integer(values, "reg_id", 1, 2**31) if "reg_id" in values else None
+    return Binding(
+        aor=aor,
+        user=user,
+        contact=uri,
+        expires=expires,
+        q=q,
+        callid=values.get("callid", ""),
+        cseq=_integer(values, "cseq", 0, 2**31) if "cseq" in values else 0,
+        instance=values.get("instance"),
+        reg_id=reg_id,
+        path=tuple(p for p in values.get("path", "").split(",") if p),
+        received=received,
+        ua=values.get("ua"),
+        registered=_number(values, "registered") if "registered" in values else now,
+    )
+
+
+def _integer(values: dict[str, str], key: str, low: int, high: int) -> int:
+    text = values[key]
+    # Not str.isdigit(): it takes "²" (which int() refuses) and other scripts' digits.
+    if not _DIGITS_RE.fullmatch(text) or not low <= int(text) <= high:
+        raise LineError(f"bad {key} {text[:20]!r}")
+    return int(text)
+
+
+def _number(values: dict[str, str], key: str) -> float:
+    # A plain decimal: float() would also take "nan", "1_0", " 1" and
+    # other scripts' digits.
+    text = values[key]
+    if not _NUMBER_RE.fullmatch(text):
+        raise LineError(f"bad {key} {text[:20]!r}")
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise LineError(f"bad {key} {text[:20]!r}")
+    return value
+
+
+def render_file(bindings: Iterable[Binding], now: float) -> str:
+    lines = ["# sipd registrations; rewritten by sipd, edit /run/sr/<user>/contacts instead"]
+    lines.extend(format_line(b, now, on_disk=True) for b in bindings)
+    return "\n".join(lines) + "\n"
+
+
+def parse_file(text: str, *, user: str, now: float) -> tuple[list[Binding], list[str]]:
+    """The bindings of a usrloc file that are still current, and the problems met.
+
+    Expired bindings are dropped silently: that is what expiry means.
+    """
+    out: list[Binding] = []
+    problems: list[str] = []
+    # Lines end at "\n" only: str.splitlines() also cuts at U+0085, U+2028,
+    # \x1c..\x1e, \v and \f, which quoted values (a User-Agent) may hold.
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            b = parse_line(line, user=user, default_aor=user, now=now)
+        except LineError as exc:
+            problems.append(f"line {number}: {exc}")
+            continue
+        if b.expires is None or b.expires > now:
+            out.append(b)
+    return out, problems
+
+
+class UsrlocFiles:
+    """Blocking reads and writes of ``~/.sr/usrloc``, safe from any thread.
+
+    Each write carries the version of the in-memory state it was rendered
+    from. Writes for one user are serialised, and a write older than what
+    is already on disk is skipped: the newer file holds everything the older
+    one would have, so the older write still counts as done.
+    """
+
+    NAME = "usrloc"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._user_locks: dict[str, threading.Lock] = {}
+        self._written: dict[str, int] = {}
+
+    def save(self, user: User, version: int, text: str, *, fsync: bool) -> None:
+        with self._lock:
+            lock = self._user_locks.setdefault(user.name, threading.Lock())
+        with lock:
+            if self._written.get(user.name, -1) >= version:
+                return
+            home.write_file(user, self.NAME, text.encode("utf-8", "surrogateescape"), fsync=fsync)
+            self._written[user.name] = version
+
+    @staticmethod
+    def load(user: User, now: float) -> tuple[list[Binding], list[str]]:
+        data = home.read_file(user, UsrlocFiles.NAME)
+        if data is None:
+            return [], []
+        return parse_file(data.decode("utf-8", "surrogateescape"), user=user.name, now=now)

@@ -1,0 +1,5 @@
+"""The ``/run/sr`` filesystem: the tree as a pure model, and its pyfuse3 adapter.
+
+:mod:`~srfs.fs.tree` renders and applies; :mod:`~srfs.fs.fuse` alone
+imports pyfuse3 and trio.
+"""
