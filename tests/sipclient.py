@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -222,16 +222,19 @@ class Daemon:
 def running_sipd(
     tmp: Path, *args: str, unix: FakeUnix, pam: bool = False, port: int | None = None,
     mount: bool = False, stock: StockHost | None = None,
+    launcher: Sequence[str] = (),
 ) -> Iterator[Daemon]:
     """sipd under the fake users' NSS (and PAM), utmp/wtmp in ``tmp``.
 
     Without ``mount`` it runs with --no-mount; with it, a config file among
     ``args`` names the mountpoint. With ``stock`` it writes the stock
     utmp/wtmp paths instead, in a namespace where they are ``stock``'s files.
+    ``launcher`` replaces ``-m sipd.cli`` (a wrapper that runs it).
     """
     port = port or free_port()
     log = tmp / f"sipd-{port}.log"
-    cmd = [*SIPD, "-c", str(tmp / "none.toml"),
+    sipd = [sys.executable, *launcher] if launcher else SIPD
+    cmd = [*sipd, "-c", str(tmp / "none.toml"),
            "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}", "-r", "test.invalid", *args]
     if not pam:
         cmd.append("--no-pam")
