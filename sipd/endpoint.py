@@ -11,24 +11,30 @@ The one place where a :class:`SipError` becomes a response is here.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sipd.core.flows import RegisteredFlows
 from sipd.core.peer import Outgoing, Peer
 from sipd.core.work import Commit, Defer, Job, Later, Outcome
 from sipd.proxy.calltrack import AccStats, CallTracker, acc_jobs
-from sipd.proxy.proxy import PROXY_METHODS, Proxy, ProxyAction
+from sipd.proxy.context import PROXY_METHODS, ProxyAction
+from sipd.proxy.proxy import Proxy
 from sipd.registrar.persistence import Persistence
 from sipd.registrar.server import Reply, Server
 from sipd.sip.errors import ParseError, SipError
 from sipd.sip.framing import FramingError
 from sipd.sip.headers import Via
 from sipd.sip.message import Request, Response, make_response, parse
-from sipd.sip.transaction import Event, RequestReceived, Send, ServerTransaction, TransactionLayer
+from sipd.sip.transaction import (
+    Event,
+    RequestReceived,
+    Send,
+    ServerTransaction,
+    Transaction,
+    TransactionLayer,
+)
 from sipd.sip.uri import SipURI
 from srfs.files.acc import AccFiles
 from srfs.logtext import quote
@@ -101,6 +107,15 @@ def stamp_via(req: Request, peer: Peer) -> Via:
     return stamped
 
 
+@dataclass(eq=False, slots=True)
+class _Held:
+    """A response held back until its time (:class:`~sipd.core.work.Later`)."""
+
+    txn: ServerTransaction
+    response: Response
+    _timers: dict[Any, int] = field(default_factory=dict)
+
+
 class Endpoint:
     """The SIP side of the daemon with every piece of state it owns.
 
@@ -139,9 +154,6 @@ class Endpoint:
         self.stats = EndpointStats()
         self.transport_stats: Any = None
         self._pending: list[Action] = []
-        #: Responses held back until their time (:class:`~sipd.work.Later`).
-        self._later: list[tuple[float, int, ServerTransaction, Response]] = []
-        self._later_seq = itertools.count()
         #: Live TCP connections by remote address: how the proxy reaches a
         #: phone on the connection it registered over.
         self._tcp_peers: dict[tuple[str, int], Peer] = {}
@@ -272,12 +284,17 @@ class Endpoint:
     # -------------------------------------------------------------- timers
 
     def handle_timer(self, now: float) -> list[Action]:
-        out = self._run(self.transactions.handle_timer(now), now)
-        while self._later and self._later[0][0] <= now:
-            _, _, txn, resp = heapq.heappop(self._later)
-            out.extend(self._run(self.transactions.server_respond(txn, resp, now), now))
-        if self.proxy is not None:
-            out.extend(self._run_proxy(self.proxy.handle_timer(now), now))
+        out: list[Action] = []
+        # One heap for the transactions', the proxy's and our own timers,
+        # each entry dispatched by the kind of its owner.
+        for owner, kind in self.transactions.deadlines.due(now):
+            if isinstance(owner, Transaction):
+                out.extend(self._run(self.transactions.on_timer(owner, kind, now), now))
+            elif isinstance(owner, _Held):
+                out.extend(self._run(self.transactions.server_respond(
+                    owner.txn, owner.response, now), now))
+            elif self.proxy is not None:
+                out.extend(self._run_proxy(self.proxy.on_timer(owner, kind, now), now))
         if self.store is not None:
             expired = self.store.expire(self.wall(now))
             self.stats.expired += len(expired)
@@ -289,11 +306,7 @@ class Endpoint:
         return self._drain(out, now)
 
     def get_timer(self) -> float | None:
-        deadlines = [self.transactions.get_timer()]
-        if self._later:
-            deadlines.append(self._later[0][0])
-        if self.proxy is not None:
-            deadlines.append(self.proxy.get_timer())
+        deadlines = [self.transactions.deadlines.next()]
         if self.store is not None:
             expiry = self.store.next_expiry()
             if expiry is not None:
@@ -392,7 +405,7 @@ class Endpoint:
         if isinstance(reply, Later):
             due = reply.not_before - self.wall_offset
             if due > now:
-                heapq.heappush(self._later, (due, next(self._later_seq), txn, reply.response))
+                self.transactions.deadlines.arm(_Held(txn, reply.response), "held", due)
                 return []
             reply = reply.response
         assert isinstance(reply, Response)

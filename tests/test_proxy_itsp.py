@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sipd.core.ownership import Ownership
 from sipd.core.peer import Peer
-from sipd.proxy.proxy import ProxyPolicy
+from sipd.proxy.context import ProxyPolicy
 from srfs.files.aliases import AliasMap
 from srfs.files.trunks import parse_trunks
 from srfs.state.location import Binding

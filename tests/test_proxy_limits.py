@@ -11,7 +11,7 @@ import pytest
 
 from sipd.core.peer import Outgoing, Peer
 from sipd.core.work import run_inline
-from sipd.proxy.proxy import MAX_BRANCHES
+from sipd.proxy.context import MAX_BRANCHES
 from tests.test_proxy import BOB1, CALLER, ME, REALM, Net, invite, requests, responses
 
 #: Added headers (Via, Record-Route, Max-Breadth...) per copy stay under this.
@@ -70,7 +70,7 @@ def test_an_invite_flood_towards_a_contact_that_never_answers_is_bounded() -> No
     assert net.proxy.destinations.resting() == 1
     # The proxy holds nothing for the flood once it is over.
     run_for(net, 40, step=1.0)
-    assert len(net.proxy._contexts) == 0
+    assert len(net.proxy.forker.contexts) == 0
     # Heard from again (it registers, say): calls reach it at once.
     net.send(b"\r\n\r\n", BOB1)  # any datagram from its address
     (_, peer), = requests(net.send(invite(call_id="after"), CALLER), "INVITE")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sipd.sip.errors import ParseError
 from sipd.sip.message import Request, Response, make_response, parse
-from sipd.sip.timers import TIMER_TABLE, Growth, Timer, Timers
+from sipd.sip.timers import TIMER_TABLE, Deadlines, Growth, Timer, Timers
 from sipd.sip.transaction import (
     ClientTransaction,
     Event,
@@ -139,7 +139,7 @@ def assert_empty(layer: TransactionLayer) -> None:
     assert stats.timers_pending == 0
     assert len(layer) == 0
     assert layer.get_timer() is None
-    assert not layer._servers and not layer._clients and not layer._heap
+    assert not layer._servers and not layer._clients and not layer.deadlines._heap
 
 
 # ------------------------------------------------------------------ timers
@@ -780,8 +780,8 @@ def test_timer_heap_does_not_grow_with_ended_transactions() -> None:
         run_until(layer, float(i))
     assert len(layer) == 0
     # Cancelled E, F and K entries are compacted away rather than kept for 64*T1.
-    assert len(layer._heap) <= 2 * TransactionLayer.COMPACT_THRESHOLD + 3
-    assert layer.get_timer() is not None or not layer._heap
+    assert len(layer.deadlines._heap) <= 2 * Deadlines.COMPACT_THRESHOLD + 3
+    assert layer.get_timer() is not None or not layer.deadlines._heap
     run_until(layer, 1e9)
     assert_empty(layer)
 

@@ -39,7 +39,8 @@ from sipd.io.startup import (
 )
 from sipd.io.transport import StartupError, Transports, bind_sockets
 from sipd.proxy.calltrack import CallTracker, acc_jobs
-from sipd.proxy.proxy import CallHooks, Proxy, ProxyPolicy
+from sipd.proxy.context import CallHooks, ProxyPolicy
+from sipd.proxy.proxy import Proxy
 from sipd.proxy.targets import LocalAddresses
 from sipd.proxy.users import HomeUsers
 from sipd.registrar.admission import BindingRules

@@ -1,7 +1,8 @@
 """Caller ID on calls from local users (RFC 3325 asserted identity, RFC 3323 privacy).
 
 Pure rules, no I/O: which of a user's numbers a call goes out as, whether
-the phone's From may stand, and which identity headers the next hop sees.
+the phone's From may stand, which identity headers the next hop sees, and
+the caller's credentials, consumed here.
 
 The identity sent onwards is, in order: the user's ``caller_id`` setting
 if the user owns it; else the From user if the user owns it; else the
@@ -12,12 +13,27 @@ rewritten to that identity, as ``from_policy`` says.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from sipd.sip.errors import SipError
+from sipd.sip.digest import NotDigest, parse_credentials
+from sipd.sip.errors import ParseError, SipError
+from sipd.sip.headers import Address, quote
+from sipd.sip.message import Request
+from sipd.sip.uri import SipURI
+from srfs.files.userconfig import UserConfig
 
-__all__ = ["FromPolicy", "OutboundIdentity", "outbound_identity", "privacy_requested"]
+__all__ = [
+    "FromPolicy",
+    "OutboundIdentity",
+    "apply_display_name",
+    "assert_identity",
+    "drop_our_credentials",
+    "is_anonymous",
+    "outbound_identity",
+    "privacy_requested",
+    "set_from_user",
+]
 
 FromPolicy = Literal["reject", "rewrite"]
 
@@ -65,3 +81,66 @@ def privacy_requested(values: list[str]) -> bool:
     """
     tokens = {t.strip().lower() for v in values for t in v.replace(",", ";").split(";")}
     return bool(tokens & {"id", "user", "header"})
+
+
+def assert_identity(ident: OutboundIdentity | None, original: Request, fwd: Request, realm: str,
+                    *, trusted_hop: bool) -> None:
+    """Put our P-Asserted-Identity on ``fwd``, a call from a local user (RFC 3325).
+
+    Withheld from an untrusted next hop (a local callee's phone) when the
+    caller asked for privacy; a gateway, trusted, gets it with the Privacy
+    header for the far end to honour.
+    """
+    if ident is None:
+        return
+    fwd.remove("P-Asserted-Identity")
+    # RFC 3325 §9.2: the phone's preference has been decided on.
+    fwd.remove("P-Preferred-Identity")
+    if not trusted_hop and privacy_requested(original.values("Privacy")):
+        return
+    fwd.add("P-Asserted-Identity", f"<sip:{ident.identity}@{realm}>")
+
+
+def is_anonymous(uri: object) -> bool:
+    """The From of RFC 3323 §4.1.1.3 (``anonymous.invalid``)."""
+    return isinstance(uri, SipURI) and uri.host.lower() == "anonymous.invalid"
+
+
+def set_from_user(req: Request, user: str, host: str) -> None:
+    """From's URI becomes ``sip:user@host``; display name and tag stay."""
+    frm = req.from_
+    uri = frm.uri
+    if isinstance(uri, SipURI):
+        new_uri = replace(uri, user=user, host=host, port=None, password=None, headers=None)
+    else:
+        new_uri = SipURI("sip", host, user)
+    if str(new_uri) != str(uri):
+        req.set("From", str(Address(new_uri, frm.display, frm.params)))
+
+
+def apply_display_name(req: Request, config: UserConfig | None) -> None:
+    """The caller's ``display_name`` on From when the phone sent none."""
+    if config is None:
+        return
+    name = config.get("display_name")
+    if not name:
+        return
+    frm = req.from_
+    if frm.display:
+        return
+    req.set("From", str(Address(frm.uri, quote(name), frm.params)))
+
+
+def drop_our_credentials(req: Request, realm: str) -> None:
+    """§22.3: credentials for our realm are consumed here; others travel on."""
+    keep: list[str] = []
+    for value in req.get_all("Proxy-Authorization"):
+        try:
+            if parse_credentials(value, "Proxy-Authorization").realm == realm:
+                continue
+        except (NotDigest, ParseError):
+            pass
+        keep.append(value)
+    req.remove("Proxy-Authorization")
+    for value in keep:
+        req.add("Proxy-Authorization", value)

@@ -6,16 +6,18 @@ link gets consistent A..M values and the table can be printed as is (in
 the man page, in ``/run/sr/status``).
 
 Timer C (the proxy's > 3 min INVITE guard, §16.6 step 11) belongs to the
-proxy, not to a transaction, so it is not here.
+proxy, not to a transaction, so it is not in the table; it is armed in the
+same :class:`Deadlines` as the transactions' timers.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import heapq
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 
 
 class Timer(enum.StrEnum):
@@ -147,4 +149,95 @@ class Timers:
         return {t: self.duration(t, reliable) for t in TIMER_TABLE}
 
 
-__all__ = ["TIMER_TABLE", "Base", "Growth", "Timer", "TimerRule", "Timers"]
+class Timed(Protocol):
+    """An owner of timers: ``_timers`` maps each armed kind to its heap entry."""
+
+    _timers: dict[Any, int]
+
+
+Owner = TypeVar("Owner", bound=Timed)
+
+
+class Deadlines(Generic[Owner]):
+    """One heap of deadlines: the core's one timer mechanism.
+
+    An entry is data, ``(deadline, owner, kind)``, never a stored closure:
+    whoever pops a due entry dispatches it by its owner's type and kind (a
+    transaction's Timer B, a proxy branch's Timer C). The owner records
+    which entry of each kind is live in its ``_timers``, so re-arming or
+    disarming is one dictionary write and the heap is cleaned lazily: dead
+    entries are skipped when they come up, and the heap is rebuilt without
+    them when they are more than half of it.
+    """
+
+    #: Dead heap entries tolerated before the heap is rebuilt without them.
+    COMPACT_THRESHOLD: Final = 256
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Owner, Any]] = []
+        self._seq = 0
+        self._stale = 0
+
+    def arm(self, owner: Owner, kind: Any, deadline: float) -> None:
+        """Set ``owner``'s ``kind`` timer to ``deadline`` (replacing one already set)."""
+        if kind in owner._timers:
+            self._stale += 1
+        self._seq += 1
+        owner._timers[kind] = self._seq
+        heapq.heappush(self._heap, (deadline, self._seq, owner, kind))
+
+    def disarm(self, owner: Owner, kind: Any) -> None:
+        if owner._timers.pop(kind, None) is not None:
+            self._stale += 1
+            self._maybe_compact()
+
+    def disarm_all(self, owner: Owner) -> None:
+        self._stale += len(owner._timers)
+        owner._timers.clear()
+        self._maybe_compact()
+
+    def next(self) -> float | None:
+        """The earliest live deadline; None if nothing is armed."""
+        heap = self._heap
+        while heap and not self._live(heap[0]):
+            heapq.heappop(heap)
+            self._stale -= 1
+        return heap[0][0] if heap else None
+
+    def due(self, now: float) -> Iterator[tuple[Owner, Any]]:
+        """Pop every live entry due at ``now``, in deadline order.
+
+        Lazy: an entry armed by the handler of an earlier one, due by
+        ``now`` too, comes up in the same pass.
+        """
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if not self._live(entry):
+                self._stale -= 1
+                continue
+            _, _, owner, kind = entry
+            del owner._timers[kind]
+            yield owner, kind
+
+    def __len__(self) -> int:
+        """Live entries."""
+        return len(self._heap) - self._stale
+
+    @staticmethod
+    def _live(entry: tuple[float, int, Owner, Any]) -> bool:
+        _, seq, owner, kind = entry
+        return owner._timers.get(kind) == seq
+
+    def _maybe_compact(self) -> None:
+        # Without this, owners that end early (a call answered in a second,
+        # a transaction over TCP) would stay referenced by dead entries for
+        # as long as their longest timer.
+        if self._stale > self.COMPACT_THRESHOLD and 2 * self._stale > len(self._heap):
+            # In place: due() may be iterating over this list.
+            self._heap[:] = [e for e in self._heap if self._live(e)]
+            heapq.heapify(self._heap)
+            self._stale = 0
+
+
+__all__ = ["TIMER_TABLE", "Base", "Deadlines", "Growth", "Timed", "Timer", "TimerRule", "Timers"]

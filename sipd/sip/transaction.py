@@ -35,15 +35,14 @@ layer the moment they reach Terminated.
 from __future__ import annotations
 
 import enum
-import heapq
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from sipd.sip.errors import ParseError
 from sipd.sip.headers import Via
 from sipd.sip.message import Request, Response, make_response
-from sipd.sip.timers import Timer, Timers
+from sipd.sip.timers import Deadlines, Timer, Timers
 
 #: RFC 3261 §8.1.1.7: a branch starting with this was built to be unique.
 MAGIC_COOKIE = "z9hG4bK"
@@ -634,7 +633,7 @@ def _match_method(method: str) -> str:
 
 
 class TransactionLayer:
-    """Every transaction of one SIP element, and one heap of their timers.
+    """Every transaction of one SIP element, with their timers in a :class:`Deadlines`.
 
     ``timers`` gives T1/T2/T4. ``auto_trying`` makes INVITE server
     transactions answer 100 Trying at once (what a proxy does, §16.2).
@@ -642,24 +641,21 @@ class TransactionLayer:
     that see a 2xx (on by default; off gives RFC 3261's original machines).
     """
 
-    #: Stale heap entries tolerated before the heap is rebuilt without them.
-    COMPACT_THRESHOLD: ClassVar[int] = 256
-
     def __init__(
         self,
         timers: Timers | None = None,
         *,
         auto_trying: bool = False,
         rfc6026: bool = True,
+        deadlines: Deadlines[Any] | None = None,
     ) -> None:
         self.timers = timers if timers is not None else Timers()
+        #: The timers of the transactions, and of whoever shares them (the proxy).
+        self.deadlines: Deadlines[Any] = deadlines if deadlines is not None else Deadlines()
         self.auto_trying = auto_trying
         self.rfc6026 = rfc6026
         self._servers: dict[_ServerKey, ServerTransaction] = {}
         self._clients: dict[_ClientKey, ClientTransaction] = {}
-        self._heap: list[tuple[float, int, Transaction, Timer]] = []
-        self._seq = 0
-        self._stale = 0
         self._server_alive = 0
         self._client_alive = 0
         self._server_created = 0
@@ -812,24 +808,20 @@ class TransactionLayer:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called; None if never."""
-        heap = self._heap
-        while heap and not self._live(heap[0]):
-            heapq.heappop(heap)
-            self._stale -= 1
-        return heap[0][0] if heap else None
+        return self.deadlines.next()
 
     def handle_timer(self, now: float) -> list[Event]:
-        """Fire every timer due at ``now``, in deadline order."""
+        """Fire every timer due at ``now``, in deadline order (the layer's own Deadlines)."""
         out: list[Event] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            if not self._live(entry):
-                self._stale -= 1
-                continue
-            _, _, txn, timer = entry
-            del txn._timers[timer]
+        for txn, timer in self.deadlines.due(now):
+            assert isinstance(txn, Transaction), "a shared Deadlines is dispatched by its owner"
             txn._on_timer(timer, now, out)
+        return out
+
+    def on_timer(self, txn: Transaction, timer: Timer, now: float) -> list[Event]:
+        """One due timer of ``txn``, popped from a Deadlines shared with others."""
+        out: list[Event] = []
+        txn._on_timer(timer, now, out)
         return out
 
     # ------------------------------------------------------------ reading
@@ -845,7 +837,7 @@ class TransactionLayer:
             timeouts=self._timeouts,
             transport_failures=self._transport_failures,
             stray_responses=self._stray,
-            timers_pending=len(self._heap) - self._stale,
+            timers_pending=len(self.deadlines),
         )
 
     def __len__(self) -> int:
@@ -869,28 +861,16 @@ class TransactionLayer:
                 return txn
         return None
 
-    @staticmethod
-    def _live(entry: tuple[float, int, Transaction, Timer]) -> bool:
-        _, seq, txn, timer = entry
-        return txn._timers.get(timer) == seq
-
     def _arm(self, txn: Transaction, timer: Timer, deadline: float) -> None:
         assert not txn.terminated
-        if timer in txn._timers:
-            self._stale += 1
-        self._seq += 1
-        txn._timers[timer] = self._seq
-        heapq.heappush(self._heap, (deadline, self._seq, txn, timer))
+        self.deadlines.arm(txn, timer, deadline)
 
     def _disarm(self, txn: Transaction, timer: Timer) -> None:
-        if txn._timers.pop(timer, None) is not None:
-            self._stale += 1
-            self._maybe_compact()
+        self.deadlines.disarm(txn, timer)
 
     def _finish(self, txn: Transaction, out: list[Event]) -> None:
         txn.state = State.TERMINATED
-        self._stale += len(txn._timers)
-        txn._timers.clear()
+        self.deadlines.disarm_all(txn)
         if isinstance(txn, ServerTransaction):
             if self._servers.get(txn._key) is txn:
                 del self._servers[txn._key]
@@ -901,17 +881,6 @@ class TransactionLayer:
                 del self._clients[txn._key]
             self._client_alive -= 1
         out.append(Terminated(txn))
-        self._maybe_compact()
-
-    def _maybe_compact(self) -> None:
-        # Lazy cancellation leaves dead entries behind; without this a busy
-        # layer whose transactions end early (TCP, fast answers) would keep
-        # up to 64*T1 worth of them.
-        if self._stale > self.COMPACT_THRESHOLD and 2 * self._stale > len(self._heap):
-            # In place: handle_timer() may be iterating over this list.
-            self._heap[:] = [e for e in self._heap if self._live(e)]
-            heapq.heapify(self._heap)
-            self._stale = 0
 
 
 __all__ = [
