@@ -17,7 +17,7 @@ from typing import Any
 
 from sipd.core.flows import RegisteredFlows
 from sipd.core.peer import Outgoing, Peer
-from sipd.core.work import Commit, Defer, Job, Later, Outcome
+from sipd.core.work import Action, Commit, Defer, Job, Later, Outcome
 from sipd.proxy.calltrack import AccStats, CallTracker, acc_jobs
 from sipd.proxy.context import PROXY_METHODS, ProxyAction
 from sipd.proxy.proxy import Proxy
@@ -39,8 +39,6 @@ from sipd.sip.uri import SipURI
 from srfs.files.acc import AccFiles
 from srfs.logtext import quote
 from srfs.state.location import LocationStore
-
-Action = Outgoing | Job
 
 log = logging.getLogger("sipd.endpoint")
 
@@ -158,6 +156,7 @@ class Endpoint:
         #: phone on the connection it registered over.
         self._tcp_peers: dict[tuple[str, int], Peer] = {}
         self.proxy = proxy
+        server.wall = self.wall
         if persistence is not None:
             persistence.wall = self.wall
         if proxy is not None:
@@ -347,9 +346,9 @@ class Endpoint:
                 out.extend(self._run([action], now))
         return out
 
-    def _proxy_job(self, defer: Defer) -> Job:
+    def _proxy_job(self, defer: Defer[Any, list[ProxyAction]]) -> Job[Any]:
         # The proxy's continuations take the monotonic time: they arm timers.
-        def done(outcome: Outcome, later: float) -> list[Action]:
+        def done(outcome: Outcome[Any], later: float) -> list[Action]:
             return self._drain(self._run_proxy(defer.then(outcome, later), later), later)
 
         return Job(defer.run, done, name=defer.name)
@@ -387,7 +386,7 @@ class Endpoint:
         assert isinstance(source, Peer)
         if self.proxy is not None and self._for_proxy(req):
             return self._run_proxy(self.proxy.handle_request(txn, req, source, now), now)
-        return self._respond(txn, self.server.handle_request(req, source, self.wall(now)), now)
+        return self._respond(txn, self.server.handle_request(req, source, now), now)
 
     def _respond(self, txn: ServerTransaction, reply: Reply, now: float) -> list[Action]:
         if reply is None:
@@ -395,8 +394,8 @@ class Endpoint:
         if isinstance(reply, Defer):
             defer = reply
 
-            def done(outcome: Outcome, later: float) -> list[Action]:
-                answer = self.server.guard(txn.request, lambda: defer.then(outcome, self.wall(later)))
+            def done(outcome: Outcome[Any], later: float) -> list[Action]:
+                answer = self.server.guard(txn.request, lambda: defer.then(outcome, later))
                 return self._drain(self._respond(txn, answer, later), later)
 
             return [Job(defer.run, done, name=defer.name)]
@@ -411,10 +410,10 @@ class Endpoint:
         assert isinstance(reply, Response)
         return self._run(self.transactions.server_respond(txn, reply, now), now)
 
-    def _commit(self, txn: ServerTransaction, commit: Commit, now: float) -> list[Action]:
+    def _commit(self, txn: ServerTransaction, commit: Commit[Reply], now: float) -> list[Action]:
         """Answer once the change is on disk and applied (see :mod:`sipd.persistence`)."""
-        def finish(outcome: Outcome, later: float) -> list[Action]:
-            answer = self.server.guard(txn.request, lambda: commit.then(outcome, self.wall(later)))
+        def finish(outcome: Outcome[None], later: float) -> list[Action]:
+            answer = self.server.guard(txn.request, lambda: commit.then(outcome, later))
             return self._drain(self._respond(txn, answer, later), later)
 
         if self.persistence is not None:

@@ -314,7 +314,7 @@ class LookUp:
     then ``resume(outcome, wall)`` gives the verdict."""
 
     run: Callable[[], Account | None]
-    resume: Callable[[Outcome, float], Verdict]
+    resume: Callable[[Outcome[Account | None], float], Verdict]
     name: str
 
 
@@ -374,7 +374,7 @@ class Authenticator:
                 return self._verify(req, creds, known, source, wall, proxy, (hint, agent), wall)
         lookup = self.lookup
 
-        def resume(outcome: Outcome, later: float) -> Verdict:
+        def resume(outcome: Outcome[Account | None], later: float) -> Verdict:
             if outcome.error is not None:
                 # Not the user's failure: never counted, never a challenge.
                 log.error("cannot look up user %s: %s", quote(name, 64), outcome.error)

@@ -5,6 +5,11 @@ in a home, it returns a :class:`Job`. The I/O layer runs ``job.run`` in a
 worker thread and hands the outcome to ``job.done`` back on the event
 loop, which may answer with more output. Tests run jobs inline.
 
+Time: every continuation here gets the core's one clock, the monotonic
+``now`` the I/O layer passes in; wall-clock stamps (a binding's expiry, a
+call record, a nonce) are derived from it with ``wall(now)`` where state
+needs them.
+
 ``queue`` names an ordered lane: jobs with the same queue run one at a
 time in submission order (wtmp login before logout, say); jobs without
 one run concurrently.
@@ -14,43 +19,61 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 from sipd.core.peer import Outgoing
+from sipd.sip.message import Response
 from srfs.state.location import Op
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """What ``Job.run`` returned, or the exception it raised."""
+class Outcome(Generic[T]):
+    """What ``Job.run`` returned, or the exception it raised (then ``error`` is set)."""
 
-    value: Any = None
+    value: T | None = None
     error: BaseException | None = None
 
+    def get(self) -> T:
+        """The value; raises ``error`` when the job failed."""
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.value)
 
-Action: TypeAlias = "Outgoing | Job"
-Done = Callable[[Outcome, float], "list[Outgoing | Job]"]
+
+#: What the sans-IO core hands the I/O layer: bytes to send, or work to run.
+Action: TypeAlias = "Outgoing | Job[Any]"
+#: A job's continuation: the outcome and the core's monotonic ``now``.
+Done: TypeAlias = "Callable[[Outcome[T], float], list[Action]]"
 
 
-def _nothing(outcome: Outcome, now: float) -> list[Outgoing | Job]:
+def _nothing(outcome: Outcome[Any], now: float) -> list[Action]:
     return []
 
 
 @dataclass(frozen=True, slots=True)
-class Job:
-    run: Callable[[], Any]
-    done: Done = _nothing
+class Job(Generic[T]):
+    """Blocking work: ``run`` in a worker thread, then ``done`` on the event loop.
+
+    ``done`` gets the outcome and the monotonic time at which it runs.
+    """
+
+    run: Callable[[], T]
+    done: Callable[[Outcome[T], float], list[Action]] = _nothing
     queue: str | None = None
     name: str = "job"
 
 
-def run_inline(actions: list[Outgoing | Job], now: float) -> list[Outgoing]:
+def run_inline(actions: list[Action], now: float) -> list[Outgoing]:
     """Run every job at once, in order (tests and shutdown); return what is sent."""
     out: list[Outgoing] = []
     pending = list(actions)
     while pending:
         item = pending.pop(0)
         if isinstance(item, Job):
+            outcome: Outcome[Any]
             try:
                 outcome = Outcome(item.run())
             except Exception as exc:  # noqa: BLE001 - handed to the continuation
@@ -62,35 +85,36 @@ def run_inline(actions: list[Outgoing | Job], now: float) -> list[Outgoing]:
 
 
 @dataclass(frozen=True, slots=True)
-class Defer:
+class Defer(Generic[T, R]):
     """A transaction user's answer that needs blocking work first.
 
     The endpoint runs ``run`` as a :class:`Job` and passes its outcome and
-    the wall-clock time to ``then``, which answers like the TU would have:
-    a response, another :class:`Defer`, or None.
+    the monotonic time to ``then``, which answers like the TU would have
+    (a response, another :class:`Defer`, ...).
     """
 
-    run: Callable[[], Any]
-    then: Callable[[Outcome, float], Any]
+    run: Callable[[], T]
+    then: Callable[[Outcome[T], float], R]
     name: str = "defer"
 
 
 @dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(Generic[R]):
     """A transaction user's answer that changes ``user``'s bindings.
 
     The endpoint hands it to the persister, which runs the commits of one
-    user one at a time: ``plan(wall)`` says what would change (raising
-    :class:`~sipd.sip.errors.SipError` to refuse), the persister writes
-    ``~/.sr/usrloc`` as it would be and applies the plan only once that
-    write is on disk (``sync = write-through``), then ``then(outcome,
-    wall)`` answers; ``outcome.error`` is set when the plan was refused or
-    the write failed, and then nothing was applied.
+    user one at a time: ``plan(wall)`` says what would change at that
+    wall-clock time (raising :class:`~sipd.sip.errors.SipError` to
+    refuse), the persister writes ``~/.sr/usrloc`` as it would be and
+    applies the plan only once that write is on disk (``sync =
+    write-through``), then ``then(outcome, now)`` answers at monotonic
+    ``now``; ``outcome.error`` is set when the plan was refused or the
+    write failed, and then nothing was applied.
     """
 
     user: str
     plan: Callable[[float], Sequence[Op]]
-    then: Callable[[Outcome, float], Any]
+    then: Callable[[Outcome[None], float], R]
     name: str = "commit"
 
 
@@ -102,5 +126,5 @@ class Later:
     so the answer's timing does not tell what the look-ups found.
     """
 
-    response: Any
+    response: Response
     not_before: float

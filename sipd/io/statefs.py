@@ -31,9 +31,9 @@ import trio
 from sipd import __version__
 from sipd.config import Settings
 from sipd.core.ownership import Ownership
-from sipd.core.work import Outcome
+from sipd.core.work import Action, Outcome
 from sipd.endpoint import Endpoint
-from sipd.io.transport import Action, Transports
+from sipd.io.transport import Transports
 from sipd.registrar.admission import BindingRules
 from srfs.accounts import users
 from srfs.files import home, userconfig
@@ -233,13 +233,13 @@ class StateFs:
             self.tree.apply(WriteResult(contacts=write), time.time())
             return
         done = trio.Event()
-        outcome: list[Outcome] = []
+        outcome: list[Outcome[None]] = []
         tree = self.tree
 
         def plan(wall: float) -> list[Op]:
             return tree.plan_contacts(write.user, write.data, write.mode, wall)
 
-        def finish(result: Outcome, now: float) -> list[Action]:
+        def finish(result: Outcome[None], now: float) -> list[Action]:
             outcome.append(result)
             done.set()
             return []

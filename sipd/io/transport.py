@@ -24,19 +24,17 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
 from sipd.config import ListenAddress
 from sipd.core.peer import Outgoing, Peer
-from sipd.core.work import Job, Outcome
+from sipd.core.work import Action, Job, Outcome
 from sipd.io.liveness import Close, Liveness
 from sipd.sip.framing import FramingError, Ping, Pong, StreamFramer
 from srfs.addresses import source_key
 from srfs.logtext import Tally
-
-Action = Outgoing | Job
 
 #: Datagrams handled per wake-up of a UDP listener before other tasks get a turn.
 UDP_BATCH = 64
@@ -224,7 +222,7 @@ class Transports:
         self._nursery: trio.Nursery | None = None
         #: Worker threads for blocking work at once (PAM, NSS, home I/O).
         self._limiter = trio.CapacityLimiter(8)
-        self._lanes: dict[str, trio.MemorySendChannel[Job]] = {}
+        self._lanes: dict[str, trio.MemorySendChannel[Job[Any]]] = {}
         self._accept_failures = Tally()
         self.sync_clock()
 
@@ -322,7 +320,7 @@ class Transports:
                 del self._per_source[conn.source]
         self.stats.tcp_open -= 1
 
-    def _start_job(self, job: Job) -> None:
+    def _start_job(self, job: Job[Any]) -> None:
         assert self._nursery is not None, "jobs before serve()"
         self.stats.jobs_started += 1
         if job.queue is None:
@@ -330,16 +328,16 @@ class Transports:
             return
         lane = self._lanes.get(job.queue)
         if lane is None:
-            send, receive = trio.open_memory_channel[Job](math.inf)
+            send, receive = trio.open_memory_channel[Job[Any]](math.inf)
             self._lanes[job.queue] = lane = send
             self._nursery.start_soon(self._run_lane, receive)
         lane.send_nowait(job)
 
-    async def _run_lane(self, receive: trio.MemoryReceiveChannel[Job]) -> None:
+    async def _run_lane(self, receive: trio.MemoryReceiveChannel[Job[Any]]) -> None:
         async for job in receive:
             await self.run_job(job)
 
-    async def run_job(self, job: Job) -> None:
+    async def run_job(self, job: Job[Any]) -> None:
         """Run ``job`` in a worker thread, then send what its continuation says."""
         try:
             value = await trio.to_thread.run_sync(job.run, limiter=self._limiter)

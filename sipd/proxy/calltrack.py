@@ -34,8 +34,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sipd.core.peer import Outgoing
-from sipd.core.work import Job, Outcome
+from sipd.core.work import Action, Job, Outcome
 from srfs.accounts import users
 from srfs.files.acc import (
     AccEntry,
@@ -374,7 +373,7 @@ def acc_job(
     fsync: bool = False,
     stats: AccStats | None = None,
     lookup: Callable[[str], User | None] = users.lookup,
-) -> Job:
+) -> Job[bool]:
     """The blocking append of one user's batch, for the ``acc`` lane.
 
     The user is looked up in the worker (NSS may be slow). Records that
@@ -389,7 +388,7 @@ def acc_job(
             raise LookupError(f"user {user} no longer exists")
         return files.append(account, batch, fsync=fsync)
 
-    def done(outcome: Outcome, now: float) -> list[Outgoing | Job]:
+    def done(outcome: Outcome[bool], now: float) -> list[Action]:
         if outcome.error is None:
             if stats is not None:
                 stats.records_written += count
@@ -415,7 +414,7 @@ def acc_jobs(
     *,
     fsync: bool = False,
     stats: AccStats | None = None,
-) -> list[Job]:
+) -> list[Job[bool]]:
     """One :func:`acc_job` per user with records waiting in ``tracker``."""
     return [
         acc_job(user, records, files, fsync=fsync, stats=stats)

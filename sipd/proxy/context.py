@@ -25,7 +25,7 @@ from sipd.sip.message import Request, Response, make_response
 from sipd.sip.transaction import ClientTransaction, Event, ServerTransaction
 
 #: What the proxy asks the endpoint to do.
-ProxyAction: TypeAlias = "Event | Outgoing | Defer"
+ProxyAction: TypeAlias = "Event | Outgoing | Defer[Any, list[ProxyAction]]"
 
 #: Methods the proxy forwards (RFC 3261 and the usual extensions).
 PROXY_METHODS = frozenset(

@@ -178,9 +178,9 @@ class Forker:
                     out.append(t)
                 return out
 
-            def resolved(outcome: Outcome, later: float) -> list[ProxyAction]:
+            def resolved(outcome: Outcome[list[Target]], later: float) -> list[ProxyAction]:
                 ctx.forwarding = False
-                found: list[Target] = outcome.value if outcome.error is None else []
+                found = outcome.get() if outcome.error is None else []
                 if not found:
                     return self.safely(ctx, later, lambda: self.branch_gone(
                         ctx, later, 503, "Cannot resolve next hop"))

@@ -57,7 +57,7 @@ from sipd.proxy.context import (
 )
 from sipd.proxy.forking import Forker
 from sipd.proxy.limits import Destinations, SourceBudget
-from sipd.proxy.local import binding_groups, settings_chain
+from sipd.proxy.local import Chain, binding_groups, settings_chain
 from sipd.proxy.routing import ContactIndex, Router, max_breadth, target_tag
 from sipd.proxy.targets import LocalAddresses, Target, uri_target
 from sipd.proxy.users import UserLookup
@@ -67,6 +67,7 @@ from sipd.sip.headers import parse_address
 from sipd.sip.message import Request, make_response
 from sipd.sip.transaction import Event, ServerTransaction, TransactionLayer
 from sipd.sip.uri import SipURI, TelURI, parse_uri
+from srfs.accounts.directory import Account
 from srfs.files.userconfig import UserConfig
 from srfs.logtext import quote as log_quote
 from srfs.state.location import LocationStore
@@ -236,7 +237,7 @@ class Proxy:
         if isinstance(verdict, LookUp):
             found = verdict
 
-            def looked_up(outcome: Outcome, later: float) -> list[ProxyAction]:
+            def looked_up(outcome: Outcome[Account | None], later: float) -> list[ProxyAction]:
                 return self.forker.safely(ctx, later, lambda: self._authenticated(
                     ctx, fwd, found.resume(outcome, self.wall(later)), later))
 
@@ -318,9 +319,9 @@ class Proxy:
                      now: float) -> list[ProxyAction]:
         lookup = self.user_lookup
 
-        def found(outcome: Outcome, later: float) -> list[ProxyAction]:
+        def found(outcome: Outcome[tuple[bool, UserConfig]], later: float) -> list[ProxyAction]:
             def go() -> list[ProxyAction]:
-                config = outcome.value[1] if outcome.error is None and outcome.value else None
+                config = outcome.get()[1] if outcome.error is None else None
                 apply_display_name(fwd, config)
                 self._identify_outbound(ctx, fwd, config)
                 return self.forker.start_call(ctx, fwd, [[self._outbound_target(fwd.uri_text)]],
@@ -373,7 +374,8 @@ class Proxy:
         owner = self.ownership.owner_of(aor) if self.ownership is not None else None
         first = owner or aor
 
-        def found(outcome: Outcome, later: float) -> list[ProxyAction]:
+        def found(outcome: Outcome[tuple[Chain, UserConfig | None]],
+                  later: float) -> list[ProxyAction]:
             return self.forker.safely(ctx, later, lambda: self._local_found(
                 ctx, fwd, aor, outcome, later, alias=owner is not None))
 
@@ -382,12 +384,13 @@ class Proxy:
         return [Defer(lambda: settings_chain(lookup, identity, first, caller), found,
                       name=f"user {aor}")]
 
-    def _local_found(self, ctx: Context, fwd: Request, aor: str, outcome: Outcome,
+    def _local_found(self, ctx: Context, fwd: Request, aor: str,
+                     outcome: Outcome[tuple[Chain, UserConfig | None]],
                      now: float, *, alias: bool = False) -> list[ProxyAction]:
         if outcome.error is not None:
             log.error("cannot look up %s: %s", log_quote(aor, 64), outcome.error)
             raise SipError(500, "User database unavailable")
-        chain, caller_config = outcome.value
+        chain, caller_config = outcome.get()
         if caller_config is not None:
             apply_display_name(fwd, caller_config)
         in_dialog = not ctx.initial
@@ -495,8 +498,8 @@ class Proxy:
         return out + [_after_lookup(ctx, a) if isinstance(a, Defer) else a for a in more]
 
 
-def _after_lookup(ctx: Context, d: Defer) -> Defer:
-    def then(outcome: Outcome, later: float) -> Any:
+def _after_lookup(ctx: Context, d: Defer[Any, list[ProxyAction]]) -> Defer[Any, list[ProxyAction]]:
+    def then(outcome: Outcome[Any], later: float) -> list[ProxyAction]:
         ctx.forwarding = False
         return d.then(outcome, later)
 

@@ -1,7 +1,7 @@
 """Location-store subscribers: ``~/.sr/usrloc`` files and utmp/wtmp records.
 
 Both hear every change of the location store and turn it into blocking
-:class:`~sipd.work.Job` s; neither is ever called by the registrar.
+:class:`~sipd.core.work.Job` s; neither is ever called by the registrar.
 
 ``sync = write-through``: a change somebody is told about (a REGISTER's
 200 OK, a successful ``write`` to ``/run/sr``) is a :class:`Commit`. The
@@ -26,8 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sipd.core.peer import Outgoing
-from sipd.core.work import Job, Outcome
+from sipd.core.work import Action, Job, Outcome
 from srfs.accounts import users
 from srfs.files.usrloc import UsrlocFiles, render_file
 from srfs.files.wtmp import LoginRecorder, WtmpError
@@ -35,8 +34,7 @@ from srfs.state.location import Change, ChangeKind, LocationStore, Op
 
 log = logging.getLogger("sipd.persistence")
 
-Action = Outgoing | Job
-Finish = Callable[[Outcome, float], list[Action]]
+Finish = Callable[[Outcome[None], float], list[Action]]
 
 
 @dataclass
@@ -119,7 +117,7 @@ class Persistence:
         text = render_file(self.store.preview(user, ops), wall)
         write = self._write(user, text, fsync=True)
 
-        def done(outcome: Outcome, later: float) -> list[Action]:
+        def done(outcome: Outcome[None], later: float) -> list[Action]:
             self.record(user, outcome)
             if outcome.error is None:
                 self._applying = user
@@ -141,7 +139,7 @@ class Persistence:
 
     # ------------------------------------------------------------ background
 
-    def jobs(self, now: float, wall: float) -> list[Job]:
+    def jobs(self, now: float, wall: float) -> list[Job[None]]:
         """Writes that are due: every dirty user at once (write-through), or
         at the flush interval (write-back). A user with a commit in flight
         waits for it: the commit's file must not be overtaken by one
@@ -166,16 +164,16 @@ class Persistence:
     def next_deadline(self) -> float | None:
         return self._next_flush if self._dirty and not self.write_through else None
 
-    def flush_all(self, wall: float) -> list[Job]:
+    def flush_all(self, wall: float) -> list[Job[None]]:
         """Every dirty user, now (shutdown)."""
         users_ = sorted(self._dirty)
         self._dirty.clear()
         return [self._job(u, wall, fsync=True) for u in users_]
 
-    def _job(self, user: str, wall: float, *, fsync: bool) -> Job:
+    def _job(self, user: str, wall: float, *, fsync: bool) -> Job[None]:
         text = render_file(self.store.bindings_of_user(user), wall)
 
-        def done(outcome: Outcome, now: float) -> list[Outgoing | Job]:
+        def done(outcome: Outcome[None], now: float) -> list[Action]:
             self.record(user, outcome)
             return []
 
@@ -196,7 +194,7 @@ class Persistence:
 
         return run
 
-    def record(self, user: str, outcome: Outcome) -> None:
+    def record(self, user: str, outcome: Outcome[None]) -> None:
         if outcome.error is None:
             self.stats.writes += 1
         else:
@@ -215,7 +213,7 @@ class WtmpSessions:
 
     LANE = "wtmp"
 
-    def __init__(self, store: LocationStore, recorder: LoginRecorder, emit: Callable[[Job], None]) -> None:
+    def __init__(self, store: LocationStore, recorder: LoginRecorder, emit: Callable[[Job[None]], None]) -> None:
         self.recorder = recorder
         self._emit = emit
         self._lines: dict[tuple[str, str], str] = {}

@@ -17,7 +17,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from sipd.auth.authenticator import Authenticator, LookUp, Refused, Verdict
 from sipd.core.identity import LocalIdentity
@@ -28,6 +28,7 @@ from sipd.registrar.register import REGISTRAR_EXTENSIONS, Registrar, aor_of
 from sipd.sip.errors import SipError
 from sipd.sip.message import Request, Response, make_response
 from sipd.sip.uri import SipURI, TelURI
+from srfs.accounts.directory import Account
 from srfs.logtext import quote
 from srfs.state.location import Op
 
@@ -37,7 +38,7 @@ log = logging.getLogger("sipd.server")
 PROXY_ORDER = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "PRACK", "UPDATE", "INFO", "MESSAGE",
                "REFER", "SUBSCRIBE", "NOTIFY")
 
-Reply: TypeAlias = "Response | Defer | Commit | Later | None"
+Reply: TypeAlias = "Response | Defer[Any, Reply] | Commit[Reply] | Later | None"
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Server:
         self.identity = identity
         self.registration = registration
         self.stats = ServerStats()
+        #: The wall clock at monotonic ``now`` (nonces, expiry); set by the endpoint.
+        self.wall: Callable[[float], float] = lambda now: now
         methods = ["OPTIONS", "ACK", "CANCEL"]
         extensions: list[str] = []
         if registration is not None:
@@ -78,13 +81,13 @@ class Server:
         #: Option tags (RFC 3261 §19.2) the server implements.
         self.extensions = tuple(extensions)
 
-    def handle_request(self, req: Request, peer: Peer, wall: float) -> Reply:
-        """The answer to ``req``; ``wall`` is the wall-clock time."""
+    def handle_request(self, req: Request, peer: Peer, now: float) -> Reply:
+        """The answer to ``req`` at monotonic ``now``."""
         if req.method == "ACK":
             # An ACK for our own non-2xx was absorbed by its transaction; any
             # other ACK has no transaction to confirm and gets no answer.
             return None
-        return self.guard(req, lambda: self._answer(req, peer, wall))
+        return self.guard(req, lambda: self._answer(req, peer, now))
 
     def guard(self, req: Request, answer: Callable[[], Reply]) -> Reply:
         """Turn a SipError raised while answering into its response."""
@@ -94,7 +97,7 @@ class Server:
             self.stats.rejected += 1
             return self.reply(req, exc.status, exc.reason, exc.headers)
 
-    def _answer(self, req: Request, peer: Peer, wall: float) -> Reply:
+    def _answer(self, req: Request, peer: Peer, now: float) -> Reply:
         uri = req.uri
         if not isinstance(uri, (SipURI, TelURI)):
             raise SipError(416, "Unsupported URI Scheme")
@@ -108,7 +111,7 @@ class Server:
             return self.reply(req, 200, "OK", self.capabilities())
         if req.method == "REGISTER" and self.registration is not None:
             self.stats.registers += 1
-            return self._register(req, self.registration, peer, wall)
+            return self._register(req, self.registration, peer, now)
         self.stats.not_implemented += 1
         return self.reply(req, 501, "Not Implemented", (("Allow", ", ".join(self.allowed_methods)),))
 
@@ -139,7 +142,7 @@ class Server:
 
     # ------------------------------------------------------------ REGISTER
 
-    def _register(self, req: Request, reg: Registration, peer: Peer, wall: float) -> Reply:
+    def _register(self, req: Request, reg: Registration, peer: Peer, now: float) -> Reply:
         """RFC 3261 §10.3 steps 1–5: domain, authentication, who owns the AOR."""
         uri = req.uri
         if not isinstance(uri, SipURI) or not self.identity.is_local_host(uri.host):
@@ -153,17 +156,18 @@ class Server:
         aor = aor_of(to_uri)
         if not aor:
             raise SipError(400, "To has no user part")
-        verdict = reg.auth.authenticate(req, peer, wall, proxy=False)
+        verdict = reg.auth.authenticate(req, peer, self.wall(now), proxy=False)
         if isinstance(verdict, LookUp):
             found = verdict
 
-            def looked_up(outcome: Outcome, wall2: float) -> Reply:
+            def looked_up(outcome: Outcome[Account | None], later: float) -> Reply:
+                wall2 = self.wall(later)
                 return self.guard(
                     req, lambda: self._register_checked(req, reg, aor, found.resume(outcome, wall2),
                                                         peer, wall2))
 
             return Defer(found.run, looked_up, name=found.name)
-        return self._register_checked(req, reg, aor, verdict, peer, wall)
+        return self._register_checked(req, reg, aor, verdict, peer, self.wall(now))
 
     def _register_checked(self, req: Request, reg: Registration, aor: str, verdict: Verdict,
                           peer: Peer, wall: float) -> Reply:
@@ -184,13 +188,13 @@ class Server:
         def plan(wall2: float) -> list[Op]:
             return registrar.plan(req, aor, user, peer, wall2)
 
-        def saved(outcome: Outcome, wall2: float) -> Reply:
+        def saved(outcome: Outcome[None], later: float) -> Reply:
             error = outcome.error
             if isinstance(error, SipError):
                 raise error
             if error is not None:
                 raise SipError(500, "Cannot save the registration")
-            return self._ok(req, registrar.listing(aor, req, wall2))
+            return self._ok(req, registrar.listing(aor, req, self.wall(later)))
 
         return Commit(user, plan, saved, name=f"register {user}")
 
