@@ -191,13 +191,16 @@ class Baresip:
             found.append(named.group(1).upper() if named else "MD5")
         return found
 
-    def wait_log(self, pattern: str, what: str, timeout: float = STEP_TIMEOUT) -> re.Match[str]:
-        """The first match of ``pattern`` in baresip's output (its SIP trace included)."""
+    def count(self, pattern: str) -> int:
+        """How often ``pattern`` occurs in baresip's output (its SIP trace included)."""
+        return len(re.findall(pattern, self.log, re.MULTILINE | re.IGNORECASE))
+
+    def wait_log(self, pattern: str, what: str, seen: int = 0,
+                 timeout: float = STEP_TIMEOUT) -> None:
+        """Wait until ``pattern`` occurs more than ``seen`` times (a phone that makes
+        several calls says the same things again: take ``count()`` before)."""
         deadline = time.monotonic() + timeout
-        while True:
-            m = re.search(pattern, self.log, re.MULTILINE | re.IGNORECASE)
-            if m:
-                return m
+        while self.count(pattern) <= seen:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"baresip: {what}: not seen ({pattern!r})\n{self.tail(6000)}")
             time.sleep(POLL)
@@ -294,6 +297,17 @@ def wait_unregistered(unix: FakeUnix, phone: Baresip, user: str = USER) -> None:
         time.sleep(POLL)
 
 
+def quit_and_unregister(unix: FakeUnix, phone: Baresip, user: str = USER) -> None:
+    """/quit; the REGISTER with expires=0 it sends removes the binding."""
+    assert phone.quit() == 0, phone.tail()
+    # The unregistration went out as a REGISTER, not by a lapse.
+    assert re.search(
+        rf"^Contact: <[^>]*@127\.0\.0\.1:{phone.port}[^>]*>;expires=0\s*$",
+        phone.log, re.MULTILINE,
+    ), f"baresip sent no REGISTER with expires=0:\n{phone.tail()}"
+    wait_unregistered(unix, phone, user)
+
+
 def register_and_unregister(
     sipd: Daemon, unix: FakeUnix, tmp: Path, transport: str
 ) -> None:
@@ -313,13 +327,7 @@ def register_and_unregister(
         # What a phone sipd does not know is offered: MD5 alone.
         assert phone.challenged_with() == ["MD5"], phone.tail()
 
-        assert phone.quit() == 0, phone.tail()
-        # The unregistration went out as a REGISTER, not by a lapse.
-        assert re.search(
-            rf"^Contact: <[^>]*@127\.0\.0\.1:{phone.port}[^>]*>;expires=0\s*$",
-            phone.log, re.MULTILINE,
-        ), f"baresip sent no REGISTER with expires=0:\n{phone.tail()}"
-        wait_unregistered(unix, phone)
+        quit_and_unregister(unix, phone)
     assert sipd.alive(), sipd.log
     assert "Traceback" not in sipd.log, sipd.log
 
