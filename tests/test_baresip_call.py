@@ -1,5 +1,9 @@
 """Two baresip softphones call each other through sipd, over UDP and over TCP.
 
+sipd runs on its built-in defaults, which offer baresip (a User-Agent sipd
+does not know) MD5 alone, for REGISTER (401) and for calls (407) alike:
+baresip 1.0.0 gives up on any challenge with another algorithm.
+
 bob's phone answers by itself (``answermode=auto``); alice's dials bob's
 AOR, authenticates with 407, talks for a moment and hangs up. What each
 phone sent and received is read from its SIP trace (``-s``).
@@ -32,14 +36,13 @@ BOB_PASSWORD = "bob-secret"
 
 @pytest.fixture(scope="module")
 def sipd(tmp_path_factory: pytest.TempPathFactory, unix: FakeUnix) -> Iterator[Daemon]:
+    """sipd on its built-in defaults."""
     baresip_install()
     tmp = tmp_path_factory.mktemp("baresip-call-sipd")
-    config = tmp / "md5.toml"
-    config.write_text('auth_algorithms = ["MD5"]\n')
     set_password(unix)
     p = unix.sippasswd("-r", REALM, "--stdin", "bob", input=f"{BOB_PASSWORD}\n")
     assert p.returncode == 0, p.stderr
-    with running_sipd(tmp, "-c", str(config), unix=unix) as daemon:
+    with running_sipd(tmp, unix=unix) as daemon:
         yield daemon
     for name in ("alice", "bob"):
         (unix[name].home / ".sr" / "usrloc").unlink(missing_ok=True)
@@ -87,6 +90,9 @@ def test_baresip_calls_baresip(sipd: Daemon, unix: FakeUnix, tmp_path: Path, tra
         alice.command("/hangup")
         wait_for(bob, r"^BYE sip:", "bob's phone got the BYE")
         wait_for(alice, r"^SIP/2\.0 200 OK\s*\n(?:[^\n]+\n)*?CSeq: \d+ BYE", "the BYE answered")
+        # Both phones were offered MD5 alone: bob's 401, alice's 401 and 407.
+        assert set(alice.challenged_with()) == {"MD5"}, alice.tail()
+        assert set(bob.challenged_with()) == {"MD5"}, bob.tail()
         assert alice.quit() == 0, alice.tail()
         assert bob.quit() == 0, bob.tail()
     assert sipd.alive(), sipd.log

@@ -2,7 +2,10 @@
 # Install the Debian packages sipd and its tests need, only when one is
 # missing, so a second `make setup` costs one dpkg-query.
 set -eu
-PACKAGES="fuse3 libfuse3-dev pkg-config sip-tester libnss-wrapper libpam-wrapper libpam-modules baresip-core mandoc"
+# baresip-core and linphone-cli (linphone-daemon) are the softphones of the
+# end-to-end tests; without recommends, linphone-cli leaves out the
+# mediastreamer2 codec plugins and what they pull in, which the tests do not need.
+PACKAGES="fuse3 libfuse3-dev pkg-config sip-tester libnss-wrapper libpam-wrapper libpam-modules baresip-core linphone-cli mandoc"
 missing=""
 for p in $PACKAGES; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
