@@ -72,6 +72,19 @@ def test_a_stale_phone_behind_a_nat_does_not_lock_out_the_office() -> None:
     assert attempt(h, "user49", "secret-b", NAT).status == 200
 
 
+def test_a_guesser_behind_a_phones_nat_does_not_lock_out_that_phones_user() -> None:
+    """The guesser and bob's phone share an address; the NAT gives each its own port."""
+    h = Harness()
+    phone = Peer("udp", NAT.host, 40000, conn=1)
+    guesser = Peer("udp", NAT.host, 51234, conn=1)
+    assert attempt(h, "bob", "secret-b", phone).status == 200
+    for _ in range(12):
+        h.now += 1
+        attempt(h, "bob", "000000", guesser)
+    assert attempt(h, "bob", "secret-b", guesser).status == 403  # slowed, even when right
+    assert attempt(h, "bob", "secret-b", phone).status == 200
+
+
 def test_names_sprayed_from_one_address_are_slowed_but_known_phones_there_keep_working() -> None:
     h = Harness()
     assert attempt(h, "bob", "secret-b", NAT).status == 200  # bob's phone, behind the NAT

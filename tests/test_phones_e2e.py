@@ -27,8 +27,10 @@ the TCP round's linphone takes linphonec's name, which sipd's built-in
 ``sha256_user_agents`` knows: offered SHA-256 then MD5, it answers with
 SHA-256, for its REGISTER and for its INVITE.
 
-The two tests after the first show what sipd gets wrong today; they are
-strict xfails, so a fix makes them fail until the mark goes.
+The two tests after the first hold two rules the field taught: a
+guesser at a phone's own address (behind the same NAT) never locks that
+phone's user out, and a second phone of a user whose first chose SHA-256
+is still offered MD5 after it.
 """
 
 from __future__ import annotations
@@ -40,9 +42,7 @@ from pathlib import Path
 import pytest
 
 from tests.linphone import (
-    CallFailed,
     Linphone,
-    RegistrationFailed,
     contact_port,
     digest_algorithms,
     linphone_daemon,
@@ -238,12 +238,6 @@ def test_baresip_and_linphone_call_each_other_over_udp_and_tcp(
     assert "Traceback" not in sipd.log, sipd.log
 
 
-@pytest.mark.xfail(
-    strict=True, raises=CallFailed,
-    reason="sipd refuses a (user, address) pair for 60 s after 5 failures whoever asks: "
-           "the user's own phone at the guesser's address gets 403 Too many failed attempts "
-           "for its INVITE (and REGISTER); only the source block spares names that succeeded",
-)
 def test_a_guesser_at_a_phones_address_does_not_lock_out_that_phones_user(
     sipd: Daemon, unix: FakeUnix, passwords: dict[str, str], tmp_path: Path
 ) -> None:
@@ -261,12 +255,6 @@ def test_a_guesser_at_a_phones_address_does_not_lock_out_that_phones_user(
         bob.wait_event("LinphoneCallReleased", "bob's call over", call)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=RegistrationFailed,
-    reason="sipd offers a (user, User-Agent) the algorithm it last used, alone: after one "
-           "Linphone of bob chose SHA-256, another of the same name whose account holds an "
-           "MD5 HA1 gets a 401 with SHA-256 only, which it cannot answer",
-)
 def test_a_second_linphone_that_holds_an_md5_ha1_registers_after_one_chose_sha256(
     sipd: Daemon, unix: FakeUnix, passwords: dict[str, str], tmp_path: Path
 ) -> None:

@@ -365,6 +365,20 @@ def test_in_dialog_request_follows_its_route_set_without_auth() -> None:
     assert "Record-Route" not in req
 
 
+def test_our_realms_credentials_on_a_bye_end_here() -> None:
+    """Phones repeat their Proxy-Authorization on in-dialog requests (§22.3)."""
+    net = Net()
+    tail = f'nonce="n", uri="sip:bob@{REALM}", response="{"0" * 32}", algorithm=MD5'
+    ours = f'Digest username="alice", realm="{REALM}", {tail}'
+    theirs = f'Digest username="alice", realm="elsewhere.example", {tail}'
+    data = bye("sip:bob@192.0.2.20:5070", ["<sip:192.0.2.1:5060;lr>", "<sip:203.0.113.5:5090;lr>"])
+    data = data.replace(b"Content-Length:", (f"Proxy-Authorization: {ours}\r\n"
+                                             f"Proxy-Authorization: {theirs}\r\n"
+                                             "Content-Length:").encode())
+    (req, _), = requests(net.send(data, CALLER), "BYE")
+    assert req.get_all("Proxy-Authorization") == [theirs]
+
+
 def test_route_to_our_address_on_another_port_is_not_ours() -> None:
     net = Net()
     out = net.send(bye("sip:bob@192.0.2.20:5070", ["<sip:192.0.2.1:5070;lr>"]), CALLER)

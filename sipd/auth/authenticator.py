@@ -88,7 +88,10 @@ class Throttle:
       from that source for ``first_block`` seconds; after that one more
       failure is enough, and each block lasts twice the one before, up to
       ``max_block``. An honest phone with a stale password is answered
-      again after a minute; a guesser gets fewer tries each hour.
+      again after a minute; a guesser gets fewer tries each hour. The
+      user's own phones that authenticated from that address and port
+      lately (``good_for``) are not refused: a guesser behind the same NAT
+      has a port of its own.
     - A source whose failures (any user names) reach ``source_limit`` is
       refused the same way, but only for user names that have not
       succeeded from it lately (``good_for``): the other phones behind an
@@ -127,15 +130,17 @@ class Throttle:
         self._pairs: OrderedDict[tuple[str, str], _BackOff] = OrderedDict()
         self._sources: OrderedDict[str, _BackOff] = OrderedDict()
         self._good: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._good_endpoints: OrderedDict[tuple[str, str, int], float] = OrderedDict()
 
-    def blocked(self, user: str, host: str, now: float) -> bool:
-        """Whether a request naming ``user`` from ``host`` is refused unheard."""
+    def blocked(self, user: str, host: str, now: float, port: int = 0) -> bool:
+        """Whether a request naming ``user`` from ``host:port`` is refused unheard."""
         if self.trusted(host):
             return False
         source = source_key(host)
         pair = self._pairs.get((user, source))
         if pair is not None and now < pair.until:
-            return True
+            known = self._good_endpoints.get((user, host, port))
+            return known is None or now - known > self.good_for
         src = self._sources.get(source)
         if src is not None and now < src.until:
             good = self._good.get((user, source))
@@ -150,12 +155,15 @@ class Throttle:
         started = self._count(self._pairs, (user, source), self.pair_limit, now)
         return self._count(self._sources, source, self.source_limit, now) or started
 
-    def success(self, user: str, host: str, now: float) -> None:
+    def success(self, user: str, host: str, now: float, port: int = 0) -> None:
         source = source_key(host)
         self._pairs.pop((user, source), None)
         self._good.pop((user, source), None)
         self._good[(user, source)] = now
         self._trim(self._good)
+        self._good_endpoints.pop((user, host, port), None)
+        self._good_endpoints[(user, host, port)] = now
+        self._trim(self._good_endpoints)
 
     def _count(self, table: OrderedDict[_K, _BackOff], key: _K, limit: int, now: float) -> bool:
         state = table.pop(key, None)
@@ -188,7 +196,8 @@ class ChallengePolicy:
     1.0). So a challenge offers one algorithm unless it is known better:
 
     - a phone (the user named in To or From, and its User-Agent) that
-      authenticated before is offered what it used last;
+      authenticated before with MD5 is offered MD5 alone, one that used
+      SHA-256 is offered SHA-256 and then MD5;
     - a User-Agent that contains one of ``sha256_agents`` (phones known
       to choose SHA-256 from several challenges) is offered SHA-256 first
       and MD5 after it;
@@ -207,8 +216,12 @@ class ChallengePolicy:
 
     def offer(self, hint: str, agent: str) -> tuple[str, ...]:
         learned = self._learned.get((hint, agent))
-        if learned is not None and learned in self.accepted:
-            return (learned,)
+        if learned == "MD5" and "MD5" in self.accepted:
+            return ("MD5",)
+        if learned == "SHA-256" and learned in self.accepted:
+            # Another phone of that name and model may hold only an MD5 HA1
+            # (linphone keeps what it first hashed): MD5 stays offered after it.
+            return tuple(a for a in ("SHA-256", "MD5") if a in self.accepted)
         lowered = agent.lower()
         if "SHA-256" in self.accepted and any(a in lowered for a in self.sha256_agents):
             return tuple(a for a in ("SHA-256", "MD5") if a in self.accepted)
@@ -362,7 +375,7 @@ class Authenticator:
         hint, agent = challenge_hint(req)
         if creds is None:
             return self._challenge(proxy, wall, self.policy.offer(hint, agent))
-        if self.throttle.blocked(creds.username, source.host, wall):
+        if self.throttle.blocked(creds.username, source.host, wall, source.port):
             # The same answer, at the same time, for every name and password.
             self.stats.throttled += 1
             return Refused(403, "Too many failed attempts", (), wall + AUTH_FAILURE_DELAY)
@@ -455,7 +468,7 @@ class Authenticator:
             result, why = AuthResult.FAILED, "digest uri is not the Request-URI"
         if result is AuthResult.OK:
             self.stats.ok += 1
-            self.throttle.success(creds.username, source.host, now)
+            self.throttle.success(creds.username, source.host, now, source.port)
         elif result is AuthResult.STALE:
             self.stats.stale += 1
         else:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from sipd.core.peer import Outgoing, Peer
+from sipd.proxy.callerid import drop_our_credentials
 from sipd.proxy.routing import BRANCH_PREFIX, ContactIndex, Router, branch_key
 from sipd.proxy.targets import Target, uri_target
 from sipd.sip.errors import ParseError, SipError
@@ -23,7 +24,7 @@ log = logging.getLogger("sipd.proxy")
 
 
 def forward_ack(ack: Request, router: Router, contacts: ContactIndex,
-                tcp_peer: Callable[[str, int], Peer | None]) -> list[Outgoing]:
+                tcp_peer: Callable[[str, int], Peer | None], realm: str) -> list[Outgoing]:
     """Where the ACK goes and with what Via; [] to drop it."""
     try:
         mf = ack.max_forwards
@@ -33,6 +34,7 @@ def forward_ack(ack: Request, router: Router, contacts: ContactIndex,
             return []
         fwd = ack.copy()
         own = router.strip_own_routes(fwd)
+        drop_our_credentials(fwd, realm)
         routes = fwd.values("Route")
         if not own and not routes:
             return []

@@ -152,7 +152,8 @@ class Proxy:
     def handle_ack(self, ack: Request, now: float) -> list[ProxyAction]:
         """An ACK for a 2xx: end to end, forwarded statelessly by its Route set."""
         try:
-            return list(forward_ack(ack, self.router, self.contacts, self.tcp_peer))
+            return list(forward_ack(ack, self.router, self.contacts, self.tcp_peer,
+                                    self.auth.realm))
         except Exception:
             self.stats.proxy_errors += 1
             log.exception("proxy error on an ACK")
@@ -188,6 +189,9 @@ class Proxy:
             # RFC 3325 §5: an identity asserted by an untrusted source means nothing.
             fwd.remove("P-Asserted-Identity")
         own_route = self.router.strip_own_routes(fwd)
+        # §22.3: credentials for our realm end here, whether or not this
+        # request needed them (phones repeat them on BYE and re-INVITE).
+        drop_our_credentials(fwd, self.auth.realm)
         if not ctx.initial:
             if own_route:
                 if req.method == "BYE":
