@@ -62,6 +62,7 @@ from sipd.proxy.routing import ContactIndex, Router, max_breadth, target_tag
 from sipd.proxy.targets import LocalAddresses, Target, uri_target
 from sipd.proxy.users import UserLookup
 from sipd.registrar.register import aor_of
+from sipd.sip.checks import check_request
 from sipd.sip.errors import SipError
 from sipd.sip.headers import parse_address
 from sipd.sip.message import Request, make_response
@@ -171,15 +172,7 @@ class Proxy:
 
     def _route(self, ctx: Context, now: float) -> list[ProxyAction]:
         req = ctx.request
-        uri = req.uri
-        if not isinstance(uri, (SipURI, TelURI)):
-            raise SipError(416, "Unsupported URI Scheme")
-        mf = req.max_forwards
-        if mf is not None and mf == 0:
-            raise SipError(483, "Too Many Hops")
-        unsupported = [t for t in req.tokens("Proxy-Require") if t.lower() not in PROXY_EXTENSIONS]
-        if unsupported:
-            raise SipError(420, "Bad Extension", (("Unsupported", ", ".join(unsupported)),))
+        check_request(req, PROXY_EXTENSIONS)
         if self.router.looped(req):
             self.stats.proxy_loops += 1
             raise SipError(482, "Loop Detected")

@@ -25,6 +25,7 @@ from sipd.core.ownership import Ownership
 from sipd.core.peer import Peer
 from sipd.core.work import Commit, Defer, Later, Outcome
 from sipd.registrar.register import REGISTRAR_EXTENSIONS, Registrar, aor_of
+from sipd.sip.checks import check_extensions, check_request
 from sipd.sip.errors import SipError
 from sipd.sip.message import Request, Response, make_response
 from sipd.sip.uri import SipURI, TelURI
@@ -98,15 +99,9 @@ class Server:
             return self.reply(req, exc.status, exc.reason, exc.headers)
 
     def _answer(self, req: Request, peer: Peer, now: float) -> Reply:
-        uri = req.uri
-        if not isinstance(uri, (SipURI, TelURI)):
-            raise SipError(416, "Unsupported URI Scheme")
-        max_forwards = req.max_forwards
-        if max_forwards is not None and max_forwards == 0:
-            raise SipError(483, "Too Many Hops")
-        self._check_extensions(req, "Proxy-Require")
+        check_request(req, self.extensions)
         if req.method == "OPTIONS" and self._addressed_to_server(req):
-            self._check_extensions(req, "Require")
+            check_extensions(req, "Require", self.extensions)
             self.stats.options_answered += 1
             return self.reply(req, 200, "OK", self.capabilities())
         if req.method == "REGISTER" and self.registration is not None:
@@ -118,11 +113,6 @@ class Server:
     def _addressed_to_server(self, req: Request) -> bool:
         uri = req.uri
         return isinstance(uri, SipURI) and uri.user is None and self.identity.is_local_host(uri.host)
-
-    def _check_extensions(self, req: Request, header: str) -> None:
-        unsupported = [t for t in req.tokens(header) if t.lower() not in self.extensions]
-        if unsupported:
-            raise SipError(420, "Bad Extension", (("Unsupported", ", ".join(unsupported)),))
 
     def capabilities(self) -> tuple[tuple[str, str], ...]:
         return (
