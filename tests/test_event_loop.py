@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_register_e2e import REALM, Phone
 from tests.sipclient import UdpClient, options, running_sipd, status_of, wait_for
-from tests.test_register_e2e import REALM, Phone
 from tests.unixusers import FakeUnix, give_passwords
 
 pytestmark = pytest.mark.skipif(

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import REPO
+
+ROOT = REPO
 
 #: Lowest first. A module belongs to the longest entry its name starts with.
 SIPD_ORDER = ("sipd.sip", "sipd.core", "sipd.auth", "sipd.registrar", "sipd.proxy",

@@ -1,0 +1,158 @@
+"""/run/sr on a running sipd: SIP state read and changed with shell tools."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_register_e2e import REALM, Phone
+from tests.sipclient import Daemon, running_sipd, status_of
+from tests.unixusers import FakeUnix
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+    reason="needs /dev/fuse and root to mount the state filesystem",
+)
+
+
+@pytest.fixture(scope="module")
+def password(unix: FakeUnix) -> str:
+    r = unix.sippasswd("-r", REALM, "--stdin", "alice", input="fs-secret\n")
+    assert r.returncode == 0, r.stderr
+    return "fs-secret"
+
+
+def sh(cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def fs_sipd(tmp_path: Path, unix: FakeUnix, mnt: Path, password: str) -> Iterator[Daemon]:
+    conf = tmp_path / "fs.toml"
+    conf.write_text(f'min_expires = 1\nmount_enabled = true\nmount = "{mnt}"\n')
+    with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as daemon:
+        deadline = time.monotonic() + 10
+        while not (mnt / "alice").exists():
+            assert time.monotonic() < deadline, daemon.log
+            time.sleep(0.05)
+        yield daemon
+    for name in ("usrloc", "config"):
+        (unix["alice"].home / ".sr" / name).unlink(missing_ok=True)
+
+
+def test_registration_appears_and_expires(fs_sipd: Daemon, mnt: Path, password: str) -> None:
+    phone = Phone(fs_sipd, "alice", password)
+    try:
+        assert status_of(phone.register(expires=2)) == 200
+    finally:
+        phone.close()
+    contacts = (mnt / "alice" / "contacts").read_text()
+    assert f"received=udp:127.0.0.1:{phone.conn.port}" in contacts and "aor=alice" in contacts
+    deadline = time.monotonic() + 6
+    while "aor=alice" in (mnt / "alice" / "contacts").read_text():
+        assert time.monotonic() < deadline, "registration did not expire"
+        time.sleep(0.1)
+    status = (mnt / "status").read_text()
+    assert "contacts: 0" in status and "version: " in status
+    assert "sipd_messages_in_total" in (mnt / "metrics").read_text()
+
+
+def test_static_contact_written_with_echo_is_used(fs_sipd: Daemon, unix: FakeUnix, mnt: Path,
+                                                  password: str) -> None:
+    usrloc = unix["alice"].home / ".sr" / "usrloc"
+    r = sh(f"echo 'sip:pbx@198.51.100.7:5060' >> {mnt}/alice/contacts")
+    assert r.returncode == 0, r.stderr
+    # Committed at close(): in ~/.sr/usrloc by the time the shell goes on.
+    assert "sip:pbx@198.51.100.7:5060" in usrloc.read_text()
+    assert "sip:pbx@198.51.100.7:5060 aor=alice expires=never" in (mnt / "alice" / "contacts").read_text()
+    phone = Phone(fs_sipd, "alice", password)
+    try:
+        fetched = phone.register(contact="")
+    finally:
+        phone.close()
+    assert b"Contact: <sip:pbx@198.51.100.7:5060>" in fetched
+    assert "sip:pbx@198.51.100.7:5060" in (unix["alice"].home / ".sr" / "usrloc").read_text()
+    bad = sh(f"echo 'not a contact' >> {mnt}/alice/contacts")
+    assert bad.returncode != 0 and "Invalid argument" in bad.stderr
+    assert sh(f": > {mnt}/alice/contacts").returncode == 0
+    assert (mnt / "alice" / "contacts").read_text() == ""
+    # ": >" writes nothing, so it commits at release, which the kernel
+    # sends after close() has returned: the file follows a moment later.
+    deadline = time.monotonic() + 5
+    while "sip:pbx" in usrloc.read_text():
+        assert time.monotonic() < deadline, usrloc.read_text()
+        time.sleep(0.05)
+
+
+def test_config_nodes_and_hand_edits(fs_sipd: Daemon, unix: FakeUnix, mnt: Path) -> None:
+    cfg = unix["alice"].home / ".sr" / "config"
+    assert sh(f"echo yes > {mnt}/alice/config/dnd").returncode == 0
+    assert "dnd = yes" in cfg.read_text()
+    bad = sh(f"echo maybe > {mnt}/alice/config/dnd")
+    assert bad.returncode != 0 and "Invalid argument" in bad.stderr
+    assert (mnt / "alice" / "config" / "dnd").read_text() == "yes\n"
+    # A hand edit of ~/.sr/config shows up without a restart.
+    cfg.write_text("# my settings\ndnd = no\nring_timeout = 25\n")
+    deadline = time.monotonic() + 12
+    while not (mnt / "alice" / "config" / "ring_timeout").exists():
+        assert time.monotonic() < deadline, "hand edit not picked up"
+        time.sleep(0.2)
+    assert (mnt / "alice" / "config" / "dnd").read_text() == "no\n"
+    assert sh(f"rm {mnt}/alice/config/ring_timeout").returncode == 0
+    assert cfg.read_text() == "# my settings\ndnd = no\n"
+
+
+def test_sip_keeps_answering_during_a_read_storm(fs_sipd: Daemon, mnt: Path) -> None:
+    # Three shell loops reading the tree as fast as they can, in processes
+    # of their own, while SIP requests keep coming.
+    loop = (f"n=0; end=$((SECONDS+3)); while [ $SECONDS -lt $end ]; do "
+            f"cat {mnt}/status {mnt}/metrics {mnt}/alice/contacts >/dev/null; n=$((n+1)); done; echo $n")
+    storms = [subprocess.Popen(["bash", "-c", loop], stdout=subprocess.PIPE, text=True)
+              for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        answered = []
+        while any(p.poll() is None for p in storms):
+            answered.append(fs_sipd.ping())
+            time.sleep(0.01)
+        reads = sum(int(p.communicate(timeout=10)[0].strip() or 0) for p in storms)
+    finally:
+        for p in storms:
+            p.kill()
+            p.wait()
+    assert len(answered) > 50 and set(answered) == {200}
+    assert reads > 100  # the tree was really being read meanwhile
+
+
+def test_sigkill_then_restart_recovers_the_mount(tmp_path: Path, unix: FakeUnix, mnt: Path,
+                                                 password: str) -> None:
+    conf = tmp_path / "fs.toml"
+    conf.write_text(f'mount = "{mnt}"\n')
+    with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as first:
+        deadline = time.monotonic() + 10
+        while not (mnt / "alice").exists():
+            assert time.monotonic() < deadline, first.log
+            time.sleep(0.05)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+    with pytest.raises(OSError):
+        os.listdir(mnt)  # ENOTCONN: the stale mount of a killed daemon
+    with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as second:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if (mnt / "alice").exists():
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, second.log
+            time.sleep(0.05)
+        assert "status" in os.listdir(mnt)
+        assert second.stop() == 0
+    assert str(mnt) not in Path("/proc/self/mountinfo").read_text()

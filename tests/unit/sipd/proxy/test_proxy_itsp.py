@@ -1,0 +1,176 @@
+"""The ITSP cases in the proxy, sans-IO: DIDs, trusted trunks, caller ID, privacy."""
+
+from __future__ import annotations
+
+from sipd.core.ownership import Ownership
+from sipd.core.peer import Peer
+from sipd.proxy.context import ProxyPolicy
+from srfs.files.aliases import AliasMap
+from srfs.files.trunks import parse_trunks
+from srfs.state.location import Binding
+from tests.unit.sipd.proxy.test_proxy import (
+    BOB1,
+    CALLER,
+    REALM,
+    Net,
+    challenge,
+    credentials,
+    invite,
+    requests,
+    responses,
+)
+
+TRUNK = Peer("udp", "203.0.113.7", 5060, conn=0)
+STRANGER = Peer("udp", "192.0.2.66", 5060, conn=1)
+GATEWAY = "sip:192.0.2.99:5080"
+
+
+def itsp_net(outbound: str = "", from_policy: str = "reject") -> Net:
+    net = Net(outbound=outbound)
+    own = Ownership(None, None, gateways=["192.0.2.99"])
+    own.aliases = AliasMap.of({"1003": "alice", "01727221221": "alice",
+                               "+441727238471": "dave", "7000": "nobody"})
+    own.trunks, problems = parse_trunks("dave: 203.0.113.7/32\n")
+    assert not problems
+    net.proxy.ownership = own
+    net.proxy.policy = ProxyPolicy(outbound_proxy=outbound,
+                                   from_policy="rewrite" if from_policy == "rewrite" else "reject")
+    return net
+
+
+def authed(net: Net, uri: str, frm: str, extra: str = "", user: str = "alice") -> list[object]:
+    resp = challenge(net, uri, frm)
+    auth = "Proxy-Authorization: " + credentials(resp, uri, user=user) + "\r\n"
+    return net.send(invite(uri, frm=frm, extra=auth + extra, cseq=2), CALLER)  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ DIDs
+
+
+def test_a_did_with_its_own_registration_rings_that_line() -> None:
+    net = itsp_net()
+    net.bind("1003", BOB1)
+    out = net.send(invite(f"sip:1003@{REALM}"), STRANGER)
+    (req, peer), = requests(out, "INVITE")
+    assert peer == BOB1 and req.uri_text == "sip:1003@192.0.2.20:5070"
+
+
+def test_a_did_without_a_registration_reaches_the_owners_trunk_with_the_number() -> None:
+    net = itsp_net()
+    net.store.upsert(Binding("dave", "dave", "sip:pbx@203.0.113.7:5060", None,
+                             received="udp:203.0.113.7:5060"))
+    out = net.send(invite(f"sip:+441727238471@{REALM}"), STRANGER)
+    (req, peer), = requests(out, "INVITE")
+    assert (peer.host, peer.port) == ("203.0.113.7", 5060)
+    assert req.uri_text == "sip:+441727238471@203.0.113.7:5060"
+    assert str(req.to.uri) == f"sip:+441727238471@{REALM}"
+    assert ("started", req.call_id, None, "dave", "sip:zed@example.com",
+            f"sip:+441727238471@{REALM}") in net.hooks.seen
+
+
+def test_dids_of_users_without_phones_or_owners() -> None:
+    net = itsp_net()
+    assert responses(net.send(invite(f"sip:01727221221@{REALM}"), STRANGER)) == [100, 480]
+    # An alias whose owner is no SIP user is nobody's number; a stranger is
+    # not told that it differs from a number whose phones are off.
+    assert responses(net.send(invite(f"sip:7000@{REALM}"), STRANGER)) == [100, 480]
+
+
+# ------------------------------------------------------------------ trunks
+
+
+def test_a_trusted_trunk_calls_out_as_its_number_without_a_challenge() -> None:
+    net = itsp_net()
+    net.bind("bob", BOB1)
+    out = net.send(invite(f"sip:bob@{REALM}", frm=f"sip:+441727238471@{REALM}"), TRUNK)
+    assert responses(out) == [100]
+    (req, _), = requests(out, "INVITE")
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:+441727238471@{REALM}>"]
+    # The same From from anywhere else is challenged like any caller.
+    assert responses(net.send(invite(f"sip:bob@{REALM}", frm=f"sip:+441727238471@{REALM}"),
+                              STRANGER)) == [100, 407]
+    # And from the trunk, someone else's address is not the trunk speaking.
+    assert responses(net.send(invite(f"sip:bob@{REALM}", frm=f"sip:alice@{REALM}"),
+                              TRUNK)) == [100, 407]
+
+
+def test_a_trusted_trunk_reaches_the_gateway() -> None:
+    net = itsp_net(outbound=GATEWAY)
+    out = net.send(invite("sip:+15551234@example.org", frm="sip:+441727238471@pbx.example"),
+                   TRUNK)
+    (req, peer), = requests(out, "INVITE")
+    assert (peer.host, peer.port) == ("192.0.2.99", 5080)
+
+
+# ------------------------------------------------------------ caller ID
+
+
+def test_untrusted_asserted_identity_is_removed() -> None:
+    net = itsp_net()
+    net.bind("bob", BOB1)
+    pai = "P-Asserted-Identity: <sip:ceo@example.com>\r\n"
+    out = net.send(invite(f"sip:bob@{REALM}", extra=pai), STRANGER)
+    (req, _), = requests(out, "INVITE")
+    assert "P-Asserted-Identity" not in req
+
+
+def test_a_local_caller_is_asserted_to_a_local_callee_unless_private() -> None:
+    net = itsp_net()
+    net.bind("bob", BOB1)
+    uri = f"sip:bob@{REALM}"
+    out = authed(net, uri, f"sip:1003@{REALM}", "P-Preferred-Identity: <sip:1003@sip.test>\r\n")
+    (req, _), = requests(out, "INVITE")  # type: ignore[arg-type]
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:1003@{REALM}>"]
+    assert "P-Preferred-Identity" not in req
+    assert str(req.from_.uri) == f"sip:1003@{REALM}"
+    out = authed(net, uri, f"sip:alice@{REALM}", "Privacy: id\r\n")
+    (req, _), = requests(out, "INVITE")  # type: ignore[arg-type]
+    assert "P-Asserted-Identity" not in req
+    assert req.get("Privacy") == "id"
+
+
+def test_toward_the_gateway_from_and_pai_are_the_caller_id() -> None:
+    net = itsp_net(outbound=GATEWAY)
+    net.users.configs["alice"] = "caller_id = 01727221221\n"
+    uri = "sip:+15551234@example.org"
+    out = authed(net, uri, f"sip:alice@{REALM}")
+    (req, peer), = requests(out, "INVITE")  # type: ignore[arg-type]
+    assert (peer.host, peer.port) == ("192.0.2.99", 5080)
+    assert str(req.from_.uri) == f"sip:01727221221@{REALM}"
+    assert req.from_.tag == "caller1"
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:01727221221@{REALM}>"]
+    # The gateway is trusted: it gets the identity with the privacy request.
+    out = authed(net, uri, f"sip:alice@{REALM}", "Privacy: id\r\n")
+    (req, _), = requests(out, "INVITE")  # type: ignore[arg-type]
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:01727221221@{REALM}>"]
+    assert req.get("Privacy") == "id"
+
+
+def test_a_caller_id_the_user_does_not_own_is_ignored() -> None:
+    net = itsp_net(outbound=GATEWAY)
+    net.users.configs["alice"] = "caller_id = +441727238471\n"
+    out = authed(net, "sip:+15551234@example.org", f"sip:1003@{REALM}")
+    (req, _), = requests(out, "INVITE")  # type: ignore[arg-type]
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:1003@{REALM}>"]
+
+
+def test_from_policy_reject_or_rewrite() -> None:
+    net = itsp_net()
+    net.bind("bob", BOB1)
+    uri = f"sip:bob@{REALM}"
+    assert responses(authed(net, uri, f"sip:+441727238471@{REALM}")) == [100, 403]  # type: ignore[arg-type]
+    net = itsp_net(from_policy="rewrite")
+    net.bind("bob", BOB1)
+    out = authed(net, uri, f"sip:+441727238471@{REALM}")
+    (req, _), = requests(out, "INVITE")  # type: ignore[arg-type]
+    assert str(req.from_.uri) == f"sip:alice@{REALM}"
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:alice@{REALM}>"]
+
+
+def test_an_anonymous_from_is_the_callers_privacy_choice() -> None:
+    net = itsp_net(outbound=GATEWAY)
+    out = authed(net, "sip:+15551234@example.org",
+                 "sip:anonymous@anonymous.invalid", "Privacy: id\r\n")
+    (req, _), = requests(out, "INVITE")  # type: ignore[arg-type]
+    assert str(req.from_.uri) == "sip:anonymous@anonymous.invalid"
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:alice@{REALM}>"]

@@ -1,0 +1,132 @@
+"""What one request, or a flood of them, can make the proxy send: sans-IO, time passed in.
+
+The figures asserted here are the ones sipd(8) states under SECURITY.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from sipd.core.peer import Outgoing, Peer
+from sipd.core.work import run_inline
+from sipd.proxy.context import MAX_BRANCHES
+from tests.unit.sipd.proxy.test_proxy import (
+    BOB1,
+    CALLER,
+    ME,
+    REALM,
+    Net,
+    invite,
+    requests,
+    responses,
+)
+
+#: Added headers (Via, Record-Route, Max-Breadth...) per copy stay under this.
+OVERHEAD = 512
+#: An INVITE over UDP is sent at most this often (Timer A until Timer B).
+INVITE_COPIES = 7
+#: A final response to a stranger who never ACKs: once, then Timer G until Timer H.
+FINAL_COPIES = 11
+
+
+def run_for(net: Net, seconds: float, step: float = 0.1) -> list[Outgoing]:
+    out: list[Outgoing] = []
+    end = net.now + seconds
+    while net.now < end:
+        net.now = round(net.now + step, 6)
+        out += run_inline(net.ep.handle_timer(net.now), net.now)
+    return out
+
+
+def dead_contacts(net: Net, n: int) -> list[Peer]:
+    peers = [Peer("udp", f"192.0.2.{50 + i}", 5070, conn=0) for i in range(n)]
+    for p in peers:
+        net.bind("bob", p)
+    return peers
+
+
+def test_one_stranger_invite_sends_a_bounded_multiple_of_its_size() -> None:
+    net = Net()
+    dead_contacts(net, 10)
+    data = invite()
+    sent = run_inline(net.ep.receive(data, CALLER, net.now), net.now) + run_for(net, 70)
+    per_peer = collections.Counter(o.peer for o in sent if o.data.startswith(b"INVITE"))
+    assert len(per_peer) == 10 and max(per_peer.values()) == INVITE_COPIES
+    bound = (INVITE_COPIES * 10 + 1 + FINAL_COPIES) * (len(data) + OVERHEAD)
+    total = sum(len(o.data) for o in sent)
+    assert total <= bound, (total, bound)
+    assert all(len(o.data) <= len(data) + OVERHEAD for o in sent)
+
+
+def test_an_invite_flood_towards_a_contact_that_never_answers_is_bounded() -> None:
+    """1,000 INVITEs in 10 s for a phone that never answers: at most 8 in flight
+    there, then it rests until it is heard from; callers get 480 at once."""
+    net = Net()
+    net.bind("bob", BOB1)
+    to_phone = 0
+    finals = collections.Counter[int]()
+    for i in range(1000):
+        out = run_inline(net.ep.receive(invite(call_id=f"flood{i}"), CALLER, net.now), net.now)
+        out += run_for(net, 0.01, step=0.01)
+        to_phone += sum(1 for o in out if o.peer == BOB1)
+        finals.update(s for s in responses(net._parse(out)) if s >= 200)
+    later = run_for(net, 80)
+    to_phone += sum(1 for o in later if o.peer == BOB1)
+    assert to_phone <= 8 * INVITE_COPIES
+    assert finals[480] >= 990
+    assert net.proxy.destinations.resting() == 1
+    # The proxy holds nothing for the flood once it is over.
+    run_for(net, 40, step=1.0)
+    assert len(net.proxy.forker.contexts) == 0
+    # Heard from again (it registers, say): calls reach it at once.
+    net.send(b"\r\n\r\n", BOB1)  # any datagram from its address
+    (_, peer), = requests(net.send(invite(call_id="after"), CALLER), "INVITE")
+    assert peer == BOB1
+
+
+def test_branches_per_request_are_capped() -> None:
+    net = Net()
+    dead_contacts(net, MAX_BRANCHES + 8)
+    sent = requests(net.send(invite(), CALLER), "INVITE")
+    assert len(sent) == MAX_BRANCHES
+
+
+@pytest.mark.parametrize(("breadth", "branches", "each"), [("5", 5, "1"), ("12", 3, "4")])
+def test_max_breadth_is_honoured_and_shared(breadth: str, branches: int, each: str) -> None:
+    """RFC 5393 §5: never more parallel branches than Max-Breadth, which they share."""
+    net = Net()
+    dead_contacts(net, 3 if branches == 3 else 8)
+    sent = requests(net.send(invite(extra=f"Max-Breadth: {breadth}\r\n"), CALLER), "INVITE")
+    assert len(sent) == branches
+    assert {req.get("Max-Breadth") for req, _ in sent} == {each}
+
+
+def test_max_breadth_zero_gets_440() -> None:
+    net = Net()
+    dead_contacts(net, 2)
+    assert responses(net.send(invite(extra="Max-Breadth: 0\r\n"), CALLER)) == [100, 440]
+
+
+@pytest.mark.parametrize("host", [ME[0], "127.0.0.1", "127.000.000.001", "0.0.0.0"])
+def test_a_binding_at_this_servers_address_is_never_sent_to(host: str) -> None:
+    """Even one that got past every check (a bug, an old file): 482, nothing sent."""
+    net = Net()
+    net.bind("bob", Peer("udp", host, ME[1], conn=0))
+    out = net.send(invite(), CALLER)
+    assert requests(out, "INVITE") == []
+    assert responses(out) == [100, 482]
+
+
+def test_the_same_request_for_the_same_user_never_comes_back_for_more() -> None:
+    """A contact elsewhere that sends every INVITE back (a reflector) costs one pass."""
+    net = Net()
+    net.bind("bob", BOB1)
+    (fwd, _), = requests(net.send(invite(), CALLER), "INVITE")
+    for i in range(3):
+        fwd.uri_text = f"sip:bob@{REALM};pass={i}"
+        fwd._uri = None
+        out = net.send(fwd, BOB1)
+        assert requests(out, "INVITE") == []
+        assert responses(out)[-1] == 482
