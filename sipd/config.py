@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from sipd.auth.authenticator import DEFAULT_SHA256_USER_AGENTS
+from sipd.auth.challenges import DEFAULT_SHA256_USER_AGENTS
 from sipd.proxy.calltrack import DEFAULT_ACC_LIMIT
 from sipd.sip.errors import ParseError
 from sipd.sip.uri import SipURI, parse_uri

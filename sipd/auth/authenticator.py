@@ -21,9 +21,11 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias, TypeVar
+from typing import TypeAlias
 from urllib.parse import unquote
 
+from sipd.auth.challenges import ChallengePolicy, challenge_hint
+from sipd.auth.throttle import Throttle
 from sipd.core.identity import LocalIdentity
 from sipd.core.peer import Peer
 from sipd.core.work import Outcome
@@ -42,7 +44,7 @@ from sipd.sip.errors import ParseError, SipError
 from sipd.sip.message import Request
 from sipd.sip.uri import SipURI, TelURI, parse_uri
 from srfs.accounts.directory import Account
-from srfs.addresses import parse_host, source_key
+from srfs.addresses import parse_host
 from srfs.logtext import quote
 
 log = logging.getLogger("sipd.auth")
@@ -52,9 +54,6 @@ log = logging.getLogger("sipd.auth")
 #: user, a user outside the group and a wrong password take the same time.
 AUTH_FAILURE_DELAY = 0.5
 
-#: User-Agent substrings of phones known to pick SHA-256 out of several
-#: challenges (RFC 8760); sipd.conf's ``sha256_user_agents`` replaces them.
-DEFAULT_SHA256_USER_AGENTS: tuple[str, ...] = ("Linphone",)
 
 
 @dataclass
@@ -65,189 +64,6 @@ class AuthStats:
     failed: int = 0
     throttled: int = 0
     blocks: int = 0
-
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-@dataclass(slots=True)
-class _BackOff:
-    failures: int = 0
-    """Failures since the last block ended (or since the start)."""
-    blocks: int = 0
-    """Blocks so far: each one lasts twice the one before."""
-    until: float = 0.0
-    last: float = 0.0
-
-
-class Throttle:
-    """Failed authentications per (user, source) and per source, with growing back-off.
-
-    - A user name that fails ``pair_limit`` times from one source is refused
-      from that source for ``first_block`` seconds; after that one more
-      failure is enough, and each block lasts twice the one before, up to
-      ``max_block``. An honest phone with a stale password is answered
-      again after a minute; a guesser gets fewer tries each hour. The
-      user's own phones that authenticated from that address and port
-      lately (``good_for``) are not refused: a guesser behind the same NAT
-      has a port of its own.
-    - A source whose failures (any user names) reach ``source_limit`` is
-      refused the same way, but only for user names that have not
-      succeeded from it lately (``good_for``): the other phones behind an
-      attacker's NAT address keep working, a name sprayed from it does not.
-    - A user name is never refused from everywhere: only the pair and the
-      source count.
-    - ``trusted(host)``: sources never throttled (trusted trunks, the
-      ``trusted_networks`` of sipd.conf).
-    - A quiet ``forget_after`` seconds forgets a key's history.
-
-    Sources are counted by :func:`~srfs.addresses.source_key` (an IPv6 /64
-    is one source). Memory is bounded: the least recently used keys are
-    forgotten first.
-    """
-
-    def __init__(
-        self,
-        *,
-        pair_limit: int = 5,
-        source_limit: int = 30,
-        first_block: float = 60.0,
-        max_block: float = 3600.0,
-        forget_after: float = 3600.0,
-        good_for: float = 86400.0,
-        trusted: Callable[[str], bool] = lambda host: False,
-        max_entries: int = 100_000,
-    ) -> None:
-        self.pair_limit = pair_limit
-        self.source_limit = source_limit
-        self.first_block = first_block
-        self.max_block = max_block
-        self.forget_after = forget_after
-        self.good_for = good_for
-        self.trusted = trusted
-        self.max_entries = max_entries
-        self._pairs: OrderedDict[tuple[str, str], _BackOff] = OrderedDict()
-        self._sources: OrderedDict[str, _BackOff] = OrderedDict()
-        self._good: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self._good_endpoints: OrderedDict[tuple[str, str, int], float] = OrderedDict()
-
-    def blocked(self, user: str, host: str, now: float, port: int = 0) -> bool:
-        """Whether a request naming ``user`` from ``host:port`` is refused unheard."""
-        if self.trusted(host):
-            return False
-        source = source_key(host)
-        pair = self._pairs.get((user, source))
-        if pair is not None and now < pair.until:
-            known = self._good_endpoints.get((user, host, port))
-            return known is None or now - known > self.good_for
-        src = self._sources.get(source)
-        if src is not None and now < src.until:
-            good = self._good.get((user, source))
-            return good is None or now - good > self.good_for
-        return False
-
-    def failure(self, user: str, host: str, now: float) -> bool:
-        """Count a failure; True if it starts a block (of the pair or the source)."""
-        if self.trusted(host):
-            return False
-        source = source_key(host)
-        started = self._count(self._pairs, (user, source), self.pair_limit, now)
-        return self._count(self._sources, source, self.source_limit, now) or started
-
-    def success(self, user: str, host: str, now: float, port: int = 0) -> None:
-        source = source_key(host)
-        self._pairs.pop((user, source), None)
-        self._good.pop((user, source), None)
-        self._good[(user, source)] = now
-        self._trim(self._good)
-        self._good_endpoints.pop((user, host, port), None)
-        self._good_endpoints[(user, host, port)] = now
-        self._trim(self._good_endpoints)
-
-    def _count(self, table: OrderedDict[_K, _BackOff], key: _K, limit: int, now: float) -> bool:
-        state = table.pop(key, None)
-        if state is None or now - state.last > self.forget_after:
-            state = _BackOff()
-        table[key] = state
-        self._trim(table)
-        state.last = now
-        if now < state.until:
-            return False  # already refused; counted by nobody
-        state.failures += 1
-        if state.failures < (limit if state.blocks == 0 else 1):
-            return False
-        state.failures = 0
-        state.until = now + min(self.first_block * 2 ** state.blocks, self.max_block)
-        state.blocks += 1
-        return True
-
-    def _trim(self, table: OrderedDict[_K, _V]) -> None:
-        while len(table) > self.max_entries:
-            table.popitem(last=False)
-
-
-class ChallengePolicy:
-    """Which digest algorithms a challenge offers, so that every phone can answer.
-
-    One challenge per algorithm is what RFC 8760 suggests, but phones in
-    the field read only the first challenge, or give up on the whole
-    response when one names an algorithm they lack (libre, under baresip
-    1.0). So a challenge offers one algorithm unless it is known better:
-
-    - a phone (the user named in To or From, and its User-Agent) that
-      authenticated before with MD5 is offered MD5 alone, one that used
-      SHA-256 is offered SHA-256 and then MD5;
-    - a User-Agent that contains one of ``sha256_agents`` (phones known
-      to choose SHA-256 from several challenges) is offered SHA-256 first
-      and MD5 after it;
-    - anything else is offered MD5 alone, which every phone answers.
-
-    Only algorithms in ``accepted`` are ever offered.
-    """
-
-    def __init__(self, accepted: Sequence[str] = ("MD5", "SHA-256"),
-                 sha256_agents: Sequence[str] = DEFAULT_SHA256_USER_AGENTS,
-                 max_entries: int = 20_000) -> None:
-        self.accepted = tuple(accepted)
-        self.sha256_agents = tuple(a.lower() for a in sha256_agents if a)
-        self.max_entries = max_entries
-        self._learned: OrderedDict[tuple[str, str], str] = OrderedDict()
-
-    def offer(self, hint: str, agent: str) -> tuple[str, ...]:
-        learned = self._learned.get((hint, agent))
-        if learned == "MD5" and "MD5" in self.accepted:
-            return ("MD5",)
-        if learned == "SHA-256" and learned in self.accepted:
-            # Another phone of that name and model may hold only an MD5 HA1
-            # (linphone keeps what it first hashed): MD5 stays offered after it.
-            return tuple(a for a in ("SHA-256", "MD5") if a in self.accepted)
-        lowered = agent.lower()
-        if "SHA-256" in self.accepted and any(a in lowered for a in self.sha256_agents):
-            return tuple(a for a in ("SHA-256", "MD5") if a in self.accepted)
-        return ("MD5",) if "MD5" in self.accepted else self.accepted[:1]
-
-    def succeeded(self, hint: str, agent: str, algorithm: str) -> None:
-        key = (hint, agent)
-        self._learned.pop(key, None)
-        self._learned[key] = algorithm
-        while len(self._learned) > self.max_entries:
-            self._learned.popitem(last=False)
-
-
-def challenge_hint(req: Request) -> tuple[str, str]:
-    """Who a request says it is before it has proved it: (To or From user, User-Agent)."""
-    try:
-        uri = req.to.uri if req.method == "REGISTER" else req.from_.uri
-    except ParseError:
-        uri = None
-    if isinstance(uri, SipURI):
-        hint = unquote(uri.user or "")
-    elif isinstance(uri, TelURI):
-        hint = uri.number
-    else:
-        hint = ""
-    return hint[:128], (req.get("User-Agent") or "")[:128]
 
 
 class RecentAccounts:

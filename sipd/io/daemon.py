@@ -24,7 +24,9 @@ from dataclasses import dataclass
 
 import trio
 
-from sipd.auth.authenticator import Authenticator, ChallengePolicy, RecentAccounts, Throttle
+from sipd.auth.authenticator import Authenticator, RecentAccounts
+from sipd.auth.challenges import ChallengePolicy
+from sipd.auth.throttle import Throttle
 from sipd.config import Settings
 from sipd.core.identity import build_identity, interface_addresses
 from sipd.core.ownership import Ownership

@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from sipd.auth.authenticator import AUTH_FAILURE_DELAY, Throttle
+from sipd.auth.authenticator import AUTH_FAILURE_DELAY
+from sipd.auth.throttle import Throttle
 from sipd.core.peer import Peer
 from sipd.sip.digest import ha1, response
 from sipd.sip.message import Response

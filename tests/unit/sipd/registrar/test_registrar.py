@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sipd.auth.authenticator import AUTH_FAILURE_DELAY, Authenticator, ChallengePolicy, Throttle
+from sipd.auth.authenticator import AUTH_FAILURE_DELAY, Authenticator
+from sipd.auth.challenges import ChallengePolicy
+from sipd.auth.throttle import Throttle
 from sipd.core.identity import LocalIdentity
 from sipd.core.peer import Outgoing, Peer
 from sipd.core.work import Job, run_inline
