@@ -412,7 +412,7 @@ class Endpoint:
         return self._run(self.transactions.server_respond(txn, reply, now), now)
 
     def _commit(self, txn: ServerTransaction, commit: Commit, now: float) -> list[Action]:
-        """Answer once the change is on disk and applied (see :mod:`sipd.persistence`)."""
+        """Answer once the change is on disk and applied (see :mod:`sipd.registrar.persistence`)."""
         def finish(outcome: Outcome, later: float) -> list[Action]:
             answer = self.server.guard(txn.request, lambda: commit.then(outcome, self.wall(later)))
             return self._drain(self._respond(txn, answer, later), later)

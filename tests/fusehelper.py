@@ -8,7 +8,7 @@ registered phone. Every commit result is appended to RECORD.json (written
 in a worker thread, as the daemon writes ~/.sr/config). Prints ``ready``
 once mounted, ``served`` if the mount goes away by itself. SIGUSR1 toggles membership of u3 (60103); SIGTERM/SIGINT
 unmount and exit 0. FUSEHELPER_SCRATCH=FILES,BYTES,TOTAL_FILES,TOTAL_BYTES
-sets the limits of scratch files (srfs.scratch.ScratchLimits).
+sets the limits of scratch files (srfs.fs.scratch.ScratchLimits).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""srfs.acc: the ~/.sr/acc line format and appending with rotation."""
+"""srfs.files.acc: the ~/.sr/acc line format and appending with rotation."""
 
 from __future__ import annotations
 

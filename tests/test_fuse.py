@@ -1,4 +1,4 @@
-"""srfs.fuse: the tree through a real FUSE mount, driven with shell tools.
+"""srfs.fs.fuse: the tree through a real FUSE mount, driven with shell tools.
 
 pyfuse3 keeps one session per process, so the filesystem runs in a helper
 process (tests/fusehelper.py) and these tests use it the way people and

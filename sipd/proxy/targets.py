@@ -2,7 +2,7 @@
 
 A :class:`Target` is one destination of a proxied request: the
 Request-URI it gets, the Route set pushed in front, and the next hop as a
-:class:`~sipd.peer.Peer` (conn 0: the transport picks or opens the
+:class:`~sipd.core.peer.Peer` (conn 0: the transport picks or opens the
 socket), or the host name still to resolve.
 """
 

@@ -1,7 +1,7 @@
 """Location-store subscribers: ``~/.sr/usrloc`` files and utmp/wtmp records.
 
 Both hear every change of the location store and turn it into blocking
-:class:`~sipd.work.Job` s; neither is ever called by the registrar.
+:class:`~sipd.core.work.Job` s; neither is ever called by the registrar.
 
 ``sync = write-through``: a change somebody is told about (a REGISTER's
 200 OK, a successful ``write`` to ``/run/sr``) is a :class:`Commit`. The

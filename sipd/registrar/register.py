@@ -6,7 +6,7 @@ the request, the authenticated user, the source and ``now`` in; a plan of
 the store's changes out (:meth:`Registrar.plan`), which the caller makes
 durable and then applies. The whole request is checked before anything is
 changed, so a REGISTER that fails changes nothing. Every new binding passes
-:class:`~sipd.admission.BindingRules`, like one written through
+:class:`~sipd.registrar.admission.BindingRules`, like one written through
 ``/run/sr`` or reloaded from ``~/.sr/usrloc``.
 """
 

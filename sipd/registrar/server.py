@@ -5,8 +5,8 @@ request with several problems is the one the RFC names first: URI scheme
 (416), Max-Forwards (483), Proxy-Require (420), then the method. Syntax
 (400) and version (505) were settled before, by the endpoint.
 
-An answer is a :class:`Response`, a :class:`~sipd.work.Defer` when blocking
-work (NSS, PAM, ``~/.sr``) must happen first, a :class:`~sipd.work.Commit`
+An answer is a :class:`Response`, a :class:`~sipd.core.work.Defer` when blocking
+work (NSS, PAM, ``~/.sr``) must happen first, a :class:`~sipd.core.work.Commit`
 when a REGISTER changes bindings (answered once the change is on disk), or
 None (ACK).
 """

@@ -105,7 +105,7 @@ def _yes_no(value: str) -> str:
 
 
 _URI_MAX = 256
-# Deliberately small, like the contact URI check in srfs.usrloc: srfs does
+# Deliberately small, like the contact URI check in srfs.files.usrloc: srfs does
 # not parse SIP. What matters is that the value is plainly a URI and holds
 # nothing that could break out of a header (spaces, quotes, angle brackets,
 # control characters). URI headers ("?subject=...") are refused: a forward
@@ -403,7 +403,7 @@ class UserConfigs:
     """The parsed config of every user, in memory; the daemon loads it, the tree reads it.
 
     Pure bookkeeping, no I/O: the daemon reads ``~/.sr/config`` (through
-    :class:`srfs.home.FileCache`, so hand edits are seen) and calls
+    :class:`srfs.files.home.FileCache`, so hand edits are seen) and calls
     :meth:`load`; edits made through ``/run/sr`` come back as new text for
     the daemon to write. Not thread safe: keep it in the trio thread.
     """
