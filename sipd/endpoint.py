@@ -6,7 +6,10 @@ transaction timers; :meth:`Endpoint.get_timer` says when to call it next.
 Nothing here reads a clock or touches a socket, so the whole receive path
 is tested by passing bytes and numbers.
 
-The one place where a :class:`SipError` becomes a response is here.
+A request that fails validation gets the :class:`SipError`'s response
+here, without a transaction; a :class:`SipError` raised while answering
+becomes its response in :meth:`Server.guard` or, for a request the proxy
+routes, in the proxy's ``Forker.safely``.
 """
 
 from __future__ import annotations

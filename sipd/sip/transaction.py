@@ -26,10 +26,11 @@ of other forks) to the TU for 64*T1. RFC 6026 also makes a proxy drop
 responses that match no transaction instead of forwarding them; this layer
 always drops them (and counts them).
 
-Timer durations come from :mod:`sipd.sip.timers`; they are kept in one heap
-owned by the layer, cancelled lazily (a stale heap entry is skipped when it
-surfaces) and compacted when stale entries pile up. Transactions leave the
-layer the moment they reach Terminated.
+Timer durations come from :mod:`sipd.sip.timers`. The timers live in one
+heap (:class:`~sipd.sip.timers.Deadlines`) that the layer shares with the
+proxy and the endpoint; they are cancelled lazily (a stale heap entry is
+skipped when it surfaces) and compacted when stale entries pile up.
+Transactions leave the layer the moment they reach Terminated.
 """
 
 from __future__ import annotations

@@ -116,8 +116,9 @@ _R = TypeVar("_R")
 
 
 def _handler(fn: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    """The one place domain errors become errnos.
+    """Every handler's last resort: a :class:`TreeError` becomes its errno, a bug EIO.
 
+    (``on_commit``'s ``OSError`` gets its errno in :meth:`SrFs._deliver`.)
     pyfuse3 only expects ``FUSEError``: anything else escapes ``main()`` and
     would take the filesystem (and the daemon's nursery) down with it, and
     leave the request unanswered, so a bug answers EIO and is logged instead.

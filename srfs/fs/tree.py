@@ -104,7 +104,7 @@ class Kind(Enum):
     CALLS = "calls"
 
 
-# (mode, is_dir, owned by the user) per kind: the one table of the layout.
+# (mode, is_dir, owned by the user) per kind; the names are the two tables below.
 _LAYOUT: dict[Kind, tuple[int, bool, bool]] = {
     Kind.ROOT: (0o755, True, False),
     Kind.STATUS: (0o444, False, False),
