@@ -21,8 +21,7 @@ from tests.phone import REALM, Phone
 from tests.sipclient import Daemon, options, running_sipd, status_of
 from tests.unixusers import FakeUnix, give_passwords
 
-#: The defaults of tcp_max_connections and tcp_max_connections_per_source.
-GLOBAL_CAP = 1024
+#: The default of tcp_max_connections_per_source.
 PER_SOURCE_CAP = 128
 
 

@@ -46,7 +46,6 @@ from srfs.user import User
 REPO = Path(__file__).resolve().parent.parent
 FIRST_UID = 60001
 FIRST_GID = 60100
-PAM_WRAPPER_MODULES = Path("/usr/lib/x86_64-linux-gnu/pam_wrapper")
 PRELOAD = "libnss_wrapper.so:libpam_wrapper.so"
 
 #: The account stack of the pam/sipd file shipped in the repository.

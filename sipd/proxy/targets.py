@@ -64,10 +64,6 @@ def resolve(host: str, port: int) -> str:
     return str(infos[0][4][0])
 
 
-def is_ip(host: str) -> bool:
-    return parse_host(host) is not None
-
-
 def _address_text(host: str) -> str | None:
     """``host`` as the address the socket layer will use, or None for a name."""
     addr = parse_host(host)

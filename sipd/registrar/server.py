@@ -178,7 +178,8 @@ class Server:
                         peer.host, quote(aor, 64))
             raise SipError(403, "Not allowed to register this address")
         if not req.values("Contact"):
-            return self._ok(req, reg.registrar.fetch(aor, req, wall).headers)
+            # A query: the bindings are listed and nothing changes.
+            return self._ok(req, reg.registrar.listing(aor, req, wall))
         registrar = reg.registrar
 
         def plan(wall2: float) -> list[Op]:

@@ -180,7 +180,6 @@ class Transaction:
     )
 
     is_invite: ClassVar[bool] = False
-    is_client: ClassVar[bool] = False
 
     def __init__(
         self, layer: TransactionLayer, request: Request, reliable: bool, now: float
@@ -268,7 +267,6 @@ class ClientTransaction(Transaction):
     """A client transaction (§17.1): sends a request and collects responses."""
 
     __slots__ = ("dest", "ack", "_key")
-    is_client = True
 
     def __init__(
         self,

@@ -56,9 +56,6 @@ class TrunkMap:
                 return user
         return None
 
-    def is_trunk_address(self, host: str) -> bool:
-        return self.user_at(host) is not None
-
     def networks_of(self, user: str) -> tuple[Network, ...]:
         return self._by_user.get(user, ())
 
