@@ -44,9 +44,9 @@ from srfs.files.acc import (
     AccRecord,
     EventName,
     format_entry,
-    format_time,
 )
 from srfs.files.home import HomeError
+from srfs.lines import format_time
 from srfs.logtext import quote
 from srfs.state.calls import Call, CallTable
 from srfs.user import User

@@ -897,8 +897,6 @@ __all__ = [
     "State",
     "Terminated",
     "Timeout",
-    "Timer",
-    "Timers",
     "Transaction",
     "TransactionLayer",
     "TransactionStatistics",
