@@ -215,7 +215,7 @@ class Endpoint:
             return self._response(msg, peer, now)
         return self._request(msg, peer, now)
 
-    def framing_error(self, error: FramingError, peer: Peer, now: float) -> list[Action]:
+    def framing_error(self, error: FramingError, peer: Peer) -> list[Action]:
         """A TCP stream that cannot be framed; the transport closes it after this."""
         return list(self._unparsable(error, peer))
 
@@ -379,7 +379,7 @@ class Endpoint:
             # An ACK to a 2xx: end to end, the proxy passes it on.
             if self.proxy is None:
                 return []
-            return self._run_proxy(self.proxy.handle_ack(req, now), now)
+            return self._run_proxy(self.proxy.handle_ack(req), now)
         if req.method == "CANCEL":
             invite = self.transactions.find_invite_for_cancel(req)
             out = self._respond(txn, self._cancel(req), now)
