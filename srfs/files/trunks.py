@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from srfs.addresses import parse_host
 from srfs.files.aliases import AliasProblem
+from srfs.lines import content_lines
 from srfs.user import valid_name
 
 __all__ = ["Network", "TrunkMap", "parse_trunks"]
@@ -72,10 +73,7 @@ def parse_trunks(text: str) -> tuple[TrunkMap, list[AliasProblem]]:
     problems: list[AliasProblem] = []
     networks: list[tuple[Network, str]] = []
     seen: dict[Network, tuple[str, int]] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for number, line in content_lines(text):
         user, sep, rest = line.partition(":")
         user, rest = user.strip(), rest.strip()
         if not sep or not user or not rest:

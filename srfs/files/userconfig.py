@@ -41,13 +41,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from srfs.lines import Problem
+
 __all__ = [
     "EMPTY",
     "KEYS",
     "MAX_PROBLEMS",
     "ConfigValueError",
     "Key",
-    "Problem",
     "UserConfig",
     "UserConfigs",
     "decode",
@@ -229,17 +230,6 @@ def decode(data: bytes) -> str:
 
 def encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """A line that is not (fully) used, and why; line numbers start at 1."""
-
-    lineno: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"line {self.lineno}: {self.reason}"
 
 
 _KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}", re.ASCII)

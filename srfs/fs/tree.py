@@ -60,6 +60,7 @@ from srfs.files import userconfig
 from srfs.files.aliases import parse_aliases
 from srfs.files.userconfig import ConfigValueError, UserConfig, UserConfigs
 from srfs.files.usrloc import LineError, check_binding, format_line, parse_line
+from srfs.lines import content_lines
 from srfs.state.location import Binding, Change, LocationStore, Op, Remove, RemoveReason
 from srfs.user import User, valid_name
 
@@ -897,12 +898,7 @@ class Tree:
         """
         text = _decode_write(data)
         out: list[Binding] = []
-        # "\n" only, as srfs.files.usrloc reads files: a quoted user agent may
-        # hold characters str.splitlines() would cut at.
-        for number, raw in enumerate(text.split("\n"), 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
+        for number, line in content_lines(text):
             try:
                 b = parse_line(line, user=user, default_aor=user, now=now)
             except LineError as e:
