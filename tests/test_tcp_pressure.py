@@ -117,7 +117,7 @@ def closed_within(sock: socket.socket, limit: float, *, ping_every: float = 0.2)
         if not data:
             return time.monotonic() - start
         assert data.strip(b"\r\n") == b"", data[:200]
-        time.sleep(ping_every)
+        time.sleep(ping_every)  # the point: keep-alives at the rate a phone sends them
     return None
 
 
