@@ -100,6 +100,7 @@ def test_tcp_stalled_half_message_is_closed(sipd: Daemon) -> None:
     assert sipd.ping() == 200
 
 
+@pytest.mark.slow
 def test_tcp_idle_connection_is_closed(sipd: Daemon) -> None:
     c = TcpClient("127.0.0.1", sipd.port)
     try:

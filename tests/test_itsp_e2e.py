@@ -28,6 +28,8 @@ from tests.test_proxy_e2e import (  # noqa: F401  (fixtures)
 )
 from tests.unixusers import FakeUnix
 
+pytestmark = pytest.mark.sipp
+
 PBX_IP = "127.0.0.2"
 DID = "+441727238471"
 

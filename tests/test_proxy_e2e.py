@@ -224,6 +224,7 @@ def test_caller_cancel_gives_487(calls: Calls) -> None:
     assert calls.finished(bob) == 0, "the callee was not CANCELled"
 
 
+@pytest.mark.slow
 def test_no_answer_goes_to_forward_noanswer(calls: Calls) -> None:
     calls.set_config("bob", f"forward_noanswer = sip:carol@{REALM}\nring_timeout = 2\n")
     bob = calls.uas("uas_ring.xml", "bob")
@@ -298,6 +299,7 @@ def test_forward_sends_the_call_elsewhere(calls: Calls) -> None:
 
 @pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
                     reason="needs /dev/fuse and root to mount the state filesystem")
+@pytest.mark.slow
 def test_a_call_shows_in_both_parties_calls_files_while_it_lasts(
     tmp_path: Path, unix: FakeUnix, passwords: dict[str, str], mnt: Path
 ) -> None:

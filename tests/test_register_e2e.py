@@ -111,6 +111,7 @@ class Phone:
         self.conn.close()
 
 
+@pytest.mark.sipp
 def test_sipp_register_with_auth_udp_and_tcp(sipd: Daemon, unix: FakeUnix,
                                              passwords: dict[str, str], tmp_path: Path) -> None:
     inf = tmp_path / "users.inf"

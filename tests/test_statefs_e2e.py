@@ -82,6 +82,7 @@ def test_static_contact_written_with_echo_is_used(fs_sipd: Daemon, unix: FakeUni
     wait_for(lambda: "sip:pbx" not in usrloc.read_text(), "the emptied usrloc", timeout=5)
 
 
+@pytest.mark.slow
 def test_config_nodes_and_hand_edits(fs_sipd: Daemon, unix: FakeUnix, mnt: Path) -> None:
     cfg = unix["alice"].home / ".sr" / "config"
     assert sh(f"echo yes > {mnt}/alice/config/dnd").returncode == 0

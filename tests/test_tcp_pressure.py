@@ -199,6 +199,7 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path, unix: F
 # --- keep-alives ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_keepalives_keep_only_connections_that_carry_a_registration(
         tmp_path: Path, unix: FakeUnix, passwords: dict[str, str]) -> None:
     config = "tcp_unregistered_idle_timeout = 1\ntcp_idle_timeout = 60\n"
@@ -232,6 +233,7 @@ def test_keepalives_keep_only_connections_that_carry_a_registration(
 # --- unfinished messages -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_unfinished_message_has_a_deadline_from_its_first_byte(
         tmp_path: Path, unix: FakeUnix) -> None:
     """One header line every 0.25 s never resets tcp_message_timeout."""
