@@ -84,8 +84,10 @@ async def main(mountpoint: str, record: str) -> None:
 
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_and_report)
-        print("ready", flush=True)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+            # Only now: a SIGTERM the test sends on "ready" must find the
+            # receiver, not the default action that kills without unmounting.
+            print("ready", flush=True)
             async for signum in signals:
                 if signum != signal.SIGUSR1:
                     break
