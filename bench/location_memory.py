@@ -23,7 +23,7 @@ depend on one another:
   without tracemalloc: what the kernel sees, including pymalloc's arenas
   and fragmentation.
 
-The issue's target is at most 1 KiB per binding. A benchmark, not a test:
+The target is at most 1 KiB per binding. A benchmark, not a test:
 it prints figures and exits 0 whatever they are.
 """
 

@@ -8,7 +8,7 @@ What it does, all on 127.0.0.1 and in throw-away directories:
 
 1. Provisioning. The shared ``gen_users.py`` writes ``users.csv`` (10,100
    users) and Kamailio's db into a scratch directory. sipd's users are fake
-   UNIX users (nss_wrapper, TECH-NOTES §6): one passwd line each (uid from
+   UNIX users (nss_wrapper, as in tests/unixusers.py): one passwd line each (uid from
    a free range at 200000 or above, primary group ``sip``), a 0700 home
    owned by the user and a ``~/.sr/passwd`` with the user's MD5 and SHA-256
    HA1 for the realm ``bench.test``.
@@ -27,7 +27,7 @@ What it does, all on 127.0.0.1 and in throw-away directories:
    sipd's max): CPU ms per registration. ``--rounds`` rounds of
    ``--step-s`` s steps, against the restarted sipd (10k bindings loaded)
    and the filled Kamailio.
-5. sipd's latency at half its own max sustained rate (the issue's target:
+5. sipd's latency at half its own max sustained rate (the target:
    p99 under 10 ms), one bench.py ``reg`` step. sipp's RTT resolution is
    1-4 ms.
 6. One summary table. The raw output (compare.py folders, bench.py

@@ -6,7 +6,10 @@ transaction timers; :meth:`Endpoint.get_timer` says when to call it next.
 Nothing here reads a clock or touches a socket, so the whole receive path
 is tested by passing bytes and numbers.
 
-The one place where a :class:`SipError` becomes a response is here.
+A request that fails validation gets the :class:`SipError`'s response
+here, without a transaction; a :class:`SipError` raised while answering
+becomes its response in :meth:`Server.guard` or, for a request the proxy
+routes, in the proxy's ``Forker.safely``.
 """
 
 from __future__ import annotations
@@ -211,7 +214,7 @@ class Endpoint:
             return self._response(msg, peer, now)
         return self._request(msg, peer, now)
 
-    def framing_error(self, error: FramingError, peer: Peer, now: float) -> list[Action]:
+    def framing_error(self, error: FramingError, peer: Peer) -> list[Action]:
         """A TCP stream that cannot be framed; the transport closes it after this."""
         return list(self._unparsable(error, peer))
 
@@ -375,7 +378,7 @@ class Endpoint:
             # An ACK to a 2xx: end to end, the proxy passes it on.
             if self.proxy is None:
                 return []
-            return self._run_proxy(self.proxy.handle_ack(req, now), now)
+            return self._run_proxy(self.proxy.handle_ack(req), now)
         if req.method == "CANCEL":
             invite = self.transactions.find_invite_for_cancel(req)
             out = self._respond(txn, self._cancel(req), now)
@@ -411,7 +414,7 @@ class Endpoint:
         return self._run(self.transactions.server_respond(txn, reply, now), now)
 
     def _commit(self, txn: ServerTransaction, commit: Commit[Reply], now: float) -> list[Action]:
-        """Answer once the change is on disk and applied (see :mod:`sipd.persistence`)."""
+        """Answer once the change is on disk and applied (see :mod:`sipd.registrar.persistence`)."""
         def finish(outcome: Outcome[None], later: float) -> list[Action]:
             answer = self.server.guard(txn.request, lambda: commit.then(outcome, later))
             return self._drain(self._respond(txn, answer, later), later)

@@ -1,4 +1,9 @@
-"""The one shape of srfs's errors: an errno for the caller and a reason for humans."""
+"""Refusals that reach a system call's caller: an errno for it and a reason for humans.
+
+The shape of the errors of homes (:class:`~srfs.files.home.HomeError`), the
+admin files and the ``/run/sr`` tree; errors that never become an errno
+(a bad line, a bad configuration, a failing user database) have their own.
+"""
 
 from __future__ import annotations
 

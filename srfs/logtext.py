@@ -156,7 +156,7 @@ def log_problems(
 
     ``what`` names the file (``"jan's ~/.sr/config"``); ``total`` is the
     number of problems when ``problems`` holds only the first ones (as
-    :class:`srfs.userconfig.UserConfig` keeps). A file of a million bad
+    :class:`srfs.files.userconfig.UserConfig` keeps). A file of a million bad
     lines gives ``shown + 1`` lines, not a million.
     """
     count = 0

@@ -1,7 +1,7 @@
 """``sippasswd``: set or remove a user's SIP digest password in ``~/.sr/passwd``.
 
 Works the same whether run by root for any user or by a user for
-themselves: all file access goes through :mod:`srfs.home`, which acts with
+themselves: all file access goes through :mod:`srfs.files.home`, which acts with
 the user's own file permissions in their home either way. It does not ask
 for the old password: anyone running as the user can already write their
 ``~/.sr``, so asking would protect nothing.

@@ -8,7 +8,7 @@ registered phone. Every commit result is appended to RECORD.json (written
 in a worker thread, as the daemon writes ~/.sr/config). Prints ``ready``
 once mounted, ``served`` if the mount goes away by itself. SIGUSR1 toggles membership of u3 (60103); SIGTERM/SIGINT
 unmount and exit 0. FUSEHELPER_SCRATCH=FILES,BYTES,TOTAL_FILES,TOTAL_BYTES
-sets the limits of scratch files (srfs.scratch.ScratchLimits).
+sets the limits of scratch files (srfs.fs.scratch.ScratchLimits).
 """
 
 from __future__ import annotations
@@ -84,8 +84,10 @@ async def main(mountpoint: str, record: str) -> None:
 
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_and_report)
-        print("ready", flush=True)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+            # Only now: a SIGTERM the test sends on "ready" must find the
+            # receiver, not the default action that kills without unmounting.
+            print("ready", flush=True)
             async for signum in signals:
                 if signum != signal.SIGUSR1:
                     break

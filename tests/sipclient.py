@@ -273,7 +273,28 @@ def wait_for(check: Callable[[], object], what: str, timeout: float = 10.0) -> N
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(0.05)  # the poll interval
+
+
+def listening(port: int, transport: str = "udp") -> bool:
+    """Whether some process has a ``transport`` socket ready on ``port``.
+
+    Read from /proc/net: a UDP socket bound to the port, or a TCP socket
+    listening on it (a connection of a finished process that lingers in
+    TIME_WAIT does not count).
+    """
+    tcp = transport == "tcp"
+    for name in ("tcp", "tcp6") if tcp else ("udp", "udp6"):
+        try:
+            rows = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state = fields[1], fields[3]
+            if int(local.rsplit(":", 1)[1], 16) == port and (not tcp or state == "0A"):
+                return True
+    return False
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 5) -> None:

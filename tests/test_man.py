@@ -2,7 +2,7 @@
 
 The options come from ``sipd --help`` and ``sippasswd --help`` as the real
 commands print them, and the settings from their tables
-(:mod:`sipd.config`, :mod:`srfs.userconfig`), so a new option or key
+(:mod:`sipd.config`, :mod:`srfs.files.userconfig`), so a new option or key
 without its paragraph fails here.
 """
 

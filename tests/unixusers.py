@@ -16,8 +16,10 @@ Use it from a test module with a fixture of your own::
 
 Needs root (homes are chowned to the fake uids and ``setpriv`` switches to
 them) and Debian's libnss-wrapper and libpam-wrapper; the context manager
-skips the test with the reason when something is missing. Recipes and
-pitfalls: TECH-NOTES.md §6.
+skips the test with the reason when something is missing. The wrappers'
+pitfalls are worked around, with the reason, where they bite: a launcher
+kept out of the wrappers (:meth:`FakeUnix.command`), ``*`` passwords, the
+deep-bind switch and libpam loaded by name (:func:`fake_unix`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ from srfs.user import User
 REPO = Path(__file__).resolve().parent.parent
 FIRST_UID = 60001
 FIRST_GID = 60100
-PAM_WRAPPER_MODULES = Path("/usr/lib/x86_64-linux-gnu/pam_wrapper")
 PRELOAD = "libnss_wrapper.so:libpam_wrapper.so"
 
 #: The account stack of the pam/sipd file shipped in the repository.

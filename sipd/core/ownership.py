@@ -86,19 +86,6 @@ class Ownership:
     def trunk_user_at(self, host: str) -> str | None:
         return self.trunks.user_at(host)
 
-    def contact_refused(self, user: str, host: str) -> str | None:
-        """Why ``user`` may not have a contact at ``host``, or None.
-
-        Only a trunk's own user may point a contact into its networks, and
-        nobody at the gateway: either would take traffic meant for them.
-        """
-        if self.is_gateway(host):
-            return "Contact points at the gateway"
-        trunk_user = self.trunks.user_at(host)
-        if trunk_user is not None and trunk_user != user:
-            return "Contact points at a trunk address"
-        return None
-
     def is_gateway(self, host: str) -> bool:
         """Is ``host`` the outbound proxy's? Addresses compare by value, names
         case-insensitively."""

@@ -220,7 +220,7 @@ def reload_registrations(daemon: Daemon, members: Sequence[User]) -> None:
 
     ``~/.sr/usrloc`` belongs to its user, who may edit it while sipd is
     down: every line passes the same rules as a REGISTER
-    (:class:`~sipd.admission.BindingRules`) and at most ``max_contacts``
+    (:class:`~sipd.registrar.admission.BindingRules`) and at most ``max_contacts``
     per AOR are kept, the most recently registered. What is refused is
     dropped, never loaded, with one log line per file.
     """

@@ -1,7 +1,7 @@
 """The daemon's side of ``/run/sr``: the tree's inputs and its writes to disk.
 
-The tree (:mod:`srfs.tree`) is a pure model and the FUSE adapter
-(:mod:`srfs.fuse`) only serves it; this module feeds them from the running
+The tree (:mod:`srfs.fs.tree`) is a pure model and the FUSE adapter
+(:mod:`srfs.fs.fuse`) only serves it; this module feeds them from the running
 daemon and carries their results to the disk:
 
 - the SIP group's members, re-read every few seconds in a worker thread,

@@ -16,6 +16,8 @@
   one sender can make it do), :mod:`~sipd.proxy.calltrack` (calls in
   progress and their records).
 
-Imports :mod:`sipd.sip`, :mod:`sipd.core`, :mod:`sipd.auth`,
-:mod:`sipd.registrar` and :mod:`srfs`.
+What blocks (a user's settings read by :mod:`~sipd.proxy.users`, a next
+hop's name resolved by :mod:`~sipd.proxy.targets`) is handed to the I/O
+layer as work, never called on the way. Imports :mod:`sipd.sip`,
+:mod:`sipd.core`, :mod:`sipd.auth`, :mod:`sipd.registrar` and :mod:`srfs`.
 """

@@ -2,7 +2,7 @@
 
 The proxy tells the :class:`CallTracker` what it saw (an initial INVITE,
 its 2xx, its final failure, the BYE) with the wall-clock time; the tracker
-keeps :class:`srfs.calls.CallTable` (``/run/sr/<user>/calls``) up to date
+keeps :class:`srfs.state.calls.CallTable` (``/run/sr/<user>/calls``) up to date
 and queues one ``~/.sr/acc`` record per event for each local party. It is
 sans-IO: it never reads a clock and never touches a file. The daemon
 drains :meth:`CallTracker.take_records` and runs :func:`acc_job` for each
@@ -13,7 +13,7 @@ starts with the user's first record). Once ``acc_limit`` records were
 written in a window, further calls of the user get no records at all until
 it ends; calls already recorded keep getting theirs, so a call's lines are
 always complete or absent. When such a window ends, one ``#`` note
-(:class:`srfs.acc.AccGap`) with the number of calls left out goes to the
+(:class:`srfs.files.acc.AccGap`) with the number of calls left out goes to the
 user's file and one line to the log. An INVITE flood towards a user who
 never answers thus writes at most about ``acc_limit`` lines a minute into
 that user's home, and the state kept for it is one window per user and
@@ -43,9 +43,9 @@ from srfs.files.acc import (
     AccRecord,
     EventName,
     format_entry,
-    format_time,
 )
 from srfs.files.home import HomeError
+from srfs.lines import format_time
 from srfs.logtext import quote
 from srfs.state.calls import Call, CallTable
 from srfs.user import User

@@ -150,7 +150,7 @@ class Proxy:
     def cancel(self, invite: ServerTransaction, now: float) -> list[ProxyAction]:
         return self.forker.cancel(invite, now)
 
-    def handle_ack(self, ack: Request, now: float) -> list[ProxyAction]:
+    def handle_ack(self, ack: Request) -> list[ProxyAction]:
         """An ACK for a 2xx: end to end, forwarded statelessly by its Route set."""
         try:
             return list(forward_ack(ack, self.router, self.contacts, self.tcp_peer,

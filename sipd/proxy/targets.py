@@ -2,7 +2,7 @@
 
 A :class:`Target` is one destination of a proxied request: the
 Request-URI it gets, the Route set pushed in front, and the next hop as a
-:class:`~sipd.peer.Peer` (conn 0: the transport picks or opens the
+:class:`~sipd.core.peer.Peer` (conn 0: the transport picks or opens the
 socket), or the host name still to resolve.
 """
 
@@ -62,10 +62,6 @@ def resolve(host: str, port: int) -> str:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     infos.sort(key=lambda i: 0 if i[0] == socket.AF_INET else 1)
     return str(infos[0][4][0])
-
-
-def is_ip(host: str) -> bool:
-    return parse_host(host) is not None
 
 
 def _address_text(host: str) -> str | None:

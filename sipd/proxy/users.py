@@ -19,7 +19,7 @@ class UserLookup(Protocol):
     """Blocking: does a local user exist (SIP group member), and their settings."""
 
     def find(self, name: str) -> tuple[bool, UserConfig]:
-        """Raises :class:`~srfs.users.DirectoryUnavailable` when NSS fails."""
+        """Raises :class:`~srfs.accounts.users.DirectoryUnavailable` when NSS fails."""
         ...
 
 

@@ -7,7 +7,7 @@ rule cannot hold for one door and not for another:
 
 - the AOR is the user's own name or a name the alias map gives them;
 - the line can be written to ``~/.sr/usrloc`` and read back (shape,
-  characters, length: :func:`srfs.usrloc.check_binding`);
+  characters, length: :func:`srfs.files.usrloc.check_binding`);
 - neither the contact, nor the address the REGISTER came from, nor the
   first Path hop points at this server (a request sent there would come
   back in and fork again), at a multicast or broadcast address, at the

@@ -6,7 +6,7 @@ the request, the authenticated user, the source and ``now`` in; a plan of
 the store's changes out (:meth:`Registrar.plan`), which the caller makes
 durable and then applies. The whole request is checked before anything is
 changed, so a REGISTER that fails changes nothing. Every new binding passes
-:class:`~sipd.admission.BindingRules`, like one written through
+:class:`~sipd.registrar.admission.BindingRules`, like one written through
 ``/run/sr`` or reloaded from ``~/.sr/usrloc``.
 """
 
@@ -24,7 +24,7 @@ from sipd.sip.headers import unquote as unquote_value
 from sipd.sip.message import Request
 from sipd.sip.uri import SipURI, TelURI
 from srfs.files.usrloc import printable
-from srfs.state.location import Binding, Change, LocationStore, Op, Remove, RemoveReason
+from srfs.state.location import Binding, LocationStore, Op, Remove, RemoveReason
 
 #: Option tags the registrar implements (RFC 3327 Path).
 REGISTRAR_EXTENSIONS = ("path",)
@@ -37,14 +37,6 @@ class RegistrarPolicy:
     default_expires: int = 3600
     max_contacts: int = 10
     overflow: str = "replace-oldest"
-
-
-@dataclass(frozen=True, slots=True)
-class RegisterResult:
-    """A 200 OK's extra header fields and what changed in the store."""
-
-    headers: tuple[tuple[str, str], ...]
-    changes: tuple[Change, ...]
 
 
 def aor_of(uri: SipURI | TelURI) -> str:
@@ -63,11 +55,6 @@ class Registrar:
         self.policy = policy
         self.store = store
         self.rules = rules
-
-    def register(self, req: Request, aor: str, user: str, source: Peer, now: float) -> RegisterResult:
-        """Plan and apply a REGISTER at once (no disk in between); SipError refuses it."""
-        changes = self.store.apply(self.plan(req, aor, user, source, now))
-        return RegisterResult(self.listing(aor, req, now), tuple(changes))
 
     def plan(self, req: Request, aor: str, user: str, source: Peer, now: float) -> list[Op]:
         """What a REGISTER for ``aor`` owned by ``user`` would change; raise SipError to refuse.
@@ -139,10 +126,6 @@ class Registrar:
             else:
                 ops.append(b)
         return ops
-
-    def fetch(self, aor: str, req: Request, now: float) -> RegisterResult:
-        """A REGISTER without Contact: list the bindings, change nothing."""
-        return RegisterResult(self.listing(aor, req, now), ())
 
     # ---------------------------------------------------------------- steps
 

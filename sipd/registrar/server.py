@@ -5,8 +5,8 @@ request with several problems is the one the RFC names first: URI scheme
 (416), Max-Forwards (483), Proxy-Require (420), then the method. Syntax
 (400) and version (505) were settled before, by the endpoint.
 
-An answer is a :class:`Response`, a :class:`~sipd.work.Defer` when blocking
-work (NSS, PAM, ``~/.sr``) must happen first, a :class:`~sipd.work.Commit`
+An answer is a :class:`Response`, a :class:`~sipd.core.work.Defer` when blocking
+work (NSS, PAM, ``~/.sr``) must happen first, a :class:`~sipd.core.work.Commit`
 when a REGISTER changes bindings (answered once the change is on disk), or
 None (ACK).
 """
@@ -172,7 +172,8 @@ class Server:
                         peer.host, quote(aor, 64))
             raise SipError(403, "Not allowed to register this address")
         if not req.values("Contact"):
-            return self._ok(req, reg.registrar.fetch(aor, req, wall).headers)
+            # A query: the bindings are listed and nothing changes.
+            return self._ok(req, reg.registrar.listing(aor, req, wall))
         registrar = reg.registrar
 
         def plan(wall2: float) -> list[Op]:

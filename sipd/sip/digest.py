@@ -5,7 +5,7 @@ nonces, and decides whether a request is authenticated. It reads no clock
 (``now`` is passed in, in seconds; use the same clock for minting and
 checking, and a wall clock if the nonce secret outlives the process) and
 touches no file or socket. Who owns which AOR, where HA1 values come from and
-how failures are throttled belong to the caller (``sipd/auth.py``).
+how failures are throttled belong to the caller (:mod:`sipd.auth`).
 
 Decisions worth knowing
 -----------------------

@@ -1,8 +1,10 @@
 """Errors that carry the SIP answer they call for.
 
-The transport turns a :class:`SipError` raised while handling a request into
-a response in one place, so code deep in the stack only has to say *what* is
-wrong: ``raise SipError(400, "Bad CSeq")``.
+Whoever answers a request turns a :class:`SipError` raised on the way into
+the response it names (the endpoint for a request that fails validation,
+the registrar's ``Server.guard`` for requests to the server, the proxy's
+``Forker.safely`` for requests it routes), so code deep in the stack only
+has to say *what* is wrong: ``raise SipError(400, "Bad CSeq")``.
 """
 
 from __future__ import annotations

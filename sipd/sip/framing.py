@@ -33,7 +33,7 @@ import re
 from sipd.sip.errors import ParseError
 from sipd.sip.message import MAX_MESSAGE_SIZE, Message, parse
 
-__all__ = ["MAX_MESSAGE_SIZE", "PING", "PONG", "FramingError", "Ping", "Pong", "StreamFramer"]
+__all__ = ["PING", "PONG", "FramingError", "Ping", "Pong", "StreamFramer"]
 
 _PING = b"\r\n\r\n"
 _CR = 0x0D

@@ -28,7 +28,6 @@ from sipd.sip.uri import (
     is_ipv6,
     parse_uri,
     set_param,
-    split_hostport,
     valid_host,
 )
 
@@ -493,7 +492,6 @@ def parse_token_list(text: str, what: str) -> list[str]:
     return out
 
 
-# Re-exported for callers that build header values.
 __all__ = [
     "Address",
     "CSeq",
@@ -507,7 +505,6 @@ __all__ = [
     "parse_uint",
     "parse_via",
     "quote",
-    "split_hostport",
     "split_list",
     "unquote",
 ]

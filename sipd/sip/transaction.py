@@ -26,10 +26,11 @@ of other forks) to the TU for 64*T1. RFC 6026 also makes a proxy drop
 responses that match no transaction instead of forwarding them; this layer
 always drops them (and counts them).
 
-Timer durations come from :mod:`sipd.sip.timers`; they are kept in one heap
-owned by the layer, cancelled lazily (a stale heap entry is skipped when it
-surfaces) and compacted when stale entries pile up. Transactions leave the
-layer the moment they reach Terminated.
+Timer durations come from :mod:`sipd.sip.timers`. The timers live in one
+heap (:class:`~sipd.sip.timers.Deadlines`) that the layer shares with the
+proxy and the endpoint; they are cancelled lazily (a stale heap entry is
+skipped when it surfaces) and compacted when stale entries pile up.
+Transactions leave the layer the moment they reach Terminated.
 """
 
 from __future__ import annotations
@@ -179,7 +180,6 @@ class Transaction:
     )
 
     is_invite: ClassVar[bool] = False
-    is_client: ClassVar[bool] = False
 
     def __init__(
         self, layer: TransactionLayer, request: Request, reliable: bool, now: float
@@ -267,7 +267,6 @@ class ClientTransaction(Transaction):
     """A client transaction (§17.1): sends a request and collects responses."""
 
     __slots__ = ("dest", "ack", "_key")
-    is_client = True
 
     def __init__(
         self,
@@ -898,8 +897,6 @@ __all__ = [
     "State",
     "Terminated",
     "Timeout",
-    "Timer",
-    "Timers",
     "Transaction",
     "TransactionLayer",
     "TransactionStatistics",

@@ -1,5 +1,10 @@
 """Who may use SIP: NSS users, the SIP group, PAM's account check, digest passwords.
 
-Every call here may block (an NSS or PAM module can talk to a directory);
-the daemon runs them in worker threads.
+:mod:`~srfs.accounts.users` looks users up (through :mod:`~srfs.accounts.nss`,
+which tells a failing directory from an unknown user) and asks PAM;
+:mod:`~srfs.accounts.directory` answers, per request, whether a user may
+use SIP and with which HA1s; :mod:`~srfs.accounts.passwd` is the
+``~/.sr/passwd`` format and :mod:`~srfs.accounts.digestcalc` the HA1 math.
+A look-up may block (an NSS or PAM module can talk to a directory); the
+daemon runs them in worker threads.
 """

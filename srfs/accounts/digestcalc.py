@@ -16,9 +16,6 @@ __all__ = ["ALGORITHMS", "base_algorithm", "ha1", "hexdigest"]
 #: Algorithm names as they appear in a digest challenge, with their hash.
 ALGORITHMS: dict[str, str] = {"MD5": "md5", "SHA-256": "sha256"}
 
-#: Length of the hex digest of each algorithm.
-HEX_LENGTH: dict[str, int] = {"MD5": 32, "SHA-256": 64}
-
 
 def base_algorithm(algorithm: str) -> str:
     """The canonical name ('MD5' or 'SHA-256') of ``algorithm``, ``-sess`` dropped.

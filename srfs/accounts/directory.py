@@ -71,7 +71,7 @@ class Directory:
     def account(self, name: str, rhost: str | None = None) -> Account | None:
         """The account called ``name``, or None if there is no such UNIX user.
 
-        Raises :class:`~srfs.users.DirectoryUnavailable` when NSS fails: the
+        Raises :class:`~srfs.accounts.users.DirectoryUnavailable` when NSS fails: the
         caller answers that as a server error, never as an unknown user or
         a refused account.
         """
@@ -130,7 +130,7 @@ class Directory:
 
         One ``lstat`` by path, cheap enough for every request: it only
         decides whether to read again, and reading again goes through the
-        safe path in :mod:`srfs.home` (no link is ever followed there).
+        safe path in :mod:`srfs.files.home` (no link is ever followed there).
         """
         return passwd_stamp(account.user) == account.passwd_stamp
 

@@ -38,11 +38,11 @@ import re
 from dataclasses import dataclass
 
 from srfs.accounts.digestcalc import base_algorithm, ha1
+from srfs.lines import Problem
 
 __all__ = [
     "Entry",
     "PasswdFile",
-    "Problem",
     "check_realm",
     "check_user",
     "decode",
@@ -121,17 +121,6 @@ class Entry:
         if self.sha256:
             line += f":sha256={self.sha256}"
         return line
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """A line that is not used, and why (line numbers start at 1)."""
-
-    lineno: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"line {self.lineno}: {self.reason}"
 
 
 def _parse_line(line: str) -> Entry | str:

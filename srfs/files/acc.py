@@ -29,7 +29,7 @@ because the user's records reached the daemon's limit for a minute::
     # 2026-12-04T17:46:02Z user=jan unrecorded-calls=4211 since=2026-12-04T17:45:02Z limit=600
 
 The file is appended to (``O_APPEND``, never rewritten) through
-:mod:`srfs.home`. When a batch would take it past ``rotate_size`` bytes,
+:mod:`srfs.files.home`. When a batch would take it past ``rotate_size`` bytes,
 ``acc`` is renamed to ``acc.1`` (replacing an older ``acc.1``) and a new
 ``acc`` is started, so one user's records never take more than about
 twice that on disk.
@@ -60,7 +60,6 @@ __all__ = [
     "AccFiles",
     "AccGap",
     "AccRecord",
-    "Direction",
     "EventName",
     "LineError",
     "decode_value",
@@ -68,7 +67,6 @@ __all__ = [
     "format_entry",
     "format_gap",
     "format_line",
-    "format_time",
     "parse_file",
     "parse_line",
     "parse_time",
@@ -329,7 +327,7 @@ class AccFiles:
         """Append ``records`` to the user's ``acc``; True when it was rotated first.
 
         Creates ``~/.sr`` (0700) and ``acc`` (0600), owned by the user, when
-        missing. Raises :class:`~srfs.home.HomeError` when the file cannot
+        missing. Raises :class:`~srfs.files.home.HomeError` when the file cannot
         be used (a symlink, not the user's, ...); nothing is written then.
         """
         if not records:

@@ -22,9 +22,10 @@ the wrong customer.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from srfs.lines import content_lines
 from srfs.user import valid_name
 
 __all__ = ["AliasMap", "AliasProblem", "parse_aliases", "valid_alias"]
@@ -87,13 +88,6 @@ class AliasMap:
         return len(self.owners)
 
 
-def _lines(text: str) -> Iterable[tuple[int, str]]:
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if line and not line.startswith("#"):
-            yield number, line
-
-
 def parse_aliases(
     text: str,
     previous: AliasMap | None = None,
@@ -110,7 +104,7 @@ def parse_aliases(
     problems: list[AliasProblem] = []
     found: dict[str, tuple[str, int]] = {}
     conflicted: set[str] = set()
-    for number, line in _lines(text):
+    for number, line in content_lines(text):
         name, sep, owner = line.partition(":")
         name, owner = name.strip(), owner.strip()
         if not sep or not name or not owner:

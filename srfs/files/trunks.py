@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from srfs.addresses import parse_host
 from srfs.files.aliases import AliasProblem
+from srfs.lines import content_lines
 from srfs.user import valid_name
 
 __all__ = ["Network", "TrunkMap", "parse_trunks"]
@@ -56,9 +57,6 @@ class TrunkMap:
                 return user
         return None
 
-    def is_trunk_address(self, host: str) -> bool:
-        return self.user_at(host) is not None
-
     def networks_of(self, user: str) -> tuple[Network, ...]:
         return self._by_user.get(user, ())
 
@@ -75,10 +73,7 @@ def parse_trunks(text: str) -> tuple[TrunkMap, list[AliasProblem]]:
     problems: list[AliasProblem] = []
     networks: list[tuple[Network, str]] = []
     seen: dict[Network, tuple[str, int]] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for number, line in content_lines(text):
         user, sep, rest = line.partition(":")
         user, rest = user.strip(), rest.strip()
         if not sep or not user or not rest:

@@ -41,13 +41,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from srfs.lines import Problem
+
 __all__ = [
     "EMPTY",
     "KEYS",
     "MAX_PROBLEMS",
     "ConfigValueError",
     "Key",
-    "Problem",
     "UserConfig",
     "UserConfigs",
     "decode",
@@ -105,7 +106,7 @@ def _yes_no(value: str) -> str:
 
 
 _URI_MAX = 256
-# Deliberately small, like the contact URI check in srfs.usrloc: srfs does
+# Deliberately small, like the contact URI check in srfs.files.usrloc: srfs does
 # not parse SIP. What matters is that the value is plainly a URI and holds
 # nothing that could break out of a header (spaces, quotes, angle brackets,
 # control characters). URI headers ("?subject=...") are refused: a forward
@@ -229,17 +230,6 @@ def decode(data: bytes) -> str:
 
 def encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """A line that is not (fully) used, and why; line numbers start at 1."""
-
-    lineno: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"line {self.lineno}: {self.reason}"
 
 
 _KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}", re.ASCII)
@@ -403,7 +393,7 @@ class UserConfigs:
     """The parsed config of every user, in memory; the daemon loads it, the tree reads it.
 
     Pure bookkeeping, no I/O: the daemon reads ``~/.sr/config`` (through
-    :class:`srfs.home.FileCache`, so hand edits are seen) and calls
+    :class:`srfs.files.home.FileCache`, so hand edits are seen) and calls
     :meth:`load`; edits made through ``/run/sr`` come back as new text for
     the daemon to write. Not thread safe: keep it in the trio thread.
     """

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterable
 
 from srfs.files import home
-from srfs.lines import quote_value
+from srfs.lines import content_lines, quote_value
 from srfs.state.location import Binding
 from srfs.user import User
 
@@ -241,12 +241,7 @@ def parse_file(text: str, *, user: str, now: float) -> tuple[list[Binding], list
     """
     out: list[Binding] = []
     problems: list[str] = []
-    # Lines end at "\n" only: str.splitlines() also cuts at U+0085, U+2028,
-    # \x1c..\x1e, \v and \f, which quoted values (a User-Agent) may hold.
-    for number, raw in enumerate(text.split("\n"), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for number, line in content_lines(text):
         try:
             b = parse_line(line, user=user, default_aor=user, now=now)
         except LineError as exc:

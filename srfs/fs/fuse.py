@@ -1,7 +1,7 @@
-"""The ``/run/sr`` tree as a FUSE filesystem: a pyfuse3 adapter over :class:`srfs.tree.Tree`.
+"""The ``/run/sr`` tree as a FUSE filesystem: a pyfuse3 adapter over :class:`srfs.fs.tree.Tree`.
 
 This is the only module that imports pyfuse3. It maps paths to inode
-numbers, turns :class:`~srfs.tree.TreeError` into ``FUSEError`` in one
+numbers, turns :class:`~srfs.fs.tree.TreeError` into ``FUSEError`` in one
 place (:func:`_handler`), and owns the mount's life cycle. Every handler
 runs in the daemon's trio thread and never blocks it: no file I/O, and the
 kernel notifications that can block go through a worker thread.
@@ -17,7 +17,7 @@ How the daemon uses it::
         fs = await nursery.start(partial(serve, tree, "/run/sr", on_commit=on_commit))
         ...                         # cancelling the nursery unmounts cleanly
 
-Behaviour worth knowing (SPEC "The mounted tree", TECH-NOTES §1-§4):
+Behaviour worth knowing (what users see of it is in srfs(5)):
 
 - Permissions are the kernel's (``default_permissions``): every inode
   carries the mode and owner the tree gives it.
@@ -39,7 +39,7 @@ Behaviour worth knowing (SPEC "The mounted tree", TECH-NOTES §1-§4):
   commit's errno goes back to ``rename``. Without ``O_EXCL`` (``echo x >
   config/typo``) the tree's refusal stands, so a typo is not silently
   accepted. Scratch files are listed, can be removed, and are lost on
-  restart. They are sipd's memory, so :mod:`srfs.scratch` bounds them per
+  restart. They are sipd's memory, so :mod:`srfs.fs.scratch` bounds them per
   user (``EDQUOT``) and in all (``ENOSPC``).
 - ``on_commit(result)`` gets every validated write that changes something
   (a contacts write, a config edit whose ``changed`` is true, an alias map
@@ -116,8 +116,9 @@ _R = TypeVar("_R")
 
 
 def _handler(fn: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    """The one place domain errors become errnos.
+    """Every handler's last resort: a :class:`TreeError` becomes its errno, a bug EIO.
 
+    (``on_commit``'s ``OSError`` gets its errno in :meth:`SrFs._deliver`.)
     pyfuse3 only expects ``FUSEError``: anything else escapes ``main()`` and
     would take the filesystem (and the daemon's nursery) down with it, and
     leave the request unanswered, so a bug answers EIO and is logged instead.
@@ -245,8 +246,9 @@ class SrFs(pyfuse3.Operations):
         self._next_fh = 1
         # path -> (when, content): renders made for getattr, for the next open.
         self._rendered: dict[str, tuple[float, bytes]] = {}
-        # Kernel notifications wait for a worker thread (TECH-NOTES §3):
-        # queued here, deduplicated, drained by run_invalidations().
+        # Kernel notifications are sent from a worker thread, since one can
+        # wait for a request that only this thread answers: queued here,
+        # deduplicated, drained by run_invalidations().
         send, receive = trio.open_memory_channel[tuple[int, bytes | None]](math.inf)
         self._inval_send = send
         self._inval_receive = receive
@@ -327,7 +329,7 @@ class SrFs(pyfuse3.Operations):
 
     @staticmethod
     def _timeouts(node: Node) -> tuple[float, float]:
-        """(entry, attr) timeouts: TECH-NOTES §4.
+        """How long the kernel may cache a lookup and the attributes: (entry, attr).
 
         Live content (contacts, settings, status, calls) is never cached so
         sizes are right for ``>>`` and ``tail``; a setting's entry comes and
@@ -548,7 +550,10 @@ class SrFs(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = h
-        # direct_io with the real st_size: the matrix in TECH-NOTES §2.
+        # direct_io: every read reaches the snapshot, never a page cache
+        # that would serve old content or cut it at a stale size; the real
+        # st_size (see _entry) is still what `>>` appends at and `tail`
+        # seeks from.
         return FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     def _handle(self, fh: int) -> _Handle:

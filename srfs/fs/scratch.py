@@ -1,7 +1,7 @@
 """How much of sipd's memory editors' temporary files may take.
 
 ``sed -i``, vim and other editors save through a temporary file, which the
-tree keeps in sipd's memory (see :mod:`srfs.fuse`). Without a bound, every
+tree keeps in sipd's memory (see :mod:`srfs.fs.fuse`). Without a bound, every
 user could make the daemon hold 16 files of 1 MiB in each of their
 directories, and all users together as much as they liked. Each user (by
 the uid that created the file) may hold at most ``user_files`` temporary
@@ -50,7 +50,7 @@ DEFAULT_LIMITS = ScratchLimits()
 class ScratchQuota:
     """Files and bytes of temporary files per uid and in all, checked against limits.
 
-    :meth:`add_file` and :meth:`grow` raise :class:`~srfs.tree.TreeError`
+    :meth:`add_file` and :meth:`grow` raise :class:`~srfs.fs.tree.TreeError`
     (``EDQUOT`` or ``ENOSPC``) and change nothing when the limit would be
     passed; shrinking and dropping never fail.
     """

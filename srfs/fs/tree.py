@@ -3,15 +3,15 @@
 No I/O and no clock of its own: every call that needs the time takes
 ``now`` (wall-clock seconds), and the only time source the tree keeps is the
 ``clock`` callable it is given, used to stamp changes that reach it through
-a :class:`~srfs.location.LocationStore` subscription (those carry no time).
-The FUSE adapter (``srfs.fuse``) maps inodes to the paths used here and
+a :class:`~srfs.state.location.LocationStore` subscription (those carry no time).
+The FUSE adapter (:mod:`srfs.fs.fuse`) maps inodes to the paths used here and
 :class:`TreeError` to ``FUSEError``; the daemon writes the files this
-returns. The layout (SPEC "The mounted tree")::
+returns. The layout, as srfs(5) documents it for users::
 
     /                      0755 root
       status               0444 root   key: value lines
       metrics              0444 root   Prometheus text format
-      aliases              0644 root   the alias map (filled by a later step)
+      aliases              0644 root   rw: the alias map
       <user>/              0700 user   one per member of the SIP group
         contacts           0600 user   rw: the user's bindings, one line each
         config/            0700 user   one file per *set* key
@@ -23,7 +23,7 @@ Permissions are the kernel's job (``default_permissions``): the modes and
 owners here are what it checks. The tree still refuses writes to read-only
 nodes because root passes every permission check.
 
-Write semantics (SPEC, TECH-NOTES §2):
+Write semantics (srfs(5), WRITING, for users):
 
 - ``contacts``, append (``>>``): each line adds or refreshes one binding,
   static unless it gives ``expires=``; ``expires=0`` (or an ``expires_at``
@@ -60,6 +60,7 @@ from srfs.files import userconfig
 from srfs.files.aliases import parse_aliases
 from srfs.files.userconfig import ConfigValueError, UserConfig, UserConfigs
 from srfs.files.usrloc import LineError, check_binding, format_line, parse_line
+from srfs.lines import content_lines
 from srfs.state.location import Binding, Change, LocationStore, Op, Remove, RemoveReason
 from srfs.user import User, valid_name
 
@@ -104,7 +105,7 @@ class Kind(Enum):
     CALLS = "calls"
 
 
-# (mode, is_dir, owned by the user) per kind: the one table of the layout.
+# (mode, is_dir, owned by the user) per kind; the names are the two tables below.
 _LAYOUT: dict[Kind, tuple[int, bool, bool]] = {
     Kind.ROOT: (0o755, True, False),
     Kind.STATUS: (0o444, False, False),
@@ -897,12 +898,7 @@ class Tree:
         """
         text = _decode_write(data)
         out: list[Binding] = []
-        # "\n" only, as srfs.usrloc reads files: a quoted user agent may
-        # hold characters str.splitlines() would cut at.
-        for number, raw in enumerate(text.split("\n"), 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
+        for number, line in content_lines(text):
             try:
                 b = parse_line(line, user=user, default_aor=user, now=now)
             except LineError as e:
@@ -1086,7 +1082,7 @@ class Tree:
         """Set ``key`` from the data written to ``config/<key>``; empty data removes it.
 
         Returns the new file text for the daemon to write with
-        :func:`srfs.home.write_file`; the in-memory config already holds it.
+        :func:`srfs.files.home.write_file`; the in-memory config already holds it.
         """
         change = self._config_write(user, key, data)
         self.apply_config_change(change, now)

@@ -4,7 +4,7 @@ A call is known by its Call-ID. Each local party of it holds one
 :class:`Call` (a *leg* here): the caller a leg with direction ``out``, the
 callee one with direction ``in``, so both see the call in
 ``/run/sr/<user>/calls``. A user calling themselves (one phone to another)
-has both legs. Only the SIP side (``sipd.calltrack``) changes the table;
+has both legs. Only the SIP side (``sipd.proxy.calltrack``) changes the table;
 the state filesystem and the status figures read it and hear about
 changes through :meth:`CallTable.subscribe`.
 

@@ -72,6 +72,7 @@ def test_one_auth_id_registers_two_lines_and_the_tree_shows_them(
     assert "2000: bob\n" in (mnt / "aliases").read_text()
 
 
+@pytest.mark.slow
 def test_an_edit_of_the_map_takes_effect_without_a_restart(
     alias_sipd: Daemon, mnt: Path, admin: Path, password: str  # noqa: F811
 ) -> None:

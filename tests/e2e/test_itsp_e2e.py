@@ -10,7 +10,6 @@ import os
 import re
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,9 +23,12 @@ from tests.e2e.test_proxy_e2e import (  # noqa: F401  (fixtures)
     ok,
     passwords,
     unix,
+    wait_until_listening,
 )
-from tests.sipclient import free_port
+from tests.sipclient import free_port, wait_for
 from tests.unixusers import FakeUnix
+
+pytestmark = pytest.mark.sipp
 
 PBX_IP = "127.0.0.2"
 DID = "+441727238471"
@@ -62,12 +64,14 @@ def trusted_call(calls: Calls, callee: str, caller: str, extra: str = "X-Note: n
 
 def invite_seen(calls: Calls, port: int) -> str:
     """The INVITE the UAS on ``port`` received, start line and headers."""
-    deadline = time.monotonic() + 5
-    while True:
-        m = re.search(r"(INVITE sip:.*?)\r?\n\r?\n", calls.received(port), re.S)
-        if m or time.monotonic() > deadline:
-            return m.group(1) if m else ""
-        time.sleep(0.05)
+
+    def found() -> re.Match[str] | None:
+        return re.search(r"(INVITE sip:.*?)\r?\n\r?\n", calls.received(port), re.S)
+
+    wait_for(found, f"the INVITE in the trace of the UAS on port {port}", timeout=5)
+    m = found()
+    assert m is not None
+    return m.group(1)
 
 
 def test_a_multi_line_phone_registers_two_numbers_with_one_auth_id(itsp: Calls) -> None:
@@ -76,7 +80,6 @@ def test_a_multi_line_phone_registers_two_numbers_with_one_auth_id(itsp: Calls) 
     usrloc = (itsp.unix["alice"].home / ".sr" / "usrloc").read_text()
     assert "aor=1003" in usrloc and "aor=01727221221" in usrloc
     # A call to line 1 rings line 1, with the number it was registered as.
-    time.sleep(0.3)
     ok(itsp.call("uac_answer.xml", "1003", caller="bob"), "caller", itsp)
     assert itsp.finished(line1) == 0
     assert invite_seen(itsp, itsp.uas_ports[0]).startswith("INVITE sip:1003@127.0.0.1:")
@@ -94,7 +97,6 @@ def test_an_address_the_phone_does_not_own_is_refused(itsp: Calls) -> None:
 
 def test_a_did_call_reaches_the_trunk_with_the_did_in_the_request_uri(itsp: Calls) -> None:
     pbx = itsp.uas("uas_answer.xml", "carol")  # the PBX registers once, as its user
-    time.sleep(0.3)
     ok(itsp.call("uac_answer.xml", DID, caller="alice"), "caller", itsp)
     assert itsp.finished(pbx) == 0
     invite = invite_seen(itsp, itsp.uas_ports[0])
@@ -108,7 +110,6 @@ def test_a_trusted_trunk_calls_without_auth_and_a_spoofed_source_is_challenged(
     itsp: Calls,
 ) -> None:
     bob = itsp.uas("uas_answer.xml", "bob")
-    time.sleep(0.3)
     ok(trusted_call(itsp, "bob", DID), "trusted pbx", itsp)
     assert itsp.finished(bob) == 0
     invite = invite_seen(itsp, itsp.uas_ports[0])
@@ -121,7 +122,6 @@ def test_a_trusted_trunk_calls_without_auth_and_a_spoofed_source_is_challenged(
 
 def test_asserted_identity_follows_privacy_and_trust(itsp: Calls) -> None:
     bob = itsp.uas("uas_answer.xml", "bob")
-    time.sleep(0.3)
     ok(trusted_call(itsp, "bob", DID, extra="Privacy: id"), "private call", itsp)
     assert itsp.finished(bob) == 0
     invite = invite_seen(itsp, itsp.uas_ports[0])
@@ -129,7 +129,6 @@ def test_asserted_identity_follows_privacy_and_trust(itsp: Calls) -> None:
     assert "Privacy: id" in invite
     # A PAI from an untrusted source never reaches a phone.
     carol = itsp.uas("uas_answer.xml", "carol")
-    time.sleep(0.3)
     ok(trusted_call(itsp, "carol", "zed", extra="P-Asserted-Identity: <sip:ceo@example.com>",
                     source="127.0.0.1", from_domain="example.com"), "untrusted", itsp)
     assert itsp.finished(carol) == 0
@@ -150,10 +149,7 @@ def test_recipe_pbx_with_a_static_contact_trusted_by_address(
     config = (f'aliases = "{etc / "aliases"}"\ntrunks = "{etc / "trunks"}"\n'
               f'mount = "{mnt}"\nmount_enabled = true\n')
     with _calls(tmp_path, unix, passwords, config, mount=True) as calls:
-        deadline = time.monotonic() + 10
-        while not (mnt / "carol").exists():
-            assert time.monotonic() < deadline, calls.daemon.log
-            time.sleep(0.05)
+        wait_for(lambda: (mnt / "carol").exists(), "the mount")
         pbx_port = free_port()
         for cmd in (f"echo '{DID}: carol' >> {mnt}/aliases",
                     f"echo 'sip:pbx@{PBX_IP}:{pbx_port}' >> {mnt}/carol/contacts",
@@ -170,13 +166,14 @@ def test_recipe_pbx_with_a_static_contact_trusted_by_address(
             stdin=subprocess.DEVNULL,
         )
         calls.procs.append(pbx)
-        time.sleep(0.3)
+        wait_until_listening(pbx, pbx_port)
         ok(calls.call("uac_answer.xml", DID, caller="alice"), "caller", calls)
         assert calls.finished(pbx) == 0
         assert invite_seen(calls, pbx_port).startswith(f"INVITE sip:{DID}@{PBX_IP}:{pbx_port}")
-        # Outbound: the PBX calls bob from its address with no credentials
-        # (the trunks file is re-read within two seconds of the edit).
+        # Outbound: the PBX calls bob from its address with no credentials,
+        # once sipd has re-read the trunks file (within two seconds of the edit).
         bob = calls.uas("uas_answer.xml", "bob")
-        time.sleep(2.5)
+        wait_for(lambda: "trusted trunks: 1 network(s)" in calls.daemon.log,
+                 "the edited trunks file in force")
         ok(trusted_call(calls, "bob", DID), "trusted pbx", calls)
         assert calls.finished(bob) == 0

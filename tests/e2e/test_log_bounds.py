@@ -219,6 +219,7 @@ def _hand_write(unix: FakeUnix, name: str, data: bytes) -> None:
     tmp.rename(sr / "config")
 
 
+@pytest.mark.slow
 def test_a_megabyte_of_bad_config_lines_logs_a_few_lines(mnt_sipd: Daemon, unix: FakeUnix,
                                                          mnt: Path) -> None:
     bad = b"x\n" * 500_000 + b"dnd = yes\n"
@@ -234,6 +235,7 @@ def test_a_megabyte_of_bad_config_lines_logs_a_few_lines(mnt_sipd: Daemon, unix:
     assert_one_line_records(mnt_sipd.log)
 
 
+@pytest.mark.slow
 def test_bad_admin_files_log_a_few_lines_each(tmp_path: Path, unix: FakeUnix) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()

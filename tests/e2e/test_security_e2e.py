@@ -254,6 +254,7 @@ def _failed_register(sipd: Daemon, user: str, source: str) -> float:
         return took
 
 
+@pytest.mark.slow
 def test_failed_authentication_takes_the_same_time_whoever_the_name_is(
     tmp_path: Path, unix: FakeUnix, passwords: dict[str, str]
 ) -> None:
@@ -357,6 +358,7 @@ def full_sr(unix: FakeUnix) -> Iterator[Path]:
 
 @needs_root
 @needs_mount
+@pytest.mark.slow
 def test_nothing_is_acknowledged_that_the_disk_did_not_take(
     tmp_path: Path, unix: FakeUnix, passwords: dict[str, str], mnt: Path, full_sr: Path
 ) -> None:

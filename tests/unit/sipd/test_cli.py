@@ -105,7 +105,7 @@ def test_check_config_prints_effective_settings(tmp_path: Path, unix: FakeUnix) 
     assert "min_expires = 60" in out
 
 
-def test_defaults_without_config_file(tmp_path: Path, unix: FakeUnix) -> None:
+def test_defaults_without_config_file(unix: FakeUnix) -> None:
     # The default path is optional: absent means built-in defaults.
     if os.path.exists("/etc/sipd/sipd.conf"):
         pytest.skip("/etc/sipd/sipd.conf exists on this host")
@@ -114,7 +114,7 @@ def test_defaults_without_config_file(tmp_path: Path, unix: FakeUnix) -> None:
     assert 'listen = ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060", "udp:[::]:5060", "tcp:[::]:5060"]' in p.stdout
 
 
-def test_busy_port(tmp_path: Path) -> None:
+def test_busy_port() -> None:
     port = free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", port))

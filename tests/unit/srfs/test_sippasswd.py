@@ -50,7 +50,7 @@ def assert_owned_files(unix: FakeUnix, name: str) -> None:
     assert [n for n in os.listdir(u.home / ".sr") if n != "passwd"] == []  # no temp files
 
 
-def stored(unix: FakeUnix, name: str, realm: str = REALM) -> passwd.PasswdFile:
+def stored(unix: FakeUnix, name: str) -> passwd.PasswdFile:
     return passwd.parse(passwd_path(unix, name).read_bytes())
 
 

@@ -23,7 +23,7 @@ ELSEWHERE = Peer("udp", "198.51.100.20", 5060, conn=1)
 
 
 def attempt(h: Harness, user: str, password: str, source: Peer,
-            uri: str = f"sip:{REALM}", port: int = 5062) -> Response:
+            uri: str = f"sip:{REALM}") -> Response:
     """A REGISTER from ``source`` answered with credentials; the final answer."""
     first = h.send(h._request(user, None, 600, None, "", None, None), source)
     if first.status != 401:

@@ -1,4 +1,4 @@
-"""sipd.calltrack: call events in, calls in progress and acc records out."""
+"""sipd.proxy.calltrack: call events in, calls in progress and acc records out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""srfs.users: NSS lookups and the PAM account check, with fake users (nss/pam_wrapper)."""
+"""srfs.accounts.users: NSS lookups and the PAM account check, with fake users (nss/pam_wrapper)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""srfs.acc: the ~/.sr/acc line format and appending with rotation."""
+"""srfs.files.acc: the ~/.sr/acc line format and appending with rotation."""
 
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ from srfs.files.acc import (
     encode_value,
     format_line,
     format_records,
-    format_time,
     parse_file,
     parse_line,
     parse_time,
 )
 from srfs.files.home import HomeError
+from srfs.lines import format_time
 from srfs.user import User
 from tests import REPO
 from tests.unixusers import FakeUnix, fake_unix

@@ -1,4 +1,4 @@
-"""srfs.home against a hostile user: run as root, with a real unprivileged uid owning a home.
+"""srfs.files.home against a hostile user: run as root, with a real unprivileged uid owning a home.
 
 Every attack is tried twice: with the setfsuid layer on (production) and
 off, to show that the O_NOFOLLOW and owner checks hold on their own.

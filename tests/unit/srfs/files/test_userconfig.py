@@ -1,4 +1,4 @@
-"""srfs.userconfig: the ~/.sr/config format, its keys and the in-memory cache."""
+"""srfs.files.userconfig: the ~/.sr/config format, its keys and the in-memory cache."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""srfs.usrloc: the contact line format and ~/.sr/usrloc on disk."""
+"""srfs.files.usrloc: the contact line format and ~/.sr/usrloc on disk."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ from tests.unixusers import FakeUnix
 
 NOW = 1_700_000_000.0
 
-#: The example line of SPEC.md ("The mounted tree").
-SPEC_LINE = (
+#: The first example of a contacts file in srfs(5), with ``ua`` quoted as a
+#: hand-written line may have it.
+EXAMPLE_LINE = (
     "sip:jan@192.0.2.10:5060;transport=udp aor=jan expires=3521 q=1.0 "
     'received=udp:203.0.113.5:40000 ua="Linksys/SPA3102-5.1.10" '
     "callid=217edcfa-3c466a22 cseq=65321"
@@ -59,11 +60,11 @@ def mk(contact: str = "sip:jan@192.0.2.10:5060", **kw: object) -> Binding:
     return Binding(**fields)  # type: ignore[arg-type]
 
 
-# -------------------------------------------------------------- the SPEC line
+# ----------------------------------------------------------- the srfs(5) line
 
 
-def test_spec_example_line_parses_with_the_right_values() -> None:
-    b = parse(SPEC_LINE)
+def test_srfs5_example_line_parses_with_the_right_values() -> None:
+    b = parse(EXAMPLE_LINE)
     assert b == Binding(
         aor="jan",
         user="jan",
@@ -80,10 +81,10 @@ def test_spec_example_line_parses_with_the_right_values() -> None:
     assert b.remaining(NOW) == 3521
 
 
-def test_spec_example_line_is_what_format_line_writes() -> None:
-    b = parse(SPEC_LINE)
+def test_srfs5_example_line_is_what_format_line_writes() -> None:
+    b = parse(EXAMPLE_LINE)
     # ua has no space, so it need not be quoted; otherwise identical.
-    assert format_line(b, NOW) == SPEC_LINE.replace('"Linksys/SPA3102-5.1.10"',
+    assert format_line(b, NOW) == EXAMPLE_LINE.replace('"Linksys/SPA3102-5.1.10"',
                                                     "Linksys/SPA3102-5.1.10")
     assert parse(format_line(b, NOW)) == b
 

@@ -1,4 +1,4 @@
-"""srfs.wtmp against the real readers: util-linux ``last`` and coreutils ``who``.
+"""srfs.files.wtmp against the real readers: util-linux ``last`` and coreutils ``who``.
 
 Only temporary files are written; a guard checks that the host's own
 ``/var/log/wtmp`` and ``/var/run/utmp`` are left as they were.

@@ -1,4 +1,4 @@
-"""srfs.fuse: the tree through a real FUSE mount, driven with shell tools.
+"""srfs.fs.fuse: the tree through a real FUSE mount, driven with shell tools.
 
 pyfuse3 keeps one session per process, so the filesystem runs in a helper
 process (tests/fusehelper.py) and these tests use it the way people and
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ import pytest
 
 from srfs.fs.fuse import MountError, cleanup_stale, mount_entries, mounted, parse_mountinfo
 from tests import REPO, TESTS
+from tests.sipclient import wait_for
 
 HELPER = TESTS / "fusehelper.py"
 U1, U2 = 60101, 60102
@@ -162,15 +163,6 @@ def ok(script: str, uid: int | None = None) -> str:
     done = sh(script, uid)
     assert done.returncode == 0, (script, done.stderr)
     return done.stdout
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 # ------------------------------------------------------------- reading
@@ -464,7 +456,7 @@ def test_membership_changes_show_without_waiting_for_timeouts(fs: Mount) -> None
     assert fs.read_line() == "toggled"
     start = time.monotonic()
     # Gone well within the 1 s entry timeout: the entry was invalidated.
-    assert wait_for(lambda: not os.path.exists(u3), timeout=0.5)
+    wait_for(lambda: not os.path.exists(u3), "u3 to be gone", timeout=0.5)
     assert time.monotonic() - start < 0.5
     assert "u3" not in os.listdir(fs.mnt)
 

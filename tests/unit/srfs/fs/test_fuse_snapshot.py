@@ -1,4 +1,4 @@
-"""srfs.fuse without a mount: the content a read-only open snapshots."""
+"""srfs.fs.fuse without a mount: the content a read-only open snapshots."""
 
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from srfs.fs.scratch import DEFAULT_LIMITS, ScratchLimits, ScratchQuota
 from srfs.fs.tree import TreeError
-from tests.sipclient import Daemon, running_sipd
+from tests.sipclient import Daemon, running_sipd, wait_for
 from tests.unit.srfs.fs.test_fuse import U1, U2, Mount, helper_mount, needs_fuse, ok, sh
 from tests.unixusers import FakeUnix
 
@@ -73,10 +72,7 @@ def fs_sipd(tmp_path: Path, unix: FakeUnix, mnt: Path) -> Iterator[Daemon]:
     conf = tmp_path / "fs.toml"
     conf.write_text(f'mount = "{mnt}"\n')
     with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as daemon:
-        deadline = time.monotonic() + 10
-        while not (mnt / "alice").exists():
-            assert time.monotonic() < deadline, daemon.log
-            time.sleep(0.05)
+        wait_for(lambda: (mnt / "alice").exists(), "the mount")
         yield daemon
     for name in ("alice", "bob"):
         (unix[name].home / "big").unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""srfs.tree: the /run/sr tree as a pure model over the location store and configs."""
+"""srfs.fs.tree: the /run/sr tree as a pure model over the location store and configs."""
 
 from __future__ import annotations
 

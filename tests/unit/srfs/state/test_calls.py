@@ -1,4 +1,4 @@
-"""srfs.calls: the table of calls in progress and its ``calls`` lines."""
+"""srfs.state.calls: the table of calls in progress and its ``calls`` lines."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""srfs.location: the in-memory location store and binding identity."""
+"""srfs.state.location: the in-memory location store and binding identity."""
 
 from __future__ import annotations
 
