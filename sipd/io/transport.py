@@ -11,6 +11,9 @@ Accepted connections are counted the moment ``accept`` returns, against a
 global cap and a cap per source address, so that no burst of connections
 can hold more slots than configured; see :mod:`.liveness` for when a
 connection is closed again.
+
+Why one module of this size: UDP and TCP share the send path and the
+per-source accounting.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ first 2xx upstream, picks the best final when every branch has one
 487s, a held answer, ``ring_timeout``) are kinds in the core's one
 :class:`~sipd.sip.timers.Deadlines`; the endpoint hands the due ones to
 :meth:`Forker.on_timer`.
+
+Why one module of this size: contexts and branches share one owner;
+splitting them would let a branch outlive the request it serves.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ strict UTF-8, mis-reads folded lines and quoted parameters such as
 ``+sip.instance="<urn:uuid:...>"``, re-escapes parameters on output and
 ignores Content-Length (see the project's notes). :meth:`Message.to_sipmessage`
 converts to its model for tools and tests that want it.
+
+Why one module of this size: parsing, the lazy header cache and
+serialising are one representation; the header *values* live apart in
+:mod:`sipd.sip.headers`.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ heap (:class:`~sipd.sip.timers.Deadlines`) that the layer shares with the
 proxy and the endpoint; they are cancelled lazily (a stale heap entry is
 skipped when it surfaces) and compacted when stale entries pile up.
 Transactions leave the layer the moment they reach Terminated.
+
+Why one module of this size: the four state machines share the
+transaction table, the matching rules of §17.1.3/§17.2.3 and the timer
+queue; apart, each would need the others' private state.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ spirit of sshd's StrictModes:
 Every failure is a :class:`HomeError` with an errno and a reason meant for a
 log line ("~jan/.sr/passwd is a symlink"). All calls block; the daemon runs
 them with ``trio.to_thread.run_sync``.
+
+Why one module of this size: it is the one place that opens files in
+homes, so that the rules below are audited once.
 """
 
 from __future__ import annotations

@@ -47,6 +47,9 @@ Why the pieces are the way they are:
 Timestamps are passed in (``now``, wall-clock seconds) so callers and tests
 decide the time; the only I/O is the record writes. All calls block: the
 daemon runs them in a worker thread (``trio.to_thread.run_sync``).
+
+Why one module of this size: the struct layout, the line numbering and
+the glibc calls only make sense together.
 """
 
 from __future__ import annotations

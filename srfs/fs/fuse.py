@@ -51,6 +51,10 @@ Behaviour worth knowing (what users see of it is in srfs(5)):
   reaches the caller with its errno (ENOSPC, EIO), anything else as EIO,
   and then nothing of the write is in force. Without ``on_commit`` the
   tree applies the write at once.
+
+Why one module of this size: every handler shares the inode table and
+the open-file snapshots, and keeping pyfuse3 behind one file is what
+lets the rest of srfs be tested without a mount.
 """
 
 from __future__ import annotations

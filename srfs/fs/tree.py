@@ -42,6 +42,10 @@ Write semantics (srfs(5), WRITING, for users):
   validated and normalised. Empty data (``: > config/dnd``) removes the
   key, like ``rm config/dnd``: "no value" is "not set". ``>>`` on a key
   sets the value too: a single-value file has no other sensible append.
+
+Why one module of this size: the layout, its modes and the way a write
+becomes a change are one contract (srfs(5)); split, the rules for who may
+read or write a node would live apart from the nodes.
 """
 
 from __future__ import annotations
