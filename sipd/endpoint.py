@@ -21,6 +21,7 @@ from sipd.core.work import Action, Commit, Defer, Job, Later, Outcome
 from sipd.proxy.calltrack import AccStats, CallTracker, acc_jobs
 from sipd.proxy.context import PROXY_METHODS, ProxyAction
 from sipd.proxy.proxy import Proxy
+from sipd.registrar.changelog import log_changes
 from sipd.registrar.persistence import Persistence
 from sipd.registrar.server import Reply, Server
 from sipd.sip.errors import ParseError, SipError
@@ -295,11 +296,10 @@ class Endpoint:
             elif self.proxy is not None:
                 out.extend(self._run_proxy(self.proxy.on_timer(owner, kind, now), now))
         if self.store is not None:
-            expired = self.store.expire(self.wall(now))
+            wall = self.wall(now)
+            expired = self.store.expire(wall)
             self.stats.expired += len(expired)
-            for change in expired:
-                log.info("registration expired: %s %s", quote(change.binding.aor),
-                         quote(change.binding.contact))
+            log_changes(expired, wall)
         if self.tracker is not None:
             self.tracker.expire(self.wall(now))
         return self._drain(out, now)
@@ -421,10 +421,12 @@ class Endpoint:
         if self.store is None:
             return finish(Outcome(error=RuntimeError("no location store")), now)
         # No disk behind this endpoint (tests): plan and apply at once.
+        wall = self.wall(now)
         try:
-            self.store.apply(commit.plan(self.wall(now)))
+            changes = self.store.apply(commit.plan(wall))
         except Exception as exc:  # noqa: BLE001 - the refusal is the answer
             return finish(Outcome(error=exc), now)
+        log_changes(changes, wall)
         return finish(Outcome(), now)
 
     def _cancel(self, cancel: Request) -> Response:

@@ -14,7 +14,10 @@ daemon and carries their results to the disk:
 - config values written through the tree, written to ``~/.sr/config``
   (comments and unknown lines kept) by a worker thread. Contacts written
   through the tree go through the location store like any REGISTER, so the
-  usrloc persister writes them.
+  usrloc persister writes them;
+- one log line for each refused write, with the errno the writer got and
+  the tree's reason: the shell only says "Invalid argument", the log says
+  which line and why (:class:`LoggedTree`).
 """
 
 from __future__ import annotations
@@ -40,8 +43,17 @@ from srfs.files import home, userconfig
 from srfs.files.home import FileCache, HomeError
 from srfs.files.userconfig import UserConfig
 from srfs.fs.fuse import SrFs, serve
-from srfs.fs.tree import ConfigChange, ContactsWrite, Stat, StatKind, Tree, TreeError, WriteResult
-from srfs.logtext import Recurring, log_problems
+from srfs.fs.tree import (
+    ConfigChange,
+    ContactsWrite,
+    Node,
+    Stat,
+    StatKind,
+    Tree,
+    TreeError,
+    WriteResult,
+)
+from srfs.logtext import Recurring, log_problems, quote
 from srfs.state.location import Binding, Op
 from srfs.user import User
 
@@ -70,6 +82,75 @@ def _ownership_hooks(ownership: Ownership | None, rules: BindingRules | None) ->
     return hooks
 
 
+#: Errnos that only say a node is not there: a lookup, not a refused write.
+_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR})
+
+
+def log_refusal(what: str, path: str, code: int, reason: str, level: int = logging.INFO) -> None:
+    """One line for a refused change of ``/run/sr``: the node, the errno's name, why.
+
+    Info for what the writer did wrong (a bad line, an AOR not theirs,
+    ``max_contacts``); the caller says warning when sipd could not do its
+    part (``~/.sr`` unwritable).
+    """
+    name = errno.errorcode.get(code, str(code))
+    log.log(level, "%s %s refused (%s): %s", what, quote(path), name, reason)
+
+
+class LoggedTree(Tree):
+    """The tree, logging each write it refuses where the refusal is decided.
+
+    The FUSE adapter turns a :class:`TreeError` into the errno the writer
+    sees and nothing more; the reason is only here. Each refused write is
+    logged once: a refused ``write(2)`` poisons its open file, so the
+    commit at close is never tried. Lookups of nodes that are not there
+    are not refusals and are not logged; nor is a ``create`` refused with
+    EPERM, which is how an editor's temporary file is made.
+    """
+
+    def __init__(self, mount: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mount = mount.rstrip("/")
+
+    def shown(self, path: str) -> str:
+        """``path`` as the writer named it, under the mountpoint."""
+        return self.mount + path
+
+    def _refused(self, what: str, path: str, exc: TreeError) -> None:
+        if exc.errno not in _NOT_THERE:
+            log_refusal(what, self.shown(path), exc.errno, exc.reason)
+
+    def check_open(self, path: str, *, write: bool) -> Node:
+        try:
+            return super().check_open(path, write=write)
+        except TreeError as exc:
+            if write:
+                self._refused("write to", path, exc)
+            raise
+
+    def check_write(self, path: str, data: bytes, now: float, *, complete: bool,
+                    append: bool = False) -> None:
+        try:
+            super().check_write(path, data, now, complete=complete, append=append)
+        except TreeError as exc:
+            self._refused("write to", path, exc)
+            raise
+
+    def prepare(self, path: str, data: bytes, *, append: bool, now: float) -> WriteResult:
+        try:
+            return super().prepare(path, data, append=append, now=now)
+        except TreeError as exc:
+            self._refused("write to", path, exc)
+            raise
+
+    def prepare_unlink(self, path: str) -> ConfigChange:
+        try:
+            return super().prepare_unlink(path)
+        except TreeError as exc:
+            self._refused("removal of", path, exc)
+            raise
+
+
 class StateFs:
     def __init__(self, settings: Settings, endpoint: Endpoint, transports: Transports,
                  started: float, ownership: Ownership | None = None,
@@ -80,7 +161,8 @@ class StateFs:
         self.started = started
         self.members: tuple[User, ...] = ()
         assert endpoint.store is not None
-        self.tree = Tree(
+        self.tree = LoggedTree(
+            settings.mount,
             endpoint.store,
             lambda: self.members,
             clock=time.time,
@@ -178,9 +260,16 @@ class StateFs:
         """
         if result.aliases is not None and self._ownership is not None:
             ownership, write = self._ownership, result.aliases
-            loaded = await trio.to_thread.run_sync(
-                lambda: ownership.write_aliases(write.data, append=write.append)
-            )
+            try:
+                loaded = await trio.to_thread.run_sync(
+                    lambda: ownership.write_aliases(write.data, append=write.append)
+                )
+            except OSError as exc:
+                # EINVAL: a name the map in force gives another owner.
+                log_refusal("write to", self.tree.shown("/aliases"), exc.errno or errno.EIO,
+                            exc.strerror or str(exc),
+                            logging.INFO if exc.errno == errno.EINVAL else logging.WARNING)
+                raise
             ownership.apply(loaded)
         if result.config is not None and result.config.changed:
             await self._commit_config(result.config)
@@ -206,14 +295,19 @@ class StateFs:
                 self._config_writes[user.name] += 1
 
     async def _write_config(self, user: User, change: ConfigChange) -> None:
+        path = self.tree.shown(f"/{user.name}/config/{change.key}")
+        what = "write to" if change.value is not None else "removal of"
         try:
             config = await trio.to_thread.run_sync(self._configs.get, user)
         except HomeError as exc:
+            log_refusal(what, path, exc.errno, f"cannot read ~/.sr/config: {exc.reason}",
+                        logging.WARNING)
             raise OSError(exc.errno, exc.reason) from None
         self._take_config(user, config, time.time())
         try:
             current = self.tree.config_change(user.name, change.key, change.value)
         except TreeError as exc:
+            log_refusal(what, path, exc.errno, exc.reason)
             raise OSError(exc.errno, exc.reason) from None
         if not current.changed:
             return
@@ -222,8 +316,8 @@ class StateFs:
                 lambda: home.write_file(user, "config", current.data, fsync=True)
             )
         except HomeError as exc:
-            log.warning("write to /run/sr/%s/config/%s refused: cannot write ~/.sr/config: %s",
-                        user.name, change.key, exc.reason)
+            log_refusal(what, path, exc.errno, f"cannot write ~/.sr/config: {exc.reason}",
+                        logging.WARNING)
             raise OSError(exc.errno, exc.reason) from None
         self.tree.apply_config_change(current, time.time())
 
@@ -247,12 +341,17 @@ class StateFs:
         self.transports.send(persistence.commit(write.user, plan, finish, trio.current_time()))
         await done.wait()
         error = outcome[0].error
+        path = self.tree.shown(f"/{write.user}/contacts")
         if isinstance(error, TreeError):
+            # Valid when the file was closed, not against the store at commit
+            # time (a REGISTER came in between).
+            log_refusal("write to", path, error.errno, error.reason)
             raise OSError(error.errno, error.reason)
         if error is not None:
-            log.warning("write to /run/sr/%s/contacts refused: cannot write ~/.sr/usrloc: %s",
-                        write.user, error)
-            raise OSError(getattr(error, "errno", None) or errno.EIO, str(error))
+            code = getattr(error, "errno", None) or errno.EIO
+            log_refusal("write to", path, code, f"cannot write ~/.sr/usrloc: {error}",
+                        logging.WARNING)
+            raise OSError(code, str(error))
         # Other users' files an AOR hand-over touched, wtmp records: now.
         self.transports.send(self.endpoint.take_pending(trio.current_time()))
 
