@@ -26,16 +26,15 @@ import errno
 import functools
 import logging
 import time
-from dataclasses import fields
 from typing import Any
 
 import trio
 
-from sipd import __version__
 from sipd.config import Settings
 from sipd.core.ownership import Ownership
 from sipd.core.work import Action, Outcome
 from sipd.endpoint import Endpoint
+from sipd.io.metrics import daemon_statistics
 from sipd.io.transport import Transports
 from sipd.registrar.admission import BindingRules
 from srfs.accounts import users
@@ -48,7 +47,6 @@ from srfs.fs.tree import (
     ContactsWrite,
     Node,
     Stat,
-    StatKind,
     Tree,
     TreeError,
     WriteResult,
@@ -356,45 +354,8 @@ class StateFs:
         self.transports.send(self.endpoint.take_pending(trio.current_time()))
 
     def statistics(self) -> list[Stat]:
-        ep = self.endpoint
-        out = [
-            Stat("version", __version__, "sipd version.", StatKind.INFO),
-            Stat("uptime", round(time.time() - self.started), "Seconds since start."),
-            Stat("listen", tuple(str(a) for a in self.transports.bound),
-                 "Addresses sipd listens on.", StatKind.INFO),
-        ]
-        txn = ep.transactions.statistics()
-        out.append(Stat("transactions", txn.server_transactions + txn.client_transactions,
-                        "SIP transactions in progress."))
-        if ep.tracker is not None:
-            out.append(Stat("calls", len(ep.tracker.calls), "Calls in progress."))
-            for f in fields(ep.acc_stats):
-                out.append(Stat(f"acc_{f.name}", getattr(ep.acc_stats, f.name),
-                                f"Call records: {f.name.replace('_', ' ')}.", StatKind.COUNTER,
-                                status=False))
-            out.append(Stat("acc_calls_unrecorded", ep.tracker.calls_unrecorded,
-                            "Calls left out of ~/.sr/acc: the user's records reached acc_limit.",
-                            StatKind.COUNTER, status=False))
-        if self.ops is not None:
-            quota = self.ops.scratch_quota
-            out.append(Stat("scratch_files", quota.files,
-                            "Editors' temporary files held in memory.", status=False))
-            out.append(Stat("scratch_bytes", quota.bytes,
-                            "Bytes in editors' temporary files.", status=False))
-        counters: dict[str, Any] = {}
-        for source in (ep.stats, ep.server.stats, self.transports.stats):
-            counters.update({f.name: getattr(source, f.name) for f in fields(source)})
-        if ep.proxy is not None:
-            counters.update({f.name: getattr(ep.proxy.stats, f.name) for f in fields(ep.proxy.stats)})
-        out.append(Stat("messages_in", counters.pop("messages_in"), "SIP messages received.",
-                        StatKind.COUNTER))
-        out.append(Stat("messages_out", counters.pop("messages_out"), "SIP messages sent.",
-                        StatKind.COUNTER))
-        for name, value in sorted(counters.items()):
-            kind = StatKind.GAUGE if name == "tcp_open" else StatKind.COUNTER
-            out.append(Stat(name, value, name.replace("_", " ").capitalize() + ".", kind,
-                            status=False))
-        return out
+        scratch = self.ops.scratch_quota if self.ops is not None else None
+        return daemon_statistics(self.endpoint, self.transports, self.started, scratch)
 
 
 async def start_statefs(statefs: StateFs, nursery: trio.Nursery) -> None:
