@@ -28,7 +28,7 @@ from sipd.config import (
     load_file,
 )
 from sipd.io.transport import StartupError
-from srfs.logtext import JournalFormatter, LineFormatter
+from srfs.logtext import JournalFormatter, LineFormatter, escape
 
 PROG = "sipd"
 
@@ -119,6 +119,16 @@ def stderr_is_journal() -> bool:
         return False
 
 
+def fail(error: object) -> None:
+    """The one line of an error that stops sipd, on standard error.
+
+    Under systemd it is marked as an error (``<3>``, sd-daemon(3)), so
+    ``journalctl -p err`` shows why a start failed.
+    """
+    prefix = "<3>" if stderr_is_journal() else ""
+    print(f"{prefix}{PROG}: {escape(str(error))}", file=sys.stderr)
+
+
 def setup_logging(level: str) -> None:
     """One handler on standard error; ``level`` for sipd's loggers.
 
@@ -148,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        fail(exc)
         return 1
     setup_logging(settings.log_level)
     if args.check_config:
@@ -158,14 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trio.run(run, settings)
     except StartupError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        fail(exc)
         return 1
     except BaseExceptionGroup as group:
         # A start-up error raised inside the daemon's nursery arrives wrapped.
         startup = _first(group, StartupError)
         if startup is None:
             raise
-        print(f"{PROG}: {startup}", file=sys.stderr)
+        fail(startup)
         return 1
     except KeyboardInterrupt:
         # A second Ctrl-C while shutting down.
@@ -180,7 +190,7 @@ def check_config(settings: Settings) -> int:
     try:
         check_all(settings)
     except StartupError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        fail(exc)
         return 1
     print("\n".join(describe(settings)))
     return 0

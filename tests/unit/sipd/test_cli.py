@@ -243,3 +243,15 @@ def test_a_log_level_in_the_file(tmp_path: Path) -> None:
     conf.write_text('log_level = "loud"\n')
     with pytest.raises(ConfigError, match="trace, debug, info, warning, error"):
         settings_from_args(make_parser().parse_args(["-c", str(conf)]))
+
+
+def test_a_start_up_error_under_journald_is_marked_as_an_error(tmp_path: Path) -> None:
+    err = tmp_path / "stderr"
+    with open(err, "wb") as stream:
+        st = os.fstat(stream.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        code = subprocess.run([*SIPD, "-c", str(tmp_path / "absent.toml")], stderr=stream,
+                              stdout=subprocess.DEVNULL, timeout=20, cwd=ROOT, env=env).returncode
+    assert code == 1
+    (line,) = err.read_text().splitlines()
+    assert line.startswith("<3>sipd: ") and "No such file or directory" in line, line
