@@ -279,7 +279,8 @@ class Stat:
         if self.kind is not StatKind.COUNTER and self.name.endswith(_RESERVED_SUFFIXES):
             # A gauge called *_total would read as a counter, *_count or
             # *_sum as part of a summary.
-            raise ValueError(f"{self.name}: only a counter's name may end in _total")
+            suffix = "_" + self.name.rsplit("_", 1)[1]
+            raise ValueError(f"{self.name}: a {self.kind.value} may not be named *{suffix}")
         for label, _ in self.labels:
             if not _LABEL_RE.fullmatch(label) or label.startswith("__"):
                 raise ValueError(f"bad label name {label!r}")
