@@ -106,9 +106,9 @@ class LoggedTree(Tree):
     EPERM, which is how an editor's temporary file is made.
     """
 
-    def __init__(self, mount: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.mount = mount.rstrip("/")
+    #: Where the tree is mounted, without a trailing slash: the paths in
+    #: the log are the ones the writer used.
+    mount = "/run/sr"
 
     def shown(self, path: str) -> str:
         """``path`` as the writer named it, under the mountpoint."""
@@ -160,7 +160,6 @@ class StateFs:
         self.members: tuple[User, ...] = ()
         assert endpoint.store is not None
         self.tree = LoggedTree(
-            settings.mount,
             endpoint.store,
             lambda: self.members,
             clock=time.time,
@@ -170,6 +169,7 @@ class StateFs:
             calls_of=self._calls_of,
             **_ownership_hooks(ownership, rules),
         )
+        self.tree.mount = settings.mount.rstrip("/")
         if endpoint.tracker is not None:
             endpoint.tracker.calls.subscribe(
                 lambda change: self.tree.touch(f"/{change.call.user}/calls", time.time())
