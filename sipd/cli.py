@@ -19,6 +19,7 @@ import trio
 from sipd import __version__
 from sipd.config import (
     DEFAULT_CONFIG_PATH,
+    LOG_LEVELS,
     ConfigError,
     Settings,
     build,
@@ -27,7 +28,7 @@ from sipd.config import (
     load_file,
 )
 from sipd.io.transport import StartupError
-from srfs.logtext import LineFormatter
+from srfs.logtext import JournalFormatter, LineFormatter, escape
 
 PROG = "sipd"
 
@@ -58,9 +59,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-config", action="store_true",
                    help="run the start-up checks without starting, print the effective "
                    "settings, exit")
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log sipd's debug messages; twice, the libraries' too")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return p
 
@@ -90,24 +92,65 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.log_level:
         options["log_level"] = args.log_level
     elif args.verbose:
-        options["log_level"] = "debug"
+        options["log_level"] = "trace" if args.verbose > 1 else "debug"
     elif args.quiet:
         options["log_level"] = "warning"
     return build(file_values, check_values(options, source="command line"), path)
 
 
+#: The loggers of the project itself; everything else is a library's.
+OWN_LOGGERS = ("sipd", "srfs")
+
+
+def stderr_is_journal() -> bool:
+    """Whether standard error is the journal stream systemd opened for us.
+
+    ``JOURNAL_STREAM`` names that stream's device and inode (systemd.exec(5));
+    a child whose standard error was redirected elsewhere inherits the
+    variable all the same, so the two are compared, as sd-daemon(3) asks.
+    """
+    dev, sep, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError):
+        return False
+
+
+def fail(error: object) -> None:
+    """The one line of an error that stops sipd, on standard error.
+
+    Under systemd it is marked as an error (``<3>``, sd-daemon(3)), so
+    ``journalctl -p err`` shows why a start failed.
+    """
+    prefix = "<3>" if stderr_is_journal() else ""
+    print(f"{prefix}{PROG}: {escape(str(error))}", file=sys.stderr)
+
+
 def setup_logging(level: str) -> None:
-    # Under systemd, journald stamps each line itself.
+    """One handler on standard error; ``level`` for sipd's loggers.
+
+    The libraries' loggers (trio, pyfuse3, asyncio) stay at warning unless
+    the level is ``trace``: their debug messages are for debugging them,
+    not sipd, and ``-v`` should show what sipd does.
+    """
     fmt = "%(name)s: %(levelname)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
     handler = logging.StreamHandler(sys.stderr)
     # Messages carry values from the network and from users' files: one
     # record must stay one line whatever they hold (see srfs.logtext).
-    handler.setFormatter(LineFormatter(fmt))
+    if stderr_is_journal():
+        # journald stamps each line itself and reads the priority prefix.
+        handler.setFormatter(JournalFormatter(fmt))
+    else:
+        handler.setFormatter(LineFormatter("%(asctime)s " + fmt))
+    own = logging.DEBUG if level == "trace" else logging.getLevelNamesMapping()[level.upper()]
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(logging.DEBUG if level == "trace" else max(own, logging.WARNING))
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(own)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        fail(exc)
         return 1
     setup_logging(settings.log_level)
     if args.check_config:
@@ -125,14 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trio.run(run, settings)
     except StartupError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        fail(exc)
         return 1
     except BaseExceptionGroup as group:
         # A start-up error raised inside the daemon's nursery arrives wrapped.
         startup = _first(group, StartupError)
         if startup is None:
             raise
-        print(f"{PROG}: {startup}", file=sys.stderr)
+        fail(startup)
         return 1
     except KeyboardInterrupt:
         # A second Ctrl-C while shutting down.
@@ -147,7 +190,7 @@ def check_config(settings: Settings) -> int:
     try:
         check_all(settings)
     except StartupError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        fail(exc)
         return 1
     print("\n".join(describe(settings)))
     return 0

@@ -184,7 +184,8 @@ def _log_level(value: Any) -> str:
     return value.lower()
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+#: ``trace`` is ``debug`` with the libraries' own debug messages (trio, pyfuse3).
+LOG_LEVELS = ("trace", "debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +272,7 @@ KEYS: tuple[Key, ...] = (
     Key("trusted_networks", _networks,
         "addresses never throttled for failed authentications, as networks "
         "(default none; trusted trunks never are)"),
-    Key("log_level", _log_level, "debug, info, warning or error (default info)"),
+    Key("log_level", _log_level, "trace, debug, info, warning or error (default info)"),
     Key("min_expires", _positive_int("min_expires"), "shortest registration accepted, seconds (60)"),
     Key("max_expires", _positive_int("max_expires"), "longest registration granted, seconds (3600)"),
     Key("default_expires", _positive_int("default_expires"),

@@ -24,6 +24,7 @@ from sipd.core.work import Action, Commit, Defer, Job, Later, Outcome
 from sipd.proxy.calltrack import AccStats, CallTracker, acc_jobs
 from sipd.proxy.context import PROXY_METHODS, ProxyAction
 from sipd.proxy.proxy import Proxy
+from sipd.registrar.changelog import log_changes
 from sipd.registrar.persistence import Persistence
 from sipd.registrar.server import Reply, Server
 from sipd.sip.errors import ParseError, SipError
@@ -59,6 +60,9 @@ class EndpointStats:
     bad_responses_dropped: int = 0
     unanswerable_dropped: int = 0
     expired: int = 0
+    responses_sent: list[int] = field(default_factory=lambda: [0] * 6)
+    """Responses sent, by status class (1xx at index 0): sipd's own and
+    those it forwards, each once (retransmissions are the transactions')."""
 
 
 def reply_peer(via: Via, peer: Peer) -> Peer:
@@ -254,6 +258,7 @@ class Endpoint:
         log.info("%s %s from %s: %d %s", req.method, quote(req.uri_text, 80), peer, exc.status,
                  exc.reason)
         resp = make_response(req, exc.status, exc.reason, exc.headers)
+        self._count_response(resp.status)
         return self._out(resp.to_bytes(), reply_peer(via, peer))
 
     def _request(self, req: Request, peer: Peer, now: float) -> list[Action]:
@@ -298,11 +303,10 @@ class Endpoint:
             elif self.proxy is not None:
                 out.extend(self._run_proxy(self.proxy.on_timer(owner, kind, now), now))
         if self.store is not None:
-            expired = self.store.expire(self.wall(now))
+            wall = self.wall(now)
+            expired = self.store.expire(wall)
             self.stats.expired += len(expired)
-            for change in expired:
-                log.info("registration expired: %s %s", quote(change.binding.aor),
-                         quote(change.binding.contact))
+            log_changes(expired, wall)
         if self.tracker is not None:
             self.tracker.expire(self.wall(now))
         return self._drain(out, now)
@@ -330,7 +334,10 @@ class Endpoint:
             if isinstance(event, Send):
                 dest = event.dest
                 assert isinstance(dest, Peer)
-                out.extend(self._out(event.message.to_bytes(), dest))
+                message = event.message
+                if isinstance(message, Response) and not event.retransmission:
+                    self._count_response(message.status)
+                out.extend(self._out(message.to_bytes(), dest))
             elif isinstance(event, RequestReceived):
                 out.extend(self._deliver(event, now))
             elif self.proxy is not None:
@@ -424,10 +431,12 @@ class Endpoint:
         if self.store is None:
             return finish(Outcome(error=RuntimeError("no location store")), now)
         # No disk behind this endpoint (tests): plan and apply at once.
+        wall = self.wall(now)
         try:
-            self.store.apply(commit.plan(self.wall(now)))
+            changes = self.store.apply(commit.plan(wall))
         except Exception as exc:  # noqa: BLE001 - the refusal is the answer
             return finish(Outcome(error=exc), now)
+        log_changes(changes, wall)
         return finish(Outcome(), now)
 
     def _cancel(self, cancel: Request) -> Response:
@@ -438,12 +447,18 @@ class Endpoint:
         # The proxy ends the INVITE itself (487) once its branches are done.
         return Server.reply(cancel, 200, "OK")
 
+    def _count_response(self, status: int) -> None:
+        # The parser holds status codes to 100-699.
+        if 100 <= status <= 699:
+            self.stats.responses_sent[status // 100 - 1] += 1
+
     def _out(self, data: bytes, peer: Peer) -> list[Action]:
         self.stats.messages_out += 1
         return [Outgoing(data, peer)]
 
     def statistics(self) -> dict[str, int]:
-        out = {f.name: getattr(self.stats, f.name) for f in fields(self.stats)}
+        out = {f.name: getattr(self.stats, f.name) for f in fields(self.stats)
+               if f.name != "responses_sent"}
         for f in fields(self.server.stats):
             out[f.name] = getattr(self.server.stats, f.name)
         return out

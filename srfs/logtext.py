@@ -40,12 +40,14 @@ from types import TracebackType
 
 __all__ = [
     "PROBLEMS_SHOWN",
+    "JournalFormatter",
     "LineFormatter",
     "Recurring",
     "Tally",
     "escape",
     "log_problems",
     "quote",
+    "syslog_priority",
 ]
 
 #: How many problems of one file :func:`log_problems` logs one by one.
@@ -137,6 +139,34 @@ class LineFormatter(logging.Formatter):
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802
         return _continuation(super().formatStack(stack_info))
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a :mod:`logging` level: what ``journalctl -p`` filters on."""
+    if levelno >= logging.CRITICAL:
+        return 2  # crit
+    if levelno >= logging.ERROR:
+        return 3  # err
+    if levelno >= logging.WARNING:
+        return 4  # warning
+    if levelno >= logging.INFO:
+        return 6  # info
+    return 7  # debug
+
+
+class JournalFormatter(LineFormatter):
+    """A :class:`LineFormatter` for a standard error that journald reads.
+
+    journald takes a leading ``<N>`` (sd-daemon(3)) as the line's priority
+    and strips it, so ``journalctl -p warning`` shows warnings and worse.
+    Each line of the record gets it, a traceback's continuation lines too:
+    journald stores every line as an entry of its own, and one without the
+    prefix would pass for an info message.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
 
 
 def _continuation(text: str) -> str:

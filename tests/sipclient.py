@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -222,17 +222,19 @@ class Daemon:
 def running_sipd(
     tmp: Path, *args: str, unix: FakeUnix, pam: bool = False, port: int | None = None,
     mount: bool = False, stock: StockHost | None = None,
-    launcher: Sequence[str] = (),
+    launcher: Sequence[str] = (), extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[Daemon]:
     """sipd under the fake users' NSS (and PAM), utmp/wtmp in ``tmp``.
 
     Without ``mount`` it runs with --no-mount; with it, a config file among
     ``args`` names the mountpoint. With ``stock`` it writes the stock
     utmp/wtmp paths instead, in a namespace where they are ``stock``'s files.
-    ``launcher`` replaces ``-m sipd.cli`` (a wrapper that runs it).
+    ``launcher`` replaces ``-m sipd.cli`` (a wrapper that runs it). ``extra_env``
+    adds variables. The log goes to :meth:`Daemon.log_path`, which is
+    :func:`log_path` of ``tmp`` and the port: a test may create it first.
     """
     port = port or free_port()
-    log = tmp / f"sipd-{port}.log"
+    log = log_path(tmp, port)
     sipd = [sys.executable, *launcher] if launcher else SIPD
     cmd = [*sipd, "-c", str(tmp / "none.toml"),
            "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}", "-r", "test.invalid", *args]
@@ -249,6 +251,7 @@ def running_sipd(
         # behind a daemon that a test kills.
         unset = ("SIPD_WTMP", "SIPD_UTMP") if pam else ("SIPD_WTMP", "SIPD_UTMP", "PAM_WRAPPER")
         env = {k: v for k, v in env.items() if k not in unset}
+    env.update(extra_env or {})
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     daemon = Daemon(proc, port, log)
@@ -266,6 +269,11 @@ def running_sipd(
         yield daemon
     finally:
         stop_process(proc, 10)
+
+
+def log_path(tmp: Path, port: int) -> Path:
+    """Where :func:`running_sipd` sends the standard error of the sipd on ``port``."""
+    return tmp / f"sipd-{port}.log"
 
 
 def wait_for(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:

@@ -5,7 +5,7 @@ set -eu
 # baresip-core and linphone-cli (linphone-daemon) are the softphones of the
 # end-to-end tests; without recommends, linphone-cli leaves out the
 # mediastreamer2 codec plugins and what they pull in, which the tests do not need.
-PACKAGES="fuse3 libfuse3-dev pkg-config sip-tester libnss-wrapper libpam-wrapper libpam-modules baresip-core linphone-cli mandoc"
+PACKAGES="fuse3 libfuse3-dev pkg-config sip-tester libnss-wrapper libpam-wrapper libpam-modules baresip-core linphone-cli mandoc fail2ban prometheus"
 missing=""
 for p in $PACKAGES; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

@@ -14,7 +14,10 @@ daemon and carries their results to the disk:
 - config values written through the tree, written to ``~/.sr/config``
   (comments and unknown lines kept) by a worker thread. Contacts written
   through the tree go through the location store like any REGISTER, so the
-  usrloc persister writes them.
+  usrloc persister writes them;
+- one log line for each refused write, with the errno the writer got and
+  the tree's reason: the shell only says "Invalid argument", the log says
+  which line and why (:class:`LoggedTree`).
 """
 
 from __future__ import annotations
@@ -23,16 +26,15 @@ import errno
 import functools
 import logging
 import time
-from dataclasses import fields
 from typing import Any
 
 import trio
 
-from sipd import __version__
 from sipd.config import Settings
 from sipd.core.ownership import Ownership
 from sipd.core.work import Action, Outcome
 from sipd.endpoint import Endpoint
+from sipd.io.metrics import daemon_statistics
 from sipd.io.transport import Transports
 from sipd.registrar.admission import BindingRules
 from srfs.accounts import users
@@ -40,8 +42,16 @@ from srfs.files import home, userconfig
 from srfs.files.home import FileCache, HomeError
 from srfs.files.userconfig import UserConfig
 from srfs.fs.fuse import SrFs, serve
-from srfs.fs.tree import ConfigChange, ContactsWrite, Stat, StatKind, Tree, TreeError, WriteResult
-from srfs.logtext import Recurring, log_problems
+from srfs.fs.tree import (
+    ConfigChange,
+    ContactsWrite,
+    Node,
+    Stat,
+    Tree,
+    TreeError,
+    WriteResult,
+)
+from srfs.logtext import Recurring, log_problems, quote
 from srfs.state.location import Binding, Op
 from srfs.user import User
 
@@ -70,6 +80,75 @@ def _ownership_hooks(ownership: Ownership | None, rules: BindingRules | None) ->
     return hooks
 
 
+#: Errnos that only say a node is not there: a lookup, not a refused write.
+_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR})
+
+
+def log_refusal(what: str, path: str, code: int, reason: str, level: int = logging.INFO) -> None:
+    """One line for a refused change of ``/run/sr``: the node, the errno's name, why.
+
+    Info for what the writer did wrong (a bad line, an AOR not theirs,
+    ``max_contacts``); the caller says warning when sipd could not do its
+    part (``~/.sr`` unwritable).
+    """
+    name = errno.errorcode.get(code, str(code))
+    log.log(level, "%s %s refused (%s): %s", what, quote(path), name, reason)
+
+
+class LoggedTree(Tree):
+    """The tree, logging each write it refuses where the refusal is decided.
+
+    The FUSE adapter turns a :class:`TreeError` into the errno the writer
+    sees and nothing more; the reason is only here. Each refused write is
+    logged once: a refused ``write(2)`` poisons its open file, so the
+    commit at close is never tried. Lookups of nodes that are not there
+    are not refusals and are not logged; nor is a ``create`` refused with
+    EPERM, which is how an editor's temporary file is made.
+    """
+
+    #: Where the tree is mounted, without a trailing slash: the paths in
+    #: the log are the ones the writer used.
+    mount = "/run/sr"
+
+    def shown(self, path: str) -> str:
+        """``path`` as the writer named it, under the mountpoint."""
+        return self.mount + path
+
+    def _refused(self, what: str, path: str, exc: TreeError) -> None:
+        if exc.errno not in _NOT_THERE:
+            log_refusal(what, self.shown(path), exc.errno, exc.reason)
+
+    def check_open(self, path: str, *, write: bool) -> Node:
+        try:
+            return super().check_open(path, write=write)
+        except TreeError as exc:
+            if write:
+                self._refused("write to", path, exc)
+            raise
+
+    def check_write(self, path: str, data: bytes, now: float, *, complete: bool,
+                    append: bool = False) -> None:
+        try:
+            super().check_write(path, data, now, complete=complete, append=append)
+        except TreeError as exc:
+            self._refused("write to", path, exc)
+            raise
+
+    def prepare(self, path: str, data: bytes, *, append: bool, now: float) -> WriteResult:
+        try:
+            return super().prepare(path, data, append=append, now=now)
+        except TreeError as exc:
+            self._refused("write to", path, exc)
+            raise
+
+    def prepare_unlink(self, path: str) -> ConfigChange:
+        try:
+            return super().prepare_unlink(path)
+        except TreeError as exc:
+            self._refused("removal of", path, exc)
+            raise
+
+
 class StateFs:
     def __init__(self, settings: Settings, endpoint: Endpoint, transports: Transports,
                  started: float, ownership: Ownership | None = None,
@@ -80,7 +159,7 @@ class StateFs:
         self.started = started
         self.members: tuple[User, ...] = ()
         assert endpoint.store is not None
-        self.tree = Tree(
+        self.tree = LoggedTree(
             endpoint.store,
             lambda: self.members,
             clock=time.time,
@@ -90,6 +169,7 @@ class StateFs:
             calls_of=self._calls_of,
             **_ownership_hooks(ownership, rules),
         )
+        self.tree.mount = settings.mount.rstrip("/")
         if endpoint.tracker is not None:
             endpoint.tracker.calls.subscribe(
                 lambda change: self.tree.touch(f"/{change.call.user}/calls", time.time())
@@ -178,9 +258,16 @@ class StateFs:
         """
         if result.aliases is not None and self._ownership is not None:
             ownership, write = self._ownership, result.aliases
-            loaded = await trio.to_thread.run_sync(
-                lambda: ownership.write_aliases(write.data, append=write.append)
-            )
+            try:
+                loaded = await trio.to_thread.run_sync(
+                    lambda: ownership.write_aliases(write.data, append=write.append)
+                )
+            except OSError as exc:
+                # EINVAL: a name the map in force gives another owner.
+                log_refusal("write to", self.tree.shown("/aliases"), exc.errno or errno.EIO,
+                            exc.strerror or str(exc),
+                            logging.INFO if exc.errno == errno.EINVAL else logging.WARNING)
+                raise
             ownership.apply(loaded)
         if result.config is not None and result.config.changed:
             await self._commit_config(result.config)
@@ -206,14 +293,19 @@ class StateFs:
                 self._config_writes[user.name] += 1
 
     async def _write_config(self, user: User, change: ConfigChange) -> None:
+        path = self.tree.shown(f"/{user.name}/config/{change.key}")
+        what = "write to" if change.value is not None else "removal of"
         try:
             config = await trio.to_thread.run_sync(self._configs.get, user)
         except HomeError as exc:
+            log_refusal(what, path, exc.errno, f"cannot read ~/.sr/config: {exc.reason}",
+                        logging.WARNING)
             raise OSError(exc.errno, exc.reason) from None
         self._take_config(user, config, time.time())
         try:
             current = self.tree.config_change(user.name, change.key, change.value)
         except TreeError as exc:
+            log_refusal(what, path, exc.errno, exc.reason)
             raise OSError(exc.errno, exc.reason) from None
         if not current.changed:
             return
@@ -222,8 +314,8 @@ class StateFs:
                 lambda: home.write_file(user, "config", current.data, fsync=True)
             )
         except HomeError as exc:
-            log.warning("write to /run/sr/%s/config/%s refused: cannot write ~/.sr/config: %s",
-                        user.name, change.key, exc.reason)
+            log_refusal(what, path, exc.errno, f"cannot write ~/.sr/config: {exc.reason}",
+                        logging.WARNING)
             raise OSError(exc.errno, exc.reason) from None
         self.tree.apply_config_change(current, time.time())
 
@@ -247,55 +339,23 @@ class StateFs:
         self.transports.send(persistence.commit(write.user, plan, finish, trio.current_time()))
         await done.wait()
         error = outcome[0].error
+        path = self.tree.shown(f"/{write.user}/contacts")
         if isinstance(error, TreeError):
+            # Valid when the file was closed, not against the store at commit
+            # time (a REGISTER came in between).
+            log_refusal("write to", path, error.errno, error.reason)
             raise OSError(error.errno, error.reason)
         if error is not None:
-            log.warning("write to /run/sr/%s/contacts refused: cannot write ~/.sr/usrloc: %s",
-                        write.user, error)
-            raise OSError(getattr(error, "errno", None) or errno.EIO, str(error))
+            code = getattr(error, "errno", None) or errno.EIO
+            log_refusal("write to", path, code, f"cannot write ~/.sr/usrloc: {error}",
+                        logging.WARNING)
+            raise OSError(code, str(error))
         # Other users' files an AOR hand-over touched, wtmp records: now.
         self.transports.send(self.endpoint.take_pending(trio.current_time()))
 
     def statistics(self) -> list[Stat]:
-        ep = self.endpoint
-        out = [
-            Stat("version", __version__, "sipd version.", StatKind.INFO),
-            Stat("uptime", round(time.time() - self.started), "Seconds since start."),
-            Stat("listen", tuple(str(a) for a in self.transports.bound),
-                 "Addresses sipd listens on.", StatKind.INFO),
-        ]
-        txn = ep.transactions.statistics()
-        out.append(Stat("transactions", txn.server_transactions + txn.client_transactions,
-                        "SIP transactions in progress."))
-        if ep.tracker is not None:
-            out.append(Stat("calls", len(ep.tracker.calls), "Calls in progress."))
-            for f in fields(ep.acc_stats):
-                out.append(Stat(f"acc_{f.name}", getattr(ep.acc_stats, f.name),
-                                f"Call records: {f.name.replace('_', ' ')}.", StatKind.COUNTER,
-                                status=False))
-            out.append(Stat("acc_calls_unrecorded", ep.tracker.calls_unrecorded,
-                            "Calls left out of ~/.sr/acc: the user's records reached acc_limit.",
-                            StatKind.COUNTER, status=False))
-        if self.ops is not None:
-            quota = self.ops.scratch_quota
-            out.append(Stat("scratch_files", quota.files,
-                            "Editors' temporary files held in memory.", status=False))
-            out.append(Stat("scratch_bytes", quota.bytes,
-                            "Bytes in editors' temporary files.", status=False))
-        counters: dict[str, Any] = {}
-        for source in (ep.stats, ep.server.stats, self.transports.stats):
-            counters.update({f.name: getattr(source, f.name) for f in fields(source)})
-        if ep.proxy is not None:
-            counters.update({f.name: getattr(ep.proxy.stats, f.name) for f in fields(ep.proxy.stats)})
-        out.append(Stat("messages_in", counters.pop("messages_in"), "SIP messages received.",
-                        StatKind.COUNTER))
-        out.append(Stat("messages_out", counters.pop("messages_out"), "SIP messages sent.",
-                        StatKind.COUNTER))
-        for name, value in sorted(counters.items()):
-            kind = StatKind.GAUGE if name == "tcp_open" else StatKind.COUNTER
-            out.append(Stat(name, value, name.replace("_", " ").capitalize() + ".", kind,
-                            status=False))
-        return out
+        scratch = self.ops.scratch_quota if self.ops is not None else None
+        return daemon_statistics(self.endpoint, self.transports, self.started, scratch)
 
 
 async def start_statefs(statefs: StateFs, nursery: trio.Nursery) -> None:

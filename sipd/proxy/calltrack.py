@@ -25,6 +25,13 @@ or any in-dialog request passed to :meth:`CallTracker.call_refreshed`),
 with ``reason=timeout`` in its record. A call still ringing after
 ``ringing_timeout`` is recorded as failed with 408 the same way; the
 proxy's Timer C normally ends it long before.
+
+Log: one info line per call for its start, its answer and its end or
+failure, whatever ``acc`` does with it (a call between two local users
+has two legs and one line)::
+
+    call started: "sip:jan@example.org" to "sip:bob@example.org", call-id "a84b4c76e66710"
+    call ended: "sip:jan@example.org" to "sip:bob@example.org", call-id "a84b4c76e66710", 42 s, bye
 """
 
 from __future__ import annotations
@@ -148,14 +155,19 @@ class CallTracker:
         if callee_user is not None:
             legs.append(Call(call_id, callee_user, from_uri, "in", "ringing", wall,
                              from_uri=from_uri, to_uri=to_uri, expires=expires))
-        for leg in legs:
-            if self.calls.add(leg):
-                self._record(leg, "start", wall)
+        added = [leg for leg in legs if self.calls.add(leg)]
+        for leg in added:
+            self._record(leg, "start", wall)
+        if added:
+            log.info("call started: %s", _call(added[0]))
 
     def call_answered(self, call_id: str, wall: float) -> None:
         """A 2xx to the INVITE went through. Later 2xx (retransmissions, forks) change nothing."""
-        for leg in self.calls.answer(call_id, wall, wall + self.session_timeout):
+        answered = self.calls.answer(call_id, wall, wall + self.session_timeout)
+        for leg in answered:
             self._record(leg, "answer", wall)
+        if answered:
+            log.info("call answered: %s", _call(answered[0]))
 
     def call_failed(self, call_id: str, status: int, wall: float) -> None:
         """The INVITE got a final non-2xx response (487 after a CANCEL).
@@ -169,16 +181,23 @@ class CallTracker:
         if not 300 <= status <= 699:
             log.warning("call %s: ignoring failure with status %d", quote(call_id), status)
             return
-        for leg in self.calls.remove(call_id):
+        removed = self.calls.remove(call_id)
+        for leg in removed:
             self._record(leg, "failure", wall, status=status)
+        if removed:
+            log.info("call failed: %s, %d", _call(removed[0]), status)
 
     def call_ended(self, call_id: str, wall: float) -> None:
         """A BYE ended the call. One that was never answered counts as cancelled (487)."""
-        for leg in self.calls.remove(call_id):
+        removed = self.calls.remove(call_id)
+        for leg in removed:
             if leg.state == "answered":
                 self._record(leg, "end", wall, duration=leg.duration(wall), reason="bye")
             else:
                 self._record(leg, "failure", wall, status=_CANCELLED, reason="cancelled")
+        if removed:
+            answered = [leg for leg in removed if leg.state == "answered"]
+            _log_end((answered or removed)[0], wall, "bye", _CANCELLED, "cancelled")
 
     def call_forwarded(
         self, call_id: str, callee_user: str | None, status: int, wall: float
@@ -200,6 +219,8 @@ class CallTracker:
         first = legs[0]
         for leg in self.calls.remove_legs(call_id, lambda c: c.direction == "in"):
             self._record(leg, "failure", wall, status=status, reason="forwarded")
+        log.info("call forwarded: %s, %d%s", _call(first), status,
+                 "" if callee_user is None else f", now ringing {quote(callee_user)}")
         if callee_user is not None:
             leg = Call(call_id, callee_user, first.from_uri, "in", "ringing", wall,
                        from_uri=first.from_uri, to_uri=first.to_uri,
@@ -216,11 +237,15 @@ class CallTracker:
     def expire(self, wall: float) -> None:
         """End the calls whose timeout has passed, and the windows of the rate limit."""
         self._close_windows(wall)
+        logged: set[str] = set()
         for leg in self.calls.expire(wall):
             if leg.state == "answered":
                 self._record(leg, "end", wall, duration=leg.duration(wall), reason="timeout")
             else:
                 self._record(leg, "failure", wall, status=_RING_TIMEOUT, reason="timeout")
+            if leg.call_id not in logged:
+                logged.add(leg.call_id)
+                _log_end(leg, wall, "timeout", _RING_TIMEOUT, "timeout")
 
     def end_all(self, wall: float) -> None:
         """Close every call with ``reason=shutdown`` (sipd stopping).
@@ -228,7 +253,11 @@ class CallTracker:
         The calls themselves may well go on, but nobody will see their BYE:
         without this their records would stop at ``answer``.
         """
-        for call_id in sorted({leg.call_id for leg in self.calls}):
+        call_ids = sorted({leg.call_id for leg in self.calls})
+        if call_ids:
+            # One line, not one per call: the records name each of them.
+            log.info("%d call(s) in progress ended: sipd is stopping", len(call_ids))
+        for call_id in call_ids:
             for leg in self.calls.remove(call_id):
                 if leg.state == "answered":
                     self._record(leg, "end", wall, duration=leg.duration(wall),
@@ -353,6 +382,19 @@ class CallTracker:
         window = self._windows.get(user)
         return (window is not None and window.unrecorded > 0
                 and window.start + ACC_WINDOW == end)
+
+
+def _call(leg: Call) -> str:
+    """Who calls whom, and the Call-ID that finds the call in ``acc`` and in traces."""
+    return f"{quote(leg.from_uri)} to {quote(leg.to_uri)}, call-id {quote(leg.call_id)}"
+
+
+def _log_end(leg: Call, wall: float, reason: str, unanswered: int, why: str) -> None:
+    """The one line of a call's end: talk time for an answered call, else its status."""
+    if leg.state == "answered":
+        log.info("call ended: %s, %d s, %s", _call(leg), leg.duration(wall), reason)
+    else:
+        log.info("call failed: %s, %d %s", _call(leg), unanswered, why)
 
 
 # --- writing records from the daemon -------------------------------------------

@@ -14,6 +14,10 @@ and nothing is in force that was refused. Changes nobody is told about
 of the same user is in flight. ``sync = write-back``: commits apply at
 once, changed users are written every ``flush_interval`` seconds, and
 :meth:`Persistence.flush_all` writes everything at exit.
+
+A commit's changes are logged once they are in force
+(:mod:`sipd.registrar.changelog`): what the log says was registered is
+what a restart would find.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sipd.core.work import Action, Job, Outcome
+from sipd.registrar.changelog import log_changes
 from srfs.accounts import users
 from srfs.files.usrloc import UsrlocFiles, render_file
 from srfs.files.wtmp import LoginRecorder, WtmpError
@@ -112,7 +117,7 @@ class Persistence:
             self.stats.commits_refused += 1
             return pending.finish(Outcome(error=exc), now) + self._next(user, now)
         if not ops or not self.write_through:
-            self.store.apply(ops)
+            log_changes(self.store.apply(ops), wall)
             return pending.finish(Outcome(), now) + self._next(user, now)
         text = render_file(self.store.preview(user, ops), wall)
         write = self._write(user, text, fsync=True)
@@ -122,9 +127,10 @@ class Persistence:
             if outcome.error is None:
                 self._applying = user
                 try:
-                    self.store.apply(ops)
+                    changes = self.store.apply(ops)
                 finally:
                     self._applying = None
+                log_changes(changes, self.wall(later))
             return pending.finish(outcome, later) + self._next(user, later)
 
         return [Job(write, done, name=f"save {user}")]

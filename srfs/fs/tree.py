@@ -253,6 +253,7 @@ class StatKind(Enum):
 
 _STAT_NAME_RE = re.compile(r"[a-z][a-z0-9_]*", re.ASCII)
 _LABEL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+_RESERVED_SUFFIXES = ("_total", "_count", "_sum", "_bucket", "_created")
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,9 +261,13 @@ class Stat:
     """One figure for ``status`` and ``metrics``.
 
     ``name`` is the status key and, prefixed with ``sipd_``, the metric
-    name. A COUNTER or GAUGE holds a number; an INFO holds a string or a
-    tuple of strings (one sample each). ``status=False`` keeps a figure out
-    of the short ``status`` file ("metrics: the same and more").
+    name: in base units, with the unit last (``start_time_seconds``,
+    ``received_bytes``); a counter's ``_total`` is added. A COUNTER or
+    GAUGE holds a number; an INFO holds a string or a tuple of strings (one
+    sample each). ``status=False`` keeps a figure out of the short
+    ``status`` file ("metrics: the same and more"); ``metrics=False`` keeps
+    one that is for people only (the uptime, which Prometheus computes from
+    the start time) out of ``metrics``.
     """
 
     name: str
@@ -271,10 +276,16 @@ class Stat:
     kind: StatKind = StatKind.GAUGE
     labels: tuple[tuple[str, str], ...] = ()
     status: bool = True
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         if not _STAT_NAME_RE.fullmatch(self.name):
             raise ValueError(f"bad statistic name {self.name!r}")
+        if self.kind is not StatKind.COUNTER and self.name.endswith(_RESERVED_SUFFIXES):
+            # A gauge called *_total would read as a counter, *_count or
+            # *_sum as part of a summary.
+            suffix = "_" + self.name.rsplit("_", 1)[1]
+            raise ValueError(f"{self.name}: a {self.kind.value} may not be named *{suffix}")
         for label, _ in self.labels:
             if not _LABEL_RE.fullmatch(label) or label.startswith("__"):
                 raise ValueError(f"bad label name {label!r}")
@@ -350,23 +361,36 @@ def render_metrics(stats: Iterable[Stat]) -> str:
     """Prometheus text exposition format (0.0.4), one HELP/TYPE block per metric.
 
     Samples of one metric are grouped under its block even when the
-    figures come in apart: Prometheus rejects a metric split in two.
+    figures come in apart: Prometheus rejects a metric split in two. A
+    sample whose name and labels came before is left out rather than sent
+    twice, which Prometheus would reject as a whole.
     """
     blocks: dict[str, tuple[Stat, list[str]]] = {}
+    seen: set[str] = set()
     for s in stats:
+        if not s.metrics:
+            continue
         name = _metric_name(s)
         if name not in blocks:
             blocks[name] = (s, [])
+        elif blocks[name][0].kind is not s.kind:
+            continue  # one name, one type
         samples = blocks[name][1]
         if s.kind is StatKind.INFO:
             values = s.value if isinstance(s.value, tuple) else (s.value,)
             label = s.name[:-5] if s.name.endswith("_info") else s.name
             for v in values:
                 assert isinstance(v, str)
-                samples.append(f"{name}{_label_text([*s.labels, (label, v)])} 1")
+                series = f"{name}{_label_text([*s.labels, (label, v)])}"
+                if series not in seen:
+                    seen.add(series)
+                    samples.append(f"{series} 1")
         else:
             assert isinstance(s.value, int | float)
-            samples.append(f"{name}{_label_text(s.labels)} {_metric_number(s.value)}")
+            series = f"{name}{_label_text(s.labels)}"
+            if series not in seen:
+                seen.add(series)
+                samples.append(f"{series} {_metric_number(s.value)}")
     out: list[str] = []
     for name, (first, samples) in blocks.items():
         kind = "gauge" if first.kind is StatKind.INFO else first.kind.value

@@ -17,8 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from sipd.cli import setup_logging
-from srfs.logtext import LineFormatter, Recurring, Tally, escape, log_problems, quote
+from sipd.cli import OWN_LOGGERS, setup_logging
+from srfs.logtext import (
+    JournalFormatter,
+    LineFormatter,
+    Recurring,
+    Tally,
+    escape,
+    log_problems,
+    quote,
+)
 from tests.sipclient import (
     Daemon,
     TcpClient,
@@ -106,6 +114,23 @@ def test_formatter_keeps_a_logged_traceback_but_marks_its_lines() -> None:
     assert "| sipd.auth: WARNING: auth failed: forged" in lines
 
 
+def test_journal_records_carry_their_priority_on_every_line() -> None:
+    fmt = JournalFormatter("%(name)s: %(levelname)s: %(message)s")
+    for level, priority in ((logging.DEBUG, 7), (logging.INFO, 6), (logging.WARNING, 4),
+                            (logging.ERROR, 3), (logging.CRITICAL, 2)):
+        record = logging.LogRecord("sipd.x", level, __file__, 1, "a %s", ("b\nc",), None)
+        assert fmt.format(record) == f"<{priority}>sipd.x: {logging.getLevelName(level)}: a b\\x0ac"
+    try:
+        raise ValueError("one\ntwo")
+    except ValueError:
+        record = logging.LogRecord("sipd.x", logging.ERROR, __file__, 1, "failed", (),
+                                   sys.exc_info())
+    lines = fmt.format(record).split("\n")
+    # A line without the prefix would be an info entry of its own in the journal.
+    assert lines[0] == "<3>sipd.x: ERROR: failed"
+    assert all(line.startswith("<3>| ") for line in lines[1:]) and lines[-1] == "<3>| two"
+
+
 def test_a_traceback_another_handler_formatted_first_is_still_marked() -> None:
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), None)
     try:
@@ -121,12 +146,15 @@ def test_a_traceback_another_handler_formatted_first_is_still_marked() -> None:
 def test_setup_logging_installs_the_formatter() -> None:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
+    own = {name: logging.getLogger(name).level for name in OWN_LOGGERS}
     try:
         setup_logging("info")
         assert isinstance(root.handlers[0].formatter, LineFormatter)
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+        for name, own_level in own.items():
+            logging.getLogger(name).setLevel(own_level)
 
 
 def test_log_problems_logs_a_few_and_counts_the_rest(caplog: pytest.LogCaptureFixture) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sipd.cli import OWN_LOGGERS, make_parser, settings_from_args, setup_logging, stderr_is_journal
 from sipd.config import ConfigError, Settings, parse_listen
 from srfs.sipdconf import host_realm
 from tests.sipclient import ROOT, SIPD, free_port, running_sipd
@@ -174,3 +178,80 @@ def test_the_default_realm_is_looked_up_once_at_start() -> None:
     resolved = Settings().resolved()
     assert resolved.realm == host_realm()
     assert resolved.resolved() is resolved
+
+
+# ------------------------------------------------------------------- logging
+
+
+@pytest.fixture
+def logging_state() -> Iterator[None]:
+    """setup_logging changes process-wide loggers: put them back."""
+    names = ("", *OWN_LOGGERS)
+    saved = {n: (logging.getLogger(n).level, logging.getLogger(n).handlers[:]) for n in names}
+    try:
+        yield
+    finally:
+        for n, (level, handlers) in saved.items():
+            logging.getLogger(n).setLevel(level)
+            logging.getLogger(n).handlers[:] = handlers
+
+
+@pytest.mark.parametrize(("level", "own", "libraries"), [
+    ("info", logging.INFO, logging.WARNING),
+    ("debug", logging.DEBUG, logging.WARNING),
+    ("trace", logging.DEBUG, logging.DEBUG),
+    ("warning", logging.WARNING, logging.WARNING),
+    ("error", logging.ERROR, logging.ERROR),
+])
+def test_libraries_debug_only_at_trace(logging_state: None, level: str, own: int,
+                                       libraries: int) -> None:
+    setup_logging(level)
+    for name in ("sipd.auth", "srfs.fuse"):
+        assert logging.getLogger(name).getEffectiveLevel() == own, name
+    for name in ("trio", "pyfuse3", "asyncio"):
+        assert logging.getLogger(name).getEffectiveLevel() == libraries, name
+
+
+@pytest.mark.parametrize(("args", "level"), [
+    ([], "info"), (["-v"], "debug"), (["-vv"], "trace"), (["-v", "-v"], "trace"),
+    (["-q"], "warning"), (["-vv", "--log-level", "error"], "error"),
+])
+def test_verbosity_options(args: list[str], level: str) -> None:
+    settings = settings_from_args(make_parser().parse_args([*args, "-c", "/dev/null"]))
+    assert settings.log_level == level
+
+
+def test_the_journal_is_told_by_its_device_and_inode(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "stderr"
+    with open(log, "w") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setattr(sys, "stderr", stream)
+        for value, journal in ((f"{st.st_dev}:{st.st_ino}", True),
+                               (f"{st.st_dev}:{st.st_ino + 1}", False),
+                               ("", False), ("garbage", False), ("1:x", False)):
+            monkeypatch.setenv("JOURNAL_STREAM", value)
+            assert stderr_is_journal() is journal, value
+        monkeypatch.delenv("JOURNAL_STREAM")
+        assert not stderr_is_journal()
+
+
+def test_a_log_level_in_the_file(tmp_path: Path) -> None:
+    conf = tmp_path / "sipd.toml"
+    conf.write_text('log_level = "trace"\n')
+    assert settings_from_args(make_parser().parse_args(["-c", str(conf)])).log_level == "trace"
+    conf.write_text('log_level = "loud"\n')
+    with pytest.raises(ConfigError, match="trace, debug, info, warning, error"):
+        settings_from_args(make_parser().parse_args(["-c", str(conf)]))
+
+
+def test_a_start_up_error_under_journald_is_marked_as_an_error(tmp_path: Path) -> None:
+    err = tmp_path / "stderr"
+    with open(err, "wb") as stream:
+        st = os.fstat(stream.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        code = subprocess.run([*SIPD, "-c", str(tmp_path / "absent.toml")], stderr=stream,
+                              stdout=subprocess.DEVNULL, timeout=20, cwd=ROOT, env=env).returncode
+    assert code == 1
+    (line,) = err.read_text().splitlines()
+    assert line.startswith("<3>sipd: ") and "No such file or directory" in line, line

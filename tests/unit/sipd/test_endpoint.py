@@ -181,3 +181,19 @@ def test_invite_final_is_retransmitted_until_ack() -> None:
     assert ep.receive(ack, SRC, 0.6) == []
     # Confirmed: no more retransmissions of the 501.
     assert ep.handle_timer(2.0) == []
+
+
+def test_responses_sent_are_counted_by_class_once_each() -> None:
+    ep = make_endpoint()
+    data = req(branch="z9hG4bKcount1")
+    assert one(ep.receive(data, SRC, 0.0))[0].status == 200
+    # The transaction answers the retransmission: sent again, not counted again.
+    assert one(ep.receive(data, SRC, 0.2))[0].status == 200
+    # A request too broken for a transaction, answered statelessly.
+    broken = req().replace(b"CSeq: 1 OPTIONS", b"CSeq: one OPTIONS")
+    assert one(ep.receive(broken, SRC, 0.3))[0].status == 400
+    invite = req("sip:jan@sip.test", method="INVITE", branch="z9hG4bKcount2", call_id="c9")
+    assert one(ep.receive(invite, SRC, 0.4))[0].status == 501
+    one(ep.handle_timer(0.9))  # Timer G: the 501 again
+    assert ep.stats.responses_sent == [0, 1, 0, 1, 1, 0]
+    assert ep.transactions.statistics().retransmissions_sent == 2

@@ -301,3 +301,60 @@ def test_forward_to_a_foreign_target_and_after_answer(tracker: CallTracker) -> N
     tracker.call_forwarded("nope", "carol", 408, T0 + 2)
     assert events(tracker) == {}
     assert [c.user for c in tracker.calls.legs("c2")] == ["jan", "bob"]
+
+
+# ------------------------------------------------------------------- the log
+
+
+def call_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "sipd.calltrack" and r.levelno == logging.INFO]
+
+
+def test_a_call_between_two_local_users_is_one_line_per_event(
+        tracker: CallTracker, caplog: pytest.LogCaptureFixture) -> None:
+    who = f'"{JAN}" to "{BOB}", call-id "c1"'
+    with caplog.at_level(logging.INFO, logger="sipd.calltrack"):
+        tracker.call_started("c1", "jan", "bob", JAN, BOB, T0)
+        tracker.call_started("c1", "jan", "bob", JAN, BOB, T0 + 1)  # a re-INVITE
+        tracker.call_answered("c1", T0 + 2)
+        tracker.call_answered("c1", T0 + 2)  # the 2xx again
+        tracker.call_ended("c1", T0 + 44)
+    assert call_lines(caplog) == [f"call started: {who}", f"call answered: {who}",
+                                  f"call ended: {who}, 42 s, bye"]
+
+
+@pytest.mark.parametrize(("end", "line"), [
+    (lambda t: t.call_failed("c1", 486, T0 + 3), "call failed: {who}, 486"),
+    (lambda t: t.call_ended("c1", T0 + 3), "call failed: {who}, 487 cancelled"),
+    (lambda t: t.expire(T0 + 301), "call failed: {who}, 408 timeout"),
+])
+def test_a_call_that_is_not_answered_ends_with_its_status(
+        tracker: CallTracker, caplog: pytest.LogCaptureFixture, end: object, line: str) -> None:
+    with caplog.at_level(logging.INFO, logger="sipd.calltrack"):
+        tracker.call_started("c1", "jan", "bob", JAN, BOB, T0)
+        end(tracker)  # type: ignore[operator]
+    who = f'"{JAN}" to "{BOB}", call-id "c1"'
+    assert call_lines(caplog) == [f"call started: {who}", line.format(who=who)]
+
+
+def test_timeouts_and_shutdown(tracker: CallTracker, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="sipd.calltrack"):
+        tracker.call_started("c1", "jan", "bob", JAN, BOB, T0)
+        tracker.call_answered("c1", T0 + 1)
+        tracker.expire(T0 + 1 + 3600)
+        tracker.call_started("c2", "jan", None, JAN, BOB, T0)
+        tracker.call_started("c3", None, "bob", JAN, BOB, T0)
+        tracker.end_all(T0 + 10)
+    lines = call_lines(caplog)
+    assert lines[2] == f'call ended: "{JAN}" to "{BOB}", call-id "c1", 3600 s, timeout'
+    # The calls in progress at a stop: one line, their records name each.
+    assert lines[5:] == ["2 call(s) in progress ended: sipd is stopping"]
+
+
+def test_a_call_of_no_local_user_is_not_tracked_nor_logged(
+        tracker: CallTracker, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="sipd.calltrack"):
+        tracker.call_started("c1", None, None, JAN, BOB, T0)
+        tracker.call_answered("c1", T0 + 1)
+    assert call_lines(caplog) == []

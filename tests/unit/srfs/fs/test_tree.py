@@ -1272,6 +1272,31 @@ def test_metrics_group_samples_given_apart() -> None:
     assert metrics["sipd_build_info"][2] == ['sipd_build_info{build="x"} 1']
 
 
+def test_a_figure_for_people_only_stays_out_of_metrics() -> None:
+    stats = [Stat("uptime", 42, "Seconds since start.", metrics=False),
+             Stat("start_time_seconds", 1.5e9, "Start.", status=False)]
+    assert render_status(stats) == "uptime: 42\n"
+    assert list(parse_metrics(render_metrics(stats))) == ["sipd_start_time_seconds"]
+
+
+def test_a_series_given_twice_is_sent_once() -> None:
+    # Prometheus refuses a whole scrape that repeats a series; the first wins.
+    text = render_metrics([
+        Stat("requests", 1, "By method.", StatKind.COUNTER, labels=(("method", "BYE"),)),
+        Stat("requests", 9, "By method.", StatKind.COUNTER, labels=(("method", "BYE"),)),
+        Stat("requests", 2, "By method.", StatKind.COUNTER, labels=(("method", "ACK"),)),
+        Stat("calls", 0, "Calls."),
+        Stat("calls", 3, "Calls, as a counter.", StatKind.COUNTER),
+        Stat("calls_total", 4, "Named like the counter above.", StatKind.COUNTER),
+    ])
+    metrics = parse_metrics(text)
+    assert metrics["sipd_requests_total"][2] == ['sipd_requests_total{method="BYE"} 1',
+                                                 'sipd_requests_total{method="ACK"} 2']
+    assert metrics["sipd_calls"] == ("Calls.", "gauge", ["sipd_calls 0"])
+    assert metrics["sipd_calls_total"] == ("Calls, as a counter.", "counter",
+                                           ["sipd_calls_total 3"])
+
+
 def test_empty_metrics() -> None:
     assert render_metrics([]) == "" and render_status([]) == ""
 
@@ -1284,6 +1309,8 @@ def test_empty_metrics() -> None:
     ({"name": "ok", "value": "text"}, "INFO"),
     ({"name": "ok", "value": 1, "kind": StatKind.INFO}, "INFO"),
     ({"name": "ok", "value": ("a",), "kind": StatKind.COUNTER}, "INFO"),
+    ({"name": "calls_total", "value": 1}, "gauge may not be named \\*_total"),
+    ({"name": "delay_sum", "value": 1}, "gauge may not be named \\*_sum"),
 ])
 def test_stat_checks_itself(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
