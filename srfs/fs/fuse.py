@@ -41,6 +41,13 @@ Behaviour worth knowing (SPEC "The mounted tree", TECH-NOTES §1-§4):
   accepted. Scratch files are listed, can be removed, and are lost on
   restart. They are sipd's memory, so :mod:`srfs.scratch` bounds them per
   user (``EDQUOT``) and in all (``ENOSPC``).
+- The event files (``events``, ``<user>/events``) are streams, not
+  snapshots: each open gets a :class:`~srfs.state.events.Cursor`, a read
+  at the end waits for the next event in its pyfuse3 task, and
+  :func:`serve` sizes pyfuse3's tasks for every event file allowed open
+  (:data:`EVENT_READERS_USERS`, :data:`EVENT_READERS_ROOT`) to wait at
+  once. pyfuse3 ignores FUSE_INTERRUPT, so :meth:`SrFs.watch_interrupts`
+  ends a waiting read with EINTR once its reader has a signal pending.
 - ``on_commit(result)`` gets every validated write that changes something
   (a contacts write, a config edit whose ``changed`` is true, an alias map
   write) before ``close``/``rename``/``unlink`` returns, and must make it

@@ -340,14 +340,12 @@ class Events:
         self._users: dict[str, EventLog] = {}
         self._open: dict[str, int] = {}
         self._listeners: list[Callable[[EventLog], None]] = []
-        self.pushed = 0
 
     def listen(self, listener: Callable[[EventLog], None]) -> None:
         self._listeners.append(listener)
 
     def push(self, event: Event) -> None:
         line = format_event(event.time, event.name, event.fields)
-        self.pushed += 1
         self._append(self.root, event.time, line, event.user)
         if event.user is not None:
             log = self._users.get(event.user)
