@@ -5,7 +5,8 @@ thread between READY=1 and STOPPING=1, every event of a call that may
 block: opening a file, resolving a name, listing a directory, starting a
 process, calling a C function through ctypes (NSS, PAM, utmp). Then the
 test does what users and phones do: registers over UDP and TCP, fails a
-password, calls, reads and writes /run/sr, sends SIGHUP. Each of those
+password, calls, reads and writes /run/sr, interrupts a reader waiting
+for events, sends SIGHUP. Each of those
 calls belongs in a worker thread; the record must stay empty.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_register_e2e import REALM, Phone
-from tests.sipclient import UdpClient, options, running_sipd, status_of, wait_for
+from tests.sipclient import UdpClient, options, running_sipd, status_of, stop_process, wait_for
 from tests.unixusers import FakeUnix, give_passwords
 
 pytestmark = pytest.mark.skipif(
@@ -113,6 +114,16 @@ def test_nothing_blocks_the_event_loop_after_start_up(tmp_path: Path, unix: Fake
             assert sh(f"echo yes > {mnt}/alice/config/dnd").returncode == 0
             assert sh(f"echo 'sip:pbx@192.0.2.9' >> {mnt}/alice/contacts").returncode == 0
             assert sh(f"rm {mnt}/alice/config/dnd").returncode == 0
+            # A reader waiting for events, ended by Ctrl-C: sipd looks at its
+            # signals in /proc, in a worker thread.
+            cat = subprocess.Popen(["cat", str(mnt / "events")], stdout=subprocess.DEVNULL)
+            try:
+                wait_for(lambda: Path(f"/proc/{cat.pid}/wchan").read_text()
+                         == "request_wait_answer", "cat to wait for an event")
+                cat.send_signal(signal.SIGINT)
+                assert cat.wait(5) == -signal.SIGINT
+            finally:
+                stop_process(cat)
             sipd.proc.send_signal(signal.SIGHUP)
             wait_for(lambda: "SIGHUP received" in sipd.log, "the reload")
             assert sipd.stop() == 0

@@ -56,6 +56,17 @@ AUTH_FAILURE_DELAY = 0.5
 
 
 
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    """A refused authentication, as the log line names it (the live event file)."""
+
+    username: str
+    source: Peer
+    method: str
+    reason: str
+    wall: float
+
+
 @dataclass
 class AuthStats:
     challenges: int = 0
@@ -177,6 +188,11 @@ class Authenticator:
         self.lookup = lookup
         self.accounts = accounts
         self.stats = AuthStats()
+        self._failure_listeners: list[Callable[[AuthFailure], None]] = []
+
+    def subscribe_failures(self, listener: Callable[[AuthFailure], None]) -> None:
+        """Call ``listener`` with every failure that :meth:`check` logs."""
+        self._failure_listeners.append(listener)
 
     # ------------------------------------------------------------ the flow
 
@@ -293,6 +309,10 @@ class Authenticator:
                 why = "wrong password"
             log.warning("auth failed: user %s from %s port %d (%s): %s", quote(creds.username, 64),
                         source.host, source.port, req.method, why)
+            if self._failure_listeners:
+                failure = AuthFailure(creds.username, source, req.method, why, now)
+                for listener in self._failure_listeners:
+                    listener(failure)
             if self.throttle.failure(creds.username, source.host, now):
                 self.stats.blocks += 1
                 log.warning("auth throttling: user %s from %s: too many failures",

@@ -11,6 +11,11 @@ daemon and carries their results to the disk:
   a restart and a large file never holds up SIP; its problems are logged
   a few lines and a count per change;
 - ``status`` and ``metrics`` from the daemon's counters;
+- the event files: registrations, calls and authentication failures
+  pushed into :class:`srfs.state.events.Events` as they happen, from the
+  location store's, the call tracker's and the authenticator's
+  subscriptions (each push is a line appended to a bounded ring: SIP
+  never waits for a reader);
 - config values written through the tree, written to ``~/.sr/config``
   (comments and unknown lines kept) by a worker thread. Contacts written
   through the tree go through the location store like any REGISTER, so the
@@ -30,12 +35,14 @@ from typing import Any
 
 import trio
 
+from sipd.auth.authenticator import AuthFailure
 from sipd.config import Settings
 from sipd.core.ownership import Ownership
 from sipd.core.work import Action, Outcome
 from sipd.endpoint import Endpoint
 from sipd.io.metrics import daemon_statistics
 from sipd.io.transport import Transports
+from sipd.proxy.calltrack import CallEvent
 from sipd.registrar.admission import BindingRules
 from srfs.accounts import users
 from srfs.files import home, userconfig
@@ -52,7 +59,8 @@ from srfs.fs.tree import (
     WriteResult,
 )
 from srfs.logtext import Recurring, log_problems, quote
-from srfs.state.location import Binding, Op
+from srfs.state.events import Events, auth_failure, call_event, contact_event
+from srfs.state.location import Binding, Change, Op
 from srfs.user import User
 
 log = logging.getLogger("sipd.statefs")
@@ -159,6 +167,7 @@ class StateFs:
         self.started = started
         self.members: tuple[User, ...] = ()
         assert endpoint.store is not None
+        self.events = Events(started)
         self.tree = LoggedTree(
             endpoint.store,
             lambda: self.members,
@@ -167,6 +176,7 @@ class StateFs:
             statistics=self.statistics,
             started=started,
             calls_of=self._calls_of,
+            events=self.events,
             **_ownership_hooks(ownership, rules),
         )
         self.tree.mount = settings.mount.rstrip("/")
@@ -174,6 +184,12 @@ class StateFs:
             endpoint.tracker.calls.subscribe(
                 lambda change: self.tree.touch(f"/{change.call.user}/calls", time.time())
             )
+            endpoint.tracker.subscribe(self._on_call_event)
+        # Subscribed after start-up's reload: reloaded contacts are no events.
+        endpoint.store.subscribe(self._on_contact_change)
+        registration = endpoint.server.registration
+        if registration is not None:
+            registration.auth.subscribe_failures(self._on_auth_failure)
         self._configs = FileCache("config", userconfig.parse)
         self._unreadable = Recurring()
         self._config_locks: dict[str, trio.Lock] = {}
@@ -183,6 +199,23 @@ class StateFs:
         self._config_writes: dict[str, int] = {}
         self._ownership = ownership
         self.ops: SrFs | None = None
+
+    # ------------------------------------------------------------- events
+
+    def _on_contact_change(self, change: Change) -> None:
+        event = contact_event(change, time.time())
+        if event is not None:
+            self.events.push(event)
+
+    _CALL_EVENTS = {"start": "call-start", "answer": "call-answer", "end": "call-end",
+                    "failure": "call-end"}
+
+    def _on_call_event(self, e: CallEvent) -> None:
+        self.events.push(call_event(self._CALL_EVENTS[e.event], e.leg, e.wall,
+                                    duration=e.duration, status=e.status, reason=e.reason))
+
+    def _on_auth_failure(self, f: AuthFailure) -> None:
+        self.events.push(auth_failure(f.username, str(f.source), f.method, f.reason, f.wall))
 
     def _calls_of(self, user: str) -> list[str]:
         tracker = self.endpoint.tracker

@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_RINGING_TIMEOUT",
     "DEFAULT_SESSION_TIMEOUT",
     "AccStats",
+    "CallEvent",
     "CallTracker",
     "acc_job",
     "acc_jobs",
@@ -89,6 +90,23 @@ _CANCELLED = 487
 _RING_TIMEOUT = 408
 #: Status recorded for a call still ringing when sipd stops.
 _UNAVAILABLE = 503
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """One event of one local party's leg, as the tracker saw it.
+
+    Heard by :meth:`CallTracker.subscribe` listeners whether or not a
+    record is written: ``acc`` off and the records' rate limit concern the
+    users' files only.
+    """
+
+    leg: Call
+    event: EventName
+    wall: float
+    duration: int | None = None
+    status: int | None = None
+    reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -131,6 +149,11 @@ class CallTracker:
         self._gaps: list[tuple[float, str]] = []
         # Legs whose start went unrecorded: their later events go unrecorded too.
         self._unrecorded: set[tuple[str, str, str]] = set()
+        self._listeners: list[Callable[[CallEvent], None]] = []
+
+    def subscribe(self, listener: Callable[[CallEvent], None]) -> None:
+        """Call ``listener`` with every event of every leg (the live event files)."""
+        self._listeners.append(listener)
 
     # ------------------------------------------------------------ events
 
@@ -290,6 +313,10 @@ class CallTracker:
         status: int | None = None,
         reason: str | None = None,
     ) -> None:
+        if self._listeners:
+            heard = CallEvent(leg, event, wall, duration, status, reason)
+            for listener in self._listeners:
+                listener(heard)
         if not self.acc_enabled or not self._admit(leg, event, wall):
             return
         self._records.setdefault(leg.user, []).append(AccRecord(

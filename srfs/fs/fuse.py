@@ -41,6 +41,13 @@ Behaviour worth knowing (what users see of it is in srfs(5)):
   accepted. Scratch files are listed, can be removed, and are lost on
   restart. They are sipd's memory, so :mod:`srfs.fs.scratch` bounds them per
   user (``EDQUOT``) and in all (``ENOSPC``).
+- The event files (``events``, ``<user>/events``) are streams, not
+  snapshots: each open gets a :class:`~srfs.state.events.Cursor`, a read
+  at the end waits for the next event in its pyfuse3 task, and
+  :func:`serve` sizes pyfuse3's tasks for every event file allowed open
+  (:data:`EVENT_READERS_USERS`, :data:`EVENT_READERS_ROOT`) to wait at
+  once. pyfuse3 ignores FUSE_INTERRUPT, so :meth:`SrFs.watch_interrupts`
+  ends a waiting read with EINTR once its reader has a signal pending.
 - ``on_commit(result)`` gets every validated write that changes something
   (a contacts write, a config edit whose ``changed`` is true, an alias map
   write) before ``close``/``rename``/``unlink`` returns, and must make it
@@ -65,6 +72,7 @@ import logging
 import math
 import os
 import re
+import select
 import shutil
 import stat
 import subprocess
@@ -79,8 +87,9 @@ import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, RequestContext, SetattrFields
 
 from srfs.fs.scratch import DEFAULT_LIMITS, ScratchLimits, ScratchQuota
-from srfs.fs.tree import MAX_WRITE, Kind, Node, Tree, TreeError, WriteResult
+from srfs.fs.tree import MAX_WRITE, STREAMS, Kind, Node, Tree, TreeError, WriteResult
 from srfs.logtext import quote
+from srfs.state.events import Cursor, EventLog
 
 __all__ = [
     "MountEntry",
@@ -93,6 +102,7 @@ __all__ = [
     "mounted",
     "parse_mountinfo",
     "serve",
+    "signals_pending",
 ]
 
 log = logging.getLogger("srfs.fuse")
@@ -114,6 +124,29 @@ PROBE_TIMEOUT = 2.0
 RENDER_REUSE = 0.05
 #: At most this many such renders are kept (``ls -l`` renders every file).
 RENDER_SLOTS = 32
+
+# Event streams. pyfuse3 serves each request in a task of its own and
+# reads the next request only while one of its tasks is free: a read
+# waiting for the next event holds its task until the event comes. So
+# open event files are counted, and the task limit leaves room for every
+# one of them to wait while the rest of the filesystem is served.
+#: Event files one user (other than root) may hold open at once.
+EVENT_READERS_PER_USER = 8
+#: Event files all users other than root may hold open at once.
+EVENT_READERS_USERS = 64
+#: Event files root may hold open at once (apart from the users').
+EVENT_READERS_ROOT = 16
+#: Tasks pyfuse3 may run at once: every open event file waiting, and more.
+FUSE_MAX_TASKS = EVENT_READERS_USERS + EVENT_READERS_ROOT + 48
+#: How often a waiting read looks whether its reader got a signal.
+#: pyfuse3 does not act on FUSE_INTERRUPT, and the kernel keeps a reader
+#: whose request is in the daemon's hands waiting, even for SIGKILL, until
+#: it is answered: a Ctrl-C would otherwise wait for the next event.
+INTERRUPT_POLL = 0.1
+#: How long an unmount waits for the readers it woke with end of file to
+#: close their files: a close that finds the filesystem gone is an error
+#: to cat(1).
+STREAM_CLOSE_GRACE = 1.0
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -205,6 +238,23 @@ class _Handle:
     one_line: bool = False
     """A setting: committed as soon as its line is complete, so that the
     shell's ``echo`` hears a disk error (it never checks ``close``)."""
+    stream: Cursor | None = None
+    """An event file: read through this cursor, not a snapshot."""
+    uid: int = 0
+    """Who opened it (event files are counted per uid)."""
+    pid: int = 0
+    """The process that opened it: whose signals end a waiting read."""
+    nonblocking: bool = False
+    waiting: bool = False
+    """A read is waiting for the next event."""
+
+
+@dataclass(slots=True, eq=False)
+class _Waiting:
+    """A read waiting for an event; cancelled when its reader gets a signal."""
+
+    pid: int
+    scope: trio.CancelScope
 
 
 @dataclass(slots=True, eq=False)
@@ -259,6 +309,19 @@ class SrFs(pyfuse3.Operations):
         self._inval_queued: set[tuple[int, bytes | None]] = set()
         self._accepting = True
         tree.listen(self._on_tree_change)
+        #: Open event files by the uid that opened them.
+        self._readers: dict[int, int] = {}
+        #: Per stream with a read waiting: set (and dropped) at its next line.
+        self._arrivals: dict[EventLog, trio.Event] = {}
+        #: Per stream, the poll(2) handles to notify at its next line.
+        self._pollers: dict[EventLog, dict[int, pyfuse3.PollHandle]] = {}
+        self._waiting: dict[int, _Waiting] = {}
+        self._waiting_changed = trio.Event()
+        self._streams_ended = False
+        #: Files whose waiting read got end of file at unmount, not closed yet.
+        self._ending: set[int] = set()
+        self._ended = trio.Event()
+        tree.events.listen(self._on_event)
 
     # ------------------------------------------------------------ inodes
 
@@ -362,7 +425,7 @@ class SrFs(pyfuse3.Operations):
         path = self._path(ino)
         try:
             node = self.tree.resolve(path)
-            if node.is_dir:
+            if node.is_dir or node.kind in STREAMS:
                 a = self.tree.attributes(path, now)
                 return self._node_entry(ino, a.node, a.size, a.mtime, a.nlink)
             # As Tree.attributes, keeping the content for the open that follows.
@@ -508,7 +571,29 @@ class SrFs(pyfuse3.Operations):
             # at release, which close() does not wait for) comes first.
             for event in list(self._in_flight.get(path, ())):
                 await event.wait()
+            node = self.tree.lookup(path)
+            if node is not None and node.kind in STREAMS:
+                return self._open_stream(inode, node, flags, ctx)
         return self._open(inode, flags, self._clock())
+
+    def _open_stream(self, ino: int, node: Node, flags: int, ctx: RequestContext) -> FileInfo:
+        """An event file: a cursor of its own, within the readers' limits (EBUSY)."""
+        self.tree.check_open(node.path, write=(flags & os.O_ACCMODE) != os.O_RDONLY)
+        uid = ctx.uid
+        if uid == 0:
+            full = self._readers.get(0, 0) >= EVENT_READERS_ROOT
+        else:
+            users = sum(n for u, n in self._readers.items() if u != 0)
+            full = (self._readers.get(uid, 0) >= EVENT_READERS_PER_USER
+                    or users >= EVENT_READERS_USERS)
+        if full:
+            log.info("srfs: uid %d has too many event files open", uid)
+            raise FUSEError(errno.EBUSY)
+        self._readers[uid] = self._readers.get(uid, 0) + 1
+        h = _Handle(ino, node.path, None, readable=True, writable=False, append=False,
+                    stream=self.tree.events.open(node.user), uid=uid, pid=ctx.pid,
+                    nonblocking=bool(flags & os.O_NONBLOCK))
+        return self._file_info(h)
 
     def _open(self, ino: int, flags: int, now: float) -> FileInfo:
         mode = flags & os.O_ACCMODE
@@ -569,6 +654,8 @@ class SrFs(pyfuse3.Operations):
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self._handle(fh)
+        if h.stream is not None:
+            return await self._read_stream(fh, h, h.stream, off, size)
         if h.scratch is not None:
             data: bytes | bytearray = h.scratch.data
         elif h.writable and not h.append:
@@ -577,6 +664,114 @@ class SrFs(pyfuse3.Operations):
         else:
             data = h.snapshot
         return bytes(data[off:off + size])
+
+    async def _read_stream(self, fh: int, h: _Handle, cursor: Cursor, off: int,
+                           size: int) -> bytes:
+        """The next lines of an event file, waiting for one when there are none yet.
+
+        A read that would wait fails with EAGAIN for an open with
+        O_NONBLOCK, EBUSY while another read of the same open file waits
+        (each waiting read holds one of pyfuse3's tasks), and EINTR when
+        the process that opened the file gets a signal (see
+        :data:`INTERRUPT_POLL`). When the filesystem goes away, end of file.
+        """
+        while True:
+            if self._streams_ended:
+                return b""
+            data = cursor.read(off, size)
+            if data is not None:
+                return data
+            if h.nonblocking:
+                raise FUSEError(errno.EAGAIN)
+            if h.waiting:
+                raise FUSEError(errno.EBUSY)
+            arrived = self._arrivals.get(cursor.log)
+            if arrived is None:
+                arrived = self._arrivals[cursor.log] = trio.Event()
+            h.waiting = True
+            with trio.CancelScope() as scope:
+                self._waiting[fh] = _Waiting(h.pid, scope)
+                self._waiting_changed.set()
+                try:
+                    await arrived.wait()
+                finally:
+                    h.waiting = False
+                    del self._waiting[fh]
+            if scope.cancelled_caught:
+                raise FUSEError(errno.EINTR)
+
+    def _on_event(self, stream: EventLog) -> None:
+        """A line came to ``stream``: wake its waiting reads and pollers."""
+        arrived = self._arrivals.pop(stream, None)
+        if arrived is not None:
+            arrived.set()
+        pollers = self._pollers.pop(stream, None)
+        if pollers:
+            for ph in pollers.values():
+                self._notify_poll(ph)
+
+    @staticmethod
+    def _notify_poll(ph: pyfuse3.PollHandle) -> None:
+        try:
+            ph.notify()
+        except (OSError, RuntimeError) as e:
+            # The poller is gone (ENOENT), or the mount is: nothing to wake.
+            log.debug("srfs: poll notification failed: %s", e)
+
+    async def poll(self, inode: int, fh: int, poll_handle: pyfuse3.PollHandle | None,
+                   ctx: RequestContext) -> int:
+        h = self._handles.get(fh)
+        if h is None or h.stream is None:
+            # What the kernel assumes of a file without poll: always ready.
+            return select.POLLIN | select.POLLRDNORM | select.POLLOUT | select.POLLWRNORM
+        if self._streams_ended or h.stream.ready():
+            return select.POLLIN | select.POLLRDNORM
+        if poll_handle is not None:
+            self._pollers.setdefault(h.stream.log, {})[fh] = poll_handle
+        return 0
+
+    async def watch_interrupts(self) -> None:
+        """End a waiting read with EINTR once its reader has a signal pending.
+
+        Runs until cancelled. Only while reads wait: every
+        :data:`INTERRUPT_POLL` seconds, one look at ``/proc/<pid>/status``
+        of each process that opened a file with a read waiting, in a
+        worker thread.
+        """
+        while True:
+            if not self._waiting:
+                self._waiting_changed = trio.Event()
+                await self._waiting_changed.wait()
+            await trio.sleep(INTERRUPT_POLL)
+            pids = sorted({w.pid for w in self._waiting.values() if w.pid > 0})
+            if not pids:
+                continue
+            signalled = await trio.to_thread.run_sync(signals_pending, pids)
+            for waiting in list(self._waiting.values()):
+                if waiting.pid in signalled:
+                    waiting.scope.cancel()
+
+    def end_streams(self) -> None:
+        """The filesystem is going away: every read of an event file ends (EOF).
+
+        :meth:`streams_closed` then waits for the readers woken here to
+        close their files.
+        """
+        self._streams_ended = True
+        self._ending = set(self._waiting)
+        if not self._ending:
+            self._ended.set()
+        for arrived in self._arrivals.values():
+            arrived.set()
+        self._arrivals.clear()
+        for pollers in self._pollers.values():
+            for ph in pollers.values():
+                self._notify_poll(ph)
+        self._pollers.clear()
+
+    async def streams_closed(self) -> None:
+        """Until the readers woken by :meth:`end_streams` have closed their files."""
+        await self._ended.wait()
 
     # ----------------------------------------------------------- writing
 
@@ -653,6 +848,23 @@ class SrFs(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
         if h is None:
+            return
+        if h.stream is not None:
+            self.tree.events.close(h.stream)
+            if fh in self._ending:
+                self._ending.discard(fh)
+                if not self._ending:
+                    self._ended.set()
+            left = self._readers.get(h.uid, 0) - 1
+            if left > 0:
+                self._readers[h.uid] = left
+            else:
+                self._readers.pop(h.uid, None)
+            pollers = self._pollers.get(h.stream.log)
+            if pollers is not None:
+                pollers.pop(fh, None)
+                if not pollers:
+                    del self._pollers[h.stream.log]
             return
         try:
             if h.scratch is not None:
@@ -1027,6 +1239,35 @@ class SrFs(pyfuse3.Operations):
         self._inval_queued.clear()
 
 
+def signals_pending(pids: Sequence[int]) -> set[int]:
+    """Blocking: the processes among ``pids`` with a signal pending that they do not block.
+
+    A process killed by a signal while it waits in a FUSE read shows
+    SIGKILL pending; one that catches the signal (Python's Ctrl-C) or is
+    being stopped (Ctrl-Z) shows that signal. A process that is gone, or
+    that ``/proc`` does not show, has none.
+    """
+    out: set[int] = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                text = f.read()
+        except OSError:
+            continue
+        masks: dict[bytes, int] = {}
+        for line in text.split(b"\n"):
+            name, _, value = line.partition(b":")
+            if name in (b"SigPnd", b"ShdPnd", b"SigBlk"):
+                try:
+                    masks[name] = int(value.strip(), 16)
+                except ValueError:
+                    continue
+        pending = masks.get(b"SigPnd", 0) | masks.get(b"ShdPnd", 0)
+        if pending & ~masks.get(b"SigBlk", 0):
+            out.add(pid)
+    return out
+
+
 # ----------------------------------------------------------------- mounting
 
 
@@ -1276,7 +1517,7 @@ async def _run(ops: SrFs, task_status: trio.TaskStatus[SrFs]) -> None:
         async def run_fuse() -> None:
             try:
                 with fuse_scope:
-                    await pyfuse3.main()
+                    await pyfuse3.main(1, FUSE_MAX_TASKS)
             finally:
                 fuse_done.set()
             nursery.cancel_scope.cancel()
@@ -1285,6 +1526,10 @@ async def _run(ops: SrFs, task_status: trio.TaskStatus[SrFs]) -> None:
             try:
                 await ops.run_invalidations()
             finally:
+                # Reads waiting for events would hold terminate() up.
+                ops.end_streams()
+                with trio.move_on_after(STREAM_CLOSE_GRACE, shield=True):
+                    await ops.streams_closed()
                 with trio.move_on_after(SHUTDOWN_GRACE, shield=True):
                     if not fuse_done.is_set():
                         pyfuse3.terminate()
@@ -1293,4 +1538,5 @@ async def _run(ops: SrFs, task_status: trio.TaskStatus[SrFs]) -> None:
 
         nursery.start_soon(run_fuse)
         nursery.start_soon(run_invalidations)
+        nursery.start_soon(ops.watch_interrupts)
         task_status.started(ops)

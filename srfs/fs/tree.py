@@ -12,12 +12,14 @@ returns. The layout, as srfs(5) documents it for users::
       status               0444 root   key: value lines
       metrics              0444 root   Prometheus text format
       aliases              0644 root   rw: the alias map
+      events               0400 root   every event, a line each, as it happens
       <user>/              0700 user   one per member of the SIP group
         contacts           0600 user   rw: the user's bindings, one line each
         config/            0700 user   one file per *set* key
           <key>            0600 user   rw: the value and a newline
         aliases            0400 user   the AORs/DIDs the user owns
         calls              0400 user   the user's calls in progress
+        events             0400 user   the user's own events, as they happen
 
 Permissions are the kernel's job (``default_permissions``): the modes and
 owners here are what it checks. The tree still refuses writes to read-only
@@ -65,11 +67,13 @@ from srfs.files.aliases import parse_aliases
 from srfs.files.userconfig import ConfigValueError, UserConfig, UserConfigs
 from srfs.files.usrloc import LineError, check_binding, format_line, parse_line
 from srfs.lines import content_lines
+from srfs.state.events import Events
 from srfs.state.location import Binding, Change, LocationStore, Op, Remove, RemoveReason
 from srfs.user import User, valid_name
 
 __all__ = [
     "MAX_WRITE",
+    "STREAMS",
     "Attributes",
     "ConfigChange",
     "ContactsWrite",
@@ -107,6 +111,9 @@ class Kind(Enum):
     """``/<user>/config/<key>``."""
     USER_ALIASES = "user_aliases"
     CALLS = "calls"
+    EVENTS = "events"
+    """``/events``: a stream (:mod:`srfs.state.events`), not a rendered file."""
+    USER_EVENTS = "user_events"
 
 
 # (mode, is_dir, owned by the user) per kind; the names are the two tables below.
@@ -121,9 +128,14 @@ _LAYOUT: dict[Kind, tuple[int, bool, bool]] = {
     Kind.SETTING: (0o600, False, True),
     Kind.USER_ALIASES: (0o400, False, True),
     Kind.CALLS: (0o400, False, True),
+    Kind.EVENTS: (0o400, False, False),
+    Kind.USER_EVENTS: (0o400, False, True),
 }
+#: Streams: read through a cursor, never rendered.
+STREAMS = frozenset({Kind.EVENTS, Kind.USER_EVENTS})
 _ROOT_ENTRIES: dict[str, Kind] = {
     "aliases": Kind.ALIAS_MAP,
+    "events": Kind.EVENTS,
     "metrics": Kind.METRICS,
     "status": Kind.STATUS,
 }
@@ -132,6 +144,7 @@ _USER_ENTRIES: dict[str, Kind] = {
     "calls": Kind.CALLS,
     "config": Kind.CONFIG,
     "contacts": Kind.CONTACTS,
+    "events": Kind.USER_EVENTS,
 }
 _WRITABLE = frozenset({Kind.CONTACTS, Kind.SETTING, Kind.ALIAS_MAP})
 
@@ -469,7 +482,8 @@ class Tree:
     ``refusal(user, binding)`` is the daemon's one check of every binding
     (``(errno, reason)`` or None): a contact at this server, a trunk or the
     gateway, a line that could not be reloaded; the default checks only
-    the line.
+    the line. ``events`` holds the event streams (one is made when none is
+    given): their files' sizes and times come from it.
     ``clock`` stamps changes heard through the store subscription; without
     it the caller must feed :meth:`note_change` itself. Not thread safe:
     the trio thread owns it, like the store.
@@ -491,6 +505,7 @@ class Tree:
         root_uid: int = 0,
         root_gid: int = 0,
         started: float | None = None,
+        events: Events | None = None,
     ) -> None:
         self.store = store
         self.configs = UserConfigs()
@@ -508,6 +523,7 @@ class Tree:
         if started is None:
             started = clock() if clock is not None else 0.0
         self.started = started
+        self.events = events if events is not None else Events(started)
         self._mtimes: dict[str, float] = {}
         self._listeners: list[Callable[[str], None]] = []
         # Memo of the last member tuple, keyed on the object the provider
@@ -645,6 +661,11 @@ class Tree:
         if node.is_dir:
             raise TreeError(errno.EISDIR, f"{node.path} is a directory")
         kind = node.kind
+        if kind in STREAMS:
+            # A stream's content is read through a cursor; this is for a
+            # caller that wants "the file": what an open would begin with.
+            log = self.events.log_of(node.user)
+            return b"" if log is None else log.read(log.oldest, log.end - log.oldest)
         if kind is Kind.STATUS:
             return _encode(render_status(self.statistics()))
         if kind is Kind.METRICS:
@@ -691,6 +712,9 @@ class Tree:
                 nlink = 2 + len(self.members())
             else:
                 nlink = 3 if node.kind is Kind.USER else 2
+        elif node.kind in STREAMS:
+            size, changed = self.events.size(node.user)
+            return Attributes(node, size, changed, 1)
         else:
             size = len(self._render(node, now))
             nlink = 1

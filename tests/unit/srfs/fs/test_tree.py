@@ -188,8 +188,8 @@ def test_missing_nodes(w: World, path: str, code: int) -> None:
 
 # (path, entries)
 LISTINGS: list[tuple[str, list[str]]] = [
-    ("/", ["aliases", "metrics", "status", "bob", "jan"]),
-    ("/jan", ["aliases", "calls", "config", "contacts"]),
+    ("/", ["aliases", "events", "metrics", "status", "bob", "jan"]),
+    ("/jan", ["aliases", "calls", "config", "contacts", "events"]),
     ("/jan/config", []),
 ]
 
@@ -225,7 +225,7 @@ def test_tree_follows_the_group(w: World) -> None:
     w.members.remove(JAN)
     assert w.tree.lookup("/jan") is None
     assert w.tree.lookup("/jan/contacts") is None
-    assert w.tree.listdir("/") == ["aliases", "metrics", "status", "bob", "carol"]
+    assert w.tree.listdir("/") == ["aliases", "events", "metrics", "status", "bob", "carol"]
 
 
 def test_same_member_tuple_is_indexed_once() -> None:
@@ -246,11 +246,11 @@ def test_a_list_provider_is_reindexed_every_time() -> None:
     assert tree.lookup("/bob") is not None
 
 
-@pytest.mark.parametrize("name", ["status", "metrics", "aliases", ".", "..", "-x", "a/b", ""])
+@pytest.mark.parametrize("name", ["status", "metrics", "aliases", "events", ".", "..", "-x", "a/b", ""])
 def test_users_who_cannot_have_a_directory(name: str) -> None:
     odd = User(name, 2000, 2000, "/home/odd")
     tree = Tree(LocationStore(), lambda: (JAN, odd), started=0.0)
-    assert tree.listdir("/") == ["aliases", "metrics", "status", "jan"]
+    assert tree.listdir("/") == ["aliases", "events", "metrics", "status", "jan"]
     assert tree.member(name) is None
     if name == "status":
         assert tree.resolve("/status").kind is Kind.STATUS
