@@ -919,7 +919,9 @@ class SrFs(pyfuse3.Operations):
             if awaitable is not None:
                 await awaitable
         except OSError as e:
-            log.warning("srfs: applying a commit failed: %s", e)
+            # on_commit logs why it refused, once, naming the file; a second
+            # line here would double every refusal in the log.
+            log.debug("srfs: applying a commit failed: %s", e)
             raise FUSEError(e.errno or errno.EIO) from None
         except Exception:
             log.exception("srfs: on_commit failed")
