@@ -93,7 +93,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         options["log_level"] = "debug"
     elif args.quiet:
         options["log_level"] = "warning"
-    return build(file_values, check_values(options, source="command line"), path)
+    return build(file_values, check_values(options, source="command line"), path,
+                 config_required=args.config is not None)
 
 
 def setup_logging(level: str) -> None:
