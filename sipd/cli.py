@@ -25,6 +25,7 @@ from sipd.config import (
     check_values,
     describe,
     load_file,
+    sample_config,
 )
 from sipd.io.transport import StartupError
 from srfs.logtext import LineFormatter
@@ -58,6 +59,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-config", action="store_true",
                    help="run the start-up checks without starting, print the effective "
                    "settings, exit")
+    p.add_argument("--print-sample-config", action="store_true",
+                   help="print a sipd.conf with every key commented out at its default, exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -113,6 +116,10 @@ def setup_logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.print_sample_config:
+        # The built-in defaults, whatever the configuration file says.
+        sys.stdout.write(sample_config())
+        return 0
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:

@@ -1,19 +1,22 @@
 """Settings: one table of every key with its type, default and meaning.
 
 The same table validates ``/etc/sipd/sipd.conf`` (TOML), fills the command
-line's defaults, prints ``--check-config``, says which keys SIGHUP applies
-(``live``) and documents the keys in ``sipd(8)``, so a key cannot exist in
-one place and not the others.
+line's defaults, prints ``--check-config``, writes the sample file
+(``--print-sample-config``), says which keys SIGHUP applies (``live``) and
+documents the keys in ``sipd(8)``, so a key cannot exist in one place and
+not the others.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from sipd import __version__
 from sipd.auth.authenticator import DEFAULT_SHA256_USER_AGENTS
 from sipd.proxy.calltrack import DEFAULT_ACC_LIMIT
 from sipd.sip.errors import ParseError
@@ -188,18 +191,33 @@ def _log_level(value: Any) -> str:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(str(v)) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
 @dataclass(frozen=True, slots=True)
 class Key:
     """One setting: its name in the file, how to check it, and what it means.
 
     ``live``: SIGHUP puts a new value in force in the running daemon;
     otherwise it takes a restart (sipd logs which keys wait for one).
+    ``sample``: how the sample file writes the default, when the value's own
+    TOML is not how one would write it, or an example for a key whose
+    default has no literal (the realm: the host's name).
     """
 
     name: str
     check: Callable[[Any], Any]
     doc: str
     live: bool = False
+    sample: str | None = None
 
 
 DEFAULT_LISTEN = ("0.0.0.0:5060", "[::]:5060")
@@ -262,11 +280,14 @@ class Settings:
 #: The keys a config file may set, in the order ``--check-config`` prints them.
 KEYS: tuple[Key, ...] = (
     Key("listen", _listen, "addresses to listen on: [udp:|tcp:]HOST:PORT, IPv6 as [ADDR]:PORT; "
-        "without a prefix both UDP and TCP (default 0.0.0.0:5060 and [::]:5060)"),
+        "without a prefix both UDP and TCP (default 0.0.0.0:5060 and [::]:5060; when set, "
+        "even to these, a host without IPv6 fails to start)",
+        sample=_toml(DEFAULT_LISTEN)),
     Key("mount", _string("mount"), "where the state filesystem is mounted (default /run/sr)"),
     Key("mount_enabled", _bool("mount_enabled"), "mount the state filesystem (default true)"),
     Key("realm", sipdconf.realm_setting,
-        "digest realm and primary local domain (default: the host's FQDN)"),
+        "digest realm and primary local domain (default: the host's FQDN)",
+        sample='"sip.example.org"'),
     Key("domains", _string_list("domains"), "further domains or addresses treated as local"),
     Key("group", _string("group"), "UNIX group whose members may use SIP (default sip)"),
     Key("pam_service", _string("pam_service"), "PAM service for the account check (default sipd)"),
@@ -389,17 +410,6 @@ def describe(settings: Settings) -> list[str]:
     return lines
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml(str(v)) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
-
-
 def reread(current: Settings) -> Settings:
     """What SIGHUP reads: the same file again, under the same command-line options.
 
@@ -415,3 +425,28 @@ def changed(old: Settings, new: Settings) -> list[str]:
     """The keys whose values differ, in table order."""
     return [k.name for k in KEYS if getattr(old, k.name) != getattr(new, k.name)]
 
+
+def sample_config() -> str:
+    """The sample ``sipd.conf``: every key, commented out, at its default, with its meaning."""
+    defaults = Settings()
+    out = [
+        "# sipd.conf: the settings of sipd(8), in TOML.",
+        f"# Written by sipd {__version__} --print-sample-config.",
+        "#",
+        "# Every key is here, commented out, at its built-in default. To set one,",
+        "# remove the \"#\" and change the value; options on the command line win",
+        "# over this file. Keys marked \"reload\" take effect on SIGHUP",
+        "# (systemctl reload sipd); the others at the next start. Test a change",
+        "# with \"sipd --check-config\" before reloading or restarting.",
+        "#",
+        "# Keep the file readable by every user: sippasswd(1) reads the realm",
+        "# and the group from it.",
+    ]
+    for key in KEYS:
+        when = "reload" if key.live else "restart"
+        value = key.sample if key.sample is not None else _toml(getattr(defaults, key.name))
+        out.append("")
+        out.extend(textwrap.wrap(f"{key.doc} [{when}]", width=76, initial_indent="# ",
+                                 subsequent_indent="# ", break_on_hyphens=False))
+        out.append(f"#{key.name} = {value}")
+    return "\n".join(out) + "\n"
