@@ -1,15 +1,19 @@
 """The daemon: ordered start-up, one trio loop, signals, systemd readiness.
 
-Start-up order: the checks ``--check-config`` runs too (the SIP group,
-PAM, the admin files, the mountpoint: :mod:`sipd.io.startup`), bind every
-socket, close utmp lines a crash left open, reload every SIP user's
-``~/.sr/usrloc`` and name the users without a password for the realm,
-mount ``/run/sr``, then serve and tell systemd READY=1. Any failure before
-serving is one clear line and exit status 1. SIGHUP reads ``sipd.conf``
-again and puts the keys that can change live in force
-(:mod:`sipd.io.reload`), and re-reads the admin files. SIGTERM/SIGINT
-write what is not on disk yet, record the logouts, close the sockets and
-exit 0.
+Start-up order: give up every capability start-up does not need
+(:func:`~sipd.io.privileges.enter_startup`), the checks ``--check-config``
+runs too (the SIP group, PAM, the admin files, the mountpoint:
+:mod:`sipd.io.startup`), bind every socket, close utmp lines a crash left
+open, reload every SIP user's ``~/.sr/usrloc`` and name the users without a
+password for the realm, mount ``/run/sr`` and start the unmount helper,
+give up every capability serving does not need
+(:func:`~sipd.io.privileges.enter_running`), then serve and tell systemd
+READY=1. Any failure before serving is one clear line and exit status 1.
+SIGHUP reads ``sipd.conf`` again and puts the keys that can change live in
+force (:mod:`sipd.io.reload`), and re-reads the admin files.
+SIGTERM/SIGINT tell systemd STOPPING=1, have the unmount helper unmount
+``/run/sr``, write what is not on disk yet, record the logouts, close the
+sockets and exit 0.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
 from sipd.io.limits import tcp_connection_cap
+from sipd.io.privileges import UnmountHelper, enter_running, enter_startup, privileged
 from sipd.io.reload import ReloadRequest, watch_config
 from sipd.io.startup import (
     check_host,
@@ -320,6 +325,9 @@ def load_users(daemon: Daemon) -> None:
 
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT. Start-up failures raise StartupError."""
+    # First of all, while this is the only thread: every thread started
+    # from here on holds no more than start-up needs.
+    enter_startup()
     check_host(settings)
     configured = settings
     # The default realm asks DNS: once, here, and never while serving.
@@ -363,39 +371,69 @@ async def run(settings: Settings) -> None:
         with user_database_needed():
             await trio.to_thread.run_sync(statefs.load)
     tune_gc()
+    helper: UnmountHelper | None = None
     async with trio.open_nursery() as nursery:
-        await nursery.start(transports.serve, bound)
-        transports.send(daemon.endpoint.take_pending(trio.current_time()))
-        if statefs is not None:
-            from sipd.io.statefs import start_statefs
-            from srfs.fs.fuse import MountError
+        try:
+            await nursery.start(transports.serve, bound)
+            transports.send(daemon.endpoint.take_pending(trio.current_time()))
+            if statefs is not None:
+                from sipd.io.statefs import start_statefs
+                from srfs.fs.fuse import MountError
 
-            try:
-                await start_statefs(statefs, nursery)
-            except (MountError, OSError) as exc:
-                raise mount_failed(settings, exc) from None
-        log.info(
-            "sipd ready: realm %s, group %s, listening on %s",
-            settings.realm, settings.group,
-            ", ".join(str(a) for a, _ in bound),
-        )
-        notify_systemd("READY=1")
-        admin_reload = ReloadRequest()
-        config_reload = ReloadRequest()
-        nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
-        nursery.start_soon(watch_config, daemon, config_reload)
+                try:
+                    await start_statefs(statefs, nursery)
+                except (MountError, OSError) as exc:
+                    raise mount_failed(settings, exc) from None
+                if privileged():
+                    helper = await trio.to_thread.run_sync(start_unmount_helper, settings.mount)
+            await enter_running()
+            log.info(
+                "sipd ready: realm %s, group %s, listening on %s",
+                settings.realm, settings.group,
+                ", ".join(str(a) for a, _ in bound),
+            )
+            notify_systemd("READY=1")
+            admin_reload = ReloadRequest()
+            config_reload = ReloadRequest()
+            nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
+            nursery.start_soon(watch_config, daemon, config_reload)
 
-        def on_hup() -> None:
-            config_reload.set()
-            admin_reload.set()
+            def on_hup() -> None:
+                config_reload.set()
+                admin_reload.set()
 
-        await _wait_for_signals(on_hup)
-        notify_systemd("STOPPING=1")
-        nursery.cancel_scope.cancel()
+            await _wait_for_signals(on_hup)
+            notify_systemd("STOPPING=1")
+        finally:
+            if helper is not None:
+                # Before the FUSE loop stops: once the mount is gone, libfuse
+                # has nothing left to unmount (it could not, without
+                # CAP_SYS_ADMIN) and the loop ends by itself.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(stop_unmount_helper, helper)
+            nursery.cancel_scope.cancel()
     for _, sock in bound:
         sock.close()
     await trio.to_thread.run_sync(shutdown, daemon)
     log.info("sipd stopped")
+
+
+def start_unmount_helper(mountpoint: str) -> UnmountHelper:
+    """Start the helper for the srfs mount just made at ``mountpoint`` (blocking)."""
+    from srfs.fs.fuse import mount_entries
+
+    entries = mount_entries(mountpoint)
+    if not entries:
+        raise StartupError(f"{mountpoint} is not mounted after mounting")
+    return UnmountHelper.start(entries[-1].mount_point, entries[-1].device)
+
+
+def stop_unmount_helper(helper: UnmountHelper) -> None:
+    """Have the helper unmount ``/run/sr``; a failure is logged, the stop goes on."""
+    outcome = helper.unmount()
+    if outcome.startswith("failed"):
+        log.error("cannot unmount %s: %s; remove it with: fusermount3 -u -z %s",
+                  helper.mountpoint, outcome.removeprefix("failed: "), helper.mountpoint)
 
 
 def shutdown(daemon: Daemon) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_register_e2e import REALM, Phone
-from tests.sipclient import Daemon, running_sipd, status_of
+from tests.sipclient import Daemon, children, running_sipd, status_of
 from tests.unixusers import FakeUnix
 
 pytestmark = pytest.mark.skipif(
@@ -139,6 +139,10 @@ def test_sigkill_then_restart_recovers_the_mount(tmp_path: Path, unix: FakeUnix,
         while not (mnt / "alice").exists():
             assert time.monotonic() < deadline, first.log
             time.sleep(0.05)
+        # The unmount helper would remove the mount of a killed sipd; killed
+        # with it (SIGKILL to the whole unit, say), the mount stays behind.
+        for pid in children(first.proc.pid):
+            os.kill(pid, signal.SIGKILL)
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
     with pytest.raises(OSError):
