@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -222,14 +222,15 @@ class Daemon:
 def running_sipd(
     tmp: Path, *args: str, unix: FakeUnix, pam: bool = False, port: int | None = None,
     mount: bool = False, stock: StockHost | None = None,
-    launcher: Sequence[str] = (),
+    launcher: Sequence[str] = (), env_extra: Mapping[str, str] | None = None,
 ) -> Iterator[Daemon]:
     """sipd under the fake users' NSS (and PAM), utmp/wtmp in ``tmp``.
 
     Without ``mount`` it runs with --no-mount; with it, a config file among
     ``args`` names the mountpoint. With ``stock`` it writes the stock
     utmp/wtmp paths instead, in a namespace where they are ``stock``'s files.
-    ``launcher`` replaces ``-m sipd.cli`` (a wrapper that runs it).
+    ``launcher`` replaces ``-m sipd.cli`` (a wrapper that runs it); ``env_extra``
+    adds to its environment.
     """
     port = port or free_port()
     log = tmp / f"sipd-{port}.log"
@@ -249,6 +250,7 @@ def running_sipd(
         # behind a daemon that a test kills.
         unset = ("SIPD_WTMP", "SIPD_UTMP") if pam else ("SIPD_WTMP", "SIPD_UTMP", "PAM_WRAPPER")
         env = {k: v for k, v in env.items() if k not in unset}
+    env.update(env_extra or {})
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     daemon = Daemon(proc, port, log)

@@ -8,7 +8,8 @@ open, reload every SIP user's ``~/.sr/usrloc`` and name the users without a
 password for the realm, mount ``/run/sr`` and start the unmount helper,
 give up every capability serving does not need
 (:func:`~sipd.io.privileges.enter_running`), then serve and tell systemd
-READY=1. Any failure before serving is one clear line and exit status 1.
+READY=1, and WATCHDOG=1 every half of ``WatchdogSec`` from then on. Any
+failure before serving is one clear line and exit status 1.
 SIGHUP reads ``sipd.conf`` again and puts the keys that can change live in
 force (:mod:`sipd.io.reload`), and re-reads the admin files.
 SIGTERM/SIGINT tell systemd STOPPING=1, have the unmount helper unmount
@@ -393,6 +394,9 @@ async def run(settings: Settings) -> None:
                 ", ".join(str(a) for a, _ in bound),
             )
             notify_systemd("READY=1")
+            period = watchdog_period()
+            if period is not None:
+                nursery.start_soon(keep_watchdog_fed, period)
             admin_reload = ReloadRequest()
             config_reload = ReloadRequest()
             nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
@@ -434,6 +438,22 @@ def stop_unmount_helper(helper: UnmountHelper) -> None:
     if outcome.startswith("failed"):
         log.error("cannot unmount %s: %s; remove it with: fusermount3 -u -z %s",
                   helper.mountpoint, outcome.removeprefix("failed: "), helper.mountpoint)
+
+
+def watchdog_period() -> float | None:
+    """Half of systemd's WatchdogSec= when it watches this process (sd_watchdog_enabled(3))."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+async def keep_watchdog_fed(period: float) -> None:
+    """WATCHDOG=1 from the event loop: systemd restarts a sipd whose loop stopped turning."""
+    while True:
+        notify_systemd("WATCHDOG=1")
+        await trio.sleep(period)
 
 
 def shutdown(daemon: Daemon) -> None:
