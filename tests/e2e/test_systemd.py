@@ -1,13 +1,17 @@
-"""sipd under systemd: the unit's promises, and sd_notify from a real daemon.
+"""sipd under systemd: the unit as systemd-analyze reads it, and sd_notify from a real daemon.
 
-The notify protocol is tested against a datagram socket of the test's own,
-as ``Type=notify`` would see it.
+``systemd-analyze verify`` loads the unit offline, as systemd would, and
+checks it: directives, the ExecStart= command (the installed sipd), the
+man page of Documentation=. It needs no running systemd. The notify
+protocol is tested against a datagram socket of the test's own, as
+``Type=notify`` would see it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -18,6 +22,7 @@ import pytest
 
 from sipd.io.capabilities import NAMES, STARTUP
 from tests import REPO
+from tests.installed import Installed, run
 from tests.sipclient import running_sipd
 from tests.unixusers import FakeUnix
 
@@ -28,6 +33,18 @@ def directive(unit: str, name: str) -> str:
     found = re.findall(rf"^{name}=(.*)$", unit, re.M)
     assert len(found) == 1, f"{name}= given {len(found)} times"
     return found[0]
+
+
+def test_the_installed_unit_passes_systemd_analyze_verify(installed: Installed) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.fail("systemd-analyze is missing (Debian package systemd; "
+                    "tools/system-setup.sh installs it)")
+    # MANPATH: Documentation=man:sipd(8) is checked with man(1).
+    done = run([tool, "verify", str(installed.unit)],
+               env={**os.environ, "MANPATH": str(installed.man)})
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    assert directive(installed.unit.read_text(), "ExecStart") == f"{installed.prefix}/sbin/sipd"
 
 
 def test_the_bounding_set_is_what_start_up_needs() -> None:
