@@ -1,29 +1,51 @@
 # Quick start:  make run   (set up, then sipd in the foreground on built-in defaults)
 #               make test  (set up, then the whole test suite)
+# Install:      make install [PREFIX=/usr/local] [DESTDIR=...]; make uninstall
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 SIPD_ARGS ?=
 
-.PHONY: setup system venv run test check lint bench clean
+# make install builds on Debian's interpreter, which every user may run
+# (sippasswd) and which gets the distribution's security updates.
+SYSTEM_PYTHON ?= /usr/bin/python3
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+DESTDIR ?=
+BUILD := build/install
+TOOLS := $(BUILD)/tools
+WHEEL_STAMP := $(BUILD)/wheel/.built
+SOURCES := pyproject.toml $(shell find sipd srfs -name '*.py')
 
-setup: system venv
+.PHONY: setup setup-run system-run system-test system-install run test check lint bench clean \
+	install uninstall
 
-system:
-	@sh tools/system-setup.sh
+# setup-run: what running from the checkout needs; setup: that and the test tools.
+setup-run: system-run $(VENV)/.run
+setup: system-test $(VENV)/.test
 
-venv: $(STAMP)
+system-run:
+	@sh tools/system-setup.sh run
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+system-test:
+	@sh tools/system-setup.sh test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check -e .
 	@touch $@
 
-run: setup
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@ $(VENV)/.run
+
+run: setup-run
 	$(BIN)/sipd $(SIPD_ARGS)
 
-lint: venv
+lint: $(VENV)/.test
 	$(BIN)/ruff check sipd srfs tests bench
 	$(BIN)/mypy
 
@@ -32,6 +54,28 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# The wheel of the project, rebuilt when a source changes; setuptools'
+# leftovers of an earlier build must not slip into it.
+system-install:
+	@sh tools/system-setup.sh install
+
+$(TOOLS)/bin/pip: | system-install
+	$(SYSTEM_PYTHON) -m venv $(TOOLS)
+
+$(WHEEL_STAMP): $(SOURCES) | $(TOOLS)/bin/pip
+	rm -rf $(BUILD)/wheel build/lib build/bdist.*
+	$(TOOLS)/bin/pip wheel -q --disable-pip-version-check --no-deps -w $(BUILD)/wheel .
+	@touch $@
+
+install: system-install $(WHEEL_STAMP)
+	@PREFIX='$(PREFIX)' SYSCONFDIR='$(SYSCONFDIR)' SYSTEMDUNITDIR='$(SYSTEMDUNITDIR)' \
+	 DESTDIR='$(DESTDIR)' SYSTEM_PYTHON='$(SYSTEM_PYTHON)' \
+	 sh tools/install.sh install "$$(ls $(BUILD)/wheel/*.whl)" $(TOOLS)/bin/pip
+
+uninstall:
+	@PREFIX='$(PREFIX)' SYSCONFDIR='$(SYSCONFDIR)' SYSTEMDUNITDIR='$(SYSTEMDUNITDIR)' \
+	 DESTDIR='$(DESTDIR)' SYSTEM_PYTHON='$(SYSTEM_PYTHON)' sh tools/install.sh uninstall
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -26,6 +26,7 @@ from sipd.config import (
     check_values,
     describe,
     load_file,
+    sample_config,
 )
 from sipd.io.transport import StartupError
 from srfs.logtext import JournalFormatter, LineFormatter, escape
@@ -59,6 +60,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-config", action="store_true",
                    help="run the start-up checks without starting, print the effective "
                    "settings, exit")
+    p.add_argument("--print-sample-config", action="store_true",
+                   help="print a sipd.conf with every key commented out at its default, exit")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="log sipd's debug messages; twice, the libraries' too")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -95,7 +98,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         options["log_level"] = "trace" if args.verbose > 1 else "debug"
     elif args.quiet:
         options["log_level"] = "warning"
-    return build(file_values, check_values(options, source="command line"), path)
+    return build(file_values, check_values(options, source="command line"), path,
+                 config_required=args.config is not None)
 
 
 #: The loggers of the project itself; everything else is a library's.
@@ -155,6 +159,10 @@ def setup_logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.print_sample_config:
+        # The built-in defaults, whatever the configuration file says.
+        sys.stdout.write(sample_config())
+        return 0
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:

@@ -1,18 +1,22 @@
 """Settings: one table of every key with its type, default and meaning.
 
 The same table validates ``/etc/sipd/sipd.conf`` (TOML), fills the command
-line's defaults, prints ``--check-config`` and documents the keys in
-``sipd(8)``, so a key cannot exist in one place and not the others.
+line's defaults, prints ``--check-config``, writes the sample file
+(``--print-sample-config``), says which keys SIGHUP applies (``live``) and
+documents the keys in ``sipd(8)``, so a key cannot exist in one place and
+not the others.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from sipd import __version__
 from sipd.auth.challenges import DEFAULT_SHA256_USER_AGENTS
 from sipd.proxy.calltrack import DEFAULT_ACC_LIMIT
 from sipd.sip.errors import ParseError
@@ -188,13 +192,33 @@ def _log_level(value: Any) -> str:
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error")
 
 
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(str(v)) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
 @dataclass(frozen=True, slots=True)
 class Key:
-    """One setting: its name in the file, how to check it, and what it means."""
+    """One setting: its name in the file, how to check it, and what it means.
+
+    ``live``: SIGHUP puts a new value in force in the running daemon;
+    otherwise it takes a restart (sipd logs which keys wait for one).
+    ``sample``: how the sample file writes the default, when the value's own
+    TOML is not how one would write it, or an example for a key whose
+    default has no literal (the realm: the host's name).
+    """
 
     name: str
     check: Callable[[Any], Any]
     doc: str
+    live: bool = False
+    sample: str | None = None
 
 
 DEFAULT_LISTEN = ("0.0.0.0:5060", "[::]:5060")
@@ -240,6 +264,10 @@ class Settings:
     tcp_unregistered_idle_timeout: float = 30.0
     tcp_message_timeout: float = 32.0
     config_path: str = DEFAULT_CONFIG_PATH
+    #: Whether the file must exist (named with -c), and the checked values of
+    #: the command line's options: what SIGHUP reads and applies again.
+    config_required: bool = False
+    options: tuple[tuple[str, Any], ...] = ()
 
     def effective_realm(self) -> str:
         """The realm in use; without one configured this asks DNS (see :meth:`resolved`)."""
@@ -253,11 +281,14 @@ class Settings:
 #: The keys a config file may set, in the order ``--check-config`` prints them.
 KEYS: tuple[Key, ...] = (
     Key("listen", _listen, "addresses to listen on: [udp:|tcp:]HOST:PORT, IPv6 as [ADDR]:PORT; "
-        "without a prefix both UDP and TCP (default 0.0.0.0:5060 and [::]:5060)"),
+        "without a prefix both UDP and TCP (default 0.0.0.0:5060 and [::]:5060; when set, "
+        "even to these, a host without IPv6 fails to start)",
+        sample=_toml(DEFAULT_LISTEN)),
     Key("mount", _string("mount"), "where the state filesystem is mounted (default /run/sr)"),
     Key("mount_enabled", _bool("mount_enabled"), "mount the state filesystem (default true)"),
     Key("realm", sipdconf.realm_setting,
-        "digest realm and primary local domain (default: the host's FQDN)"),
+        "digest realm and primary local domain (default: the host's FQDN)",
+        sample='"sip.example.org"'),
     Key("domains", _string_list("domains"), "further domains or addresses treated as local"),
     Key("group", _string("group"), "UNIX group whose members may use SIP (default sip)"),
     Key("pam_service", _string("pam_service"), "PAM service for the account check (default sipd)"),
@@ -265,50 +296,57 @@ KEYS: tuple[Key, ...] = (
     Key("auth_algorithms", _algorithms,
         "digest algorithms accepted (default MD5, SHA-256); a challenge offers one of them, "
         "the one the phone used last, or SHA-256 and MD5 to phones of sha256_user_agents, "
-        "else MD5"),
+        "else MD5", live=True),
     Key("sha256_user_agents", _string_list("sha256_user_agents"),
         "User-Agent substrings of phones offered SHA-256 first (default: "
-        + ", ".join(DEFAULT_SHA256_USER_AGENTS) + ")"),
+        + ", ".join(DEFAULT_SHA256_USER_AGENTS) + ")", live=True),
     Key("trusted_networks", _networks,
         "addresses never throttled for failed authentications, as networks "
-        "(default none; trusted trunks never are)"),
-    Key("log_level", _log_level, "trace, debug, info, warning or error (default info)"),
-    Key("min_expires", _positive_int("min_expires"), "shortest registration accepted, seconds (60)"),
-    Key("max_expires", _positive_int("max_expires"), "longest registration granted, seconds (3600)"),
+        "(default none; trusted trunks never are)", live=True),
+    Key("log_level", _log_level, "trace, debug, info, warning or error (default info)", live=True),
+    Key("min_expires", _positive_int("min_expires"), "shortest registration accepted, seconds (60)",
+        live=True),
+    Key("max_expires", _positive_int("max_expires"), "longest registration granted, seconds (3600)",
+        live=True),
     Key("default_expires", _positive_int("default_expires"),
-        "registration time when the phone asks none, seconds (3600)"),
-    Key("max_contacts", _positive_int("max_contacts"), "bindings per address of record (10)"),
+        "registration time when the phone asks none, seconds (3600)", live=True),
+    Key("max_contacts", _positive_int("max_contacts"), "bindings per address of record (10)",
+        live=True),
     Key("overflow", _choice("overflow", "replace-oldest", "reject"),
-        "a REGISTER beyond max_contacts: replace-oldest or reject"),
+        "a REGISTER beyond max_contacts: replace-oldest or reject", live=True),
     Key("sync", _choice("sync", "write-through", "write-back"),
         "write-through: registrations on disk before the 200 OK; write-back: every flush_interval"),
-    Key("flush_interval", _non_negative_number("flush_interval"), "write-back period, seconds (5)"),
+    Key("flush_interval", _non_negative_number("flush_interval"), "write-back period, seconds (5)",
+        live=True),
     Key("wtmp", _bool("wtmp"), "record registrations in utmp/wtmp (default true)"),
-    Key("acc", _bool("acc"), "write call records to ~/.sr/acc (default true)"),
+    Key("acc", _bool("acc"), "write call records to ~/.sr/acc (default true)", live=True),
     Key("acc_limit", _positive_int("acc_limit"),
-        f"call records a minute per user; beyond them new calls go unrecorded ({DEFAULT_ACC_LIMIT})"),
+        f"call records a minute per user; beyond them new calls go unrecorded ({DEFAULT_ACC_LIMIT})",
+        live=True),
     Key("outbound_proxy", _outbound_proxy,
         "sip: URI where local users' calls to other domains go (default empty: refused, 403)"),
     Key("aliases", _string("aliases"), "the alias map (default /etc/sipd/aliases)"),
     Key("trunks", _string("trunks"), "trusted trunks by source address (default /etc/sipd/trunks)"),
     Key("from_policy", _choice("from_policy", "reject", "rewrite"),
-        "a call whose From user the caller does not own: reject (403) or rewrite it"),
+        "a call whose From user the caller does not own: reject (403) or rewrite it", live=True),
     Key("max_message_size", _positive_int("max_message_size"),
         "largest SIP message accepted, bytes (65535)"),
     Key("tcp_max_connections", _positive_int("tcp_max_connections"),
         "TCP connections open at once, at most the open-file limit less a reserve; "
-        "more are refused (1024)"),
+        "more are refused (1024)", live=True),
     Key("tcp_max_connections_per_source", _positive_int("tcp_max_connections_per_source"),
         "TCP connections open at once from one IPv4 address or IPv6 /64; more are refused "
-        "(128: an office of 50 phones behind one NAT, two connections each, with room to spare)"),
+        "(128: an office of 50 phones behind one NAT, two connections each, with room to spare)",
+        live=True),
     Key("tcp_idle_timeout", _non_negative_number("tcp_idle_timeout"),
-        "close a TCP connection silent this long, seconds (300)"),
+        "close a TCP connection silent this long, seconds (300)", live=True),
     Key("tcp_unregistered_idle_timeout", _non_negative_number("tcp_unregistered_idle_timeout"),
         "close an accepted TCP connection that carries no registration when no SIP message "
-        "came over it for this long; keep-alives do not count; 0 turns this off, seconds (30)"),
+        "came over it for this long; keep-alives do not count; 0 turns this off, seconds (30)",
+        live=True),
     Key("tcp_message_timeout", _non_negative_number("tcp_message_timeout"),
         "close a TCP connection that leaves a message unfinished this long after its first "
-        "byte, seconds (32)"),
+        "byte, seconds (32)", live=True),
 )
 _KEYS = {k.name: k for k in KEYS}
 
@@ -331,11 +369,13 @@ def check_values(raw: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def build(file_values: dict[str, Any], overrides: dict[str, Any], config_path: str) -> Settings:
+def build(file_values: dict[str, Any], overrides: dict[str, Any], config_path: str,
+          *, config_required: bool = False) -> Settings:
     """Defaults, then the file, then command-line options; then cross-checks."""
     values = dict(file_values)
     values.update(overrides)
-    settings = Settings(config_path=config_path)
+    settings = Settings(config_path=config_path, config_required=config_required,
+                        options=tuple(overrides.items()))
     changes = dict(values)
     if "listen" in values:
         changes["listen_is_default"] = False
@@ -362,7 +402,7 @@ def describe(settings: Settings) -> list[str]:
     """``key = value`` lines of the effective settings, in TOML syntax."""
     lines = []
     for f in fields(Settings):
-        if f.name in ("listen_is_default", "config_path"):
+        if f.name in ("listen_is_default", "config_path", "config_required", "options"):
             continue
         value = getattr(settings, f.name)
         if f.name == "realm":
@@ -371,12 +411,43 @@ def describe(settings: Settings) -> list[str]:
     return lines
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml(str(v)) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+def reread(current: Settings) -> Settings:
+    """What SIGHUP reads: the same file again, under the same command-line options.
+
+    Raises :class:`ConfigError` like a start would; the caller keeps
+    ``current`` then.
+    """
+    file_values = load_file(current.config_path, required=current.config_required)
+    return build(file_values, dict(current.options), current.config_path,
+                 config_required=current.config_required)
+
+
+def changed(old: Settings, new: Settings) -> list[str]:
+    """The keys whose values differ, in table order."""
+    return [k.name for k in KEYS if getattr(old, k.name) != getattr(new, k.name)]
+
+
+def sample_config() -> str:
+    """The sample ``sipd.conf``: every key, commented out, at its default, with its meaning."""
+    defaults = Settings()
+    out = [
+        "# sipd.conf: the settings of sipd(8), in TOML.",
+        f"# Written by sipd {__version__} --print-sample-config.",
+        "#",
+        "# Every key is here, commented out, at its built-in default. To set one,",
+        "# remove the \"#\" and change the value; options on the command line win",
+        "# over this file. Keys marked \"reload\" take effect on SIGHUP",
+        "# (systemctl reload sipd); the others at the next start. Test a change",
+        "# with \"sipd --check-config\" before reloading or restarting.",
+        "#",
+        "# Keep the file readable by every user: sippasswd(1) reads the realm",
+        "# and the group from it.",
+    ]
+    for key in KEYS:
+        when = "reload" if key.live else "restart"
+        value = key.sample if key.sample is not None else _toml(getattr(defaults, key.name))
+        out.append("")
+        out.extend(textwrap.wrap(f"{key.doc} [{when}]", width=76, initial_indent="# ",
+                                 subsequent_indent="# ", break_on_hyphens=False))
+        out.append(f"#{key.name} = {value}")
+    return "\n".join(out) + "\n"

@@ -3,7 +3,8 @@
 Helpers shared by many tests live here: :mod:`tests.sipclient` (a sipd
 subprocess and tiny SIP clients), :mod:`tests.unixusers` (fake UNIX users
 under nss_wrapper and pam_wrapper), :mod:`tests.phone`,
-:mod:`tests.linphone`, :mod:`tests.fusehelper`, :mod:`tests.stockhost`.
+:mod:`tests.linphone`, :mod:`tests.fusehelper`, :mod:`tests.stockhost`,
+:mod:`tests.installed` (``make install`` into a throw-away prefix).
 """
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Shared fixtures: fake UNIX users for every test that runs a real sipd."""
+"""Shared fixtures: fake UNIX users for every test that runs a real sipd, and an installed sipd."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.installed import Installed, installed_prefix
 from tests.sipclient import mount_point
 from tests.unixusers import FakeUnix, fake_unix
 
@@ -23,3 +24,10 @@ def mnt() -> Iterator[Path]:
     """A mount point for the state filesystem, removed (and unmounted) after."""
     with mount_point() as path:
         yield path
+
+
+@pytest.fixture(scope="session")
+def installed() -> Iterator[Installed]:
+    """sipd as ``make install`` puts it in a prefix of its own, once per session."""
+    with installed_prefix() as where:
+        yield where

@@ -316,6 +316,17 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 5) -> None:
             proc.wait(5)
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started that still run (sipd's unmount helper)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.extend(int(c) for c in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue
+    return found
+
+
 @contextmanager
 def mount_point(prefix: str = "srfs-mnt-") -> Iterator[Path]:
     """A mount point for the state filesystem, unmounted and removed after."""

@@ -102,3 +102,13 @@ def test_every_user_setting_is_in_sr_5_and_srfs_5() -> None:
     in_file = plain(section("sr.5", "~/.sr/config"))
     missing = [k for k in USER_KEYS if k not in writing or not mentions(in_file, k)]
     assert missing == [], f"srfs(5) or sr(5) lacks {missing}"
+
+
+def test_sighup_in_sipd_8_names_exactly_the_live_settings() -> None:
+    # The keys are the bold words of the SIGHUP paragraph, before the others
+    # are said to wait for a restart.
+    sighup = section("sipd.8", "SIGNALS").split(".B SIGHUP\n", 1)[1]
+    live_part = sighup.split("wait for a restart")[0]
+    bold = set(re.findall(r"^\.BR? (\w+)", live_part, re.M))
+    keys = {k.name for k in KEYS}
+    assert bold & keys == {k.name for k in KEYS if k.live}

@@ -1,11 +1,34 @@
 #!/bin/sh
-# Install the Debian packages sipd and its tests need, only when one is
-# missing, so a second `make setup` costs one dpkg-query.
+# Install the Debian packages sipd needs, only when one is missing, so a
+# second run costs one dpkg-query.
+#
+#   system-setup.sh run      running sipd from the checkout (make run)
+#   system-setup.sh install  building it into its own prefix (make install)
+#   system-setup.sh test     all of that and what the tests drive (make test)
 set -eu
+mode=${1:-test}
+
+# fuse3: fusermount3 and /dev/fuse's rules; libfuse3-dev and pkg-config:
+# building pyfuse3; libpam-modules: pam_unix and pam_succeed_if of pam/sipd.
+RUN="fuse3 libfuse3-dev pkg-config libpam-modules"
+# The environment of make install is built on Debian's python3, against
+# whose headers pyfuse3 is compiled.
+INSTALL="$RUN python3 python3-venv python3-dev"
 # baresip-core and linphone-cli (linphone-daemon) are the softphones of the
 # end-to-end tests; without recommends, linphone-cli leaves out the
-# mediastreamer2 codec plugins and what they pull in, which the tests do not need.
-PACKAGES="fuse3 libfuse3-dev pkg-config sip-tester libnss-wrapper libpam-wrapper libpam-modules baresip-core linphone-cli mandoc fail2ban prometheus"
+# mediastreamer2 codec plugins and what they pull in, which the tests do not
+# need. man-db: man(1) on the installed pages; systemd: systemd-analyze
+# verify on the unit (neither needs systemd to be running); fail2ban and
+# prometheus: fail2ban-regex and promtool on what sipd logs and serves.
+TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus"
+
+case $mode in
+    run) PACKAGES=$RUN target=run ;;
+    install) PACKAGES=$INSTALL target=install ;;
+    test) PACKAGES=$TEST target=setup ;;
+    *) echo "setup: unknown mode $mode (run, install or test)" >&2; exit 2 ;;
+esac
+
 missing=""
 for p in $PACKAGES; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
@@ -16,7 +39,7 @@ for p in $PACKAGES; do
 done
 if [ -n "$missing" ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "setup: these Debian packages are missing:$missing; run 'make setup' as root" >&2
+        echo "setup: these Debian packages are missing:$missing; run 'make $target' as root" >&2
         exit 1
     fi
     echo "setup: installing$missing"
@@ -26,13 +49,17 @@ if [ -n "$missing" ]; then
     apt-get install -y -q --no-install-recommends $missing
 fi
 
+# make install puts the PAM file in place itself (into DESTDIR) and leaves
+# accounts to the administrator.
+[ "$mode" = install ] && exit 0
+
 # sipd refuses to start without its PAM service file (libpam would fall
 # back to "other") and without its group; an existing file or group is the
 # administrator's and is left alone.
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -e /etc/pam.d/sipd ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "setup: /etc/pam.d/sipd is missing; run 'make setup' as root" >&2
+        echo "setup: /etc/pam.d/sipd is missing; run 'make $target' as root" >&2
         exit 1
     fi
     install -m 0644 "$here/pam/sipd" /etc/pam.d/sipd
@@ -40,7 +67,7 @@ if [ ! -e /etc/pam.d/sipd ]; then
 fi
 if ! getent group sip >/dev/null; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "setup: group sip is missing; run 'make setup' as root" >&2
+        echo "setup: group sip is missing; run 'make $target' as root" >&2
         exit 1
     fi
     groupadd --system sip

@@ -43,10 +43,19 @@ class ChallengePolicy:
     def __init__(self, accepted: Sequence[str] = ("MD5", "SHA-256"),
                  sha256_agents: Sequence[str] = DEFAULT_SHA256_USER_AGENTS,
                  max_entries: int = 20_000) -> None:
-        self.accepted = tuple(accepted)
-        self.sha256_agents = tuple(a.lower() for a in sha256_agents if a)
+        self.accepted: tuple[str, ...] = ()
+        self.sha256_agents: tuple[str, ...] = ()
+        self.configure(accepted=accepted, sha256_agents=sha256_agents)
         self.max_entries = max_entries
         self._learned: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def configure(self, *, accepted: Sequence[str] | None = None,
+                  sha256_agents: Sequence[str] | None = None) -> None:
+        """New settings (a reload); what was learned of each phone stays."""
+        if accepted is not None:
+            self.accepted = tuple(accepted)
+        if sha256_agents is not None:
+            self.sha256_agents = tuple(a.lower() for a in sha256_agents if a)
 
     def offer(self, hint: str, agent: str) -> tuple[str, ...]:
         learned = self._learned.get((hint, agent))

@@ -1,18 +1,27 @@
 """The daemon: ordered start-up, one trio loop, signals, systemd readiness.
 
-Start-up order: the checks ``--check-config`` runs too (the SIP group,
-PAM, the admin files, the mountpoint: :mod:`sipd.io.startup`), bind every
-socket, close utmp lines a crash left open, reload every SIP user's
-``~/.sr/usrloc`` and name the users without a password for the realm,
-mount ``/run/sr``, then serve and tell systemd READY=1. Any failure before
-serving is one clear line and exit status 1. SIGTERM/SIGINT write what is
-not on disk yet, record the logouts, close the sockets and exit 0.
+Start-up order: give up every capability start-up does not need
+(:func:`~sipd.io.privileges.enter_startup`), the checks ``--check-config``
+runs too (the SIP group, PAM, the admin files, the mountpoint:
+:mod:`sipd.io.startup`), bind every socket, close utmp lines a crash left
+open, reload every SIP user's ``~/.sr/usrloc`` and name the users without a
+password for the realm, mount ``/run/sr`` and start the unmount helper,
+give up every capability serving does not need
+(:func:`~sipd.io.privileges.enter_running`), then serve and tell systemd
+READY=1, and WATCHDOG=1 every half of ``WatchdogSec`` from then on. Any
+failure before serving is one clear line and exit status 1.
+SIGHUP reads ``sipd.conf`` again and puts the keys that can change live in
+force (:mod:`sipd.io.reload`), and re-reads the admin files.
+SIGTERM/SIGINT tell systemd STOPPING=1, have the unmount helper unmount
+``/run/sr``, write what is not on disk yet, record the logouts, close the
+sockets and exit 0.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import ipaddress
 import logging
 import os
 import secrets
@@ -21,6 +30,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -32,7 +42,9 @@ from sipd.core.identity import build_identity, interface_addresses
 from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
-from sipd.io.limits import connection_cap, raise_open_file_limit, reserve
+from sipd.io.limits import tcp_connection_cap
+from sipd.io.privileges import UnmountHelper, enter_running, enter_startup, privileged
+from sipd.io.reload import ReloadRequest, watch_config
 from sipd.io.startup import (
     check_host,
     mount_failed,
@@ -63,6 +75,9 @@ from srfs.state.calls import CallTable
 from srfs.state.location import Binding, LocationStore
 from srfs.user import User
 
+if TYPE_CHECKING:
+    from sipd.io.statefs import StateFs
+
 log = logging.getLogger("sipd")
 
 WTMP_PATH = os.environ.get("SIPD_WTMP", "/var/log/wtmp")
@@ -84,9 +99,33 @@ def notify_systemd(state: str) -> None:
         log.warning("cannot notify systemd: %s", exc)
 
 
+class NeverThrottled:
+    """Sources never throttled for failed authentications; SIGHUP may change the networks.
+
+    Trusted trunks and the networks the admin named: an office's own PBX is
+    never locked out by a phone behind it.
+    """
+
+    def __init__(self, ownership: Ownership,
+                 networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> None:
+        self.ownership = ownership
+        self.networks = networks
+
+    def __call__(self, host: str) -> bool:
+        addr = parse_host(host)
+        return (self.ownership.trunk_user_at(host) is not None
+                or (addr is not None and any(addr in net for net in self.networks)))
+
+
 @dataclass
 class Daemon:
-    """Everything one running sipd owns."""
+    """Everything one running sipd owns.
+
+    ``settings`` are the ones in force (the realm resolved); ``configured``
+    what the file and the options said when they were last read, with the
+    keys that wait for a restart at the values in force, so that each
+    SIGHUP names them again.
+    """
 
     settings: Settings
     endpoint: Endpoint
@@ -95,6 +134,14 @@ class Daemon:
     wtmp: WtmpSessions | None
     ownership: Ownership
     rules: BindingRules
+    registrar: Registrar
+    auth: Authenticator
+    proxy: Proxy
+    tracker: CallTracker
+    never_throttled: NeverThrottled
+    configured: Settings
+    transports: Transports | None = None
+    statefs: StateFs | None = None
 
 
 def gateway_host(uri: str) -> str:
@@ -126,7 +173,8 @@ def advertised(bound: list[tuple[str, str, int]]) -> LocalAddresses:
 
 
 def build(settings: Settings, ports: set[int], hosts: list[str],
-          bound: list[tuple[str, str, int]] | None = None, hooks: CallHooks | None = None) -> Daemon:
+          bound: list[tuple[str, str, int]] | None = None, hooks: CallHooks | None = None,
+          configured: Settings | None = None) -> Daemon:
     realm = settings.effective_realm()
     identity = build_identity(realm, settings.domains, hosts, ports)
     store = LocationStore()
@@ -139,15 +187,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
                           gateways=[gateway_host(settings.outbound_proxy)])
     rules = BindingRules(identity, ownership)
     directory = Directory(realm, settings.group, settings.pam_service if settings.pam else None)
-    trusted = settings.trusted_networks
-
-    def never_throttled(host: str) -> bool:
-        # Trusted trunks and the networks the admin named: an office's own
-        # PBX is never locked out by a phone behind it.
-        addr = parse_host(host)
-        return (ownership.trunk_user_at(host) is not None
-                or (addr is not None and any(addr in net for net in trusted)))
-
+    never_throttled = NeverThrottled(ownership, settings.trusted_networks)
     auth = Authenticator(
         realm, NonceManager(secrets.token_bytes(32)),
         throttle=Throttle(trusted=never_throttled),
@@ -157,21 +197,18 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         lookup=directory.account,
         accounts=RecentAccounts(Directory.unchanged),
     )
-    registration = Registration(
-        registrar=Registrar(
-            RegistrarPolicy(
-                min_expires=settings.min_expires,
-                max_expires=settings.max_expires,
-                default_expires=settings.default_expires,
-                max_contacts=settings.max_contacts,
-                overflow=settings.overflow,
-            ),
-            store,
-            rules,
+    registrar = Registrar(
+        RegistrarPolicy(
+            min_expires=settings.min_expires,
+            max_expires=settings.max_expires,
+            default_expires=settings.default_expires,
+            max_contacts=settings.max_contacts,
+            overflow=settings.overflow,
         ),
-        auth=auth,
-        ownership=ownership,
+        store,
+        rules,
     )
+    registration = Registration(registrar=registrar, auth=auth, ownership=ownership)
     transactions = TransactionLayer()
     tracker = CallTracker(CallTable(), acc_enabled=settings.acc, acc_limit=settings.acc_limit)
     if bound is None:
@@ -208,7 +245,8 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
                 wtmp = WtmpSessions(store, recorder, endpoint.emit)
             except (WtmpError, OSError) as exc:
                 log.warning("wtmp disabled: %s", exc)
-    return Daemon(settings, endpoint, store, persistence, wtmp, ownership, rules)
+    return Daemon(settings, endpoint, store, persistence, wtmp, ownership, rules, registrar, auth,
+                  proxy, tracker, never_throttled, configured or settings)
 
 
 #: How many of one file's refused lines are named in the log; the rest are counted.
@@ -281,17 +319,6 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-def tcp_connection_cap(settings: Settings) -> int:
-    """``tcp_max_connections``, lowered to leave descriptors for everything else."""
-    limit = raise_open_file_limit()
-    cap = connection_cap(settings.tcp_max_connections, limit)
-    if cap < settings.tcp_max_connections:
-        log.warning("tcp_max_connections lowered from %d to %d: the open-file limit is %d and "
-                    "%d descriptors are kept for homes, NSS and PAM",
-                    settings.tcp_max_connections, cap, limit, reserve(limit))
-    return cap
-
-
 def load_users(daemon: Daemon) -> None:
     """Read every SIP user's files at start: registrations back, passwords checked."""
     members = users.members(daemon.settings.group)
@@ -301,16 +328,21 @@ def load_users(daemon: Daemon) -> None:
 
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT. Start-up failures raise StartupError."""
+    # First of all, while this is the only thread: every thread started
+    # from here on holds no more than start-up needs.
+    enter_startup()
     check_host(settings)
+    configured = settings
     # The default realm asks DNS: once, here, and never while serving.
     settings = settings.resolved()
     bound = bind_sockets(settings.listen, skip_unavailable_ipv6=settings.listen_is_default)
     try:
         # After the checks that fail a start in one line, before the
         # reload that opens every user's home.
-        tcp_cap = tcp_connection_cap(settings)
+        tcp_cap = tcp_connection_cap(settings.tcp_max_connections)
         daemon = build(settings, ports={a.port for a, _ in bound}, hosts=[a.host for a, _ in bound],
-                       bound=[(a.transport, a.host, a.port) for a, _ in bound])
+                       bound=[(a.transport, a.host, a.port) for a, _ in bound],
+                       configured=configured)
         transports = Transports(
             daemon.endpoint,
             max_message_size=settings.max_message_size,
@@ -320,6 +352,7 @@ async def run(settings: Settings) -> None:
             tcp_unregistered_idle_timeout=settings.tcp_unregistered_idle_timeout,
             tcp_message_timeout=settings.tcp_message_timeout,
         )
+        daemon.transports = transports
         daemon.endpoint.transport_stats = transports.stats
         with user_database_needed():
             # The alias map and trunks first: the reload checks every line
@@ -337,35 +370,92 @@ async def run(settings: Settings) -> None:
 
         statefs = StateFs(settings, daemon.endpoint, transports, started=time.time(),
                           ownership=daemon.ownership, rules=daemon.rules)
+        daemon.statefs = statefs
         with user_database_needed():
             await trio.to_thread.run_sync(statefs.load)
     tune_gc()
+    helper: UnmountHelper | None = None
     async with trio.open_nursery() as nursery:
-        await nursery.start(transports.serve, bound)
-        transports.send(daemon.endpoint.take_pending(trio.current_time()))
-        if statefs is not None:
-            from sipd.io.statefs import start_statefs
-            from srfs.fs.fuse import MountError
+        try:
+            await nursery.start(transports.serve, bound)
+            transports.send(daemon.endpoint.take_pending(trio.current_time()))
+            if statefs is not None:
+                from sipd.io.statefs import start_statefs
+                from srfs.fs.fuse import MountError
 
-            try:
-                await start_statefs(statefs, nursery)
-            except (MountError, OSError) as exc:
-                raise mount_failed(settings, exc) from None
-        log.info(
-            "sipd ready: realm %s, group %s, listening on %s",
-            settings.realm, settings.group,
-            ", ".join(str(a) for a, _ in bound),
-        )
-        notify_systemd("READY=1")
-        reload = ReloadRequest()
-        nursery.start_soon(watch_admin_files, daemon.ownership, reload)
-        await _wait_for_signals(reload.set)
-        notify_systemd("STOPPING=1")
-        nursery.cancel_scope.cancel()
+                try:
+                    await start_statefs(statefs, nursery)
+                except (MountError, OSError) as exc:
+                    raise mount_failed(settings, exc) from None
+                if privileged():
+                    helper = await trio.to_thread.run_sync(start_unmount_helper, settings.mount)
+            await enter_running()
+            log.info(
+                "sipd ready: realm %s, group %s, listening on %s",
+                settings.realm, settings.group,
+                ", ".join(str(a) for a, _ in bound),
+            )
+            notify_systemd("READY=1")
+            period = watchdog_period()
+            if period is not None:
+                nursery.start_soon(keep_watchdog_fed, period)
+            admin_reload = ReloadRequest()
+            config_reload = ReloadRequest()
+            nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
+            nursery.start_soon(watch_config, daemon, config_reload)
+
+            def on_hup() -> None:
+                config_reload.set()
+                admin_reload.set()
+
+            await _wait_for_signals(on_hup)
+            notify_systemd("STOPPING=1")
+        finally:
+            if helper is not None:
+                # Before the FUSE loop stops: once the mount is gone, libfuse
+                # has nothing left to unmount (it could not, without
+                # CAP_SYS_ADMIN) and the loop ends by itself.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(stop_unmount_helper, helper)
+            nursery.cancel_scope.cancel()
     for _, sock in bound:
         sock.close()
     await trio.to_thread.run_sync(shutdown, daemon)
     log.info("sipd stopped")
+
+
+def start_unmount_helper(mountpoint: str) -> UnmountHelper:
+    """Start the helper for the srfs mount just made at ``mountpoint`` (blocking)."""
+    from srfs.fs.fuse import mount_entries
+
+    entries = mount_entries(mountpoint)
+    if not entries:
+        raise StartupError(f"{mountpoint} is not mounted after mounting")
+    return UnmountHelper.start(entries[-1].mount_point, entries[-1].device)
+
+
+def stop_unmount_helper(helper: UnmountHelper) -> None:
+    """Have the helper unmount ``/run/sr``; a failure is logged, the stop goes on."""
+    outcome = helper.unmount()
+    if outcome.startswith("failed"):
+        log.error("cannot unmount %s: %s; remove it with: fusermount3 -u -z %s",
+                  helper.mountpoint, outcome.removeprefix("failed: "), helper.mountpoint)
+
+
+def watchdog_period() -> float | None:
+    """Half of systemd's WatchdogSec= when it watches this process (sd_watchdog_enabled(3))."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+async def keep_watchdog_fed(period: float) -> None:
+    """WATCHDOG=1 from the event loop: systemd restarts a sipd whose loop stopped turning."""
+    while True:
+        notify_systemd("WATCHDOG=1")
+        await trio.sleep(period)
 
 
 def shutdown(daemon: Daemon) -> None:
@@ -382,25 +472,6 @@ def shutdown(daemon: Daemon) -> None:
 
 
 ADMIN_POLL_INTERVAL = 2.0
-
-
-class ReloadRequest:
-    """SIGHUP's request to re-read the admin files now (trio events cannot be reset)."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self, timeout: float) -> bool:
-        """True if a reload was asked for within ``timeout`` seconds."""
-        with trio.move_on_after(timeout):
-            await self._event.wait()
-        if not self._event.is_set():
-            return False
-        self._event = trio.Event()
-        return True
 
 
 async def watch_admin_files(ownership: Ownership, reload: ReloadRequest) -> None:
@@ -429,7 +500,7 @@ async def _wait_for_signals(on_hup: Callable[[], None] = lambda: None) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 # Caught so that a reload request never kills the daemon.
-                log.info("SIGHUP received: reloading the alias map and trunks")
+                log.info("SIGHUP received: reloading sipd.conf, the alias map and trunks")
                 on_hup()
                 continue
             log.info("%s received, shutting down", signal.Signals(signum).name)

@@ -53,3 +53,19 @@ def connection_cap(configured: int, limit: int) -> int:
     if limit == resource.RLIM_INFINITY:
         return configured
     return max(1, min(configured, limit - reserve(limit)))
+
+
+def tcp_connection_cap(configured: int, limit: int | None = None) -> int:
+    """``tcp_max_connections``, lowered to leave descriptors for everything else.
+
+    At start (``limit`` None) the open-file limit is raised first; a reload
+    takes the limit in force.
+    """
+    if limit is None:
+        limit = raise_open_file_limit()
+    cap = connection_cap(configured, limit)
+    if cap < configured:
+        log.warning("tcp_max_connections lowered from %d to %d: the open-file limit is %d and "
+                    "%d descriptors are kept for homes, NSS and PAM",
+                    configured, cap, limit, reserve(limit))
+    return cap

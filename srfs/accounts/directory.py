@@ -12,7 +12,6 @@ a new password set with ``sippasswd`` counts from the next request.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 
 from srfs.accounts import passwd, users
 from srfs.accounts.users import PAM_SUCCESS, AccountCache
-from srfs.files.home import FileCache, HomeError
+from srfs.files.home import FileCache, HomeError, Stamp, stamp_of
 from srfs.logtext import Recurring
 from srfs.user import User
 
@@ -40,7 +39,7 @@ class Account:
     """Why not allowed, or why there are no credentials (for the log only)."""
     ha1: dict[str, str] = field(default_factory=dict)
     """HA1 per algorithm ("MD5", "SHA-256") for the realm; empty if none."""
-    passwd_stamp: tuple[int, ...] | None = None
+    passwd_stamp: Stamp | None = None
     """What ``~/.sr/passwd`` looked like before it was read (see
     :meth:`Directory.unchanged`); None if it did not exist."""
 
@@ -128,9 +127,10 @@ class Directory:
     def unchanged(account: Account) -> bool:
         """Whether ``~/.sr/passwd`` is still the file ``account`` was read from.
 
-        One ``lstat`` by path, cheap enough for every request: it only
-        decides whether to read again, and reading again goes through the
-        safe path in :mod:`srfs.files.home` (no link is ever followed there).
+        One ``lstat`` by path, as the user (:func:`srfs.files.home.stamp_of`),
+        cheap enough for every request: it only decides whether to read
+        again, and reading again goes through the safe path in
+        :mod:`srfs.files.home` (no link is ever followed there).
         """
         return passwd_stamp(account.user) == account.passwd_stamp
 
@@ -144,9 +144,5 @@ class Directory:
         return users.members(self.group)
 
 
-def passwd_stamp(user: User) -> tuple[int, ...] | None:
-    try:
-        st = os.lstat(os.path.join(user.home, ".sr", "passwd"))
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
+def passwd_stamp(user: User) -> Stamp | None:
+    return stamp_of(user, "passwd")

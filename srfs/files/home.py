@@ -69,6 +69,7 @@ __all__ = [
     "open_sr",
     "read_file",
     "remove_file",
+    "stamp_of",
     "write_file",
 ]
 
@@ -596,6 +597,25 @@ class SrDir:
 
 
 # --- one-shot helpers --------------------------------------------------------
+
+
+def stamp_of(user: User, name: str) -> Stamp | None:
+    """``~user/.sr/<name>``'s stamp, the entry itself (a link is not followed); None if unseen.
+
+    One ``lstat`` by path, made as the user like every access here (as
+    root: the thread's filesystem identity set to the user's and back, two
+    system calls that never block), so it is cheap enough to decide on the
+    event loop's thread whether a file needs reading again. As the user is
+    also how it reaches homes of mode 0700 without root's override of
+    permissions, which sipd gives up, and homes on NFS with root_squash.
+    """
+    _check_name(name)
+    try:
+        with _acting_as(user):
+            st = os.lstat(os.path.join(user.home, SR_DIR, name))
+    except (OSError, HomeError):
+        return None
+    return Stamp.of(st)
 
 
 def open_sr(user: User, *, create: bool = False) -> SrDir:

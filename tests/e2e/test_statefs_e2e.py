@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_register_e2e import REALM, Phone
-from tests.sipclient import Daemon, running_sipd, status_of, wait_for
+from tests.sipclient import Daemon, children, running_sipd, status_of, wait_for
 from tests.unixusers import FakeUnix
 
 pytestmark = pytest.mark.skipif(
@@ -125,6 +125,10 @@ def test_sigkill_then_restart_recovers_the_mount(tmp_path: Path, unix: FakeUnix,
     conf.write_text(f'mount = "{mnt}"\n')
     with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as first:
         wait_for(lambda: (mnt / "alice").exists(), "the first mount")
+        # The unmount helper would remove the mount of a killed sipd; killed
+        # with it (SIGKILL to the whole unit, say), the mount stays behind.
+        for pid in children(first.proc.pid):
+            os.kill(pid, signal.SIGKILL)
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
     with pytest.raises(OSError):

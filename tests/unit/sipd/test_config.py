@@ -1,0 +1,78 @@
+"""The settings table and what is made from it: the sample file, and what SIGHUP reloads."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+from sipd.config import (
+    KEYS,
+    Settings,
+    build,
+    changed,
+    check_values,
+    reread,
+    sample_config,
+)
+from sipd.io.reload import LIVE
+from tests.sipclient import ROOT, SIPD
+
+SETTING = re.compile(r"^#(\w+) = (.*)$", re.M)
+
+
+def uncommented(sample: str) -> dict[str, object]:
+    """The sample with every key line's ``#`` taken away, read as TOML."""
+    return tomllib.loads("\n".join(f"{k} = {v}" for k, v in SETTING.findall(sample)))
+
+
+def test_the_sample_lists_every_key_once_in_table_order() -> None:
+    names = [name for name, _ in SETTING.findall(sample_config())]
+    assert names == [k.name for k in KEYS]
+
+
+def test_the_sample_uncommented_is_the_built_in_defaults() -> None:
+    values = check_values(uncommented(sample_config()), source="sample")
+    settings = build(values, {}, "sample")
+    defaults = Settings()
+    differ = [k.name for k in KEYS if getattr(settings, k.name) != getattr(defaults, k.name)]
+    # The realm's default is the host's name, which no literal can say:
+    # the sample shows an example, which must pass the check all the same.
+    assert differ == ["realm"]
+    assert settings.realm == "sip.example.org"
+
+
+def test_the_sample_says_for_each_key_whether_sighup_applies_it() -> None:
+    sample = sample_config()
+    for key in KEYS:
+        block = sample.split(f"\n#{key.name} = ")[0].rsplit("\n\n", 1)[1]
+        assert block.endswith("[reload]" if key.live else "[restart]"), (key.name, block)
+
+
+def test_print_sample_config_ignores_the_configuration_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("frob = \n")
+    done = subprocess.run([*SIPD, "-c", str(broken), "--print-sample-config"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == sample_config()
+
+
+def test_every_live_key_has_its_way_into_force() -> None:
+    assert set(LIVE) == {k.name for k in KEYS if k.live}
+
+
+def test_reread_applies_the_command_line_again(tmp_path: Path) -> None:
+    conf = tmp_path / "sipd.toml"
+    conf.write_text('realm = "file.invalid"\nmax_contacts = 3\n')
+    options = check_values({"realm": "option.invalid"}, source="command line")
+    first = build(check_values({"realm": "file.invalid", "max_contacts": 3}, "f"), options,
+                  str(conf), config_required=True)
+    conf.write_text('realm = "changed.invalid"\nmax_contacts = 5\ngroup = "staff"\n')
+    again = reread(first)
+    assert again.realm == "option.invalid"  # the option still wins
+    assert (again.max_contacts, again.group) == (5, "staff")
+    assert changed(first, again) == ["group", "max_contacts"]
+    assert changed(first, replace(first)) == []
