@@ -29,7 +29,7 @@ from sipd.config import (
     sample_config,
 )
 from sipd.io.transport import StartupError
-from srfs.logtext import JournalFormatter, LineFormatter, escape
+from srfs.logtext import JournalFormatter, LineFormatter, escape, set_log_level
 
 PROG = "sipd"
 
@@ -102,10 +102,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                  config_required=args.config is not None)
 
 
-#: The loggers of the project itself; everything else is a library's.
-OWN_LOGGERS = ("sipd", "srfs")
-
-
 def stderr_is_journal() -> bool:
     """Whether standard error is the journal stream systemd opened for us.
 
@@ -149,12 +145,8 @@ def setup_logging(level: str) -> None:
         handler.setFormatter(JournalFormatter(fmt))
     else:
         handler.setFormatter(LineFormatter("%(asctime)s " + fmt))
-    own = logging.DEBUG if level == "trace" else logging.getLevelNamesMapping()[level.upper()]
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if level == "trace" else max(own, logging.WARNING))
-    for name in OWN_LOGGERS:
-        logging.getLogger(name).setLevel(own)
+    logging.getLogger().handlers[:] = [handler]
+    set_log_level(level)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,6 +141,23 @@ class LineFormatter(logging.Formatter):
         return _continuation(super().formatStack(stack_info))
 
 
+#: The loggers of the project itself; everything else is a library's.
+OWN_LOGGERS = ("sipd", "srfs")
+
+
+def set_log_level(level: str) -> None:
+    """``level`` (``trace``, ``debug``, ... ``error``) for the project's loggers.
+
+    The libraries' loggers (trio, pyfuse3, asyncio) stay at warning unless
+    the level is ``trace``: their debug messages are for debugging them.
+    Used at start and by a reload, so both mean the same by a level.
+    """
+    own = logging.DEBUG if level == "trace" else logging.getLevelNamesMapping()[level.upper()]
+    logging.getLogger().setLevel(logging.DEBUG if level == "trace" else max(own, logging.WARNING))
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(own)
+
+
 def syslog_priority(levelno: int) -> int:
     """The syslog priority of a :mod:`logging` level: what ``journalctl -p`` filters on."""
     if levelno >= logging.CRITICAL:

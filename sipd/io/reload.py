@@ -20,6 +20,7 @@ import trio
 
 from sipd.config import ConfigError, Settings, changed, reread
 from sipd.io.limits import tcp_connection_cap
+from srfs.logtext import set_log_level
 
 if TYPE_CHECKING:
     from sipd.io.daemon import Daemon
@@ -71,7 +72,7 @@ def _transports(name: str) -> Callable[[Daemon, Any], None]:
 
 
 def _set_log_level(daemon: Daemon, value: Any) -> None:
-    logging.getLogger().setLevel(str(value).upper())
+    set_log_level(str(value))
 
 
 def _set_algorithms(daemon: Daemon, value: Any) -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from sipd.cli import OWN_LOGGERS, setup_logging
+from sipd.cli import setup_logging
 from srfs.logtext import (
+    OWN_LOGGERS,
     JournalFormatter,
     LineFormatter,
     Recurring,

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sipd.cli import OWN_LOGGERS, make_parser, settings_from_args, setup_logging, stderr_is_journal
+from sipd.cli import make_parser, settings_from_args, setup_logging, stderr_is_journal
 from sipd.config import ConfigError, Settings, parse_listen
+from srfs.logtext import OWN_LOGGERS
 from srfs.sipdconf import host_realm
 from tests.sipclient import ROOT, SIPD, free_port, running_sipd
 from tests.unixusers import FakeUnix
