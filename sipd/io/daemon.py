@@ -414,8 +414,12 @@ async def run(settings: Settings) -> None:
             if helper is not None:
                 # Before the FUSE loop stops: once the mount is gone, libfuse
                 # has nothing left to unmount (it could not, without
-                # CAP_SYS_ADMIN) and the loop ends by itself.
+                # CAP_SYS_ADMIN) and the loop ends by itself. Readers of the
+                # event files get their end of file first, while the mount
+                # still answers their close.
                 with trio.CancelScope(shield=True):
+                    if statefs is not None and statefs.ops is not None:
+                        await statefs.ops.close_streams()
                     await trio.to_thread.run_sync(stop_unmount_helper, helper)
             nursery.cancel_scope.cancel()
     for _, sock in bound:

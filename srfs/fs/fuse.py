@@ -755,8 +755,10 @@ class SrFs(pyfuse3.Operations):
         """The filesystem is going away: every read of an event file ends (EOF).
 
         :meth:`streams_closed` then waits for the readers woken here to
-        close their files.
+        close their files. A second call changes nothing.
         """
+        if self._streams_ended:
+            return
         self._streams_ended = True
         self._ending = set(self._waiting)
         if not self._ending:
@@ -772,6 +774,16 @@ class SrFs(pyfuse3.Operations):
     async def streams_closed(self) -> None:
         """Until the readers woken by :meth:`end_streams` have closed their files."""
         await self._ended.wait()
+
+    async def close_streams(self) -> None:
+        """End every event stream; give their readers :data:`STREAM_CLOSE_GRACE` to close.
+
+        Called before the mount goes away, by whoever unmounts it: a reader
+        then sees end of file and its close still reaches the filesystem.
+        """
+        self.end_streams()
+        with trio.move_on_after(STREAM_CLOSE_GRACE, shield=True):
+            await self.streams_closed()
 
     # ----------------------------------------------------------- writing
 
@@ -1529,9 +1541,7 @@ async def _run(ops: SrFs, task_status: trio.TaskStatus[SrFs]) -> None:
                 await ops.run_invalidations()
             finally:
                 # Reads waiting for events would hold terminate() up.
-                ops.end_streams()
-                with trio.move_on_after(STREAM_CLOSE_GRACE, shield=True):
-                    await ops.streams_closed()
+                await ops.close_streams()
                 with trio.move_on_after(SHUTDOWN_GRACE, shield=True):
                     if not fuse_done.is_set():
                         pyfuse3.terminate()
