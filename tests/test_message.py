@@ -514,12 +514,6 @@ def test_typed_accessors_raise_parse_error_naming_the_field() -> None:
             getter()
 
 
-def test_sipmessage_conversion() -> None:
-    msg = parse(_request())
-    other = msg.to_sipmessage()
-    assert other.call_id == "c1"
-
-
 def test_response_validate_needs_only_transaction_fields() -> None:
     resp = Response(200, headers=[
         ("Via", "SIP/2.0/UDP h;branch=z9hG4bK1"), ("From", "<sip:a@b>;tag=1"),
