@@ -1,4 +1,4 @@
-"""Mount an srfs tree over fake users, for tests/test_fuse.py (one mount per process).
+"""Mount an srfs tree over fake users, for tests/unit/srfs/fs/test_fuse.py (one mount per process).
 
     python tests/fusehelper.py MOUNTPOINT RECORD.json
 

@@ -294,7 +294,7 @@ URI = SipURI | TelURI | AbsoluteURI
 # The parsers build a SipURI for every URI of every message. A frozen
 # dataclass's __init__ stores each field through object.__setattr__, which
 # doubles that cost; _sip_uri() stores into the slots directly. It must name
-# every field in order (tests/test_uri.py compares it with fields()).
+# every field in order (tests/unit/sipd/sip/test_uri.py compares it with fields()).
 _SIP_URI_FIELDS = ("scheme", "host", "user", "password", "port", "params", "headers")
 _new = object.__new__
 (

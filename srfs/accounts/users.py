@@ -11,23 +11,34 @@ an unreachable directory server) they raise :class:`DirectoryUnavailable`
 instead: a valid user must never look unknown, since an unknown user's
 registration counts as a failed login. See :mod:`srfs.nss`.
 
-The PAM check runs ``pam_acct_mgmt`` only. python-pam has no account-only
-call (its ``authenticate`` always runs ``pam_authenticate`` first), and SIP
-never sees the UNIX password: digest credentials live in ``~/.sr/passwd``.
-So libpam is called through ctypes, one handle per call, which is thread
-safe and costs about 2 ms; :class:`AccountCache` keeps the answers for a
-while because phones refresh registrations far more often than accounts
-change.
+The PAM check runs ``pam_acct_mgmt`` only: SIP never sees the UNIX
+password (digest credentials live in ``~/.sr/passwd``), and python-pam's
+``authenticate`` always runs ``pam_authenticate`` first. So python-pam is
+used for its ctypes layer (``pam.__internals``: the prototypes it declares
+on libpam's functions, ``PamHandle``, ``PamConv``, the conversation type
+and the constants) and this module makes the calls: one handle per call,
+which is thread safe and costs about 2 ms, a conversation that refuses
+every prompt, ``PAM_RHOST`` set and ``PAM_SILENT``. python-pam loads the
+system's libpam; ``$SRFS_LIBPAM`` names another library (pam_wrapper in
+tests), which gets the same prototypes. :class:`AccountCache` keeps the
+answers for a while because phones refresh registrations far more often
+than accounts change.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+# python-pam's ctypes layer, not its public API (see the module docstring);
+# pyproject.toml keeps python-pam below 3 for that reason.
+import pam.__internals as _pam
 
 from srfs.accounts import nss
 from srfs.accounts.nss import DirectoryUnavailable
@@ -147,18 +158,13 @@ def members(group_name: str) -> list[User]:
 # --- PAM ------------------------------------------------------------------
 
 #: Return codes of Linux-PAM (security/_pam_types.h) that callers may test.
-PAM_SUCCESS = 0
-PAM_SYSTEM_ERR = 4
-PAM_PERM_DENIED = 6
-PAM_AUTH_ERR = 7
-PAM_USER_UNKNOWN = 10
-PAM_NEW_AUTHTOK_REQD = 12
-PAM_ACCT_EXPIRED = 13
-
-_PAM_CONV_ERR = 19
-_PAM_RHOST = 4
-# Modules must not talk to a user who is not there.
-_PAM_SILENT = 0x8000
+PAM_SUCCESS: int = _pam.PAM_SUCCESS
+PAM_SYSTEM_ERR: int = _pam.PAM_SYSTEM_ERR
+PAM_PERM_DENIED: int = _pam.PAM_PERM_DENIED
+PAM_AUTH_ERR: int = _pam.PAM_AUTH_ERR
+PAM_USER_UNKNOWN: int = _pam.PAM_USER_UNKNOWN
+PAM_NEW_AUTHTOK_REQD: int = _pam.PAM_NEW_AUTHTOK_REQD
+PAM_ACCT_EXPIRED: int = _pam.PAM_ACCT_EXPIRED
 
 _PAM_SERVICE_DIR = "/etc/pam.d"
 
@@ -167,90 +173,95 @@ class PamUnavailable(Exception):
     """libpam could not be loaded; no account check is possible."""
 
 
-class _PamMessage(ctypes.Structure):
-    _fields_ = [("msg_style", ctypes.c_int), ("msg", ctypes.c_char_p)]
-
-
-class _PamResponse(ctypes.Structure):
-    _fields_ = [("resp", ctypes.c_char_p), ("resp_retcode", ctypes.c_int)]
-
-
-_CONV_FUNC = ctypes.CFUNCTYPE(
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.POINTER(ctypes.POINTER(_PamMessage)),
-    ctypes.POINTER(ctypes.POINTER(_PamResponse)),
-    ctypes.c_void_p,
-)
-
-
-class _PamConv(ctypes.Structure):
-    _fields_ = [("conv", _CONV_FUNC), ("appdata_ptr", ctypes.c_void_p)]
-
-
-def _refuse_conversation(
-    num_msg: int,
-    msgs: ctypes._Pointer[ctypes._Pointer[_PamMessage]],
-    resp: ctypes._Pointer[ctypes._Pointer[_PamResponse]],
-    appdata: int | None,
-) -> int:
+def _refuse_conversation(num_msg: int, msgs: object, resp: object, appdata: object) -> int:
     # There is nobody to answer a prompt: an account stack that asks for
     # anything must fail rather than get an empty answer it might accept.
-    return _PAM_CONV_ERR
+    return int(_pam.PAM_CONV_ERR)
 
 
-# Module-level so the callback outlives every handle that points at it.
-_CONV_CALLBACK = _CONV_FUNC(_refuse_conversation)
-_CONV = _PamConv(_CONV_CALLBACK, None)
+# Module-level so the callback outlives every handle that points at it;
+# pam_start copies the structure, so threads may share it.
+_CONV_CALLBACK = _pam.conv_func(_refuse_conversation)
+_CONV = _pam.PamConv(_CONV_CALLBACK, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Libpam:
+    """The libpam functions the account check calls, with python-pam's prototypes.
+
+    Handles are python-pam's ``PamHandle`` (passed by value, by reference to
+    ``pam_start``); the functions are shared by every thread, each call
+    brings its own handle.
+    """
+
+    pam_start: Callable[..., int]
+    pam_set_item: Callable[..., int]
+    pam_acct_mgmt: Callable[..., int]
+    pam_strerror: Callable[..., bytes | None]
+    pam_end: Callable[..., int]
+
+
+_FUNCTIONS = tuple(f.name for f in fields(_Libpam))
 
 _lib_lock = threading.Lock()
-_libs: dict[str, ctypes.CDLL] = {}
+_libs: dict[str | None, _Libpam] = {}
 
 
-def _libpam_name() -> str | None:
-    # pam_wrapper tests need the wrapper loaded by name: symbols looked up
-    # through a handle on the real libpam bypass the LD_PRELOAD interposer.
-    return os.environ.get("SRFS_LIBPAM") or ctypes.util.find_library("pam")
+def _bind(name: str | None) -> _Libpam:
+    try:
+        # python-pam loads the system's libpam and declares the prototypes.
+        reference = _pam.PamAuthenticator()
+    except (OSError, AttributeError) as e:
+        # No libpam: find_library found nothing, so pam_start is missing.
+        raise PamUnavailable(f"cannot load libpam: {e}") from e
+    lib: ctypes.CDLL | None = None
+    if name is not None:
+        # pam_wrapper interposes libpam's functions by LD_PRELOAD, and a
+        # symbol looked up through a handle on the real libpam (as
+        # python-pam's are) is the real one: the wrapper must be loaded by
+        # name, and python-pam's prototypes are put on its functions.
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError as e:
+            raise PamUnavailable(f"cannot load {name}: {e}") from e
+    functions: dict[str, Any] = {}
+    for f in _FUNCTIONS:
+        theirs = getattr(reference, f, None)
+        if theirs is None:
+            raise PamUnavailable(f"libpam has no {f}")
+        if lib is None:
+            functions[f] = theirs
+            continue
+        try:
+            mine = lib[f]  # a function object of our own, not one lib caches
+        except AttributeError as e:
+            raise PamUnavailable(f"{name} has no {f}") from e
+        mine.argtypes = theirs.argtypes
+        mine.restype = theirs.restype
+        functions[f] = mine
+    return _Libpam(**functions)
 
 
-def load_libpam() -> ctypes.CDLL:
+def load_libpam() -> None:
     """Load libpam (``$SRFS_LIBPAM`` or the system's) once; raise :class:`PamUnavailable`.
 
     sipd calls this at start so that a missing library is a start-up error,
     not a refusal of every registration later.
     """
-    name = _libpam_name()
-    if not name:
-        raise PamUnavailable("libpam not found")
+    _libpam()
+
+
+def _libpam() -> _Libpam:
+    name = os.environ.get("SRFS_LIBPAM") or None
     with _lib_lock:
         lib = _libs.get(name)
-        if lib is not None:
-            return lib
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError as e:
-            raise PamUnavailable(f"cannot load {name}: {e}") from e
-        lib.pam_start.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.POINTER(_PamConv),
-            ctypes.POINTER(ctypes.c_void_p),
-        ]
-        lib.pam_start.restype = ctypes.c_int
-        lib.pam_end.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.pam_end.restype = ctypes.c_int
-        lib.pam_set_item.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
-        lib.pam_set_item.restype = ctypes.c_int
-        lib.pam_acct_mgmt.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.pam_acct_mgmt.restype = ctypes.c_int
-        lib.pam_strerror.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.pam_strerror.restype = ctypes.c_char_p
-        _libs[name] = lib
+        if lib is None:
+            lib = _libs[name] = _bind(name)
         return lib
 
 
-def _strerror(lib: ctypes.CDLL, handle: int | None, rc: int) -> str:
-    text: bytes | None = lib.pam_strerror(handle, rc)
+def _strerror(lib: _Libpam, handle: object, rc: int) -> str:
+    text = lib.pam_strerror(handle, rc)
     return text.decode("utf-8", "replace") if text else f"PAM error {rc}"
 
 
@@ -272,11 +283,13 @@ def account_check(user: User | str, service: str, rhost: str | None = None) -> t
         return PAM_USER_UNKNOWN, "invalid user name"
     if not valid_name(service):
         raise ValueError(f"invalid PAM service name {service!r}")
+    if rhost is not None and "\0" in rhost:
+        raise ValueError("NUL in rhost")
     if not pam_service_exists(service):
         # Fail closed: libpam would quietly run /etc/pam.d/other instead,
         # e.g. after the file was removed while sipd was running.
         return PAM_SYSTEM_ERR, f"no PAM service file {pam_service_path(service)}"
-    lib = load_libpam()
+    lib = _libpam()
     if not _warmed.is_set():
         # The first call in a process runs alone: concurrent first calls
         # under pam_wrapper gave sporadic wrong refusals (lazy set-up in the
@@ -294,23 +307,20 @@ _warm_lock = threading.Lock()
 _warmed = threading.Event()
 
 
-def _account_check(lib: ctypes.CDLL, name: str, service: str, rhost: str | None) -> tuple[int, str]:
-    handle = ctypes.c_void_p()
-    rc: int = lib.pam_start(
-        service.encode(), name.encode(), ctypes.byref(_CONV), ctypes.byref(handle)
-    )
+def _account_check(lib: _Libpam, name: str, service: str, rhost: str | None) -> tuple[int, str]:
+    handle = _pam.PamHandle()
+    rc = lib.pam_start(service.encode(), name.encode(), ctypes.byref(_CONV), ctypes.byref(handle))
     if rc != PAM_SUCCESS:
-        return rc, f"pam_start: {_strerror(lib, handle.value, rc)}"
+        return rc, f"pam_start: {_strerror(lib, handle, rc)}"
     try:
         if rhost:
-            if "\0" in rhost:
-                raise ValueError("NUL in rhost")
-            rhost_c = ctypes.c_char_p(rhost.encode())
-            rc = lib.pam_set_item(handle, _PAM_RHOST, ctypes.cast(rhost_c, ctypes.c_void_p))
+            # libpam copies the string.
+            rc = lib.pam_set_item(handle, _pam.PAM_RHOST, rhost.encode())
             if rc != PAM_SUCCESS:
-                return rc, f"pam_set_item: {_strerror(lib, handle.value, rc)}"
-        rc = lib.pam_acct_mgmt(handle, _PAM_SILENT)
-        return rc, _strerror(lib, handle.value, rc)
+                return rc, f"pam_set_item: {_strerror(lib, handle, rc)}"
+        # Modules must not talk to a user who is not there.
+        rc = lib.pam_acct_mgmt(handle, _pam.PAM_SILENT)
+        return rc, _strerror(lib, handle, rc)
     finally:
         lib.pam_end(handle, rc)
 

@@ -224,3 +224,13 @@ with ThreadPoolExecutor(8) as ex:
 print(json.dumps(sorted(set(zip(names, rcs)))))
 """
     assert unix.python_json(code) == [["alice", 0], ["carol", users.PAM_AUTH_ERR]]
+
+
+def test_pam_sees_the_remote_address(unix: FakeUnix) -> None:
+    # pam_access refuses by PAM_RHOST: the address must reach the module.
+    rules = unix.root / "access.conf"
+    rules.write_text("-:ALL:192.0.2.66\n+:ALL:ALL\n")
+    rules.chmod(0o644)
+    unix.add_pam_service("sip-access", f"account required pam_access.so accessfile={rules}\n")
+    assert unix.account_check("alice", "sip-access", rhost="192.0.2.7") == (0, "Success")
+    assert unix.account_check("alice", "sip-access", rhost="192.0.2.66")[0] == users.PAM_PERM_DENIED
