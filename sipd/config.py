@@ -29,7 +29,7 @@ DEFAULT_CONFIG_PATH = sipdconf.DEFAULT_PATH
 
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
-    """One socket to open: ``udp`` or ``tcp`` on ``host:port``."""
+    """One socket to open: ``udp``, ``tcp``, ``tls``, ``ws`` or ``wss`` on ``host:port``."""
 
     transport: str
     host: str
@@ -44,28 +44,46 @@ class ListenAddress:
         return f"{self.transport}:{host}:{self.port}"
 
 
-def parse_listen(text: str) -> list[ListenAddress]:
-    """``[udp:|tcp:]HOST:PORT``; without a prefix both UDP and TCP.
+#: Listen prefixes and the transports each opens; no prefix means UDP and TCP.
+LISTEN_PREFIXES: dict[str, tuple[str, ...]] = {
+    "udp": ("udp",), "tcp": ("tcp",), "tls": ("tls",), "ws": ("ws",), "wss": ("wss",),
+}
+#: Transports that need tls_certificate and tls_private_key.
+SECURE_TRANSPORTS = ("tls", "wss")
+#: The port a ``tls:`` listen without one gets (RFC 3261 §19.1.2).
+TLS_PORT = 5061
 
-    IPv6 hosts are written in brackets: ``[::1]:5060``.
+
+def parse_listen(text: str) -> list[ListenAddress]:
+    """``[udp:|tcp:|tls:|ws:|wss:]HOST:PORT``; without a prefix both UDP and TCP.
+
+    IPv6 hosts are written in brackets: ``[::1]:5060``. ``tls:HOST`` without
+    a port listens on 5061.
     """
     spec = text.strip()
-    transports = ["udp", "tcp"]
-    lower = spec.lower()
-    for prefix in ("udp:", "tcp:"):
-        if lower.startswith(prefix):
-            transports = [prefix[:-1]]
-            spec = spec[len(prefix) :]
-            break
+    transports: tuple[str, ...] = ("udp", "tcp")
+    head, sep, rest = spec.partition(":")
+    if sep and head.lower() in LISTEN_PREFIXES:
+        transports = LISTEN_PREFIXES[head.lower()]
+        spec = rest
+    default_port = str(TLS_PORT) if transports == ("tls",) else None
     if spec.startswith("["):
         end = spec.find("]")
-        if end < 0 or spec[end + 1 : end + 2] != ":":
+        if end < 0:
             raise ConfigError(f"bad listen address {text!r}: expected [IPv6]:PORT")
-        host, port_text = spec[1:end], spec[end + 2 :]
+        host, tail = spec[1:end], spec[end + 1:]
+        if tail == "" and default_port is not None:
+            port_text = default_port
+        elif tail[:1] == ":":
+            port_text = tail[1:]
+        else:
+            raise ConfigError(f"bad listen address {text!r}: expected [IPv6]:PORT")
     else:
         host, sep, port_text = spec.rpartition(":")
         if not sep:
-            raise ConfigError(f"bad listen address {text!r}: expected HOST:PORT")
+            if default_port is None:
+                raise ConfigError(f"bad listen address {text!r}: expected HOST:PORT")
+            host, port_text = spec, default_port
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -175,6 +193,32 @@ def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
     return tuple(out)
 
 
+def _path_or_empty(name: str) -> Callable[[Any], str]:
+    """A file path, or "" for none (the key's default meaning)."""
+    def check(value: Any) -> str:
+        if value == "":
+            return ""
+        path = _string(name)(value)
+        if not path.startswith("/"):
+            raise ConfigError(f"{name} must be an absolute path, not {value!r}")
+        return path
+
+    return check
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    """WebSocket origins as browsers send them: scheme://host[:port], no path."""
+    out = []
+    for item in _string_list("ws_allowed_origins")(value):
+        origin = item.strip().rstrip("/").lower()
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ConfigError(f"ws_allowed_origins: {item!r} is not an origin "
+                              "such as https://phone.example.org")
+        out.append(origin)
+    return tuple(out)
+
+
 def _listen(value: Any) -> tuple[ListenAddress, ...]:
     out: list[ListenAddress] = []
     for item in _string_list("listen")(value):
@@ -263,6 +307,11 @@ class Settings:
     tcp_idle_timeout: float = 300.0
     tcp_unregistered_idle_timeout: float = 30.0
     tcp_message_timeout: float = 32.0
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+    tls_ca_certificates: str = ""
+    tls_verify_client: str = "no"
+    ws_allowed_origins: tuple[str, ...] = ()
     config_path: str = DEFAULT_CONFIG_PATH
     #: Whether the file must exist (named with -c), and the checked values of
     #: the command line's options: what SIGHUP reads and applies again.
@@ -280,9 +329,10 @@ class Settings:
 
 #: The keys a config file may set, in the order ``--check-config`` prints them.
 KEYS: tuple[Key, ...] = (
-    Key("listen", _listen, "addresses to listen on: [udp:|tcp:]HOST:PORT, IPv6 as [ADDR]:PORT; "
-        "without a prefix both UDP and TCP (default 0.0.0.0:5060 and [::]:5060; when set, "
-        "even to these, a host without IPv6 fails to start)",
+    Key("listen", _listen, "addresses to listen on: [udp:|tcp:|tls:|ws:|wss:]HOST:PORT, IPv6 "
+        "as [ADDR]:PORT; without a prefix both UDP and TCP, tls: without a port 5061 "
+        "(default 0.0.0.0:5060 and [::]:5060; when set, even to these, a host without IPv6 "
+        "fails to start)",
         sample=_toml(DEFAULT_LISTEN)),
     Key("mount", _string("mount"), "where the state filesystem is mounted (default /run/sr)"),
     Key("mount_enabled", _bool("mount_enabled"), "mount the state filesystem (default true)"),
@@ -346,7 +396,23 @@ KEYS: tuple[Key, ...] = (
         live=True),
     Key("tcp_message_timeout", _non_negative_number("tcp_message_timeout"),
         "close a TCP connection that leaves a message unfinished this long after its first "
-        "byte, seconds (32)", live=True),
+        "byte, seconds (32); also how long a TLS handshake or WebSocket upgrade may take",
+        live=True),
+    Key("tls_certificate", _path_or_empty("tls_certificate"),
+        "PEM file of the server certificate (and its chain) for tls: and wss: listeners; "
+        "read again on SIGHUP (default none)", live=True),
+    Key("tls_private_key", _path_or_empty("tls_private_key"),
+        "PEM file of the private key of tls_certificate, readable by root; read again on "
+        "SIGHUP (default none)", live=True),
+    Key("tls_ca_certificates", _path_or_empty("tls_ca_certificates"),
+        "PEM file of the CA certificates that verify TLS peers: servers sipd connects to "
+        "and, with tls_verify_client, phones (default: the system's)", live=True),
+    Key("tls_verify_client", _choice("tls_verify_client", "no", "optional", "required"),
+        "client certificates over tls: and wss: listeners: no (not asked), optional "
+        "(checked when sent) or required", live=True),
+    Key("ws_allowed_origins", _origins,
+        "Origins (https://host[:port]) whose web pages may open a ws: or wss: connection; "
+        "others get HTTP 403 (default empty: any)", live=True),
 )
 _KEYS = {k.name: k for k in KEYS}
 
@@ -395,6 +461,9 @@ def build(file_values: dict[str, Any], overrides: dict[str, Any], config_path: s
         if addr in seen:
             raise ConfigError(f"listen address {addr} given twice")
         seen.add(addr)
+    secure = [a for a in settings.listen if a.transport in SECURE_TRANSPORTS]
+    if secure and not (settings.tls_certificate and settings.tls_private_key):
+        raise ConfigError(f"listen {secure[0]} needs tls_certificate and tls_private_key")
     return settings
 
 

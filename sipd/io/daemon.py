@@ -47,6 +47,7 @@ from sipd.io.privileges import UnmountHelper, enter_running, enter_startup, priv
 from sipd.io.reload import ReloadRequest, watch_config
 from sipd.io.startup import (
     check_host,
+    check_tls,
     mount_failed,
     report_missing_passwords,
     user_database_needed,
@@ -340,6 +341,7 @@ async def run(settings: Settings) -> None:
         # After the checks that fail a start in one line, before the
         # reload that opens every user's home.
         tcp_cap = tcp_connection_cap(settings.tcp_max_connections)
+        tls = await trio.to_thread.run_sync(check_tls, settings)
         daemon = build(settings, ports={a.port for a, _ in bound}, hosts=[a.host for a, _ in bound],
                        bound=[(a.transport, a.host, a.port) for a, _ in bound],
                        configured=configured)
@@ -351,6 +353,8 @@ async def run(settings: Settings) -> None:
             tcp_idle_timeout=settings.tcp_idle_timeout,
             tcp_unregistered_idle_timeout=settings.tcp_unregistered_idle_timeout,
             tcp_message_timeout=settings.tcp_message_timeout,
+            tls=tls,
+            ws_allowed_origins=settings.ws_allowed_origins,
         )
         daemon.transports = transports
         daemon.endpoint.transport_stats = transports.stats

@@ -123,6 +123,15 @@ CATALOGUE: dict[str, dict[str, Figure | None]] = {
         "tcp_connects": Figure("tcp_connects", "TCP connections sipd tried to open."),
         "tcp_connect_failures": Figure("tcp_connect_failures",
                                        "TCP connections sipd could not open."),
+        "tls_handshake_failures": Figure("tls_handshake_failures",
+                                         "Accepted TLS connections closed for a failed or "
+                                         "unfinished handshake."),
+        "ws_upgrades_refused": Figure("websocket_upgrades_refused",
+                                      "WebSocket upgrades refused: no sip subprotocol, an Origin "
+                                      "not allowed, not WebSocket."),
+        "ws_closed": Figure("websocket_closed",
+                            "WebSocket connections ended by a close, an error or an oversize "
+                            "message."),
         "jobs_started": Figure("jobs_started",
                                "Blocking jobs (homes, NSS, PAM) handed to worker threads."),
         "jobs_failed": Figure("jobs_failed", "Blocking jobs that failed."),

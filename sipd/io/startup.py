@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from sipd.config import Settings
+from sipd.io.tls import TlsContexts, TlsError
 from sipd.io.transport import StartupError, bind_sockets
 from srfs.accounts import passwd, users
 from srfs.files import home
@@ -33,6 +34,7 @@ __all__ = [
     "check_all",
     "check_host",
     "check_mount",
+    "check_tls",
     "mount_failed",
     "password_problem",
     "report_missing_passwords",
@@ -103,6 +105,17 @@ def check_mount(settings: Settings, *, beside_daemon: bool = False) -> None:
         raise mount_failed(settings, exc) from None
 
 
+def check_tls(settings: Settings) -> TlsContexts:
+    """The TLS certificate, key and CA files load and fit together (blocking).
+
+    Returns the contexts: the daemon serves with the ones it checked.
+    """
+    try:
+        return TlsContexts(settings)
+    except TlsError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def check_host(settings: Settings, *, beside_daemon: bool = False) -> None:
     """Everything but the sockets, in the order the daemon meets them.
 
@@ -113,6 +126,7 @@ def check_host(settings: Settings, *, beside_daemon: bool = False) -> None:
         check_accounts(settings)
     check_admin_files(settings)
     check_mount(settings, beside_daemon=beside_daemon)
+    check_tls(settings)
 
 
 def check_all(settings: Settings) -> None:
