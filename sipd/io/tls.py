@@ -49,7 +49,7 @@ class TlsFiles:
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
+        return str(exc.reason or exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc)
@@ -77,13 +77,14 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
             raise TlsError(f"{what} is not set")
     try:
         ctx.load_cert_chain(files.certificate, files.private_key)
+    except ssl.SSLError as exc:
+        # KEY_VALUES_MISMATCH, PEM_LIB (not PEM, or a key with a passphrase).
+        # Before OSError: ssl.SSLError is one.
+        raise TlsError(f"cannot use tls_certificate {files.certificate} with tls_private_key "
+                       f"{files.private_key}: {_reason(exc)}") from None
     except OSError as exc:
         path = exc.filename or f"{files.certificate} or {files.private_key}"
         raise TlsError(f"cannot read the TLS certificate or key {path}: {_reason(exc)}") from None
-    except ssl.SSLError as exc:
-        # KEY_VALUES_MISMATCH, PEM_LIB (not PEM, or a key with a passphrase).
-        raise TlsError(f"cannot use tls_certificate {files.certificate} with tls_private_key "
-                       f"{files.private_key}: {_reason(exc)}") from None
     ctx.verify_mode = _VERIFY_CLIENT[files.verify_client]
     if ctx.verify_mode != ssl.CERT_NONE:
         _load_cas(ctx, files, ssl.Purpose.CLIENT_AUTH)

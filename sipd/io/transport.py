@@ -620,7 +620,9 @@ class Transports:
     def _failed(self, conn: _TcpConnection, step: str, why: str) -> None:
         if step.startswith("TLS"):
             self.stats.tls_handshake_failures += 1
-        key = conn.source or conn.peer.host
+        # Per source and per kind of failure: a scanner's garbage does not
+        # hide that a phone's handshakes time out.
+        key = f"{conn.source or conn.peer.host} {step} {why[:12]}"
         unlogged = self._failures.due(key, trio.current_time())
         if unlogged is not None:
             more = f"; {unlogged} more failure(s) from there since the last message" if unlogged else ""
@@ -668,7 +670,8 @@ class Transports:
                 except WsClosed as closed:
                     self.stats.ws_closed += 1
                     self._raw(conn, closed.reply)
-                    log.info("closing %s connection %s: %s", peer.transport, peer, closed.reason)
+                    log.log(logging.DEBUG if closed.normal else logging.INFO,
+                            "closing %s connection %s: %s", peer.transport, peer, closed.reason)
                     return
                 self._raw(conn, reply)
                 self.stats.bytes_in += len(data)

@@ -51,10 +51,12 @@ SUBPROTOCOL = "sip"
 class WsClosed(Exception):
     """The WebSocket connection is over: send ``reply`` (a close frame, maybe empty) and close."""
 
-    def __init__(self, reason: str, reply: bytes = b"") -> None:
+    def __init__(self, reason: str, reply: bytes = b"", *, normal: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.reply = reply
+        #: The peer ended it as it may (a close frame, or the end of the stream).
+        self.normal = normal
 
 
 @dataclass
@@ -157,7 +159,7 @@ class WsServer:
         the stream ended).
         """
         if not data:
-            raise WsClosed("connection closed without a close frame")
+            raise WsClosed("connection closed without a close frame", normal=True)
         try:
             self._ws.receive_data(data)
         except LocalProtocolError:
@@ -191,8 +193,9 @@ class WsServer:
                 elif ws.state is ConnectionState.OPEN:
                     # A protocol error wsproto found: it leaves the close to us.
                     reply += self._close(event.code, event.reason or "")
+                normal = event.code in (CloseReason.NORMAL_CLOSURE, CloseReason.GOING_AWAY)
                 raise WsClosed(f"closed ({event.code}{': ' + event.reason if event.reason else ''})",
-                               reply)
+                               reply, normal=normal)
         return frames, reply
 
     def _close(self, code: int, reason: str) -> bytes:
