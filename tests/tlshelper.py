@@ -119,7 +119,8 @@ class WsClient:
             kw["ssl"] = ctx
         if origin is not None:
             kw["origin"] = origin
-        self.ws: ClientConnection = connect(url, **kw)
+        # Entered as the context manager it is (the direct use is deprecated).
+        self.ws: ClientConnection = connect(url, **kw).__enter__()
         self.timeout = timeout
         self.host, self.port = self.ws.socket.getsockname()[:2]
 
