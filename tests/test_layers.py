@@ -4,6 +4,8 @@ The rules are the ones the package docstrings and the README state:
 
 - srfs never imports sipd; sipd.sip imports nothing else of the project;
 - only sipd.io, sipd.cli and the FUSE adapter import trio or pyfuse3;
+- only sipd.io touches TLS and WebSocket (ssl, wsproto): the core sees
+  transports as names in a Peer;
 - within each project, a package imports only packages below it.
 """
 
@@ -26,6 +28,8 @@ SRFS_ORDER = (("srfs.errors", "srfs.addresses", "srfs.logtext", "srfs.lines", "s
               ("srfs.fs", "srfs.sipdconf"), ("srfs.sippasswd",))
 EVENT_LOOP = ("trio", "pyfuse3")
 MAY_USE_EVENT_LOOP = ("sipd.io", "sipd.cli", "srfs.fs.fuse")
+#: Libraries that belong to one layer, and that layer.
+ONE_LAYER = {"ssl": "sipd.io", "wsproto": "sipd.io"}
 
 
 def modules() -> dict[str, Path]:
@@ -84,6 +88,8 @@ def test_imports_point_down(module: str) -> None:
         top = target.split(".")[0]
         if top in EVENT_LOOP and not any(_within(module, m) for m in MAY_USE_EVENT_LOOP):
             wrong.append(f"{target}: only {', '.join(MAY_USE_EVENT_LOOP)} use the event loop")
+        if top in ONE_LAYER and not _within(module, ONE_LAYER[top]):
+            wrong.append(f"{target}: only {ONE_LAYER[top]} uses {top}")
         if top not in ("sipd", "srfs") or target in ("sipd", "srfs"):
             continue
         if target.endswith(".__version__"):
