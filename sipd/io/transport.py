@@ -652,15 +652,29 @@ class Transports:
         )
         has_binding = functools.partial(self.endpoint.connection_has_binding, peer)
         if first:
-            self._frames(conn, first)
+            messages = self._frames(conn, first)
+            clock.received(trio.current_time(), frames=len(first), messages=messages,
+                           pending=ws is not None and ws.pending)
+        pinged = -math.inf
         while True:
-            with trio.move_on_at(clock.deadline()) as scope:
+            wake = clock.deadline()
+            ping_at = math.inf
+            if ws is not None and clock.idle_timeout and pinged < clock.last_traffic:
+                # Browsers never ping by themselves but every one answers a
+                # ping: a phone quiet between registrations keeps its
+                # connection, and a gone one is found by the idle rule.
+                ping_at = clock.last_traffic + clock.idle_timeout / 2
+                wake = min(wake, ping_at)
+            with trio.move_on_at(wake) as scope:
                 try:
                     data = bytes(await stream.receive_some(_RECV_SIZE))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
             now = trio.current_time()
             if scope.cancelled_caught:
+                if ws is not None and now >= ping_at:
+                    self._raw(conn, ws.ping())
+                    pinged = now
                 if self._expired(peer, clock.check(now, has_binding)):
                     return
                 continue

@@ -217,6 +217,12 @@ class WsServer:
         except UnicodeDecodeError:
             return self._ws.send(BytesMessage(data=data))
 
+    def ping(self) -> bytes:
+        """A ping of ours: any WebSocket peer answers it with a pong."""
+        if self._ws.state is not ConnectionState.OPEN:
+            return b""
+        return self._ws.send(Ping(payload=b"sipd"))
+
     def close(self, code: int = CloseReason.GOING_AWAY, reason: str = "") -> bytes:
         """A close frame of ours (sipd closes the connection), or b"" when closing already."""
         if self._ws.state is not ConnectionState.OPEN:

@@ -23,7 +23,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.e2e.test_baresip import bindings
-from tests.sipclient import Daemon, TcpClient, running_sipd, wait_for
+from tests.sipclient import Daemon, TcpClient, options, running_sipd, status_of, wait_for
 from tests.tlshelper import (
     Certs,
     SipUA,
@@ -249,9 +249,10 @@ def test_pings_and_crlf_keepalives_are_answered(sipd: Daemon, certs: Certs) -> N
         client.close()
 
 
-def test_a_silent_client_on_the_ws_port_is_closed(tmp_path: Path, unix: FakeUnix) -> None:
+def test_a_silent_client_is_closed_and_a_quiet_phone_is_pinged(
+        tmp_path: Path, unix: FakeUnix) -> None:
     conf = tmp_path / "sipd.toml"
-    conf.write_text("tcp_message_timeout = 1\n")
+    conf.write_text("tcp_message_timeout = 1\ntcp_idle_timeout = 2\n")
     (port,) = free_ports(1)
     with running_sipd(tmp_path, "-c", str(conf), "-l", f"ws:127.0.0.1:{port}", unix=unix) as daemon:
         with socket.create_connection(("127.0.0.1", port)) as silent:
@@ -259,3 +260,17 @@ def test_a_silent_client_on_the_ws_port_is_closed(tmp_path: Path, unix: FakeUnix
             assert silent.recv(100) == b""
         wait_for(lambda: "WebSocket upgrade failed: not done within 1 s" in daemon.log,
                  "the deadline logged")
+        # A phone that says nothing for longer than tcp_idle_timeout, as a
+        # browser between registrations: sipd's pings keep it (the client
+        # library answers them as browsers do).
+        quiet = WsClient(f"ws://127.0.0.1:{port}")
+        try:
+            deadline = time.monotonic() + 3.5
+            while time.monotonic() < deadline:
+                with pytest.raises(TimeoutError):
+                    quiet.recv_message(timeout=0.5)
+            quiet.send(options(transport="WS", via_port=quiet.port))
+            assert status_of(quiet.recv_message()) == 200
+        finally:
+            quiet.close()
+        assert "no traffic" not in daemon.log
