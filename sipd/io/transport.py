@@ -364,7 +364,8 @@ class Transports:
                     await stream.do_handshake()
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             self.stats.tcp_connect_failures += 1
-            log.info("cannot connect to %s: %s", peer, _why(exc))
+            named = f" ({peer.name})" if peer.name else ""
+            log.info("cannot connect to %s%s: %s", peer, named, _why(exc))
             if stream is not None:
                 await _close_quietly(stream)
             self._forget_tcp(conn)
@@ -750,6 +751,9 @@ class Transports:
 def _why(exc: BaseException) -> str:
     """The reason of a failed connect or handshake: the ssl error under trio's, if any."""
     cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        # "Hostname mismatch, certificate is not valid for 'sip.example.org'."
+        return f"certificate verify failed: {cause.verify_message}"
     if isinstance(cause, ssl.SSLError):
         return cause.reason or str(cause)
     if isinstance(exc, ssl.SSLError):

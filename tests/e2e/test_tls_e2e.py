@@ -341,3 +341,74 @@ def test_bad_tls_settings_are_one_line_errors(tmp_path: Path, unix: FakeUnix) ->
             assert p.returncode == 1, (text, p.stderr)
             lines = p.stderr.strip().splitlines()
             assert len(lines) == 1 and expected.format(port=port) in lines[0], (text, p.stderr)
+
+
+# ------------------------------------------------------------ sipd as a TLS client
+
+
+class TlsPhoneServer:
+    """A phone that takes TLS connections (as a contact with sips:), one at a time."""
+
+    def __init__(self, certs: Certs, *names: str) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        certs.ca.issue_cert(*names).configure_cert(self.ctx)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(10)
+        self.port = self.sock.getsockname()[1]
+
+    def accept(self) -> TcpClient:
+        raw, _ = self.sock.accept()
+        client = TcpClient.__new__(TcpClient)
+        client.sock = self.ctx.wrap_socket(raw, server_side=True)
+        client.sock.settimeout(10)
+        client.buf = b""
+        return client
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize(("names", "reached"), [(("localhost",), True),
+                                                (("elsewhere.test.invalid",), False)])
+def test_sipd_calls_a_sips_contact_over_tls_checking_its_certificate(
+        sipd: Daemon, certs: Certs, passwords: dict[str, str], names: tuple[str, ...],
+        reached: bool) -> None:
+    server = TlsPhoneServer(certs, *names)
+    udp = UdpChannel("127.0.0.1", sipd.port, timeout=15)
+    alice = SipUA(udp, "alice", passwords["alice"], via_transport="UDP",
+                  sent_by=f"127.0.0.1:{udp.port}", contact=f"<sip:alice@127.0.0.1:{udp.port}>")
+    # bob registers over TLS with a sips: contact by name, then his connection
+    # goes: sipd must open a new one, to the contact, and verify it is localhost.
+    client, bob = tls_ua(sipd, certs, "bob", passwords["bob"])
+    bob.contact = f"<sips:bob@localhost:{server.port}>"
+    try:
+        assert bob.register().status == 200
+        client.close()
+        with in_background(lambda: alice.invite("bob")) as call:
+            if reached:
+                phone = server.accept()
+                callee = SipUA(phone, "bob", passwords["bob"], via_transport="TLS",
+                               sent_by=f"localhost:{server.port}", contact=bob.contact)
+                invite = callee.recv_request("INVITE")
+                assert invite.uri_text == f"sips:bob@localhost:{server.port}"
+                assert invite.values("Via")[0].startswith(f"SIP/2.0/TLS 127.0.0.1:{tls_port(sipd)};")
+                callee.answer(invite, 486, "Busy Here")
+            else:
+                # sipd aborts the handshake: the certificate does not name localhost.
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    server.accept()
+        final, _ = call.result()
+        # A certificate for another name fails the handshake: the branch fails (503).
+        assert final.status == (486 if reached else 503), final.to_bytes()
+        if not reached:
+            wait_for(lambda: "certificate verify failed: Hostname mismatch" in sipd.log,
+                     "the failure logged")
+    finally:
+        udp.close()
+        server.close()
+        again, bob_again = tls_ua(sipd, certs, "bob", passwords["bob"])
+        bob_again.contact = bob.contact
+        bob_again.call_id = bob.call_id
+        bob_again.cseq = bob.cseq
+        assert bob_again.register(expires=0).status == 200
+        again.close()
