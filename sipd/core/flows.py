@@ -1,4 +1,4 @@
-"""Which TCP connections carry a registration: the flows bindings were made over.
+"""Which connections (TCP, TLS, ws, wss) carry a registration: the flows bindings were made over.
 
 A binding keeps, in ``received``, the transport address its REGISTER came
 from (``tcp:192.0.2.7:49152``). A connection that some binding names is a
