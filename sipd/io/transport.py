@@ -561,6 +561,10 @@ class Transports:
                     # but not wait forever on a peer that stopped reading.
                     conn.send.close()
                     nursery.cancel_scope.deadline = trio.current_time() + 1.0
+        except Exception:
+            # A bug met by one connection's input costs that connection,
+            # never the daemon that serves all the others.
+            log.exception("closing %s connection %s: unexpected error", peer.transport, peer)
         finally:
             self._forget_tcp(conn)
             self.endpoint.connection_closed(peer)

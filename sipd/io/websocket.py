@@ -123,6 +123,11 @@ class WsServer:
                 status = 426
                 extra.append((b"Upgrade", b"websocket"))
             return Upgrade(True, _http_error(ws, status, str(exc), extra), str(exc))
+        except (UnicodeError, ValueError, LocalProtocolError) as exc:
+            # wsproto trusts some header values (Host through the idna codec):
+            # whatever it cannot read is a bad request, never a crash.
+            why = f"unreadable upgrade request ({type(exc).__name__})"
+            return Upgrade(True, _http_error(ws, 400, why), why)
         if not data:
             return Upgrade(True, b"", "closed before the upgrade")
         return Upgrade()
@@ -162,9 +167,12 @@ class WsServer:
             raise WsClosed("connection closed without a close frame", normal=True)
         try:
             self._ws.receive_data(data)
+            return self._events()
         except LocalProtocolError:
             raise WsClosed("data after the close") from None
-        return self._events()
+        except (UnicodeError, ValueError) as exc:
+            raise WsClosed(f"unreadable frame ({type(exc).__name__})",
+                           self._close(CloseReason.PROTOCOL_ERROR, "")) from None
 
     def _events(self) -> tuple[list[bytes], bytes]:
         frames: list[bytes] = []

@@ -207,6 +207,16 @@ def test_plain_http_and_garbage_get_an_http_error(sipd: Daemon) -> None:
         assert answer is not None and answer.startswith(b"HTTP/1.1 426 "), answer
     finally:
         plain.close()
+    # A Host the WebSocket library cannot decode is a bad request, not a crash.
+    bad = TcpClient("127.0.0.1", ws_port, timeout=5)
+    try:
+        bad.send(b"GET / HTTP/1.1\r\nHost: xn--zz\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n")
+        answer = bad.read_until_closed(wait=5)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 400 "), answer
+    finally:
+        bad.close()
     sip = TcpClient("127.0.0.1", ws_port, timeout=5)
     try:
         sip.send(b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n\r\n")

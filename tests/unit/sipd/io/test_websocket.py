@@ -158,3 +158,13 @@ def test_a_protocol_error_closes_and_the_end_of_stream_is_normal() -> None:
     with pytest.raises(WsClosed) as ended:
         WsServer(4096).feed(b"")
     assert ended.value.normal
+
+
+@pytest.mark.parametrize("host", [b"\xff\xfe", b"xn--zz"])
+def test_an_unreadable_host_is_a_bad_request_not_an_exception(host: bytes) -> None:
+    # wsproto reads Host through the idna codec, which raises on these.
+    request = (b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n")
+    up = WsServer(4096).upgrade(request)
+    assert up.done and up.refused and up.reply.startswith(b"HTTP/1.1 400 ")
