@@ -69,7 +69,8 @@ def sipd(tmp_path_factory: pytest.TempPathFactory, unix: FakeUnix, certs: Certs,
     conf = tmp / "sipd.toml"
     conf.write_text(certs.conf(f"tcp_message_timeout = {HANDSHAKE}\n"))
     (tls_port,) = free_ports(1)
-    with running_sipd(tmp, "-c", str(conf), "-l", f"tls:127.0.0.1:{tls_port}", unix=unix) as daemon:
+    with running_sipd(tmp, "-c", str(conf), "-l", f"tls:127.0.0.1:{tls_port}",
+                      "-l", f"tls:[::1]:{tls_port}", unix=unix) as daemon:
         daemon.tls_port = tls_port  # type: ignore[attr-defined]
         yield daemon
     for name in ("alice", "bob"):
@@ -80,22 +81,26 @@ def tls_port(daemon: Daemon) -> int:
     return int(daemon.tls_port)  # type: ignore[attr-defined]
 
 
-def tls_ua(daemon: Daemon, certs: Certs, user: str, password: str) -> tuple[TlsClient, SipUA]:
-    client = TlsClient("127.0.0.1", tls_port(daemon), certs.client_context())
-    ua = SipUA(client, user, password, via_transport="TLS", sent_by=f"127.0.0.1:{client.port}",
-               contact=f"<sip:{user}@127.0.0.1:{client.port};transport=tls>")
+def tls_ua(daemon: Daemon, certs: Certs, user: str, password: str,
+           host: str = "127.0.0.1") -> tuple[TlsClient, SipUA]:
+    client = TlsClient(host, tls_port(daemon), certs.client_context())
+    hostport = f"[{host}]:{client.port}" if ":" in host else f"{host}:{client.port}"
+    ua = SipUA(client, user, password, via_transport="TLS", sent_by=hostport,
+               contact=f"<sip:{user}@{hostport};transport=tls>")
     return client, ua
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_a_phone_registers_over_tls_and_its_connection_is_the_flow(
-        sipd: Daemon, certs: Certs, unix: FakeUnix, passwords: dict[str, str]) -> None:
-    client, ua = tls_ua(sipd, certs, "alice", passwords["alice"])
+        sipd: Daemon, certs: Certs, unix: FakeUnix, passwords: dict[str, str], host: str) -> None:
+    client, ua = tls_ua(sipd, certs, "alice", passwords["alice"], host)
+    where = f"[{host}]:{client.port}" if ":" in host else f"{host}:{client.port}"
     try:
         assert client.sock.version() in ("TLSv1.2", "TLSv1.3")  # type: ignore[attr-defined]
         ok = ua.register()
         assert ok.status == 200, ok.to_bytes()
-        assert ok.values("Via")[0].startswith("SIP/2.0/TLS 127.0.0.1:")
-        wait_for(lambda: any(b.attrs.get("received") == f"tls:127.0.0.1:{client.port}"
+        assert ok.values("Via")[0].startswith(f"SIP/2.0/TLS {where.rsplit(':', 1)[0]}:")
+        wait_for(lambda: any(b.attrs.get("received") == f"tls:{where}"
                              for b in bindings(unix, "alice")), "received=tls: in usrloc")
         # RFC 5626 keep-alives work over TLS as over TCP.
         client.send(b"\r\n\r\n")
