@@ -78,3 +78,11 @@ def test_origins_are_compared_as_browsers_send_them() -> None:
     values = check_values({"ws_allowed_origins": ["https://Phone.Example.org/",
                                                   "http://localhost:8080"]}, source="test")
     assert values["ws_allowed_origins"] == ("https://phone.example.org", "http://localhost:8080")
+
+
+@pytest.mark.parametrize("listen", ["tls:127.0.0.1:9100", "ws:127.0.0.1:9100"])
+def test_the_metrics_endpoint_cannot_take_a_stream_listeners_port(listen: str) -> None:
+    extra = {"tls_certificate": "/c.pem", "tls_private_key": "/k.pem"}
+    with pytest.raises(ConfigError, match="metrics_listen 127.0.0.1:9100 is taken"):
+        settings(listen=[listen], metrics_listen="127.0.0.1:9100", **extra)
+    assert settings(listen=["udp:127.0.0.1:9100"], metrics_listen="127.0.0.1:9100")
