@@ -419,3 +419,28 @@ def test_sipd_calls_a_sips_contact_over_tls_checking_its_certificate(
         bob_again.cseq = bob.cseq
         assert bob_again.register(expires=0).status == 200
         again.close()
+
+
+# ------------------------------------------------------------------ linphone
+
+
+def test_linphone_registers_over_tls_verifying_sipd(
+        sipd: Daemon, certs: Certs, unix: FakeUnix, passwords: dict[str, str],
+        tmp_path: Path) -> None:
+    from tests.linphone import RegistrationFailed, running_linphone
+
+    with running_linphone(tmp_path, tls_port(sipd), "tls", "bob", passwords["bob"],
+                          domain=REALM, ca=certs.ca_file) as phone:
+        phone.wait_registered("linphone over TLS")
+        wait_for(lambda: any(b.transport == "tls" and b.attrs.get("received", "").startswith(
+            "tls:") for b in bindings(unix, "bob")), "bob's TLS binding")
+        assert phone.quit() == 0
+    # A phone that trusts another CA refuses sipd's certificate; sipd logs it.
+    other = make_certs(tmp_path / "other")
+    with running_linphone(tmp_path, tls_port(sipd), "tls", "bob", passwords["bob"],
+                          domain=REALM, ca=other.ca_file) as phone:
+        with pytest.raises(RegistrationFailed):
+            phone.wait_registered("linphone trusting another CA")
+    wait_for(lambda: "TLS handshake failed: TLSV1_ALERT_UNKNOWN_CA" in sipd.log,
+             "the refused certificate logged")
+    assert sipd.alive()
