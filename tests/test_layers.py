@@ -4,6 +4,7 @@ The rules are the ones the package docstrings and the README state:
 
 - srfs never imports sipd; sipd.sip imports nothing else of the project;
 - only sipd.io, sipd.cli and the FUSE adapter import trio or pyfuse3;
+- only sipd.media.ng imports the bencode library;
 - within each project, a package imports only packages below it.
 """
 
@@ -19,13 +20,15 @@ from tests import REPO
 ROOT = REPO
 
 #: Lowest first. A module belongs to the longest entry its name starts with.
-SIPD_ORDER = ("sipd.sip", "sipd.core", "sipd.auth", "sipd.registrar", "sipd.proxy",
-              "sipd.endpoint", "sipd.config", "sipd.io", "sipd.cli")
+SIPD_ORDER = ("sipd.sip", "sipd.core", "sipd.auth", "sipd.registrar", "sipd.media",
+              "sipd.proxy", "sipd.endpoint", "sipd.config", "sipd.io", "sipd.cli")
 SRFS_ORDER = (("srfs.errors", "srfs.addresses", "srfs.logtext", "srfs.lines", "srfs.user"),
               ("srfs.state",), ("srfs.files",), ("srfs.accounts",),
               ("srfs.fs", "srfs.sipdconf"), ("srfs.sippasswd",))
 EVENT_LOOP = ("trio", "pyfuse3")
 MAY_USE_EVENT_LOOP = ("sipd.io", "sipd.cli", "srfs.fs.fuse")
+#: Libraries that belong to one part: the bencode codec is the ng protocol's.
+OWNED = {"bencodepy": "sipd.media.ng"}
 
 
 def modules() -> dict[str, Path]:
@@ -84,6 +87,8 @@ def test_imports_point_down(module: str) -> None:
         top = target.split(".")[0]
         if top in EVENT_LOOP and not any(_within(module, m) for m in MAY_USE_EVENT_LOOP):
             wrong.append(f"{target}: only {', '.join(MAY_USE_EVENT_LOOP)} use the event loop")
+        if top in OWNED and not _within(module, OWNED[top]):
+            wrong.append(f"{target}: only {OWNED[top]} uses {top}")
         if top not in ("sipd", "srfs") or target in ("sipd", "srfs"):
             continue
         if target.endswith(".__version__"):

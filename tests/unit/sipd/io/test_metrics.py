@@ -22,9 +22,10 @@ from srfs.fs.tree import Stat, StatKind, render_metrics, render_status
 
 
 def figures() -> tuple[list[Any], list[Stat]]:
-    """The statistics sources and figures of a daemon built as at start."""
-    daemon = build(replace(Settings(), realm="test.invalid", wtmp=False), ports={5060},
-                   hosts=["127.0.0.1"])
+    """The statistics sources and figures of a daemon built as at start, with a
+    media relay so that its figures are there too."""
+    daemon = build(replace(Settings(), realm="test.invalid", wtmp=False,
+                           rtpengine="udp:127.0.0.1:2223"), ports={5060}, hosts=["127.0.0.1"])
 
     async def made() -> Transports:
         # Transports hold trio objects: made inside a run.
