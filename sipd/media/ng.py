@@ -206,7 +206,7 @@ class NgClient(Generic[T]):
 
     def abandon(self) -> list[tuple[T, Outcome[Reply]]]:
         """Every request in flight, answered with a failure (the I/O layer is stopping)."""
-        out = [(f.token, Outcome[Reply](error=NgError("sipd is stopping")))
+        out: list[tuple[T, Outcome[Reply]]] = [(f.token, Outcome(error=NgError("sipd is stopping")))
                for f in self._flight.values()]
         self._flight.clear()
         return out
