@@ -8,6 +8,8 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from sipd.config import (
     KEYS,
     Settings,
@@ -15,6 +17,7 @@ from sipd.config import (
     changed,
     check_values,
     reread,
+    rtpengine_address,
     sample_config,
 )
 from sipd.io.reload import LIVE
@@ -76,3 +79,20 @@ def test_reread_applies_the_command_line_again(tmp_path: Path) -> None:
     assert (again.max_contacts, again.group) == (5, "staff")
     assert changed(first, again) == ["group", "max_contacts"]
     assert changed(first, replace(first)) == []
+
+
+@pytest.mark.parametrize(("text", "normal", "address"), [
+    ("udp:127.0.0.1:2223", "udp:127.0.0.1:2223", ("127.0.0.1", 2223)),
+    ("127.0.0.1:2223", "udp:127.0.0.1:2223", ("127.0.0.1", 2223)),
+    ("UDP:[::1]:22222", "udp:[::1]:22222", ("::1", 22222)),
+])
+def test_rtpengine_is_an_address_and_a_port(text: str, normal: str,
+                                            address: tuple[str, int]) -> None:
+    assert check_values({"rtpengine": text}, "f")["rtpengine"] == normal
+    assert rtpengine_address(normal) == address
+
+
+def test_no_rtpengine_no_relay_and_nat_once_there_is_one() -> None:
+    defaults = Settings()
+    assert (defaults.rtpengine, defaults.media_relay) == ("", "nat")
+    assert check_values({"rtpengine": ""}, "f") == {"rtpengine": ""}
