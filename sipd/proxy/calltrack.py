@@ -415,10 +415,11 @@ class CallTracker:
 
 def end_media_with_calls(tracker: CallTracker, relay: MediaRelay) -> None:
     """A relayed call's rtpengine session ends with its record: a BYE, a failure,
-    ``session_timeout``, ``ringing_timeout``, sipd stopping. A callee's leg
-    forwarded elsewhere is no end: the caller's call goes on."""
+    the session or ringing time-out. A callee's leg forwarded elsewhere is no
+    end: the caller's call goes on; nor is sipd stopping: the media of calls
+    in progress goes on, and rtpengine ends it when it stops."""
     def heard(event: CallEvent) -> None:
-        if event.event in ("end", "failure") and event.reason != "forwarded":
+        if event.event in ("end", "failure") and event.reason not in ("forwarded", "shutdown"):
             relay.end(event.leg.call_id)
 
     tracker.subscribe(heard)
