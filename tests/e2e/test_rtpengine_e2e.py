@@ -12,6 +12,7 @@ whatever happened.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
@@ -157,11 +158,13 @@ def connection(sdp: str) -> str:
 
 
 @contextmanager
-def phones(tmp: Path, unix: FakeUnix, passwords: dict[str, str], config: str) -> Iterator[Phones]:
+def phones(tmp: Path, unix: FakeUnix, passwords: dict[str, str], config: str,
+           mnt: Path | None = None) -> Iterator[Phones]:
     conf = tmp / "sipd.toml"
-    conf.write_text(config)
+    conf.write_text(config + (f'mount = "{mnt}"\n' if mnt is not None else ""))
     try:
-        with running_sipd(tmp, "-v", "-c", str(conf), unix=unix) as daemon:
+        with running_sipd(tmp, "-v", "-c", str(conf), unix=unix,
+                          mount=mnt is not None) as daemon:
             p = Phones(daemon, passwords, tmp)
             try:
                 yield p
@@ -216,6 +219,33 @@ def test_always_relays_the_call_both_ways_and_deletes_it_at_bye(
         relayed_call(p, engine)
         assert "rtpengine at " + engine.address + " answers" in p.daemon.log
     assert "Received command 'delete'" in engine.log
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                    reason="needs /dev/fuse and root to mount the state filesystem")
+def test_the_metrics_count_what_was_asked_and_promtool_passes_them(
+        tmp_path: Path, unix: FakeUnix, passwords: dict[str, str], engine: Rtpengine,
+        mnt: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed: run 'make setup' (Debian package prometheus)")
+    with phones(tmp_path, unix, passwords, relay_config(engine, "always"), mnt) as p:
+        wait_for(lambda: (mnt / "metrics").exists(), "the mount")
+        relayed_call(p, engine)
+        text = (mnt / "metrics").read_text()
+        # The delete went out with the BYE; its reply may still be on its way.
+        wait_for(lambda: 'sipd_media_relay_requests_total{command="delete"} 1' in
+                 (mnt / "metrics").read_text(), "the delete in the metrics")
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=30)
+    assert (r.returncode, r.stdout + r.stderr) == (0, ""), text
+    lines = set(text.splitlines())
+    for line in ('sipd_media_relay_requests_total{command="offer"} 1',
+                 'sipd_media_relay_requests_total{command="answer"} 1',
+                 'sipd_media_relay_failures_total{command="offer"} 0',
+                 'sipd_media_relay_failures_total{command="answer"} 0',
+                 "sipd_media_relay_sessions 0"):
+        assert line in lines, text
 
 
 def test_nat_relays_a_caller_behind_a_nat(
