@@ -74,9 +74,12 @@ class NgSocket:
                 nursery.start_soon(self._timer)
                 task_status.started()
         finally:
-            # Stopping: every question still open is answered, so no call
-            # waits for a reply that will never be read.
-            self._answer(self.client.abandon())
+            # Stopping: the questions still open go with the daemon; their
+            # continuations would send into transports that are closing.
+            dropped = self.client.abandon()
+            if dropped:
+                log.debug("%d ng request(s) to %s:%d left unanswered at the stop",
+                          len(dropped), *self.address)
             self.sock.close()
 
     async def _receive(self) -> None:

@@ -96,3 +96,19 @@ def test_no_rtpengine_no_relay_and_nat_once_there_is_one() -> None:
     defaults = Settings()
     assert (defaults.rtpengine, defaults.media_relay) == ("", "nat")
     assert check_values({"rtpengine": ""}, "f") == {"rtpengine": ""}
+
+
+def test_sighup_changes_media_relay_for_new_calls_and_rtpengine_waits_for_a_restart() -> None:
+    from sipd.io.daemon import build as build_daemon
+    from sipd.io.reload import apply_settings
+
+    settings = replace(Settings(), realm="test.invalid", wtmp=False,
+                       rtpengine="udp:127.0.0.1:2223")
+    daemon = build_daemon(settings, ports={5060}, hosts=["127.0.0.1"])
+    assert daemon.media is not None and daemon.media.mode == "nat"
+    assert daemon.proxy.forker.media is daemon.media
+    live, waiting = apply_settings(daemon, replace(settings, media_relay="always",
+                                                   rtpengine="udp:127.0.0.1:2224"))
+    assert (live, waiting) == (["media_relay"], ["rtpengine"])
+    assert daemon.media.mode == "always"
+    assert daemon.settings.rtpengine == "udp:127.0.0.1:2223"
