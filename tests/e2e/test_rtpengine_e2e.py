@@ -84,11 +84,16 @@ class Phones:
         self.procs.append(proc)
         return proc
 
-    def bob(self) -> tuple[int, int]:
-        """bob registered, answering one call and echoing its RTP: (SIP port, media port)."""
+    def bob(self, contact: str = "127.0.0.1") -> tuple[int, int]:
+        """bob registered with his contact at ``contact``, answering one call and echoing
+        its RTP: (SIP port, media port). Another address than 127.0.0.1, where his
+        REGISTER comes from, puts him behind a NAT."""
         port, media = free_port(), free_port()
+        scenario = self.tmp / "register.xml"
+        scenario.write_text((SIPP / "register.xml").read_text().replace(
+            "Contact: <sip:[field0]@[local_ip]:", f"Contact: <sip:[field0]@{contact}:"))
         r = subprocess.run(
-            ["sipp", f"127.0.0.1:{self.daemon.port}", "-sf", str(SIPP / "register.xml"),
+            ["sipp", f"127.0.0.1:{self.daemon.port}", "-sf", str(scenario),
              "-t", "u1", "-i", "127.0.0.1", "-p", str(port),
              "-inf", str(self._inf("bob", self._auth("bob"))), "-key", "domain", REALM,
              "-key", "expires", "600", "-m", "1", "-timeout", "10s", "-timeout_error",
@@ -182,9 +187,10 @@ def relay_config(engine: Rtpengine, mode: str) -> str:
     return f'rtpengine = "{engine.address}"\nmedia_relay = "{mode}"\n'
 
 
-def relayed_call(p: Phones, engine: Rtpengine, address: str = "127.0.0.1") -> None:
+def relayed_call(p: Phones, engine: Rtpengine, address: str = "127.0.0.1",
+                 contact: str = "127.0.0.1") -> None:
     """A call alice to bob that must go through ``engine``, checked all the way."""
-    _, bob_media = p.bob()
+    _, bob_media = p.bob(contact)
     alice, alice_media = p.alice(address)
     wait_for(lambda: alice.poll() is not None or engine.calls(), "rtpengine to hold the call")
     calls = engine.calls()
@@ -255,6 +261,16 @@ def test_nat_relays_a_caller_behind_a_nat(
         relayed_call(p, engine, address="127.0.0.5")
     # The offer told rtpengine to send her media where her SIP came from.
     assert re.search(r"Dump for .offer.*SIP-source-address", engine.log), engine.log[-3000:]
+
+
+def test_nat_relays_a_callee_behind_a_nat(
+        tmp_path: Path, unix: FakeUnix, passwords: dict[str, str], engine: Rtpengine) -> None:
+    # bob registers a contact at 127.0.0.6 from 127.0.0.1: a NAT was on the way.
+    with phones(tmp_path, unix, passwords, relay_config(engine, "nat")) as p:
+        relayed_call(p, engine, contact="127.0.0.6")
+    # The answer told rtpengine to send his media where his SIP came from.
+    assert re.search(r"Dump for .answer.*SIP-source-address", engine.log), engine.log[-3000:]
+    assert not re.search(r"Dump for .offer.*SIP-source-address", engine.log)
 
 
 def test_nat_leaves_a_call_without_nat_alone(
