@@ -44,6 +44,35 @@ class ListenAddress:
         return f"{self.transport}:{host}:{self.port}"
 
 
+def _split_address(spec: str, text: str, what: str, *,
+                   brackets: bool = False) -> tuple[str, int]:
+    """The IP address and port of ``HOST:PORT`` or ``[IPv6]:PORT``, checked.
+
+    ``text`` is what the user wrote and ``what`` names it in the error.
+    ``brackets``: an IPv6 address must be in brackets.
+    """
+    if spec.startswith("["):
+        end = spec.find("]")
+        if end < 0 or spec[end + 1 : end + 2] != ":":
+            raise ConfigError(f"bad {what} {text!r}: expected [IPv6]:PORT")
+        host, port_text = spec[1:end], spec[end + 2 :]
+    else:
+        host, sep, port_text = spec.rpartition(":")
+        if not sep:
+            raise ConfigError(f"bad {what} {text!r}: expected HOST:PORT")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"bad {what} {text!r}: {host!r} is not an IP address") from None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"bad {what} {text!r}: bad port {port_text!r}")
+    if ip.version == 4 and ":" in host:
+        raise ConfigError(f"bad {what} {text!r}")
+    if brackets and ip.version == 6 and not spec.startswith("["):
+        raise ConfigError(f"bad {what} {text!r}: write an IPv6 address in brackets, [ADDR]:PORT")
+    return str(ip), int(port_text)
+
+
 def parse_listen(text: str) -> list[ListenAddress]:
     """``[udp:|tcp:]HOST:PORT``; without a prefix both UDP and TCP.
 
@@ -57,24 +86,35 @@ def parse_listen(text: str) -> list[ListenAddress]:
             transports = [prefix[:-1]]
             spec = spec[len(prefix) :]
             break
-    if spec.startswith("["):
-        end = spec.find("]")
-        if end < 0 or spec[end + 1 : end + 2] != ":":
-            raise ConfigError(f"bad listen address {text!r}: expected [IPv6]:PORT")
-        host, port_text = spec[1:end], spec[end + 2 :]
-    else:
-        host, sep, port_text = spec.rpartition(":")
-        if not sep:
-            raise ConfigError(f"bad listen address {text!r}: expected HOST:PORT")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"bad listen address {text!r}: {host!r} is not an IP address") from None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"bad listen address {text!r}: bad port {port_text!r}")
-    if ip.version == 4 and ":" in host:
-        raise ConfigError(f"bad listen address {text!r}")
-    return [ListenAddress(t, str(ip), int(port_text)) for t in transports]
+    host, port = _split_address(spec, text, "listen address")
+    return [ListenAddress(t, host, port) for t in transports]
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A TCP address to listen on for something other than SIP: the metrics endpoint."""
+
+    host: str
+    port: int
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host in ("0.0.0.0", "::")
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_metrics_listen(text: str) -> HostPort | None:
+    """``HOST:PORT`` or ``[IPv6]:PORT``; the empty string is None (no endpoint)."""
+    spec = text.strip()
+    if not spec:
+        return None
+    return HostPort(*_split_address(spec, text, "metrics_listen address", brackets=True))
 
 
 def _positive_int(name: str) -> Callable[[Any], int]:
@@ -208,6 +248,13 @@ def _listen(value: Any) -> tuple[ListenAddress, ...]:
     return tuple(out)
 
 
+def _metrics_listen(value: Any) -> HostPort | None:
+    if not isinstance(value, str):
+        raise ConfigError(f"metrics_listen must be a string, HOST:PORT or [IPv6]:PORT, "
+                          f"not {value!r}")
+    return parse_metrics_listen(value)
+
+
 def _log_level(value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
@@ -219,6 +266,8 @@ LOG_LEVELS = ("trace", "debug", "info", "warning", "error")
 
 
 def _toml(value: Any) -> str:
+    if value is None:
+        return '""'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -258,6 +307,7 @@ class Settings:
         default_factory=lambda: _listen(list(DEFAULT_LISTEN))
     )
     listen_is_default: bool = True
+    metrics_listen: HostPort | None = None
     mount: str = "/run/sr"
     mount_enabled: bool = True
     realm: str = ""
@@ -312,6 +362,10 @@ KEYS: tuple[Key, ...] = (
         "without a prefix both UDP and TCP (default 0.0.0.0:5060 and [::]:5060; when set, "
         "even to these, a host without IPv6 fails to start)",
         sample=_toml(DEFAULT_LISTEN)),
+    Key("metrics_listen", _metrics_listen,
+        "where Prometheus scrapes /metrics over HTTP: HOST:PORT, IPv6 as [ADDR]:PORT "
+        "(default empty: no HTTP endpoint); there is no authentication, so name a loopback "
+        "or management address"),
     Key("mount", _string("mount"), "where the state filesystem is mounted (default /run/sr)"),
     Key("mount_enabled", _bool("mount_enabled"), "mount the state filesystem (default true)"),
     Key("realm", sipdconf.realm_setting,
@@ -429,7 +483,20 @@ def build(file_values: dict[str, Any], overrides: dict[str, Any], config_path: s
         if addr in seen:
             raise ConfigError(f"listen address {addr} given twice")
         seen.add(addr)
+    metrics = settings.metrics_listen
+    if metrics is not None:
+        for addr in settings.listen:
+            if addr.transport == "tcp" and _overlap(metrics, HostPort(addr.host, addr.port)):
+                raise ConfigError(f"metrics_listen {metrics} is taken by the SIP listen "
+                                  f"address {addr}")
     return settings
+
+
+def _overlap(a: HostPort, b: HostPort) -> bool:
+    """Whether two TCP listeners would want the same port on an address (IPv6 sockets
+    are IPv6-only)."""
+    return (a.port == b.port and a.family == b.family
+            and (a.host == b.host or a.wildcard or b.wildcard))
 
 
 def describe(settings: Settings) -> list[str]:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from sipd.config import Settings
+from sipd.io.metrics_http import bind_metrics
 from sipd.io.transport import StartupError, bind_sockets
 from srfs.accounts import passwd, users
 from srfs.files import home
@@ -119,13 +120,16 @@ def check_all(settings: Settings) -> None:
     """``--check-config``: :func:`check_host`, then every listen address.
 
     It may run beside the sipd it is meant to replace, so what that sipd
-    holds is left out: each address is bound on a port the kernel picks
-    and closed again (an address the host does not have fails as it would
-    at start, a port in use does not), and a working srfs mount passes.
+    holds is left out: each address, ``metrics_listen``'s too, is bound on
+    a port the kernel picks and closed again (an address the host does not
+    have fails as it would at start, a port in use does not), and a
+    working srfs mount passes.
     """
     check_host(settings, beside_daemon=True)
     for _, sock in bind_sockets(settings.listen, settings.listen_is_default, any_port=True):
         sock.close()
+    if settings.metrics_listen is not None:
+        bind_metrics(settings.metrics_listen, any_port=True).close()
 
 
 #: Users named one by one at start for a missing password; the rest are counted.
