@@ -198,6 +198,32 @@ def _outbound_proxy(value: Any) -> str:
     return text
 
 
+def rtpengine_address(text: str) -> tuple[str, int]:
+    """``udp:HOST:PORT`` of rtpengine's ng socket (IPv6 in brackets) as (host, port)."""
+    spec = text.strip()
+    transport, sep, rest = spec.partition(":")
+    if sep and transport.lower() in ("tcp", "tls", "ws", "wss"):
+        raise ConfigError(f"rtpengine {text!r}: only udp: is supported (rtpengine's --listen-ng)")
+    if sep and transport.lower() == "udp":
+        spec = rest
+    try:
+        found = parse_listen("udp:" + spec)[0]
+    except ConfigError:
+        raise ConfigError(f"rtpengine must be udp:ADDRESS:PORT (IPv6 as [ADDRESS]), "
+                          f"not {text!r}") from None
+    if found.host in ("0.0.0.0", "::"):
+        raise ConfigError(f"rtpengine {text!r}: give the address rtpengine listens on")
+    return found.host, found.port
+
+
+def _rtpengine(value: Any) -> str:
+    """rtpengine's ng address, normalised to ``udp:HOST:PORT``, or empty (no relay)."""
+    if value == "":
+        return ""
+    text = _string("rtpengine")(value)
+    return str(ListenAddress("udp", *rtpengine_address(text)))
+
+
 def _algorithms(value: Any) -> tuple[str, ...]:
     names = _string_list("auth_algorithms")(value)
     out = []
@@ -344,6 +370,8 @@ class Settings:
     aliases: str = "/etc/sipd/aliases"
     trunks: str = "/etc/sipd/trunks"
     from_policy: str = "reject"
+    rtpengine: str = ""
+    media_relay: str = "nat"
     max_message_size: int = 65535
     tcp_max_connections: int = 1024
     tcp_max_connections_per_source: int = 128
@@ -426,6 +454,12 @@ KEYS: tuple[Key, ...] = (
     Key("trunks", _string("trunks"), "trusted trunks by source address (default /etc/sipd/trunks)"),
     Key("from_policy", _choice("from_policy", "reject", "rewrite"),
         "a call whose From user the caller does not own: reject (403) or rewrite it", live=True),
+    Key("rtpengine", _rtpengine,
+        "rtpengine's ng control socket, udp:ADDRESS:PORT, IPv6 as udp:[ADDRESS]:PORT "
+        "(default empty: no media relay)", sample='""'),
+    Key("media_relay", _choice("media_relay", "always", "nat", "never"),
+        "which calls with an SDP offer go through rtpengine: always, nat (only when the "
+        "caller or the callee is behind a NAT) or never (default nat)", live=True),
     Key("max_message_size", _positive_int("max_message_size"),
         "largest SIP message accepted, bytes (65535)"),
     Key("tcp_max_connections", _positive_int("tcp_max_connections"),

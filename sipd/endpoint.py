@@ -20,7 +20,7 @@ from typing import Any
 
 from sipd.core.flows import RegisteredFlows
 from sipd.core.peer import Outgoing, Peer
-from sipd.core.work import Action, Commit, Defer, Job, Later, Outcome
+from sipd.core.work import Action, Ask, Commit, Defer, Job, Later, Outcome
 from sipd.proxy.calltrack import AccStats, CallTracker, acc_jobs
 from sipd.proxy.context import PROXY_METHODS, ProxyAction
 from sipd.proxy.proxy import Proxy
@@ -184,6 +184,9 @@ class Endpoint:
         if self._pending:
             out.extend(self._pending)
             self._pending = []
+        media = self.proxy.forker.media if self.proxy is not None else None
+        if media is not None:
+            out.extend(media.take_pending())
         if self.tracker is not None:
             out.extend(acc_jobs(self.tracker, self.acc_files, fsync=self.acc_fsync,
                                 stats=self.acc_stats))
@@ -354,6 +357,8 @@ class Endpoint:
                 out.append(action)
             elif isinstance(action, Defer):
                 out.append(self._proxy_job(action))
+            elif isinstance(action, Ask):
+                out.append(self._proxy_ask(action))
             else:
                 out.extend(self._run([action], now))
         return out
@@ -364,6 +369,12 @@ class Endpoint:
             return self._drain(self._run_proxy(defer.then(outcome, later), later), later)
 
         return Job(defer.run, done, name=defer.name)
+
+    def _proxy_ask(self, ask: Ask[list[ProxyAction]]) -> Ask[list[Action]]:
+        def then(outcome: Outcome[dict[str, Any]], later: float) -> list[Action]:
+            return self._drain(self._run_proxy(ask.then(outcome, later), later), later)
+
+        return Ask(ask.message, then, name=ask.name)
 
     def _for_proxy(self, req: Request) -> bool:
         """Requests the proxy forwards; the rest (REGISTER, OPTIONS to the

@@ -7,6 +7,7 @@ The rules are the ones the package docstrings and the README state:
 - only sipd.io touches TLS and WebSocket (ssl, wsproto): the core sees
   transports as names in a Peer;
 - only sipd.io imports h11 (the metrics endpoint's HTTP);
+- only sipd.media.ng imports the bencode library;
 - within each project, a package imports only packages below it.
 """
 
@@ -22,8 +23,8 @@ from tests import REPO
 ROOT = REPO
 
 #: Lowest first. A module belongs to the longest entry its name starts with.
-SIPD_ORDER = ("sipd.sip", "sipd.core", "sipd.auth", "sipd.registrar", "sipd.proxy",
-              "sipd.endpoint", "sipd.config", "sipd.io", "sipd.cli")
+SIPD_ORDER = ("sipd.sip", "sipd.core", "sipd.auth", "sipd.registrar", "sipd.media",
+              "sipd.proxy", "sipd.endpoint", "sipd.config", "sipd.io", "sipd.cli")
 SRFS_ORDER = (("srfs.errors", "srfs.addresses", "srfs.logtext", "srfs.lines", "srfs.user"),
               ("srfs.state",), ("srfs.files",), ("srfs.accounts",),
               ("srfs.fs", "srfs.sipdconf"), ("srfs.sippasswd",))
@@ -33,6 +34,8 @@ MAY_USE_EVENT_LOOP = ("sipd.io", "sipd.cli", "srfs.fs.fuse")
 ONE_LAYER = {"ssl": "sipd.io", "wsproto": "sipd.io"}
 HTTP = ("h11",)
 MAY_USE_HTTP = ("sipd.io",)
+#: Libraries that belong to one part: the bencode codec is the ng protocol's.
+OWNED = {"bencodepy": "sipd.media.ng"}
 
 
 def modules() -> dict[str, Path]:
@@ -95,6 +98,8 @@ def test_imports_point_down(module: str) -> None:
             wrong.append(f"{target}: only {ONE_LAYER[top]} uses {top}")
         if top in HTTP and not any(_within(module, m) for m in MAY_USE_HTTP):
             wrong.append(f"{target}: only {', '.join(MAY_USE_HTTP)} speaks HTTP")
+        if top in OWNED and not _within(module, OWNED[top]):
+            wrong.append(f"{target}: only {OWNED[top]} uses {top}")
         if top not in ("sipd", "srfs") or target in ("sipd", "srfs"):
             continue
         if target.endswith(".__version__"):

@@ -21,7 +21,9 @@ INSTALL="$RUN python3 python3-venv python3-dev"
 # verify on the unit (neither needs systemd to be running); fail2ban and
 # prometheus: fail2ban-regex and promtool on what sipd logs and serves, and
 # the prometheus server that scrapes its metrics endpoint.
-TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus"
+# rtpengine-daemon: the media relay the end-to-end tests relay calls
+# through (run in userspace, on 127.0.0.1, by the tests themselves).
+TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus rtpengine-daemon"
 
 case $mode in
     run) PACKAGES=$RUN target=run ;;

@@ -3,7 +3,9 @@
 The core never blocks and never awaits: when it needs NSS, PAM or a file
 in a home, it returns a :class:`Job`. The I/O layer runs ``job.run`` in a
 worker thread and hands the outcome to ``job.done`` back on the event
-loop, which may answer with more output. Tests run jobs inline.
+loop, which may answer with more output. Tests run jobs inline. A
+question for the media relay is an :class:`Ask`: no thread, the I/O
+layer's ng socket asks it and hands the reply on the same way.
 
 Time: every continuation here gets the core's one clock, the monotonic
 ``now`` the I/O layer passes in; wall-clock stamps (a binding's expiry, a
@@ -17,7 +19,7 @@ one run concurrently.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
@@ -43,8 +45,9 @@ class Outcome(Generic[T]):
         return cast(T, self.value)
 
 
-#: What the sans-IO core hands the I/O layer: bytes to send, or work to run.
-Action: TypeAlias = "Outgoing | Job[Any]"
+#: What the sans-IO core hands the I/O layer: bytes to send, work to run, a
+#: question for the media relay.
+Action: TypeAlias = "Outgoing | Job[Any] | Ask[list[Action]]"
 #: A job's continuation: the outcome and the core's monotonic ``now``.
 Done: TypeAlias = "Callable[[Outcome[T], float], list[Action]]"
 
@@ -67,7 +70,10 @@ class Job(Generic[T]):
 
 
 def run_inline(actions: list[Action], now: float) -> list[Outgoing]:
-    """Run every job at once, in order (tests and shutdown); return what is sent."""
+    """Run every job at once, in order (tests and shutdown); return what is sent.
+
+    Nobody answers an :class:`Ask` here: it gets its failure at once.
+    """
     out: list[Outgoing] = []
     pending = list(actions)
     while pending:
@@ -79,9 +85,27 @@ def run_inline(actions: list[Action], now: float) -> list[Outgoing]:
             except Exception as exc:  # noqa: BLE001 - handed to the continuation
                 outcome = Outcome(error=exc)
             pending[0:0] = item.done(outcome, now)
+        elif isinstance(item, Ask):
+            pending[0:0] = item.then(Outcome(error=ConnectionError("no media relay")), now)
         else:
             out.append(item)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Ask(Generic[R]):
+    """A question for the media relay (rtpengine's ng protocol), asked by the I/O layer.
+
+    ``message`` is the ng dictionary. The I/O layer sends it, tries again
+    while no reply comes, and hands ``then`` the reply dictionary (or the
+    failure: an error reply, no reply in time) with the monotonic time;
+    ``then`` answers like the code that asked would have (actions, for the
+    endpoint). Nothing blocks meanwhile.
+    """
+
+    message: Mapping[str, Any]
+    then: Callable[[Outcome[dict[str, Any]], float], R]
+    name: str = "ask"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,19 +31,20 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import trio
 
 from sipd.auth.authenticator import Authenticator, RecentAccounts
 from sipd.auth.challenges import ChallengePolicy
 from sipd.auth.throttle import Throttle
-from sipd.config import Settings
+from sipd.config import Settings, rtpengine_address
 from sipd.core.identity import build_identity, interface_addresses
 from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
 from sipd.io.limits import tcp_connection_cap
+from sipd.io.mediarelay import NgSocket
 from sipd.io.metrics import metrics_text
 from sipd.io.metrics_http import MetricsServer, bind_metrics
 from sipd.io.privileges import UnmountHelper, enter_running, enter_startup, privileged
@@ -56,7 +57,8 @@ from sipd.io.startup import (
     user_database_needed,
 )
 from sipd.io.transport import StartupError, Transports, bind_sockets
-from sipd.proxy.calltrack import CallTracker, acc_jobs
+from sipd.media.relay import MediaRelay, Mode
+from sipd.proxy.calltrack import CallTracker, acc_jobs, end_media_with_calls
 from sipd.proxy.context import CallHooks, ProxyPolicy
 from sipd.proxy.proxy import Proxy
 from sipd.proxy.targets import LocalAddresses
@@ -146,6 +148,7 @@ class Daemon:
     configured: Settings
     transports: Transports | None = None
     statefs: StateFs | None = None
+    media: MediaRelay | None = None
 
 
 def gateway_host(uri: str) -> str:
@@ -236,6 +239,11 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         tracker=tracker,
         acc_fsync=settings.sync == "write-through",
     )
+    media: MediaRelay | None = None
+    if settings.rtpengine:
+        media = MediaRelay(cast(Mode, settings.media_relay), settings.rtpengine)
+        proxy.forker.media = media
+        end_media_with_calls(tracker, media)
     wtmp: WtmpSessions | None = None
     if settings.wtmp:
         if UNAVAILABLE_REASON is not None:
@@ -250,7 +258,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
             except (WtmpError, OSError) as exc:
                 log.warning("wtmp disabled: %s", exc)
     return Daemon(settings, endpoint, store, persistence, wtmp, ownership, rules, registrar, auth,
-                  proxy, tracker, never_throttled, configured or settings)
+                  proxy, tracker, never_throttled, configured or settings, media=media)
 
 
 #: How many of one file's refused lines are named in the log; the rest are counted.
@@ -364,6 +372,7 @@ async def run(settings: Settings) -> None:
         )
         daemon.transports = transports
         daemon.endpoint.transport_stats = transports.stats
+        ng = open_ng_socket(settings, transports) if daemon.media is not None else None
         with user_database_needed():
             # The alias map and trunks first: the reload checks every line
             # against them. They passed check_host; one changed since is
@@ -390,6 +399,9 @@ async def run(settings: Settings) -> None:
     helper: UnmountHelper | None = None
     async with trio.open_nursery() as nursery:
         try:
+            if ng is not None and daemon.media is not None:
+                await nursery.start(ng.serve)
+                transports.asker = ng.ask
             await nursery.start(transports.serve, bound)
             transports.send(daemon.endpoint.take_pending(trio.current_time()))
             if metrics_sock is not None:
@@ -397,6 +409,8 @@ async def run(settings: Settings) -> None:
                 server = MetricsServer(functools.partial(
                     metrics_text, daemon.endpoint, transports, started, tree))
                 await nursery.start(server.serve, metrics_sock)
+            if daemon.media is not None:
+                transports.send([daemon.media.ping()])
             if statefs is not None:
                 from sipd.io.statefs import start_statefs
                 from srfs.fs.fuse import MountError
@@ -448,6 +462,16 @@ async def run(settings: Settings) -> None:
         metrics_sock.close()
     await trio.to_thread.run_sync(shutdown, daemon)
     log.info("sipd stopped")
+
+
+def open_ng_socket(settings: Settings, transports: Transports) -> NgSocket:
+    """The socket to rtpengine's ng port; a start-up error if it cannot be opened."""
+    host, port = rtpengine_address(settings.rtpengine)
+    try:
+        return NgSocket(host, port, transports.send)
+    except OSError as exc:
+        raise StartupError(f"cannot open a socket to rtpengine at {settings.rtpengine}: "
+                           f"{exc.strerror or exc}") from None
 
 
 def start_unmount_helper(mountpoint: str) -> UnmountHelper:

@@ -48,6 +48,9 @@ def _dropped(cause: str, help_: str) -> Figure:
 
 
 _DROPPED_HELP = "SIP input dropped unanswered, by cause."
+_NG_HELP = "Requests sent to rtpengine's ng control socket, by command (tries not counted)."
+_NG_FAILED_HELP = ("Requests rtpengine refused or did not answer in time, by command; an offer "
+                   "or answer that failed left its call unrelayed.")
 
 #: Per statistics dataclass (by class name), per field: how it is shown.
 #: None leaves a field out (it is shown elsewhere under another name).
@@ -193,6 +196,20 @@ CATALOGUE: dict[str, dict[str, Figure | None]] = {
         "stray_responses": _dropped("stray_response", _DROPPED_HELP),
         "timers_pending": Figure("timers_pending", "Transaction timers armed.", GAUGE),
     },
+    "MediaStats": {
+        "offers": Figure("media_relay_requests", _NG_HELP, labels=(("command", "offer"),)),
+        "answers": Figure("media_relay_requests", _NG_HELP, labels=(("command", "answer"),)),
+        "deletes": Figure("media_relay_requests", _NG_HELP, labels=(("command", "delete"),)),
+        "offer_failures": Figure("media_relay_failures", _NG_FAILED_HELP,
+                                 labels=(("command", "offer"),)),
+        "answer_failures": Figure("media_relay_failures", _NG_FAILED_HELP,
+                                  labels=(("command", "answer"),)),
+        "delete_failures": Figure("media_relay_failures", _NG_FAILED_HELP,
+                                  labels=(("command", "delete"),)),
+        "sessions_dropped": Figure("media_relay_sessions_dropped",
+                                   "Relayed calls whose rtpengine session sipd deleted to stay "
+                                   "within its limit of sessions."),
+    },
     "CallStatistics": {
         "calls": None,
         "ringing": Figure("calls_ringing", "Calls in progress not answered yet.", GAUGE),
@@ -248,6 +265,8 @@ def statistics_sources(endpoint: Endpoint, transports: Transports) -> list[Any]:
         found.append(ep.persistence.stats)
     if ep.tracker is not None:
         found.extend((ep.acc_stats, ep.tracker.calls.statistics()))
+    if ep.proxy is not None and ep.proxy.forker.media is not None:
+        found.append(ep.proxy.forker.media.stats)
     return found
 
 
@@ -283,6 +302,10 @@ def daemon_statistics(endpoint: Endpoint, transports: Transports, started: float
         out.append(Stat("acc_calls_unrecorded", ep.tracker.calls_unrecorded,
                         "Calls left out of ~/.sr/acc: the user's records reached acc_limit.",
                         COUNTER, status=False))
+    media = ep.proxy.forker.media if ep.proxy is not None else None
+    if media is not None:
+        out.append(Stat("media_relay_sessions", len(media.sessions),
+                        "Calls relayed through rtpengine now.", GAUGE, status=False))
     if ep.server.registration is not None and ep.server.registration.auth.accounts is not None:
         accounts = ep.server.registration.auth.accounts
         out.append(Stat("account_cache_hits", accounts.hits,

@@ -123,6 +123,12 @@ def _set_acc_limit(daemon: Daemon, value: Any) -> None:
     daemon.tracker.acc_limit = value
 
 
+def _set_media_relay(daemon: Daemon, value: Any) -> None:
+    # Calls already relayed stay relayed; the policy decides for new ones.
+    if daemon.media is not None:
+        daemon.media.mode = value
+
+
 def _set_from_policy(daemon: Daemon, value: Any) -> None:
     daemon.proxy.policy = replace(daemon.proxy.policy, from_policy=value)
 
@@ -142,6 +148,7 @@ LIVE: dict[str, Callable[[Daemon, Any], None]] = {
     "acc": _set_acc,
     "acc_limit": _set_acc_limit,
     "from_policy": _set_from_policy,
+    "media_relay": _set_media_relay,
     "tcp_max_connections": _transports("tcp_max_connections"),
     "tcp_max_connections_per_source": _transports("tcp_max_connections_per_source"),
     "tcp_idle_timeout": _transports("tcp_idle_timeout"),

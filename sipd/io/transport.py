@@ -37,6 +37,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,7 +45,7 @@ import trio
 
 from sipd.config import ListenAddress
 from sipd.core.peer import Outgoing, Peer
-from sipd.core.work import Action, Job, Outcome
+from sipd.core.work import Action, Ask, Job, Outcome
 from sipd.io.liveness import Close, Liveness
 from sipd.io.tls import TlsContexts
 from sipd.io.websocket import WsClosed, WsServer
@@ -265,6 +266,8 @@ class Transports:
         self._limiter = trio.CapacityLimiter(8)
         self._lanes: dict[str, trio.MemorySendChannel[Job[Any]]] = {}
         self._accept_failures = Tally()
+        #: Who asks the media relay's questions; set when ``rtpengine`` is.
+        self.asker: Callable[[Ask[list[Action]]], None] = self._no_relay
         self.sync_clock()
 
     def sync_clock(self) -> None:
@@ -277,6 +280,9 @@ class Transports:
         for out in actions:
             if isinstance(out, Job):
                 self._start_job(out)
+                continue
+            if isinstance(out, Ask):
+                self.asker(out)
                 continue
             peer = out.peer
             if peer.transport == "udp":
@@ -311,6 +317,11 @@ class Transports:
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     pass
         self._poke_timer()
+
+    def _no_relay(self, ask: Ask[list[Action]]) -> None:
+        # Only a relay asks; without one configured this is a bug, not an outage.
+        log.error("%s: no media relay configured", ask.name)
+        self.send(ask.then(Outcome(error=ConnectionError("no media relay")), trio.current_time()))
 
     def _udp_for(self, host: str) -> socket.socket | None:
         """A listening UDP socket of the host's family: its port is what our Via says."""

@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sipd.core.work import Action, Job, Outcome
+from sipd.media.relay import MediaRelay
 from srfs.accounts import users
 from srfs.files.acc import (
     AccEntry,
@@ -70,6 +71,7 @@ __all__ = [
     "CallTracker",
     "acc_job",
     "acc_jobs",
+    "end_media_with_calls",
 ]
 
 #: Seconds without a sign of life after which an answered call is ended.
@@ -409,6 +411,18 @@ class CallTracker:
         window = self._windows.get(user)
         return (window is not None and window.unrecorded > 0
                 and window.start + ACC_WINDOW == end)
+
+
+def end_media_with_calls(tracker: CallTracker, relay: MediaRelay) -> None:
+    """A relayed call's rtpengine session ends with its record: a BYE, a failure,
+    the session or ringing time-out. A callee's leg forwarded elsewhere is no
+    end: the caller's call goes on; nor is sipd stopping: the media of calls
+    in progress goes on, and rtpengine ends it when it stops."""
+    def heard(event: CallEvent) -> None:
+        if event.event in ("end", "failure") and event.reason not in ("forwarded", "shutdown"):
+            relay.end(event.leg.call_id)
+
+    tracker.subscribe(heard)
 
 
 def _call(leg: Call) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
 from sipd.core.peer import Outgoing, Peer
-from sipd.core.work import Defer
+from sipd.core.work import Ask, Defer
 from sipd.proxy.callerid import FromPolicy, OutboundIdentity
 from sipd.proxy.targets import Target
 from sipd.sip.errors import ParseError
@@ -25,7 +25,7 @@ from sipd.sip.message import Request, Response, make_response
 from sipd.sip.transaction import ClientTransaction, Event, ServerTransaction
 
 #: What the proxy asks the endpoint to do.
-ProxyAction: TypeAlias = "Event | Outgoing | Defer[Any, list[ProxyAction]]"
+ProxyAction: TypeAlias = "Event | Outgoing | Defer[Any, list[ProxyAction]] | Ask[list[ProxyAction]]"
 
 #: Methods the proxy forwards (RFC 3261 and the usual extensions).
 PROXY_METHODS = frozenset(
@@ -132,6 +132,11 @@ class Branch:
     superseded: bool = False
     unanswered: bool = False
     """Counted in :class:`~sipd.proxy.limits.Destinations` until its first answer."""
+    nat: bool = False
+    """Its target is a phone behind a NAT (:attr:`~sipd.proxy.targets.Target.nat`)."""
+    answered_sdp: tuple[bytes, bytes] | None = None
+    """The last SDP answer of this branch and rtpengine's for it: a 2xx
+    sent again carries the same, and is not asked about again."""
     _timers: dict[Any, int] = field(default_factory=dict, repr=False)
 
 
@@ -171,6 +176,11 @@ class Context:
     callee, once known, gets a leg of the call record."""
     held: Response | None = None
     """An answer waiting for its :attr:`TimerKind.ANSWER`."""
+    offered: bool = False
+    """The media relay was considered for this request's SDP offer (once, whatever
+    later q groups and forwards do with the request)."""
+    relayed: bool = False
+    """rtpengine took this request's offer: the SDP answers to it go there too."""
     _timers: dict[Any, int] = field(default_factory=dict, repr=False)
 
     @property

@@ -24,6 +24,7 @@ from typing import Any
 from sipd.core.identity import LocalIdentity
 from sipd.core.peer import Peer
 from sipd.core.work import Defer, Outcome
+from sipd.media.relay import MediaRelay, caller_behind_nat, carries_sdp
 from sipd.proxy.context import (
     CANCEL_WAIT,
     DIALOG_METHODS,
@@ -89,6 +90,8 @@ class Forker:
         self.destinations = Destinations()
         #: Set by the proxy: what ``ring_timeout`` runs.
         self.ring_timeout: RingTimeout = lambda ctx, now: []
+        #: Set by the daemon when ``rtpengine`` is: SDP offers and answers go there.
+        self.media: MediaRelay | None = None
         self.contexts: dict[ServerTransaction, Context] = {}
         self.branches: dict[ClientTransaction, Branch] = {}
         self._seq = itertools.count()
@@ -160,7 +163,36 @@ class Forker:
         fwd.set("Max-Forwards", str(mf - 1 if mf is not None else 70))
         ctx.base = fwd
         ctx.later_groups = groups[1:]
+        media = self.media
+        if media is not None and ctx.is_invite and not ctx.offered:
+            ctx.offered = True
+            caller_nat = caller_behind_nat(ctx.request, ctx.source)
+            callee_nat = any(t.nat for group in groups for t in group)
+            if media.relays(fwd, caller_nat=caller_nat, callee_nat=callee_nat):
+                return [self._offer(media, ctx, fwd, groups[0], caller_nat, now)]
         return self.fork(ctx, groups[0], now)
+
+    def _offer(self, media: MediaRelay, ctx: Context, fwd: Request, first: list[Target],
+               nat: bool, now: float) -> ProxyAction:
+        """rtpengine's SDP in ``fwd`` first, then the first group's branches.
+
+        Meanwhile the request counts as still being forwarded: a CANCEL
+        waits for the answer, and is answered 487 once it is there.
+        """
+        ctx.forwarding = True
+
+        def offered(relayed: bool, later: float) -> list[ProxyAction]:
+            ctx.forwarding = False
+            ctx.relayed = relayed
+            if ctx.final_sent:
+                if relayed and ctx.initial:
+                    media.end(fwd.call_id)
+                return []
+            if ctx.cancelled:
+                return self.send_final(ctx, reply(ctx.request, 487, "Request Terminated"), later)
+            return self.safely(ctx, later, lambda: self.fork(ctx, first, later))
+
+        return media.offer(fwd, ctx.source, nat, now, offered)
 
     def fork(self, ctx: Context, targets: list[Target], now: float) -> list[ProxyAction]:
         if not targets:
@@ -244,7 +276,7 @@ class Forker:
         branch = self.router.branch_id(ctx.request, ctx.target_tag, next(self._seq))
         req.prepend("Via", f"SIP/2.0/{t.dest.transport.upper()} {hostport};branch={branch};rport")
         txn, events = self.transactions.client_request(req, t.dest, t.dest.reliable, now)
-        b = Branch(ctx.server, txn, req, t.dest, unanswered=True)
+        b = Branch(ctx.server, txn, req, t.dest, unanswered=True, nat=t.nat)
         ctx.branches.append(b)
         ctx.sent += 1
         self.branches[txn] = b
@@ -334,11 +366,11 @@ class Forker:
                 return self.cancel_branch(b, now)
             if b.superseded or ctx.final_sent:
                 return out
-            return list(self.transactions.server_respond(ctx.server, upstream(resp, ctx), now))
+            return self._pass_up(ctx, b, resp, now)
         if status < 300:
             b.final = b.final or status
             self.deadlines.disarm(b, TimerKind.C)
-            out.extend(self.transactions.server_respond(ctx.server, upstream(resp, ctx), now))
+            out.extend(self._pass_up(ctx, b, resp, now))
             if not ctx.answered:
                 ctx.answered = True
                 ctx.final_sent = True
@@ -364,6 +396,28 @@ class Forker:
                 out.extend(self.cancel_branch(other, now))
             return out + self.send_final(ctx, upstream(resp, ctx), now)
         return out + self.maybe_done(ctx, now)
+
+    def _pass_up(self, ctx: Context, b: Branch, resp: Response, now: float) -> list[ProxyAction]:
+        """Forward a provisional or 2xx upstream; the SDP answer to a relayed offer
+        goes through rtpengine first, and then the response goes on."""
+        up = upstream(resp, ctx)
+        media = self.media
+        if media is None or not ctx.relayed or not carries_sdp(up):
+            return list(self.transactions.server_respond(ctx.server, up, now))
+        cached = b.answered_sdp
+        if cached is not None and cached[0] == up.body:
+            # The same answer again (a 2xx sent again): rtpengine's SDP for it is known.
+            up.body = cached[1]
+            return list(self.transactions.server_respond(ctx.server, up, now))
+        theirs = up.body
+
+        def answered(relayed: bool, later: float) -> list[ProxyAction]:
+            if relayed:
+                b.answered_sdp = (theirs, up.body)
+            # Late is still right: the transaction drops what it can no longer take.
+            return list(self.transactions.server_respond(ctx.server, up, later))
+
+        return [media.answer(up, b.dest.host, b.nat, answered)]
 
     def _branch_failed(self, ctx: Context, b: Branch, status: int, reason: str,
                        now: float) -> list[ProxyAction]:
@@ -431,6 +485,9 @@ class Forker:
             self.stats.proxy_rejected += 1
             if ctx.is_invite and ctx.call_started:
                 self.hooks.call_failed(ctx.request.call_id, resp.status, self.wall(now))
+            if ctx.relayed and ctx.initial and self.media is not None:
+                # The call failed: rtpengine's session goes with it.
+                self.media.end(ctx.request.call_id)
         out: list[ProxyAction] = [*self.transactions.server_respond(ctx.server, resp, now)]
         self._maybe_forget(ctx)
         return out

@@ -189,6 +189,8 @@ class Proxy:
             if own_route:
                 if req.method == "BYE":
                     self.hooks.call_ended(req.call_id, self.wall(now))
+                    if self.forker.media is not None:
+                        self.forker.media.end(req.call_id)
                 return self._forward_by_route(ctx, fwd, now)
             target_uri = fwd.uri
             if isinstance(target_uri, SipURI) and self.router.is_local_aor(target_uri):

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sipd.core.peer import Peer
-from sipd.sip.errors import SipError
+from sipd.media.relay import behind_nat
+from sipd.sip.errors import ParseError, SipError
 from sipd.sip.headers import parse_address
 from sipd.sip.uri import SipURI, parse_uri
 from srfs.addresses import parse_host
@@ -69,6 +70,9 @@ class Target:
     """The next hop's host when ``dest`` still needs resolving."""
     port: int = 5060
     transport: str = "udp"
+    nat: bool = False
+    """A registered phone behind a NAT: it registered from another address
+    than its contact's (``media_relay = nat`` relays its calls)."""
 
 
 def resolve(host: str, port: int) -> str:
@@ -135,22 +139,26 @@ def binding_target(b: Binding, live_peer: LivePeer | None = None) -> Target:
             raise SipError(500, "Bad Path in binding")
         hop = uri_target(first)
         return Target(b.contact, hop.dest, b.path, hop.host, hop.port, hop.transport)
+    try:
+        contact: object = parse_uri(b.contact)
+    except ParseError:
+        contact = None  # the way back through the NAT may still work
     if b.received:
         transport, _, rest = b.received.partition(":")
         host, _, port = rest.rpartition(":")
         host = host.strip("[]")
+        nat = isinstance(contact, SipURI) and behind_nat(contact.host, host)
         live = None
         if live_peer is not None and transport != "udp" and port.isdigit():
             live = live_peer(transport, host, int(port))
         if live is not None:
-            return Target(b.contact, live, (), host, live.port, transport)
+            return Target(b.contact, live, (), host, live.port, transport, nat)
         if transport in WS_TRANSPORTS:
             raise SipError(480, "WebSocket connection closed")
         address = _address_text(host)
         if transport == "udp" and port.isdigit() and address is not None:
             return Target(b.contact, Peer(transport, address, int(port), 0), (), address,
-                          int(port), transport)
-    contact = parse_uri(b.contact)
+                          int(port), transport, nat)
     if not isinstance(contact, SipURI):
         raise SipError(500, "Bad contact in binding")
     return uri_target(contact, uri_text=b.contact)

@@ -89,6 +89,10 @@ def test_unreadable_config(tmp_path: Path) -> None:
          "sipd.toml: bad metrics_listen address 'localhost:9100': 'localhost' is not an IP address"),
         ("realm = \n", "sipd.toml"),
         ("min_expires = 7200\n", "min_expires (7200) is larger than max_expires"),
+        ("rtpengine = 'tcp:127.0.0.1:2223'\n", "rtpengine 'tcp:127.0.0.1:2223': only udp:"),
+        ("rtpengine = 'udp:localhost:2223'\n", "rtpengine must be udp:ADDRESS:PORT"),
+        ("rtpengine = 'udp:127.0.0.1'\n", "rtpengine must be udp:ADDRESS:PORT"),
+        ("media_relay = 'sometimes'\n", "media_relay must be one of always, nat, never"),
     ],
 )
 def test_bad_config_values(tmp_path: Path, text: str, message: str) -> None:

@@ -21,6 +21,7 @@ from sipd.config import (
     describe,
     parse_metrics_listen,
     reread,
+    rtpengine_address,
     sample_config,
 )
 from sipd.io.reload import LIVE
@@ -82,6 +83,39 @@ def test_reread_applies_the_command_line_again(tmp_path: Path) -> None:
     assert (again.max_contacts, again.group) == (5, "staff")
     assert changed(first, again) == ["group", "max_contacts"]
     assert changed(first, replace(first)) == []
+
+
+@pytest.mark.parametrize(("text", "normal", "address"), [
+    ("udp:127.0.0.1:2223", "udp:127.0.0.1:2223", ("127.0.0.1", 2223)),
+    ("127.0.0.1:2223", "udp:127.0.0.1:2223", ("127.0.0.1", 2223)),
+    ("UDP:[::1]:22222", "udp:[::1]:22222", ("::1", 22222)),
+])
+def test_rtpengine_is_an_address_and_a_port(text: str, normal: str,
+                                            address: tuple[str, int]) -> None:
+    assert check_values({"rtpengine": text}, "f")["rtpengine"] == normal
+    assert rtpengine_address(normal) == address
+
+
+def test_no_rtpengine_no_relay_and_nat_once_there_is_one() -> None:
+    defaults = Settings()
+    assert (defaults.rtpengine, defaults.media_relay) == ("", "nat")
+    assert check_values({"rtpengine": ""}, "f") == {"rtpengine": ""}
+
+
+def test_sighup_changes_media_relay_for_new_calls_and_rtpengine_waits_for_a_restart() -> None:
+    from sipd.io.daemon import build as build_daemon
+    from sipd.io.reload import apply_settings
+
+    settings = replace(Settings(), realm="test.invalid", wtmp=False,
+                       rtpengine="udp:127.0.0.1:2223")
+    daemon = build_daemon(settings, ports={5060}, hosts=["127.0.0.1"])
+    assert daemon.media is not None and daemon.media.mode == "nat"
+    assert daemon.proxy.forker.media is daemon.media
+    live, waiting = apply_settings(daemon, replace(settings, media_relay="always",
+                                                   rtpengine="udp:127.0.0.1:2224"))
+    assert (live, waiting) == (["media_relay"], ["rtpengine"])
+    assert daemon.media.mode == "always"
+    assert daemon.settings.rtpengine == "udp:127.0.0.1:2223"
 
 
 # --- metrics_listen ---------------------------------------------------------------

@@ -24,9 +24,10 @@ from srfs.user import User
 
 
 def built() -> tuple[Daemon, Transports]:
-    """A daemon built as at start, and its transports."""
-    daemon = build(replace(Settings(), realm="test.invalid", wtmp=False), ports={5060},
-                   hosts=["127.0.0.1"])
+    """A daemon built as at start, with a media relay so that its figures are
+    there too, and its transports."""
+    daemon = build(replace(Settings(), realm="test.invalid", wtmp=False,
+                           rtpengine="udp:127.0.0.1:2223"), ports={5060}, hosts=["127.0.0.1"])
 
     async def made() -> Transports:
         # Transports hold trio objects: made inside a run.
