@@ -239,6 +239,8 @@ class Settings:
     group: str = sipdconf.DEFAULT_GROUP
     pam_service: str = "sipd"
     pam: bool = True
+    locked_suspends: bool = True
+    account_cache_ttl: float = 60.0
     auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     sha256_user_agents: tuple[str, ...] = DEFAULT_SHA256_USER_AGENTS
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -293,6 +295,13 @@ KEYS: tuple[Key, ...] = (
     Key("group", _string("group"), "UNIX group whose members may use SIP (default sip)"),
     Key("pam_service", _string("pam_service"), "PAM service for the account check (default sipd)"),
     Key("pam", _bool("pam"), "run the PAM account check (default true)"),
+    Key("locked_suspends", _bool("locked_suspends"),
+        "a locked UNIX password (shadow entry starting with !, passwd -S shows L) suspends "
+        "SIP: registrations, calls and the user's trusted trunks (default true)", live=True),
+    Key("account_cache_ttl", _non_negative_number("account_cache_ttl"),
+        "seconds an account's state (SIP group, locked or expired, PAM) is reused; a change "
+        "of /etc/passwd, /etc/group, /etc/shadow or the PAM service file counts within a "
+        "second, and SIGHUP at once (60)", live=True),
     Key("auth_algorithms", _algorithms,
         "digest algorithms accepted (default MD5, SHA-256); a challenge offers one of them, "
         "the one the phone used last, or SHA-256 and MD5 to phones of sha256_user_agents, "

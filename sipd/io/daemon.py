@@ -42,6 +42,7 @@ from sipd.core.identity import build_identity, interface_addresses
 from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
+from sipd.io.accounts import watch_account_files
 from sipd.io.limits import tcp_connection_cap
 from sipd.io.privileges import UnmountHelper, enter_running, enter_startup, privileged
 from sipd.io.reload import ReloadRequest, watch_config
@@ -67,6 +68,7 @@ from sipd.sip.transaction import TransactionLayer
 from sipd.sip.uri import SipURI, parse_uri
 from srfs.accounts import users
 from srfs.accounts.directory import Directory
+from srfs.accounts.state import SystemFiles, system_files
 from srfs.addresses import parse_host
 from srfs.files.home import HomeError
 from srfs.files.usrloc import UsrlocFiles
@@ -142,6 +144,7 @@ class Daemon:
     configured: Settings
     transports: Transports | None = None
     statefs: StateFs | None = None
+    directory: Directory | None = None
 
 
 def gateway_host(uri: str) -> str:
@@ -186,7 +189,10 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
     ownership = Ownership(settings.aliases, settings.trunks,
                           gateways=[gateway_host(settings.outbound_proxy)])
     rules = BindingRules(identity, ownership)
-    directory = Directory(realm, settings.group, settings.pam_service if settings.pam else None)
+    pam_service = settings.pam_service if settings.pam else None
+    directory = Directory(realm, settings.group, pam_service, ttl=settings.account_cache_ttl,
+                          locked_suspends=settings.locked_suspends,
+                          files=SystemFiles(system_files(pam_service)))
     never_throttled = NeverThrottled(ownership, settings.trusted_networks)
     auth = Authenticator(
         realm, NonceManager(secrets.token_bytes(32)),
@@ -215,10 +221,11 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         bound = [("udp", h, p) for h in hosts for p in ports]
     try:
         proxy = Proxy(
-            identity, advertised(bound), transactions, store, auth, HomeUsers(settings.group),
+            identity, advertised(bound), transactions, store, auth,
+            HomeUsers(settings.group, directory.state),
             ProxyPolicy(outbound_proxy=settings.outbound_proxy,
                         from_policy="rewrite" if settings.from_policy == "rewrite" else "reject"),
-            hooks or tracker, ownership,
+            hooks or tracker, ownership, account_state=directory.state_of,
         )
     except (ValueError, ParseError) as exc:
         raise StartupError(f"bad outbound_proxy {settings.outbound_proxy!r}: {exc}") from None
@@ -246,7 +253,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
             except (WtmpError, OSError) as exc:
                 log.warning("wtmp disabled: %s", exc)
     return Daemon(settings, endpoint, store, persistence, wtmp, ownership, rules, registrar, auth,
-                  proxy, tracker, never_throttled, configured or settings)
+                  proxy, tracker, never_throttled, configured or settings, directory=directory)
 
 
 #: How many of one file's refused lines are named in the log; the rest are counted.
@@ -401,12 +408,15 @@ async def run(settings: Settings) -> None:
                 nursery.start_soon(keep_watchdog_fed, period)
             admin_reload = ReloadRequest()
             config_reload = ReloadRequest()
+            account_reload = ReloadRequest()
             nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
             nursery.start_soon(watch_config, daemon, config_reload)
+            nursery.start_soon(watch_account_files, daemon, account_reload)
 
             def on_hup() -> None:
                 config_reload.set()
                 admin_reload.set()
+                account_reload.set()
 
             await _wait_for_signals(on_hup)
             notify_systemd("STOPPING=1")
@@ -504,7 +514,7 @@ async def _wait_for_signals(on_hup: Callable[[], None] = lambda: None) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 # Caught so that a reload request never kills the daemon.
-                log.info("SIGHUP received: reloading sipd.conf, the alias map and trunks")
+                log.info("SIGHUP received: reloading sipd.conf, the alias map, trunks and account states")
                 on_hup()
                 continue
             log.info("%s received, shutting down", signal.Signals(signum).name)

@@ -100,6 +100,16 @@ def _set_acc_limit(daemon: Daemon, value: Any) -> None:
     daemon.tracker.acc_limit = value
 
 
+def _account_setting(name: str) -> Callable[[Daemon, Any], None]:
+    def apply(daemon: Daemon, value: Any) -> None:
+        if daemon.directory is not None:
+            daemon.directory.configure(**{"ttl" if name == "account_cache_ttl" else name: value})
+        if daemon.auth.accounts is not None:
+            daemon.auth.accounts.forget()
+
+    return apply
+
+
 def _set_from_policy(daemon: Daemon, value: Any) -> None:
     daemon.proxy.policy = replace(daemon.proxy.policy, from_policy=value)
 
@@ -119,6 +129,8 @@ LIVE: dict[str, Callable[[Daemon, Any], None]] = {
     "acc": _set_acc,
     "acc_limit": _set_acc_limit,
     "from_policy": _set_from_policy,
+    "locked_suspends": _account_setting("locked_suspends"),
+    "account_cache_ttl": _account_setting("account_cache_ttl"),
     "tcp_max_connections": _transports("tcp_max_connections"),
     "tcp_max_connections_per_source": _transports("tcp_max_connections_per_source"),
     "tcp_idle_timeout": _transports("tcp_idle_timeout"),

@@ -69,6 +69,7 @@ from sipd.sip.message import Request, make_response
 from sipd.sip.transaction import Event, ServerTransaction, TransactionLayer
 from sipd.sip.uri import SipURI, TelURI, parse_uri
 from srfs.accounts.directory import Account
+from srfs.accounts.state import AccountState
 from srfs.files.userconfig import UserConfig
 from srfs.logtext import quote as log_quote
 from srfs.state.location import LocationStore
@@ -92,6 +93,7 @@ class Proxy:
         policy: ProxyPolicy | None = None,
         hooks: CallHooks | None = None,
         ownership: Ownership | None = None,
+        account_state: Callable[[str], AccountState | None] | None = None,
     ) -> None:
         self.identity = identity
         self.transactions = transactions
@@ -102,6 +104,9 @@ class Proxy:
         self.hooks: CallHooks = hooks or NoHooks()
         #: Aliases, DIDs and trusted trunks; without it a user owns only their name.
         self.ownership = ownership
+        #: Blocking: may the user (a trunk's owner) use SIP now; None for no such
+        #: user. Without it (tests) every trunk is trusted.
+        self.account_state = account_state
         self.stats = ProxyStats()
         #: The wall clock at monotonic ``now``; set by the endpoint.
         self.wall: Callable[[float], float] = lambda now: now
@@ -202,9 +207,14 @@ class Proxy:
         caller_local = isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri)
         trunk_user = self._trunk_caller(from_uri, caller_local, ctx.source)
         if trunk_user is not None:
-            # A PBX at an address the admin trusts calls as its user, unchallenged.
-            self.stats.proxy_trunk_calls += 1
-            return self._caller_known(ctx, fwd, trunk_user, now)
+            return self._trunk_call(ctx, fwd, trunk_user, now)
+        return self._route_untrusted(ctx, fwd, now)
+
+    def _route_untrusted(self, ctx: Context, fwd: Request, now: float) -> list[ProxyAction]:
+        """An initial request nobody vouches for by address: digest, or a call from outside."""
+        req = ctx.request
+        from_uri = req.from_.uri
+        caller_local = isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri)
         target = fwd.uri
         local_target = isinstance(target, SipURI) and self.router.is_local_aor(target)
         if not caller_local and not local_target and is_anonymous(from_uri):
@@ -228,6 +238,36 @@ class Proxy:
                                                     t.transport)]], now)
 
     # ------------------------------------------------------------ who calls
+
+    def _trunk_call(self, ctx: Context, fwd: Request, user: str, now: float) -> list[ProxyAction]:
+        """A PBX at an address the admin trusts calls as its user, unchallenged,
+        while that user's account may use SIP (the state a REGISTER gets)."""
+        check = self.account_state
+        if check is None:
+            self.stats.proxy_trunk_calls += 1
+            return self._caller_known(ctx, fwd, user, now)
+
+        def checked(outcome: Outcome[AccountState | None], later: float) -> list[ProxyAction]:
+            def go() -> list[ProxyAction]:
+                if outcome.error is not None:
+                    log.error("cannot look up trunk owner %s: %s", log_quote(user, 64),
+                              outcome.error)
+                    raise SipError(500, "User database unavailable")
+                state = outcome.get()
+                if state is not None and state.allowed:
+                    self.stats.proxy_trunk_calls += 1
+                    return self._caller_known(ctx, fwd, user, later)
+                # A suspended customer's PBX is a stranger: challenged like
+                # anyone, its asserted identity meaningless (RFC 3325 §5).
+                log.warning("trunk of %s at %s not trusted: %s", log_quote(user, 64),
+                            ctx.source.host, "no such user" if state is None else state.reason)
+                ctx.distrusted = True
+                fwd.remove("P-Asserted-Identity")
+                return self._route_untrusted(ctx, fwd, later)
+
+            return self.forker.safely(ctx, later, go)
+
+        return [Defer(lambda: check(user), checked, name=f"trunk {user}")]
 
     def _authenticate(self, ctx: Context, fwd: Request, now: float) -> list[ProxyAction]:
         verdict = self.auth.authenticate(ctx.request, ctx.source, self.wall(now), proxy=True)
@@ -254,7 +294,7 @@ class Proxy:
 
     def _unauthenticated(self, ctx: Context) -> bool:
         """A request nobody vouched for: no digest, no trusted trunk."""
-        return ctx.caller is None and not self._trusted_source(ctx.source.host)
+        return ctx.caller is None and (ctx.distrusted or not self._trusted_source(ctx.source.host))
 
     def _owns(self, user: str, aor: str) -> bool:
         ownership = self.ownership

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sipd.core.ownership import Ownership
 from sipd.core.peer import Peer
 from sipd.proxy.context import ProxyPolicy
+from srfs.accounts.state import AccountState
 from srfs.files.aliases import AliasMap
 from srfs.files.trunks import parse_trunks
 from srfs.state.location import Binding
@@ -100,6 +101,37 @@ def test_a_trusted_trunk_reaches_the_gateway() -> None:
                    TRUNK)
     (req, peer), = requests(out, "INVITE")
     assert (peer.host, peer.port) == ("192.0.2.99", 5080)
+
+
+def test_a_trunk_whose_owner_is_suspended_is_not_trusted() -> None:
+    net = itsp_net()
+    net.bind("bob", BOB1)
+    states = {"dave": AccountState(True)}
+    asked: list[str] = []
+
+    def state_of(name: str) -> AccountState | None:
+        asked.append(name)
+        return states.get(name)
+
+    net.proxy.account_state = state_of
+    pai = "P-Asserted-Identity: <sip:+441727238471@sip.test>\r\n"
+    frm = f"sip:+441727238471@{REALM}"
+    out = net.send(invite(f"sip:bob@{REALM}", frm=frm, extra=pai), TRUNK)
+    assert responses(out) == [100] and len(requests(out, "INVITE")) == 1
+    assert asked == ["dave"]  # every trunk call asks the owner's account state
+    states["dave"] = AccountState(False, "password locked (usermod -L)")
+    # The same call is challenged like any caller claiming a local From...
+    assert responses(net.send(invite(f"sip:bob@{REALM}", frm=frm, extra=pai),
+                              TRUNK)) == [100, 407]
+    # ...and a call from outside through it is a stranger's: accepted for a
+    # local user, with nothing of what the PBX asserted.
+    out = net.send(invite(f"sip:bob@{REALM}", frm="sip:+4930123456@carrier.example",
+                          extra=pai), TRUNK)
+    (req, _), = requests(out, "INVITE")
+    assert "P-Asserted-Identity" not in req
+    # An owner who is no user at all trusts nothing either.
+    del states["dave"]
+    assert responses(net.send(invite(f"sip:bob@{REALM}", frm=frm), TRUNK)) == [100, 407]
 
 
 # ------------------------------------------------------------ caller ID
