@@ -111,6 +111,16 @@ def _string(name: str) -> Callable[[Any], str]:
     return check
 
 
+def _dial_digits(name: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value.isascii() or not (
+                value == "" or (value.isdigit() and len(value) <= 8)):
+            raise ConfigError(f"{name} must be a string of up to 8 digits, not {value!r}")
+        return value
+
+    return check
+
+
 def _choice(name: str, *choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -259,6 +269,9 @@ class Settings:
     aliases: str = "/etc/sipd/aliases"
     trunks: str = "/etc/sipd/trunks"
     from_policy: str = "reject"
+    country_code: str = ""
+    national_prefix: str = ""
+    international_prefix: str = ""
     max_message_size: int = 65535
     tcp_max_connections: int = 1024
     tcp_max_connections_per_source: int = 128
@@ -338,6 +351,16 @@ KEYS: tuple[Key, ...] = (
     Key("trunks", _string("trunks"), "trusted trunks by source address (default /etc/sipd/trunks)"),
     Key("from_policy", _choice("from_policy", "reject", "rewrite"),
         "a call whose From user the caller does not own: reject (403) or rewrite it", live=True),
+    Key("country_code", _dial_digits("country_code"),
+        "the country calling code of this server's numbers, digits without + (\"49\"); with "
+        "national_prefix, national numbers match their E.164 form (default empty: numbers "
+        "only lose their visual separators)", live=True),
+    Key("national_prefix", _dial_digits("national_prefix"),
+        "the prefix of national numbers (\"0\"); used with country_code (default empty)",
+        live=True),
+    Key("international_prefix", _dial_digits("international_prefix"),
+        "the prefix of international numbers (\"00\"), read as + (default empty: only + "
+        "marks them)", live=True),
     Key("max_message_size", _positive_int("max_message_size"),
         "largest SIP message accepted, bytes (65535)"),
     Key("tcp_max_connections", _positive_int("tcp_max_connections"),

@@ -39,6 +39,7 @@ from sipd.auth.challenges import ChallengePolicy
 from sipd.auth.throttle import Throttle
 from sipd.config import Settings
 from sipd.core.identity import build_identity, interface_addresses
+from sipd.core.numbers import NumberPlan
 from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
@@ -188,6 +189,8 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
     )
     ownership = Ownership(settings.aliases, settings.trunks,
                           gateways=[gateway_host(settings.outbound_proxy)])
+    ownership.plan = NumberPlan(settings.country_code, settings.national_prefix,
+                                settings.international_prefix)
     rules = BindingRules(identity, ownership)
     pam_service = settings.pam_service if settings.pam else None
     directory = Directory(realm, settings.group, pam_service, ttl=settings.account_cache_ttl,

@@ -110,6 +110,13 @@ def _account_setting(name: str) -> Callable[[Daemon, Any], None]:
     return apply
 
 
+def _number_plan(name: str) -> Callable[[Daemon, Any], None]:
+    def apply(daemon: Daemon, value: Any) -> None:
+        daemon.ownership.plan = replace(daemon.ownership.plan, **{name: value})
+
+    return apply
+
+
 def _set_from_policy(daemon: Daemon, value: Any) -> None:
     daemon.proxy.policy = replace(daemon.proxy.policy, from_policy=value)
 
@@ -129,6 +136,9 @@ LIVE: dict[str, Callable[[Daemon, Any], None]] = {
     "acc": _set_acc,
     "acc_limit": _set_acc_limit,
     "from_policy": _set_from_policy,
+    "country_code": _number_plan("country_code"),
+    "national_prefix": _number_plan("national_prefix"),
+    "international_prefix": _number_plan("international_prefix"),
     "locked_suspends": _account_setting("locked_suspends"),
     "account_cache_ttl": _account_setting("account_cache_ttl"),
     "tcp_max_connections": _transports("tcp_max_connections"),

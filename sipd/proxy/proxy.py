@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
+from urllib.parse import quote, unquote
 
 from sipd.auth.authenticator import Authenticator, LookUp, Refused, Verdict
 from sipd.core.identity import LocalIdentity
@@ -77,6 +78,10 @@ from srfs.state.location import LocationStore
 log = logging.getLogger("sipd.proxy")
 
 __all__ = ["Proxy"]
+
+#: RFC 3261 user-unreserved and mark characters: what a user part may carry
+#: unescaped besides letters and digits (a number's "#" is escaped).
+_USER_SAFE = "!*'()&=+$,;?/"
 
 
 class Proxy:
@@ -203,6 +208,7 @@ class Proxy:
             raise SipError(403, "Preloaded Route denied")
         if req.method == "ACK" or req.method == "CANCEL":
             raise SipError(481, "Call/Transaction Does Not Exist")
+        self._normalise_target(fwd)
         from_uri = req.from_.uri
         caller_local = isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri)
         trunk_user = self._trunk_caller(from_uri, caller_local, ctx.source)
@@ -227,6 +233,42 @@ class Proxy:
             return self._authenticate(ctx, fwd, now)
         assert isinstance(target, SipURI)
         return self._to_local(ctx, fwd, None, target, now)
+
+    def _normalise_target(self, fwd: Request) -> None:
+        """A dialled number in any spelling becomes the AOR it stands for (sipd(8), NUMBERS).
+
+        A ``tel:`` number of the alias map becomes ``sip:NAME@realm``, so it
+        is routed like the DID written NAME; any other ``tel:`` number and
+        ``user=phone`` numbers are normalised for the next hop; a number
+        at one of our domains that is a DID in another spelling becomes
+        that DID.
+        """
+        ownership = self.ownership
+        if ownership is None:
+            return
+        uri = fwd.uri
+        if isinstance(uri, TelURI):
+            context = uri.param("phone-context")
+            name = ownership.number(uri.number, phone=True, phone_context=context)
+            if ownership.owner_of(name) is not None:
+                fwd.uri = SipURI("sip", self.auth.realm, name)
+            elif name != uri.number:
+                params = tuple(p for p in uri.params if p[0].lower() != "phone-context") \
+                    if name.startswith("+") else uri.params
+                fwd.uri = TelURI(name, params)
+            return
+        if not isinstance(uri, SipURI) or not uri.user:
+            return
+        phone = (uri.param("user") or "").lower() == "phone"
+        if not phone and not self.router.is_local_aor(uri):
+            return
+        user, _, context = unquote(uri.user).partition(";")
+        context_value = None
+        if context.lower().startswith("phone-context="):
+            context_value = context.split("=", 1)[1]
+        name = ownership.number(user, phone=phone, phone_context=context_value)
+        if name != user:
+            fwd.uri = replace(uri, user=quote(name, safe=_USER_SAFE))
 
     def _forward_by_route(self, ctx: Context, fwd: Request, now: float) -> list[ProxyAction]:
         routes = fwd.values("Route")
@@ -319,9 +361,19 @@ class Proxy:
         user = ownership.trunk_user_at(source.host)
         if user is None:
             return None
-        if caller_local and isinstance(from_uri, SipURI) and not ownership.owns(user, aor_of(from_uri)):
+        if caller_local and isinstance(from_uri, SipURI) and not ownership.owns(
+                user, self._from_user(from_uri)):
             return None
         return user
+
+    def _from_user(self, uri: SipURI | TelURI) -> str:
+        """The AOR a From URI names, a number in any spelling as the alias map writes it."""
+        name = aor_of(uri)
+        ownership = self.ownership
+        if ownership is None:
+            return name
+        phone = isinstance(uri, TelURI) or (uri.param("user") or "").lower() == "phone"
+        return ownership.number(name, phone=phone)
 
     def _caller_known(self, ctx: Context, fwd: Request, user: str, now: float) -> list[ProxyAction]:
         """The caller is ``user`` (digest or trusted trunk): check From, assert, route."""
@@ -330,7 +382,7 @@ class Proxy:
             # RFC 3323 §4.1.1.3: an anonymous From is the phone's own privacy choice.
             from_user = user
         elif isinstance(from_uri, (SipURI, TelURI)):
-            from_user = aor_of(from_uri)
+            from_user = self._from_user(from_uri)
         else:
             from_user = ""
         try:

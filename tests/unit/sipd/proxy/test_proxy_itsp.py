@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from sipd.core.numbers import NumberPlan
 from sipd.core.ownership import Ownership
 from sipd.core.peer import Peer
 from sipd.proxy.context import ProxyPolicy
@@ -75,6 +78,57 @@ def test_dids_of_users_without_phones_or_owners() -> None:
     # An alias whose owner is no SIP user is nobody's number; a stranger is
     # not told that it differs from a number whose phones are off.
     assert responses(net.send(invite(f"sip:7000@{REALM}"), STRANGER)) == [100, 480]
+
+
+@pytest.mark.parametrize("uri", [
+    "tel:01727221221", "tel:+491727221221", "tel:+49-1727-221221", "tel:0172.722.1221",
+    "tel:1727221221;phone-context=+49", f"sip:+491727221221@{REALM};user=phone",
+    f"sip:+49%201727%20221221@{REALM};user=phone", f"sip:0049(1727)221221@{REALM}",
+    f"sip:1727221221%3Bphone-context=+49@{REALM};user=phone",
+])
+def test_a_did_in_any_spelling_reaches_the_trunk_as_the_map_writes_it(uri: str) -> None:
+    net = itsp_net()
+    net.proxy.ownership.plan = NumberPlan("49", "0", "00")  # type: ignore[union-attr]
+    net.store.upsert(Binding("alice", "alice", "sip:pbx@203.0.113.9:5060", None,
+                             received="udp:203.0.113.9:5060"))
+    out = net.send(invite(uri), STRANGER)
+    (req, peer), = requests(out, "INVITE")
+    assert (peer.host, peer.port) == ("203.0.113.9", 5060)
+    assert req.uri_text == "sip:01727221221@203.0.113.9:5060"
+
+
+def test_without_a_number_plan_a_tel_uri_must_be_spelled_as_the_map() -> None:
+    net = itsp_net()
+    net.store.upsert(Binding("alice", "alice", "sip:pbx@203.0.113.9:5060", None,
+                             received="udp:203.0.113.9:5060"))
+    out = net.send(invite("tel:0-1727-221221"), STRANGER)
+    (req, _), = requests(out, "INVITE")
+    assert req.uri_text == "sip:01727221221@203.0.113.9:5060"
+    # E.164 is another number without the country: not ours, and a
+    # stranger may not relay.
+    assert responses(net.send(invite("tel:+491727221221"), STRANGER)) == [100, 403]
+
+
+def test_an_outside_number_goes_to_the_gateway_normalised() -> None:
+    net = itsp_net(outbound=GATEWAY)
+    net.proxy.ownership.plan = NumberPlan("49", "0")  # type: ignore[union-attr]
+    out = net.send(invite("tel:030-123456", frm="sip:+441727238471@pbx.example"), TRUNK)
+    (req, peer), = requests(out, "INVITE")
+    assert (peer.host, peer.port) == ("192.0.2.99", 5080)
+    assert req.uri_text == "tel:+4930123456"
+    out = net.send(invite("sip:030%20123456@carrier.example;user=phone",
+                          frm="sip:+441727238471@pbx.example"), TRUNK)
+    (req, _), = requests(out, "INVITE")
+    assert req.uri_text == "sip:+4930123456@carrier.example;user=phone"
+
+
+def test_a_trunk_may_call_as_its_did_in_another_spelling() -> None:
+    net = itsp_net()
+    net.proxy.ownership.plan = NumberPlan("44", "0")  # type: ignore[union-attr]
+    net.bind("bob", BOB1)
+    out = net.send(invite(f"sip:bob@{REALM}", frm=f"sip:01727238471@{REALM};user=phone"), TRUNK)
+    (req, _), = requests(out, "INVITE")
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:+441727238471@{REALM}>"]
 
 
 # ------------------------------------------------------------------ trunks
