@@ -206,7 +206,8 @@ class Ownership:
             self.aliases = loaded.aliases
             log.info("alias map: %d name(s)", len(self.aliases))
             changed = True
-        if loaded.trunks is not None and loaded.trunks.networks != self.trunks.networks:
+        if loaded.trunks is not None and (loaded.trunks.networks != self.trunks.networks or
+                                          loaded.trunks.presentation != self.trunks.presentation):
             self.trunks = loaded.trunks
             log.info("trusted trunks: %d network(s)", len(self.trunks))
             changed = True

@@ -34,12 +34,13 @@ from sipd.core.peer import Peer
 from sipd.core.work import Defer, Outcome
 from sipd.proxy.ack import forward_ack
 from sipd.proxy.callerid import (
-    OutboundIdentity,
+    add_diversion,
     apply_display_name,
     assert_identity,
     drop_our_credentials,
     is_anonymous,
     outbound_identity,
+    preferred_identity,
     set_from_user,
 )
 from sipd.proxy.context import (
@@ -287,7 +288,7 @@ class Proxy:
         check = self.account_state
         if check is None:
             self.stats.proxy_trunk_calls += 1
-            return self._caller_known(ctx, fwd, user, now)
+            return self._caller_known(ctx, fwd, user, now, trunk=True)
 
         def checked(outcome: Outcome[AccountState | None], later: float) -> list[ProxyAction]:
             def go() -> list[ProxyAction]:
@@ -298,7 +299,7 @@ class Proxy:
                 state = outcome.get()
                 if state is not None and state.allowed:
                     self.stats.proxy_trunk_calls += 1
-                    return self._caller_known(ctx, fwd, user, later)
+                    return self._caller_known(ctx, fwd, user, later, trunk=True)
                 # A suspended customer's PBX is a stranger: challenged like
                 # anyone, its asserted identity meaningless (RFC 3325 §5).
                 log.warning("trunk of %s at %s not trusted: %s", log_quote(user, 64),
@@ -361,10 +362,28 @@ class Proxy:
         user = ownership.trunk_user_at(source.host)
         if user is None:
             return None
-        if caller_local and isinstance(from_uri, SipURI) and not ownership.owns(
-                user, self._from_user(from_uri)):
-            return None
+        if caller_local and isinstance(from_uri, SipURI):
+            name = self._from_user(from_uri)
+            if not ownership.owns(user, name) and not self._may_present(user, from_uri, name):
+                return None
         return user
+
+    def _may_present(self, user: str, from_uri: object, from_user: str) -> bool:
+        """May ``user``'s trunk present ``from_user``, which it does not own?
+
+        Its ``present=`` patterns decide; at one of our own domains only a
+        number that is no one's DID may be presented, never a local user's
+        name or number.
+        """
+        ownership = self.ownership
+        if ownership is None:
+            return False
+        raw = aor_of(from_uri) if isinstance(from_uri, (SipURI, TelURI)) else ""
+        normal = ownership.plan.normalise(raw)
+        if isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri) and (
+                normal is None or ownership.owner_of(from_user) is not None):
+            return False
+        return ownership.trunks.presents(user, raw, from_user, normal)
 
     def _from_user(self, uri: SipURI | TelURI) -> str:
         """The AOR a From URI names, a number in any spelling as the alias map writes it."""
@@ -375,7 +394,8 @@ class Proxy:
         phone = isinstance(uri, TelURI) or (uri.param("user") or "").lower() == "phone"
         return ownership.number(name, phone=phone)
 
-    def _caller_known(self, ctx: Context, fwd: Request, user: str, now: float) -> list[ProxyAction]:
+    def _caller_known(self, ctx: Context, fwd: Request, user: str, now: float,
+                      trunk: bool = False) -> list[ProxyAction]:
         """The caller is ``user`` (digest or trusted trunk): check From, assert, route."""
         from_uri = ctx.request.from_.uri
         if is_anonymous(from_uri):
@@ -385,9 +405,13 @@ class Proxy:
             from_user = self._from_user(from_uri)
         else:
             from_user = ""
+        presents, default = None, None
+        if trunk and self.ownership is not None:
+            presents, default = self._presentation(ctx, user, from_uri)
         try:
             ctx.identity = outbound_identity(user, from_user, None, self._owns,
-                                             self.policy.from_policy)
+                                             self.policy.from_policy, presents=presents,
+                                             default=default)
         except SipError:
             log.warning("call refused: user %s from %s may not call as %s", log_quote(user),
                         ctx.source.host, log_quote(from_user, 64))
@@ -395,12 +419,37 @@ class Proxy:
         ctx.caller = user
         if ctx.identity.rewrite_from:
             set_from_user(fwd, ctx.identity.identity, self.auth.realm)
+        add_diversion(ctx.identity, fwd, self.auth.realm)
         target = fwd.uri
         if isinstance(target, SipURI) and self.router.is_local_aor(target):
             return self._to_local(ctx, fwd, user, target, now)
         if self._outbound is None:
             raise SipError(403, "Relaying denied")
         return self._to_outbound(ctx, fwd, user, now)
+
+    def _presentation(self, ctx: Context, user: str,
+                      from_uri: object) -> tuple[Callable[[str], bool], str | None]:
+        """What ``user``'s trunk may present, and the identity it asserts then.
+
+        The patterns of ``present=`` match the From user as sent or as the
+        number plan writes it. The identity is the PBX's
+        ``P-Preferred-Identity`` when the user owns it, else the first of
+        the user's numbers (E.164 ones first), else the user's name.
+        """
+        ownership = self.ownership
+        assert ownership is not None
+
+        def presents(from_user: str) -> bool:
+            return self._may_present(user, from_uri, from_user)
+
+        preferred = preferred_identity(ctx.request)
+        if preferred is not None:
+            preferred = ownership.number(preferred, phone=True)
+            if self._owns(user, preferred):
+                return presents, preferred
+        numbers = [n for n in ownership.names_of(user) if ownership.plan.normalise(n)]
+        numbers.sort(key=lambda n: not (ownership.plan.normalise(n) or "").startswith("+"))
+        return presents, numbers[0] if numbers else None
 
     # ------------------------------------------------------------ out through the gateway
 
@@ -436,8 +485,13 @@ class Proxy:
             return
         caller_id = config.get("caller_id") if config is not None else None
         if caller_id and caller_id != ident.identity and self._owns(ident.user, caller_id):
-            ident = ctx.identity = OutboundIdentity(ident.user, caller_id, ident.rewrite_from)
-        if not is_anonymous(ctx.request.from_.uri):
+            ident = ctx.identity = replace(ident, identity=caller_id)
+            original = ctx.request
+            if ident.presented and "Diversion" not in original and "History-Info" not in original:
+                # The Diversion added for the first choice names this one.
+                fwd.remove("Diversion")
+                add_diversion(ident, fwd, self.auth.realm)
+        if not is_anonymous(ctx.request.from_.uri) and not ident.presented:
             set_from_user(fwd, ident.identity, self.auth.realm)
         assert_identity(ctx.identity, ctx.request, fwd, self.auth.realm, trusted_hop=True)
 

@@ -253,6 +253,99 @@ def test_from_policy_reject_or_rewrite() -> None:
     assert req.get_all("P-Asserted-Identity") == [f"<sip:alice@{REALM}>"]
 
 
+def presenting_net(present: str = "present=any", outbound: str = GATEWAY) -> Net:
+    net = itsp_net(outbound=outbound)
+    own = net.proxy.ownership
+    assert own is not None
+    own.plan = NumberPlan("44", "0")
+    own.trunks, problems = parse_trunks(f"dave: 203.0.113.7/32 {present}\n")
+    assert not problems
+    return net
+
+
+def test_a_trunk_that_may_present_keeps_an_outside_from_and_asserts_its_customer() -> None:
+    net = presenting_net()
+    out = net.send(invite("sip:+15551234@example.org", frm="sip:+4930123456@carrier.example"),
+                   TRUNK)
+    (req, peer), = requests(out, "INVITE")
+    assert (peer.host, peer.port) == ("192.0.2.99", 5080)
+    assert str(req.from_.uri) == "sip:+4930123456@carrier.example"
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:+441727238471@{REALM}>"]
+    assert req.get_all("Diversion") == [f"<sip:+441727238471@{REALM}>;reason=unknown;counter=1"]
+    # To a local user, the same.
+    net.bind("bob", BOB1)
+    out = net.send(invite(f"sip:bob@{REALM}", frm="sip:+4930123456@carrier.example"), TRUNK)
+    (req, peer), = requests(out, "INVITE")
+    assert peer == BOB1 and str(req.from_.uri) == "sip:+4930123456@carrier.example"
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:+441727238471@{REALM}>"]
+
+
+def test_what_the_pbx_said_of_the_diversion_travels_on() -> None:
+    net = presenting_net()
+    hi = "History-Info: <sip:+441727238471@pbx.example>;index=1\r\n"
+    out = net.send(invite("sip:+15551234@example.org", frm="sip:+4930123456@carrier.example",
+                          extra=hi), TRUNK)
+    (req, _), = requests(out, "INVITE")
+    assert "Diversion" not in req
+    assert req.get_all("History-Info") == ["<sip:+441727238471@pbx.example>;index=1"]
+    div = "Diversion: <sip:0800123@pbx.example>;reason=no-answer\r\n"
+    out = net.send(invite("sip:+15551234@example.org", frm="sip:+4930123456@carrier.example",
+                          extra=div), TRUNK)
+    (req, _), = requests(out, "INVITE")
+    assert req.get_all("Diversion") == ["<sip:0800123@pbx.example>;reason=no-answer"]
+
+
+def test_the_pbx_may_choose_which_of_its_numbers_is_asserted() -> None:
+    net = presenting_net()
+    net.proxy.ownership.aliases = AliasMap.of(  # type: ignore[union-attr]
+        {"+441727238471": "dave", "+441727238472": "dave", "1003": "alice"})
+    ppi = f"P-Preferred-Identity: <sip:01727238472@{REALM}>\r\n"
+    out = net.send(invite("sip:+15551234@example.org", frm="sip:+4930123456@carrier.example",
+                          extra=ppi), TRUNK)
+    (req, _), = requests(out, "INVITE")
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:+441727238472@{REALM}>"]
+    assert "P-Preferred-Identity" not in req
+    # One it does not own is not taken.
+    ppi = f"P-Preferred-Identity: <sip:1003@{REALM}>\r\n"
+    out = net.send(invite("sip:+15551234@example.org", frm="sip:+4930123456@carrier.example",
+                          extra=ppi), TRUNK)
+    (req, _), = requests(out, "INVITE")
+    assert req.get_all("P-Asserted-Identity") == [f"<sip:+441727238471@{REALM}>"]
+
+
+def test_presentation_patterns_and_what_is_never_presented() -> None:
+    net = presenting_net("present=+4930*")
+    frm = "sip:+4930123456@carrier.example"
+    assert len(requests(net.send(invite("sip:+15551234@example.org", frm=frm), TRUNK),
+                        "INVITE")) == 1
+    # A national spelling matches the E.164 pattern through the number plan.
+    net.proxy.ownership.plan = NumberPlan("49", "0")  # type: ignore[union-attr]
+    assert len(requests(net.send(invite("sip:+15551234@example.org",
+                                        frm="sip:030123456@carrier.example"), TRUNK),
+                        "INVITE")) == 1
+    # Outside the patterns: from_policy, as before.
+    assert responses(net.send(invite("sip:+15551234@example.org",
+                                     frm="sip:+4940123456@carrier.example"), TRUNK)) == [100, 403]
+    # At our own domain, a local user's name or someone's DID is never
+    # presented: that is the trunk claiming to be them, challenged.
+    net = presenting_net()
+    net.bind("bob", BOB1)
+    for frm in (f"sip:alice@{REALM}", f"sip:1003@{REALM}"):
+        assert responses(net.send(invite(f"sip:bob@{REALM}", frm=frm), TRUNK)) == [100, 407]
+    # A number at our domain that is nobody's may be.
+    out = net.send(invite(f"sip:bob@{REALM}", frm=f"sip:+4930123456@{REALM}"), TRUNK)
+    (req, _), = requests(out, "INVITE")
+    assert str(req.from_.uri) == f"sip:+4930123456@{REALM}"
+
+
+def test_digest_callers_never_present() -> None:
+    net = presenting_net()
+    uri, frm = "sip:+15551234@example.org", f"sip:+4930123456@{REALM}"
+    auth = credentials(challenge(net, uri, frm), uri, user="dave", password="secret-dave")
+    out = net.send(invite(uri, frm=frm, extra=f"Proxy-Authorization: {auth}\r\n", cseq=2), CALLER)
+    assert responses(out) == [100, 403]
+
+
 def test_an_anonymous_from_is_the_callers_privacy_choice() -> None:
     net = itsp_net(outbound=GATEWAY)
     out = authed(net, "sip:+15551234@example.org",
