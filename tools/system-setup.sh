@@ -20,7 +20,9 @@ INSTALL="$RUN python3 python3-venv python3-dev"
 # need. man-db: man(1) on the installed pages; systemd: systemd-analyze
 # verify on the unit (neither needs systemd to be running); fail2ban and
 # prometheus: fail2ban-regex and promtool on what sipd logs and serves.
-TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus"
+# kamailio: a real customer PBX in the ITSP tests (tests/pbx/), registering
+# its DID with uac_reg and relaying calls; its service is not started here.
+TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus kamailio"
 
 case $mode in
     run) PACKAGES=$RUN target=run ;;
@@ -47,6 +49,14 @@ if [ -n "$missing" ]; then
     apt-get update -q
     # shellcheck disable=SC2086
     apt-get install -y -q --no-install-recommends $missing
+    case " $missing " in
+        *" kamailio "*)
+            # The package enables its service, which would take port 5060
+            # from make run: the tests start Kamailio themselves.
+            if [ -d /run/systemd/system ]; then
+                systemctl disable --now kamailio.service || true
+            fi ;;
+    esac
 fi
 
 # make install puts the PAM file in place itself (into DESTDIR) and leaves
