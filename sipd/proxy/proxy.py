@@ -236,7 +236,7 @@ class Proxy:
         return self._to_local(ctx, fwd, None, target, now)
 
     def _normalise_target(self, fwd: Request) -> None:
-        """A dialled number in any spelling becomes the AOR it stands for (sipd(8), NUMBERS).
+        """A dialled number in any spelling becomes the AOR it stands for (sipd(8), PROXY, Numbers).
 
         A ``tel:`` number of the alias map becomes ``sip:NAME@realm``, so it
         is routed like the DID written NAME; any other ``tel:`` number and
