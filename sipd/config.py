@@ -162,6 +162,16 @@ def _string(name: str) -> Callable[[Any], str]:
     return check
 
 
+def _dial_digits(name: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value.isascii() or not (
+                value == "" or (value.isdigit() and len(value) <= 8)):
+            raise ConfigError(f"{name} must be a string of up to 8 digits, not {value!r}")
+        return value
+
+    return check
+
+
 def _choice(name: str, *choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -352,6 +362,8 @@ class Settings:
     group: str = sipdconf.DEFAULT_GROUP
     pam_service: str = "sipd"
     pam: bool = True
+    locked_suspends: bool = True
+    account_cache_ttl: float = 60.0
     auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     sha256_user_agents: tuple[str, ...] = DEFAULT_SHA256_USER_AGENTS
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -372,6 +384,9 @@ class Settings:
     from_policy: str = "reject"
     rtpengine: str = ""
     media_relay: str = "nat"
+    country_code: str = ""
+    national_prefix: str = ""
+    international_prefix: str = ""
     max_message_size: int = 65535
     tcp_max_connections: int = 1024
     tcp_max_connections_per_source: int = 128
@@ -418,6 +433,13 @@ KEYS: tuple[Key, ...] = (
     Key("group", _string("group"), "UNIX group whose members may use SIP (default sip)"),
     Key("pam_service", _string("pam_service"), "PAM service for the account check (default sipd)"),
     Key("pam", _bool("pam"), "run the PAM account check (default true)"),
+    Key("locked_suspends", _bool("locked_suspends"),
+        "a locked UNIX password (shadow entry starting with !, passwd -S shows L) suspends "
+        "SIP: registrations, calls and the user's trusted trunks (default true)", live=True),
+    Key("account_cache_ttl", _non_negative_number("account_cache_ttl"),
+        "seconds an account's state (SIP group, locked or expired, PAM) is reused; a change "
+        "of /etc/passwd, /etc/group, /etc/shadow or the PAM service file counts within a "
+        "second, and SIGHUP at once (60)", live=True),
     Key("auth_algorithms", _algorithms,
         "digest algorithms accepted (default MD5, SHA-256); a challenge offers one of them, "
         "the one the phone used last, or SHA-256 and MD5 to phones of sha256_user_agents, "
@@ -460,6 +482,16 @@ KEYS: tuple[Key, ...] = (
     Key("media_relay", _choice("media_relay", "always", "nat", "never"),
         "which calls with an SDP offer go through rtpengine: always, nat (only when the "
         "caller or the callee is behind a NAT) or never (default nat)", live=True),
+    Key("country_code", _dial_digits("country_code"),
+        "the country calling code of this server's numbers, digits without + (\"49\"); with "
+        "national_prefix, national numbers match their E.164 form (default empty: numbers "
+        "only lose their visual separators)", live=True),
+    Key("national_prefix", _dial_digits("national_prefix"),
+        "the prefix of national numbers (\"0\"); used with country_code (default empty)",
+        live=True),
+    Key("international_prefix", _dial_digits("international_prefix"),
+        "the prefix of international numbers (\"00\"), read as + (default empty: only + "
+        "marks them)", live=True),
     Key("max_message_size", _positive_int("max_message_size"),
         "largest SIP message accepted, bytes (65535)"),
     Key("tcp_max_connections", _positive_int("tcp_max_connections"),

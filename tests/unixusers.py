@@ -1,7 +1,7 @@
 """Fake UNIX users for tests, without touching /etc (nss_wrapper + pam_wrapper).
 
-``fake_unix()`` builds a throw-away directory with ``passwd`` and ``group``
-files, a home per user owned by that user's (real, numeric) uid, and a
+``fake_unix()`` builds a throw-away directory with ``passwd``, ``group``
+and ``shadow`` files, a home per user owned by that user's (real, numeric) uid, and a
 ``pam.d`` directory holding a ``sipd`` service; it yields a
 :class:`FakeUnix` whose ``env`` runs a *new* process under the wrappers
 (they are preloaded libraries, so they never apply to the test process
@@ -101,9 +101,38 @@ class FakeUnix:
     gids: dict[str, int]
     env: dict[str, str] = field(default_factory=dict)
     python: str = sys.executable
+    shadow: Path | None = None
 
     def __getitem__(self, name: str) -> FakeUser:
         return self.users[name]
+
+    @staticmethod
+    def _replace(path: Path, text: str, mode: int) -> None:
+        # As usermod and gpasswd do: a new file renamed over the old one.
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(3)}")
+        tmp.write_text(text)
+        tmp.chmod(mode)
+        tmp.replace(path)
+
+    def set_shadow(self, name: str, password: str = "*", expire: int | None = None) -> None:
+        """``name``'s shadow entry: ``!...`` is locked, ``expire`` a day number (1: expired)."""
+        assert self.shadow is not None
+        lines = [line for line in self.shadow.read_text().splitlines()
+                 if line.split(":", 1)[0] != name]
+        day = "" if expire is None else str(expire)
+        lines.append(f"{name}:{password}:19000:0:99999:7::{day}:")
+        self._replace(self.shadow, "\n".join(lines) + "\n", 0o640)
+
+    def set_groups(self, name: str, groups: Sequence[str]) -> None:
+        """``name``'s supplementary groups become ``groups`` (as ``gpasswd -d`` and ``-a``)."""
+        out = []
+        for line in self.group.read_text().splitlines():
+            gname, pw, gid, members = line.split(":", 3)
+            names = [m for m in members.split(",") if m and m != name]
+            if gname in groups:
+                names.append(name)
+            out.append(f"{gname}:{pw}:{gid}:{','.join(names)}")
+        self._replace(self.group, "\n".join(out) + "\n", 0o644)
 
     def add_pam_service(self, name: str, text: str) -> Path:
         path = self.pamd / name
@@ -305,10 +334,15 @@ def fake_unix(
             group_lines.append(f"{g}:x:{gid}:{','.join(members[g])}")
         passwd = root / "passwd"
         group = root / "group"
+        shadow = root / "shadow"
         passwd.write_text("\n".join(passwd_lines) + "\n")
         group.write_text("\n".join(group_lines) + "\n")
+        # Read by sipd's locked-account check through nss_wrapper's
+        # getspnam; "*" is neither locked nor a password.
+        shadow.write_text("".join(f"{name}:*:19000:0:99999:7:::\n" for name in fakes))
         passwd.chmod(0o644)
         group.chmod(0o644)
+        shadow.chmod(0o640)
         pamd = root / "pam.d"
         pamd.mkdir(mode=0o755)
         pamd.chmod(0o755)
@@ -317,6 +351,7 @@ def fake_unix(
             LD_PRELOAD=PRELOAD,
             NSS_WRAPPER_PASSWD=str(passwd),
             NSS_WRAPPER_GROUP=str(group),
+            NSS_WRAPPER_SHADOW=str(shadow),
             PAM_WRAPPER="1",
             PAM_WRAPPER_SERVICE_DIR=str(pamd),
             # pam_wrapper 1.1.4 reads this (sic) name; without it the PAM
@@ -328,7 +363,7 @@ def fake_unix(
             PYTHONDONTWRITEBYTECODE="1",
             LC_ALL="C.UTF-8",
         )
-        unix = FakeUnix(root, passwd, group, pamd, fakes, gids, env)
+        unix = FakeUnix(root, passwd, group, pamd, fakes, gids, env, shadow=shadow)
         if pam_service is not None:
             unix.add_pam_service("sipd", pam_service)
         yield unix

@@ -23,7 +23,9 @@ INSTALL="$RUN python3 python3-venv python3-dev"
 # the prometheus server that scrapes its metrics endpoint.
 # rtpengine-daemon: the media relay the end-to-end tests relay calls
 # through (run in userspace, on 127.0.0.1, by the tests themselves).
-TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus rtpengine-daemon"
+# kamailio: a real customer PBX in the ITSP tests (tests/pbx/), registering
+# its DID with uac_reg and relaying calls; its service is not started here.
+TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus rtpengine-daemon kamailio"
 
 case $mode in
     run) PACKAGES=$RUN target=run ;;
@@ -50,6 +52,14 @@ if [ -n "$missing" ]; then
     apt-get update -q
     # shellcheck disable=SC2086
     apt-get install -y -q --no-install-recommends $missing
+    case " $missing " in
+        *" kamailio "*)
+            # The package enables its service, which would take port 5060
+            # from make run: the tests start Kamailio themselves.
+            if [ -d /run/systemd/system ]; then
+                systemctl disable --now kamailio.service || true
+            fi ;;
+    esac
 fi
 
 # make install puts the PAM file in place itself (into DESTDIR) and leaves

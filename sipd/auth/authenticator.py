@@ -80,12 +80,15 @@ class AuthStats:
 class RecentAccounts:
     """Accounts looked up lately, so a phone's next request needs no worker thread.
 
-    An entry is used while it is younger than ``ttl`` (the group and PAM
-    answers: a minute, like the PAM cache) and ``fresh(account)`` says its
-    ``~/.sr/passwd`` has not changed (one stat), so a new password still
-    counts from the next request. Unknown users and refused accounts are
-    remembered for ``negative_ttl`` only, so an administrator's fix counts
-    within seconds.
+    An entry is used while it is younger than ``ttl`` and than what is left
+    of the directory's own cached account state (``Account.valid_for``), so
+    a suspension takes no longer here than in the directory, and
+    ``fresh(account)`` says its ``~/.sr/passwd`` has not changed (one stat),
+    so a new password still counts from the next request. Unknown users and
+    refused accounts are remembered for ``negative_ttl`` only, so an
+    administrator's fix counts within seconds. The daemon calls
+    :meth:`forget` whenever the directory forgets (SIGHUP, a change of the
+    account files).
     """
 
     def __init__(self, fresh: Callable[[Account], bool], ttl: float = 60.0,
@@ -112,8 +115,13 @@ class RecentAccounts:
 
     def put(self, name: str, account: Account | None, now: float) -> None:
         good = account is not None and account.allowed
+        ttl = self.ttl if good else self.negative_ttl
+        if account is not None:
+            ttl = min(ttl, account.valid_for)
         self._entries.pop(name, None)
-        self._entries[name] = (now + (self.ttl if good else self.negative_ttl), account)
+        if ttl <= 0:
+            return
+        self._entries[name] = (now + ttl, account)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from sipd.core.numbers import NumberPlan
 from srfs.accounts import users
 from srfs.addresses import parse_host
 from srfs.files.adminfile import (
@@ -69,6 +70,19 @@ class Ownership:
         self._trunk_file = WatchedAdminFile(trunks_path, owner=owner) if trunks_path else None
         self._is_user = is_user
         self._gateways = frozenset(_host_key(g) for g in gateways if g)
+        self._plan = NumberPlan()
+        #: The alias map's numbers by their normalised form, for ``_indexed``.
+        self._numbers: dict[str, str] = {}
+        self._indexed: AliasMap | None = None
+
+    @property
+    def plan(self) -> NumberPlan:
+        return self._plan
+
+    @plan.setter
+    def plan(self, plan: NumberPlan) -> None:
+        self._plan = plan
+        self._indexed = None
 
     # ------------------------------------------------------------ queries
 
@@ -82,6 +96,38 @@ class Ownership:
 
     def names_of(self, user: str) -> tuple[str, ...]:
         return self.aliases.names_of(user)
+
+    def number(self, name: str, *, phone: bool = False,
+               phone_context: str | None = None) -> str:
+        """The AOR a dialled ``name`` stands for (see :mod:`sipd.core.numbers`).
+
+        A name of the alias map as written is itself. Otherwise, when it
+        is a number, the name of the alias map whose number is the same
+        once both are normalised (``tel:+491727221221`` reaches the DID
+        written ``01727221221``); failing that, for a ``tel:`` or
+        ``user=phone`` number (``phone``), the normalised number. Anything
+        else is left as it is.
+        """
+        if name in self.aliases.owners:
+            return name
+        normal = self._plan.normalise(name, phone_context)
+        if normal is None:
+            return name
+        found = self._number_index().get(normal)
+        if found is not None:
+            return found
+        return normal if phone else name
+
+    def _number_index(self) -> dict[str, str]:
+        if self._indexed is not self.aliases:
+            index: dict[str, str] = {}
+            for alias in self.aliases.owners:
+                normal = self._plan.normalise(alias)
+                if normal is not None:
+                    # Two spellings of one number: the first in the map wins.
+                    index.setdefault(normal, alias)
+            self._numbers, self._indexed = index, self.aliases
+        return self._numbers
 
     def trunk_user_at(self, host: str) -> str | None:
         return self.trunks.user_at(host)
@@ -160,7 +206,8 @@ class Ownership:
             self.aliases = loaded.aliases
             log.info("alias map: %d name(s)", len(self.aliases))
             changed = True
-        if loaded.trunks is not None and loaded.trunks.networks != self.trunks.networks:
+        if loaded.trunks is not None and (loaded.trunks.networks != self.trunks.networks or
+                                          loaded.trunks.presentation != self.trunks.presentation):
             self.trunks = loaded.trunks
             log.info("trusted trunks: %d network(s)", len(self.trunks))
             changed = True

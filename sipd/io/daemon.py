@@ -40,9 +40,11 @@ from sipd.auth.challenges import ChallengePolicy
 from sipd.auth.throttle import Throttle
 from sipd.config import Settings, rtpengine_address
 from sipd.core.identity import build_identity, interface_addresses
+from sipd.core.numbers import NumberPlan
 from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
+from sipd.io.accounts import watch_account_files
 from sipd.io.limits import tcp_connection_cap
 from sipd.io.mediarelay import NgSocket
 from sipd.io.metrics import metrics_text
@@ -73,6 +75,7 @@ from sipd.sip.transaction import TransactionLayer
 from sipd.sip.uri import SipURI, parse_uri
 from srfs.accounts import users
 from srfs.accounts.directory import Directory
+from srfs.accounts.state import SystemFiles, system_files
 from srfs.addresses import parse_host
 from srfs.files.home import HomeError
 from srfs.files.usrloc import UsrlocFiles
@@ -149,6 +152,7 @@ class Daemon:
     transports: Transports | None = None
     statefs: StateFs | None = None
     media: MediaRelay | None = None
+    directory: Directory | None = None
 
 
 def gateway_host(uri: str) -> str:
@@ -192,8 +196,13 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
     )
     ownership = Ownership(settings.aliases, settings.trunks,
                           gateways=[gateway_host(settings.outbound_proxy)])
+    ownership.plan = NumberPlan(settings.country_code, settings.national_prefix,
+                                settings.international_prefix)
     rules = BindingRules(identity, ownership)
-    directory = Directory(realm, settings.group, settings.pam_service if settings.pam else None)
+    pam_service = settings.pam_service if settings.pam else None
+    directory = Directory(realm, settings.group, pam_service, ttl=settings.account_cache_ttl,
+                          locked_suspends=settings.locked_suspends,
+                          files=SystemFiles(system_files(pam_service)))
     never_throttled = NeverThrottled(ownership, settings.trusted_networks)
     auth = Authenticator(
         realm, NonceManager(secrets.token_bytes(32)),
@@ -222,10 +231,11 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         bound = [("udp", h, p) for h in hosts for p in ports]
     try:
         proxy = Proxy(
-            identity, advertised(bound), transactions, store, auth, HomeUsers(settings.group),
+            identity, advertised(bound), transactions, store, auth,
+            HomeUsers(settings.group, directory.state),
             ProxyPolicy(outbound_proxy=settings.outbound_proxy,
                         from_policy="rewrite" if settings.from_policy == "rewrite" else "reject"),
-            hooks or tracker, ownership,
+            hooks or tracker, ownership, account_state=directory.state_of,
         )
     except (ValueError, ParseError) as exc:
         raise StartupError(f"bad outbound_proxy {settings.outbound_proxy!r}: {exc}") from None
@@ -258,7 +268,8 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
             except (WtmpError, OSError) as exc:
                 log.warning("wtmp disabled: %s", exc)
     return Daemon(settings, endpoint, store, persistence, wtmp, ownership, rules, registrar, auth,
-                  proxy, tracker, never_throttled, configured or settings, media=media)
+                  proxy, tracker, never_throttled, configured or settings, media=media,
+                  directory=directory)
 
 
 #: How many of one file's refused lines are named in the log; the rest are counted.
@@ -435,12 +446,15 @@ async def run(settings: Settings) -> None:
                 nursery.start_soon(keep_watchdog_fed, period)
             admin_reload = ReloadRequest()
             config_reload = ReloadRequest()
+            account_reload = ReloadRequest()
             nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
             nursery.start_soon(watch_config, daemon, config_reload)
+            nursery.start_soon(watch_account_files, daemon, account_reload)
 
             def on_hup() -> None:
                 config_reload.set()
                 admin_reload.set()
+                account_reload.set()
 
             await _wait_for_signals(on_hup)
             notify_systemd("STOPPING=1")
@@ -550,7 +564,7 @@ async def _wait_for_signals(on_hup: Callable[[], None] = lambda: None) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 # Caught so that a reload request never kills the daemon.
-                log.info("SIGHUP received: reloading sipd.conf, the alias map and trunks")
+                log.info("SIGHUP received: reloading sipd.conf, the alias map, trunks and account states")
                 on_hup()
                 continue
             log.info("%s received, shutting down", signal.Signals(signum).name)

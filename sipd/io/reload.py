@@ -127,6 +127,21 @@ def _set_media_relay(daemon: Daemon, value: Any) -> None:
     # Calls already relayed stay relayed; the policy decides for new ones.
     if daemon.media is not None:
         daemon.media.mode = value
+def _account_setting(name: str) -> Callable[[Daemon, Any], None]:
+    def apply(daemon: Daemon, value: Any) -> None:
+        if daemon.directory is not None:
+            daemon.directory.configure(**{"ttl" if name == "account_cache_ttl" else name: value})
+        if daemon.auth.accounts is not None:
+            daemon.auth.accounts.forget()
+
+    return apply
+
+
+def _number_plan(name: str) -> Callable[[Daemon, Any], None]:
+    def apply(daemon: Daemon, value: Any) -> None:
+        daemon.ownership.plan = replace(daemon.ownership.plan, **{name: value})
+
+    return apply
 
 
 def _set_from_policy(daemon: Daemon, value: Any) -> None:
@@ -149,6 +164,11 @@ LIVE: dict[str, Callable[[Daemon, Any], None]] = {
     "acc_limit": _set_acc_limit,
     "from_policy": _set_from_policy,
     "media_relay": _set_media_relay,
+    "country_code": _number_plan("country_code"),
+    "national_prefix": _number_plan("national_prefix"),
+    "international_prefix": _number_plan("international_prefix"),
+    "locked_suspends": _account_setting("locked_suspends"),
+    "account_cache_ttl": _account_setting("account_cache_ttl"),
     "tcp_max_connections": _transports("tcp_max_connections"),
     "tcp_max_connections_per_source": _transports("tcp_max_connections_per_source"),
     "tcp_idle_timeout": _transports("tcp_idle_timeout"),

@@ -6,8 +6,15 @@ the caller's credentials, consumed here.
 
 The identity sent onwards is, in order: the user's ``caller_id`` setting
 if the user owns it; else the From user if the user owns it; else the
-user's own name. A From user the caller does not own is refused (403) or
-rewritten to that identity, as ``from_policy`` says.
+user's default identity (the caller's choice of their numbers, or their
+own name). A From user the caller does not own is refused (403) or
+rewritten to that identity, as ``from_policy`` says, unless the call comes
+from the user's trusted trunk and the trunk may present that From
+(``present=`` in sipd-trunks(5), the "no screening" case of RFC 3325
+§7 networks): then From stays as the PBX sent it, the user's identity is
+asserted in P-Asserted-Identity, and a ``Diversion`` header (RFC 5806)
+names the user unless the PBX sent ``Diversion`` or ``History-Info``
+(RFC 7044) of its own.
 """
 
 from __future__ import annotations
@@ -15,22 +22,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
+from urllib.parse import unquote
 
 from sipd.sip.digest import NotDigest, parse_credentials
 from sipd.sip.errors import ParseError, SipError
-from sipd.sip.headers import Address, quote
+from sipd.sip.headers import Address, parse_address, quote
 from sipd.sip.message import Request
-from sipd.sip.uri import SipURI
+from sipd.sip.uri import SipURI, TelURI
 from srfs.files.userconfig import UserConfig
 
 __all__ = [
     "FromPolicy",
     "OutboundIdentity",
+    "add_diversion",
     "apply_display_name",
     "assert_identity",
     "drop_our_credentials",
     "is_anonymous",
     "outbound_identity",
+    "preferred_identity",
     "privacy_requested",
     "set_from_user",
 ]
@@ -46,6 +56,9 @@ class OutboundIdentity:
     identity: str
     #: True when the phone's From user is not the caller's and must be replaced.
     rewrite_from: bool
+    #: True when From is a number the caller does not own that their trunk
+    #: may present: it stays, and the identity goes in PAI and Diversion.
+    presented: bool = False
 
 
 def outbound_identity(
@@ -54,22 +67,57 @@ def outbound_identity(
     caller_id: str | None,
     owns: Callable[[str, str], bool],
     policy: FromPolicy = "reject",
+    *,
+    presents: Callable[[str], bool] | None = None,
+    default: str | None = None,
 ) -> OutboundIdentity:
     """The identity a call from authenticated ``user`` goes out with.
 
-    Raises ``SipError(403)`` when the From user is not the caller's and the
-    policy is ``reject``.
+    ``presents`` says whether the caller's trunk may present a From user
+    it does not own (trunk calls only); ``default`` is the identity when
+    neither ``caller_id`` nor From is the caller's (else the user's name).
+    Raises ``SipError(403)`` when the From user is not the caller's, not
+    presentable, and the policy is ``reject``.
     """
     from_owned = owns(user, from_user)
-    if not from_owned and policy == "reject":
+    presented = not from_owned and presents is not None and presents(from_user)
+    if not from_owned and not presented and policy == "reject":
         raise SipError(403, "From is not an address of the caller")
     if caller_id and owns(user, caller_id):
         identity = caller_id
     elif from_owned:
         identity = from_user
     else:
-        identity = user
-    return OutboundIdentity(user, identity, rewrite_from=not from_owned)
+        identity = default if default and owns(user, default) else user
+    return OutboundIdentity(user, identity, rewrite_from=not from_owned and not presented,
+                            presented=presented)
+
+
+def add_diversion(ident: OutboundIdentity | None, fwd: Request, realm: str) -> None:
+    """A presented call names the caller as the diverting party (RFC 5806).
+
+    Only when the PBX told nothing of the kind itself: its own
+    ``Diversion`` or ``History-Info`` (RFC 7044) travels on unchanged.
+    """
+    if ident is None or not ident.presented:
+        return
+    if "Diversion" in fwd or "History-Info" in fwd:
+        return
+    fwd.add("Diversion", f"<sip:{ident.identity}@{realm}>;reason=unknown;counter=1")
+
+
+def preferred_identity(req: Request) -> str | None:
+    """The user part of the first ``P-Preferred-Identity`` (RFC 3325 §9.2), if any."""
+    for value in req.values("P-Preferred-Identity"):
+        try:
+            uri = parse_address(value, "P-Preferred-Identity").uri
+        except ParseError:
+            continue
+        if isinstance(uri, SipURI) and uri.user:
+            return unquote(uri.user)
+        if isinstance(uri, TelURI):
+            return uri.number
+    return None
 
 
 def privacy_requested(values: list[str]) -> bool:

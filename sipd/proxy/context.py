@@ -149,6 +149,8 @@ class Context:
     source: Peer
     caller: str | None = None
     callee: str | None = None
+    distrusted: bool = False
+    """From a trusted trunk whose owner's account is suspended: as untrusted."""
     branches: list[Branch] = field(default_factory=list)
     later_groups: list[list[Target]] = field(default_factory=list)
     responses: list[tuple[Response, bool]] = field(default_factory=list)

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
+from urllib.parse import quote, unquote
 
 from sipd.auth.authenticator import Authenticator, LookUp, Refused, Verdict
 from sipd.core.identity import LocalIdentity
@@ -33,12 +34,13 @@ from sipd.core.peer import Peer
 from sipd.core.work import Defer, Outcome
 from sipd.proxy.ack import forward_ack
 from sipd.proxy.callerid import (
-    OutboundIdentity,
+    add_diversion,
     apply_display_name,
     assert_identity,
     drop_our_credentials,
     is_anonymous,
     outbound_identity,
+    preferred_identity,
     set_from_user,
 )
 from sipd.proxy.context import (
@@ -69,6 +71,7 @@ from sipd.sip.message import Request, make_response
 from sipd.sip.transaction import Event, ServerTransaction, TransactionLayer
 from sipd.sip.uri import SipURI, TelURI, parse_uri
 from srfs.accounts.directory import Account
+from srfs.accounts.state import AccountState
 from srfs.files.userconfig import UserConfig
 from srfs.logtext import quote as log_quote
 from srfs.state.location import LocationStore
@@ -76,6 +79,10 @@ from srfs.state.location import LocationStore
 log = logging.getLogger("sipd.proxy")
 
 __all__ = ["Proxy"]
+
+#: RFC 3261 user-unreserved and mark characters: what a user part may carry
+#: unescaped besides letters and digits (a number's "#" is escaped).
+_USER_SAFE = "!*'()&=+$,;?/"
 
 
 class Proxy:
@@ -92,6 +99,7 @@ class Proxy:
         policy: ProxyPolicy | None = None,
         hooks: CallHooks | None = None,
         ownership: Ownership | None = None,
+        account_state: Callable[[str], AccountState | None] | None = None,
     ) -> None:
         self.identity = identity
         self.transactions = transactions
@@ -102,6 +110,9 @@ class Proxy:
         self.hooks: CallHooks = hooks or NoHooks()
         #: Aliases, DIDs and trusted trunks; without it a user owns only their name.
         self.ownership = ownership
+        #: Blocking: may the user (a trunk's owner) use SIP now; None for no such
+        #: user. Without it (tests) every trunk is trusted.
+        self.account_state = account_state
         self.stats = ProxyStats()
         #: The wall clock at monotonic ``now``; set by the endpoint.
         self.wall: Callable[[float], float] = lambda now: now
@@ -200,13 +211,19 @@ class Proxy:
             raise SipError(403, "Preloaded Route denied")
         if req.method == "ACK" or req.method == "CANCEL":
             raise SipError(481, "Call/Transaction Does Not Exist")
+        self._normalise_target(fwd)
         from_uri = req.from_.uri
         caller_local = isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri)
         trunk_user = self._trunk_caller(from_uri, caller_local, ctx.source)
         if trunk_user is not None:
-            # A PBX at an address the admin trusts calls as its user, unchallenged.
-            self.stats.proxy_trunk_calls += 1
-            return self._caller_known(ctx, fwd, trunk_user, now)
+            return self._trunk_call(ctx, fwd, trunk_user, now)
+        return self._route_untrusted(ctx, fwd, now)
+
+    def _route_untrusted(self, ctx: Context, fwd: Request, now: float) -> list[ProxyAction]:
+        """An initial request nobody vouches for by address: digest, or a call from outside."""
+        req = ctx.request
+        from_uri = req.from_.uri
+        caller_local = isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri)
         target = fwd.uri
         local_target = isinstance(target, SipURI) and self.router.is_local_aor(target)
         if not caller_local and not local_target and is_anonymous(from_uri):
@@ -220,6 +237,42 @@ class Proxy:
         assert isinstance(target, SipURI)
         return self._to_local(ctx, fwd, None, target, now)
 
+    def _normalise_target(self, fwd: Request) -> None:
+        """A dialled number in any spelling becomes the AOR it stands for (sipd(8), PROXY, Numbers).
+
+        A ``tel:`` number of the alias map becomes ``sip:NAME@realm``, so it
+        is routed like the DID written NAME; any other ``tel:`` number and
+        ``user=phone`` numbers are normalised for the next hop; a number
+        at one of our domains that is a DID in another spelling becomes
+        that DID.
+        """
+        ownership = self.ownership
+        if ownership is None:
+            return
+        uri = fwd.uri
+        if isinstance(uri, TelURI):
+            context = uri.param("phone-context")
+            name = ownership.number(uri.number, phone=True, phone_context=context)
+            if ownership.owner_of(name) is not None:
+                fwd.uri = SipURI("sip", self.auth.realm, name)
+            elif name != uri.number:
+                params = tuple(p for p in uri.params if p[0].lower() != "phone-context") \
+                    if name.startswith("+") else uri.params
+                fwd.uri = TelURI(name, params)
+            return
+        if not isinstance(uri, SipURI) or not uri.user:
+            return
+        phone = (uri.param("user") or "").lower() == "phone"
+        if not phone and not self.router.is_local_aor(uri):
+            return
+        user, _, context = unquote(uri.user).partition(";")
+        context_value = None
+        if context.lower().startswith("phone-context="):
+            context_value = context.split("=", 1)[1]
+        name = ownership.number(user, phone=phone, phone_context=context_value)
+        if name != user:
+            fwd.uri = replace(uri, user=quote(name, safe=_USER_SAFE))
+
     def _forward_by_route(self, ctx: Context, fwd: Request, now: float) -> list[ProxyAction]:
         routes = fwd.values("Route")
         hop = parse_address(routes[0], "Route").uri if routes else fwd.uri
@@ -230,6 +283,36 @@ class Proxy:
                                                     t.transport)]], now)
 
     # ------------------------------------------------------------ who calls
+
+    def _trunk_call(self, ctx: Context, fwd: Request, user: str, now: float) -> list[ProxyAction]:
+        """A PBX at an address the admin trusts calls as its user, unchallenged,
+        while that user's account may use SIP (the state a REGISTER gets)."""
+        check = self.account_state
+        if check is None:
+            self.stats.proxy_trunk_calls += 1
+            return self._caller_known(ctx, fwd, user, now, trunk=True)
+
+        def checked(outcome: Outcome[AccountState | None], later: float) -> list[ProxyAction]:
+            def go() -> list[ProxyAction]:
+                if outcome.error is not None:
+                    log.error("cannot look up trunk owner %s: %s", log_quote(user, 64),
+                              outcome.error)
+                    raise SipError(500, "User database unavailable")
+                state = outcome.get()
+                if state is not None and state.allowed:
+                    self.stats.proxy_trunk_calls += 1
+                    return self._caller_known(ctx, fwd, user, later, trunk=True)
+                # A suspended customer's PBX is a stranger: challenged like
+                # anyone, its asserted identity meaningless (RFC 3325 §5).
+                log.warning("trunk of %s at %s not trusted: %s", log_quote(user, 64),
+                            ctx.source.host, "no such user" if state is None else state.reason)
+                ctx.distrusted = True
+                fwd.remove("P-Asserted-Identity")
+                return self._route_untrusted(ctx, fwd, later)
+
+            return self.forker.safely(ctx, later, go)
+
+        return [Defer(lambda: check(user), checked, name=f"trunk {user}")]
 
     def _authenticate(self, ctx: Context, fwd: Request, now: float) -> list[ProxyAction]:
         verdict = self.auth.authenticate(ctx.request, ctx.source, self.wall(now), proxy=True)
@@ -256,7 +339,7 @@ class Proxy:
 
     def _unauthenticated(self, ctx: Context) -> bool:
         """A request nobody vouched for: no digest, no trusted trunk."""
-        return ctx.caller is None and not self._trusted_source(ctx.source.host)
+        return ctx.caller is None and (ctx.distrusted or not self._trusted_source(ctx.source.host))
 
     def _owns(self, user: str, aor: str) -> bool:
         ownership = self.ownership
@@ -281,23 +364,56 @@ class Proxy:
         user = ownership.trunk_user_at(source.host)
         if user is None:
             return None
-        if caller_local and isinstance(from_uri, SipURI) and not ownership.owns(user, aor_of(from_uri)):
-            return None
+        if caller_local and isinstance(from_uri, SipURI):
+            name = self._from_user(from_uri)
+            if not ownership.owns(user, name) and not self._may_present(user, from_uri, name):
+                return None
         return user
 
-    def _caller_known(self, ctx: Context, fwd: Request, user: str, now: float) -> list[ProxyAction]:
+    def _may_present(self, user: str, from_uri: object, from_user: str) -> bool:
+        """May ``user``'s trunk present ``from_user``, which it does not own?
+
+        Its ``present=`` patterns decide; at one of our own domains only a
+        number that is no one's DID may be presented, never a local user's
+        name or number.
+        """
+        ownership = self.ownership
+        if ownership is None:
+            return False
+        raw = aor_of(from_uri) if isinstance(from_uri, (SipURI, TelURI)) else ""
+        normal = ownership.plan.normalise(raw)
+        if isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri) and (
+                normal is None or ownership.owner_of(from_user) is not None):
+            return False
+        return ownership.trunks.presents(user, raw, from_user, normal)
+
+    def _from_user(self, uri: SipURI | TelURI) -> str:
+        """The AOR a From URI names, a number in any spelling as the alias map writes it."""
+        name = aor_of(uri)
+        ownership = self.ownership
+        if ownership is None:
+            return name
+        phone = isinstance(uri, TelURI) or (uri.param("user") or "").lower() == "phone"
+        return ownership.number(name, phone=phone)
+
+    def _caller_known(self, ctx: Context, fwd: Request, user: str, now: float,
+                      trunk: bool = False) -> list[ProxyAction]:
         """The caller is ``user`` (digest or trusted trunk): check From, assert, route."""
         from_uri = ctx.request.from_.uri
         if is_anonymous(from_uri):
             # RFC 3323 §4.1.1.3: an anonymous From is the phone's own privacy choice.
             from_user = user
         elif isinstance(from_uri, (SipURI, TelURI)):
-            from_user = aor_of(from_uri)
+            from_user = self._from_user(from_uri)
         else:
             from_user = ""
+        presents, default = None, None
+        if trunk and self.ownership is not None:
+            presents, default = self._presentation(ctx, user, from_uri)
         try:
             ctx.identity = outbound_identity(user, from_user, None, self._owns,
-                                             self.policy.from_policy)
+                                             self.policy.from_policy, presents=presents,
+                                             default=default)
         except SipError:
             log.warning("call refused: user %s from %s may not call as %s", log_quote(user),
                         ctx.source.host, log_quote(from_user, 64))
@@ -305,12 +421,37 @@ class Proxy:
         ctx.caller = user
         if ctx.identity.rewrite_from:
             set_from_user(fwd, ctx.identity.identity, self.auth.realm)
+        add_diversion(ctx.identity, fwd, self.auth.realm)
         target = fwd.uri
         if isinstance(target, SipURI) and self.router.is_local_aor(target):
             return self._to_local(ctx, fwd, user, target, now)
         if self._outbound is None:
             raise SipError(403, "Relaying denied")
         return self._to_outbound(ctx, fwd, user, now)
+
+    def _presentation(self, ctx: Context, user: str,
+                      from_uri: object) -> tuple[Callable[[str], bool], str | None]:
+        """What ``user``'s trunk may present, and the identity it asserts then.
+
+        The patterns of ``present=`` match the From user as sent or as the
+        number plan writes it. The identity is the PBX's
+        ``P-Preferred-Identity`` when the user owns it, else the first of
+        the user's numbers (E.164 ones first), else the user's name.
+        """
+        ownership = self.ownership
+        assert ownership is not None
+
+        def presents(from_user: str) -> bool:
+            return self._may_present(user, from_uri, from_user)
+
+        preferred = preferred_identity(ctx.request)
+        if preferred is not None:
+            preferred = ownership.number(preferred, phone=True)
+            if self._owns(user, preferred):
+                return presents, preferred
+        numbers = [n for n in ownership.names_of(user) if ownership.plan.normalise(n)]
+        numbers.sort(key=lambda n: not (ownership.plan.normalise(n) or "").startswith("+"))
+        return presents, numbers[0] if numbers else None
 
     # ------------------------------------------------------------ out through the gateway
 
@@ -346,8 +487,13 @@ class Proxy:
             return
         caller_id = config.get("caller_id") if config is not None else None
         if caller_id and caller_id != ident.identity and self._owns(ident.user, caller_id):
-            ident = ctx.identity = OutboundIdentity(ident.user, caller_id, ident.rewrite_from)
-        if not is_anonymous(ctx.request.from_.uri):
+            ident = ctx.identity = replace(ident, identity=caller_id)
+            original = ctx.request
+            if ident.presented and "Diversion" not in original and "History-Info" not in original:
+                # The Diversion added for the first choice names this one.
+                fwd.remove("Diversion")
+                add_diversion(ident, fwd, self.auth.realm)
+        if not is_anonymous(ctx.request.from_.uri) and not ident.presented:
             set_from_user(fwd, ident.identity, self.auth.realm)
         assert_identity(ctx.identity, ctx.request, fwd, self.auth.realm, trusted_hop=True)
 

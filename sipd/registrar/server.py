@@ -146,6 +146,10 @@ class Server:
         aor = aor_of(to_uri)
         if not aor:
             raise SipError(400, "To has no user part")
+        if reg.ownership is not None:
+            # A DID registered in another spelling is that DID (sipd(8), PROXY, Numbers).
+            phone = isinstance(to_uri, TelURI) or (to_uri.param("user") or "").lower() == "phone"
+            aor = reg.ownership.number(aor, phone=phone)
         verdict = reg.auth.authenticate(req, peer, self.wall(now), proxy=False)
         if isinstance(verdict, LookUp):
             found = verdict

@@ -1,23 +1,34 @@
 """Who may use SIP, and with which credentials: one blocking call per request.
 
-:meth:`Directory.account` answers, for a user name taken from a digest
-``username``: does the UNIX user exist (NSS), are they in the SIP group,
-does PAM's account check pass, and what HA1s does ``~/.sr/passwd`` hold
-for the realm. Every part may block (NSS on LDAP, PAM ~2 ms, home I/O), so
-the daemon calls it from a worker thread. PAM answers are cached briefly
-per user; ``passwd`` is re-read only when it changed (one ``fstatat``), so
-a new password set with ``sippasswd`` counts from the next request.
+:meth:`Directory.state` answers whether a UNIX user may use SIP now (the
+SIP group, a locked or expired shadow entry, PAM's account check: see
+:mod:`srfs.accounts.state`); registrations, calls with credentials, calls
+from a user's trusted trunk and calls to the user all ask it.
+:meth:`Directory.account` adds, for a user name taken from a digest
+``username``, what HA1s ``~/.sr/passwd`` holds for the realm. Every part
+may block (NSS on LDAP, PAM ~2 ms, home I/O), so the daemon calls them
+from a worker thread.
+
+Account states are cached per user for ``ttl`` seconds (refusals for at
+most ``negative_ttl``), so phones refreshing their registrations cost no
+PAM call; :meth:`Directory.files_changed` drops them all as soon as
+``/etc/passwd``, ``/etc/group``, ``/etc/shadow`` or the PAM service file
+changed, and :meth:`Directory.forget` on SIGHUP. ``passwd`` is re-read
+only when it changed (one ``fstatat``), so a new password set with
+``sippasswd`` counts from the next request.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from srfs.accounts import passwd, users
+from srfs.accounts.state import ALLOWED, AccountState, SystemFiles, shadow_refusal
 from srfs.accounts.users import PAM_SUCCESS, AccountCache
 from srfs.files.home import FileCache, HomeError, Stamp, stamp_of
 from srfs.logtext import Recurring
@@ -42,10 +53,13 @@ class Account:
     passwd_stamp: Stamp | None = None
     """What ``~/.sr/passwd`` looked like before it was read (see
     :meth:`Directory.unchanged`); None if it did not exist."""
+    valid_for: float = math.inf
+    """Seconds the account state stays cached in the directory: a copy kept
+    elsewhere must not outlive it."""
 
 
 class Directory:
-    """The UNIX user database seen through the SIP group, PAM and ~/.sr/passwd."""
+    """The UNIX user database seen through the SIP group, the shadow entry, PAM and ~/.sr/passwd."""
 
     def __init__(
         self,
@@ -54,18 +68,87 @@ class Directory:
         pam_service: str | None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        pam_ttl: float = 60.0,
+        wall: Callable[[], float] = time.time,
+        ttl: float = 60.0,
+        negative_ttl: float = 10.0,
+        locked_suspends: bool = True,
+        files: SystemFiles | None = None,
     ) -> None:
         self.realm = realm
         self.group = group
         self.pam_service = pam_service
+        self.locked_suspends = locked_suspends
         self._clock = clock
-        self._pam_cache = AccountCache(ttl=pam_ttl)
-        self._pam_lock = threading.Lock()
+        self._wall = wall
+        self._states: AccountCache[AccountState] = AccountCache(
+            ttl=ttl, negative_ttl=negative_ttl, good=lambda s: s.allowed)
+        self._lock = threading.Lock()
+        #: Counts the times every state was forgotten: a check that began
+        #: before one is not kept after it.
+        self._generation = 0
+        self._files = files
+        self._files_lock = threading.Lock()
         self._passwd = FileCache("passwd", passwd.parse)
         self._unreadable = Recurring()
         self._first_pam = threading.Lock()
         self._pam_warmed = False
+
+    @property
+    def ttl(self) -> float:
+        return self._states.ttl
+
+    def configure(self, *, ttl: float | None = None, locked_suspends: bool | None = None) -> None:
+        """SIGHUP's new settings: every state is checked again under them."""
+        with self._lock:
+            if ttl is not None:
+                self._states.ttl = ttl
+            if locked_suspends is not None:
+                self.locked_suspends = locked_suspends
+            self._invalidate()
+
+    def state(self, user: User, rhost: str | None = None) -> AccountState:
+        """May ``user`` use SIP now: the group, the shadow entry, PAM; cached.
+
+        ``rhost`` is the peer's address, for PAM modules such as pam_access
+        (the answer is cached per user, whatever the address). Raises
+        :class:`~srfs.accounts.users.DirectoryUnavailable` when NSS fails.
+        """
+        return self._state(user, rhost)[0]
+
+    def _state(self, user: User, rhost: str | None) -> tuple[AccountState, float]:
+        """The state and for how many more seconds it is cached."""
+        now = self._clock()
+        with self._lock:
+            cached = self._states.get(user.name, now)
+            expiry = self._states.expiry(user.name)
+            generation = self._generation
+        if cached is not None and expiry is not None:
+            return cached, expiry - now
+        found = self._check(user, rhost)
+        with self._lock:
+            if generation != self._generation:
+                # The files changed while this check ran: answer, keep nothing.
+                return found, 0.0
+            self._states.put(user.name, now, found)
+            expiry = self._states.expiry(user.name)
+        return found, (0.0 if expiry is None else expiry - now)
+
+    def _check(self, user: User, rhost: str | None) -> AccountState:
+        if not users.is_sip_member(user, self.group):
+            return AccountState(False, f"not a member of group {self.group}")
+        refusal = shadow_refusal(user.name, self._wall(), locked_suspends=self.locked_suspends)
+        if refusal is not None:
+            return AccountState(False, refusal)
+        if self.pam_service is not None:
+            rc, message = self._pam(user, rhost)
+            if rc != PAM_SUCCESS:
+                return AccountState(False, f"PAM account check failed: {message}")
+        return ALLOWED
+
+    def state_of(self, name: str, rhost: str | None = None) -> AccountState | None:
+        """:meth:`state` by name; None when there is no such UNIX user."""
+        user = users.lookup(name)
+        return None if user is None else self.state(user, rhost)
 
     def account(self, name: str, rhost: str | None = None) -> Account | None:
         """The account called ``name``, or None if there is no such UNIX user.
@@ -77,12 +160,9 @@ class Directory:
         user = users.lookup(name)
         if user is None:
             return None
-        if not users.is_sip_member(user, self.group):
-            return Account(user, False, f"not a member of group {self.group}")
-        if self.pam_service is not None:
-            rc, message = self._pam(user, rhost)
-            if rc != PAM_SUCCESS:
-                return Account(user, False, f"PAM account check failed: {message}")
+        state, valid_for = self._state(user, rhost)
+        if not state.allowed:
+            return Account(user, False, state.reason, valid_for=valid_for)
         # The stamp is taken before the read: a change after it shows as a
         # different stamp next time, never as the old content kept.
         stamp = passwd_stamp(user)
@@ -92,36 +172,29 @@ class Directory:
             # Met at every authentication of the user: said once, until it changes.
             if self._unreadable.report(user.name, exc.reason):
                 log.warning("ignoring passwd of %s: %s", user.name, exc.reason)
-            return Account(user, True, exc.reason, passwd_stamp=stamp)
+            return Account(user, True, exc.reason, passwd_stamp=stamp, valid_for=valid_for)
         self._unreadable.clear(user.name)
         if pw is None:
-            return Account(user, True, "no ~/.sr/passwd", passwd_stamp=stamp)
+            return Account(user, True, "no ~/.sr/passwd", passwd_stamp=stamp,
+                           valid_for=valid_for)
         ha1 = {}
         for algorithm in ALGORITHMS:
             value = pw.lookup(user.name, self.realm, algorithm)
             if value:
                 ha1[algorithm] = value
         reason = "" if ha1 else f"no password for realm {self.realm}"
-        return Account(user, True, reason, ha1, passwd_stamp=stamp)
+        return Account(user, True, reason, ha1, passwd_stamp=stamp, valid_for=valid_for)
 
     def _pam(self, user: User, rhost: str | None) -> tuple[int, str]:
         assert self.pam_service is not None
-        now = self._clock()
-        with self._pam_lock:
-            cached = self._pam_cache.get(user.name, now)
-        if cached is not None:
-            return cached
         # The first PAM call in a process loads the modules; running it alone
         # avoids spurious refusals seen when several threads race to do so.
         if not self._pam_warmed:
             with self._first_pam:
                 result = users.account_check(user, self.pam_service, rhost)
                 self._pam_warmed = True
-        else:
-            result = users.account_check(user, self.pam_service, rhost)
-        with self._pam_lock:
-            self._pam_cache.put(user.name, now, result)
-        return result
+            return result
+        return users.account_check(user, self.pam_service, rhost)
 
     @staticmethod
     def unchanged(account: Account) -> bool:
@@ -135,10 +208,29 @@ class Directory:
         return passwd_stamp(account.user) == account.passwd_stamp
 
     def forget(self) -> None:
-        """Drop cached PAM answers and passwd files (SIGHUP)."""
-        with self._pam_lock:
-            self._pam_cache.invalidate()
+        """Drop cached account states and passwd files (SIGHUP)."""
+        with self._lock:
+            self._invalidate()
         self._passwd.forget()
+
+    def files_changed(self) -> bool:
+        """Whether the account files changed since the last call; if so, forget every state.
+
+        One ``stat`` per file (blocking, local files). Without watched
+        files (none given to the constructor) always False.
+        """
+        if self._files is None:
+            return False
+        with self._files_lock:
+            changed = self._files.changed()
+        if changed:
+            with self._lock:
+                self._invalidate()
+        return changed
+
+    def _invalidate(self) -> None:
+        self._states.invalidate()
+        self._generation += 1
 
     def members(self) -> list[User]:
         return users.members(self.group)

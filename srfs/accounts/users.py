@@ -34,7 +34,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 # python-pam's ctypes layer, not its public API (see the module docstring);
 # pyproject.toml keeps python-pam below 3 for that reason.
@@ -65,6 +65,13 @@ __all__ = [
     "pam_service_exists",
     "pam_service_path",
 ]
+
+
+T = TypeVar("T")
+
+
+def _pam_success(result: Any) -> bool:
+    return bool(result[0] == PAM_SUCCESS)
 
 
 def _user(pw: nss.PasswdEntry) -> User:
@@ -352,16 +359,16 @@ def pam_service_exists(service: str) -> bool:
         return False
 
 
-class AccountCache:
-    """Recent :func:`account_check` answers per user, with times passed in.
+class AccountCache(Generic[T]):
+    """Recent answers per user (:func:`account_check` results by default), with times passed in.
 
     ``now`` is any monotonic clock in seconds (``trio.current_time()`` or
     ``time.monotonic()``); the cache never reads a clock itself. Refusals
     may be kept for a shorter time than successes (``negative_ttl``) so that
-    an administrator who fixes an account does not wait long. At most
-    ``max_entries`` users are remembered; the oldest answers go first.
-    Not thread safe: keep it in the trio thread and run only the PAM call in
-    a worker thread.
+    an administrator who fixes an account does not wait long; ``good``
+    tells a success from a refusal (default: a PAM result of
+    :data:`PAM_SUCCESS`). At most ``max_entries`` users are remembered; the
+    oldest answers go first. Not thread safe: callers hold their own lock.
     """
 
     def __init__(
@@ -369,16 +376,18 @@ class AccountCache:
         ttl: float = 60.0,
         negative_ttl: float | None = 10.0,
         max_entries: int = 10_000,
+        good: Callable[[T], bool] | None = None,
     ) -> None:
         if ttl < 0 or (negative_ttl is not None and negative_ttl < 0) or max_entries < 1:
             raise ValueError("ttl and negative_ttl must be >= 0, max_entries >= 1")
         self.ttl = ttl
         self.negative_ttl = ttl if negative_ttl is None else negative_ttl
         self.max_entries = max_entries
+        self._good: Callable[[T], bool] = good or _pam_success
         # user -> (expiry, result); insertion order == age order
-        self._entries: OrderedDict[str, tuple[float, tuple[int, str]]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, T]] = OrderedDict()
 
-    def get(self, user: str, now: float) -> tuple[int, str] | None:
+    def get(self, user: str, now: float) -> T | None:
         """The cached answer for ``user`` if still fresh at ``now``, else None."""
         entry = self._entries.get(user)
         if entry is None:
@@ -389,9 +398,14 @@ class AccountCache:
             return None
         return result
 
-    def put(self, user: str, now: float, result: tuple[int, str]) -> None:
-        """Remember ``result`` (from :func:`account_check`) for ``user`` as of ``now``."""
-        ttl = self.ttl if result[0] == PAM_SUCCESS else self.negative_ttl
+    def expiry(self, user: str) -> float | None:
+        """When the answer kept for ``user`` expires (the ``now`` clock), if one is kept."""
+        entry = self._entries.get(user)
+        return None if entry is None else entry[0]
+
+    def put(self, user: str, now: float, result: T) -> None:
+        """Remember ``result`` for ``user`` as of ``now``."""
+        ttl = self.ttl if self._good(result) else min(self.ttl, self.negative_ttl)
         self._entries.pop(user, None)
         if ttl <= 0:
             return

@@ -114,6 +114,31 @@ def test_trunks() -> None:
     assert tmap.networks_of("globex") and not tmap.networks_of("mallory")
 
 
+def test_trunk_presentation_options() -> None:
+    tmap, problems = parse_trunks(
+        "acme: 198.51.100.7/32 present=any\n"
+        "globex: 203.0.113.16/29, 2001:db8:5::/64 present=+4930* present=+4989*\n"
+        "globex: 203.0.113.40/32 present=0800*\n"
+        "initech: 192.0.2.9 present=\n"
+        "hooli: 192.0.2.10 colour=blue\n"
+        "umbrella: present=any\n"
+        "plain: 192.0.2.11\n"
+    )
+    assert [p.line for p in problems] == [4, 5, 6]
+    assert "present=any" in problems[0].reason
+    assert tmap.presents("acme", "+4930123456") and tmap.presents("acme", "anything")
+    assert tmap.presents("globex", "x", "+4930123") and tmap.presents("globex", "08001234")
+    assert not tmap.presents("globex", "+4940123") and not tmap.presents("globex", None)
+    # Without the option a trunk presents nothing but its owner's numbers.
+    assert not tmap.presents("plain", "+4930123456")
+    assert tmap.presentation == {"acme": ("*",), "globex": ("+4930*", "+4989*", "0800*")}
+    assert "acme: 198.51.100.7/32 present=*\n" in tmap.render()
+    # The options count when a reload compares maps.
+    again, _ = parse_trunks("acme: 198.51.100.7/32\n")
+    assert again.networks == parse_trunks("acme: 198.51.100.7/32 present=any\n")[0].networks
+    assert again.presentation != tmap.presentation
+
+
 def test_admin_file_checks(tmp_path: Path) -> None:
     path = tmp_path / "aliases"
     assert read_admin_file(str(path), owner=os.getuid()) is None
