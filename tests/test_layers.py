@@ -7,7 +7,8 @@ The rules are the ones the package docstrings and the README state:
 - only sipd.io touches TLS and WebSocket (ssl, wsproto): the core sees
   transports as names in a Peer;
 - only sipd.io imports h11 (the metrics endpoint's HTTP);
-- only sipd.media.ng imports the bencode library;
+- only sipd.media.ng imports the bencode library, and only
+  srfs.accounts.pamcheck python-pam (sippasswd runs without it);
 - within each project, a package imports only packages below it.
 """
 
@@ -34,8 +35,9 @@ MAY_USE_EVENT_LOOP = ("sipd.io", "sipd.cli", "srfs.fs.fuse")
 ONE_LAYER = {"ssl": "sipd.io", "wsproto": "sipd.io"}
 HTTP = ("h11",)
 MAY_USE_HTTP = ("sipd.io",)
-#: Libraries that belong to one part: the bencode codec is the ng protocol's.
-OWNED = {"bencodepy": "sipd.media.ng"}
+#: Libraries that belong to one part: the bencode codec is the ng protocol's,
+#: python-pam the account check's.
+OWNED = {"bencodepy": "sipd.media.ng", "pam": "srfs.accounts.pamcheck"}
 
 
 def modules() -> dict[str, Path]:

@@ -211,9 +211,9 @@ class FakeUnix:
     def account_check(
         self, user: str, service: str = "sipd", rhost: str | None = None
     ) -> tuple[int, str]:
-        """srfs.accounts.users.account_check in a child under pam_wrapper."""
+        """srfs.accounts.pamcheck.account_check in a child under pam_wrapper."""
         code = (
-            "import json\nfrom srfs.accounts.users import account_check\n"
+            "import json\nfrom srfs.accounts.pamcheck import account_check\n"
             f"print(json.dumps(account_check({user!r}, {service!r}, {rhost!r})))\n"
         )
         result = self.python_json(code)

@@ -21,7 +21,7 @@ from sipd.config import Settings
 from sipd.io.metrics_http import bind_metrics
 from sipd.io.tls import TlsContexts, TlsError
 from sipd.io.transport import StartupError, bind_sockets
-from srfs.accounts import passwd, users
+from srfs.accounts import pamcheck, passwd, users
 from srfs.files import home
 from srfs.files.adminfile import AdminFileError, read_admin_file
 from srfs.logtext import log_problems, quote
@@ -61,14 +61,14 @@ def check_accounts(settings: Settings) -> None:
         )
     if settings.pam:
         try:
-            users.load_libpam()
-        except users.PamUnavailable as exc:
+            pamcheck.load_libpam()
+        except pamcheck.PamUnavailable as exc:
             raise StartupError(f"PAM is unavailable: {exc}; run with --no-pam to skip it") from None
-        if not users.pam_service_exists(settings.pam_service):
+        if not pamcheck.pam_service_exists(settings.pam_service):
             # libpam would fall back to /etc/pam.d/other, which lets in
             # users outside the SIP group.
             raise StartupError(
-                f"PAM service file {users.pam_service_path(settings.pam_service)} is missing: "
+                f"PAM service file {pamcheck.pam_service_path(settings.pam_service)} is missing: "
                 "install pam/sipd there (make setup does) or run with --no-pam"
             )
 

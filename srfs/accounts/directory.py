@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from srfs.accounts import passwd, users
+from srfs.accounts import pamcheck, passwd, users
+from srfs.accounts.pamcheck import PAM_SUCCESS, AccountCache
 from srfs.accounts.state import ALLOWED, AccountState, SystemFiles, shadow_refusal
-from srfs.accounts.users import PAM_SUCCESS, AccountCache
 from srfs.files.home import FileCache, HomeError, Stamp, stamp_of
 from srfs.logtext import Recurring
 from srfs.user import User
@@ -90,8 +90,6 @@ class Directory:
         self._files_lock = threading.Lock()
         self._passwd = FileCache("passwd", passwd.parse)
         self._unreadable = Recurring()
-        self._first_pam = threading.Lock()
-        self._pam_warmed = False
 
     @property
     def ttl(self) -> float:
@@ -187,14 +185,7 @@ class Directory:
 
     def _pam(self, user: User, rhost: str | None) -> tuple[int, str]:
         assert self.pam_service is not None
-        # The first PAM call in a process loads the modules; running it alone
-        # avoids spurious refusals seen when several threads race to do so.
-        if not self._pam_warmed:
-            with self._first_pam:
-                result = users.account_check(user, self.pam_service, rhost)
-                self._pam_warmed = True
-            return result
-        return users.account_check(user, self.pam_service, rhost)
+        return pamcheck.account_check(user, self.pam_service, rhost)
 
     @staticmethod
     def unchanged(account: Account) -> bool:

@@ -31,7 +31,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from srfs.accounts import nss, users
+from srfs.accounts import nss, pamcheck
 from srfs.files.home import Stamp
 
 __all__ = ["AccountState", "SystemFiles", "shadow_refusal", "system_files"]
@@ -77,7 +77,7 @@ def system_files(pam_service: str | None = None) -> tuple[str, ...]:
         path = os.environ.get(var) if wrapped else None
         out.append(path or f"/etc/{name}")
     if pam_service is not None:
-        out.append(users.pam_service_path(pam_service))
+        out.append(pamcheck.pam_service_path(pam_service))
     return tuple(out)
 
 

@@ -1,4 +1,5 @@
-"""srfs.accounts.users: NSS lookups and the PAM account check, with fake users (nss/pam_wrapper)."""
+"""srfs.accounts.users and .pamcheck: NSS lookups and the PAM account check, with fake users
+(nss/pam_wrapper)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from srfs.accounts import users
-from srfs.accounts.users import PAM_SUCCESS, PAM_USER_UNKNOWN, AccountCache, PamUnavailable
+from srfs.accounts import pamcheck, users
+from srfs.accounts.pamcheck import PAM_SUCCESS, PAM_USER_UNKNOWN, AccountCache, PamUnavailable
 from srfs.user import User
 from tests.unixusers import SHIPPED_PAM_SERVICE, FakeUnix, fake_unix
 
@@ -52,12 +53,12 @@ def test_missing_group() -> None:
 def test_pam_service_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PAM_WRAPPER", raising=False)
     monkeypatch.setenv("PAM_WRAPPER_SERVICE_DIR", "/nowhere")
-    assert users.pam_service_path("sipd") == "/etc/pam.d/sipd"
+    assert pamcheck.pam_service_path("sipd") == "/etc/pam.d/sipd"
     monkeypatch.setenv("PAM_WRAPPER", "1")
-    assert users.pam_service_path("sipd") == "/nowhere/sipd"
+    assert pamcheck.pam_service_path("sipd") == "/nowhere/sipd"
     with pytest.raises(ValueError):
-        users.pam_service_path("../shadow")
-    assert users.pam_service_exists("../passwd") is False
+        pamcheck.pam_service_path("../shadow")
+    assert pamcheck.pam_service_exists("../passwd") is False
 
 
 def test_pam_service_exists_in_a_fake_service_dir(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,35 +66,35 @@ def test_pam_service_exists_in_a_fake_service_dir(monkeypatch: pytest.MonkeyPatc
         (Path(d) / "sipd").write_text("account required pam_permit.so\n")
         monkeypatch.setenv("PAM_WRAPPER", "1")
         monkeypatch.setenv("PAM_WRAPPER_SERVICE_DIR", d)
-        assert users.pam_service_exists("sipd")
-        assert not users.pam_service_exists("other-service")
+        assert pamcheck.pam_service_exists("sipd")
+        assert not pamcheck.pam_service_exists("other-service")
 
 
 def test_missing_libpam_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SRFS_LIBPAM", "libsrfs-no-such-pam.so")
     with pytest.raises(PamUnavailable):
-        users.load_libpam()
+        pamcheck.load_libpam()
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "sipd").write_text("account required pam_permit.so\n")
         monkeypatch.setenv("PAM_WRAPPER", "1")
         monkeypatch.setenv("PAM_WRAPPER_SERVICE_DIR", d)
         with pytest.raises(PamUnavailable):
-            users.account_check("root", "sipd")
+            pamcheck.account_check("root", "sipd")
 
 
 def test_account_check_without_service_file_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     with tempfile.TemporaryDirectory() as d:
         monkeypatch.setenv("PAM_WRAPPER", "1")
         monkeypatch.setenv("PAM_WRAPPER_SERVICE_DIR", d)
-        rc, msg = users.account_check("root", "sipd")
-    assert rc == users.PAM_SYSTEM_ERR
+        rc, msg = pamcheck.account_check("root", "sipd")
+    assert rc == pamcheck.PAM_SYSTEM_ERR
     assert msg == f"no PAM service file {d}/sipd"
 
 
 def test_account_check_refuses_bad_names_without_pam() -> None:
-    assert users.account_check("a\0b", "sipd") == (PAM_USER_UNKNOWN, "invalid user name")
+    assert pamcheck.account_check("a\0b", "sipd") == (PAM_USER_UNKNOWN, "invalid user name")
     with pytest.raises(ValueError):
-        users.account_check("root", "../etc/shadow")
+        pamcheck.account_check("root", "../etc/shadow")
 
 
 def test_user_is_frozen_and_hashable() -> None:
@@ -180,7 +181,7 @@ def test_pam_account_check_with_the_test_service(unix: FakeUnix) -> None:
     assert unix.account_check("alice") == (0, "Success")
     assert unix.account_check("bob", rhost="192.0.2.7") == (0, "Success")
     rc, msg = unix.account_check("carol")
-    assert rc != 0 and rc == users.PAM_AUTH_ERR, msg
+    assert rc != 0 and rc == pamcheck.PAM_AUTH_ERR, msg
     rc, msg = unix.account_check("nobody-at-all")
     assert rc == PAM_USER_UNKNOWN, msg
 
@@ -207,7 +208,7 @@ def test_pam_permit_and_deny_stacks(unix: FakeUnix) -> None:
 def test_pam_service_exists_under_the_wrapper(unix: FakeUnix) -> None:
     code = """
 import json
-from srfs.accounts.users import pam_service_exists
+from srfs.accounts.pamcheck import pam_service_exists
 print(json.dumps([pam_service_exists("sipd"), pam_service_exists("sipd-missing")]))
 """
     assert unix.python_json(code) == [True, False]
@@ -217,13 +218,13 @@ def test_account_check_from_many_threads(unix: FakeUnix) -> None:
     code = """
 import json
 from concurrent.futures import ThreadPoolExecutor
-from srfs.accounts.users import account_check
+from srfs.accounts.pamcheck import account_check
 names = ["alice", "carol"] * 40
 with ThreadPoolExecutor(8) as ex:
     rcs = list(ex.map(lambda n: account_check(n, "sipd")[0], names))
 print(json.dumps(sorted(set(zip(names, rcs)))))
 """
-    assert unix.python_json(code) == [["alice", 0], ["carol", users.PAM_AUTH_ERR]]
+    assert unix.python_json(code) == [["alice", 0], ["carol", pamcheck.PAM_AUTH_ERR]]
 
 
 def test_pam_sees_the_remote_address(unix: FakeUnix) -> None:
@@ -233,4 +234,4 @@ def test_pam_sees_the_remote_address(unix: FakeUnix) -> None:
     rules.chmod(0o644)
     unix.add_pam_service("sip-access", f"account required pam_access.so accessfile={rules}\n")
     assert unix.account_check("alice", "sip-access", rhost="192.0.2.7") == (0, "Success")
-    assert unix.account_check("alice", "sip-access", rhost="192.0.2.66")[0] == users.PAM_PERM_DENIED
+    assert unix.account_check("alice", "sip-access", rhost="192.0.2.66")[0] == pamcheck.PAM_PERM_DENIED
