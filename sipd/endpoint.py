@@ -23,6 +23,7 @@ from sipd.core.peer import Outgoing, Peer
 from sipd.core.work import Action, Commit, Defer, Job, Later, Outcome
 from sipd.proxy.calltrack import AccStats, CallTracker, acc_jobs
 from sipd.proxy.context import PROXY_METHODS, ProxyAction
+from sipd.proxy.keepalive import KeepAlive, Probe
 from sipd.proxy.proxy import Proxy
 from sipd.registrar.changelog import log_changes
 from sipd.registrar.persistence import Persistence
@@ -141,6 +142,7 @@ class Endpoint:
         tracker: CallTracker | None = None,
         acc_files: AccFiles | None = None,
         acc_fsync: bool = False,
+        keepalive: KeepAlive | None = None,
     ) -> None:
         self.server = server
         self.max_message_size = max_message_size
@@ -163,12 +165,16 @@ class Endpoint:
         #: phone on the connection it registered over.
         self._tcp_peers: dict[tuple[str, int], Peer] = {}
         self.proxy = proxy
+        #: Probes of the phones behind NAT, and what they find.
+        self.keepalive = keepalive
         server.wall = self.wall
         if persistence is not None:
             persistence.wall = self.wall
         if proxy is not None:
             proxy.wall = self.wall
             proxy.tcp_peer = lambda host, port: self._tcp_peers.get((host, port))
+        if keepalive is not None:
+            keepalive.tcp_peer = lambda host, port: self._tcp_peers.get((host, port))
 
     def wall(self, now: float) -> float:
         return now + self.wall_offset
@@ -178,6 +184,9 @@ class Endpoint:
         self._pending.append(action)
 
     def _drain(self, out: list[Action], now: float) -> list[Action]:
+        if self.keepalive is not None:
+            # Bindings added by what just ran get their first probe's time.
+            self.keepalive.schedule(now)
         if self.persistence is not None:
             out.extend(self.persistence.jobs(now, self.wall(now)))
         if self._pending:
@@ -300,6 +309,11 @@ class Endpoint:
             elif isinstance(owner, _Held):
                 out.extend(self._run(self.transactions.server_respond(
                     owner.txn, owner.response, now), now))
+            elif isinstance(owner, Probe):
+                if self.keepalive is not None:
+                    events, dropped = self.keepalive.on_timer(owner, kind, now)
+                    out.extend(self._run(events, now))
+                    log_changes(dropped, self.wall(now))
             elif self.proxy is not None:
                 out.extend(self._run_proxy(self.proxy.on_timer(owner, kind, now), now))
         if self.store is not None:
@@ -319,6 +333,9 @@ class Endpoint:
                 deadlines.append(expiry - self.wall_offset)
         if self.persistence is not None:
             deadlines.append(self.persistence.next_deadline())
+        if self.keepalive is not None and self.keepalive.pending:
+            # Bindings wait for their first probe's time: at once.
+            deadlines.append(0.0)
         if self.tracker is not None:
             calls_due = self.tracker.next_deadline()
             if calls_due is not None:
@@ -340,6 +357,10 @@ class Endpoint:
                 out.extend(self._out(message.to_bytes(), dest))
             elif isinstance(event, RequestReceived):
                 out.extend(self._deliver(event, now))
+            elif self.keepalive is not None and self.keepalive.owns(event.txn):
+                events, dropped = self.keepalive.handle_event(event, now)
+                out.extend(self._run(events, now))
+                log_changes(dropped, self.wall(now))
             elif self.proxy is not None:
                 out.extend(self._run_proxy(self.proxy.handle_event(event, now), now))
         return out

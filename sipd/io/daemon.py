@@ -54,6 +54,7 @@ from sipd.io.startup import (
 from sipd.io.transport import StartupError, Transports, bind_sockets
 from sipd.proxy.calltrack import CallTracker, acc_jobs
 from sipd.proxy.context import CallHooks, ProxyPolicy
+from sipd.proxy.keepalive import KeepAlive
 from sipd.proxy.proxy import Proxy
 from sipd.proxy.targets import LocalAddresses
 from sipd.proxy.users import HomeUsers
@@ -222,6 +223,9 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         )
     except (ValueError, ParseError) as exc:
         raise StartupError(f"bad outbound_proxy {settings.outbound_proxy!r}: {exc}") from None
+    keepalive = KeepAlive(store, transactions, proxy.router.addresses,
+                          interval=settings.keepalive_interval,
+                          drop_after=settings.keepalive_drop_after)
     endpoint = Endpoint(
         Server(identity, registration, proxying=True),
         max_message_size=settings.max_message_size,
@@ -231,6 +235,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         proxy=proxy,
         tracker=tracker,
         acc_fsync=settings.sync == "write-through",
+        keepalive=keepalive,
     )
     wtmp: WtmpSessions | None = None
     if settings.wtmp:

@@ -100,6 +100,21 @@ def _set_acc_limit(daemon: Daemon, value: Any) -> None:
     daemon.tracker.acc_limit = value
 
 
+def _keepalive(name: str) -> Callable[[Daemon, Any], None]:
+    def apply(daemon: Daemon, value: Any) -> None:
+        keepalive = daemon.endpoint.keepalive
+        if keepalive is None:
+            return
+        settings = {"interval": keepalive.interval, "drop_after": keepalive.drop_after}
+        settings[name] = value
+        keepalive.configure(**settings)
+        if daemon.transports is not None:
+            # Wakes the timer loop: rescheduled probes are due at once.
+            daemon.transports.send([])
+
+    return apply
+
+
 def _set_from_policy(daemon: Daemon, value: Any) -> None:
     daemon.proxy.policy = replace(daemon.proxy.policy, from_policy=value)
 
@@ -124,6 +139,8 @@ LIVE: dict[str, Callable[[Daemon, Any], None]] = {
     "tcp_idle_timeout": _transports("tcp_idle_timeout"),
     "tcp_unregistered_idle_timeout": _transports("tcp_unregistered_idle_timeout"),
     "tcp_message_timeout": _transports("tcp_message_timeout"),
+    "keepalive_interval": _keepalive("interval"),
+    "keepalive_drop_after": _keepalive("drop_after"),
 }
 
 

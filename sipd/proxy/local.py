@@ -23,7 +23,7 @@ from sipd.sip.errors import ParseError, SipError
 from sipd.sip.uri import SipURI, parse_uri
 from srfs.files.userconfig import UserConfig
 from srfs.logtext import quote as log_quote
-from srfs.state.location import LocationStore
+from srfs.state.location import LocationStore, Reach
 
 log = logging.getLogger("sipd.proxy")
 
@@ -63,10 +63,18 @@ def binding_groups(store: LocationStore, aor: str, wall: float, owns: Callable[[
     With ``dialled``, each Request-URI carries that number as its user
     part, so a PBX behind one trunk registration can route many DIDs.
     A binding whose user no longer owns its AOR (the alias map changed)
-    gets no calls.
+    gets no calls. A binding whose last keep-alive probe went unanswered
+    is skipped while another one is left; when all are unreachable, all
+    are tried: a probe can be lost, and trying costs a timeout where
+    giving up would cost the call.
     """
     live = [b for b in store.lookup(aor)
             if (b.expires is None or b.expires > wall) and owns(b.user, b.aor)]
+    answering = [b for b in live if store.reachability(b.aor, b.key).state is not Reach.NO]
+    if answering and len(answering) < len(live):
+        log.debug("%s: skipping %d unreachable contact(s)", log_quote(aor, 64),
+                  len(live) - len(answering))
+        live = answering
     groups: dict[float, list[Target]] = {}
     for b in sorted(live, key=lambda b: -b.q):
         try:

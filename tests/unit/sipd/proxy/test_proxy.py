@@ -24,7 +24,7 @@ from sipd.sip.transaction import TransactionLayer
 from srfs.accounts.directory import Account
 from srfs.files.userconfig import EMPTY, UserConfig
 from srfs.files.userconfig import parse as parse_config
-from srfs.state.location import Binding, LocationStore
+from srfs.state.location import Binding, LocationStore, Reach, Reachability
 from srfs.user import User
 
 ME = ("192.0.2.1", 5060)
@@ -174,6 +174,30 @@ def test_invite_forks_to_every_binding_with_via_record_route_and_max_forwards() 
         assert req.max_forwards == 69
         assert len(req.vias) == 2
     assert sent[0][0].top_via.branch != sent[1][0].top_via.branch
+
+
+def _mark(net: Net, peer: Peer, state: Reach) -> None:
+    b = next(b for b in net.store.lookup("bob") if b.received == f"udp:{peer.host}:{peer.port}")
+    net.store.set_reachability("bob", b.key, Reachability(state, None))
+
+
+def test_calls_skip_contacts_known_unreachable_but_try_all_when_none_answers() -> None:
+    net = Net()
+    net.bind("bob", BOB1)
+    net.bind("bob", BOB2, q=0.5)
+    _mark(net, BOB1, Reach.NO)
+    # Not tried at all, not even as a later q group: it did not answer.
+    sent = start_call(net)
+    assert [p for _, p in sent] == [BOB2]
+    assert responses(net.send(answer(sent[0][0], 486, "t2"), BOB2)) == [486]
+    # Unknown (never probed) is not unreachable.
+    _mark(net, BOB2, Reach.UNKNOWN)
+    assert [p for _, p in start_call(net)] == [BOB2]
+    # All unreachable: a probe can be lost, so all are tried rather than none.
+    _mark(net, BOB2, Reach.NO)
+    assert [p for _, p in start_call(net)] == [BOB1]
+    _mark(net, BOB1, Reach.YES)
+    assert [p for _, p in start_call(net)] == [BOB1]
 
 
 def test_provisional_forwarded_and_2xx_cancels_the_other_branch() -> None:
