@@ -1,0 +1,155 @@
+"""Phones behind NAT on a real sipd: keep-alive probes, reachability in /run/sr, calls.
+
+The NAT is played the simple way: a sipp phone registers a Contact at a
+private address (192.168.77.10:5060) from its own socket on 127.0.0.1,
+which sipd takes for the NAT's mapping, and answers sipd's OPTIONS there
+(an out-of-call scenario). sipd runs on its defaults but for a one-second
+``keepalive_interval`` and the mount. Every sipp is killed and every file
+in the homes removed after each test, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_proxy_e2e import REALM, SIPP, USERS, Calls, _calls, ok, wait_until_listening
+from tests.sipclient import free_port, stop_process, wait_for
+from tests.unixusers import FakeUnix, fake_unix, give_passwords
+
+pytestmark = [
+    pytest.mark.sipp,
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                       reason="needs /dev/fuse and root to mount the state filesystem"),
+]
+
+PRIVATE = "192.168.77.10"
+
+
+@pytest.fixture(scope="module")
+def unix() -> Iterator[FakeUnix]:
+    if shutil.which("sipp") is None:
+        pytest.fail("sipp is not installed: run 'make setup' (Debian package sip-tester)")
+    with fake_unix(USERS) as u:
+        yield u
+
+
+@pytest.fixture(scope="module")
+def passwords(unix: FakeUnix) -> dict[str, str]:
+    return give_passwords(unix, REALM, ("alice", "bob", "carol"))
+
+
+@contextmanager
+def nat_phone(calls: Calls, user: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A sipp phone of ``user`` behind a "NAT", registered and answering OPTIONS."""
+    port = free_port()
+    inf = calls.tmp / f"nat-{port}.inf"
+    inf.write_text(f"SEQUENTIAL\n{user};[authentication username={user} "
+                   f"password={calls.passwords[user]}];\n")
+    proc = subprocess.Popen(
+        ["sipp", f"127.0.0.1:{calls.daemon.port}", "-sf", str(SIPP / "nat_phone.xml"),
+         "-oocsf", str(SIPP / "ooc_options.xml"), "-t", "u1", "-i", "127.0.0.1",
+         "-p", str(port), "-inf", str(inf), "-key", "domain", REALM, "-key", "expires", "600",
+         "-key", "contact_host", PRIVATE, "-d", "120000", "-m", "1", "-nostdin",
+         "-trace_err", "-error_file", str(calls.tmp / f"nat-{port}.err")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=calls.tmp,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_listening(proc, port)
+        yield proc, port
+    finally:
+        stop_process(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def line_of(mnt: Path, user: str, port: int) -> str | None:
+    """The contacts line of ``user``'s phone registered from 127.0.0.1:``port``."""
+    text = (mnt / user / "contacts").read_text()
+    for line in text.splitlines():
+        if f"received=udp:127.0.0.1:{port} " in line + " ":
+            return line
+    return None
+
+
+def shows(mnt: Path, user: str, port: int, pattern: str) -> bool:
+    line = line_of(mnt, user, port)
+    return line is not None and re.search(pattern, line) is not None
+
+
+@pytest.fixture
+def nat_calls(tmp_path: Path, unix: FakeUnix, passwords: dict[str, str],
+              mnt: Path) -> Iterator[Calls]:
+    config = f'keepalive_interval = 1\nmount_enabled = true\nmount = "{mnt}"\n'
+    with _calls(tmp_path, unix, passwords, config, mount=True) as calls:
+        wait_for(lambda: (mnt / "alice").exists(), "the mount")
+        yield calls
+
+
+def test_a_phone_behind_nat_is_probed_skipped_once_gone_and_dropped(
+        nat_calls: Calls, tmp_path: Path, mnt: Path) -> None:
+    calls = nat_calls
+    with nat_phone(calls, "alice") as (phone, port):
+        # Probed where the REGISTER came from, answered there: reachable, timed.
+        wait_for(lambda: shows(mnt, "alice", port, r" reachable=yes rtt=\d+ms$"),
+                 "the phone to show reachable with its rtt")
+        line = line_of(mnt, "alice", port)
+        assert line is not None and line.startswith(f"sip:alice@{PRIVATE}:5060 aor=alice ")
+        # A second phone of alice's, registered from where its Contact says: not probed.
+        busy = calls.uas("uas_busy.xml", "alice")
+        other = calls.uas_ports[-1]
+        assert shows(mnt, "alice", other, r" reachable=unknown$")
+        # The phone goes away (its NAT mapping with it).
+        phone.send_signal(signal.SIGKILL)
+        phone.wait(5)
+    wait_for(lambda: shows(mnt, "alice", port, r" reachable=no rtt=\d+ms$"),
+             "the phone to show unreachable")
+    wait_for(lambda: 'of user "alice" is unreachable' in calls.daemon.log,
+             "the log line of the unreachable contact")
+    # Whatever comes to the phone's old address from now on is caught here.
+    catcher = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        catcher.bind(("127.0.0.1", port))
+        # A call to alice skips the dead phone: the busy one answers at once.
+        r = calls.call("uac_reject.xml", "alice", caller="bob", status=486)
+        ok(r, "call to alice", calls)
+        assert Calls.finished(busy) == 0
+        catcher.setblocking(False)
+        caught = []
+        while True:
+            try:
+                caught.append(catcher.recv(70000))
+            except BlockingIOError:
+                break
+        assert all(data.startswith(b"OPTIONS ") for data in caught), caught[:1]
+        assert not any(data.startswith(b"INVITE ") for data in caught)
+        # Dropped once unanswered long enough (live on SIGHUP), like an expiry.
+        conf = tmp_path / "sipd.toml"
+        conf.write_text(conf.read_text() + "keepalive_drop_after = 1\n")
+        calls.daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: line_of(mnt, "alice", port) is None, "the contact to be dropped")
+    finally:
+        catcher.close()
+    log = calls.daemon.log
+    assert "contact dropped, unreachable (keepalive_drop_after)" in log
+    assert f"contact \"sip:alice@{PRIVATE}:5060\"" in log
+    usrloc = (calls.unix["alice"].home / ".sr" / "usrloc")
+    wait_for(lambda: PRIVATE not in usrloc.read_text(), "usrloc to lose the dropped contact")
+    metrics = (mnt / "metrics").read_text()
+    for name in ("sipd_keepalive_probes_total", "sipd_keepalive_answers_total",
+                 "sipd_keepalive_timeouts_total"):
+        value = re.search(rf"^{name} (\d+)$", metrics, re.M)
+        assert value is not None and int(value.group(1)) > 0, name
+    assert re.search(r"^sipd_keepalive_dropped_total 1$", metrics, re.M)
+    assert re.search(r"^sipd_contacts_unreachable 0$", metrics, re.M)
