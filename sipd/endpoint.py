@@ -286,7 +286,7 @@ class Endpoint:
             return self._stateless_error(req, peer, exc)
         dest = reply_peer(via, peer)
         events = self.transactions.receive_request(req, dest, dest.reliable, now)
-        return self._run(events, now)
+        return self._run(events, now, dest)
 
     def _response(self, resp: Response, peer: Peer, now: float) -> list[Action]:
         self.stats.responses_in += 1
@@ -345,7 +345,9 @@ class Endpoint:
 
     # ------------------------------------------------------- events to bytes
 
-    def _run(self, events: list[Event], now: float) -> list[Action]:
+    def _run(self, events: list[Event], now: float, source: Peer | None = None) -> list[Action]:
+        """Act on transaction events; ``source`` is where the request that
+        caused them came from (its replies' way), when they come of one."""
         out: list[Action] = []
         for event in events:
             if isinstance(event, Send):
@@ -356,7 +358,7 @@ class Endpoint:
                     self._count_response(message.status)
                 out.extend(self._out(message.to_bytes(), dest))
             elif isinstance(event, RequestReceived):
-                out.extend(self._deliver(event, now))
+                out.extend(self._deliver(event, now, source))
             elif self.keepalive is not None and self.keepalive.owns(event.txn):
                 events, dropped = self.keepalive.handle_event(event, now)
                 out.extend(self._run(events, now))
@@ -399,25 +401,26 @@ class Endpoint:
         )
         return not to_server
 
-    def _deliver(self, event: RequestReceived, now: float) -> list[Action]:
+    def _deliver(self, event: RequestReceived, now: float,
+                 source: Peer | None = None) -> list[Action]:
         req = event.request
         txn = event.txn
         if txn is None:
             # An ACK to a 2xx: end to end, the proxy passes it on.
             if self.proxy is None:
                 return []
-            return self._run_proxy(self.proxy.handle_ack(req), now)
+            return self._run_proxy(self.proxy.handle_ack(req, source), now)
         if req.method == "CANCEL":
             invite = self.transactions.find_invite_for_cancel(req)
             out = self._respond(txn, self._cancel(req), now)
             if invite is not None and self.proxy is not None:
                 out.extend(self._run_proxy(self.proxy.cancel(invite, now), now))
             return out
-        source = txn.source
-        assert isinstance(source, Peer)
+        peer = txn.source
+        assert isinstance(peer, Peer)
         if self.proxy is not None and self._for_proxy(req):
-            return self._run_proxy(self.proxy.handle_request(txn, req, source, now), now)
-        return self._respond(txn, self.server.handle_request(req, source, now), now)
+            return self._run_proxy(self.proxy.handle_request(txn, req, peer, now), now)
+        return self._respond(txn, self.server.handle_request(req, peer, now), now)
 
     def _respond(self, txn: ServerTransaction, reply: Reply, now: float) -> list[Action]:
         if reply is None:

@@ -255,12 +255,16 @@ class Forker:
 
     def _record_route(self, req: Request, inbound: Peer, outbound: Peer) -> None:
         """§16.6 step 4, doubled when the two sides differ in transport or family
-        so that each side reaches us the way it talks to us."""
+        so that each side reaches us the way it talks to us. The user part is
+        the flow token of both sides (:mod:`~sipd.proxy.flowtoken`)."""
+        token = self.router.flows.encode(inbound, outbound)
+        user = f"{token}@" if token else ""
+
         def rr(peer: Peer) -> str:
             host, port = self.router.addresses.for_peer(peer)
             hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             t = ";transport=tcp" if peer.transport == "tcp" else ""
-            return f"<sip:{hp}{t};lr>"
+            return f"<sip:{user}{hp}{t};lr>"
 
         outer = rr(outbound)
         inner = rr(inbound)

@@ -59,7 +59,7 @@ from sipd.proxy.forking import Forker
 from sipd.proxy.limits import Destinations, SourceBudget
 from sipd.proxy.local import Chain, binding_groups, settings_chain
 from sipd.proxy.routing import ContactIndex, Router, max_breadth, target_tag
-from sipd.proxy.targets import LocalAddresses, Target, uri_target
+from sipd.proxy.targets import LocalAddresses, Target, flow_target, uri_target
 from sipd.proxy.users import UserLookup
 from sipd.registrar.register import aor_of
 from sipd.sip.checks import check_request
@@ -150,11 +150,11 @@ class Proxy:
     def cancel(self, invite: ServerTransaction, now: float) -> list[ProxyAction]:
         return self.forker.cancel(invite, now)
 
-    def handle_ack(self, ack: Request) -> list[ProxyAction]:
+    def handle_ack(self, ack: Request, source: Peer | None = None) -> list[ProxyAction]:
         """An ACK for a 2xx: end to end, forwarded statelessly by its Route set."""
         try:
             return list(forward_ack(ack, self.router, self.contacts, self.tcp_peer,
-                                    self.auth.realm))
+                                    self.auth.realm, source))
         except Exception:
             self.stats.proxy_errors += 1
             log.exception("proxy error on an ACK")
@@ -189,7 +189,8 @@ class Proxy:
             if own_route:
                 if req.method == "BYE":
                     self.hooks.call_ended(req.call_id, self.wall(now))
-                return self._forward_by_route(ctx, fwd, now)
+                return self._forward_by_route(ctx, fwd, now, self.router.across(own_route,
+                                                                                 ctx.source))
             target_uri = fwd.uri
             if isinstance(target_uri, SipURI) and self.router.is_local_aor(target_uri):
                 return self._to_local(ctx, fwd, None, target_uri, now)
@@ -218,12 +219,17 @@ class Proxy:
         assert isinstance(target, SipURI)
         return self._to_local(ctx, fwd, None, target, now)
 
-    def _forward_by_route(self, ctx: Context, fwd: Request, now: float) -> list[ProxyAction]:
+    def _forward_by_route(self, ctx: Context, fwd: Request, now: float,
+                          flow: Peer | None = None) -> list[ProxyAction]:
+        """Inside a dialog: the next Route, else the other side's flow (the
+        dialog's flow token), else the registered contact, else the Request-URI."""
         routes = fwd.values("Route")
         hop = parse_address(routes[0], "Route").uri if routes else fwd.uri
         if not isinstance(hop, SipURI):
             raise SipError(416, "Unsupported URI Scheme")
-        t = (None if routes else self.contacts.hop(fwd.uri_text, self.tcp_peer)) or uri_target(hop)
+        t = None if routes else flow_target(fwd.uri_text, flow, self.tcp_peer)
+        t = t or (None if routes else self.contacts.hop(fwd.uri_text, self.tcp_peer)) \
+            or uri_target(hop)
         return self.forker.start(ctx, fwd, [[Target(fwd.uri_text, t.dest, (), t.host, t.port,
                                                     t.transport)]], now)
 

@@ -10,6 +10,11 @@ digest of what makes it the same request again and ``target`` a digest of
 the local user it was routed to. A request that comes back with our Via
 and the same key is a loop; one that comes back changed (a spiral) is a
 loop too when it would be routed to the same local user again.
+
+Inside a dialog, this proxy's Record-Route carries a flow token
+(:mod:`~sipd.proxy.flowtoken`): :meth:`Router.strip_own_routes` returns
+the URIs of ours it removed, and :meth:`Router.across` says which flow a
+request goes over.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable
 from sipd.core.identity import LocalIdentity
 from sipd.core.peer import Peer
 from sipd.proxy.context import DEFAULT_MAX_BREADTH
+from sipd.proxy.flowtoken import FlowTokens
 from sipd.proxy.targets import LocalAddresses, Target, binding_target
 from sipd.sip.errors import ParseError, SipError
 from sipd.sip.headers import parse_address
@@ -62,9 +68,12 @@ def max_breadth(req: Request) -> int:
 class Router:
     """This proxy's view of a request's path: what is ours, what is local, what looped."""
 
-    def __init__(self, identity: LocalIdentity, addresses: LocalAddresses) -> None:
+    def __init__(self, identity: LocalIdentity, addresses: LocalAddresses,
+                 flows: FlowTokens | None = None) -> None:
         self.identity = identity
         self.addresses = addresses
+        #: The tokens this proxy writes into its Record-Route, and reads back.
+        self.flows = flows if flows is not None else FlowTokens()
 
     def is_local_aor(self, uri: SipURI) -> bool:
         """A user at one of our domains; a local host with another port is a phone."""
@@ -104,25 +113,38 @@ class Router:
         """
         return any(len(parts) >= 3 and parts[1] == tag for parts in self._ours(req))
 
-    def strip_own_routes(self, fwd: Request) -> bool:
+    def strip_own_routes(self, fwd: Request) -> list[SipURI]:
         """§16.4: a strict router's request comes with our URI as Request-URI;
-        our own Route entries on top are ours to remove. True if any were ours."""
+        our own Route entries on top are ours to remove. The URIs of ours
+        removed (none: the request did not come through our Record-Route)."""
         routes = fwd.values("Route")
         uri = fwd.uri
-        ours = False
-        if routes and isinstance(uri, SipURI) and uri.user is None and self.is_me(uri):
+        ours: list[SipURI] = []
+        if (routes and isinstance(uri, SipURI) and self.is_me(uri)
+                and (uri.user is None or self.flows.decode(uri.user) is not None)):
             fwd.uri = parse_address(routes[-1], "Route").uri
             routes = routes[:-1]
-            ours = True
+            ours.append(uri)
         while routes:
             top = parse_address(routes[0], "Route").uri
             if not (isinstance(top, SipURI) and self.is_me(top)):
                 break
             routes = routes[1:]
-            ours = True
+            ours.append(top)
         if ours:
             fwd.set_values("Route", routes)
         return ours
+
+    def across(self, ours: list[SipURI], source: Peer) -> Peer | None:
+        """The flow a request from ``source`` goes over, from the token in one of
+        ``ours`` (its Route entries of this proxy); None without one, or when
+        the request came over neither of the dialog's flows."""
+        for uri in ours:
+            if uri.user:
+                flows = self.flows.decode(uri.user)
+                if flows is not None:
+                    return FlowTokens.other(flows, source)
+        return None
 
 
 class ContactIndex:

@@ -112,3 +112,21 @@ def binding_target(b: Binding, tcp_peer: Callable[[str, int], Peer | None] | Non
     if not isinstance(contact, SipURI):
         raise SipError(500, "Bad contact in binding")
     return uri_target(contact, uri_text=b.contact)
+
+
+def flow_target(uri: str, flow: Peer | None,
+                tcp_peer: Callable[[str, int], Peer | None]) -> Target | None:
+    """A request for ``uri`` sent over ``flow`` (a dialog's flow token).
+
+    Over UDP the flow is the address and our socket as they were; over TCP
+    only the connection itself will do, while it is open (a phone behind
+    NAT cannot be connected to).
+    """
+    if flow is None:
+        return None
+    dest: Peer | None = flow
+    if flow.reliable:
+        dest = tcp_peer(flow.host, flow.port)
+    if dest is None:
+        return None
+    return Target(uri, dest, (), dest.host, dest.port, dest.transport)

@@ -153,3 +153,16 @@ def test_a_phone_behind_nat_is_probed_skipped_once_gone_and_dropped(
         assert value is not None and int(value.group(1)) > 0, name
     assert re.search(r"^sipd_keepalive_dropped_total 1$", metrics, re.M)
     assert re.search(r"^sipd_contacts_unreachable 0$", metrics, re.M)
+
+
+def test_the_callees_bye_reaches_a_caller_behind_nat(nat_calls: Calls) -> None:
+    """The caller's Contact is private; the callee hangs up through the dialog's flow."""
+    calls = nat_calls
+    callee = calls.uas("uas_hangup.xml", "bob")
+    r = calls.call("uac_natted_callee_hangs_up.xml", "bob", caller="alice")
+    ok(r, "the natted caller's call, hung up by the callee", calls)
+    assert Calls.finished(callee) == 0, calls.received(calls.uas_ports[-1])
+    trace = calls.received(calls.uas_ports[-1])
+    # The callee saw the caller's Contact as written: sipd did not rewrite it.
+    assert "Contact: <sip:alice@192.168.77.20:5060>" in trace
+    assert "BYE sip:alice@192.168.77.20:5060 SIP/2.0" in trace
