@@ -175,6 +175,12 @@ class Endpoint:
             proxy.tcp_peer = lambda host, port: self._tcp_peers.get((host, port))
         if keepalive is not None:
             keepalive.tcp_peer = lambda host, port: self._tcp_peers.get((host, port))
+        if self.flows is not None:
+            # Requests for a UDP binding leave from the socket it registered on.
+            if proxy is not None:
+                proxy.udp_socket = self.flows.udp_socket
+            if keepalive is not None:
+                keepalive.udp_socket = self.flows.udp_socket
 
     def wall(self, now: float) -> float:
         return now + self.wall_offset
@@ -420,6 +426,8 @@ class Endpoint:
         assert isinstance(peer, Peer)
         if self.proxy is not None and self._for_proxy(req):
             return self._run_proxy(self.proxy.handle_request(txn, req, peer, now), now)
+        if req.method == "REGISTER" and self.flows is not None:
+            self.flows.heard(peer)
         return self._respond(txn, self.server.handle_request(req, peer, now), now)
 
     def _respond(self, txn: ServerTransaction, reply: Reply, now: float) -> list[Action]:

@@ -177,6 +177,8 @@ class KeepAlive:
         self.drop_after = drop_after
         #: Live TCP connections by remote address; set by the endpoint.
         self.tcp_peer: Callable[[str, int], Peer | None] = lambda host, port: None
+        #: Our UDP socket of a registered flow; set by the endpoint.
+        self.udp_socket: Callable[[str], int] = lambda received: 0
         self.stats = KeepAliveStats()
         self._probes: dict[tuple[str, str], Probe] = {}
         self._by_txn: dict[ClientTransaction, Probe] = {}
@@ -288,7 +290,7 @@ class KeepAlive:
         if b is None:
             return []
         try:
-            target = binding_target(b, self.tcp_peer)
+            target = binding_target(b, self.tcp_peer, self.udp_socket)
         except (SipError, ParseError):
             return []
         dest = target.dest

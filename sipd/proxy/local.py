@@ -57,7 +57,8 @@ def settings_chain(lookup: UserLookup, identity: LocalIdentity, first: str,
 
 def binding_groups(store: LocationStore, aor: str, wall: float, owns: Callable[[str, str], bool],
                    tcp_peer: Callable[[str, int], Peer | None],
-                   dialled: str | None = None) -> list[list[Target]]:
+                   dialled: str | None = None,
+                   udp_socket: Callable[[str], int] | None = None) -> list[list[Target]]:
     """The targets of ``aor``'s live bindings, grouped by q, highest first.
 
     With ``dialled``, each Request-URI carries that number as its user
@@ -78,7 +79,7 @@ def binding_groups(store: LocationStore, aor: str, wall: float, owns: Callable[[
     groups: dict[float, list[Target]] = {}
     for b in sorted(live, key=lambda b: -b.q):
         try:
-            target = binding_target(b, tcp_peer)
+            target = binding_target(b, tcp_peer, udp_socket)
         except (SipError, ParseError) as exc:
             log.warning("skipping binding %s of %s: %s", log_quote(b.contact, 80),
                         log_quote(aor, 64), exc)

@@ -108,10 +108,12 @@ class Proxy:
         #: Tells live TCP connections by remote address, so a phone is reached
         #: on the connection it registered over; set by the endpoint.
         self.tcp_peer: Callable[[str, int], Peer | None] = lambda host, port: None
+        #: Our UDP socket of a registered flow (``received``), 0 for any; set by the endpoint.
+        self.udp_socket: Callable[[str], int] = lambda received: 0
         #: Unauthenticated requests for users who are not there, per source.
         self.unknown_budget = SourceBudget()
         self.router = Router(identity, addresses)
-        self.contacts = ContactIndex(store)
+        self.contacts = ContactIndex(store, lambda received: self.udp_socket(received))
         self.forker = Forker(transactions, self.router, identity, self.hooks, self.stats,
                              lambda now: self.wall(now))
         self.forker.ring_timeout = self._no_answer
@@ -462,7 +464,8 @@ class Proxy:
         return self.forker.start_call(ctx, fwd, groups, (noanswer, ring) if noanswer else None, now)
 
     def _groups(self, aor: str, wall: float, dialled: str | None = None) -> list[list[Target]]:
-        return binding_groups(self.store, aor, wall, self._owns, self.tcp_peer, dialled)
+        return binding_groups(self.store, aor, wall, self._owns, self.tcp_peer, dialled,
+                              self.udp_socket)
 
     def _no_answer(self, ctx: Context, now: float) -> list[ProxyAction]:
         """ring_timeout passed: cancel what rings, call the forward_noanswer target."""

@@ -154,7 +154,10 @@ class ContactIndex:
     reachable only where its REGISTER came from, as for a new call.
     """
 
-    def __init__(self, store: LocationStore) -> None:
+    def __init__(self, store: LocationStore,
+                 udp_socket: Callable[[str], int] | None = None) -> None:
+        #: Our socket of a UDP flow (see :meth:`sipd.core.flows.RegisteredFlows.udp_socket`).
+        self.udp_socket = udp_socket
         self._by_contact: dict[str, Binding] = {}
         for b in store:
             self._by_contact[contact_key(b.contact)] = b
@@ -165,7 +168,7 @@ class ContactIndex:
         if b is None or b.path or not b.received:
             return None
         try:
-            return binding_target(b, tcp_peer)
+            return binding_target(b, tcp_peer, self.udp_socket)
         except (SipError, ParseError):
             return None
 

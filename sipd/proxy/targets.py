@@ -84,12 +84,14 @@ def uri_target(uri: SipURI, routes: tuple[str, ...] = (), uri_text: str | None =
     return Target(uri_text or str(uri), dest, routes, address or host, port, transport)
 
 
-def binding_target(b: Binding, tcp_peer: Callable[[str, int], Peer | None] | None = None) -> Target:
+def binding_target(b: Binding, tcp_peer: Callable[[str, int], Peer | None] | None = None,
+                   udp_socket: Callable[[str], int] | None = None) -> Target:
     """A request for a binding: to its Path, else back where its REGISTER came from.
 
-    Over UDP the REGISTER's source is the way through a NAT. Over TCP it is
-    the connection the phone opened, usable only while it lives
-    (``tcp_peer`` finds it); without it the contact itself is tried.
+    Over UDP the REGISTER's source is the way through a NAT, from the socket
+    the REGISTER came in on (``udp_socket`` knows it; else 0, any socket).
+    Over TCP it is the connection the phone opened, usable only while it
+    lives (``tcp_peer`` finds it); without it the contact itself is tried.
     """
     if b.path:
         first = parse_address(b.path[0], "Path").uri
@@ -106,7 +108,8 @@ def binding_target(b: Binding, tcp_peer: Callable[[str, int], Peer | None] | Non
             return Target(b.contact, live, (), host, live.port, "tcp")
         address = _address_text(host)
         if transport == "udp" and port.isdigit() and address is not None:
-            return Target(b.contact, Peer(transport, address, int(port), 0), (), address,
+            conn = udp_socket(b.received) if udp_socket is not None else 0
+            return Target(b.contact, Peer(transport, address, int(port), conn), (), address,
                           int(port), transport)
     contact = parse_uri(b.contact)
     if not isinstance(contact, SipURI):

@@ -23,15 +23,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_proxy_e2e import REALM, SIPP, USERS, Calls, _calls, ok, wait_until_listening
-from tests.sipclient import free_port, stop_process, wait_for
+from sipd.sip.message import Request, make_response, parse
+from tests.phone import Phone
+from tests.sipclient import free_port, running_sipd, status_of, stop_process, wait_for
 from tests.unixusers import FakeUnix, fake_unix, give_passwords
 
-pytestmark = [
-    pytest.mark.sipp,
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-                       reason="needs /dev/fuse and root to mount the state filesystem"),
-]
+pytestmark = [pytest.mark.sipp, pytest.mark.slow]
+needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                                reason="needs /dev/fuse and root to mount the state filesystem")
 
 PRIVATE = "192.168.77.10"
 
@@ -97,6 +96,7 @@ def nat_calls(tmp_path: Path, unix: FakeUnix, passwords: dict[str, str],
         yield calls
 
 
+@needs_fuse
 def test_a_phone_behind_nat_is_probed_skipped_once_gone_and_dropped(
         nat_calls: Calls, tmp_path: Path, mnt: Path) -> None:
     calls = nat_calls
@@ -155,6 +155,7 @@ def test_a_phone_behind_nat_is_probed_skipped_once_gone_and_dropped(
     assert re.search(r"^sipd_contacts_unreachable 0$", metrics, re.M)
 
 
+@needs_fuse
 def test_the_callees_bye_reaches_a_caller_behind_nat(nat_calls: Calls) -> None:
     """The caller's Contact is private; the callee hangs up through the dialog's flow."""
     calls = nat_calls
@@ -166,3 +167,34 @@ def test_the_callees_bye_reaches_a_caller_behind_nat(nat_calls: Calls) -> None:
     # The callee saw the caller's Contact as written: sipd did not rewrite it.
     assert "Contact: <sip:alice@192.168.77.20:5060>" in trace
     assert "BYE sip:alice@192.168.77.20:5060 SIP/2.0" in trace
+
+
+class NattedPhone(Phone):
+    """tests.phone's phone, with the private Contact of a phone behind a NAT."""
+
+    def request(self, challenge: bytes | None = None, expires: int = 600) -> bytes:
+        data = super().request(challenge, expires)
+        own = f"@{self.source}:{self.port};transport=udp>".encode()
+        return data.replace(own, b"@192.168.77.30:5060>")
+
+
+def test_probes_leave_from_the_socket_the_phone_registered_to(
+        tmp_path: Path, unix: FakeUnix, passwords: dict[str, str]) -> None:
+    """RFC 5626 flows over UDP: a NAT lets in only what comes from where the phone sent."""
+    second = free_port()
+    conf = tmp_path / "sipd.toml"
+    conf.write_text("keepalive_interval = 1\n")
+    with running_sipd(tmp_path, "-c", str(conf), "-l", f"udp:127.0.0.2:{second}",
+                      unix=unix) as daemon:
+        # The phone registers to sipd's second address, not the first of the family.
+        with NattedPhone(second, "alice", passwords["alice"], server="127.0.0.2") as phone:
+            assert status_of(phone.register()) == 200
+            for _ in range(2):
+                data, source = phone.sock.recvfrom(65536)
+                assert data.startswith(b"OPTIONS sip:alice@192.168.77.30:5060 SIP/2.0"), data
+                assert source == ("127.0.0.2", second)
+                probe = parse(data)
+                assert isinstance(probe, Request)
+                phone.sock.sendto(make_response(probe, 200).to_bytes(), source)
+        assert daemon.alive()
+    assert "Traceback" not in daemon.log

@@ -181,6 +181,15 @@ def test_registered_callees_still_take_their_registered_way_for_new_calls() -> N
     assert peer == nat_bob
 
 
+def test_a_call_to_a_udp_binding_leaves_from_the_socket_it_registered_on() -> None:
+    net = Net()
+    net.store.upsert(Binding("bob", "bob", "sip:bob@10.1.1.1:5060", 1e12,
+                             received="udp:203.0.113.60:40000"))
+    net.proxy.udp_socket = lambda received: 5 if received == "udp:203.0.113.60:40000" else 0
+    (_, peer), = requests(net.send(natted_invite(), NATTED), "INVITE")
+    assert peer == Peer("udp", "203.0.113.60", 40000, conn=5)
+
+
 def test_flow_tokens_round_trip_and_refuse_what_they_did_not_make() -> None:
     tokens = FlowTokens(b"k" * 32)
     a = Peer("udp", "203.0.113.50", 61000, 3)
