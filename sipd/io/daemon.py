@@ -173,6 +173,18 @@ def advertised(bound: list[tuple[str, str, int]]) -> LocalAddresses:
     return LocalAddresses(out)
 
 
+def own_sockets(addresses: LocalAddresses, sockets: dict[int, tuple[str, int]]) -> None:
+    """Name each UDP socket's address for the Via and Record-Route of what
+    leaves from it; a wildcard socket goes by its kind's advertised address."""
+    for conn, (host, port) in sockets.items():
+        if host in ("0.0.0.0", "::"):
+            found = addresses.by_kind.get(("udp", 6 if ":" in host else 4))
+            if found is None:
+                continue
+            host, port = found
+        addresses.by_socket[conn] = (host, port)
+
+
 def build(settings: Settings, ports: set[int], hosts: list[str],
           bound: list[tuple[str, str, int]] | None = None, hooks: CallHooks | None = None,
           configured: Settings | None = None) -> Daemon:
@@ -383,6 +395,7 @@ async def run(settings: Settings) -> None:
     async with trio.open_nursery() as nursery:
         try:
             await nursery.start(transports.serve, bound)
+            own_sockets(daemon.proxy.router.addresses, transports.udp_sockets())
             transports.send(daemon.endpoint.take_pending(trio.current_time()))
             if statefs is not None:
                 from sipd.io.statefs import start_statefs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sipd.core.peer import Peer
 from sipd.sip.errors import SipError
@@ -26,11 +26,20 @@ class LocalAddresses:
 
     Keys are ``(transport, 4 or 6)``; values ``(host, port)`` as reachable by
     peers (a wildcard listener is represented by one of the host's addresses).
+    ``by_socket`` names the address of each UDP socket by its ``conn``: a
+    request sent from a given socket says that socket's address, so the
+    answers come back where a NAT lets them through (filled by the daemon
+    once the sockets are served; empty, every socket of a kind is its first).
     """
 
     by_kind: dict[tuple[str, int], tuple[str, int]]
+    by_socket: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     def for_peer(self, peer: Peer) -> tuple[str, int]:
+        if peer.conn and peer.transport == "udp":
+            own = self.by_socket.get(peer.conn)
+            if own is not None:
+                return own
         family = 6 if ":" in peer.host else 4
         found = self.by_kind.get((peer.transport, family))
         if found is None:

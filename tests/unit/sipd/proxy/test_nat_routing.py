@@ -12,6 +12,7 @@ import re
 import pytest
 
 from sipd.core.peer import Peer
+from sipd.io.daemon import own_sockets
 from sipd.proxy.flowtoken import FlowTokens
 from sipd.sip.message import Request
 from srfs.state.location import Binding
@@ -25,7 +26,7 @@ PRIVATE_CONTACT = "sip:zed@10.0.0.50:5060"
 def natted_invite(call_id: str = "nat-call", transport: str = "UDP") -> bytes:
     return (
         "INVITE sip:bob@sip.test SIP/2.0\r\n"
-        f"Via: SIP/2.0/{transport} 10.0.0.50:5060;branch=z9hG4bKnat1;rport\r\n"
+        f"Via: SIP/2.0/{transport} 10.0.0.50:5060;branch=z9hG4bK{call_id};rport\r\n"
         "Max-Forwards: 70\r\n"
         "From: <sip:zed@example.com>;tag=caller1\r\n"
         "To: <sip:bob@sip.test>\r\n"
@@ -203,3 +204,25 @@ def test_flow_tokens_round_trip_and_refuse_what_they_did_not_make() -> None:
     assert FlowTokens.other((a, b), Peer("tcp", "2001:db8:0::7", 5061, 1)) == a
     assert FlowTokens.other((a, b), Peer("tcp", "203.0.113.50", 61000, 3)) is None
     assert tokens.encode(Peer("udp", "phone.example.org", 5060, 0), b) is None
+
+
+def test_what_leaves_a_socket_names_that_socket_in_via_and_record_route() -> None:
+    """Listening on two addresses: each side is told the address it talks to."""
+    net = Net()
+    own_sockets(net.proxy.router.addresses, {3: ("192.0.2.2", 5080), 4: ("0.0.0.0", 5060)})
+    assert net.proxy.router.addresses.by_socket == {3: ("192.0.2.2", 5080),
+                                                     4: ("192.0.2.1", 5060)}
+    net.store.upsert(Binding("bob", "bob", "sip:bob@10.1.1.1:5060", 1e12,
+                             received="udp:203.0.113.60:40000"))
+    net.proxy.udp_socket = lambda received: 3
+    (req, peer), = requests(net.send(natted_invite(), NATTED), "INVITE")
+    assert peer.conn == 3
+    assert (req.top_via.host, req.top_via.port) == ("192.0.2.2", 5080)
+    # Both sides came in on socket 3: one Record-Route, with its address.
+    (rr,) = req.values("Record-Route")
+    assert rr.endswith("@192.0.2.2:5080;lr>")
+    # The caller on socket 4 (the wildcard): two, one for each side's address.
+    (req, _), = requests(net.send(natted_invite("other-call"),
+                                  Peer("udp", "203.0.113.50", 61000, conn=4)), "INVITE")
+    outer, inner = req.values("Record-Route")
+    assert outer.endswith("@192.0.2.2:5080;lr>") and inner.endswith("@192.0.2.1:5060;lr>")
