@@ -20,7 +20,9 @@ INSTALL="$RUN python3 python3-venv python3-dev"
 # need. man-db: man(1) on the installed pages; systemd: systemd-analyze
 # verify on the unit (neither needs systemd to be running); fail2ban and
 # prometheus: fail2ban-regex and promtool on what sipd logs and serves.
-TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus"
+# iproute2 and iptables: a real NAT for a phone (network namespaces, veth
+# pairs, MASQUERADE inside a namespace; tests/netns.py).
+TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus iproute2 iptables"
 
 case $mode in
     run) PACKAGES=$RUN target=run ;;

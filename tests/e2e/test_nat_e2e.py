@@ -17,13 +17,14 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_proxy_e2e import REALM, SIPP, USERS, Calls, _calls, ok, wait_until_listening
 from sipd.sip.message import Request, make_response, parse
+from tests import netns
+from tests.e2e.test_proxy_e2e import REALM, SIPP, USERS, Calls, _calls, ok, wait_until_listening
 from tests.phone import Phone
 from tests.sipclient import free_port, running_sipd, status_of, stop_process, wait_for
 from tests.unixusers import FakeUnix, fake_unix, give_passwords
@@ -197,4 +198,64 @@ def test_probes_leave_from_the_socket_the_phone_registered_to(
                 assert isinstance(probe, Request)
                 phone.sock.sendto(make_response(probe, 200).to_bytes(), source)
         assert daemon.alive()
+    assert "Traceback" not in daemon.log
+
+
+@needs_fuse
+@pytest.mark.skipif(netns.missing() is not None, reason=str(netns.missing()))
+def test_a_phone_behind_a_real_nat_stays_reachable_through_the_probes(
+        tmp_path: Path, unix: FakeUnix, passwords: dict[str, str], mnt: Path) -> None:
+    """A phone in a namespace behind iptables MASQUERADE whose UDP mappings
+    expire after 2 idle seconds: sipd's probes keep its mapping, so a call
+    reaches it long after its REGISTER; once it is gone, it shows unreachable."""
+    conf = tmp_path / "sipd.toml"
+    conf.write_text(f'keepalive_interval = 1\nmount_enabled = true\nmount = "{mnt}"\n')
+    with netns.masquerade(udp_timeout=2) as nat, ExitStack() as stack:
+        port = free_port()
+        daemon = stack.enter_context(running_sipd(
+            tmp_path, "-c", str(conf), "-l", f"udp:{nat.host_address}:{port}", unix=unix,
+            mount=True, port=port))
+        wait_for(lambda: (mnt / "alice").exists(), "the mount")
+        calls = Calls(daemon, unix, passwords, tmp_path)
+        stack.callback(calls.stop_all)
+        inf = tmp_path / "phone.inf"
+        inf.write_text(f"SEQUENTIAL\nalice;[authentication username=alice "
+                       f"password={passwords['alice']}];\n")
+        # A phone that tells the truth: its Contact is its LAN address.
+        phone = subprocess.Popen(
+            nat.in_lan("sipp", f"{nat.host_address}:{port}", "-sf", str(SIPP / "nat_phone.xml"),
+                       "-oocsf", str(SIPP / "ooc_options.xml"), "-t", "u1",
+                       "-i", nat.phone_address, "-p", "5060", "-inf", str(inf),
+                       "-key", "domain", REALM, "-key", "expires", "600",
+                       "-key", "contact_host", nat.phone_address, "-d", "120000", "-m", "1",
+                       "-nostdin"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+            stdin=subprocess.DEVNULL)
+        calls.procs.append(phone)  # type: ignore[arg-type]
+
+        def line() -> str:
+            return next((t for t in (mnt / "alice" / "contacts").read_text().splitlines()
+                         if t.startswith(f"sip:alice@{nat.phone_address}:5060 ")), "")
+
+        def metric(name: str) -> int:
+            found = re.search(rf"^{name} (\d+)$", (mnt / "metrics").read_text(), re.M)
+            return int(found.group(1)) if found else -1
+
+        wait_for(lambda: re.search(r" reachable=yes rtt=\d+ms$", line()),
+                 "the phone behind the NAT to answer a probe")
+        # Seen from the NAT's public address, not the phone's own.
+        assert f" received=udp:{nat.public_address}:" in line()
+        # Many times the NAT's idle timeout: only the probes keep the mapping.
+        answered = metric("sipd_keepalive_answers_total")
+        wait_for(lambda: metric("sipd_keepalive_answers_total") >= answered + 6,
+                 "six more answers", timeout=20)
+        assert metric("sipd_keepalive_timeouts_total") == 0
+        assert " reachable=yes " in line() + " "
+        # A call gets through the NAT to the phone, which refuses it.
+        r = calls.call("uac_reject.xml", "alice", caller="bob", status=486)
+        ok(r, "a call to the phone behind the NAT", calls)
+        phone.send_signal(signal.SIGKILL)
+        phone.wait(5)
+        wait_for(lambda: re.search(r" reachable=no rtt=\d+ms$", line()),
+                 "the phone to show unreachable")
     assert "Traceback" not in daemon.log
