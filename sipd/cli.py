@@ -47,8 +47,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-c", "--config", metavar="PATH",
                    help=f"TOML configuration file (default {DEFAULT_CONFIG_PATH}, optional)")
-    p.add_argument("-l", "--listen", metavar="[udp:|tcp:]HOST:PORT", action="append",
-                   help="address to listen on, repeatable (default 0.0.0.0:5060 and [::]:5060)")
+    p.add_argument("-l", "--listen", metavar="[PROTO:]HOST:PORT", action="append",
+                   help="address to listen on, repeatable; PROTO is udp, tcp, tls, ws or wss, none "
+                   "for UDP and TCP (default 0.0.0.0:5060 and [::]:5060)")
     p.add_argument("-m", "--mount", metavar="DIR", help="where to mount the state filesystem")
     p.add_argument("--no-mount", action="store_true", help="run without the state filesystem")
     p.add_argument("-r", "--realm", help="digest realm and primary local domain")

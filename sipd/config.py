@@ -29,7 +29,7 @@ DEFAULT_CONFIG_PATH = sipdconf.DEFAULT_PATH
 
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
-    """One socket to open: ``udp`` or ``tcp`` on ``host:port``."""
+    """One socket to open: ``udp``, ``tcp``, ``tls``, ``ws`` or ``wss`` on ``host:port``."""
 
     transport: str
     host: str
@@ -44,37 +44,88 @@ class ListenAddress:
         return f"{self.transport}:{host}:{self.port}"
 
 
-def parse_listen(text: str) -> list[ListenAddress]:
-    """``[udp:|tcp:]HOST:PORT``; without a prefix both UDP and TCP.
+#: Listen prefixes and the transports each opens; no prefix means UDP and TCP.
+LISTEN_PREFIXES: dict[str, tuple[str, ...]] = {
+    "udp": ("udp",), "tcp": ("tcp",), "tls": ("tls",), "ws": ("ws",), "wss": ("wss",),
+}
+#: Transports that need tls_certificate and tls_private_key.
+SECURE_TRANSPORTS = ("tls", "wss")
+#: The port a ``tls:`` listen without one gets (RFC 3261 §19.1.2).
+TLS_PORT = 5061
 
-    IPv6 hosts are written in brackets: ``[::1]:5060``.
+
+def _split_address(spec: str, text: str, what: str, *,
+                   brackets: bool = False) -> tuple[str, int]:
+    """The IP address and port of ``HOST:PORT`` or ``[IPv6]:PORT``, checked.
+
+    ``text`` is what the user wrote and ``what`` names it in the error.
+    ``brackets``: an IPv6 address must be in brackets.
     """
-    spec = text.strip()
-    transports = ["udp", "tcp"]
-    lower = spec.lower()
-    for prefix in ("udp:", "tcp:"):
-        if lower.startswith(prefix):
-            transports = [prefix[:-1]]
-            spec = spec[len(prefix) :]
-            break
     if spec.startswith("["):
         end = spec.find("]")
         if end < 0 or spec[end + 1 : end + 2] != ":":
-            raise ConfigError(f"bad listen address {text!r}: expected [IPv6]:PORT")
+            raise ConfigError(f"bad {what} {text!r}: expected [IPv6]:PORT")
         host, port_text = spec[1:end], spec[end + 2 :]
     else:
         host, sep, port_text = spec.rpartition(":")
         if not sep:
-            raise ConfigError(f"bad listen address {text!r}: expected HOST:PORT")
+            raise ConfigError(f"bad {what} {text!r}: expected HOST:PORT")
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError(f"bad listen address {text!r}: {host!r} is not an IP address") from None
+        raise ConfigError(f"bad {what} {text!r}: {host!r} is not an IP address") from None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"bad listen address {text!r}: bad port {port_text!r}")
+        raise ConfigError(f"bad {what} {text!r}: bad port {port_text!r}")
     if ip.version == 4 and ":" in host:
-        raise ConfigError(f"bad listen address {text!r}")
-    return [ListenAddress(t, str(ip), int(port_text)) for t in transports]
+        raise ConfigError(f"bad {what} {text!r}")
+    if brackets and ip.version == 6 and not spec.startswith("["):
+        raise ConfigError(f"bad {what} {text!r}: write an IPv6 address in brackets, [ADDR]:PORT")
+    return str(ip), int(port_text)
+
+
+def parse_listen(text: str) -> list[ListenAddress]:
+    """``[udp:|tcp:|tls:|ws:|wss:]HOST:PORT``; without a prefix both UDP and TCP.
+
+    IPv6 hosts are written in brackets: ``[::1]:5060``. ``tls:HOST`` without
+    a port listens on 5061.
+    """
+    spec = text.strip()
+    transports: tuple[str, ...] = ("udp", "tcp")
+    head, sep, rest = spec.partition(":")
+    if sep and head.lower() in LISTEN_PREFIXES:
+        transports = LISTEN_PREFIXES[head.lower()]
+        spec = rest
+    if transports == ("tls",) and (spec.endswith("]") or ("[" not in spec and ":" not in spec)):
+        spec = f"{spec}:{TLS_PORT}"
+    host, port = _split_address(spec, text, "listen address")
+    return [ListenAddress(t, host, port) for t in transports]
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A TCP address to listen on for something other than SIP: the metrics endpoint."""
+
+    host: str
+    port: int
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host in ("0.0.0.0", "::")
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_metrics_listen(text: str) -> HostPort | None:
+    """``HOST:PORT`` or ``[IPv6]:PORT``; the empty string is None (no endpoint)."""
+    spec = text.strip()
+    if not spec:
+        return None
+    return HostPort(*_split_address(spec, text, "metrics_listen address", brackets=True))
 
 
 def _positive_int(name: str) -> Callable[[Any], int]:
@@ -175,11 +226,44 @@ def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
     return tuple(out)
 
 
+def _path_or_empty(name: str) -> Callable[[Any], str]:
+    """A file path, or "" for none (the key's default meaning)."""
+    def check(value: Any) -> str:
+        if value == "":
+            return ""
+        path = _string(name)(value)
+        if not path.startswith("/"):
+            raise ConfigError(f"{name} must be an absolute path, not {value!r}")
+        return path
+
+    return check
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    """WebSocket origins as browsers send them: scheme://host[:port], no path."""
+    out = []
+    for item in _string_list("ws_allowed_origins")(value):
+        origin = item.strip().rstrip("/").lower()
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ConfigError(f"ws_allowed_origins: {item!r} is not an origin "
+                              "such as https://phone.example.org")
+        out.append(origin)
+    return tuple(out)
+
+
 def _listen(value: Any) -> tuple[ListenAddress, ...]:
     out: list[ListenAddress] = []
     for item in _string_list("listen")(value):
         out.extend(parse_listen(item))
     return tuple(out)
+
+
+def _metrics_listen(value: Any) -> HostPort | None:
+    if not isinstance(value, str):
+        raise ConfigError(f"metrics_listen must be a string, HOST:PORT or [IPv6]:PORT, "
+                          f"not {value!r}")
+    return parse_metrics_listen(value)
 
 
 def _log_level(value: Any) -> str:
@@ -193,6 +277,8 @@ LOG_LEVELS = ("trace", "debug", "info", "warning", "error")
 
 
 def _toml(value: Any) -> str:
+    if value is None:
+        return '""'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -232,6 +318,7 @@ class Settings:
         default_factory=lambda: _listen(list(DEFAULT_LISTEN))
     )
     listen_is_default: bool = True
+    metrics_listen: HostPort | None = None
     mount: str = "/run/sr"
     mount_enabled: bool = True
     realm: str = ""
@@ -263,6 +350,11 @@ class Settings:
     tcp_idle_timeout: float = 300.0
     tcp_unregistered_idle_timeout: float = 30.0
     tcp_message_timeout: float = 32.0
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+    tls_ca_certificates: str = ""
+    tls_verify_client: str = "no"
+    ws_allowed_origins: tuple[str, ...] = ()
     keepalive_interval: float = 30.0
     keepalive_drop_after: float = 0.0
     config_path: str = DEFAULT_CONFIG_PATH
@@ -282,10 +374,15 @@ class Settings:
 
 #: The keys a config file may set, in the order ``--check-config`` prints them.
 KEYS: tuple[Key, ...] = (
-    Key("listen", _listen, "addresses to listen on: [udp:|tcp:]HOST:PORT, IPv6 as [ADDR]:PORT; "
-        "without a prefix both UDP and TCP (default 0.0.0.0:5060 and [::]:5060; when set, "
-        "even to these, a host without IPv6 fails to start)",
+    Key("listen", _listen, "addresses to listen on: [udp:|tcp:|tls:|ws:|wss:]HOST:PORT, IPv6 "
+        "as [ADDR]:PORT; without a prefix both UDP and TCP, tls: without a port 5061 "
+        "(default 0.0.0.0:5060 and [::]:5060; when set, even to these, a host without IPv6 "
+        "fails to start)",
         sample=_toml(DEFAULT_LISTEN)),
+    Key("metrics_listen", _metrics_listen,
+        "where Prometheus scrapes /metrics over HTTP: HOST:PORT, IPv6 as [ADDR]:PORT "
+        "(default empty: no HTTP endpoint); there is no authentication, so name a loopback "
+        "or management address"),
     Key("mount", _string("mount"), "where the state filesystem is mounted (default /run/sr)"),
     Key("mount_enabled", _bool("mount_enabled"), "mount the state filesystem (default true)"),
     Key("realm", sipdconf.realm_setting,
@@ -348,7 +445,23 @@ KEYS: tuple[Key, ...] = (
         live=True),
     Key("tcp_message_timeout", _non_negative_number("tcp_message_timeout"),
         "close a TCP connection that leaves a message unfinished this long after its first "
-        "byte, seconds (32)", live=True),
+        "byte, seconds (32); also how long a TLS handshake or WebSocket upgrade may take",
+        live=True),
+    Key("tls_certificate", _path_or_empty("tls_certificate"),
+        "PEM file of the server certificate (and its chain) for tls: and wss: listeners; "
+        "read again on SIGHUP (default none)", live=True),
+    Key("tls_private_key", _path_or_empty("tls_private_key"),
+        "PEM file of the private key of tls_certificate, readable by root; read again on "
+        "SIGHUP (default none)", live=True),
+    Key("tls_ca_certificates", _path_or_empty("tls_ca_certificates"),
+        "PEM file of the CA certificates that verify TLS peers: servers sipd connects to "
+        "and, with tls_verify_client, phones (default: the system's)", live=True),
+    Key("tls_verify_client", _choice("tls_verify_client", "no", "optional", "required"),
+        "client certificates over tls: and wss: listeners: no (not asked), optional "
+        "(checked when sent) or required", live=True),
+    Key("ws_allowed_origins", _origins,
+        "Origins (https://host[:port]) whose web pages may open a ws: or wss: connection; "
+        "others get HTTP 403 (default empty: any)", live=True),
     Key("keepalive_interval", _non_negative_number("keepalive_interval"),
         "send an OPTIONS to each contact registered from behind a NAT this often, which keeps "
         "the NAT's mapping open and shows whether the phone answers; 0 turns probing off, "
@@ -404,7 +517,23 @@ def build(file_values: dict[str, Any], overrides: dict[str, Any], config_path: s
         if addr in seen:
             raise ConfigError(f"listen address {addr} given twice")
         seen.add(addr)
+    secure = [a for a in settings.listen if a.transport in SECURE_TRANSPORTS]
+    if secure and not (settings.tls_certificate and settings.tls_private_key):
+        raise ConfigError(f"listen {secure[0]} needs tls_certificate and tls_private_key")
+    metrics = settings.metrics_listen
+    if metrics is not None:
+        for addr in settings.listen:
+            if addr.transport != "udp" and _overlap(metrics, HostPort(addr.host, addr.port)):
+                raise ConfigError(f"metrics_listen {metrics} is taken by the SIP listen "
+                                  f"address {addr}")
     return settings
+
+
+def _overlap(a: HostPort, b: HostPort) -> bool:
+    """Whether two TCP listeners would want the same port on an address (IPv6 sockets
+    are IPv6-only)."""
+    return (a.port == b.port and a.family == b.family
+            and (a.host == b.host or a.wildcard or b.wildcard))
 
 
 def describe(settings: Settings) -> list[str]:

@@ -161,9 +161,9 @@ class Endpoint:
         self.stats = EndpointStats()
         self.transport_stats: Any = None
         self._pending: list[Action] = []
-        #: Live TCP connections by remote address: how the proxy reaches a
-        #: phone on the connection it registered over.
-        self._tcp_peers: dict[tuple[str, int], Peer] = {}
+        #: Live connections by transport and remote address: how the proxy
+        #: reaches a phone on the connection it registered over.
+        self._tcp_peers: dict[tuple[str, str, int], Peer] = {}
         self.proxy = proxy
         #: Probes of the phones behind NAT, and what they find.
         self.keepalive = keepalive
@@ -172,9 +172,11 @@ class Endpoint:
             persistence.wall = self.wall
         if proxy is not None:
             proxy.wall = self.wall
-            proxy.tcp_peer = lambda host, port: self._tcp_peers.get((host, port))
+            proxy.live_peer = lambda transport, host, port: self._tcp_peers.get(
+                (transport, host, port))
         if keepalive is not None:
-            keepalive.tcp_peer = lambda host, port: self._tcp_peers.get((host, port))
+            keepalive.live_peer = lambda transport, host, port: self._tcp_peers.get(
+                (transport, host, port))
         if self.flows is not None:
             # Requests for a UDP binding leave from the socket it registered on.
             if proxy is not None:
@@ -221,7 +223,7 @@ class Endpoint:
         if self.proxy is not None:
             self.proxy.destinations.heard_from(peer.host, peer.port)
         if peer.reliable:
-            self._tcp_peers[(peer.host, peer.port)] = peer
+            self._tcp_peers[(peer.transport, peer.host, peer.port)] = peer
         if len(data) > self.max_message_size:
             self.stats.oversize_dropped += 1
             return []
@@ -239,8 +241,9 @@ class Endpoint:
 
     def connection_closed(self, peer: Peer) -> None:
         """A TCP connection ended: the proxy no longer sends on it."""
-        if self._tcp_peers.get((peer.host, peer.port)) == peer:
-            del self._tcp_peers[(peer.host, peer.port)]
+        key = (peer.transport, peer.host, peer.port)
+        if self._tcp_peers.get(key) == peer:
+            del self._tcp_peers[key]
 
     def connection_has_binding(self, peer: Peer) -> bool:
         """Whether a registration held now came over ``peer``'s TCP connection."""

@@ -77,9 +77,10 @@ CONFIG = """\
 [sip]
 sip_port={udp_port}
 sip_tcp_port={tcp_port}
-sip_tls_port=0
+sip_tls_port={tls_port}
 bind_address=127.0.0.1
 {user_agent}
+{tls}
 [rtp]
 # -1: linphone takes a free port (and the next, for RTCP) itself
 audio_rtp_port=-1
@@ -91,8 +92,8 @@ display=0
 echocancellation=0
 [proxy_0]
 reg_identity=sip:{user}@{domain}
-reg_proxy=<sip:127.0.0.1:{server};transport={transport}>
-reg_route=<sip:127.0.0.1:{server};transport={transport};lr>
+reg_proxy=<sip:{server_host}:{server};transport={transport}>
+reg_route=<sip:{server_host}:{server};transport={transport};lr>
 reg_expires={expires}
 reg_sendregister=1
 publish=0
@@ -264,7 +265,7 @@ class Linphone:
 @contextmanager
 def running_linphone(tmp: Path, sipd_port: int, transport: str, user: str, password: str,
                      *, domain: str, user_agent: str | None = None,
-                     md5_ha1: bool = False) -> Iterator[Linphone]:
+                     md5_ha1: bool = False, ca: Path | None = None) -> Iterator[Linphone]:
     """linphone-daemon with the account ``user@domain`` at sipd over ``transport``; always stopped.
 
     The account (:data:`ACCOUNT` for the daemon's commands) registers as soon as the
@@ -274,10 +275,13 @@ def running_linphone(tmp: Path, sipd_port: int, transport: str, user: str, passw
     HA1 for realm ``domain`` instead, as an account provisioned with an
     ``ha1`` or added with its realm (which therefore answers MD5 only).
     ``user_agent`` is the User-Agent it sends (default: linphone-daemon's
-    own, ``Unknown``).
+    own, ``Unknown``). Over ``tls`` it trusts the CA in ``ca`` alone and
+    checks that sipd's certificate names the server, which it calls
+    ``localhost``: its TLS library matches names, not IP addresses.
     """
     exe = linphone_daemon()
-    assert transport in ("udp", "tcp"), transport
+    assert transport in ("udp", "tcp", "tls"), transport
+    assert (transport == "tls") == (ca is not None), "a CA for TLS, and only for TLS"
     base = tmp / f"linphone-{user}-{transport}-{secrets.token_hex(3)}"
     home = base / "home"
     # Without its database directory the core never starts (see above).
@@ -287,8 +291,11 @@ def running_linphone(tmp: Path, sipd_port: int, transport: str, user: str, passw
     config.write_text(CONFIG.format(
         udp_port=port if transport == "udp" else 0,
         tcp_port=port if transport == "tcp" else 0,
+        tls_port=port if transport == "tls" else 0,
+        tls=f"root_ca={ca}\nverify_server_certs=1\nverify_server_cn=1" if ca else "",
         user_agent=f"user_agent={user_agent}" if user_agent is not None else "",
         user=user, domain=domain, server=sipd_port, transport=transport,
+        server_host="localhost" if transport == "tls" else "127.0.0.1",
         secret=(f"ha1={md5_hex(f'{user}:{domain}:{password}')}\n"
                 f"realm={domain}\nalgorithm=MD5" if md5_ha1 else f"passwd={password}"),
         expires=REG_EXPIRES,

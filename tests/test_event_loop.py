@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import default_signals
 from tests.e2e.test_register_e2e import REALM, Phone
 from tests.sipclient import UdpClient, options, running_sipd, status_of, stop_process, wait_for
 from tests.unixusers import FakeUnix, give_passwords
@@ -122,7 +123,8 @@ def test_nothing_blocks_the_event_loop_after_start_up(tmp_path: Path, unix: Fake
             assert sh(f"rm {mnt}/alice/config/dnd").returncode == 0
             # A reader waiting for events, ended by Ctrl-C: sipd looks at its
             # signals in /proc, in a worker thread.
-            cat = subprocess.Popen(["cat", str(mnt / "events")], stdout=subprocess.DEVNULL)
+            cat = subprocess.Popen(["cat", str(mnt / "events")], stdout=subprocess.DEVNULL,
+                                   preexec_fn=default_signals)
             try:
                 wait_for(lambda: Path(f"/proc/{cat.pid}/wchan").read_text()
                          == "request_wait_answer", "cat to wait for an event")

@@ -4,6 +4,9 @@ The rules are the ones the package docstrings and the README state:
 
 - srfs never imports sipd; sipd.sip imports nothing else of the project;
 - only sipd.io, sipd.cli and the FUSE adapter import trio or pyfuse3;
+- only sipd.io touches TLS and WebSocket (ssl, wsproto): the core sees
+  transports as names in a Peer;
+- only sipd.io imports h11 (the metrics endpoint's HTTP);
 - within each project, a package imports only packages below it.
 """
 
@@ -26,6 +29,10 @@ SRFS_ORDER = (("srfs.errors", "srfs.addresses", "srfs.logtext", "srfs.lines", "s
               ("srfs.fs", "srfs.sipdconf"), ("srfs.sippasswd",))
 EVENT_LOOP = ("trio", "pyfuse3")
 MAY_USE_EVENT_LOOP = ("sipd.io", "sipd.cli", "srfs.fs.fuse")
+#: Libraries that belong to one layer, and that layer.
+ONE_LAYER = {"ssl": "sipd.io", "wsproto": "sipd.io"}
+HTTP = ("h11",)
+MAY_USE_HTTP = ("sipd.io",)
 
 
 def modules() -> dict[str, Path]:
@@ -84,6 +91,10 @@ def test_imports_point_down(module: str) -> None:
         top = target.split(".")[0]
         if top in EVENT_LOOP and not any(_within(module, m) for m in MAY_USE_EVENT_LOOP):
             wrong.append(f"{target}: only {', '.join(MAY_USE_EVENT_LOOP)} use the event loop")
+        if top in ONE_LAYER and not _within(module, ONE_LAYER[top]):
+            wrong.append(f"{target}: only {ONE_LAYER[top]} uses {top}")
+        if top in HTTP and not any(_within(module, m) for m in MAY_USE_HTTP):
+            wrong.append(f"{target}: only {', '.join(MAY_USE_HTTP)} speaks HTTP")
         if top not in ("sipd", "srfs") or target in ("sipd", "srfs"):
             continue
         if target.endswith(".__version__"):
@@ -111,3 +122,5 @@ def test_the_rules_can_fail() -> None:
     assert sipd_rank("sipd.proxy.proxy") > sipd_rank("sipd.registrar.server")  # type: ignore[operator]
     assert srfs_rank("srfs.fs.tree") > srfs_rank("srfs.state.location")  # type: ignore[operator]
     assert imports(ALL["sipd.endpoint"]) & {"sipd.proxy.proxy", "sipd.registrar.server"}
+    assert "h11" in imports(ALL["sipd.io.metrics_http"])
+    assert not any(_within("sipd.cli", m) for m in MAY_USE_HTTP)

@@ -19,7 +19,8 @@ INSTALL="$RUN python3 python3-venv python3-dev"
 # mediastreamer2 codec plugins and what they pull in, which the tests do not
 # need. man-db: man(1) on the installed pages; systemd: systemd-analyze
 # verify on the unit (neither needs systemd to be running); fail2ban and
-# prometheus: fail2ban-regex and promtool on what sipd logs and serves.
+# prometheus: fail2ban-regex and promtool on what sipd logs and serves, and
+# the prometheus server that scrapes its metrics endpoint.
 # iproute2 and iptables: a real NAT for a phone (network namespaces, veth
 # pairs, MASQUERADE inside a namespace; tests/netns.py).
 TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus iproute2 iptables"

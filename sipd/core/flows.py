@@ -1,4 +1,4 @@
-"""The flows bindings were made over: TCP connections, and our UDP socket for each.
+"""The flows bindings were made over: connections (TCP, TLS, ws, wss), and our UDP socket.
 
 A binding keeps, in ``received``, the transport address its REGISTER came
 from (``tcp:192.0.2.7:49152``). A connection that some binding names is a

@@ -6,7 +6,7 @@ transports map them back to sockets and connections.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,12 +17,19 @@ class Peer:
     on (replies leave from the same socket, which NATs and ``sipp`` expect),
     or the TCP connection a request came on (RFC 3261 §18.2.2: responses go
     back on it).
+
+    ``transport`` is ``udp`` or one of the connection kinds ``tcp``,
+    ``tls``, ``ws`` and ``wss``. ``name`` is the host name a next hop was
+    resolved from: a TLS connection sipd opens checks the server's
+    certificate against it. It is not part of the address (equality and
+    hashing leave it out).
     """
 
     transport: str
     host: str
     port: int
     conn: int
+    name: str = field(default="", compare=False)
 
     @property
     def reliable(self) -> bool:

@@ -3,7 +3,8 @@
 Start-up order: give up every capability start-up does not need
 (:func:`~sipd.io.privileges.enter_startup`), the checks ``--check-config``
 runs too (the SIP group, PAM, the admin files, the mountpoint:
-:mod:`sipd.io.startup`), bind every socket, close utmp lines a crash left
+:mod:`sipd.io.startup`), bind every socket (SIP's, and the metrics
+endpoint's when ``metrics_listen`` is set), close utmp lines a crash left
 open, reload every SIP user's ``~/.sr/usrloc`` and name the users without a
 password for the realm, mount ``/run/sr`` and start the unmount helper,
 give up every capability serving does not need
@@ -43,10 +44,13 @@ from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
 from sipd.io.limits import tcp_connection_cap
+from sipd.io.metrics import metrics_text
+from sipd.io.metrics_http import MetricsServer, bind_metrics
 from sipd.io.privileges import UnmountHelper, enter_running, enter_startup, privileged
 from sipd.io.reload import ReloadRequest, watch_config
 from sipd.io.startup import (
     check_host,
+    check_tls,
     mount_failed,
     report_missing_passwords,
     user_database_needed,
@@ -353,10 +357,14 @@ async def run(settings: Settings) -> None:
     # The default realm asks DNS: once, here, and never while serving.
     settings = settings.resolved()
     bound = bind_sockets(settings.listen, skip_unavailable_ipv6=settings.listen_is_default)
+    metrics_sock: socket.socket | None = None
     try:
+        if settings.metrics_listen is not None:
+            metrics_sock = bind_metrics(settings.metrics_listen)
         # After the checks that fail a start in one line, before the
         # reload that opens every user's home.
         tcp_cap = tcp_connection_cap(settings.tcp_max_connections)
+        tls = await trio.to_thread.run_sync(check_tls, settings)
         daemon = build(settings, ports={a.port for a, _ in bound}, hosts=[a.host for a, _ in bound],
                        bound=[(a.transport, a.host, a.port) for a, _ in bound],
                        configured=configured)
@@ -368,6 +376,8 @@ async def run(settings: Settings) -> None:
             tcp_idle_timeout=settings.tcp_idle_timeout,
             tcp_unregistered_idle_timeout=settings.tcp_unregistered_idle_timeout,
             tcp_message_timeout=settings.tcp_message_timeout,
+            tls=tls,
+            ws_allowed_origins=settings.ws_allowed_origins,
         )
         daemon.transports = transports
         daemon.endpoint.transport_stats = transports.stats
@@ -380,12 +390,15 @@ async def run(settings: Settings) -> None:
     except BaseException:
         for _, sock in bound:
             sock.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
         raise
+    started = time.time()
     statefs = None
     if settings.mount_enabled:
         from sipd.io.statefs import StateFs
 
-        statefs = StateFs(settings, daemon.endpoint, transports, started=time.time(),
+        statefs = StateFs(settings, daemon.endpoint, transports, started=started,
                           ownership=daemon.ownership, rules=daemon.rules)
         daemon.statefs = statefs
         with user_database_needed():
@@ -397,6 +410,11 @@ async def run(settings: Settings) -> None:
             await nursery.start(transports.serve, bound)
             own_sockets(daemon.proxy.router.addresses, transports.udp_sockets())
             transports.send(daemon.endpoint.take_pending(trio.current_time()))
+            if metrics_sock is not None:
+                tree = statefs.tree if statefs is not None else None
+                server = MetricsServer(functools.partial(
+                    metrics_text, daemon.endpoint, transports, started, tree))
+                await nursery.start(server.serve, metrics_sock)
             if statefs is not None:
                 from sipd.io.statefs import start_statefs
                 from srfs.fs.fuse import MountError
@@ -409,9 +427,11 @@ async def run(settings: Settings) -> None:
                     helper = await trio.to_thread.run_sync(start_unmount_helper, settings.mount)
             await enter_running()
             log.info(
-                "sipd ready: realm %s, group %s, listening on %s",
+                "sipd ready: realm %s, group %s, listening on %s%s",
                 settings.realm, settings.group,
                 ", ".join(str(a) for a, _ in bound),
+                "" if settings.metrics_listen is None
+                else f"; metrics on http://{settings.metrics_listen}/metrics",
             )
             notify_systemd("READY=1")
             period = watchdog_period()
@@ -442,6 +462,8 @@ async def run(settings: Settings) -> None:
             nursery.cancel_scope.cancel()
     for _, sock in bound:
         sock.close()
+    if metrics_sock is not None:
+        metrics_sock.close()
     await trio.to_thread.run_sync(shutdown, daemon)
     log.info("sipd stopped")
 

@@ -1,4 +1,4 @@
-"""The daemon's figures for ``/run/sr/status`` and ``/run/sr/metrics``.
+"""The daemon's figures for ``/run/sr/status``, ``/run/sr/metrics`` and the HTTP endpoint.
 
 Every counter the daemon keeps is named here once, with its help text, in
 the terms of the Prometheus conventions: ``sipd_`` and a name in base
@@ -24,9 +24,9 @@ from sipd import __version__
 from sipd.endpoint import Endpoint
 from sipd.io.transport import Transports
 from srfs.fs.scratch import ScratchQuota
-from srfs.fs.tree import Stat, StatKind
+from srfs.fs.tree import Stat, StatKind, Tree, location_statistics, render_metrics
 
-__all__ = ["CATALOGUE", "Figure", "daemon_statistics", "unnamed_fields"]
+__all__ = ["CATALOGUE", "Figure", "daemon_statistics", "metrics_text", "unnamed_fields"]
 
 COUNTER, GAUGE = StatKind.COUNTER, StatKind.GAUGE
 
@@ -123,6 +123,15 @@ CATALOGUE: dict[str, dict[str, Figure | None]] = {
         "tcp_connects": Figure("tcp_connects", "TCP connections sipd tried to open."),
         "tcp_connect_failures": Figure("tcp_connect_failures",
                                        "TCP connections sipd could not open."),
+        "tls_handshake_failures": Figure("tls_handshake_failures",
+                                         "Accepted TLS connections closed for a failed or "
+                                         "unfinished handshake."),
+        "ws_upgrades_refused": Figure("websocket_upgrades_refused",
+                                      "WebSocket upgrades refused: no sip subprotocol, an Origin "
+                                      "not allowed, not WebSocket."),
+        "ws_closed": Figure("websocket_closed",
+                            "WebSocket connections ended by a close, an error or an oversize "
+                            "message."),
         "jobs_started": Figure("jobs_started",
                                "Blocking jobs (homes, NSS, PAM) handed to worker threads."),
         "jobs_failed": Figure("jobs_failed", "Blocking jobs that failed."),
@@ -301,3 +310,19 @@ def daemon_statistics(endpoint: Endpoint, transports: Transports, started: float
         out.append(Stat("scratch_bytes", scratch.bytes,
                         "Bytes in editors' temporary files.", status=False))
     return out
+
+
+def metrics_text(endpoint: Endpoint, transports: Transports, started: float,
+                 tree: Tree | None = None) -> str:
+    """What ``/run/sr/metrics`` holds now, for the HTTP endpoint.
+
+    With the state filesystem, its tree's figures, the very text of the
+    file; without it, the same figures but the SIP group's member count,
+    which only the filesystem keeps up to date.
+    """
+    if tree is not None:
+        return render_metrics(tree.statistics())
+    stats = daemon_statistics(endpoint, transports, started)
+    if endpoint.store is not None:
+        stats += location_statistics(endpoint.store, None)
+    return render_metrics(stats)

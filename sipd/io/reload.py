@@ -25,7 +25,7 @@ from srfs.logtext import set_log_level
 if TYPE_CHECKING:
     from sipd.io.daemon import Daemon
 
-__all__ = ["LIVE", "ReloadRequest", "apply_settings", "watch_config"]
+__all__ = ["LIVE", "ReloadRequest", "apply_settings", "reload_tls", "watch_config"]
 
 log = logging.getLogger("sipd")
 
@@ -69,6 +69,29 @@ def _transports(name: str) -> Callable[[Daemon, Any], None]:
         setattr(daemon.transports, name, value)
 
     return apply
+
+
+def _tls_file(daemon: Daemon, value: Any) -> None:
+    """Nothing here: every SIGHUP loads the TLS files again (:func:`reload_tls`)."""
+
+
+async def reload_tls(daemon: Daemon) -> None:
+    """Build the TLS contexts anew from the files named in force; new handshakes use them.
+
+    On every SIGHUP, changed names or not: a renewed certificate is the
+    same file with new contents. Connections up keep theirs; files that
+    fail leave the old contexts in force (logged by the contexts).
+    """
+    tls = daemon.transports.tls if daemon.transports is not None else None
+    if tls is None:
+        return
+    if await trio.to_thread.run_sync(tls.reload, daemon.settings) and tls.server is not None:
+        log.info("TLS certificate %s reloaded", daemon.settings.tls_certificate)
+
+
+def _set_ws_origins(daemon: Daemon, value: Any) -> None:
+    if daemon.transports is not None:
+        daemon.transports.ws_allowed_origins = value
 
 
 def _set_log_level(daemon: Daemon, value: Any) -> None:
@@ -139,6 +162,11 @@ LIVE: dict[str, Callable[[Daemon, Any], None]] = {
     "tcp_idle_timeout": _transports("tcp_idle_timeout"),
     "tcp_unregistered_idle_timeout": _transports("tcp_unregistered_idle_timeout"),
     "tcp_message_timeout": _transports("tcp_message_timeout"),
+    "tls_certificate": _tls_file,
+    "tls_private_key": _tls_file,
+    "tls_ca_certificates": _tls_file,
+    "tls_verify_client": _tls_file,
+    "ws_allowed_origins": _set_ws_origins,
     "keepalive_interval": _keepalive("interval"),
     "keepalive_drop_after": _keepalive("drop_after"),
 }
@@ -170,8 +198,11 @@ async def watch_config(daemon: Daemon, reload: ReloadRequest) -> None:
             new = await trio.to_thread.run_sync(reread, daemon.configured)
         except ConfigError as exc:
             log.error("sipd.conf not reloaded, the settings in force stay: %s", exc)
+            # A renewed certificate is taken all the same.
+            await reload_tls(daemon)
             continue
         live, waiting = apply_settings(daemon, new)
+        await reload_tls(daemon)
         if live:
             log.info("sipd.conf reloaded: %s in force", ", ".join(
                 f"{k} = {_shown(getattr(new, k))}" for k in live))

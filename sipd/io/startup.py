@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from sipd.config import Settings
+from sipd.io.metrics_http import bind_metrics
+from sipd.io.tls import TlsContexts, TlsError
 from sipd.io.transport import StartupError, bind_sockets
 from srfs.accounts import passwd, users
 from srfs.files import home
@@ -33,6 +35,7 @@ __all__ = [
     "check_all",
     "check_host",
     "check_mount",
+    "check_tls",
     "mount_failed",
     "password_problem",
     "report_missing_passwords",
@@ -103,6 +106,17 @@ def check_mount(settings: Settings, *, beside_daemon: bool = False) -> None:
         raise mount_failed(settings, exc) from None
 
 
+def check_tls(settings: Settings) -> TlsContexts:
+    """The TLS certificate, key and CA files load and fit together (blocking).
+
+    Returns the contexts: the daemon serves with the ones it checked.
+    """
+    try:
+        return TlsContexts(settings)
+    except TlsError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def check_host(settings: Settings, *, beside_daemon: bool = False) -> None:
     """Everything but the sockets, in the order the daemon meets them.
 
@@ -113,19 +127,23 @@ def check_host(settings: Settings, *, beside_daemon: bool = False) -> None:
         check_accounts(settings)
     check_admin_files(settings)
     check_mount(settings, beside_daemon=beside_daemon)
+    check_tls(settings)
 
 
 def check_all(settings: Settings) -> None:
     """``--check-config``: :func:`check_host`, then every listen address.
 
     It may run beside the sipd it is meant to replace, so what that sipd
-    holds is left out: each address is bound on a port the kernel picks
-    and closed again (an address the host does not have fails as it would
-    at start, a port in use does not), and a working srfs mount passes.
+    holds is left out: each address, ``metrics_listen``'s too, is bound on
+    a port the kernel picks and closed again (an address the host does not
+    have fails as it would at start, a port in use does not), and a
+    working srfs mount passes.
     """
     check_host(settings, beside_daemon=True)
     for _, sock in bind_sockets(settings.listen, settings.listen_is_default, any_port=True):
         sock.close()
+    if settings.metrics_listen is not None:
+        bind_metrics(settings.metrics_listen, any_port=True).close()
 
 
 #: Users named one by one at start for a missing password; the rest are counted.

@@ -1,4 +1,4 @@
-"""UDP and TCP under trio: bytes in, bytes out, nothing else.
+"""UDP, TCP, TLS and WebSocket under trio: bytes in, bytes out, nothing else.
 
 Everything SIP happens in the sans-IO :class:`~sipd.endpoint.Endpoint`;
 this module only moves bytes between sockets and it, and keeps the clock.
@@ -12,8 +12,18 @@ global cap and a cap per source address, so that no burst of connections
 can hold more slots than configured; see :mod:`.liveness` for when a
 connection is closed again.
 
-Why one module of this size: UDP and TCP share the send path and the
-per-source accounting.
+The stream transports are four kinds of one connection: ``tcp``; ``tls``,
+the same behind a :class:`trio.SSLStream` whose handshake
+(:mod:`.tls` owns the contexts) must end within ``tcp_message_timeout``;
+``ws`` and ``wss``, where an HTTP upgrade comes first (within the same
+deadline) and each WebSocket message is one SIP message
+(:mod:`.websocket`). Every kind counts against the same caps, and a
+connection is found by (transport, address): a phone's TLS connection is
+not its TCP one. sipd opens TCP and TLS connections; WebSocket ones only
+the phones open.
+
+Why one module of this size: UDP and the stream kinds share the send path
+and the per-source accounting.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import itertools
 import logging
 import math
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass, field
@@ -35,6 +46,8 @@ from sipd.config import ListenAddress
 from sipd.core.peer import Outgoing, Peer
 from sipd.core.work import Action, Job, Outcome
 from sipd.io.liveness import Close, Liveness
+from sipd.io.tls import TlsContexts
+from sipd.io.websocket import WsClosed, WsServer
 from sipd.sip.framing import FramingError, Ping, Pong, StreamFramer
 from srfs.addresses import source_key
 from srfs.logtext import Tally
@@ -86,20 +99,37 @@ class TransportStats:
     tcp_pongs: int = 0
     tcp_connects: int = 0
     tcp_connect_failures: int = 0
+    tls_handshake_failures: int = 0
+    ws_upgrades_refused: int = 0
+    ws_closed: int = 0
     jobs_started: int = 0
     jobs_failed: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
 
 
+#: The stream transports and what each needs before SIP flows.
+STREAM_KINDS = ("tcp", "tls", "ws", "wss")
+_TLS_KINDS = ("tls", "wss")
+_WS_KINDS = ("ws", "wss")
+
+
 @dataclass
 class _TcpConnection:
+    """One stream connection of any kind (``peer.transport``)."""
+
     peer: Peer
-    stream: trio.SocketStream | None
+    stream: trio.abc.Stream | None
     send: trio.MemorySendChannel[bytes]
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     #: What the per-source cap counts an accepted connection by; None for ours.
     source: str | None = None
+    #: The WebSocket state once upgraded (ws, wss): what SIP messages are framed by.
+    ws: WsServer | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.peer.transport, self.peer.host, self.peer.port)
 
 
 class _RefusalLog:
@@ -199,6 +229,8 @@ class Transports:
         tcp_message_timeout: float,
         tcp_max_connections_per_source: int | None = None,
         tcp_unregistered_idle_timeout: float = 0.0,
+        tls: TlsContexts | None = None,
+        ws_allowed_origins: tuple[str, ...] = (),
     ) -> None:
         self.endpoint = endpoint
         self.max_message_size = max_message_size
@@ -208,16 +240,22 @@ class Transports:
         self.tcp_message_timeout = tcp_message_timeout
         #: 0 turns the rule for connections without a registration off.
         self.tcp_unregistered_idle_timeout = tcp_unregistered_idle_timeout
+        #: The TLS contexts in force (SIGHUP replaces them); None: no TLS at all.
+        self.tls = tls
+        #: Read at each upgrade: SIGHUP changes it for new connections.
+        self.ws_allowed_origins = ws_allowed_origins
         self.stats = TransportStats()
         self._ids = itertools.count(1)
         self._udp: dict[int, socket.socket] = {}
         self._tcp: dict[int, _TcpConnection] = {}
-        #: Connections by remote address, for messages to a peer we hold no
-        #: connection id for (conn 0): reused, or opened on demand.
-        self._tcp_by_addr: dict[tuple[str, int], _TcpConnection] = {}
+        #: Connections by transport and remote address, for messages to a peer
+        #: we hold no connection id for (conn 0): reused, or opened on demand.
+        self._tcp_by_addr: dict[tuple[str, str, int], _TcpConnection] = {}
         #: Accepted connections open per :func:`source_key`.
         self._per_source: dict[str, int] = {}
         self._refusals = _RefusalLog(REFUSAL_LOG_INTERVAL)
+        #: Failed handshakes and upgrades, logged per source now and then.
+        self._failures = _RefusalLog(REFUSAL_LOG_INTERVAL)
         self._udp_family: dict[int, int] = {}
         self._timer_changed = trio.Event()
         self._armed = math.inf
@@ -255,14 +293,20 @@ class Transports:
             else:
                 conn = self._tcp.get(peer.conn) if peer.conn else self._tcp_to(peer)
                 if conn is None:
-                    log.debug("tcp connection to %s is gone, dropping %d bytes", peer, len(out.data))
+                    log.debug("connection to %s is gone, dropping %d bytes", peer, len(out.data))
                     continue
+                data = out.data
+                if conn.ws is not None:
+                    data = conn.ws.message(data)
+                elif peer.transport in _WS_KINDS:
+                    continue  # not upgraded (yet, or ever): nothing SIP goes there
                 try:
-                    conn.send.send_nowait(out.data)
+                    conn.send.send_nowait(data)
                     self.stats.bytes_out += len(out.data)
                 except trio.WouldBlock:
                     self.stats.tcp_send_overflow += 1
-                    log.warning("closing tcp connection %s: peer is not reading", peer)
+                    log.warning("closing %s connection %s: peer is not reading",
+                                peer.transport, peer)
                     conn.cancel.cancel()
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     pass
@@ -288,17 +332,25 @@ class Transports:
         return None
 
     def _tcp_to(self, peer: Peer) -> _TcpConnection | None:
-        """The connection to ``peer``'s address, opening one if there is none."""
-        key = (peer.host, peer.port)
+        """The connection to ``peer``'s transport and address, opening one if there is none.
+
+        sipd opens TCP and TLS connections; a WebSocket peer is reached only
+        over the connection it opened.
+        """
+        key = (peer.transport, peer.host, peer.port)
         conn = self._tcp_by_addr.get(key)
         if conn is not None:
             return conn
+        if peer.transport not in ("tcp", "tls") or (peer.transport == "tls" and self.tls is None):
+            log.info("no %s connection to %s, and sipd does not open one", peer.transport, peer)
+            return None
         if self._nursery is None or len(self._tcp) >= self.tcp_max_connections:
             self.stats.tcp_refused += 1
             return None
         conn_id = next(self._ids)
         send, receive = trio.open_memory_channel[bytes](TCP_SEND_QUEUE)
-        conn = _TcpConnection(Peer("tcp", peer.host, peer.port, conn_id), None, send)
+        conn = _TcpConnection(Peer(peer.transport, peer.host, peer.port, conn_id, peer.name),
+                              None, send)
         # Registered before it connects: what is sent meanwhile waits in its queue.
         self._tcp[conn_id] = conn
         self._tcp_by_addr[key] = conn
@@ -309,12 +361,24 @@ class Transports:
     async def _connect_tcp(self, conn: _TcpConnection, receive: trio.MemoryReceiveChannel[bytes]) -> None:
         peer = conn.peer
         self.stats.tcp_connects += 1
+        stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 stream = await trio.open_tcp_stream(peer.host, peer.port)
-        except (OSError, trio.TooSlowError) as exc:
+                if peer.transport == "tls":
+                    assert self.tls is not None
+                    # The server's certificate must name the host we were
+                    # asked for; an address target is checked by its chain.
+                    by_name = bool(peer.name)
+                    stream = trio.SSLStream(stream, self.tls.client(by_name=by_name),
+                                            server_hostname=peer.name if by_name else peer.host)
+                    await stream.do_handshake()
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             self.stats.tcp_connect_failures += 1
-            log.info("cannot connect to %s: %s", peer, exc)
+            named = f" ({peer.name})" if peer.name else ""
+            log.info("cannot connect to %s%s: %s", peer, named, _why(exc))
+            if stream is not None:
+                await _close_quietly(stream)
             self._forget_tcp(conn)
             self.send(self.endpoint.connection_failed(peer, trio.current_time()))
             return
@@ -323,7 +387,7 @@ class Transports:
 
     def _forget_tcp(self, conn: _TcpConnection) -> None:
         self._tcp.pop(conn.peer.conn, None)
-        key = (conn.peer.host, conn.peer.port)
+        key = conn.key
         if self._tcp_by_addr.get(key) is conn:
             del self._tcp_by_addr[key]
         if conn.source is not None:
@@ -400,7 +464,7 @@ class Transports:
                     self._udp_family[conn] = addr.family
                     nursery.start_soon(self._serve_udp, sock, conn)
                 else:
-                    nursery.start_soon(self._serve_tcp_listener, sock, nursery)
+                    nursery.start_soon(self._serve_tcp_listener, sock, nursery, addr.transport)
             task_status.started()
 
     async def _serve_udp(self, raw: socket.socket, conn: int) -> None:
@@ -437,7 +501,8 @@ class Transports:
                 # A full batch: let the timers, TCP and the filesystem run too.
                 await trio.lowlevel.checkpoint()
 
-    async def _serve_tcp_listener(self, raw: socket.socket, nursery: trio.Nursery) -> None:
+    async def _serve_tcp_listener(self, raw: socket.socket, nursery: trio.Nursery,
+                                  kind: str = "tcp") -> None:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
         while True:
             try:
@@ -462,9 +527,9 @@ class Transports:
             conn_id = next(self._ids)
             send, receive = trio.open_memory_channel[bytes](TCP_SEND_QUEUE)
             key = source_key(host)
-            conn = _TcpConnection(Peer("tcp", host, port, conn_id), stream, send, source=key)
+            conn = _TcpConnection(Peer(kind, host, port, conn_id), stream, send, source=key)
             self._tcp[conn_id] = conn
-            self._tcp_by_addr.setdefault((host, port), conn)
+            self._tcp_by_addr.setdefault(conn.key, conn)
             self._per_source[key] = self._per_source.get(key, 0) + 1
             self.stats.tcp_accepted += 1
             self.stats.tcp_open += 1
@@ -492,34 +557,104 @@ class Transports:
 
     async def _run_tcp(self, conn: _TcpConnection, receive: trio.MemoryReceiveChannel[bytes]) -> None:
         """Serve one connection, accepted or opened by us, until it ends."""
-        stream = conn.stream
-        assert stream is not None
         peer = conn.peer
         try:
             with conn.cancel:
+                first = await self._open(conn)
+                if first is None:
+                    return
+                stream = conn.stream
+                assert stream is not None
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._tcp_writer, stream, receive)
-                    await self._tcp_reader(conn)
+                    await self._tcp_reader(conn, first)
                     # Let the writer flush what is queued (a final 400, say),
                     # but not wait forever on a peer that stopped reading.
                     conn.send.close()
                     nursery.cancel_scope.deadline = trio.current_time() + 1.0
+        except Exception:
+            # A bug met by one connection's input costs that connection,
+            # never the daemon that serves all the others.
+            log.exception("closing %s connection %s: unexpected error", peer.transport, peer)
         finally:
             self._forget_tcp(conn)
             self.endpoint.connection_closed(peer)
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(1):
-                    await stream.aclose()
+            if conn.stream is not None:
+                await _close_quietly(conn.stream)
 
-    async def _tcp_writer(self, stream: trio.SocketStream, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+    async def _open(self, conn: _TcpConnection) -> list[bytes] | None:
+        """An accepted connection's TLS handshake and WebSocket upgrade, as its kind needs.
+
+        Both must be done within ``tcp_message_timeout`` of the accept: a
+        client that stays silent, or trickles, holds its slot no longer.
+        Returns the SIP messages that came with the upgrade, or None when
+        the connection is to close.
+        """
+        kind = conn.peer.transport
+        if conn.source is None or kind == "tcp":
+            return []
+        stream = conn.stream
+        assert stream is not None
+        limit = self.tcp_message_timeout or math.inf
+        step = "TLS handshake" if kind in _TLS_KINDS else "WebSocket upgrade"
+        try:
+            with trio.fail_after(limit):
+                if kind in _TLS_KINDS:
+                    context = self.tls.server if self.tls is not None else None
+                    if context is None:
+                        return None
+                    # The context in force now: a SIGHUP later does not touch this one.
+                    stream = conn.stream = trio.SSLStream(stream, context, server_side=True)
+                    await stream.do_handshake()
+                if kind in _WS_KINDS:
+                    step = "WebSocket upgrade"
+                    return await self._upgrade(conn, stream)
+                return []
+        except trio.TooSlowError:
+            self._failed(conn, step, f"not done within {limit:g} s (tcp_message_timeout)")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._failed(conn, step, _why(exc))
+        return None
+
+    async def _upgrade(self, conn: _TcpConnection, stream: trio.abc.Stream) -> list[bytes] | None:
+        ws = WsServer(self.max_message_size, self.ws_allowed_origins)
+        while True:
+            data = bytes(await stream.receive_some(_RECV_SIZE))
+            self.stats.bytes_in += len(data)
+            upgrade = ws.upgrade(data)
+            if upgrade.reply:
+                await stream.send_all(upgrade.reply)
+            if not upgrade.done:
+                continue
+            if upgrade.refused is not None:
+                self.stats.ws_upgrades_refused += 1
+                self._failed(conn, "WebSocket upgrade", upgrade.refused)
+                return None
+            conn.ws = ws
+            return upgrade.frames
+
+    def _failed(self, conn: _TcpConnection, step: str, why: str) -> None:
+        if step.startswith("TLS"):
+            self.stats.tls_handshake_failures += 1
+        # Per source and per kind of failure: a scanner's garbage does not
+        # hide that a phone's handshakes time out.
+        key = f"{conn.source or conn.peer.host} {step} {why[:12]}"
+        unlogged = self._failures.due(key, trio.current_time())
+        if unlogged is not None:
+            more = f"; {unlogged} more failure(s) from there since the last message" if unlogged else ""
+            log.info("closing %s connection %s: %s failed: %s%s", conn.peer.transport, conn.peer,
+                     step, why, more)
+
+    async def _tcp_writer(self, stream: trio.abc.Stream, receive: trio.MemoryReceiveChannel[bytes]) -> None:
         async for data in receive:
             try:
                 await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
-    async def _tcp_reader(self, conn: _TcpConnection) -> None:
+    async def _tcp_reader(self, conn: _TcpConnection, first: list[bytes]) -> None:
         framer = StreamFramer(self.max_message_size)
+        ws = conn.ws
         peer = conn.peer
         stream = conn.stream
         assert stream is not None
@@ -532,44 +667,89 @@ class Transports:
             unregistered_timeout=unregistered if conn.source is not None and unregistered else None,
         )
         has_binding = functools.partial(self.endpoint.connection_has_binding, peer)
+        if first:
+            messages = self._frames(conn, first)
+            clock.received(trio.current_time(), frames=len(first), messages=messages,
+                           pending=ws is not None and ws.pending)
+        pinged = -math.inf
         while True:
-            with trio.move_on_at(clock.deadline()) as scope:
+            wake = clock.deadline()
+            ping_at = math.inf
+            if ws is not None and clock.idle_timeout and pinged < clock.last_traffic:
+                # Browsers never ping by themselves but every one answers a
+                # ping: a phone quiet between registrations keeps its
+                # connection, and a gone one is found by the idle rule.
+                ping_at = clock.last_traffic + clock.idle_timeout / 2
+                wake = min(wake, ping_at)
+            with trio.move_on_at(wake) as scope:
                 try:
-                    data = await stream.receive_some(_RECV_SIZE)
+                    data = bytes(await stream.receive_some(_RECV_SIZE))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
             now = trio.current_time()
             if scope.cancelled_caught:
+                if ws is not None and now >= ping_at:
+                    self._raw(conn, ws.ping())
+                    pinged = now
                 if self._expired(peer, clock.check(now, has_binding)):
                     return
                 continue
-            if not data:
-                return
-            self.stats.bytes_in += len(data)
-            try:
-                frames = framer.feed(data)
-            except FramingError as exc:
-                self.stats.tcp_framing_errors += 1
-                log.info("closing tcp connection %s: %s", peer, exc.reason)
-                self.send(self.endpoint.framing_error(exc, peer))
-                return
-            messages = 0
-            for frame in frames:
-                if isinstance(frame, Ping):
-                    # RFC 5626 §3.5.1: answer a double-CRLF ping with one CRLF.
-                    self.stats.tcp_pings += 1
-                    self.send([Outgoing(b"\r\n", peer)])
-                elif isinstance(frame, Pong):
-                    # The answer to a ping of ours: the connection is alive.
-                    self.stats.tcp_pongs += 1
-                else:
-                    messages += 1
-                    self.send(self.endpoint.receive(frame, peer, trio.current_time()))
-            clock.received(now, frames=len(frames), messages=messages, pending=framer.pending)
+            if ws is not None:
+                try:
+                    frames, reply = ws.feed(data)
+                except WsClosed as closed:
+                    self.stats.ws_closed += 1
+                    self._raw(conn, closed.reply)
+                    log.log(logging.DEBUG if closed.normal else logging.INFO,
+                            "closing %s connection %s: %s", peer.transport, peer, closed.reason)
+                    return
+                self._raw(conn, reply)
+                self.stats.bytes_in += len(data)
+                pending = ws.pending
+            else:
+                if not data:
+                    return
+                self.stats.bytes_in += len(data)
+                try:
+                    frames = framer.feed(data)
+                except FramingError as exc:
+                    self.stats.tcp_framing_errors += 1
+                    log.info("closing %s connection %s: %s", peer.transport, peer, exc.reason)
+                    self.send(self.endpoint.framing_error(exc, peer))
+                    return
+                pending = framer.pending
+            messages = self._frames(conn, frames)
+            clock.received(now, frames=len(frames), messages=messages, pending=pending)
             # A deadline can pass while bytes keep coming (a trickled message,
             # keep-alives on a connection nobody registered over).
             if self._expired(peer, clock.check(now, has_binding)):
                 return
+
+    def _frames(self, conn: _TcpConnection, frames: list[bytes]) -> int:
+        """Hand framed input to the endpoint; how many were SIP messages."""
+        peer = conn.peer
+        messages = 0
+        for frame in frames:
+            if isinstance(frame, Ping):
+                # RFC 5626 §3.5.1: answer a double-CRLF ping with one CRLF.
+                self.stats.tcp_pings += 1
+                self.send([Outgoing(b"\r\n", peer)])
+            elif isinstance(frame, Pong):
+                # The answer to a ping of ours: the connection is alive.
+                self.stats.tcp_pongs += 1
+            else:
+                messages += 1
+                self.send(self.endpoint.receive(frame, peer, trio.current_time()))
+        return messages
+
+    def _raw(self, conn: _TcpConnection, data: bytes) -> None:
+        """Bytes of the WebSocket layer itself (pongs, close frames), queued as they are."""
+        if not data:
+            return
+        try:
+            conn.send.send_nowait(data)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            conn.cancel.cancel()
 
     def _expired(self, peer: Peer, why: tuple[Close, float] | None) -> bool:
         if why is None:
@@ -579,5 +759,30 @@ class Transports:
             self.stats.tcp_unregistered_closed += 1
         else:
             self.stats.tcp_idle_closed += 1
-        log.info("closing tcp connection %s: %s for %g s", peer, reason.value, after)
+        log.info("closing %s connection %s: %s for %g s", peer.transport, peer, reason.value, after)
         return True
+
+
+def _why(exc: BaseException) -> str:
+    """The reason of a failed connect or handshake: the ssl error under trio's, if any."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        # "Hostname mismatch, certificate is not valid for 'sip.example.org'."
+        return f"certificate verify failed: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return cause.reason or str(cause)
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(cause, OSError):
+        return str(cause)
+    return str(exc) or type(exc).__name__
+
+
+async def _close_quietly(stream: trio.abc.Stream) -> None:
+    """Close a stream within a second, whatever state it is in (TLS sends close_notify)."""
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(1):
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass

@@ -10,12 +10,11 @@ back for an ACK.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from sipd.core.peer import Outgoing, Peer
 from sipd.proxy.callerid import drop_our_credentials
 from sipd.proxy.routing import BRANCH_PREFIX, ContactIndex, Router, branch_key
-from sipd.proxy.targets import Target, flow_target, uri_target
+from sipd.proxy.targets import LivePeer, Target, flow_target, uri_target
 from sipd.sip.errors import ParseError, SipError
 from sipd.sip.headers import parse_address
 from sipd.sip.message import Request
@@ -25,7 +24,7 @@ log = logging.getLogger("sipd.proxy")
 
 
 def forward_ack(ack: Request, router: Router, contacts: ContactIndex,
-                tcp_peer: Callable[[str, int], Peer | None], realm: str,
+                live_peer: LivePeer, realm: str,
                 source: Peer | None = None) -> list[Outgoing]:
     """Where the ACK goes and with what Via; [] to drop it."""
     try:
@@ -44,9 +43,9 @@ def forward_ack(ack: Request, router: Router, contacts: ContactIndex,
         if not isinstance(hop, SipURI):
             return []
         flow = router.across(own, source) if source is not None and not routes else None
-        t = (flow_target(fwd.uri_text, flow, tcp_peer)
-             or (None if routes else contacts.hop(fwd.uri_text, tcp_peer)) or uri_target(hop))
-        dest = _on_live_connection(t, tcp_peer).dest
+        t = (flow_target(fwd.uri_text, flow, live_peer)
+             or (None if routes else contacts.hop(fwd.uri_text, live_peer)) or uri_target(hop))
+        dest = _on_live_connection(t, live_peer).dest
         if dest is None:
             return []
         fwd.set("Max-Forwards", str(mf - 1 if mf is not None else 70))
@@ -60,10 +59,10 @@ def forward_ack(ack: Request, router: Router, contacts: ContactIndex,
         return []
 
 
-def _on_live_connection(t: Target, tcp_peer: Callable[[str, int], Peer | None]) -> Target:
-    """Over TCP, the connection already open to the next hop, if there is one."""
-    if t.dest is not None and t.dest.transport == "tcp" and t.dest.conn == 0:
-        live = tcp_peer(t.dest.host, t.dest.port)
+def _on_live_connection(t: Target, live_peer: LivePeer) -> Target:
+    """Over a stream, the connection already open to the next hop, if there is one."""
+    if t.dest is not None and t.dest.reliable and t.dest.conn == 0:
+        live = live_peer(t.dest.transport, t.dest.host, t.dest.port)
         if live is not None:
             return Target(t.uri, live, t.routes, t.host, t.port, t.transport)
     return t

@@ -176,8 +176,9 @@ class Forker:
                             host = resolve(t.host, t.port)
                         except OSError:
                             continue
-                        t = Target(t.uri, Peer(t.transport, host, t.port, 0), t.routes, host,
-                                   t.port, t.transport)
+                        # The name stays with the address: TLS checks the certificate by it.
+                        t = Target(t.uri, Peer(t.transport, host, t.port, 0, t.host), t.routes,
+                                   host, t.port, t.transport)
                     out.append(t)
                 return out
 
@@ -261,9 +262,11 @@ class Forker:
         user = f"{token}@" if token else ""
 
         def rr(peer: Peer) -> str:
-            host, port = self.router.addresses.for_peer(peer)
+            # The transport of the listener named, so that the side reaches
+            # that very socket (tls, ws and wss included; udp is the default).
+            transport, host, port = self.router.addresses.listener(peer)
             hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            t = ";transport=tcp" if peer.transport == "tcp" else ""
+            t = f";transport={transport}" if transport != "udp" else ""
             return f"<sip:{user}{hp}{t};lr>"
 
         outer = rr(outbound)

@@ -46,8 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sipd.core.peer import Peer
-from sipd.proxy.targets import LocalAddresses, binding_target
+from sipd.proxy.targets import LivePeer, LocalAddresses, binding_target
 from sipd.sip.errors import ParseError, SipError
 from sipd.sip.message import Request
 from sipd.sip.timers import Deadlines, Timer
@@ -175,8 +174,8 @@ class KeepAlive:
         self.addresses = addresses
         self.interval = interval
         self.drop_after = drop_after
-        #: Live TCP connections by remote address; set by the endpoint.
-        self.tcp_peer: Callable[[str, int], Peer | None] = lambda host, port: None
+        #: Live connections by transport and remote address; set by the endpoint.
+        self.live_peer: LivePeer = lambda transport, host, port: None
         #: Our UDP socket of a registered flow; set by the endpoint.
         self.udp_socket: Callable[[str], int] = lambda received: 0
         self.stats = KeepAliveStats()
@@ -290,7 +289,7 @@ class KeepAlive:
         if b is None:
             return []
         try:
-            target = binding_target(b, self.tcp_peer, self.udp_socket)
+            target = binding_target(b, self.live_peer, self.udp_socket)
         except (SipError, ParseError):
             return []
         dest = target.dest

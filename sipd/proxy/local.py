@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from sipd.core.identity import LocalIdentity
-from sipd.core.peer import Peer
 from sipd.proxy.context import MAX_FORWARD_CHAIN
-from sipd.proxy.targets import Target, binding_target
+from sipd.proxy.targets import LivePeer, Target, binding_target
 from sipd.proxy.users import UserLookup
 from sipd.registrar.register import aor_of
 from sipd.sip.errors import ParseError, SipError
@@ -56,7 +55,7 @@ def settings_chain(lookup: UserLookup, identity: LocalIdentity, first: str,
 
 
 def binding_groups(store: LocationStore, aor: str, wall: float, owns: Callable[[str, str], bool],
-                   tcp_peer: Callable[[str, int], Peer | None],
+                   live_peer: LivePeer,
                    dialled: str | None = None,
                    udp_socket: Callable[[str], int] | None = None) -> list[list[Target]]:
     """The targets of ``aor``'s live bindings, grouped by q, highest first.
@@ -79,10 +78,13 @@ def binding_groups(store: LocationStore, aor: str, wall: float, owns: Callable[[
     groups: dict[float, list[Target]] = {}
     for b in sorted(live, key=lambda b: -b.q):
         try:
-            target = binding_target(b, tcp_peer, udp_socket)
+            target = binding_target(b, live_peer, udp_socket)
         except (SipError, ParseError) as exc:
-            log.warning("skipping binding %s of %s: %s", log_quote(b.contact, 80),
-                        log_quote(aor, 64), exc)
+            # A WebSocket phone whose connection closed (480) is only away.
+            level = logging.INFO if isinstance(exc, SipError) and exc.status == 480 else \
+                logging.WARNING
+            log.log(level, "skipping binding %s of %s: %s", log_quote(b.contact, 80),
+                    log_quote(aor, 64), exc)
             continue
         if dialled is not None:
             target = dialled_target(target, dialled)

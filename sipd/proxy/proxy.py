@@ -59,7 +59,7 @@ from sipd.proxy.forking import Forker
 from sipd.proxy.limits import Destinations, SourceBudget
 from sipd.proxy.local import Chain, binding_groups, settings_chain
 from sipd.proxy.routing import ContactIndex, Router, max_breadth, target_tag
-from sipd.proxy.targets import LocalAddresses, Target, flow_target, uri_target
+from sipd.proxy.targets import LivePeer, LocalAddresses, Target, flow_target, uri_target
 from sipd.proxy.users import UserLookup
 from sipd.registrar.register import aor_of
 from sipd.sip.checks import check_request
@@ -107,7 +107,7 @@ class Proxy:
         self.wall: Callable[[float], float] = lambda now: now
         #: Tells live TCP connections by remote address, so a phone is reached
         #: on the connection it registered over; set by the endpoint.
-        self.tcp_peer: Callable[[str, int], Peer | None] = lambda host, port: None
+        self.live_peer: LivePeer = lambda transport, host, port: None
         #: Our UDP socket of a registered flow (``received``), 0 for any; set by the endpoint.
         self.udp_socket: Callable[[str], int] = lambda received: 0
         #: Unauthenticated requests for users who are not there, per source.
@@ -155,7 +155,7 @@ class Proxy:
     def handle_ack(self, ack: Request, source: Peer | None = None) -> list[ProxyAction]:
         """An ACK for a 2xx: end to end, forwarded statelessly by its Route set."""
         try:
-            return list(forward_ack(ack, self.router, self.contacts, self.tcp_peer,
+            return list(forward_ack(ack, self.router, self.contacts, self.live_peer,
                                     self.auth.realm, source))
         except Exception:
             self.stats.proxy_errors += 1
@@ -229,8 +229,8 @@ class Proxy:
         hop = parse_address(routes[0], "Route").uri if routes else fwd.uri
         if not isinstance(hop, SipURI):
             raise SipError(416, "Unsupported URI Scheme")
-        t = None if routes else flow_target(fwd.uri_text, flow, self.tcp_peer)
-        t = t or (None if routes else self.contacts.hop(fwd.uri_text, self.tcp_peer)) \
+        t = None if routes else flow_target(fwd.uri_text, flow, self.live_peer)
+        t = t or (None if routes else self.contacts.hop(fwd.uri_text, self.live_peer)) \
             or uri_target(hop)
         return self.forker.start(ctx, fwd, [[Target(fwd.uri_text, t.dest, (), t.host, t.port,
                                                     t.transport)]], now)
@@ -464,7 +464,7 @@ class Proxy:
         return self.forker.start_call(ctx, fwd, groups, (noanswer, ring) if noanswer else None, now)
 
     def _groups(self, aor: str, wall: float, dialled: str | None = None) -> list[list[Target]]:
-        return binding_groups(self.store, aor, wall, self._owns, self.tcp_peer, dialled,
+        return binding_groups(self.store, aor, wall, self._owns, self.live_peer, dialled,
                               self.udp_socket)
 
     def _no_answer(self, ctx: Context, now: float) -> list[ProxyAction]:

@@ -26,7 +26,7 @@ from sipd.core.identity import LocalIdentity
 from sipd.core.peer import Peer
 from sipd.proxy.context import DEFAULT_MAX_BREADTH
 from sipd.proxy.flowtoken import FlowTokens
-from sipd.proxy.targets import LocalAddresses, Target, binding_target
+from sipd.proxy.targets import LivePeer, LocalAddresses, Target, binding_target
 from sipd.sip.errors import ParseError, SipError
 from sipd.sip.headers import parse_address
 from sipd.sip.message import Request
@@ -163,12 +163,12 @@ class ContactIndex:
             self._by_contact[contact_key(b.contact)] = b
         store.subscribe(self._changed)
 
-    def hop(self, uri_text: str, tcp_peer: Callable[[str, int], Peer | None]) -> Target | None:
+    def hop(self, uri_text: str, live_peer: LivePeer) -> Target | None:
         b = self._by_contact.get(contact_key(uri_text))
         if b is None or b.path or not b.received:
             return None
         try:
-            return binding_target(b, tcp_peer, self.udp_socket)
+            return binding_target(b, live_peer, self.udp_socket)
         except (SipError, ParseError):
             return None
 

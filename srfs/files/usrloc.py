@@ -43,7 +43,7 @@ _URI_RE = re.compile(
     re.IGNORECASE | re.ASCII,
 )
 _RECEIVED_RE = re.compile(
-    r"(udp|tcp|tls):(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[A-Za-z0-9.\-]+):([0-9]{1,5})", re.ASCII
+    r"(udp|tcp|tls|ws|wss):(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[A-Za-z0-9.\-]+):([0-9]{1,5})", re.ASCII
 )
 _DIGITS_RE = re.compile(r"[0-9]{1,12}")
 _NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")

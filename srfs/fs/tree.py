@@ -84,6 +84,7 @@ __all__ = [
     "Tree",
     "TreeError",
     "WriteResult",
+    "location_statistics",
     "render_metrics",
     "render_status",
 ]
@@ -413,6 +414,30 @@ def render_metrics(stats: Iterable[Stat]) -> str:
     return "".join(line + "\n" for line in out)
 
 
+def location_statistics(store: LocationStore, members: int | None) -> list[Stat]:
+    """The figures of the registrations, and of the SIP group when ``members`` is known.
+
+    The tree adds them to the daemon's for ``status`` and ``metrics``; a
+    caller without a tree, and so without its list of the group's members,
+    passes None and gets the same figures but ``users``.
+    """
+    loc = store.statistics()
+    out = [] if members is None else [Stat("users", members, "Members of the SIP group.")]
+    out += [
+        Stat("registered_users", len(store.users()), "Users with at least one contact."),
+        Stat("aors", loc.aors, "Addresses of record with at least one contact."),
+        Stat("contacts", loc.bindings, "Registered contacts (bindings)."),
+        Stat("static_contacts", loc.static_bindings, "Contacts that never expire."),
+        Stat("contacts_added", loc.added, "Contacts added since start.",
+             StatKind.COUNTER, status=False),
+        Stat("contacts_removed", loc.removed, "Contacts removed since start (any reason).",
+             StatKind.COUNTER, status=False),
+        Stat("contacts_expired", loc.expired, "Contacts that expired since start.",
+             StatKind.COUNTER, status=False),
+    ]
+    return out
+
+
 # --- the tree --------------------------------------------------------------------
 
 
@@ -732,20 +757,7 @@ class Tree:
         """The provider's figures, then the tree's own (unless the provider gave them)."""
         given = list(self._statistics()) if self._statistics is not None else []
         names = {s.name for s in given}
-        loc = self.store.statistics()
-        own = [
-            Stat("users", len(self.members()), "Members of the SIP group."),
-            Stat("registered_users", len(self.store.users()), "Users with at least one contact."),
-            Stat("aors", loc.aors, "Addresses of record with at least one contact."),
-            Stat("contacts", loc.bindings, "Registered contacts (bindings)."),
-            Stat("static_contacts", loc.static_bindings, "Contacts that never expire."),
-            Stat("contacts_added", loc.added, "Contacts added since start.",
-                 StatKind.COUNTER, status=False),
-            Stat("contacts_removed", loc.removed, "Contacts removed since start (any reason).",
-                 StatKind.COUNTER, status=False),
-            Stat("contacts_expired", loc.expired, "Contacts that expired since start.",
-                 StatKind.COUNTER, status=False),
-        ]
+        own = location_statistics(self.store, len(self.members()))
         return given + [s for s in own if s.name not in names]
 
     # -------------------------------------------------------- change times

@@ -234,8 +234,11 @@ class Baresip:
 @contextmanager
 def running_baresip(tmp: Path, sipd_port: int, transport: str, *, user: str = USER,
                     password: str = PASSWORD, account_params: str = "",
-                    modules: tuple[str, ...] = ()) -> Iterator[Baresip]:
-    """baresip with ``user``'s account sending to sipd over ``transport``; always stopped."""
+                    modules: tuple[str, ...] = (), config: str = "") -> Iterator[Baresip]:
+    """baresip with ``user``'s account sending to sipd over ``transport``; always stopped.
+
+    ``config``: more lines for baresip's config file (``sip_cafile`` for TLS).
+    """
     exe, module_dir = baresip_install()
     port = baresip_port()
     conf = tmp / f"baresip-{user}"
@@ -244,6 +247,7 @@ def running_baresip(tmp: Path, sipd_port: int, transport: str, *, user: str = US
     home.mkdir()
     (conf / "config").write_text(
         CONFIG.format(port=port, modules=module_dir) + "".join(f"module\t{m}\n" for m in modules)
+        + config
     )
     (conf / "accounts").write_text(
         ACCOUNT.format(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import default_signals
 from tests.e2e.test_proxy_e2e import REALM, Calls, _calls, ok
 from tests.phone import Phone
 from tests.sipclient import Daemon, running_sipd, status_of, stop_process, wait_for
@@ -74,7 +75,7 @@ class Reader:
 
     def __init__(self, argv: Sequence[str]) -> None:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, preexec_fn=default_signals)
         self.lines: list[tuple[float, str]] = []
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._pump, daemon=True)

@@ -31,7 +31,7 @@ def test_installed_sipd_runs_the_installed_code(installed: Installed) -> None:
     head = installed.sipd.read_text().splitlines()[0]
     assert head == f"#!{installed.prefix}/lib/sipd/bin/python3 -I"
     where = run([installed.prefix / "lib" / "sipd" / "bin" / "python3", "-I", "-c",
-                 "import sipd, pyfuse3, trio; print(sipd.__file__)"],
+                 "import sipd, pyfuse3, trio, h11; print(sipd.__file__)"],
                 cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert where.stdout.startswith(f"{installed.prefix}/lib/sipd/lib/python3"), where
 
@@ -39,7 +39,7 @@ def test_installed_sipd_runs_the_installed_code(installed: Installed) -> None:
 def test_the_runtime_holds_no_test_tools_nor_pip(installed: Installed) -> None:
     site = next((installed.prefix / "lib" / "sipd" / "lib").glob("python3*/site-packages"))
     found = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
-    assert {"srfs", "trio", "pyfuse3", "python_pam"} <= found
+    assert {"srfs", "trio", "pyfuse3", "python_pam", "h11"} <= found
     # sipmessage is the parser's test oracle, never imported at run time.
     assert not found & {"pytest", "hypothesis", "mypy", "ruff", "pip", "setuptools",
                         "sipmessage"}, found

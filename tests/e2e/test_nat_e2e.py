@@ -49,6 +49,15 @@ def passwords(unix: FakeUnix) -> dict[str, str]:
     return give_passwords(unix, REALM, ("alice", "bob", "carol"))
 
 
+@pytest.fixture(autouse=True)
+def clean_homes(unix: FakeUnix) -> Iterator[None]:
+    """Whatever a test's sipd wrote in the homes goes with it: the next one starts clean."""
+    yield
+    for name in ("alice", "bob", "carol"):
+        for leftover in ("usrloc", "config", "acc"):
+            (unix[name].home / ".sr" / leftover).unlink(missing_ok=True)
+
+
 @contextmanager
 def nat_phone(calls: Calls, user: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """A sipp phone of ``user`` behind a "NAT", registered and answering OPTIONS."""

@@ -85,6 +85,8 @@ def test_unreadable_config(tmp_path: Path) -> None:
         ("min_expires = -5\n", "min_expires must be a positive integer"),
         ("sync = 'sometimes'\n", "sync must be one of"),
         ("listen = ['udp:1.2.3:5060']\n", "bad listen address"),
+        ("metrics_listen = 'localhost:9100'\n",
+         "sipd.toml: bad metrics_listen address 'localhost:9100': 'localhost' is not an IP address"),
         ("realm = \n", "sipd.toml"),
         ("min_expires = 7200\n", "min_expires (7200) is larger than max_expires"),
     ],
@@ -125,6 +127,19 @@ def test_busy_port() -> None:
         s.bind(("127.0.0.1", port))
         p = run("--no-mount", "--no-pam", "-g", "root", "-c", "/dev/null", "-l", f"127.0.0.1:{port}")
     assert_one_line_error(p, 1, f"cannot listen on udp:127.0.0.1:{port}: Address already in use")
+
+
+def test_busy_metrics_port(tmp_path: Path) -> None:
+    port = free_port()
+    conf = tmp_path / "sipd.toml"
+    conf.write_text(f'metrics_listen = "127.0.0.1:{port}"\n')
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        p = run("--no-mount", "--no-pam", "-g", "root", "-c", str(conf),
+                "-l", f"127.0.0.1:{free_port()}")
+    assert_one_line_error(
+        p, 1, f"cannot listen on metrics_listen 127.0.0.1:{port}: Address already in use")
 
 
 def test_missing_group_refused() -> None:

@@ -8,12 +8,18 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from sipd.config import (
     KEYS,
+    ConfigError,
+    HostPort,
     Settings,
     build,
     changed,
     check_values,
+    describe,
+    parse_metrics_listen,
     reread,
     sample_config,
 )
@@ -76,3 +82,81 @@ def test_reread_applies_the_command_line_again(tmp_path: Path) -> None:
     assert (again.max_contacts, again.group) == (5, "staff")
     assert changed(first, again) == ["group", "max_contacts"]
     assert changed(first, replace(first)) == []
+
+
+# --- metrics_listen ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:9100", HostPort("127.0.0.1", 9100)),
+    (" 10.0.0.5:9101 ", HostPort("10.0.0.5", 9101)),
+    ("[::1]:9100", HostPort("::1", 9100)),
+    ("[2001:DB8::7]:80", HostPort("2001:db8::7", 80)),
+    ("0.0.0.0:9100", HostPort("0.0.0.0", 9100)),
+    ("", None),
+])
+def test_metrics_listen_takes_host_port_and_bracketed_ipv6(text: str,
+                                                           expected: HostPort | None) -> None:
+    assert parse_metrics_listen(text) == expected
+    assert check_values({"metrics_listen": text}, "f") == {"metrics_listen": expected}
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("localhost:9100", "bad metrics_listen address 'localhost:9100': 'localhost' is not an "
+                       "IP address"),
+    ("127.0.0.1", "bad metrics_listen address '127.0.0.1': expected HOST:PORT"),
+    ("127.0.0.1:0", "bad metrics_listen address '127.0.0.1:0': bad port '0'"),
+    ("127.0.0.1:65536", "bad port '65536'"),
+    ("127.0.0.1:http", "bad port 'http'"),
+    ("::1:9100", "write an IPv6 address in brackets, [ADDR]:PORT"),
+    ("[::1:9100", "expected [IPv6]:PORT"),
+    ("[::1]9100", "expected [IPv6]:PORT"),
+    ("tcp:127.0.0.1:9100", "'tcp:127.0.0.1' is not an IP address"),
+    ("http://127.0.0.1:9100/metrics", "is not an IP address"),
+    (9100, "metrics_listen must be a string, HOST:PORT or [IPv6]:PORT, not 9100"),
+    (["127.0.0.1:9100"], "metrics_listen must be a string"),
+])
+def test_metrics_listen_refuses_anything_else_in_one_line(value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_values({"metrics_listen": value}, "sipd.toml")
+    text = str(caught.value)
+    assert text.startswith("sipd.toml: ") and message in text, text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(("listen", "metrics"), [
+    ("tcp:127.0.0.1:5060", "127.0.0.1:5060"),
+    ("0.0.0.0:9100", "127.0.0.1:9100"),
+    ("127.0.0.1:9100", "0.0.0.0:9100"),
+    ("[::]:9100", "[::1]:9100"),
+])
+def test_metrics_listen_may_not_take_a_sip_tcp_port(listen: str, metrics: str) -> None:
+    values = check_values({"listen": [listen], "metrics_listen": metrics}, "f")
+    with pytest.raises(ConfigError, match="is taken by the SIP listen address"):
+        build(values, {}, "f")
+
+
+@pytest.mark.parametrize(("listen", "metrics"), [
+    ("udp:127.0.0.1:9100", "127.0.0.1:9100"),  # UDP and TCP ports are apart
+    ("[::]:9100", "127.0.0.1:9100"),  # IPv6 sockets are IPv6-only
+    ("127.0.0.2:9100", "127.0.0.1:9100"),
+])
+def test_metrics_listen_beside_sip_listeners(listen: str, metrics: str) -> None:
+    values = check_values({"listen": [listen], "metrics_listen": metrics}, "f")
+    assert str(build(values, {}, "f").metrics_listen) == metrics
+
+
+def test_metrics_listen_is_off_by_default_and_shown_as_written() -> None:
+    assert Settings().metrics_listen is None
+    assert 'metrics_listen = ""' in describe(Settings(realm="x.invalid"))
+    on = build(check_values({"metrics_listen": "[::1]:9100"}, "f"), {}, "f")
+    assert 'metrics_listen = "[::1]:9100"' in describe(replace(on, realm="x.invalid"))
+    assert '\n#metrics_listen = ""\n' in sample_config()
+
+
+def test_metrics_listen_waits_for_a_restart() -> None:
+    key = next(k for k in KEYS if k.name == "metrics_listen")
+    assert not key.live and "metrics_listen" not in LIVE
+    old = Settings()
+    new = build(check_values({"metrics_listen": "127.0.0.1:9100"}, "f"), {}, "f")
+    assert changed(old, new) == ["metrics_listen"]

@@ -9,20 +9,22 @@ from typing import Any
 import trio
 
 from sipd.config import Settings
-from sipd.io.daemon import build
+from sipd.io.daemon import Daemon, build
 from sipd.io.metrics import (
     CATALOGUE,
     RESPONSE_CLASSES,
     daemon_statistics,
+    metrics_text,
     statistics_sources,
     unnamed_fields,
 )
 from sipd.io.transport import Transports
-from srfs.fs.tree import Stat, StatKind, render_metrics, render_status
+from srfs.fs.tree import Stat, StatKind, Tree, render_metrics, render_status
+from srfs.user import User
 
 
-def figures() -> tuple[list[Any], list[Stat]]:
-    """The statistics sources and figures of a daemon built as at start."""
+def built() -> tuple[Daemon, Transports]:
+    """A daemon built as at start, and its transports."""
     daemon = build(replace(Settings(), realm="test.invalid", wtmp=False), ports={5060},
                    hosts=["127.0.0.1"])
 
@@ -31,7 +33,12 @@ def figures() -> tuple[list[Any], list[Stat]]:
         return Transports(daemon.endpoint, max_message_size=65535, tcp_max_connections=16,
                           tcp_idle_timeout=60.0, tcp_message_timeout=10.0)
 
-    transports = trio.run(made)
+    return daemon, trio.run(made)
+
+
+def figures() -> tuple[list[Any], list[Stat]]:
+    """The statistics sources and figures of a daemon built as at start."""
+    daemon, transports = built()
     return (statistics_sources(daemon.endpoint, transports),
             daemon_statistics(daemon.endpoint, transports, started=1_700_000_000.0))
 
@@ -93,3 +100,24 @@ def test_every_kind_is_declared() -> None:
         for figure in table.values():
             if figure is not None:
                 assert figure.kind in (StatKind.COUNTER, StatKind.GAUGE)
+
+
+def test_the_http_text_is_the_metrics_file_with_or_without_the_tree() -> None:
+    daemon, transports = built()
+    ep = daemon.endpoint
+    members = (User("alice", 1001, 1001, "/home/alice"),)
+    started = 1_700_000_000.0
+
+    def provider() -> list[Stat]:
+        return daemon_statistics(ep, transports, started)
+
+    assert ep.store is not None
+    tree = Tree(ep.store, lambda: members, statistics=provider, started=started)
+    with_tree = metrics_text(ep, transports, started, tree)
+    assert with_tree == tree.render("/metrics", started).decode()
+    assert "\nsipd_users 1\n" in with_tree
+    # Without the tree: every figure but the group's members.
+    without = metrics_text(ep, transports, started)
+    assert without.splitlines() == [
+        line for line in with_tree.splitlines()
+        if not re.match(r"(# (HELP|TYPE) )?sipd_users ", line)]

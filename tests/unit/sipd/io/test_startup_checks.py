@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -166,6 +167,28 @@ def test_listen_address_the_host_does_not_have(unix: FakeUnix, tmp_path: Path) -
     args = ["-c", str(config(tmp_path)), "-l", f"192.0.2.1:{port}", "--no-pam", "--no-mount"]
     assert_same_refusal(unix, tmp_path, args,
                         f"cannot listen on udp:192.0.2.1:{port}: Cannot assign requested address")
+
+
+def test_metrics_address_the_host_does_not_have(unix: FakeUnix, tmp_path: Path) -> None:
+    port = free_port()
+    args = [*base(tmp_path, metrics_listen=f"192.0.2.1:{port}"), "--no-pam", "--no-mount"]
+    assert_same_refusal(
+        unix, tmp_path, args,
+        f"cannot listen on metrics_listen 192.0.2.1:{port}: Cannot assign requested address")
+
+
+def test_check_config_passes_beside_the_metrics_port_in_use(unix: FakeUnix,
+                                                            tmp_path: Path) -> None:
+    # Like the SIP ports: the running sipd holds it, and --check-config
+    # binds the address on a port of its own.
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        proc = sipd(unix, tmp_path, *base(tmp_path, metrics_listen=f"127.0.0.1:{port}"),
+                    "--no-pam", "--no-mount", "--check-config")
+    assert proc.returncode == 0, proc.stderr
+    assert f'metrics_listen = "127.0.0.1:{port}"' in proc.stdout.splitlines()
 
 
 def test_the_first_problem_is_the_one_reported(unix: FakeUnix, tmp_path: Path) -> None:

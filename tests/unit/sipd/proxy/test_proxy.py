@@ -84,7 +84,8 @@ class Net:
     """One proxy and the phones around it; time moves only when told."""
 
     def __init__(self, outbound: str = "", users: Users | None = None,
-                 hooks: CallHooks | None = None) -> None:
+                 hooks: CallHooks | None = None,
+                 listeners: dict[tuple[str, int], tuple[str, int]] | None = None) -> None:
         identity = LocalIdentity(frozenset({REALM, "192.0.2.1"}), frozenset({5060}))
         self.store = LocationStore()
         self.users = users or Users()
@@ -92,7 +93,7 @@ class Net:
         self.call_hooks: CallHooks = hooks or self.hooks
         auth = Authenticator(REALM, NonceManager(secrets.token_bytes(32)), algorithms=("MD5",),
                              identity=identity, lookup=account)
-        addresses = LocalAddresses({("udp", 4): ME, ("tcp", 4): ME})
+        addresses = LocalAddresses({("udp", 4): ME, ("tcp", 4): ME, **(listeners or {})})
         layer = TransactionLayer()
         self.proxy = Proxy(identity, addresses, layer, self.store, auth,
                            self.users, ProxyPolicy(outbound_proxy=outbound), self.call_hooks)
@@ -149,6 +150,11 @@ def responses(out: list[tuple[Request | Response, Peer]]) -> list[int]:
 
 def requests(out: list[tuple[Request | Response, Peer]], method: str | None = None) -> list[tuple[Request, Peer]]:
     return [(m, p) for m, p in out if isinstance(m, Request) and (method is None or m.method == method)]
+
+
+def record_routes(req: Request) -> list[str]:
+    """The Record-Route values without the flow token in their user part."""
+    return [re.sub(r"^<sip:[A-Za-z0-9_-]+@", "<sip:", v) for v in req.values("Record-Route")]
 
 
 def start_call(net: Net, data: bytes | None = None) -> list[tuple[Request, Peer]]:
@@ -751,10 +757,57 @@ def test_cancel_while_the_callee_is_looked_up() -> None:
     assert not [s for s in net.hooks.seen if s[0] == "started"]
 
 
-def test_sips_targets_are_refused_without_tls() -> None:
-    net = Net()
-    net.store.upsert(Binding("bob", "bob", "sips:bob@192.0.2.40:5061", 1e12))
-    assert responses(net.send(invite(), CALLER)) == [100, 480]
+def test_sips_and_transport_tls_targets_go_over_tls() -> None:
+    net = Net(listeners={("tls", 4): (ME[0], 5061)})
+    net.store.upsert(Binding("bob", "bob", "sips:bob@192.0.2.40", 1e12))
+    (req, peer), = start_call(net)
+    # RFC 5630: a sips: URI is TLS to its host, on 5061 without a port.
+    assert peer == Peer("tls", "192.0.2.40", 5061, 0)
+    assert req.top_via.transport == "TLS"
+    assert req.top_via.port == 5061
+    # The caller came over UDP: each side gets the Record-Route of its transport.
+    assert record_routes(req) == ["<sip:192.0.2.1:5061;transport=tls;lr>",
+                                  "<sip:192.0.2.1:5060;lr>"]
+    net = Net(listeners={("tls", 4): (ME[0], 5061)})
+    net.store.upsert(Binding("bob", "bob", "sip:bob@192.0.2.40:5071;transport=tls", 1e12))
+    (_, peer), = start_call(net)
+    assert peer == Peer("tls", "192.0.2.40", 5071, 0)
+
+
+def test_tls_binding_uses_the_live_connection_else_the_contact() -> None:
+    net = Net(listeners={("tls", 4): (ME[0], 5061)})
+    conn = Peer("tls", "192.0.2.40", 40123, conn=78)
+    net.store.upsert(Binding("bob", "bob", "sip:bob@192.0.2.40:5091;transport=tls", 1e12,
+                             received="tls:192.0.2.40:40123"))
+    (_, peer), = start_call(net)
+    assert peer == Peer("tls", "192.0.2.40", 5091, 0)
+    net.send(b"\r\n\r\n", conn)
+    net.send(invite(method="OPTIONS", uri="sip:192.0.2.1"), conn)
+    (req, peer), = start_call(net)
+    assert peer == conn
+    # A TCP connection from the same address and port is not the TLS one.
+    net.ep.connection_closed(Peer("tcp", "192.0.2.40", 40123, conn=79))
+    (_, peer), = start_call(net)
+    assert peer == conn
+
+
+@pytest.mark.parametrize("kind", ["ws", "wss"])
+def test_websocket_binding_is_reached_only_over_its_connection(kind: str) -> None:
+    net = Net(listeners={(kind, 4): (ME[0], 8443)})
+    conn = Peer(kind, "192.0.2.41", 50000, conn=80)
+    net.store.upsert(Binding("bob", "bob", f"sip:b0b@df7jal23ls0d.invalid;transport={kind}", 1e12,
+                             received=f"{kind}:192.0.2.41:50000"))
+    net.send(invite(method="OPTIONS", uri="sip:192.0.2.1"), conn)
+    (req, peer), = start_call(net)
+    assert peer == conn
+    assert req.top_via.transport == kind.upper()
+    assert record_routes(req) == [f"<sip:192.0.2.1:8443;transport={kind};lr>",
+                                  "<sip:192.0.2.1:5060;lr>"]
+    # The connection is gone: nothing is sent to the .invalid host; 480 at once.
+    net.ep.connection_closed(conn)
+    out = net.send(invite(), CALLER)
+    assert responses(out) == [100, 480]
+    assert requests(out, "INVITE") == []
 
 
 @pytest.mark.parametrize("bad", ["bob", "sips:192.0.2.9", "sip:192.0.2.9;transport=tls", "tel:+123"])

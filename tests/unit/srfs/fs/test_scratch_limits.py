@@ -108,8 +108,12 @@ def test_a_user_over_their_limit_gets_edquot_and_another_user_goes_on(
     # bob's share is his own.
     rc, err = as_user(unix, "bob", fill.replace("DIR", str(bob)))
     assert rc == 0, err
-    # What alice removes is hers again.
-    rc, err = as_user(unix, "alice", f"rm {alice}/tmp.* && cp $HOME/big $(mktemp -p {alice})")
+    # What alice removes is hers again, once closed: the kernel tells the
+    # filesystem of the failed cp's close after cp has exited.
+    assert as_user(unix, "alice", f"rm {alice}/tmp.*")[0] == 0
+    wait_for(lambda: f"\nsipd_scratch_bytes {4 * MIB}\n" in (mnt / "metrics").read_text(),
+             "only bob's copies to be held")
+    rc, err = as_user(unix, "alice", f"cp $HOME/big $(mktemp -p {alice})")
     assert rc == 0, err
     assert fs_sipd.ping() == 200
 
