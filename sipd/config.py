@@ -398,6 +398,8 @@ class Settings:
     tls_ca_certificates: str = ""
     tls_verify_client: str = "no"
     ws_allowed_origins: tuple[str, ...] = ()
+    keepalive_interval: float = 30.0
+    keepalive_drop_after: float = 0.0
     config_path: str = DEFAULT_CONFIG_PATH
     #: Whether the file must exist (named with -c), and the checked values of
     #: the command line's options: what SIGHUP reads and applies again.
@@ -526,6 +528,13 @@ KEYS: tuple[Key, ...] = (
     Key("ws_allowed_origins", _origins,
         "Origins (https://host[:port]) whose web pages may open a ws: or wss: connection; "
         "others get HTTP 403 (default empty: any)", live=True),
+    Key("keepalive_interval", _non_negative_number("keepalive_interval"),
+        "send an OPTIONS to each contact registered from behind a NAT this often, which keeps "
+        "the NAT's mapping open and shows whether the phone answers; 0 turns probing off, "
+        "seconds (30: NATs commonly forget a silent UDP mapping after 30 to 60 s)", live=True),
+    Key("keepalive_drop_after", _non_negative_number("keepalive_drop_after"),
+        "remove a probed contact that has not answered for this long, as if it expired; "
+        "0 keeps it until it expires (calls skip it meanwhile), seconds (0)", live=True),
 )
 _KEYS = {k.name: k for k in KEYS}
 

@@ -23,6 +23,7 @@ from sipd.core.peer import Outgoing, Peer
 from sipd.core.work import Action, Ask, Commit, Defer, Job, Later, Outcome
 from sipd.proxy.calltrack import AccStats, CallTracker, acc_jobs
 from sipd.proxy.context import PROXY_METHODS, ProxyAction
+from sipd.proxy.keepalive import KeepAlive, Probe
 from sipd.proxy.proxy import Proxy
 from sipd.registrar.changelog import log_changes
 from sipd.registrar.persistence import Persistence
@@ -141,6 +142,7 @@ class Endpoint:
         tracker: CallTracker | None = None,
         acc_files: AccFiles | None = None,
         acc_fsync: bool = False,
+        keepalive: KeepAlive | None = None,
     ) -> None:
         self.server = server
         self.max_message_size = max_message_size
@@ -163,6 +165,8 @@ class Endpoint:
         #: reaches a phone on the connection it registered over.
         self._tcp_peers: dict[tuple[str, str, int], Peer] = {}
         self.proxy = proxy
+        #: Probes of the phones behind NAT, and what they find.
+        self.keepalive = keepalive
         server.wall = self.wall
         if persistence is not None:
             persistence.wall = self.wall
@@ -170,6 +174,15 @@ class Endpoint:
             proxy.wall = self.wall
             proxy.live_peer = lambda transport, host, port: self._tcp_peers.get(
                 (transport, host, port))
+        if keepalive is not None:
+            keepalive.live_peer = lambda transport, host, port: self._tcp_peers.get(
+                (transport, host, port))
+        if self.flows is not None:
+            # Requests for a UDP binding leave from the socket it registered on.
+            if proxy is not None:
+                proxy.udp_socket = self.flows.udp_socket
+            if keepalive is not None:
+                keepalive.udp_socket = self.flows.udp_socket
 
     def wall(self, now: float) -> float:
         return now + self.wall_offset
@@ -179,6 +192,9 @@ class Endpoint:
         self._pending.append(action)
 
     def _drain(self, out: list[Action], now: float) -> list[Action]:
+        if self.keepalive is not None:
+            # Bindings added by what just ran get their first probe's time.
+            self.keepalive.schedule(now)
         if self.persistence is not None:
             out.extend(self.persistence.jobs(now, self.wall(now)))
         if self._pending:
@@ -282,7 +298,7 @@ class Endpoint:
             return self._stateless_error(req, peer, exc)
         dest = reply_peer(via, peer)
         events = self.transactions.receive_request(req, dest, dest.reliable, now)
-        return self._run(events, now)
+        return self._run(events, now, dest)
 
     def _response(self, resp: Response, peer: Peer, now: float) -> list[Action]:
         self.stats.responses_in += 1
@@ -305,6 +321,11 @@ class Endpoint:
             elif isinstance(owner, _Held):
                 out.extend(self._run(self.transactions.server_respond(
                     owner.txn, owner.response, now), now))
+            elif isinstance(owner, Probe):
+                if self.keepalive is not None:
+                    events, dropped = self.keepalive.on_timer(owner, kind, now)
+                    out.extend(self._run(events, now))
+                    log_changes(dropped, self.wall(now))
             elif self.proxy is not None:
                 out.extend(self._run_proxy(self.proxy.on_timer(owner, kind, now), now))
         if self.store is not None:
@@ -324,6 +345,9 @@ class Endpoint:
                 deadlines.append(expiry - self.wall_offset)
         if self.persistence is not None:
             deadlines.append(self.persistence.next_deadline())
+        if self.keepalive is not None and self.keepalive.pending:
+            # Bindings wait for their first probe's time: at once.
+            deadlines.append(0.0)
         if self.tracker is not None:
             calls_due = self.tracker.next_deadline()
             if calls_due is not None:
@@ -333,7 +357,9 @@ class Endpoint:
 
     # ------------------------------------------------------- events to bytes
 
-    def _run(self, events: list[Event], now: float) -> list[Action]:
+    def _run(self, events: list[Event], now: float, source: Peer | None = None) -> list[Action]:
+        """Act on transaction events; ``source`` is where the request that
+        caused them came from (its replies' way), when they come of one."""
         out: list[Action] = []
         for event in events:
             if isinstance(event, Send):
@@ -344,7 +370,11 @@ class Endpoint:
                     self._count_response(message.status)
                 out.extend(self._out(message.to_bytes(), dest))
             elif isinstance(event, RequestReceived):
-                out.extend(self._deliver(event, now))
+                out.extend(self._deliver(event, now, source))
+            elif self.keepalive is not None and self.keepalive.owns(event.txn):
+                events, dropped = self.keepalive.handle_event(event, now)
+                out.extend(self._run(events, now))
+                log_changes(dropped, self.wall(now))
             elif self.proxy is not None:
                 out.extend(self._run_proxy(self.proxy.handle_event(event, now), now))
         return out
@@ -391,25 +421,28 @@ class Endpoint:
         )
         return not to_server
 
-    def _deliver(self, event: RequestReceived, now: float) -> list[Action]:
+    def _deliver(self, event: RequestReceived, now: float,
+                 source: Peer | None = None) -> list[Action]:
         req = event.request
         txn = event.txn
         if txn is None:
             # An ACK to a 2xx: end to end, the proxy passes it on.
             if self.proxy is None:
                 return []
-            return self._run_proxy(self.proxy.handle_ack(req), now)
+            return self._run_proxy(self.proxy.handle_ack(req, source), now)
         if req.method == "CANCEL":
             invite = self.transactions.find_invite_for_cancel(req)
             out = self._respond(txn, self._cancel(req), now)
             if invite is not None and self.proxy is not None:
                 out.extend(self._run_proxy(self.proxy.cancel(invite, now), now))
             return out
-        source = txn.source
-        assert isinstance(source, Peer)
+        peer = txn.source
+        assert isinstance(peer, Peer)
         if self.proxy is not None and self._for_proxy(req):
-            return self._run_proxy(self.proxy.handle_request(txn, req, source, now), now)
-        return self._respond(txn, self.server.handle_request(req, source, now), now)
+            return self._run_proxy(self.proxy.handle_request(txn, req, peer, now), now)
+        if req.method == "REGISTER" and self.flows is not None:
+            self.flows.heard(peer)
+        return self._respond(txn, self.server.handle_request(req, peer, now), now)
 
     def _respond(self, txn: ServerTransaction, reply: Reply, now: float) -> list[Action]:
         if reply is None:

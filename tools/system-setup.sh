@@ -25,7 +25,9 @@ INSTALL="$RUN python3 python3-venv python3-dev"
 # through (run in userspace, on 127.0.0.1, by the tests themselves).
 # kamailio: a real customer PBX in the ITSP tests (tests/pbx/), registering
 # its DID with uac_reg and relaying calls; its service is not started here.
-TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus rtpengine-daemon kamailio"
+# iproute2 and iptables: a real NAT for a phone (network namespaces, veth
+# pairs, MASQUERADE inside a namespace; tests/netns.py).
+TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus rtpengine-daemon kamailio iproute2 iptables"
 
 case $mode in
     run) PACKAGES=$RUN target=run ;;

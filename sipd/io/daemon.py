@@ -62,6 +62,7 @@ from sipd.io.transport import StartupError, Transports, bind_sockets
 from sipd.media.relay import MediaRelay, Mode
 from sipd.proxy.calltrack import CallTracker, acc_jobs, end_media_with_calls
 from sipd.proxy.context import CallHooks, ProxyPolicy
+from sipd.proxy.keepalive import KeepAlive
 from sipd.proxy.proxy import Proxy
 from sipd.proxy.targets import LocalAddresses
 from sipd.proxy.users import HomeUsers
@@ -183,6 +184,18 @@ def advertised(bound: list[tuple[str, str, int]]) -> LocalAddresses:
     return LocalAddresses(out)
 
 
+def own_sockets(addresses: LocalAddresses, sockets: dict[int, tuple[str, int]]) -> None:
+    """Name each UDP socket's address for the Via and Record-Route of what
+    leaves from it; a wildcard socket goes by its kind's advertised address."""
+    for conn, (host, port) in sockets.items():
+        if host in ("0.0.0.0", "::"):
+            found = addresses.by_kind.get(("udp", 6 if ":" in host else 4))
+            if found is None:
+                continue
+            host, port = found
+        addresses.by_socket[conn] = (host, port)
+
+
 def build(settings: Settings, ports: set[int], hosts: list[str],
           bound: list[tuple[str, str, int]] | None = None, hooks: CallHooks | None = None,
           configured: Settings | None = None) -> Daemon:
@@ -239,6 +252,9 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         )
     except (ValueError, ParseError) as exc:
         raise StartupError(f"bad outbound_proxy {settings.outbound_proxy!r}: {exc}") from None
+    keepalive = KeepAlive(store, transactions, proxy.router.addresses,
+                          interval=settings.keepalive_interval,
+                          drop_after=settings.keepalive_drop_after)
     endpoint = Endpoint(
         Server(identity, registration, proxying=True),
         max_message_size=settings.max_message_size,
@@ -248,6 +264,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         proxy=proxy,
         tracker=tracker,
         acc_fsync=settings.sync == "write-through",
+        keepalive=keepalive,
     )
     media: MediaRelay | None = None
     if settings.rtpengine:
@@ -414,6 +431,7 @@ async def run(settings: Settings) -> None:
                 await nursery.start(ng.serve)
                 transports.asker = ng.ask
             await nursery.start(transports.serve, bound)
+            own_sockets(daemon.proxy.router.addresses, transports.udp_sockets())
             transports.send(daemon.endpoint.take_pending(trio.current_time()))
             if metrics_sock is not None:
                 tree = statefs.tree if statefs is not None else None

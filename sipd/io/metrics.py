@@ -161,6 +161,18 @@ CATALOGUE: dict[str, dict[str, Figure | None]] = {
                                           "Requests from outside answered 480 without a look-up: "
                                           "the sender's budget of look-ups was spent."),
     },
+    "KeepAliveStats": {
+        "probes": Figure("keepalive_probes",
+                         "OPTIONS probes sent to contacts registered from behind a NAT."),
+        "answers": Figure("keepalive_answers",
+                          "Probes answered, with any response: the phone is there."),
+        "timeouts": Figure("keepalive_timeouts",
+                           "Probes that went unanswered until the next was due."),
+        "dropped": Figure("keepalive_dropped",
+                          "Contacts removed after not answering for keepalive_drop_after."),
+        "unreachable": Figure("contacts_unreachable",
+                              "Contacts whose last probe went unanswered.", GAUGE),
+    },
     "PersistenceStats": {
         "writes": Figure("usrloc_writes", "Writes of users' ~/.sr/usrloc."),
         "write_errors": Figure("usrloc_write_errors",
@@ -263,6 +275,8 @@ def statistics_sources(endpoint: Endpoint, transports: Transports) -> list[Any]:
         found.append(ep.proxy.stats)
     if ep.persistence is not None:
         found.append(ep.persistence.stats)
+    if ep.keepalive is not None:
+        found.append(ep.keepalive.statistics())
     if ep.tracker is not None:
         found.extend((ep.acc_stats, ep.tracker.calls.statistics()))
     if ep.proxy is not None and ep.proxy.forker.media is not None:

@@ -127,6 +127,8 @@ def _set_media_relay(daemon: Daemon, value: Any) -> None:
     # Calls already relayed stay relayed; the policy decides for new ones.
     if daemon.media is not None:
         daemon.media.mode = value
+
+
 def _account_setting(name: str) -> Callable[[Daemon, Any], None]:
     def apply(daemon: Daemon, value: Any) -> None:
         if daemon.directory is not None:
@@ -140,6 +142,21 @@ def _account_setting(name: str) -> Callable[[Daemon, Any], None]:
 def _number_plan(name: str) -> Callable[[Daemon, Any], None]:
     def apply(daemon: Daemon, value: Any) -> None:
         daemon.ownership.plan = replace(daemon.ownership.plan, **{name: value})
+
+    return apply
+
+
+def _keepalive(name: str) -> Callable[[Daemon, Any], None]:
+    def apply(daemon: Daemon, value: Any) -> None:
+        keepalive = daemon.endpoint.keepalive
+        if keepalive is None:
+            return
+        settings = {"interval": keepalive.interval, "drop_after": keepalive.drop_after}
+        settings[name] = value
+        keepalive.configure(**settings)
+        if daemon.transports is not None:
+            # Wakes the timer loop: rescheduled probes are due at once.
+            daemon.transports.send([])
 
     return apply
 
@@ -179,6 +196,8 @@ LIVE: dict[str, Callable[[Daemon, Any], None]] = {
     "tls_ca_certificates": _tls_file,
     "tls_verify_client": _tls_file,
     "ws_allowed_origins": _set_ws_origins,
+    "keepalive_interval": _keepalive("interval"),
+    "keepalive_drop_after": _keepalive("drop_after"),
 }
 
 

@@ -323,6 +323,17 @@ class Transports:
         log.error("%s: no media relay configured", ask.name)
         self.send(ask.then(Outcome(error=ConnectionError("no media relay")), trio.current_time()))
 
+    def udp_sockets(self) -> dict[int, tuple[str, int]]:
+        """Each UDP socket's bound address by its ``conn`` (once serving)."""
+        out: dict[int, tuple[str, int]] = {}
+        for conn, sock in self._udp.items():
+            try:
+                host, port = sock.getsockname()[:2]
+            except OSError:
+                continue
+            out[conn] = (str(host), int(port))
+        return out
+
     def _udp_for(self, host: str) -> socket.socket | None:
         """A listening UDP socket of the host's family: its port is what our Via says."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -1,7 +1,8 @@
 """The ACK of a 2xx (RFC 3261 §13.2.2.4, §16.7 step 5): end to end, forwarded statelessly.
 
 It belongs to no transaction of this proxy: it follows its Route set, or
-goes to the registered phone its Request-URI names, with one Via of ours.
+the dialog's flow token (see :mod:`~sipd.proxy.flowtoken`), or goes to the
+registered phone its Request-URI names, with one Via of ours.
 An ACK that looped or ran out of hops is dropped; nothing is ever sent
 back for an ACK.
 """
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from sipd.core.peer import Outgoing
+from sipd.core.peer import Outgoing, Peer
 from sipd.proxy.callerid import drop_our_credentials
 from sipd.proxy.routing import BRANCH_PREFIX, ContactIndex, Router, branch_key
-from sipd.proxy.targets import LivePeer, Target, uri_target
+from sipd.proxy.targets import LivePeer, Target, flow_target, uri_target
 from sipd.sip.errors import ParseError, SipError
 from sipd.sip.headers import parse_address
 from sipd.sip.message import Request
@@ -23,7 +24,8 @@ log = logging.getLogger("sipd.proxy")
 
 
 def forward_ack(ack: Request, router: Router, contacts: ContactIndex,
-                live_peer: LivePeer, realm: str) -> list[Outgoing]:
+                live_peer: LivePeer, realm: str,
+                source: Peer | None = None) -> list[Outgoing]:
     """Where the ACK goes and with what Via; [] to drop it."""
     try:
         mf = ack.max_forwards
@@ -40,7 +42,9 @@ def forward_ack(ack: Request, router: Router, contacts: ContactIndex,
         hop = parse_address(routes[0], "Route").uri if routes else fwd.uri
         if not isinstance(hop, SipURI):
             return []
-        t = (None if routes else contacts.hop(fwd.uri_text, live_peer)) or uri_target(hop)
+        flow = router.across(own, source) if source is not None and not routes else None
+        t = (flow_target(fwd.uri_text, flow, live_peer)
+             or (None if routes else contacts.hop(fwd.uri_text, live_peer)) or uri_target(hop))
         dest = _on_live_connection(t, live_peer).dest
         if dest is None:
             return []

@@ -288,14 +288,18 @@ class Forker:
 
     def _record_route(self, req: Request, inbound: Peer, outbound: Peer) -> None:
         """§16.6 step 4, doubled when the two sides differ in transport or family
-        so that each side reaches us the way it talks to us."""
+        so that each side reaches us the way it talks to us. The user part is
+        the flow token of both sides (:mod:`~sipd.proxy.flowtoken`)."""
+        token = self.router.flows.encode(inbound, outbound)
+        user = f"{token}@" if token else ""
+
         def rr(peer: Peer) -> str:
             # The transport of the listener named, so that the side reaches
             # that very socket (tls, ws and wss included; udp is the default).
             transport, host, port = self.router.addresses.listener(peer)
             hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             t = f";transport={transport}" if transport != "udp" else ""
-            return f"<sip:{hp}{t};lr>"
+            return f"<sip:{user}{hp}{t};lr>"
 
         outer = rr(outbound)
         inner = rr(inbound)

@@ -22,7 +22,7 @@ from sipd.sip.errors import ParseError, SipError
 from sipd.sip.uri import SipURI, parse_uri
 from srfs.files.userconfig import UserConfig
 from srfs.logtext import quote as log_quote
-from srfs.state.location import LocationStore
+from srfs.state.location import LocationStore, Reach
 
 log = logging.getLogger("sipd.proxy")
 
@@ -56,20 +56,29 @@ def settings_chain(lookup: UserLookup, identity: LocalIdentity, first: str,
 
 def binding_groups(store: LocationStore, aor: str, wall: float, owns: Callable[[str, str], bool],
                    live_peer: LivePeer,
-                   dialled: str | None = None) -> list[list[Target]]:
+                   dialled: str | None = None,
+                   udp_socket: Callable[[str], int] | None = None) -> list[list[Target]]:
     """The targets of ``aor``'s live bindings, grouped by q, highest first.
 
     With ``dialled``, each Request-URI carries that number as its user
     part, so a PBX behind one trunk registration can route many DIDs.
     A binding whose user no longer owns its AOR (the alias map changed)
-    gets no calls.
+    gets no calls. A binding whose last keep-alive probe went unanswered
+    is skipped while another one is left; when all are unreachable, all
+    are tried: a probe can be lost, and trying costs a timeout where
+    giving up would cost the call.
     """
     live = [b for b in store.lookup(aor)
             if (b.expires is None or b.expires > wall) and owns(b.user, b.aor)]
+    answering = [b for b in live if store.reachability(b.aor, b.key).state is not Reach.NO]
+    if answering and len(answering) < len(live):
+        log.debug("%s: skipping %d unreachable contact(s)", log_quote(aor, 64),
+                  len(live) - len(answering))
+        live = answering
     groups: dict[float, list[Target]] = {}
     for b in sorted(live, key=lambda b: -b.q):
         try:
-            target = binding_target(b, live_peer)
+            target = binding_target(b, live_peer, udp_socket)
         except (SipError, ParseError) as exc:
             # A WebSocket phone whose connection closed (480) is only away.
             level = logging.INFO if isinstance(exc, SipError) and exc.status == 480 else \

@@ -61,7 +61,7 @@ from sipd.proxy.forking import Forker
 from sipd.proxy.limits import Destinations, SourceBudget
 from sipd.proxy.local import Chain, binding_groups, settings_chain
 from sipd.proxy.routing import ContactIndex, Router, max_breadth, target_tag
-from sipd.proxy.targets import LivePeer, LocalAddresses, Target, uri_target
+from sipd.proxy.targets import LivePeer, LocalAddresses, Target, flow_target, uri_target
 from sipd.proxy.users import UserLookup
 from sipd.registrar.register import aor_of
 from sipd.sip.checks import check_request
@@ -119,10 +119,12 @@ class Proxy:
         #: Tells live TCP connections by remote address, so a phone is reached
         #: on the connection it registered over; set by the endpoint.
         self.live_peer: LivePeer = lambda transport, host, port: None
+        #: Our UDP socket of a registered flow (``received``), 0 for any; set by the endpoint.
+        self.udp_socket: Callable[[str], int] = lambda received: 0
         #: Unauthenticated requests for users who are not there, per source.
         self.unknown_budget = SourceBudget()
         self.router = Router(identity, addresses)
-        self.contacts = ContactIndex(store)
+        self.contacts = ContactIndex(store, lambda received: self.udp_socket(received))
         self.forker = Forker(transactions, self.router, identity, self.hooks, self.stats,
                              lambda now: self.wall(now))
         self.forker.ring_timeout = self._no_answer
@@ -161,11 +163,11 @@ class Proxy:
     def cancel(self, invite: ServerTransaction, now: float) -> list[ProxyAction]:
         return self.forker.cancel(invite, now)
 
-    def handle_ack(self, ack: Request) -> list[ProxyAction]:
+    def handle_ack(self, ack: Request, source: Peer | None = None) -> list[ProxyAction]:
         """An ACK for a 2xx: end to end, forwarded statelessly by its Route set."""
         try:
             return list(forward_ack(ack, self.router, self.contacts, self.live_peer,
-                                    self.auth.realm))
+                                    self.auth.realm, source))
         except Exception:
             self.stats.proxy_errors += 1
             log.exception("proxy error on an ACK")
@@ -202,7 +204,8 @@ class Proxy:
                     self.hooks.call_ended(req.call_id, self.wall(now))
                     if self.forker.media is not None:
                         self.forker.media.end(req.call_id)
-                return self._forward_by_route(ctx, fwd, now)
+                return self._forward_by_route(ctx, fwd, now, self.router.across(own_route,
+                                                                                 ctx.source))
             target_uri = fwd.uri
             if isinstance(target_uri, SipURI) and self.router.is_local_aor(target_uri):
                 return self._to_local(ctx, fwd, None, target_uri, now)
@@ -273,12 +276,17 @@ class Proxy:
         if name != user:
             fwd.uri = replace(uri, user=quote(name, safe=_USER_SAFE))
 
-    def _forward_by_route(self, ctx: Context, fwd: Request, now: float) -> list[ProxyAction]:
+    def _forward_by_route(self, ctx: Context, fwd: Request, now: float,
+                          flow: Peer | None = None) -> list[ProxyAction]:
+        """Inside a dialog: the next Route, else the other side's flow (the
+        dialog's flow token), else the registered contact, else the Request-URI."""
         routes = fwd.values("Route")
         hop = parse_address(routes[0], "Route").uri if routes else fwd.uri
         if not isinstance(hop, SipURI):
             raise SipError(416, "Unsupported URI Scheme")
-        t = (None if routes else self.contacts.hop(fwd.uri_text, self.live_peer)) or uri_target(hop)
+        t = None if routes else flow_target(fwd.uri_text, flow, self.live_peer)
+        t = t or (None if routes else self.contacts.hop(fwd.uri_text, self.live_peer)) \
+            or uri_target(hop)
         return self.forker.start(ctx, fwd, [[Target(fwd.uri_text, t.dest, (), t.host, t.port,
                                                     t.transport)]], now)
 
@@ -604,7 +612,8 @@ class Proxy:
         return self.forker.start_call(ctx, fwd, groups, (noanswer, ring) if noanswer else None, now)
 
     def _groups(self, aor: str, wall: float, dialled: str | None = None) -> list[list[Target]]:
-        return binding_groups(self.store, aor, wall, self._owns, self.live_peer, dialled)
+        return binding_groups(self.store, aor, wall, self._owns, self.live_peer, dialled,
+                              self.udp_socket)
 
     def _no_answer(self, ctx: Context, now: float) -> list[ProxyAction]:
         """ring_timeout passed: cancel what rings, call the forward_noanswer target."""

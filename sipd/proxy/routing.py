@@ -10,14 +10,22 @@ digest of what makes it the same request again and ``target`` a digest of
 the local user it was routed to. A request that comes back with our Via
 and the same key is a loop; one that comes back changed (a spiral) is a
 loop too when it would be routed to the same local user again.
+
+Inside a dialog, this proxy's Record-Route carries a flow token
+(:mod:`~sipd.proxy.flowtoken`): :meth:`Router.strip_own_routes` returns
+the URIs of ours it removed, and :meth:`Router.across` says which flow a
+request goes over.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from sipd.core.identity import LocalIdentity
+from sipd.core.peer import Peer
 from sipd.proxy.context import DEFAULT_MAX_BREADTH
+from sipd.proxy.flowtoken import FlowTokens
 from sipd.proxy.targets import LivePeer, LocalAddresses, Target, binding_target
 from sipd.sip.errors import ParseError, SipError
 from sipd.sip.headers import parse_address
@@ -60,9 +68,12 @@ def max_breadth(req: Request) -> int:
 class Router:
     """This proxy's view of a request's path: what is ours, what is local, what looped."""
 
-    def __init__(self, identity: LocalIdentity, addresses: LocalAddresses) -> None:
+    def __init__(self, identity: LocalIdentity, addresses: LocalAddresses,
+                 flows: FlowTokens | None = None) -> None:
         self.identity = identity
         self.addresses = addresses
+        #: The tokens this proxy writes into its Record-Route, and reads back.
+        self.flows = flows if flows is not None else FlowTokens()
 
     def is_local_aor(self, uri: SipURI) -> bool:
         """A user at one of our domains; a local host with another port is a phone."""
@@ -102,25 +113,38 @@ class Router:
         """
         return any(len(parts) >= 3 and parts[1] == tag for parts in self._ours(req))
 
-    def strip_own_routes(self, fwd: Request) -> bool:
+    def strip_own_routes(self, fwd: Request) -> list[SipURI]:
         """§16.4: a strict router's request comes with our URI as Request-URI;
-        our own Route entries on top are ours to remove. True if any were ours."""
+        our own Route entries on top are ours to remove. The URIs of ours
+        removed (none: the request did not come through our Record-Route)."""
         routes = fwd.values("Route")
         uri = fwd.uri
-        ours = False
-        if routes and isinstance(uri, SipURI) and uri.user is None and self.is_me(uri):
+        ours: list[SipURI] = []
+        if (routes and isinstance(uri, SipURI) and self.is_me(uri)
+                and (uri.user is None or self.flows.decode(uri.user) is not None)):
             fwd.uri = parse_address(routes[-1], "Route").uri
             routes = routes[:-1]
-            ours = True
+            ours.append(uri)
         while routes:
             top = parse_address(routes[0], "Route").uri
             if not (isinstance(top, SipURI) and self.is_me(top)):
                 break
             routes = routes[1:]
-            ours = True
+            ours.append(top)
         if ours:
             fwd.set_values("Route", routes)
         return ours
+
+    def across(self, ours: list[SipURI], source: Peer) -> Peer | None:
+        """The flow a request from ``source`` goes over, from the token in one of
+        ``ours`` (its Route entries of this proxy); None without one, or when
+        the request came over neither of the dialog's flows."""
+        for uri in ours:
+            if uri.user:
+                flows = self.flows.decode(uri.user)
+                if flows is not None:
+                    return FlowTokens.other(flows, source)
+        return None
 
 
 class ContactIndex:
@@ -130,7 +154,10 @@ class ContactIndex:
     reachable only where its REGISTER came from, as for a new call.
     """
 
-    def __init__(self, store: LocationStore) -> None:
+    def __init__(self, store: LocationStore,
+                 udp_socket: Callable[[str], int] | None = None) -> None:
+        #: Our socket of a UDP flow (see :meth:`sipd.core.flows.RegisteredFlows.udp_socket`).
+        self.udp_socket = udp_socket
         self._by_contact: dict[str, Binding] = {}
         for b in store:
             self._by_contact[contact_key(b.contact)] = b
@@ -141,7 +168,7 @@ class ContactIndex:
         if b is None or b.path or not b.received:
             return None
         try:
-            return binding_target(b, live_peer)
+            return binding_target(b, live_peer, self.udp_socket)
         except (SipError, ParseError):
             return None
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sipd.core.peer import Peer
 from sipd.media.relay import behind_nat
@@ -32,9 +32,14 @@ class LocalAddresses:
 
     Keys are ``(transport, 4 or 6)``; values ``(host, port)`` as reachable by
     peers (a wildcard listener is represented by one of the host's addresses).
+    ``by_socket`` names the address of each UDP socket by its ``conn``: a
+    request sent from a given socket says that socket's address, so the
+    answers come back where a NAT lets them through (filled by the daemon
+    once the sockets are served; empty, every socket of a kind is its first).
     """
 
     by_kind: dict[tuple[str, int], tuple[str, int]]
+    by_socket: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     def for_peer(self, peer: Peer) -> tuple[str, int]:
         return self.listener(peer)[1:]
@@ -43,6 +48,10 @@ class LocalAddresses:
         """(transport, host, port) of ours that ``peer`` reaches: its own
         transport and family, else another of the family (sipd opens TLS
         without listening on it)."""
+        if peer.conn and peer.transport == "udp":
+            own = self.by_socket.get(peer.conn)
+            if own is not None:
+                return ("udp", *own)
         family = 6 if ":" in peer.host else 4
         found = self.by_kind.get((peer.transport, family))
         if found is not None:
@@ -124,14 +133,16 @@ def uri_target(uri: SipURI, routes: tuple[str, ...] = (), uri_text: str | None =
     return Target(uri_text or str(uri), dest, routes, address or host, port, transport)
 
 
-def binding_target(b: Binding, live_peer: LivePeer | None = None) -> Target:
+def binding_target(b: Binding, live_peer: LivePeer | None = None,
+                   udp_socket: Callable[[str], int] | None = None) -> Target:
     """A request for a binding: to its Path, else back where its REGISTER came from.
 
-    Over UDP the REGISTER's source is the way through a NAT. Over TCP and
-    TLS it is the connection the phone opened, usable only while it lives
-    (``live_peer`` finds it); without it the contact itself is tried, as
-    RFC 3261 has it. Over WebSocket there is no other way (RFC 7118): with
-    the connection gone, 480.
+    Over UDP the REGISTER's source is the way through a NAT, from the socket
+    the REGISTER came in on (``udp_socket`` knows it; else 0, any socket).
+    Over TCP and TLS it is the connection the phone opened, usable only
+    while it lives (``live_peer`` finds it); without it the contact itself
+    is tried, as RFC 3261 has it. Over WebSocket there is no other way (RFC
+    7118): with the connection gone, 480.
     """
     if b.path:
         first = parse_address(b.path[0], "Path").uri
@@ -157,8 +168,26 @@ def binding_target(b: Binding, live_peer: LivePeer | None = None) -> Target:
             raise SipError(480, "WebSocket connection closed")
         address = _address_text(host)
         if transport == "udp" and port.isdigit() and address is not None:
-            return Target(b.contact, Peer(transport, address, int(port), 0), (), address,
+            conn = udp_socket(b.received) if udp_socket is not None else 0
+            return Target(b.contact, Peer(transport, address, int(port), conn), (), address,
                           int(port), transport, nat)
     if not isinstance(contact, SipURI):
         raise SipError(500, "Bad contact in binding")
     return uri_target(contact, uri_text=b.contact)
+
+
+def flow_target(uri: str, flow: Peer | None, live_peer: LivePeer) -> Target | None:
+    """A request for ``uri`` sent over ``flow`` (a dialog's flow token).
+
+    Over UDP the flow is the address and our socket as they were; over a
+    connection only the connection itself will do, while it is open (a
+    phone behind NAT cannot be connected to).
+    """
+    if flow is None:
+        return None
+    dest: Peer | None = flow
+    if flow.reliable:
+        dest = live_peer(flow.transport, flow.host, flow.port)
+    if dest is None:
+        return None
+    return Target(uri, dest, (), dest.host, dest.port, dest.transport)

@@ -28,6 +28,7 @@ _REMOVED: dict[RemoveReason, str] = {
     RemoveReason.EXPIRED: "registration expired",
     RemoveReason.REPLACED: "contact dropped for a newer one (max_contacts)",
     RemoveReason.ADMIN: "contact removed through the state filesystem",
+    RemoveReason.UNREACHABLE: "contact dropped, unreachable (keepalive_drop_after)",
 }
 
 

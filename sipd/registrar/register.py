@@ -19,15 +19,35 @@ from urllib.parse import unquote
 from sipd.core.peer import Peer
 from sipd.registrar.admission import BindingRules
 from sipd.sip.errors import SipError
-from sipd.sip.headers import Address, format_header_params, quote
+from sipd.sip.headers import Address, format_header_params, parse_address, quote
 from sipd.sip.headers import unquote as unquote_value
 from sipd.sip.message import Request
 from sipd.sip.uri import SipURI, TelURI
 from srfs.files.usrloc import printable
 from srfs.state.location import Binding, LocationStore, Op, Remove, RemoveReason
 
-#: Option tags the registrar implements (RFC 3327 Path).
-REGISTRAR_EXTENSIONS = ("path",)
+#: Option tags the registrar implements (RFC 3327 Path, RFC 5626 outbound).
+REGISTRAR_EXTENSIONS = ("path", "outbound")
+
+
+def uses_outbound(req: Request) -> bool:
+    """RFC 5626 §6: a REGISTER that asks for outbound (``Supported: outbound``)
+    and registers a flow (a contact with ``+sip.instance`` and ``reg-id``)."""
+    tags = {t.lower() for t in (*req.tokens("Supported"), *req.tokens("Require"))}
+    if "outbound" not in tags or req.contact_star:
+        return False
+    return any(c.param("reg-id") is not None and c.param("+sip.instance") is not None
+               for c in req.contacts)
+
+
+def first_hop_lacks_outbound(req: Request) -> bool:
+    """RFC 5626 §6: a flow registered through a proxy is only a flow when the
+    first hop, the proxy next to the phone (the last Path), marks it ``;ob``."""
+    path = req.values("Path")
+    if not path:
+        return False  # a single hop: the flow is the phone's own connection to us
+    first = parse_address(path[-1], "Path").uri
+    return not (isinstance(first, SipURI) and first.has_param("ob"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +86,8 @@ class Registrar:
         unsupported = [t for t in req.tokens("Require") if t.lower() not in REGISTRAR_EXTENSIONS]
         if unsupported:
             raise SipError(420, "Bad Extension", (("Unsupported", ", ".join(unsupported)),))
+        if uses_outbound(req) and first_hop_lacks_outbound(req):
+            raise SipError(439, "First Hop Lacks Outbound Support")
         callid = req.call_id
         cseq = req.cseq.seq
         header_expires = req.expires
@@ -218,5 +240,8 @@ class Registrar:
             headers.append(("Contact", f"<{b.contact}>{format_header_params(tuple(params))}"))
         if "path" in (t.lower() for t in req.tokens("Supported")):
             headers.extend(("Path", v) for v in req.values("Path"))
+        if uses_outbound(req):
+            # RFC 5626 §6: the phone learns its flow is one, and keeps it alive.
+            headers.append(("Require", "outbound"))
         headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
         return tuple(headers)

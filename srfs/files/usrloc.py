@@ -10,6 +10,12 @@ escapes::
 binding. The file on disk also carries ``expires_at`` (Unix time), which
 wins over ``expires`` when the file is read back: a relative time would
 stretch every registration by however long the daemon was down.
+
+``/run/sr`` shows two more attributes at the end of each line, measured
+by sipd's keep-alive and never stored: ``reachable`` (``yes``, ``no`` or
+``unknown``) and, once an answer was timed, ``rtt`` (``12ms``). A line
+written back with them is accepted, and they are ignored: what a probe
+found is not something to set.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections.abc import Iterable
 
 from srfs.files import home
 from srfs.lines import content_lines, quote_value
-from srfs.state.location import Binding
+from srfs.state.location import Binding, Reachability
 from srfs.user import User
 
 MAX_LINE = 4096
@@ -45,8 +51,12 @@ _AOR_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+")
 
 KNOWN_KEYS = frozenset(
     {"aor", "expires", "expires_at", "q", "received", "ua", "callid", "cseq",
-     "instance", "reg_id", "path", "registered"}
+     "instance", "reg_id", "path", "registered", "reachable", "rtt"}
 )
+#: Shown, measured, never set: accepted on a line written back and ignored.
+MEASURED_KEYS = frozenset({"reachable", "rtt"})
+_REACHABLE_VALUES = frozenset({"yes", "no", "unknown"})
+_RTT_RE = re.compile(r"[0-9]{1,9}ms", re.ASCII)
 
 
 class LineError(ValueError):
@@ -87,8 +97,10 @@ def tokenize(line: str) -> list[str]:
     return tokens
 
 
-def format_line(b: Binding, now: float, *, on_disk: bool = False) -> str:
-    """The line for ``b``; ``on_disk`` adds the absolute times."""
+def format_line(b: Binding, now: float, *, on_disk: bool = False,
+                reach: Reachability | None = None) -> str:
+    """The line for ``b``; ``on_disk`` adds the absolute times, ``reach``
+    what the keep-alive found (``/run/sr`` only)."""
     remaining = b.remaining(now)
     parts = [b.contact, f"aor={quote_value(b.aor)}",
              "expires=never" if remaining is None else f"expires={remaining}",
@@ -112,7 +124,16 @@ def format_line(b: Binding, now: float, *, on_disk: bool = False) -> str:
             parts.append(f"expires_at={b.expires:.0f}")
         if b.registered:
             parts.append(f"registered={b.registered:.0f}")
+    if reach is not None:
+        parts.append(f"reachable={reach.state.value}")
+        if reach.rtt is not None:
+            parts.append(f"rtt={format_rtt(reach.rtt)}")
     return " ".join(parts)
+
+
+def format_rtt(seconds: float) -> str:
+    """A round-trip time as the file shows it: whole milliseconds, ``12ms``."""
+    return f"{max(0, round(seconds * 1000))}ms"
 
 
 # Printable ASCII without space: what a URI, an AOR and the other
@@ -170,6 +191,12 @@ def parse_line(line: str, *, user: str, default_aor: str, now: float) -> Binding
         if key in values:
             raise LineError(f"attribute {key!r} given twice")
         values[key] = value
+    reachable = values.get("reachable")
+    if reachable is not None and reachable not in _REACHABLE_VALUES:
+        raise LineError(f"bad reachable {reachable[:20]!r}: expected yes, no or unknown")
+    rtt = values.get("rtt")
+    if rtt is not None and not _RTT_RE.fullmatch(rtt):
+        raise LineError(f"bad rtt {rtt[:20]!r}: expected milliseconds such as 12ms")
     aor = values.get("aor", default_aor)
     if not _AOR_RE.fullmatch(aor):
         raise LineError(f"bad aor {aor!r}")

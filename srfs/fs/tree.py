@@ -560,6 +560,7 @@ class Tree:
         self._applying = False
         if clock is not None:
             store.subscribe(self._on_store_change)
+            store.subscribe_reachability(self._on_reach_change)
 
     # ------------------------------------------------------------ members
 
@@ -723,8 +724,9 @@ class Tree:
         # A binding past its expiry that the store's timer has not removed
         # yet is already gone for SIP; showing it as "expires=0" would also
         # make a write-back of the file read as a removal request.
+        reach = self.store.reachability
         return "".join(
-            format_line(b, now) + "\n"
+            format_line(b, now, reach=reach(b.aor, b.key)) + "\n"
             for b in self.contacts_of(user)
             if b.expires is None or b.expires > now
         )
@@ -788,6 +790,11 @@ class Tree:
         if self._applying or self._clock is None:
             return
         self.note_change(change, self._clock())
+
+    def _on_reach_change(self, binding: Binding) -> None:
+        # What a probe found shows in the contacts file: its time changes too.
+        assert self._clock is not None
+        self.touch(f"/{binding.user}/contacts", self._clock())
 
     # ------------------------------------------------------------ writing
 

@@ -108,6 +108,7 @@ _REMOVED = {
     RemoveReason.UNREGISTERED: "request",
     RemoveReason.REPLACED: "replaced",
     RemoveReason.ADMIN: "admin",
+    RemoveReason.UNREACHABLE: "unreachable",
 }
 
 

@@ -9,6 +9,12 @@ and are never called by the registrar directly.
 
 Time is passed in (wall-clock seconds): expiry is absolute so that it
 survives a restart.
+
+Beside each binding the store keeps its :class:`Reachability`: whether the
+phone answered sipd's last keep-alive probe, and how fast. It is measured
+(by the keep-alive, its one writer), never registered, so it is not part of
+a :class:`Binding`, changes no binding and wakes none of the change
+subscribers; it lives and goes with its binding, and is not persisted.
 """
 
 from __future__ import annotations
@@ -140,6 +146,33 @@ def _split_hostport(hostport: str) -> tuple[str, str]:
     return (host, port) if colon else (hostport, "")
 
 
+class Reach(Enum):
+    """What the last keep-alive probe of a binding found."""
+
+    UNKNOWN = "unknown"
+    """Not probed (yet), or probing is off for it."""
+    YES = "yes"
+    """The last probe was answered (any response counts)."""
+    NO = "no"
+    """The last probe went unanswered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reachability:
+    """A binding's reachability and the round-trip time of its last answer.
+
+    ``rtt`` (seconds) stays from the last answer while the binding is
+    unreachable: it is what was last measured, not a guess.
+    """
+
+    state: Reach = Reach.UNKNOWN
+    rtt: float | None = None
+
+
+#: A binding nobody probed.
+UNPROBED = Reachability()
+
+
 class ChangeKind(Enum):
     ADDED = "added"
     UPDATED = "updated"
@@ -153,6 +186,8 @@ class RemoveReason(Enum):
     """Pushed out by ``max_contacts`` with ``overflow = replace-oldest``."""
     ADMIN = "admin"
     """Removed through the state filesystem or by the administrator."""
+    UNREACHABLE = "unreachable"
+    """Dropped after going unanswered for ``keepalive_drop_after`` seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +200,8 @@ class Change:
 
 
 Subscriber = Callable[[Change], None]
+#: Told of a binding whose :class:`Reachability` changed.
+ReachSubscriber = Callable[[Binding], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +242,9 @@ class LocationStore:
         self._by_user: dict[str, str | set[str]] = {}
         self._heap: list[tuple[float, str, str]] = []
         self._subscribers: list[Subscriber] = []
+        #: Only bindings that were probed have an entry: most have none.
+        self._reach: dict[tuple[str, str], Reachability] = {}
+        self._reach_subscribers: list[ReachSubscriber] = []
         self._stats = LocationStatistics()
         self._count = 0
 
@@ -241,6 +281,14 @@ class LocationStore:
         for bindings in self._aors.values():
             yield from bindings.values()
 
+    def reachability(self, aor: str, key: str) -> Reachability:
+        """What the keep-alive last found for the binding ``key`` of ``aor``."""
+        return self._reach.get((aor, key), UNPROBED)
+
+    def unreachable(self) -> int:
+        """Bindings whose last probe went unanswered."""
+        return sum(1 for r in self._reach.values() if r.state is Reach.NO)
+
     def statistics(self) -> LocationStatistics:
         s = self._stats
         s.aors = len(self._aors)
@@ -252,6 +300,24 @@ class LocationStore:
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
+
+    def subscribe_reachability(self, subscriber: ReachSubscriber) -> None:
+        self._reach_subscribers.append(subscriber)
+
+    def set_reachability(self, aor: str, key: str, reach: Reachability) -> None:
+        """Record what a probe found; ignored for a binding that is gone."""
+        binding = self.get(aor, key)
+        if binding is None:
+            return
+        ident = (aor, key)
+        if self._reach.get(ident, UNPROBED) == reach:
+            return
+        if reach == UNPROBED:
+            self._reach.pop(ident, None)
+        else:
+            self._reach[ident] = reach
+        for sub in self._reach_subscribers:
+            sub(binding)
 
     def _notify(self, change: Change) -> None:
         for sub in self._subscribers:
@@ -296,6 +362,7 @@ class LocationStore:
         if not found or key not in found:
             return None
         binding = found.pop(key)
+        self._reach.pop((aor, key), None)
         self._count -= 1
         if not found:
             del self._aors[aor]

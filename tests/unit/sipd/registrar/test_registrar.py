@@ -427,6 +427,41 @@ def test_instance_and_reg_id_update_the_same_binding() -> None:
     assert len(h.store.lookup("alice")) == 2
 
 
+OB_INSTANCE = '"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"'
+OB_CONTACT = f"<sip:alice@192.0.2.7:5062;ob>;+sip.instance={OB_INSTANCE};reg-id=1"
+
+
+def test_outbound_registration_gets_require_outbound() -> None:
+    """RFC 5626 §6: a flow asked for with Supported: outbound is confirmed in the 200."""
+    h = Harness()
+    resp = h.register(contacts=[OB_CONTACT], extra="Supported: path, outbound")
+    assert resp.status == 200
+    assert resp.tokens("Require") == ["outbound"]
+    # The flow over UDP: the phone's address, and the socket of ours it came in on.
+    assert h.endpoint.flows is not None
+    assert h.endpoint.flows.udp_socket(f"udp:{SRC.host}:{SRC.port}") == SRC.conn
+    (b,) = h.store.lookup("alice")
+    assert (b.instance, b.reg_id) == ("<urn:uuid:00000000-0000-1000-8000-000A95A0E128>", 1)
+    # Without the option tag, or without reg-id, it is an ordinary registration.
+    assert "Require" not in h.register(contacts=[OB_CONTACT])
+    plain = f"<sip:alice@192.0.2.7:5063>;+sip.instance={OB_INSTANCE}"
+    assert "Require" not in h.register(contacts=[plain], extra="Supported: outbound")
+    # A phone may require it too: sipd supports it.
+    resp = h.register(contacts=[OB_CONTACT], extra="Require: outbound")
+    assert resp.status == 200 and resp.tokens("Require") == ["outbound"]
+
+
+def test_outbound_through_a_proxy_needs_ob_on_the_first_hop() -> None:
+    h = Harness()
+    through = "Supported: path, outbound\r\nPath: <sip:core.example;lr>\r\nPath: <sip:edge.example;lr>"
+    resp = h.register(contacts=[OB_CONTACT], extra=through)
+    assert (resp.status, resp.reason) == (439, "First Hop Lacks Outbound Support")
+    assert h.store.lookup("alice") == []
+    # The edge proxy (the last Path, next to the phone) marks it: a flow.
+    resp = h.register(contacts=[OB_CONTACT], extra=through.replace("edge.example;lr", "edge.example;lr;ob"))
+    assert resp.status == 200 and resp.tokens("Require") == ["outbound"]
+
+
 def test_path_is_stored_and_echoed_when_supported() -> None:
     h = Harness()
     resp = h.register(extra="Path: <sip:edge.example;lr>\r\nSupported: path")

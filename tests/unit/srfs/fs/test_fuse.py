@@ -215,7 +215,7 @@ def test_append_adds_a_static_contact(fs: Mount) -> None:
     ok(f"echo '{PBX}' >> {fs.p('u1/contacts')}")
     lines = fs.read("u1/contacts").splitlines()
     assert lines[0].startswith(PHONE)
-    assert lines[1] == f"{PBX} aor=u1 expires=never q=1.0"
+    assert lines[1] == f"{PBX} aor=u1 expires=never q=1.0 reachable=unknown"
     assert fs.records()[-1] == {"contacts": 1}
 
 
@@ -230,7 +230,7 @@ def test_append_expires_zero_removes(fs: Mount) -> None:
 @needs_fuse
 def test_truncating_write_replaces_and_colon_clears(fs: Mount) -> None:
     ok(f"echo '{PBX}' > {fs.p('u1/contacts')}")
-    assert fs.read("u1/contacts") == f"{PBX} aor=u1 expires=never q=1.0\n"
+    assert fs.read("u1/contacts") == f"{PBX} aor=u1 expires=never q=1.0 reachable=unknown\n"
     ok(f": > {fs.p('u1/contacts')}")
     assert fs.read("u1/contacts") == ""
     assert "contacts: 0\n" in fs.read("status")
@@ -243,7 +243,7 @@ def test_truncate_command_and_cp_replace(fs: Mount) -> None:
     src = os.path.join(fs.base, "good")
     Path(src).write_text(f"# a comment\n{PBX}\n")
     ok(f"cp {src} {fs.p('u1/contacts')}")
-    assert fs.read("u1/contacts") == f"{PBX} aor=u1 expires=never q=1.0\n"
+    assert fs.read("u1/contacts") == f"{PBX} aor=u1 expires=never q=1.0 reachable=unknown\n"
 
 
 @pytest.mark.parametrize("redirect", [">>", ">"])

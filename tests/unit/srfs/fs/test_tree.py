@@ -28,7 +28,16 @@ from srfs.fs.tree import (
     render_metrics,
     render_status,
 )
-from srfs.state.location import Binding, Change, ChangeKind, LocationStore, RemoveReason
+from srfs.state.location import (
+    UNPROBED,
+    Binding,
+    Change,
+    ChangeKind,
+    LocationStore,
+    Reach,
+    Reachability,
+    RemoveReason,
+)
 from srfs.user import User
 
 NOW = 1_700_000_000.0
@@ -302,7 +311,8 @@ def test_contacts_render_with_format_line(w: World) -> None:
     ]
     for b in bs:
         w.store.upsert(b)
-    expected = [format_line(b, NOW) for b in sorted(bs, key=lambda b: b.registered)]
+    expected = [format_line(b, NOW, reach=UNPROBED)
+                for b in sorted(bs, key=lambda b: b.registered)]
     assert contacts(w).splitlines() == expected
     assert contacts(w).endswith("\n")
     assert "expires=never" in contacts(w)
@@ -316,7 +326,7 @@ def test_contacts_show_every_aor_of_the_user_and_nobody_else(w: World) -> None:
     lines = contacts(w).splitlines()
     assert [line.split()[1] for line in lines] == ["aor=1003", "aor=jan"]
     assert contacts(w, "bob").splitlines() == [
-        format_line(w.store.lookup("bob")[0], NOW)]
+        format_line(w.store.lookup("bob")[0], NOW, reach=UNPROBED)]
 
 
 def test_contacts_order_is_stable_across_refreshes(w: World) -> None:
@@ -517,7 +527,7 @@ def test_append_adds_a_static_contact(w: World) -> None:
     assert [c.kind for c in changes] == [ChangeKind.ADDED]
     b = w.store.lookup("jan")[0]
     assert (b.contact, b.aor, b.user, b.static, b.callid, b.cseq) == (PBX, "jan", "jan", True, "", 0)
-    assert contacts(w) == f"{PBX} aor=jan expires=never q=1.0\n"
+    assert contacts(w) == f"{PBX} aor=jan expires=never q=1.0 reachable=unknown\n"
     assert w.seen == changes
 
 
@@ -694,6 +704,52 @@ def test_writing_back_what_cat_showed_changes_nothing(w: World) -> None:
     assert w.tree.apply_contacts("jan", shown, "replace", NOW + 0.5) == []
     assert w.tree.apply_contacts("jan", shown, "append", NOW + 0.5) == []
     assert w.seen == []
+
+
+def test_reachability_is_appended_after_every_other_attribute(w: World) -> None:
+    w.store.upsert(binding(DESK, expires=NOW + 60, received="udp:203.0.113.5:40000",
+                           registered=NOW - 2))
+    w.store.upsert(binding(PBX, expires=None, registered=NOW - 1))
+    w.paths.clear()
+    w.clock[0] = NOW + 5
+    desk = next(b for b in w.store.lookup("jan") if b.contact == DESK)
+    w.store.set_reachability("jan", desk.key, Reachability(Reach.YES, 0.0124))
+    # The file's time moves with what a probe found: readers see the change.
+    assert w.paths == ["/jan/contacts"]
+    assert w.tree.attributes("/jan/contacts", NOW + 5).mtime == NOW + 5
+    lines = contacts(w).splitlines()
+    assert lines[0] == (f"{DESK} aor=jan expires=60 q=1.0 received=udp:203.0.113.5:40000 "
+                        "reachable=yes rtt=12ms")
+    assert lines[1] == f"{PBX} aor=jan expires=never q=1.0 reachable=unknown"
+    w.store.set_reachability("jan", desk.key, Reachability(Reach.NO, 0.0124))
+    assert contacts(w).splitlines()[0].endswith(" reachable=no rtt=12ms")
+    # Written back, the measured attributes are accepted and change nothing.
+    w.seen.clear()
+    assert w.tree.apply_contacts("jan", contacts(w).encode(), "replace", NOW) == []
+    assert w.seen == []
+    assert w.store.reachability("jan", desk.key).state is Reach.NO
+
+
+@pytest.mark.parametrize("attr", ["reachable=maybe", "reachable=", "rtt=12", "rtt=fast",
+                                  "rtt=-3ms"])
+def test_measured_attributes_are_checked_when_written(w: World, attr: str) -> None:
+    with pytest.raises(TreeError) as caught:
+        w.tree.apply_contacts("jan", f"{PBX} {attr}\n".encode(), "append", NOW)
+    assert caught.value.errno == errno.EINVAL
+
+
+def test_reachability_goes_with_its_binding(w: World) -> None:
+    w.store.upsert(binding(DESK))
+    b = w.store.lookup("jan")[0]
+    w.store.set_reachability("jan", b.key, Reachability(Reach.NO, None))
+    assert w.store.unreachable() == 1
+    w.store.remove("jan", b.key, RemoveReason.UNREACHABLE)
+    assert w.store.unreachable() == 0
+    w.store.upsert(binding(DESK))
+    assert w.store.reachability("jan", b.key) == UNPROBED
+    # A binding that is not there has nothing to record.
+    w.store.set_reachability("jan", "sip:nobody@192.0.2.99:5060;", Reachability(Reach.YES, 0.1))
+    assert w.store.unreachable() == 0
 
 
 def test_replace_edits_only_the_edited_line(w: World) -> None:
