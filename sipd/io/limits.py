@@ -5,13 +5,18 @@ opens: a home's ``~/.sr`` files, the passwd and group files NSS reads, the
 modules and files of the PAM stack. A daemon that lets connections take
 the last descriptor gets ``EMFILE`` in those threads, and a user database
 that cannot be read must not become a refused login. So the connection cap
-is kept below the limit by a reserve.
+is kept below the limit by a reserve, and a listener that gets ``EMFILE``
+anyway waits a moment (:func:`accept`) instead of spinning on it.
 """
 
 from __future__ import annotations
 
 import logging
 import resource
+
+import trio
+
+from srfs.logtext import Tally
 
 log = logging.getLogger("sipd")
 
@@ -69,3 +74,20 @@ def tcp_connection_cap(configured: int, limit: int | None = None) -> int:
                     "%d descriptors are kept for homes, NSS and PAM",
                     configured, cap, limit, reserve(limit))
     return cap
+
+
+async def accept(listener: trio.SocketListener, failures: Tally, what: str) -> trio.SocketStream:
+    """The next connection on ``listener``; a failed accept is retried after 0.1 s.
+
+    ``EMFILE`` and its kin leave the pending connection queued: retrying at
+    once would spin. ``failures`` keeps the log to a line now and then,
+    naming ``what`` listens.
+    """
+    while True:
+        try:
+            return await listener.accept()
+        except OSError as exc:
+            failed = failures.count(trio.current_time())
+            if failed is not None:
+                log.warning("%s accept failed %d time(s): %s", what, failed, exc)
+            await trio.sleep(0.1)

@@ -37,6 +37,7 @@ import h11
 import trio
 
 from sipd.config import HostPort
+from sipd.io.limits import accept
 from sipd.io.transport import StartupError
 from srfs.logtext import Tally
 
@@ -133,15 +134,7 @@ class MetricsServer:
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    # EMFILE and friends: wait instead of spinning.
-                    failed = self._accept_failures.count(trio.current_time())
-                    if failed is not None:
-                        log.warning("metrics endpoint: accept failed %d time(s): %s", failed, exc)
-                    await trio.sleep(0.1)
-                    continue
+                stream = await accept(listener, self._accept_failures, "metrics endpoint")
                 # Nothing awaits from here to start_soon: the cap holds exactly.
                 if self.open >= self.max_connections:
                     self.refused += 1

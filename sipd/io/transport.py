@@ -46,6 +46,7 @@ import trio
 from sipd.config import ListenAddress
 from sipd.core.peer import Outgoing, Peer
 from sipd.core.work import Action, Ask, Job, Outcome
+from sipd.io.limits import accept
 from sipd.io.liveness import Close, Liveness
 from sipd.io.tls import TlsContexts
 from sipd.io.websocket import WsClosed, WsServer
@@ -516,15 +517,7 @@ class Transports:
                                   kind: str = "tcp") -> None:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
         while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                # EMFILE and friends: wait instead of spinning.
-                failed = self._accept_failures.count(trio.current_time())
-                if failed is not None:
-                    log.warning("tcp accept failed %d time(s): %s", failed, exc)
-                await trio.sleep(0.1)
-                continue
+            stream = await accept(listener, self._accept_failures, kind)
             # From here to start_soon nothing awaits: the connection is
             # counted before the next accept, so the caps hold exactly.
             try:

@@ -215,17 +215,19 @@ def test_keepalives_keep_only_connections_that_carry_a_registration(
         assert status_of(phone.register()) == 200
 
         # Nothing but pings: closed after the short idle time, pings or not.
+        # (The bound above is loose for loaded machines: what matters is
+        # that the 1 s rule closed it, not the 60 s one.)
         idle = connect_many(stack, sipd.port, 1, "127.0.0.3")[0]
-        took = closed_within(idle, limit=4.0)
-        assert took is not None and 0.9 <= took <= 2.5, took
+        took = closed_within(idle, limit=15.0)
+        assert took is not None and 0.9 <= took <= 10, took
 
         # A SIP message counts; the pings after it do not.
         chatty = connect_many(stack, sipd.port, 1, "127.0.0.4")[0]
         chatty.sendall(options("sip:127.0.0.1", via_host="127.0.0.4",
                                via_port=chatty.getsockname()[1], transport="TCP"))
         assert status_of(chatty.recv(65536)) == 200
-        took = closed_within(chatty, limit=4.0)
-        assert took is not None and 0.9 <= took <= 2.5, took
+        took = closed_within(chatty, limit=15.0)
+        assert took is not None and 0.9 <= took <= 10, took
 
         # The registered phone lived through the same pings, and is served.
         assert closed_within(phone.sock, limit=1.0) is None
