@@ -27,7 +27,11 @@ INSTALL="$RUN python3 python3-venv python3-dev"
 # its DID with uac_reg and relaying calls; its service is not started here.
 # iproute2 and iptables: a real NAT for a phone (network namespaces, veth
 # pairs, MASQUERADE inside a namespace; tests/netns.py).
-TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus rtpengine-daemon kamailio iproute2 iptables"
+# chromium: the browser a web phone (JsSIP, which the test installs with
+# npm under build/) registers and calls from over wss, headless;
+# libnss3-tools: certutil, which makes Chromium trust the test's CA the way
+# a user's browser is made to (tests/e2e/test_browser_phone_e2e.py).
+TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus rtpengine-daemon kamailio iproute2 iptables chromium libnss3-tools"
 
 case $mode in
     run) PACKAGES=$RUN target=run ;;
@@ -44,6 +48,12 @@ for p in $PACKAGES; do
         *) missing="$missing $p" ;;
     esac
 done
+# nodejs and npm: npm installs JsSIP for the browser phone test. An npm
+# already on PATH is used as it is: NodeSource's nodejs carries its own and
+# conflicts with Debian's npm package.
+if [ "$mode" = test ] && ! command -v npm >/dev/null 2>&1; then
+    missing="$missing nodejs npm"
+fi
 if [ -n "$missing" ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: these Debian packages are missing:$missing; run 'make $target' as root" >&2
