@@ -2,7 +2,8 @@
 
 :func:`running_rtpengine` starts Debian's ``rtpengine`` without its kernel
 module (``--table=-1``), with no config file, its ng socket on a free port
-and its media ports in a small window of its own below the ephemeral range
+of 127.0.0.1 and its media ports (on 127.0.0.1 too unless told another
+address of this host) in a small window of its own below the ephemeral range
 (where the test's sipp and sipd ports come from); :class:`Rtpengine` asks
 it ng questions (``list``, ``query``) the way the tests check what it did.
 The ng messages are made with the project's codec; the ones a test
@@ -38,10 +39,13 @@ def rtpengine_binary() -> str | None:
 class Rtpengine:
     """One rtpengine process and an ng client for it."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, ports: range, log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, ports: range, log: Path,
+                 interface: str = "127.0.0.1") -> None:
         self.proc = proc
         self.port = port
         self.ports = ports
+        #: Where its media ports are: the address its SDP names.
+        self.interface = interface
         self.log_path = log
         self.address = f"udp:127.0.0.1:{port}"
         self._seq = 0
@@ -85,15 +89,16 @@ class Rtpengine:
 
 
 @contextmanager
-def running_rtpengine(tmp: Path) -> Iterator[Rtpengine]:
-    """rtpengine in the foreground, answering ng; killed at the end, also on failure."""
+def running_rtpengine(tmp: Path, interface: str = "127.0.0.1") -> Iterator[Rtpengine]:
+    """rtpengine in the foreground, answering ng on 127.0.0.1, its media ports on
+    ``interface``; killed at the end, also on failure."""
     binary = rtpengine_binary()
     assert binary is not None, "rtpengine is not installed (Debian package rtpengine-daemon)"
     port = free_port()
     start = 20000 + random.randrange(100) * PORT_WINDOW
     ports = range(start, start + PORT_WINDOW)
     log = tmp / f"rtpengine-{port}.log"
-    cmd = [binary, "--config-file=none", "--table=-1", "--interface=127.0.0.1",
+    cmd = [binary, "--config-file=none", "--table=-1", f"--interface={interface}",
            f"--listen-ng=127.0.0.1:{port}", "--foreground", "--log-stderr",
            f"--port-min={ports.start}", f"--port-max={ports.stop - 1}",
            # A deleted call leaves at once, so "list" tells that it was deleted.
@@ -101,7 +106,7 @@ def running_rtpengine(tmp: Path) -> Iterator[Rtpengine]:
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
-    engine = Rtpengine(proc, port, ports, log)
+    engine = Rtpengine(proc, port, ports, log, interface)
     try:
         deadline = time.monotonic() + 15
         while True:
