@@ -25,7 +25,6 @@ rules (the host's nat table as it was), also when the test fails.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -34,10 +33,17 @@ from pathlib import Path
 import pytest
 
 from tests import netns
-from tests.e2e.test_rtpengine_e2e import REALM, SIPP, Phones, connection, media_port
-from tests.rtpengine import Rtpengine, rtpengine_binary, running_rtpengine
+from tests.e2e.test_rtpengine_e2e import (
+    REALM,
+    SIPP,
+    Phones,
+    connection,
+    media_port,
+    two_phone_users,
+)
+from tests.rtpengine import Rtpengine, running_rtpengine
 from tests.sipclient import Daemon, free_port, running_sipd, wait_for
-from tests.unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
+from tests.unixusers import FakeUnix, give_passwords
 
 pytestmark = [
     pytest.mark.sipp,
@@ -54,12 +60,7 @@ MEDIA_PORT = 7078
 
 @pytest.fixture(scope="module")
 def unix() -> Iterator[FakeUnix]:
-    if shutil.which("sipp") is None:
-        pytest.fail("sipp is not installed: run 'make setup' (Debian package sip-tester)")
-    if rtpengine_binary() is None:
-        pytest.skip("RTPENGINE IS NOT INSTALLED: the media relay is untested here; install "
-                    "Debian's rtpengine-daemon (make setup does)")
-    with fake_unix((UserSpec("alice", groups=("sip",)), UserSpec("bob", groups=("sip",)))) as u:
+    with two_phone_users() as u:
         yield u
 
 

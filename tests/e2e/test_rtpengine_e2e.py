@@ -36,14 +36,21 @@ TALK_MS = 3000
 pytestmark = [pytest.mark.sipp, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def unix() -> Iterator[FakeUnix]:
+@contextmanager
+def two_phone_users() -> Iterator[FakeUnix]:
+    """alice and bob in the SIP group, once sipp and rtpengine are known to be here."""
     if shutil.which("sipp") is None:
         pytest.fail("sipp is not installed: run 'make setup' (Debian package sip-tester)")
     if rtpengine_binary() is None:
         pytest.skip("RTPENGINE IS NOT INSTALLED: the media relay is untested here; install "
                     "Debian's rtpengine-daemon (make setup does)")
     with fake_unix((UserSpec("alice", groups=("sip",)), UserSpec("bob", groups=("sip",)))) as u:
+        yield u
+
+
+@pytest.fixture(scope="module")
+def unix() -> Iterator[FakeUnix]:
+    with two_phone_users() as u:
         yield u
 
 
