@@ -360,3 +360,42 @@ def test_a_call_while_the_user_database_fails_is_503_not_404(
     # Once it answers again, an unknown name gets what any stranger gets
     # for a user who is not there.
     assert call(sipd.port, "no-such-user") == 480
+
+
+def nss_calls(metrics: str, call: str) -> int:
+    found = re.search(rf'^sipd_nss_calls_total{{call="{call}"}} (\d+)$', metrics, re.M)
+    return int(found.group(1)) if found else 0
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                    reason="needs /dev/fuse and root to mount the state filesystem")
+def test_the_tree_keeps_its_users_while_the_user_database_fails(
+        tmp_path: Path, unix: FakeUnix, mnt: Path, passwords: dict[str, str]) -> None:
+    conf = tmp_path / "fs.toml"
+    conf.write_text(f'mount_enabled = true\nmount = "{mnt}"\n')
+    with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as daemon:
+        wait_for(lambda: (mnt / "alice").exists() and (mnt / "bob").exists(), "the mount")
+        metrics = (mnt / "metrics").read_text()
+        listed, groups = nss_calls(metrics, "all_passwd"), nss_calls(metrics, "getgrnam")
+        assert listed >= 1, metrics
+        # Two refreshes of the group (every 5 s) list no account.
+        wait_for(lambda: nss_calls((mnt / "metrics").read_text(), "getgrnam") >= groups + 2,
+                 "two refreshes of the group", timeout=20)
+        assert nss_calls((mnt / "metrics").read_text(), "all_passwd") == listed
+        with BrokenFiles(unix, group=True):
+            wait_for(lambda: "cannot refresh the SIP group" in daemon.log,
+                     "a refresh during the outage", timeout=15)
+            assert {"alice", "bob"} <= set(os.listdir(mnt))
+            # A directory client that times out answers "not found": the
+            # group file missing is that answer, and it removes nobody either.
+            unix.group.unlink()
+            groups = nss_calls((mnt / "metrics").read_text(), "getgrnam")
+            wait_for(lambda: nss_calls((mnt / "metrics").read_text(), "getgrnam") >= groups + 2,
+                     "a refresh with the group missing", timeout=20)
+            assert {"alice", "bob"} <= set(os.listdir(mnt))
+        wait_for(lambda: "SIP group read again" in daemon.log, "the end of the outage",
+                 timeout=15)
+        assert {"alice", "bob"} <= set(os.listdir(mnt))
+        log = daemon.log
+    assert "left group" not in log, log
+    assert log.count("cannot refresh the SIP group") == 1, log
