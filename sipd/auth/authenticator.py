@@ -228,8 +228,8 @@ class Refused:
     """The answer to a request that did not authenticate.
 
     A challenge (401/407 with its headers), a throttled request (403) or a
-    user database that failed (503 with Retry-After). ``not_before`` is the wall-clock time
-    before which it must not be sent (failures wait for
+    user database that failed (503 with Retry-After). ``not_before`` is the
+    wall-clock time before which it must not be sent (failures wait for
     :data:`AUTH_FAILURE_DELAY`), or None.
     """
 
