@@ -305,7 +305,6 @@ class Proxy:
                 if outcome.error is not None:
                     self._directory_failed(f"trunk owner {log_quote(user, 64)}", outcome.error,
                                            later)
-                self.auth.health.answered(self.wall(later))
                 state = outcome.get()
                 if state is not None and state.allowed:
                     self.stats.proxy_trunk_calls += 1
@@ -540,7 +539,11 @@ class Proxy:
                       name=f"user {aor}", directory=True)]
 
     def _directory_failed(self, what: str, error: BaseException, now: float) -> NoReturn:
-        """A look-up the failing user database could not answer: 503, never a 404."""
+        """A look-up the failing user database could not answer: 503, never a 404.
+
+        Only the authenticator's look-ups say the outage ended: a user found
+        here may have been found from the last good answer.
+        """
         health = self.auth.health
         health.failed(what, error, self.wall(now))
         refused = health.refusal()
@@ -551,7 +554,6 @@ class Proxy:
                      now: float, *, alias: bool = False) -> list[ProxyAction]:
         if outcome.error is not None:
             self._directory_failed(log_quote(aor, 64), outcome.error, now)
-        self.auth.health.answered(self.wall(now))
         chain, caller_config = outcome.get()
         if caller_config is not None:
             apply_display_name(fwd, caller_config)

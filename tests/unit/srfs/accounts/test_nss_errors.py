@@ -399,3 +399,46 @@ def test_the_tree_keeps_its_users_while_the_user_database_fails(
         log = daemon.log
     assert "left group" not in log, log
     assert log.count("cannot refresh the SIP group") == 1, log
+
+
+_CALLEE_DURING_OUTAGE = """
+import json, os, sys
+from srfs.accounts import users
+from sipd.proxy.users import HomeUsers
+
+passwd = sys.argv[1]
+found = HomeUsers("sip")
+out = {"before": found.find("alice")[0]}
+saved = open(passwd).read()
+# Unlinked, not rewritten: the wrapper reopens the path once its file is gone.
+os.unlink(passwd)
+os.symlink(os.path.basename(passwd), passwd)
+try:
+    out["alice during"] = found.find("alice")[0]
+    try:
+        out["bob during"] = found.find("bob")[0]
+    except users.DirectoryUnavailable as exc:
+        out["bob during"] = exc.errno
+finally:
+    os.unlink(passwd)
+    with open(passwd, "w") as f:
+        f.write(saved)
+    os.chmod(passwd, 0o644)
+print(json.dumps(out))
+"""
+
+
+def test_a_callee_found_before_is_found_while_the_user_database_fails(unix: FakeUnix) -> None:
+    saved = unix.passwd.read_bytes()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CALLEE_DURING_OUTAGE, str(unix.passwd)],
+                              env=unix.env, cwd=unix.root, capture_output=True, text=True,
+                              timeout=30)
+    finally:
+        if unix.passwd.is_symlink() or unix.passwd.read_bytes() != saved:
+            unix.passwd.unlink(missing_ok=True)
+            unix.passwd.write_bytes(saved)
+            unix.passwd.chmod(0o644)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"before": True, "alice during": True, "bob during": errno.ELOOP}
