@@ -398,7 +398,7 @@ class Endpoint:
         def done(outcome: Outcome[Any], later: float) -> list[Action]:
             return self._drain(self._run_proxy(defer.then(outcome, later), later), later)
 
-        return Job(defer.run, done, name=defer.name)
+        return Job(defer.run, done, name=defer.name, directory=defer.directory)
 
     def _proxy_ask(self, ask: Ask[list[ProxyAction]]) -> Ask[list[Action]]:
         def then(outcome: Outcome[dict[str, Any]], later: float) -> list[Action]:
@@ -454,7 +454,7 @@ class Endpoint:
                 answer = self.server.guard(txn.request, lambda: defer.then(outcome, later))
                 return self._drain(self._respond(txn, answer, later), later)
 
-            return [Job(defer.run, done, name=defer.name)]
+            return [Job(defer.run, done, name=defer.name, directory=defer.directory)]
         if isinstance(reply, Commit):
             return self._commit(txn, reply, now)
         if isinstance(reply, Later):
@@ -473,7 +473,8 @@ class Endpoint:
             return self._drain(self._respond(txn, answer, later), later)
 
         if self.persistence is not None:
-            return self.persistence.commit(commit.user, commit.plan, finish, now)
+            return self.persistence.commit(commit.user, commit.plan, finish, now,
+                                           owner=commit.owner)
         if self.store is None:
             return finish(Outcome(error=RuntimeError("no location store")), now)
         # No disk behind this endpoint (tests): plan and apply at once.

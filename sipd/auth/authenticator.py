@@ -13,6 +13,17 @@ arrived; a throttled request gets the same 403 whoever it names. The log
 says which, one line per failure, in a form fail2ban can match::
 
     auth failed: user "jan" from 203.0.113.5 port 5060 (REGISTER): wrong password
+
+A user database that fails to answer (NSS or PAM could not look, as
+opposed to "no such user") is nobody's failed login: the request gets
+``503 Service Unavailable`` with ``Retry-After`` (:data:`RETRY_AFTER`),
+is never counted by the throttle and never logged as ``auth failed``. A
+user whose account was looked up before is served from that answer
+meanwhile (:meth:`RecentAccounts.last_good`). The outage is logged once
+when it begins and once when it ends (:class:`DirectoryHealth`); while it
+lasts, one look-up at a time probes the directory and other requests
+that would need one get their 503 at once, so a hanging directory holds
+no queue of requests.
 """
 
 from __future__ import annotations
@@ -53,6 +64,56 @@ log = logging.getLogger("sipd.auth")
 #: the look-ups cost (NSS, the SIP group, PAM, ``~/.sr/passwd``): an unknown
 #: user, a user outside the group and a wrong password take the same time.
 AUTH_FAILURE_DELAY = 0.5
+
+#: Seconds a phone is asked to wait (``Retry-After``) while the user database fails.
+RETRY_AFTER = 30
+
+UNAVAILABLE_REASON = "User database unavailable"
+
+
+def unavailable_headers() -> tuple[tuple[str, str], ...]:
+    return (("Retry-After", str(RETRY_AFTER)),)
+
+
+class DirectoryHealth:
+    """Whether the user database answers, as the look-ups found it.
+
+    Sans-IO: the callers report each look-up's outcome with the wall
+    clock. The outage is logged when it begins and when it ends, never per
+    request; ``failures`` counts the look-ups that failed (metrics).
+    """
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.failures = 0
+        self.outages = 0
+        self.refused = 0
+        #: A look-up is under way while down: the one probe.
+        self.probing = False
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def failed(self, what: str, error: BaseException, wall: float) -> None:
+        self.failures += 1
+        if self.down_since is None:
+            self.down_since = wall
+            self.outages += 1
+            log.error("user database unavailable (looking up %s: %s): requests that need it "
+                      "get 503 until it answers; cached accounts are still served", what, error)
+
+    def answered(self, wall: float) -> None:
+        if self.down_since is not None:
+            log.warning("user database answers again after %.0f s (%d request(s) got 503)",
+                        max(0.0, wall - self.down_since), self.refused)
+            self.down_since = None
+            self.refused = 0
+
+    def refusal(self) -> Refused:
+        """The answer to a request the failing database cannot decide."""
+        self.refused += 1
+        return Refused(503, UNAVAILABLE_REASON, unavailable_headers())
 
 
 
@@ -98,6 +159,9 @@ class RecentAccounts:
         self.negative_ttl = negative_ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, Account | None]] = OrderedDict()
+        #: The last allowed account the directory gave per user, for its
+        #: outages only: dropped when the directory says otherwise.
+        self._good: OrderedDict[str, Account] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -113,8 +177,25 @@ class RecentAccounts:
         self.misses += 1
         return False, None
 
+    def last_good(self, name: str) -> Account | None:
+        """The last allowed account looked up for ``name``, whatever its age, if its
+        ``~/.sr/passwd`` has not changed since: what serves the user while the
+        directory fails."""
+        account = self._good.get(name)
+        if account is None or not self.fresh(account):
+            return None
+        return account
+
     def put(self, name: str, account: Account | None, now: float) -> None:
         good = account is not None and account.allowed
+        if account is not None and good:
+            self._good[name] = account
+            self._good.move_to_end(name)
+            while len(self._good) > self.max_entries:
+                self._good.popitem(last=False)
+        else:
+            # The directory answered: no such user, or not allowed.
+            self._good.pop(name, None)
         ttl = self.ttl if good else self.negative_ttl
         if account is not None:
             ttl = min(ttl, account.valid_for)
@@ -126,7 +207,12 @@ class RecentAccounts:
             self._entries.popitem(last=False)
 
     def forget(self) -> None:
+        """Every answer goes; the last good accounts stay, for outages only."""
         self._entries.clear()
+
+    def forget_user(self, name: str) -> None:
+        """``name``'s answer goes (the user joined the SIP group, say)."""
+        self._entries.pop(name, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +228,8 @@ class Refused:
     """The answer to a request that did not authenticate.
 
     A challenge (401/407 with its headers), a throttled request (403) or a
-    user database that failed (500). ``not_before`` is the wall-clock time
-    before which it must not be sent (failures wait for
+    user database that failed (503 with Retry-After). ``not_before`` is the
+    wall-clock time before which it must not be sent (failures wait for
     :data:`AUTH_FAILURE_DELAY`), or None.
     """
 
@@ -196,6 +282,8 @@ class Authenticator:
         self.lookup = lookup
         self.accounts = accounts
         self.stats = AuthStats()
+        #: Shared with the proxy: one outage, logged once.
+        self.health = DirectoryHealth()
         self._failure_listeners: list[Callable[[AuthFailure], None]] = []
 
     def subscribe_failures(self, listener: Callable[[AuthFailure], None]) -> None:
@@ -226,18 +314,35 @@ class Authenticator:
             if hit:
                 return self._verify(req, creds, known, source, wall, proxy, (hint, agent), wall)
         lookup = self.lookup
+        health = self.health
+        if health.down and health.probing:
+            # One look-up probes the failing directory; the rest are not queued.
+            return self._unavailable(req, creds, source, wall, proxy, (hint, agent))
+        probe = health.down
+        health.probing = health.probing or probe
 
         def resume(outcome: Outcome[Account | None], later: float) -> Verdict:
+            if probe:
+                health.probing = False
             if outcome.error is not None:
                 # Not the user's failure: never counted, never a challenge.
-                log.error("cannot look up user %s: %s", quote(name, 64), outcome.error)
-                return Refused(500, "User database unavailable")
+                health.failed(f"user {quote(name, 64)}", outcome.error, later)
+                return self._unavailable(req, creds, source, later, proxy, (hint, agent))
+            health.answered(later)
             if accounts is not None:
                 accounts.put(name, outcome.value, later)
             return self._verify(req, creds, outcome.value, source, later, proxy, (hint, agent),
                                 wall)
 
         return LookUp(lambda: lookup(name, source.host), resume, f"account {name}")
+
+    def _unavailable(self, req: Request, creds: Credentials, source: Peer, wall: float,
+                     proxy: bool, who: tuple[str, str]) -> Verdict:
+        """While the directory fails: the last good account if there is one, else 503."""
+        known = None if self.accounts is None else self.accounts.last_good(creds.username)
+        if known is None:
+            return self.health.refusal()
+        return self._verify(req, creds, known, source, wall, proxy, who, wall)
 
     def _verify(self, req: Request, creds: Credentials, account: Account | None, source: Peer,
                 wall: float, proxy: bool, who: tuple[str, str], arrived: float) -> Verdict:

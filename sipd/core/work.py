@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeAlias, TypeVar, cast
 from sipd.core.peer import Outgoing
 from sipd.sip.message import Response
 from srfs.state.location import Op
+from srfs.user import User
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -61,12 +62,16 @@ class Job(Generic[T]):
     """Blocking work: ``run`` in a worker thread, then ``done`` on the event loop.
 
     ``done`` gets the outcome and the monotonic time at which it runs.
+    ``directory`` says ``run`` asks the user database (NSS, PAM): such jobs
+    get worker threads of their own, fewer than the rest, so a directory
+    server that hangs cannot hold up home I/O.
     """
 
     run: Callable[[], T]
     done: Callable[[Outcome[T], float], list[Action]] = _nothing
     queue: str | None = None
     name: str = "job"
+    directory: bool = False
 
 
 def run_inline(actions: list[Action], now: float) -> list[Outgoing]:
@@ -120,6 +125,8 @@ class Defer(Generic[T, R]):
     run: Callable[[], T]
     then: Callable[[Outcome[T], float], R]
     name: str = "defer"
+    #: ``run`` asks the user database (see :attr:`Job.directory`).
+    directory: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +147,9 @@ class Commit(Generic[R]):
     plan: Callable[[float], Sequence[Op]]
     then: Callable[[Outcome[None], float], R]
     name: str = "commit"
+    #: The UNIX user the request authenticated as: the file is written as
+    #: them without another NSS look-up (which a failing directory refuses).
+    owner: User | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from srfs.accounts.state import system_files
 if TYPE_CHECKING:
     from sipd.io.daemon import Daemon
 
-__all__ = ["ACCOUNT_FILES_POLL", "forget_accounts", "watch_account_files"]
+__all__ = ["ACCOUNT_FILES_POLL", "forget_accounts", "forget_user", "watch_account_files"]
 
 log = logging.getLogger("sipd")
 
@@ -39,6 +39,17 @@ def forget_accounts(daemon: Daemon) -> None:
         daemon.directory.forget()
     if daemon.auth.accounts is not None:
         daemon.auth.accounts.forget()
+    if daemon.statefs is not None:
+        # Primary-group members are listed again at the next refresh.
+        daemon.statefs.membership.force_full()
+
+
+def forget_user(daemon: Daemon, name: str) -> None:
+    """``name``'s cached account state goes (they joined the SIP group)."""
+    if daemon.directory is not None:
+        daemon.directory.forget_user(name)
+    if daemon.auth.accounts is not None:
+        daemon.auth.accounts.forget_user(name)
 
 
 def _warn_unreadable_shadow(daemon: Daemon) -> None:

@@ -44,7 +44,7 @@ from sipd.core.numbers import NumberPlan
 from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
-from sipd.io.accounts import watch_account_files
+from sipd.io.accounts import forget_user, watch_account_files
 from sipd.io.limits import tcp_connection_cap
 from sipd.io.mediarelay import NgSocket
 from sipd.io.metrics import metrics_text
@@ -362,6 +362,7 @@ def tune_gc() -> None:
 def load_users(daemon: Daemon) -> None:
     """Read every SIP user's files at start: registrations back, passwords checked."""
     members = users.members(daemon.settings.group)
+    daemon.persistence.know(members)
     reload_registrations(daemon, members)
     report_missing_passwords(members, daemon.settings.realm)
 
@@ -421,6 +422,7 @@ async def run(settings: Settings) -> None:
         statefs = StateFs(settings, daemon.endpoint, transports, started=started,
                           ownership=daemon.ownership, rules=daemon.rules)
         daemon.statefs = statefs
+        statefs.joined = functools.partial(forget_user, daemon)
         with user_database_needed():
             await trio.to_thread.run_sync(statefs.load)
     tune_gc()

@@ -23,6 +23,7 @@ from typing import Any
 from sipd import __version__
 from sipd.endpoint import Endpoint
 from sipd.io.transport import Transports
+from srfs.accounts import nss
 from srfs.fs.scratch import ScratchQuota
 from srfs.fs.tree import Stat, StatKind, Tree, location_statistics, render_metrics
 
@@ -327,6 +328,18 @@ def daemon_statistics(endpoint: Endpoint, transports: Transports, started: float
         out.append(Stat("account_cache_misses", accounts.misses,
                         "Account look-ups that asked NSS, PAM and ~/.sr/passwd.", COUNTER,
                         status=False))
+    if ep.server.registration is not None:
+        health = ep.server.registration.auth.health
+        out.append(Stat("user_database_down", int(health.down),
+                        "1 while the user database (NSS, PAM) fails to answer, else 0.", GAUGE,
+                        status=False))
+        out.append(Stat("user_database_failures", health.failures,
+                        "Look-ups the user database failed to answer (answered 503).", COUNTER,
+                        status=False))
+    for call, count in sorted(nss.calls().items()):
+        out.append(Stat("nss_calls", count,
+                        "NSS calls sipd made, by function; all_passwd counts enumerations of "
+                        "every account.", COUNTER, (("call", call),), status=False))
     if scratch is not None:
         out.append(Stat("scratch_files", scratch.files,
                         "Editors' temporary files held in memory.", status=False))

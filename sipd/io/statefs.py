@@ -5,7 +5,11 @@ The tree (:mod:`srfs.fs.tree`) is a pure model and the FUSE adapter
 daemon and carries their results to the disk:
 
 - the SIP group's members, re-read every few seconds in a worker thread,
-  so users appear and disappear without a restart;
+  so users appear and disappear without a restart (the group entry each
+  time, the enumeration of every account seldom: see
+  :mod:`srfs.accounts.membership`). While the user database fails the
+  members stay as they were: an outage is logged when it begins and when
+  it ends, and nobody "leaves the group" for it;
 - each member's ``~/.sr/config``, re-read and parsed in the worker thread
   when it changed (one stat), so hand edits show up in ``config/`` without
   a restart and a large file never holds up SIP; its problems are logged
@@ -31,6 +35,7 @@ import errno
 import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -44,7 +49,8 @@ from sipd.io.metrics import daemon_statistics
 from sipd.io.transport import Transports
 from sipd.proxy.calltrack import CallEvent
 from sipd.registrar.admission import BindingRules
-from srfs.accounts import users
+from srfs.accounts.membership import Membership
+from srfs.accounts.state import system_files
 from srfs.files import home, userconfig
 from srfs.files.home import FileCache, HomeError
 from srfs.files.userconfig import UserConfig
@@ -166,6 +172,13 @@ class StateFs:
         self.transports = transports
         self.started = started
         self.members: tuple[User, ...] = ()
+        #: The passwd and group files: a change makes the next refresh a full one.
+        self.membership = Membership(settings.group, files=system_files()[:2])
+        #: Called with each user who joined the group: a refusal remembered
+        #: from before they did must not count any longer.
+        self.joined: Callable[[str], None] = lambda name: None
+        #: Monotonic time the group could last not be read, while it cannot.
+        self._outage: float | None = None
         assert endpoint.store is not None
         self.events = Events(started)
         self.tree = LoggedTree(
@@ -225,11 +238,16 @@ class StateFs:
 
     def load(self) -> None:
         """Blocking: the group and every member's config (start-up)."""
-        self.members = tuple(users.members(self.settings.group))
+        self.members = tuple(self.membership.refresh(time.monotonic()))
+        self._know(self.members)
         now = time.time()
         self.tree.sync_members(now)
         for user, config in self._read_configs(self.members):
             self._take_config(user, config, now)
+
+    def _know(self, members: tuple[User, ...]) -> None:
+        if self.endpoint.persistence is not None:
+            self.endpoint.persistence.know(members)
 
     def _read_configs(self, members: tuple[User, ...]) -> list[tuple[User, UserConfig | None]]:
         """Blocking: each member's parsed config (None: no file); the cache
@@ -259,16 +277,26 @@ class StateFs:
             await trio.sleep(REFRESH_INTERVAL)
             writes = dict(self._config_writes)
             try:
-                members = tuple(await trio.to_thread.run_sync(users.members, self.settings.group))
-                configs = await trio.to_thread.run_sync(self._read_configs, members)
+                members = tuple(await trio.to_thread.run_sync(self.membership.refresh,
+                                                              time.monotonic()))
             except OSError as exc:
-                log.warning("cannot refresh the SIP group: %s", exc)
+                # An outage, not a removal: everyone stays as they were.
+                if self._outage is None:
+                    self._outage = time.monotonic()
+                    log.warning("cannot refresh the SIP group: %s; its %d member(s) stay until "
+                                "the user database answers", exc, len(self.members))
                 continue
+            if self._outage is not None:
+                log.info("SIP group read again after %.0f s", time.monotonic() - self._outage)
+                self._outage = None
+            configs = await trio.to_thread.run_sync(self._read_configs, members)
             now = time.time()
             self.members = members
+            self._know(members)
             added, removed = self.tree.sync_members(now)
             for name in added:
                 log.info("%s joined group %s", name, self.settings.group)
+                self.joined(name)
             for name in removed:
                 log.info("%s left group %s", name, self.settings.group)
                 self.tree.forget_config(name)

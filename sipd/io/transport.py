@@ -65,6 +65,8 @@ TCP_SEND_QUEUE = 256
 CONNECT_TIMEOUT = 5.0
 #: Refused connections are logged per source at most this often, seconds.
 REFUSAL_LOG_INTERVAL = 10.0
+#: Worker threads for jobs that ask the user database at once (see Job.directory).
+DIRECTORY_THREADS = 4
 _RECV_SIZE = 65536
 
 
@@ -265,6 +267,10 @@ class Transports:
         self._nursery: trio.Nursery | None = None
         #: Worker threads for blocking work at once (PAM, NSS, home I/O).
         self._limiter = trio.CapacityLimiter(8)
+        #: Jobs asking the user database (NSS, PAM) take threads from their
+        #: own, smaller limiter: a directory server that hangs every look-up
+        #: for 20 s holds at most these, and home I/O keeps the others.
+        self._directory_limiter = trio.CapacityLimiter(DIRECTORY_THREADS)
         self._lanes: dict[str, trio.MemorySendChannel[Job[Any]]] = {}
         self._accept_failures = Tally()
         #: Who asks the media relay's questions; set when ``rtpengine`` is.
@@ -430,7 +436,8 @@ class Transports:
     async def run_job(self, job: Job[Any]) -> None:
         """Run ``job`` in a worker thread, then send what its continuation says."""
         try:
-            value = await trio.to_thread.run_sync(job.run, limiter=self._limiter)
+            limiter = self._directory_limiter if job.directory else self._limiter
+            value = await trio.to_thread.run_sync(job.run, limiter=limiter)
             outcome = Outcome(value)
         except Exception as exc:  # noqa: BLE001 - the continuation decides
             self.stats.jobs_failed += 1

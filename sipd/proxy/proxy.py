@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import fields, replace
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, unquote
 
 from sipd.auth.authenticator import Authenticator, LookUp, Refused, Verdict
@@ -303,9 +303,8 @@ class Proxy:
         def checked(outcome: Outcome[AccountState | None], later: float) -> list[ProxyAction]:
             def go() -> list[ProxyAction]:
                 if outcome.error is not None:
-                    log.error("cannot look up trunk owner %s: %s", log_quote(user, 64),
-                              outcome.error)
-                    raise SipError(500, "User database unavailable")
+                    self._directory_failed(f"trunk owner {log_quote(user, 64)}", outcome.error,
+                                           later)
                 state = outcome.get()
                 if state is not None and state.allowed:
                     self.stats.proxy_trunk_calls += 1
@@ -320,7 +319,8 @@ class Proxy:
 
             return self.forker.safely(ctx, later, go)
 
-        return [Defer(lambda: check(user), checked, name=f"trunk {user}")]
+        return [Defer(lambda: check(user), checked, name=f"trunk {user}",
+                      directory=True)]
 
     def _authenticate(self, ctx: Context, fwd: Request, now: float) -> list[ProxyAction]:
         verdict = self.auth.authenticate(ctx.request, ctx.source, self.wall(now), proxy=True)
@@ -331,7 +331,7 @@ class Proxy:
                 return self.forker.safely(ctx, later, lambda: self._authenticated(
                     ctx, fwd, found.resume(outcome, self.wall(later)), later))
 
-            return [Defer(found.run, looked_up, name=found.name)]
+            return [Defer(found.run, looked_up, name=found.name, directory=True)]
         return self._authenticated(ctx, fwd, verdict, now)
 
     def _authenticated(self, ctx: Context, fwd: Request, verdict: Verdict,
@@ -481,7 +481,8 @@ class Proxy:
             self._identify_outbound(ctx, fwd, None)
             return self.forker.start_call(ctx, fwd, [[self._outbound_target(fwd.uri_text)]],
                                           None, now)
-        return [Defer(lambda: lookup.find(caller), found, name=f"config {caller}")]
+        return [Defer(lambda: lookup.find(caller), found, name=f"config {caller}",
+                      directory=True)]
 
     def _identify_outbound(self, ctx: Context, fwd: Request, config: UserConfig | None) -> None:
         """Toward the gateway: From and P-Asserted-Identity are the caller's identity.
@@ -535,14 +536,24 @@ class Proxy:
         # Settings are read on every call, by design: a user's change counts
         # for the next call.
         return [Defer(lambda: settings_chain(lookup, identity, first, caller), found,
-                      name=f"user {aor}")]
+                      name=f"user {aor}", directory=True)]
+
+    def _directory_failed(self, what: str, error: BaseException, now: float) -> NoReturn:
+        """A look-up the failing user database could not answer: 503, never a 404.
+
+        Only the authenticator's look-ups say the outage ended: a user found
+        here may have been found from the last good answer.
+        """
+        health = self.auth.health
+        health.failed(what, error, self.wall(now))
+        refused = health.refusal()
+        raise SipError(refused.status, refused.reason, refused.headers)
 
     def _local_found(self, ctx: Context, fwd: Request, aor: str,
                      outcome: Outcome[tuple[Chain, UserConfig | None]],
                      now: float, *, alias: bool = False) -> list[ProxyAction]:
         if outcome.error is not None:
-            log.error("cannot look up %s: %s", log_quote(aor, 64), outcome.error)
-            raise SipError(500, "User database unavailable")
+            self._directory_failed(log_quote(aor, 64), outcome.error, now)
         chain, caller_config = outcome.get()
         if caller_config is not None:
             apply_display_name(fwd, caller_config)
@@ -657,6 +668,6 @@ def _after_lookup(ctx: Context, d: Defer[Any, list[ProxyAction]]) -> Defer[Any, 
         ctx.forwarding = False
         return d.then(outcome, later)
 
-    return Defer(d.run, then, d.name)
+    return Defer(d.run, then, d.name, d.directory)
 
 

@@ -4,11 +4,18 @@ A local user is one whose account may use SIP now: the same account state
 (:meth:`srfs.accounts.directory.Directory.state`: the SIP group, a locked
 or expired account, PAM) that decides their registrations, so a suspended
 customer's numbers get no calls either.
+
+While the user database fails, a user found allowed before is still
+found (with their settings, read from their home as usual): the last
+good answer is kept per user until the directory answers otherwise, as
+the authenticator keeps its own (see :mod:`sipd.auth.authenticator`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -21,6 +28,9 @@ from srfs.logtext import Recurring
 from srfs.user import User, valid_name
 
 log = logging.getLogger("sipd.proxy")
+
+#: Users whose last good answer is kept for outages (the oldest go first).
+MAX_REMEMBERED = 20_000
 
 
 class UserLookup(Protocol):
@@ -43,12 +53,25 @@ class HomeUsers:
         self.state = state
         self._configs: FileCache[UserConfig] = FileCache("config", parse_userconfig)
         self._unreadable = Recurring()
+        #: Users last found allowed, for the directory's outages only.
+        self._good: OrderedDict[str, User] = OrderedDict()
+        self._good_lock = threading.Lock()
 
     def find(self, name: str) -> tuple[bool, UserConfig]:
         if not valid_name(name):
             return False, EMPTY
-        user = users.lookup(name)
-        if user is None or not self._allowed(user):
+        try:
+            user = users.lookup(name)
+            allowed = user is not None and self._allowed(user)
+        except users.DirectoryUnavailable:
+            with self._good_lock:
+                user = self._good.get(name)
+            if user is None:
+                raise
+            allowed = True
+        else:
+            self._remember(name, user if allowed else None)
+        if user is None or not allowed:
             return False, EMPTY
         try:
             config = self._configs.get(user)
@@ -59,6 +82,16 @@ class HomeUsers:
             return True, EMPTY
         self._unreadable.clear(name)
         return True, config or EMPTY
+
+    def _remember(self, name: str, user: User | None) -> None:
+        with self._good_lock:
+            if user is None:
+                self._good.pop(name, None)
+                return
+            self._good[name] = user
+            self._good.move_to_end(name)
+            while len(self._good) > MAX_REMEMBERED:
+                self._good.popitem(last=False)
 
     def _allowed(self, user: User) -> bool:
         if self.state is None:

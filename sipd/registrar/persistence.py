@@ -15,6 +15,12 @@ of the same user is in flight. ``sync = write-back``: commits apply at
 once, changed users are written every ``flush_interval`` seconds, and
 :meth:`Persistence.flush_all` writes everything at exit.
 
+Each file is written as its UNIX user: the one the REGISTER authenticated
+as (:attr:`~sipd.core.work.Commit.owner`) or that the members list or an
+earlier commit gave (:meth:`Persistence.know`), so a save costs no NSS
+look-up and succeeds while a directory server is out of reach; only a
+user never seen is looked up.
+
 A commit's changes are logged once they are in force
 (:mod:`sipd.registrar.changelog`): what the log says was registered is
 what a restart would find.
@@ -36,6 +42,7 @@ from srfs.accounts import users
 from srfs.files.usrloc import UsrlocFiles, render_file
 from srfs.files.wtmp import LoginRecorder, WtmpError
 from srfs.state.location import Change, ChangeKind, LocationStore, Op
+from srfs.user import User
 
 log = logging.getLogger("sipd.persistence")
 
@@ -81,7 +88,15 @@ class Persistence:
         #: The user whose committed plan is being applied: already on disk.
         self._applying: str | None = None
         self.stats = PersistenceStats()
+        #: Whom each user's file is written as (see :meth:`know`).
+        self._users: dict[str, User] = {}
         store.subscribe(self._changed)
+
+    def know(self, users_: Sequence[User]) -> None:
+        """Write these users' files as these UNIX users from now on (members, an
+        authenticated REGISTER): no NSS look-up per write."""
+        for user in users_:
+            self._users[user.name] = user
 
     def _changed(self, change: Change) -> None:
         touched = {change.binding.user}
@@ -94,13 +109,16 @@ class Persistence:
     # ------------------------------------------------------------ commits
 
     def commit(self, user: str, plan: Callable[[float], Sequence[Op]], finish: Finish,
-               now: float) -> list[Action]:
+               now: float, *, owner: User | None = None) -> list[Action]:
         """Plan, write and apply a change of ``user``'s bindings, then ``finish``.
 
         ``finish(outcome, now)`` gives the answer; ``outcome.error`` is the
         refusal raised by ``plan`` or the failed write, and then nothing
         was applied. Commits of one user run in the order they came.
+        ``owner`` is the UNIX user ``user`` names, when the caller knows it.
         """
+        if owner is not None and owner.name == user:
+            self._users[user] = owner
         waiting = self._commits.get(user)
         if waiting is not None:
             waiting.append(_Pending(plan, finish))
@@ -191,9 +209,10 @@ class Persistence:
         # rendered later is already on disk.
         seq = next(self._seq)
         files = self.files
+        known = self._users.get(user)
 
         def run() -> None:
-            account = users.lookup(user)
+            account = known or users.lookup(user)
             if account is None:
                 raise LookupError(f"user {user} no longer exists")
             files.save(account, seq, text, fsync=fsync)

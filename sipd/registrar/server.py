@@ -160,7 +160,7 @@ class Server:
                     req, lambda: self._register_checked(req, reg, aor, found.resume(outcome, wall2),
                                                         peer, wall2))
 
-            return Defer(found.run, looked_up, name=found.name)
+            return Defer(found.run, looked_up, name=found.name, directory=True)
         return self._register_checked(req, reg, aor, verdict, peer, self.wall(now))
 
     def _register_checked(self, req: Request, reg: Registration, aor: str, verdict: Verdict,
@@ -191,7 +191,7 @@ class Server:
                 raise SipError(500, "Cannot save the registration")
             return self._ok(req, registrar.listing(aor, req, self.wall(later)))
 
-        return Commit(user, plan, saved, name=f"register {user}")
+        return Commit(user, plan, saved, name=f"register {user}", owner=account.user)
 
     def _ok(self, req: Request, headers: tuple[tuple[str, str], ...]) -> Response:
         self.stats.registers_ok += 1

@@ -20,6 +20,7 @@ only when it changed (one ``fstatat``), so a new password set with
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import threading
@@ -28,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from srfs.accounts import pamcheck, passwd, users
-from srfs.accounts.pamcheck import PAM_SUCCESS, AccountCache
+from srfs.accounts.nss import DirectoryUnavailable
+from srfs.accounts.pamcheck import PAM_AUTHINFO_UNAVAIL, PAM_SUCCESS, AccountCache
 from srfs.accounts.state import ALLOWED, AccountState, SystemFiles, shadow_refusal
 from srfs.files.home import FileCache, HomeError, Stamp, stamp_of
 from srfs.logtext import Recurring
@@ -139,6 +141,9 @@ class Directory:
             return AccountState(False, refusal)
         if self.pam_service is not None:
             rc, message = self._pam(user, rhost)
+            if rc == PAM_AUTHINFO_UNAVAIL:
+                # The module could not ask its directory: an outage, not a refusal.
+                raise DirectoryUnavailable(errno.EAGAIN, f"PAM account check: {message}")
             if rc != PAM_SUCCESS:
                 return AccountState(False, f"PAM account check failed: {message}")
         return ALLOWED
@@ -203,6 +208,12 @@ class Directory:
         with self._lock:
             self._invalidate()
         self._passwd.forget()
+
+    def forget_user(self, name: str) -> None:
+        """``name``'s cached state goes (the user joined the SIP group): a
+        refusal remembered from before counts no longer."""
+        with self._lock:
+            self._states.invalidate(name)
 
     def files_changed(self) -> bool:
         """Whether the account files changed since the last call; if so, forget every state.

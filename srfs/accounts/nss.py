@@ -32,7 +32,23 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 __all__ = ["DirectoryUnavailable", "GroupEntry", "PasswdEntry", "ShadowEntry", "all_passwd",
-           "getgrnam", "getpwnam", "getpwuid", "getspnam"]
+           "calls", "getgrnam", "getpwnam", "getpwuid", "getspnam"]
+
+#: NSS calls made by this process, by function (``all_passwd`` counts
+#: enumerations, not entries): what sipd asks its directory, in metrics.
+_calls: dict[str, int] = {}
+_calls_lock = threading.Lock()
+
+
+def _count(call: str) -> None:
+    with _calls_lock:
+        _calls[call] = _calls.get(call, 0) + 1
+
+
+def calls() -> dict[str, int]:
+    """A copy of the counts of NSS calls so far, by function name."""
+    with _calls_lock:
+        return dict(_calls)
 
 
 class DirectoryUnavailable(OSError):
@@ -205,16 +221,19 @@ def _passwd_by(call: str, function: Callable[..., int], key: bytes | int) -> Pas
 
 def getpwnam(name: str) -> PasswdEntry | None:
     """The passwd entry called ``name``; None if there is none."""
+    _count("getpwnam")
     return _passwd_by("getpwnam_r", _getpwnam_r, os.fsencode(name))
 
 
 def getpwuid(uid: int) -> PasswdEntry | None:
     """The passwd entry with this uid; None if there is none."""
+    _count("getpwuid")
     return _passwd_by("getpwuid_r", _getpwuid_r, uid)
 
 
 def getgrnam(name: str) -> GroupEntry | None:
     """The group called ``name`` with its listed members; None if there is none."""
+    _count("getgrnam")
     raw = os.fsencode(name)
     gr = _Group()
     result = ctypes.POINTER(_Group)()
@@ -240,6 +259,7 @@ def getspnam(name: str) -> ShadowEntry | None:
     failure, so a locked account is never taken for an open one. Users of
     sources without shadow entries (sssd, LDAP without them) get None.
     """
+    _count("getspnam")
     raw = os.fsencode(name)
     with _shadow:
         ctypes.set_errno(0)
@@ -261,6 +281,7 @@ def all_passwd() -> list[PasswdEntry]:
     for the whole (as far as NSS reports it: a module that fails without
     setting errno ends the list early).
     """
+    _count("all_passwd")
     out: list[PasswdEntry] = []
     pw = _Passwd()
     result = ctypes.POINTER(_Passwd)()

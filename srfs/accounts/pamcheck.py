@@ -37,6 +37,7 @@ __all__ = [
     "PAM_NEW_AUTHTOK_REQD",
     "PAM_PERM_DENIED",
     "PAM_SUCCESS",
+    "PAM_AUTHINFO_UNAVAIL",
     "PAM_SYSTEM_ERR",
     "PAM_USER_UNKNOWN",
     "AccountCache",
@@ -57,6 +58,8 @@ PAM_AUTH_ERR: int = _pam.PAM_AUTH_ERR
 PAM_USER_UNKNOWN: int = _pam.PAM_USER_UNKNOWN
 PAM_NEW_AUTHTOK_REQD: int = _pam.PAM_NEW_AUTHTOK_REQD
 PAM_ACCT_EXPIRED: int = _pam.PAM_ACCT_EXPIRED
+#: A module could not reach its source (pam_sss, pam_ldap with the directory down).
+PAM_AUTHINFO_UNAVAIL: int = _pam.PAM_AUTHINFO_UNAVAIL
 
 _PAM_SERVICE_DIR = "/etc/pam.d"
 

@@ -26,16 +26,21 @@ from srfs.user import User, valid_name
 
 __all__ = [
     "DirectoryUnavailable",
+    "group_entry",
     "group_exists",
     "is_sip_member",
     "lookup",
     "lookup_uid",
     "members",
+    "user_of",
 ]
 
 
-def _user(pw: nss.PasswdEntry) -> User:
+def user_of(pw: nss.PasswdEntry) -> User:
     return User(name=pw.name, uid=pw.uid, gid=pw.gid, home=pw.home)
+
+
+_user = user_of
 
 
 def lookup(name: str) -> User | None:
@@ -64,10 +69,17 @@ def lookup_uid(uid: int) -> User | None:
     return None if pw is None else _user(pw)
 
 
-def _group(group_name: str) -> nss.GroupEntry | None:
+def group_entry(group_name: str) -> nss.GroupEntry | None:
+    """The group with its listed members; None if NSS has no such group.
+
+    Raises :class:`DirectoryUnavailable` when the group database fails.
+    """
     if not valid_name(group_name):
         return None
     return nss.getgrnam(group_name)
+
+
+_group = group_entry
 
 
 def group_exists(group_name: str) -> bool:
@@ -103,7 +115,9 @@ def members(group_name: str) -> list[User]:
     """Every user of the group, supplementary and primary members, sorted by name.
 
     Names listed in the group that NSS cannot resolve to a user are left
-    out. Primary members are found by enumerating the passwd database; sssd
+    out. Primary members are found by enumerating the passwd database (every
+    account: the daemon's periodic refresh does that seldom, see
+    :mod:`srfs.accounts.membership`); sssd
     enumerates only with ``enumerate = true``, so such sites should list
     SIP users as supplementary members. Raises :class:`DirectoryUnavailable`
     when a lookup or the enumeration fails: a partial list is never returned.

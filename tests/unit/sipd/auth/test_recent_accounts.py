@@ -31,3 +31,22 @@ def test_an_account_whose_state_was_not_kept_is_not_kept_either() -> None:
     recent = RecentAccounts(lambda a: True)
     recent.put("jan", Account(JAN, True, "", valid_for=0.0), 0.0)
     assert recent.get("jan", 0.0) == (False, None)
+
+
+def test_the_last_good_account_outlives_forget_until_the_directory_says_otherwise() -> None:
+    fresh = {"ok": True}
+    recent = RecentAccounts(lambda a: fresh["ok"], ttl=60)
+    good = Account(JAN, True, "")
+    recent.put("jan", good, 0.0)
+    recent.forget()
+    assert recent.get("jan", 1.0) == (False, None)
+    assert recent.last_good("jan") is good
+    # A changed ~/.sr/passwd: the old answer must not decide the password.
+    fresh["ok"] = False
+    assert recent.last_good("jan") is None
+    fresh["ok"] = True
+    recent.put("jan", Account(JAN, False, "account expired"), 2.0)
+    assert recent.last_good("jan") is None
+    recent.put("jan", good, 3.0)
+    recent.put("jan", None, 4.0)
+    assert recent.last_good("jan") is None

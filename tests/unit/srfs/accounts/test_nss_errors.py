@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.phone import REALM, Phone
-from tests.sipclient import SIPD, Daemon, free_port, running_sipd, status_of
+from tests.sipclient import SIPD, Daemon, free_port, running_sipd, status_of, wait_for
 from tests.unixusers import REPO, FakeUnix, fake_unix, give_passwords
 
 
@@ -223,30 +224,39 @@ def sipd(tmp_path: Path, unix: FakeUnix, passwords: dict[str, str]) -> Iterator[
             (unix[name].home / ".sr" / "usrloc").unlink(missing_ok=True)
 
 
-class BrokenPasswd:
-    """Replace the wrapper's passwd file with a symlink loop; put it back on exit."""
+class BrokenFiles:
+    """Replace the wrapper's passwd (and group) file with a symlink loop; put them back on exit.
 
-    def __init__(self, unix: FakeUnix) -> None:
-        self.path = unix.passwd
-        self.saved = self.path.read_bytes()
+    Every NSS call on a broken file fails with ELOOP, as a directory client
+    fails when its server is out of reach.
+    """
 
-    def __enter__(self) -> BrokenPasswd:
+    def __init__(self, unix: FakeUnix, *, group: bool = False) -> None:
+        self.paths = [unix.passwd, *([unix.group] if group else [])]
+        self.saved = [path.read_bytes() for path in self.paths]
+
+    def __enter__(self) -> BrokenFiles:
         # Unlinked, not rewritten: the wrapper sees the file it holds is gone
         # and reopens the path on the next lookup.
-        self.path.unlink()
-        loop(self.path)
+        for path in self.paths:
+            path.unlink()
+            loop(path)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
 
     def restore(self) -> None:
-        if self.path.is_symlink():
-            self.path.unlink()
-        fresh = self.path.with_name(self.path.name + ".new")
-        fresh.write_bytes(self.saved)
-        fresh.chmod(0o644)
-        fresh.replace(self.path)
+        for path, saved in zip(self.paths, self.saved, strict=True):
+            if path.is_symlink():
+                path.unlink()
+            fresh = path.with_name(path.name + ".new")
+            fresh.write_bytes(saved)
+            fresh.chmod(0o644)
+            fresh.replace(path)
+
+
+BrokenPasswd = BrokenFiles
 
 
 def invite(port: int, user: str) -> bytes:
@@ -277,31 +287,158 @@ def call(port: int, user: str) -> int:
                 return status
 
 
-def test_register_while_the_user_database_fails_is_500_and_no_auth_failure(
+def header(message: bytes, name: str) -> str | None:
+    for line in message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        key, _, value = line.decode().partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+def test_register_while_the_user_database_fails_is_503_and_no_auth_failure(
         sipd: Daemon, unix: FakeUnix, passwords: dict[str, str]) -> None:
     # More attempts than the brute-force throttle allows failures (10):
-    # had any counted, the last ones and the retry below would get 403.
+    # had any counted, the last ones and the retries below would get 403.
     attempts = 12
     with BrokenPasswd(unix) as broken:
         for _ in range(attempts):
             with Phone(sipd.port, "alice", passwords["alice"]) as phone:
                 answer = phone.register()
-            assert status_of(answer) == 500, answer[:200]
+            assert status_of(answer) == 503, answer[:200]
             assert b"User database unavailable" in answer.split(b"\r\n", 1)[0]
+            assert header(answer, "Retry-After") == "30", answer
         broken.restore()
         with Phone(sipd.port, "alice", passwords["alice"]) as phone:
             assert status_of(phone.register()) == 200
+    # After the outage a wrong password is what it always was: a 401.
+    with Phone(sipd.port, "alice", "not-the-password") as phone:
+        assert status_of(phone.register()) == 401
     log = sipd.log
-    assert "auth failed" not in log and "auth throttl" not in log, log
-    looked = re.findall(r'cannot look up user "alice": (.*)', log)
-    assert len(looked) == attempts, log
-    assert "Too many levels of symbolic links" in looked[0]
+    assert "auth throttl" not in log, log
+    assert len(re.findall("auth failed", log)) == 1, log
+    # The outage is logged when it begins and when it ends, not per request.
+    began = re.findall(r"user database unavailable \(looking up user \"alice\": (.*)\)", log)
+    assert len(began) == 1, log
+    assert "Too many levels of symbolic links" in began[0]
+    assert len(re.findall(rf"user database answers again after \d+ s \({attempts} request",
+                          log)) == 1, log
 
 
-def test_a_call_while_the_user_database_fails_is_500_not_404(
+def contacts_of(unix: FakeUnix, user: str) -> str:
+    path = unix[user].home / ".sr" / "usrloc"
+    return path.read_text() if path.exists() else ""
+
+
+def test_a_registered_user_registers_and_is_saved_while_the_user_database_fails(
+        sipd: Daemon, unix: FakeUnix, passwords: dict[str, str]) -> None:
+    with Phone(sipd.port, "alice", passwords["alice"]) as first:
+        assert status_of(first.register()) == 200
+    with BrokenFiles(unix, group=True):
+        # The account answer is remembered: the REGISTER needs no look-up,
+        # and its save is written as the user it authenticated as.
+        with Phone(sipd.port, "alice", passwords["alice"]) as second:
+            assert status_of(second.register()) == 200
+            assert f":{second.port};" in contacts_of(unix, "alice")
+        # SIGHUP forgets the remembered answers: the last good one serves
+        # while the directory fails, and bob, never seen, gets 503.
+        sipd.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "account states forgotten" in sipd.log, "the SIGHUP")
+        with Phone(sipd.port, "alice", passwords["alice"]) as third:
+            assert status_of(third.register()) == 200
+            assert f":{third.port};" in contacts_of(unix, "alice")
+        with Phone(sipd.port, "bob", passwords["bob"]) as phone:
+            answer = phone.register()
+        assert status_of(answer) == 503 and header(answer, "Retry-After") == "30", answer
+    log = sipd.log
+    assert "cannot save" not in log and "auth failed" not in log, log
+
+
+def test_a_call_while_the_user_database_fails_is_503_not_404(
         sipd: Daemon, unix: FakeUnix) -> None:
     with BrokenPasswd(unix):
-        assert call(sipd.port, "alice") == 500
+        assert call(sipd.port, "alice") == 503
     # Once it answers again, an unknown name gets what any stranger gets
     # for a user who is not there.
     assert call(sipd.port, "no-such-user") == 480
+
+
+def nss_calls(metrics: str, call: str) -> int:
+    found = re.search(rf'^sipd_nss_calls_total{{call="{call}"}} (\d+)$', metrics, re.M)
+    return int(found.group(1)) if found else 0
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                    reason="needs /dev/fuse and root to mount the state filesystem")
+def test_the_tree_keeps_its_users_while_the_user_database_fails(
+        tmp_path: Path, unix: FakeUnix, mnt: Path, passwords: dict[str, str]) -> None:
+    conf = tmp_path / "fs.toml"
+    conf.write_text(f'mount_enabled = true\nmount = "{mnt}"\n')
+    with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as daemon:
+        wait_for(lambda: (mnt / "alice").exists() and (mnt / "bob").exists(), "the mount")
+        metrics = (mnt / "metrics").read_text()
+        listed, groups = nss_calls(metrics, "all_passwd"), nss_calls(metrics, "getgrnam")
+        assert listed >= 1, metrics
+        # Two refreshes of the group (every 5 s) list no account.
+        wait_for(lambda: nss_calls((mnt / "metrics").read_text(), "getgrnam") >= groups + 2,
+                 "two refreshes of the group", timeout=20)
+        assert nss_calls((mnt / "metrics").read_text(), "all_passwd") == listed
+        with BrokenFiles(unix, group=True):
+            wait_for(lambda: "cannot refresh the SIP group" in daemon.log,
+                     "a refresh during the outage", timeout=15)
+            assert {"alice", "bob"} <= set(os.listdir(mnt))
+            # A directory client that times out answers "not found": the
+            # group file missing is that answer, and it removes nobody either.
+            unix.group.unlink()
+            groups = nss_calls((mnt / "metrics").read_text(), "getgrnam")
+            wait_for(lambda: nss_calls((mnt / "metrics").read_text(), "getgrnam") >= groups + 2,
+                     "a refresh with the group missing", timeout=20)
+            assert {"alice", "bob"} <= set(os.listdir(mnt))
+        wait_for(lambda: "SIP group read again" in daemon.log, "the end of the outage",
+                 timeout=15)
+        assert {"alice", "bob"} <= set(os.listdir(mnt))
+        log = daemon.log
+    assert "left group" not in log, log
+    assert log.count("cannot refresh the SIP group") == 1, log
+
+
+_CALLEE_DURING_OUTAGE = """
+import json, os, sys
+from srfs.accounts import users
+from sipd.proxy.users import HomeUsers
+
+passwd = sys.argv[1]
+found = HomeUsers("sip")
+out = {"before": found.find("alice")[0]}
+saved = open(passwd).read()
+# Unlinked, not rewritten: the wrapper reopens the path once its file is gone.
+os.unlink(passwd)
+os.symlink(os.path.basename(passwd), passwd)
+try:
+    out["alice during"] = found.find("alice")[0]
+    try:
+        out["bob during"] = found.find("bob")[0]
+    except users.DirectoryUnavailable as exc:
+        out["bob during"] = exc.errno
+finally:
+    os.unlink(passwd)
+    with open(passwd, "w") as f:
+        f.write(saved)
+    os.chmod(passwd, 0o644)
+print(json.dumps(out))
+"""
+
+
+def test_a_callee_found_before_is_found_while_the_user_database_fails(unix: FakeUnix) -> None:
+    saved = unix.passwd.read_bytes()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CALLEE_DURING_OUTAGE, str(unix.passwd)],
+                              env=unix.env, cwd=unix.root, capture_output=True, text=True,
+                              timeout=30)
+    finally:
+        if unix.passwd.is_symlink() or unix.passwd.read_bytes() != saved:
+            unix.passwd.unlink(missing_ok=True)
+            unix.passwd.write_bytes(saved)
+            unix.passwd.chmod(0o644)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"before": True, "alice during": True, "bob during": errno.ELOOP}
