@@ -18,7 +18,7 @@ TOOLS := $(BUILD)/tools
 WHEEL_STAMP := $(BUILD)/wheel/.built
 SOURCES := pyproject.toml $(shell find sipd srfs -name '*.py')
 
-.PHONY: setup setup-run system-run system-test system-install run test check lint bench clean \
+.PHONY: setup setup-run system-run system-test system-install run test check lint bench profile clean \
 	install uninstall
 
 # setup-run: what running from the checkout needs; setup: that and the test tools.
@@ -54,6 +54,11 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+PROFILE_ARGS ?=
+profile: setup
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python bench/profile_register.py $(PROFILE_ARGS)
 
 # The wheel of the project, rebuilt when a source changes; setuptools'
 # leftovers of an earlier build must not slip into it.

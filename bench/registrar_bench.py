@@ -294,8 +294,9 @@ class Sipd:
 
 
 def start_sipd(procs: Processes, fake: Fake, conf: Path, port: int, log_path: Path) -> Sipd:
-    # Log level info, not -q: the reload line is an info message, and sipd
-    # logs nothing per request at info (only refusals and expiries).
+    # Log level info, not -q: the reload line is an info message, and info
+    # is what a production daemon runs at (one line per new binding, none
+    # per refresh).
     cmd = [str(SIPD), "--no-mount", "--no-pam", "-c", str(conf), "-l", f"udp:127.0.0.1:{port}",
            "-r", REALM, "--log-level", "info"]
     with open(log_path, "ab") as logf:

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Where sipd's CPU goes for one REGISTER with digest auth: py-spy on the running daemon.
+
+    .venv/bin/python bench/profile_register.py [--rate 200] [--seconds 20]
+        [--sync write-through|write-back] [--scratch-parent /dev/shm]
+
+The users, the sipd command line and the load are registrar_bench.py's:
+the shared harness's users as fake UNIX users, sipd on them, and its
+``bench.py reg`` mode (sipp, REGISTER answered 401, then again with
+credentials) at a fixed rate. While that runs, ``py-spy record`` samples
+the daemon, every thread, 200 times a second, without stopping it
+(``--nonblocking``; a sample may then be torn, which a share of a few
+per cent does not notice). Only samples of a thread holding the GIL
+count (``--gil``): py-spy's own idle detection took the event loop's
+epoll wait and fsync for work. So the table splits Python's own time;
+the time in system calls is the daemon's system CPU time, given apart
+from /proc.
+
+Each sample is put to the innermost frame that belongs to a part of sipd
+(see ``PARTS``): a ``re`` call made by the parser counts as parsing, a
+``hashlib`` call made by the digest code as digest. The table gives each
+part's share of the samples and its milliseconds of GIL time per
+REGISTER that succeeded. Samples of worker threads (PAM, NSS, home files) are also
+summed apart: a hop to a thread costs the main thread a wake-up, and the
+thread's own work shows under its part. Garbage collection shows under
+whatever frame triggered it.
+
+The raw stacks (py-spy's collapsed "raw" format, which flamegraph.pl and
+speedscope read) and the summary stay in the results directory. A
+profile, not a comparison: the ratio to Kamailio comes from
+registrar_bench.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from registrar_bench import (  # noqa: E402
+    Processes,
+    guarded,
+    log,
+    options_probe,
+    prepare,
+    prerequisites,
+    start_sipd,
+)
+
+#: Innermost matching frame wins; a frame is "function (path:line)".
+PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("logging", ("/logging/", "srfs/logtext.py")),
+    ("parse and build messages", ("sipd/sip/message.py", "sipd/sip/headers.py",
+                                  "sipd/sip/uri.py", "sipd/sip/framing.py")),
+    ("digest", ("sipd/sip/digest.py", "srfs/accounts/digestcalc.py")),
+    ("transactions and timers", ("sipd/sip/transaction.py", "sipd/sip/timers.py")),
+    ("accounts (NSS, PAM, ~/.sr/passwd)", ("srfs/accounts/",)),
+    ("persistence (~/.sr/usrloc)", ("sipd/registrar/persistence.py", "srfs/files/")),
+    ("location store", ("srfs/state/",)),
+    ("registrar", ("sipd/registrar/",)),
+    ("authentication flow", ("sipd/auth/",)),
+    ("endpoint and core", ("sipd/endpoint.py", "sipd/core/", "sipd/sip/")),
+    ("proxy", ("sipd/proxy/",)),
+    ("transport (sockets)", ("sipd/io/transport.py",)),
+    ("other I/O layer", ("sipd/io/", "sipd/cli.py")),
+    ("trio (scheduling, threads)", ("/trio/", "/outcome/", "/sniffio/")),
+)
+#: Samples a second.
+RATE = 200
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
+
+
+def part_of(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        m = _FRAME.match(frame)
+        where = m.group("file") if m else frame
+        for name, marks in PARTS:
+            if any(mark in where for mark in marks):
+                return name
+    return "other"
+
+
+def worker_thread(frames: list[str]) -> bool:
+    """A thread trio started for blocking work, not the event loop's."""
+    return any("trio/_core/_thread_cache.py" in f for f in frames) and not any(
+        "trio/_core/_run.py" in f and f.startswith("run ") for f in frames)
+
+
+def breakdown(stacks: Path) -> tuple[Counter[str], int, int]:
+    """Samples per part, all samples, and samples in worker threads."""
+    parts: Counter[str] = Counter()
+    total = workers = 0
+    for line in stacks.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        if frames and frames[0].startswith("thread ("):
+            frames = frames[1:]
+        parts[part_of(frames)] += count
+        total += count
+        if worker_thread(frames):
+            workers += count
+    return parts, total, workers
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid``, all threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes) -> None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        raise RuntimeError("py-spy is missing: make profile installs it")
+    setup = prepare(results, scratch, procs)
+    conf = scratch / "sipd.conf"
+    conf.write_text(f'wtmp = false\nmax_expires = 3600\nsync = "{args.sync}"\n')
+    sipd = start_sipd(procs, setup.fake, conf, setup.sipd_port, results / "sipd.log")
+    if options_probe(setup.sipd_port, 60.0) is None:
+        raise RuntimeError(f"sipd did not answer OPTIONS; see {results / 'sipd.log'}")
+    log(f"sipd pid {sipd.pid}; REGISTER+auth at {args.rate:g}/s for {args.seconds:g} s, "
+        f"py-spy at {RATE} Hz")
+    stacks = results / "stacks.txt"
+    cpu0 = time.monotonic(), cpu_seconds(sipd.pid)
+    spy_proc = procs.spawn([spy, "record", "--pid", str(sipd.pid), "--rate", str(RATE),
+                            "--duration", str(int(args.seconds)), "--format", "raw",
+                            "--full-filenames", "--threads", "--gil", "--nonblocking",
+                            "-o", str(stacks)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    summary = setup.h.bench("profile_reg", setup.sipd_port, sipd.pid, "reg", args.rate,
+                            args.seconds)
+    spy_proc.wait(timeout=args.seconds + 60)
+    wall = time.monotonic() - cpu0[0]
+    user1, system1 = cpu_seconds(sipd.pid)
+    user, system = user1 - cpu0[1][0], system1 - cpu0[1][1]
+    steps = (summary or {}).get("steps") or [{}]
+    ok = int(steps[0].get("successful") or 0)
+    if not stacks.exists() or ok == 0:
+        raise RuntimeError(f"no profile or no registration; see {results}")
+    parts, total, workers = breakdown(stacks)
+    per_reg = 1000 * (user + system) / ok
+    gil_ms = 1000 * total / RATE / ok
+    log(f"\n{ok} registrations answered 200 in {wall:.1f} s; sipd's CPU per REGISTER+auth "
+        f"(both legs): {per_reg:.3f} ms, of which {1000 * user / ok:.3f} ms user and "
+        f"{1000 * system / ok:.3f} ms system (syscalls: sockets, file writes, fsync, thread "
+        f"wake-ups); Python held the GIL {gil_ms:.3f} ms per REGISTER "
+        f"({total} samples, {100 * workers / max(total, 1):.1f} % of them in worker threads)\n")
+    log(f"{'part (time holding the GIL)':<36} {'share':>7} {'ms/REGISTER':>12}")
+    rows = []
+    for name, n in parts.most_common():
+        share = n / total
+        rows.append({"part": name, "samples": n, "share": round(share, 4),
+                     "ms_per_register": round(share * gil_ms, 4)})
+        log(f"{name:<36} {100 * share:>6.1f}% {share * gil_ms:>12.3f}")
+    (results / "profile.json").write_text(json.dumps(
+        {"rate": args.rate, "seconds": args.seconds, "sync": args.sync, "registrations": ok,
+         "user_s": round(user, 3), "system_s": round(system, 3),
+         "ms_per_register": round(per_reg, 4), "gil_ms_per_register": round(gil_ms, 4),
+         "samples": total,
+         "worker_samples": workers, "parts": rows}, indent=1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=200.0, help="REGISTERs per second")
+    ap.add_argument("--seconds", type=float, default=20.0, help="how long to load and sample")
+    ap.add_argument("--sync", choices=("write-through", "write-back"), default="write-through")
+    ap.add_argument("--out", help="results directory (default: a new one under the temp dir)")
+    ap.add_argument("--scratch-parent", default=None,
+                    help="where homes and usrloc files are made (default: the temp dir)")
+    args = ap.parse_args()
+    reason = prerequisites()
+    if reason:
+        log(f"profile_register: skipped: {reason}")
+        return 0
+    return guarded(run, args, "profile")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
