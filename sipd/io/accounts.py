@@ -39,9 +39,9 @@ def forget_accounts(daemon: Daemon) -> None:
         daemon.directory.forget()
     if daemon.auth.accounts is not None:
         daemon.auth.accounts.forget()
-    if daemon.statefs is not None:
+    if daemon.membership is not None:
         # Primary-group members are listed again at the next refresh.
-        daemon.statefs.membership.force_full()
+        daemon.membership.force_full()
 
 
 def forget_user(daemon: Daemon, name: str) -> None:

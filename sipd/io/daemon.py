@@ -76,6 +76,7 @@ from sipd.sip.transaction import TransactionLayer
 from sipd.sip.uri import SipURI, parse_uri
 from srfs.accounts import users
 from srfs.accounts.directory import Directory
+from srfs.accounts.membership import Membership, group_membership
 from srfs.accounts.state import SystemFiles, system_files
 from srfs.addresses import parse_host
 from srfs.files.home import HomeError
@@ -154,6 +155,8 @@ class Daemon:
     statefs: StateFs | None = None
     media: MediaRelay | None = None
     directory: Directory | None = None
+    #: The SIP group's members: read at start, kept current by the state filesystem.
+    membership: Membership | None = None
 
 
 def gateway_host(uri: str) -> str:
@@ -361,7 +364,9 @@ def tune_gc() -> None:
 
 def load_users(daemon: Daemon) -> None:
     """Read every SIP user's files at start: registrations back, passwords checked."""
-    members = users.members(daemon.settings.group)
+    if daemon.membership is None:
+        daemon.membership = group_membership(daemon.settings.group)
+    members = daemon.membership.refresh(time.monotonic())
     daemon.persistence.know(members)
     reload_registrations(daemon, members)
     report_missing_passwords(members, daemon.settings.realm)
@@ -420,7 +425,8 @@ async def run(settings: Settings) -> None:
         from sipd.io.statefs import StateFs
 
         statefs = StateFs(settings, daemon.endpoint, transports, started=started,
-                          ownership=daemon.ownership, rules=daemon.rules)
+                          ownership=daemon.ownership, rules=daemon.rules,
+                          membership=daemon.membership)
         daemon.statefs = statefs
         statefs.joined = functools.partial(forget_user, daemon)
         with user_database_needed():

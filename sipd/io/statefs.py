@@ -49,8 +49,7 @@ from sipd.io.metrics import daemon_statistics
 from sipd.io.transport import Transports
 from sipd.proxy.calltrack import CallEvent
 from sipd.registrar.admission import BindingRules
-from srfs.accounts.membership import Membership
-from srfs.accounts.state import system_files
+from srfs.accounts.membership import Membership, group_membership
 from srfs.files import home, userconfig
 from srfs.files.home import FileCache, HomeError
 from srfs.files.userconfig import UserConfig
@@ -166,14 +165,16 @@ class LoggedTree(Tree):
 class StateFs:
     def __init__(self, settings: Settings, endpoint: Endpoint, transports: Transports,
                  started: float, ownership: Ownership | None = None,
-                 rules: BindingRules | None = None) -> None:
+                 rules: BindingRules | None = None,
+                 membership: Membership | None = None) -> None:
         self.settings = settings
         self.endpoint = endpoint
         self.transports = transports
         self.started = started
         self.members: tuple[User, ...] = ()
-        #: The passwd and group files: a change makes the next refresh a full one.
-        self.membership = Membership(settings.group, files=system_files()[:2])
+        #: The daemon's, which start-up already read: loading the tree then
+        #: costs no second enumeration of every account.
+        self.membership = membership or group_membership(settings.group)
         #: Called with each user who joined the group: a refusal remembered
         #: from before they did must not count any longer.
         self.joined: Callable[[str], None] = lambda name: None

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sipd.media.relay import behind_nat as hosts_differ
 from sipd.proxy.targets import LivePeer, LocalAddresses, binding_target
 from sipd.sip.errors import ParseError, SipError
 from sipd.sip.message import Request
@@ -61,7 +62,6 @@ from sipd.sip.transaction import (
     TransportFailed,
 )
 from sipd.sip.uri import SipURI, parse_uri
-from srfs.addresses import parse_host
 from srfs.files.usrloc import format_rtt
 from srfs.logtext import quote
 from srfs.state.location import (
@@ -113,8 +113,7 @@ def behind_nat(b: Binding) -> bool:
         return False
     if not isinstance(uri, SipURI):
         return False
-    contact_host = parse_host(uri.host)
-    if contact_host is None or contact_host != parse_host(host):
+    if hosts_differ(uri.host, host):
         return True
     return (uri.port or (5061 if uri.secure else 5060)) != port
 

@@ -234,9 +234,6 @@ class Directory:
         self._states.invalidate()
         self._generation += 1
 
-    def members(self) -> list[User]:
-        return users.members(self.group)
-
 
 def passwd_stamp(user: User) -> Stamp | None:
     return stamp_of(user, "passwd")

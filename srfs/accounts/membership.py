@@ -31,10 +31,10 @@ from collections.abc import Iterable
 
 from srfs.accounts import nss, users
 from srfs.accounts.nss import DirectoryUnavailable
-from srfs.accounts.state import SystemFiles
+from srfs.accounts.state import SystemFiles, system_files
 from srfs.user import User
 
-__all__ = ["FULL_INTERVAL", "Membership"]
+__all__ = ["FULL_INTERVAL", "Membership", "group_membership"]
 
 #: Seconds between full passes (the enumeration of every account).
 FULL_INTERVAL = 300.0
@@ -91,3 +91,8 @@ class Membership:
     def force_full(self) -> None:
         """The next refresh is a full pass (SIGHUP)."""
         self._next_full = -math.inf
+
+
+def group_membership(group: str) -> Membership:
+    """The members of ``group``, with a full pass whenever the passwd or group file changes."""
+    return Membership(group, files=system_files()[:2])
