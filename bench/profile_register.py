@@ -71,8 +71,10 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("endpoint and core", ("sipd/endpoint.py", "sipd/core/", "sipd/sip/")),
     ("proxy", ("sipd/proxy/",)),
     ("transport (sockets)", ("sipd/io/transport.py",)),
+    ("trio and thread hand-offs", ("sipd/io/workers.py",)),
     ("other I/O layer", ("sipd/io/", "sipd/cli.py")),
-    ("trio (scheduling, threads)", ("/trio/", "/outcome/", "/sniffio/")),
+    ("trio and thread hand-offs", ("/trio/", "/outcome/", "/sniffio/", "/queue.py",
+                                   "/threading.py")),
 )
 #: Samples a second.
 RATE = 200
@@ -90,8 +92,9 @@ def part_of(frames: list[str]) -> str:
 
 
 def worker_thread(frames: list[str]) -> bool:
-    """A thread trio started for blocking work, not the event loop's."""
-    return any("trio/_core/_thread_cache.py" in f for f in frames) and not any(
+    """A thread started for blocking work (sipd's job workers, trio's), not the event loop's."""
+    return any("trio/_core/_thread_cache.py" in f or f.startswith("Workers._work ")
+               for f in frames) and not any(
         "trio/_core/_run.py" in f and f.startswith("run ") for f in frames)
 
 

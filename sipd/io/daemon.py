@@ -438,6 +438,9 @@ async def run(settings: Settings) -> None:
             if ng is not None and daemon.media is not None:
                 await nursery.start(ng.serve)
                 transports.asker = ng.ask
+            if privileged():
+                # No worker thread may start before the capabilities are given up.
+                transports.workers.hold()
             await nursery.start(transports.serve, bound)
             own_sockets(daemon.proxy.router.addresses, transports.udp_sockets())
             transports.send(daemon.endpoint.take_pending(trio.current_time()))
@@ -459,6 +462,7 @@ async def run(settings: Settings) -> None:
                 if privileged():
                     helper = await trio.to_thread.run_sync(start_unmount_helper, settings.mount)
             await enter_running()
+            transports.workers.release()
             log.info(
                 "sipd ready: realm %s, group %s, listening on %s%s",
                 settings.realm, settings.group,

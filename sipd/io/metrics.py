@@ -184,6 +184,10 @@ CATALOGUE: dict[str, dict[str, Figure | None]] = {
         "commits_refused": Figure("registration_changes_refused",
                                   "Changes of registrations refused before anything was "
                                   "written."),
+        "batches": Figure("usrloc_group_commits",
+                          "Groups of usrloc files written together with one trip to a "
+                          "worker thread (write-through); registration_changes over this "
+                          "is the mean group size."),
     },
     "AccStats": {
         "records_written": Figure("acc_records_written", "Call records written to ~/.sr/acc."),

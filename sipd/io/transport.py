@@ -50,6 +50,7 @@ from sipd.io.limits import accept
 from sipd.io.liveness import Close, Liveness
 from sipd.io.tls import TlsContexts
 from sipd.io.websocket import WsClosed, WsServer
+from sipd.io.workers import Workers
 from sipd.sip.framing import FramingError, Ping, Pong, StreamFramer
 from srfs.addresses import source_key
 from srfs.logtext import Tally
@@ -65,8 +66,6 @@ TCP_SEND_QUEUE = 256
 CONNECT_TIMEOUT = 5.0
 #: Refused connections are logged per source at most this often, seconds.
 REFUSAL_LOG_INTERVAL = 10.0
-#: Worker threads for jobs that ask the user database at once (see Job.directory).
-DIRECTORY_THREADS = 4
 _RECV_SIZE = 65536
 
 
@@ -265,13 +264,8 @@ class Transports:
         self._armed = math.inf
         self.bound: list[ListenAddress] = []
         self._nursery: trio.Nursery | None = None
-        #: Worker threads for blocking work at once (PAM, NSS, home I/O).
-        self._limiter = trio.CapacityLimiter(8)
-        #: Jobs asking the user database (NSS, PAM) take threads from their
-        #: own, smaller limiter: a directory server that hangs every look-up
-        #: for 20 s holds at most these, and home I/O keeps the others.
-        self._directory_limiter = trio.CapacityLimiter(DIRECTORY_THREADS)
-        self._lanes: dict[str, trio.MemorySendChannel[Job[Any]]] = {}
+        #: The threads that run blocking jobs (PAM, NSS, home I/O).
+        self.workers = Workers(self._job_done)
         self._accept_failures = Tally()
         #: Who asks the media relay's questions; set when ``rtpengine`` is.
         self.asker: Callable[[Ask[list[Action]]], None] = self._no_relay
@@ -417,32 +411,12 @@ class Transports:
         self.stats.tcp_open -= 1
 
     def _start_job(self, job: Job[Any]) -> None:
-        assert self._nursery is not None, "jobs before serve()"
         self.stats.jobs_started += 1
-        if job.queue is None:
-            self._nursery.start_soon(self.run_job, job)
-            return
-        lane = self._lanes.get(job.queue)
-        if lane is None:
-            send, receive = trio.open_memory_channel[Job[Any]](math.inf)
-            self._lanes[job.queue] = lane = send
-            self._nursery.start_soon(self._run_lane, receive)
-        lane.send_nowait(job)
+        self.workers.submit(job)
 
-    async def _run_lane(self, receive: trio.MemoryReceiveChannel[Job[Any]]) -> None:
-        async for job in receive:
-            await self.run_job(job)
-
-    async def run_job(self, job: Job[Any]) -> None:
-        """Run ``job`` in a worker thread, then send what its continuation says."""
-        try:
-            limiter = self._directory_limiter if job.directory else self._limiter
-            value = await trio.to_thread.run_sync(job.run, limiter=limiter)
-            outcome = Outcome(value)
-        except Exception as exc:  # noqa: BLE001 - the continuation decides
+    def _job_done(self, job: Job[Any], outcome: Outcome[Any]) -> None:
+        if outcome.error is not None:
             self.stats.jobs_failed += 1
-            log.debug("%s failed: %s", job.name, exc)
-            outcome = Outcome(error=exc)
         self.send(job.done(outcome, trio.current_time()))
 
     def _poke_timer(self) -> None:
@@ -472,19 +446,23 @@ class Transports:
         bound: list[tuple[ListenAddress, socket.socket]],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self.timer_loop)
-            for addr, sock in bound:
-                self.bound.append(addr)
-                if addr.transport == "udp":
-                    conn = next(self._ids)
-                    self._udp[conn] = sock
-                    self._udp_family[conn] = addr.family
-                    nursery.start_soon(self._serve_udp, sock, conn)
-                else:
-                    nursery.start_soon(self._serve_tcp_listener, sock, nursery, addr.transport)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self.timer_loop)
+                for addr, sock in bound:
+                    self.bound.append(addr)
+                    if addr.transport == "udp":
+                        conn = next(self._ids)
+                        self._udp[conn] = sock
+                        self._udp_family[conn] = addr.family
+                        nursery.start_soon(self._serve_udp, sock, conn)
+                    else:
+                        nursery.start_soon(self._serve_tcp_listener, sock, nursery,
+                                           addr.transport)
+                task_status.started()
+        finally:
+            self.workers.close()
 
     async def _serve_udp(self, raw: socket.socket, conn: int) -> None:
         # The socket is read directly, as many datagrams as are queued (up

@@ -5,14 +5,22 @@ Both hear every change of the location store and turn it into blocking
 
 ``sync = write-through``: a change somebody is told about (a REGISTER's
 200 OK, a successful ``write`` to ``/run/sr``) is a :class:`Commit`. The
-commits of one user run one at a time: the plan is made against the
-store, the user's file is written as it will be (with fsync), and only
-then is the plan applied and the answer given. A write that fails leaves
-memory as it was, so nothing is acknowledged that a restart would lose,
-and nothing is in force that was refused. Changes nobody is told about
-(expiry) are written at once in the background, but never while a commit
-of the same user is in flight. ``sync = write-back``: commits apply at
-once, changed users are written every ``flush_interval`` seconds, and
+plan is made against the store, the user's file is written as it will be
+(with fsync), and only then is the plan applied and the answer given. A
+write that fails leaves memory as it was, so nothing is acknowledged that a
+restart would lose, and nothing is in force that was refused.
+
+Commits are written in groups: while one batch is on its way to disk,
+new commits queue; when it is durable, its answers go out and everything
+queued since is planned and written as the next batch, in one worker
+thread trip, the data of all its files synced before any rename
+(:func:`srfs.files.home.write_files`). At a low rate a batch is one
+commit and waits for nothing; under load the cost per registration of
+the thread trip and the sync round is shared. Commits of one user stay in
+order, one per batch. Changes nobody is told about (expiry) are written at
+once in the background, but never while a commit of the same user is
+queued or in flight. ``sync = write-back``: commits apply at once,
+changed users are written every ``flush_interval`` seconds, and
 :meth:`Persistence.flush_all` writes everything at exit.
 
 Each file is written as its UNIX user: the one the REGISTER authenticated
@@ -55,12 +63,25 @@ class PersistenceStats:
     write_errors: int = 0
     commits: int = 0
     commits_refused: int = 0
+    #: Group commits written (one worker-thread trip and one sync round each).
+    batches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
     plan: Callable[[float], Sequence[Op]]
     finish: Finish
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One user's planned commit in a batch: its file, and what to apply once it is on disk."""
+
+    user: str
+    ops: Sequence[Op]
+    pending: _Pending
+    seq: int
+    text: str
 
 
 class Persistence:
@@ -83,8 +104,12 @@ class Persistence:
         self._seq = itertools.count(1)
         self._dirty: set[str] = set()
         self._next_flush: float | None = None
-        #: Users with a commit in flight, and the commits waiting behind it.
-        self._commits: dict[str, deque[_Pending]] = {}
+        #: Commits waiting for the next batch, per user in arrival order.
+        self._queued: dict[str, deque[_Pending]] = {}
+        #: The batch being written, if one is.
+        self._batch: list[_Write] | None = None
+        #: A batch is being planned: commits made meanwhile (by a ``finish``) wait.
+        self._starting = False
         #: The user whose committed plan is being applied: already on disk.
         self._applying: str | None = None
         self.stats = PersistenceStats()
@@ -119,47 +144,102 @@ class Persistence:
         """
         if owner is not None and owner.name == user:
             self._users[user] = owner
-        waiting = self._commits.get(user)
-        if waiting is not None:
-            waiting.append(_Pending(plan, finish))
+        self._queued.setdefault(user, deque()).append(_Pending(plan, finish))
+        if self._batch is not None or self._starting:
+            # Group commit: it goes with the next batch, written when this one is.
             return []
-        self._commits[user] = deque()
-        return self._start(user, _Pending(plan, finish), now)
+        return self._start_batch(now)
 
-    def _start(self, user: str, pending: _Pending, now: float) -> list[Action]:
+    def _start_batch(self, now: float) -> list[Action]:
+        """Plan every queued commit; those that change a file go to disk together.
+
+        Commits that write nothing (refused, no change, write-back) are
+        answered at once, and the user's next queued commit is planned
+        behind them; of each user one commit at most joins the batch, the
+        rest wait for the next one (each is planned against the store as
+        the previous one left it).
+        """
+        actions: list[Action] = []
+        self._starting = True
+        try:
+            while self._queued and self._batch is None:
+                batch: list[_Write] = []
+                wall = self.wall(now)
+                for user in list(self._queued):
+                    waiting = self._queued[user]
+                    while waiting:
+                        pending = waiting.popleft()
+                        write = self._plan(user, pending, wall, now, actions)
+                        if write is not None:
+                            batch.append(write)
+                            break
+                    if not waiting:
+                        del self._queued[user]
+                if batch:
+                    self._batch = batch
+                    actions.append(self._batch_job(batch))
+        finally:
+            self._starting = False
+        if self._batch is None:
+            # Changes heard while the commits ran (an expiry) are written now.
+            actions.extend(self.jobs(now, self.wall(now)))
+        return actions
+
+    def _plan(self, user: str, pending: _Pending, wall: float, now: float,
+              actions: list[Action]) -> _Write | None:
+        """The write ``pending`` needs, or None once it is answered (into ``actions``)."""
         self.stats.commits += 1
-        wall = self.wall(now)
         try:
             ops = list(pending.plan(wall))
         except Exception as exc:  # noqa: BLE001 - the refusal is the answer
             self.stats.commits_refused += 1
-            return pending.finish(Outcome(error=exc), now) + self._next(user, now)
+            actions.extend(pending.finish(Outcome(error=exc), now))
+            return None
         if not ops or not self.write_through:
             log_changes(self.store.apply(ops), wall)
-            return pending.finish(Outcome(), now) + self._next(user, now)
+            actions.extend(pending.finish(Outcome(), now))
+            return None
         text = render_file(self.store.preview(user, ops), wall)
-        write = self._write(user, text, fsync=True)
+        return _Write(user, ops, pending, next(self._seq), text)
 
-        def done(outcome: Outcome[None], later: float) -> list[Action]:
-            self.record(user, outcome)
-            if outcome.error is None:
-                self._applying = user
-                try:
-                    changes = self.store.apply(ops)
-                finally:
-                    self._applying = None
-                log_changes(changes, self.wall(later))
-            return pending.finish(outcome, later) + self._next(user, later)
+    def _batch_job(self, batch: list[_Write]) -> Job[dict[str, BaseException | None]]:
+        files = self.files
+        owners = [(w, self._users.get(w.user)) for w in batch]
 
-        return [Job(write, done, name=f"save {user}")]
+        def run() -> dict[str, BaseException | None]:
+            # Rendered on the event loop, so each file is one consistent
+            # snapshot; its number lets the writer skip it if a file
+            # rendered later is already on disk.
+            found: list[tuple[User, int, str]] = []
+            missing: dict[str, BaseException | None] = {}
+            for w, known in owners:
+                account = known or users.lookup(w.user)
+                if account is None:
+                    missing[w.user] = LookupError(f"user {w.user} no longer exists")
+                else:
+                    found.append((account, w.seq, w.text))
+            return {**files.save_many(found), **missing}
 
-    def _next(self, user: str, now: float) -> list[Action]:
-        waiting = self._commits.get(user)
-        if waiting:
-            return self._start(user, waiting.popleft(), now)
-        self._commits.pop(user, None)
-        # Changes heard while the commits ran (an expiry) are written now.
-        return list(self.jobs(now, self.wall(now))) if user in self._dirty else []
+        def done(outcome: Outcome[dict[str, BaseException | None]], later: float) -> list[Action]:
+            self._batch = None
+            self.stats.batches += 1
+            actions: list[Action] = []
+            for w in batch:
+                error = outcome.error if outcome.error is not None else (
+                    (outcome.value or {}).get(w.user))
+                result: Outcome[None] = Outcome(error=error)
+                self.record(w.user, result)
+                if error is None:
+                    self._applying = w.user
+                    try:
+                        changes = self.store.apply(w.ops)
+                    finally:
+                        self._applying = None
+                    log_changes(changes, self.wall(later))
+                actions.extend(w.pending.finish(result, later))
+            return actions + self._start_batch(later)
+
+        return Job(run, done, name=f"save {len(batch)} usrloc file(s)")
 
     # ------------------------------------------------------------ background
 
@@ -177,7 +257,10 @@ class Persistence:
             if now < self._next_flush:
                 return []
             self._next_flush = None
-        due = sorted(u for u in self._dirty if u not in self._commits)
+        busy = set(self._queued)
+        if self._batch is not None:
+            busy.update(w.user for w in self._batch)
+        due = sorted(u for u in self._dirty if u not in busy)
         self._dirty.difference_update(due)
         return [self._job(u, wall, fsync=self.write_through) for u in due]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from srfs.files import home
 from srfs.lines import content_lines, quote_value
@@ -303,6 +303,35 @@ class UsrlocFiles:
                 return
             home.write_file(user, self.NAME, text.encode("utf-8", "surrogateescape"), fsync=fsync)
             self._written[user.name] = version
+
+    def save_many(self, batch: Sequence[tuple[User, int, str]]) -> dict[str, BaseException | None]:
+        """:meth:`save` with fsync for a batch of users at once (group commit).
+
+        One entry per user in the batch: None once the user's file is on
+        disk (or a newer one already was), else why not. A user appears at
+        most once in a batch.
+        """
+        with self._lock:
+            locks = {user.name: self._user_locks.setdefault(user.name, threading.Lock())
+                     for user, _, _ in batch}
+        # Always taken in the same order: two batches never wait on each other.
+        names = sorted(locks)
+        for name in names:
+            locks[name].acquire()
+        try:
+            due = [(user, version, text) for user, version, text in batch
+                   if self._written.get(user.name, -1) < version]
+            errors = home.write_files(
+                [(user, self.NAME, text.encode("utf-8", "surrogateescape")) for user, _, text in due])
+            result: dict[str, BaseException | None] = {user.name: None for user, _, _ in batch}
+            for (user, version, _), error in zip(due, errors, strict=True):
+                result[user.name] = error
+                if error is None:
+                    self._written[user.name] = version
+            return result
+        finally:
+            for name in reversed(names):
+                locks[name].release()
 
     @staticmethod
     def load(user: User, now: float) -> tuple[list[Binding], list[str]]:

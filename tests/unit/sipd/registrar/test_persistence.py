@@ -1,0 +1,153 @@
+"""Group commit: the answers of a batch go out once its files are on disk, and only then."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipd.core.work import Action, Job, Outcome
+from sipd.registrar.persistence import Persistence
+from srfs.files.usrloc import UsrlocFiles
+from srfs.state.location import Binding, LocationStore, Op
+from tests.unixusers import FakeUnix, UserSpec, fake_unix
+
+NOW = 1_700_000_000.0
+NAMES = ("ann", "ben", "cat", "dan")
+
+
+@pytest.fixture
+def unix() -> Iterator[FakeUnix]:
+    with fake_unix([UserSpec(n, primary="sip") for n in NAMES]) as u:
+        yield u
+
+
+def binding(user: str, n: int = 1) -> Binding:
+    return Binding(aor=user, user=user, contact=f"sip:{user}@192.0.2.{n}:5060",
+                   expires=NOW + 3600, registered=NOW)
+
+
+def upsert(b: Binding) -> Any:
+    def plan(wall: float) -> Sequence[Op]:
+        return [b]
+    return plan
+
+
+class Answers:
+    """What each commit's ``finish`` heard, in order."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, BaseException | None]] = []
+
+    def finish(self, tag: str) -> Any:
+        def done(outcome: Outcome[None], now: float) -> list[Action]:
+            self.heard.append((tag, outcome.error))
+            return []
+        return done
+
+
+def persistence(unix: FakeUnix) -> tuple[Persistence, LocationStore]:
+    store = LocationStore()
+    p = Persistence(store, UsrlocFiles(), write_through=True, flush_interval=1.0)
+    p.wall = lambda now: NOW + now
+    p.know([unix[n].user for n in NAMES])
+    return p, store
+
+
+def jobs(actions: list[Action]) -> list[Job[Any]]:
+    found = [a for a in actions if isinstance(a, Job)]
+    assert len(found) == len(actions)
+    return found
+
+
+def run(job: Job[Any], now: float = 0.0) -> list[Action]:
+    try:
+        outcome: Outcome[Any] = Outcome(job.run())
+    except Exception as exc:  # noqa: BLE001 - as the I/O layer does
+        outcome = Outcome(error=exc)
+    return job.done(outcome, now)
+
+
+def on_disk(unix: FakeUnix, name: str) -> list[Binding]:
+    return UsrlocFiles.load(unix[name].user, NOW)[0]
+
+
+def test_commits_during_a_write_form_the_next_batch_of_one_job(unix: FakeUnix) -> None:
+    p, store = persistence(unix)
+    answers = Answers()
+    first = jobs(p.commit("ann", upsert(binding("ann")), answers.finish("ann"), 0.0))
+    assert len(first) == 1
+    # While ann's file is on its way, three users commit: nothing starts.
+    for name in ("ben", "cat", "dan"):
+        assert p.commit(name, upsert(binding(name)), answers.finish(name), 0.1) == []
+    assert answers.heard == [] and store.bindings_of_user("ann") == []
+    second = jobs(run(first[0], 0.2))
+    # ann is answered once on disk and in the store; the other three are one job.
+    assert answers.heard == [("ann", None)]
+    assert on_disk(unix, "ann") == [binding("ann")] == store.bindings_of_user("ann")
+    assert len(second) == 1 and "3 usrloc" in second[0].name
+    for name in ("ben", "cat", "dan"):
+        assert on_disk(unix, name) == [] and store.bindings_of_user(name) == []
+    assert run(second[0], 0.3) == []
+    assert answers.heard[1:] == [("ben", None), ("cat", None), ("dan", None)]
+    for name in ("ben", "cat", "dan"):
+        assert on_disk(unix, name) == [binding(name)] == store.bindings_of_user(name)
+    assert p.stats.batches == 2 and p.stats.writes == 4
+
+
+def test_one_user_commits_stay_in_order_one_per_batch(unix: FakeUnix) -> None:
+    p, store = persistence(unix)
+    answers = Answers()
+    first = jobs(p.commit("ann", upsert(binding("ann", 1)), answers.finish("a1"), 0.0))
+    p.commit("ann", upsert(binding("ann", 2)), answers.finish("a2"), 0.0)
+    p.commit("ben", upsert(binding("ben")), answers.finish("b1"), 0.0)
+    second = jobs(run(first[0]))
+    assert answers.heard == [("a1", None)]
+    # ann's second commit is planned against the store her first one left.
+    third = run(second[0])
+    assert third == [] and answers.heard[1:] == [("a2", None), ("b1", None)]
+    assert on_disk(unix, "ann") == [binding("ann", 1), binding("ann", 2)]
+
+
+def test_a_file_that_cannot_be_written_refuses_only_its_own_commit(unix: FakeUnix) -> None:
+    p, store = persistence(unix)
+    answers = Answers()
+    first = jobs(p.commit("ann", upsert(binding("ann")), answers.finish("ann"), 0.0))
+    p.commit("ben", upsert(binding("ben")), answers.finish("ben"), 0.0)
+    p.commit("cat", upsert(binding("cat")), answers.finish("cat"), 0.0)
+    # ben's ~/.sr is a symlink: his file is refused, never followed.
+    ben_home = unix["ben"].home
+    elsewhere = ben_home / "elsewhere"
+    elsewhere.mkdir()
+    os.chown(elsewhere, unix["ben"].uid, unix["ben"].gid)
+    os.symlink(elsewhere, ben_home / ".sr")
+    second = jobs(run(first[0]))
+    run(second[0])
+    heard = dict(answers.heard)
+    assert heard["ann"] is None and heard["cat"] is None
+    assert heard["ben"] is not None and "symlink" in str(heard["ben"])
+    assert store.bindings_of_user("ben") == []  # not acknowledged, not in force
+    assert list(elsewhere.iterdir()) == []
+    assert on_disk(unix, "cat") == [binding("cat")]
+    assert p.stats.write_errors == 1
+    # No temporary file is left behind in the homes that were written.
+    for name in ("ann", "cat"):
+        assert [f for f in os.listdir(Path(unix[name].home) / ".sr") if f.startswith(".")] == []
+
+
+def test_a_refused_plan_is_answered_at_once_and_the_next_commit_goes_on(unix: FakeUnix) -> None:
+    p, store = persistence(unix)
+    answers = Answers()
+
+    def refuse(wall: float) -> Sequence[Op]:
+        raise ValueError("no")
+
+    assert p.commit("ann", refuse, answers.finish("r"), 0.0) == []
+    assert answers.heard[0][0] == "r" and isinstance(answers.heard[0][1], ValueError)
+    first = jobs(p.commit("ann", upsert(binding("ann")), answers.finish("ok"), 0.0))
+    run(first[0])
+    assert answers.heard[1] == ("ok", None)
+    assert p.stats.commits_refused == 1
