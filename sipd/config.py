@@ -363,7 +363,7 @@ class Settings:
     pam_service: str = "sipd"
     pam: bool = True
     locked_suspends: bool = True
-    account_cache_ttl: float = 60.0
+    account_cache_ttl: float = 600.0
     auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     sha256_user_agents: tuple[str, ...] = DEFAULT_SHA256_USER_AGENTS
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -441,7 +441,7 @@ KEYS: tuple[Key, ...] = (
     Key("account_cache_ttl", _non_negative_number("account_cache_ttl"),
         "seconds an account's state (SIP group, locked or expired, PAM) is reused; a change "
         "of /etc/passwd, /etc/group, /etc/shadow or the PAM service file counts within a "
-        "second, and SIGHUP at once (60)", live=True),
+        "second, SIGHUP at once, leaving the group within 5 s (600)", live=True),
     Key("auth_algorithms", _algorithms,
         "digest algorithms accepted (default MD5, SHA-256); a challenge offers one of them, "
         "the one the phone used last, or SHA-256 and MD5 to phones of sha256_user_agents, "

@@ -227,7 +227,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         policy=ChallengePolicy(settings.auth_algorithms, settings.sha256_user_agents),
         identity=identity,
         lookup=directory.account,
-        accounts=RecentAccounts(Directory.unchanged),
+        accounts=RecentAccounts(Directory.unchanged, ttl=settings.account_cache_ttl),
     )
     registrar = Registrar(
         RegistrarPolicy(

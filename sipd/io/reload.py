@@ -134,6 +134,8 @@ def _account_setting(name: str) -> Callable[[Daemon, Any], None]:
         if daemon.directory is not None:
             daemon.directory.configure(**{"ttl" if name == "account_cache_ttl" else name: value})
         if daemon.auth.accounts is not None:
+            if name == "account_cache_ttl":
+                daemon.auth.accounts.ttl = value
             daemon.auth.accounts.forget()
 
     return apply

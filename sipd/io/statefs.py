@@ -175,8 +175,9 @@ class StateFs:
         #: The daemon's, which start-up already read: loading the tree then
         #: costs no second enumeration of every account.
         self.membership = membership or group_membership(settings.group)
-        #: Called with each user who joined the group: a refusal remembered
-        #: from before they did must not count any longer.
+        #: Called with each user who joined or left the group: an answer
+        #: remembered from before (a refusal, an allowed account) must not
+        #: count any longer.
         self.joined: Callable[[str], None] = lambda name: None
         #: Monotonic time the group could last not be read, while it cannot.
         self._outage: float | None = None
@@ -301,6 +302,8 @@ class StateFs:
             for name in removed:
                 log.info("%s left group %s", name, self.settings.group)
                 self.tree.forget_config(name)
+                # Their remembered account answers go: the next request is refused.
+                self.joined(name)
             for user, config in configs:
                 count = self._config_writes.get(user.name, 0)
                 if count != writes.get(user.name, 0) or count % 2:

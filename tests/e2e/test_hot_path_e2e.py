@@ -1,0 +1,71 @@
+"""A phone refreshing its registration costs no look-up: one job, its file, and nothing else.
+
+The account a REGISTER authenticated is remembered (``account_cache_ttl``,
+600 s by default) and checked at each use by the stamp of
+``~/.sr/passwd`` only, so a refresh makes no NSS call, no PAM check and
+no read of the file, and hands one job to a worker thread: the save of
+``~/.sr/usrloc``. A password changed in the file still counts from the
+next request. The figures are read from ``/run/sr/metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sipd.sip.digest import ha1
+from tests.phone import REALM, Phone
+from tests.sipclient import running_sipd, status_of, wait_for
+from tests.unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+    reason="needs /dev/fuse and root to mount the state filesystem",
+)
+
+
+@pytest.fixture(scope="module")
+def unix() -> Iterator[FakeUnix]:
+    with fake_unix([UserSpec("hot", primary="sip")]) as u:
+        yield u
+
+
+def figure(metrics: str, name: str) -> int:
+    return sum(int(float(v)) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics,
+                                                   re.M))
+
+
+def test_a_refresh_costs_one_job_and_no_look_up(tmp_path: Path, unix: FakeUnix,
+                                                mnt: Path) -> None:
+    password = give_passwords(unix, REALM, ["hot"])["hot"]
+    conf = tmp_path / "fs.toml"
+    conf.write_text(f'mount = "{mnt}"\n')
+    with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True, pam=True) as daemon:
+        wait_for(lambda: (mnt / "hot").exists(), "the mount")
+        with Phone(daemon.port, "hot", password) as phone:
+            assert status_of(phone.register()) == 200  # the account is looked up
+            assert status_of(phone.register()) == 200
+            before = (mnt / "metrics").read_text()
+            for _ in range(3):
+                assert status_of(phone.register()) == 200
+            after = (mnt / "metrics").read_text()
+            jobs = figure(after, "sipd_jobs_started_total") - figure(before, "sipd_jobs_started_total")
+            nss = figure(after, "sipd_nss_calls_total") - figure(before, "sipd_nss_calls_total")
+            assert (jobs, nss) == (3, 0), (jobs, nss)
+            # A new password in the file counts at once: the stamp changed.
+            passwd = unix["hot"].home / ".sr" / "passwd"
+            new = "n3w-" + password
+            text = passwd.read_text()
+            for algorithm in ("MD5", "SHA-256"):
+                text = text.replace(ha1("hot", REALM, password, algorithm),
+                                    ha1("hot", REALM, new, algorithm))
+            passwd.write_text(text)
+            assert status_of(phone.register()) == 401
+            phone.password = new
+            assert status_of(phone.register()) == 200
+        (unix["hot"].home / ".sr" / "usrloc").unlink(missing_ok=True)
+        assert daemon.alive()
