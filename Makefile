@@ -53,7 +53,7 @@ test: setup lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 PROFILE_ARGS ?=
 profile: setup

@@ -1,33 +1,232 @@
 #!/usr/bin/env python3
-"""`make bench`: every benchmark in turn. Prints figures; never fails a build.
+"""`make bench`: every benchmark in turn, then one table of figures, targets and PASS/MISS.
 
-    .venv/bin/python bench/run.py [options_rate.py options]
+    .venv/bin/python bench/run.py [--quick] [--out DIR] [--only NAME,...]
 
-Arguments go to options_rate.py only; every other benchmark runs with its
-defaults (see each one's --help).
+Each benchmark runs with its defaults (``--quick`` is passed to those that
+take it: shorter steps, one round), its output shown as it runs and kept
+in ``DIR/NAME.out``; those that write a ``results.json`` get
+``--out DIR/NAME``. The table at the end takes the figures the issue's
+targets name from those files: every speed figure a ratio to Kamailio
+measured in the same run (``sipd/kam`` for rates, ``kam/sipd`` for CPU
+per operation, so higher is better in both), memory per binding after a
+burst, restart time; benchmarks that print their own PASS/MISS lines
+(fuse_bench) have those lines copied. It is also written to
+``DIR/table.txt`` and ``DIR/table.json``. A figure a benchmark did not
+produce (missing tool, no Kamailio) is ``-`` and counts as neither.
+Never fails a build: the exit status is 0 whatever was missed.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import statistics
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_parse.py", "options_rate.py", "location_memory.py", "registrar_bench.py",
-           "fuse_bench.py", "call_bench.py"]
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    script: str
+    #: Takes --out DIR and writes DIR/results.json.
+    results: bool = False
+    quick: bool = False
+
+
+BENCHES = (
+    Bench("parse", "bench_parse.py"),
+    Bench("options", "options_rate.py"),
+    Bench("location", "location_memory.py"),
+    Bench("burst", "burst_memory.py", results=True, quick=True),
+    Bench("registrar", "registrar_bench.py", results=True, quick=True),
+    Bench("fuse", "fuse_bench.py"),
+    Bench("calls", "call_bench.py", results=True, quick=True),
+)
+
+
+@dataclass
+class Figure:
+    label: str
+    value: float | None
+    target: str
+    passed: bool | None
+    unit: str = ""
+
+    def cells(self) -> tuple[str, str, str, str]:
+        value = "-" if self.value is None else f"{self.value:,.2f}".rstrip("0").rstrip(".")
+        verdict = "-" if self.passed is None else ("PASS" if self.passed else "MISS")
+        return self.label, f"{value}{self.unit and ' ' + self.unit}", self.target, verdict
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    found = [float(v) for v in values if isinstance(v, (int, float))]
+    return statistics.fmean(found) if found else None
+
+
+def _rows(rows: Sequence[dict[str, Any]], target: str, mode: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("target") == target and r.get("mode") == mode]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _at_least(label: str, value: float | None, target: float, unit: str = "") -> Figure:
+    return Figure(label, value, f">= {target:g}{unit and ' ' + unit}",
+                  None if value is None else value >= target, unit)
+
+
+def _at_most(label: str, value: float | None, target: float, unit: str = "") -> Figure:
+    return Figure(label, value, f"<= {target:g}{unit and ' ' + unit}",
+                  None if value is None else value <= target, unit)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def registrar_figures(r: dict[str, Any]) -> list[Figure]:
+    maxed, fixed = r.get("max", []), r.get("fixed", [])
+    s_max = _mean([x.get("rate") for x in _rows(maxed, "sipd", "reg-max")])
+    k_max = _mean([x.get("rate") for x in _rows(maxed, "kam", "reg-max")])
+    s_cpu = _mean([x.get("cpu_ms_op") for x in _rows(fixed, "sipd", "reg")])
+    k_cpu = _mean([x.get("cpu_ms_op") for x in _rows(fixed, "kam", "reg")])
+    half = r.get("half") or {}
+    return [
+        _at_least(f"REGISTER+auth max rate, sipd/kam ({_n(s_max)}/{_n(k_max)} per s)",
+                  _ratio(s_max, k_max), 0.15),
+        _at_least(f"REGISTER+auth CPU per op at {_n(r.get('reg_rate'))}/s, kam/sipd "
+                  f"({_n(k_cpu, 3)}/{_n(s_cpu, 3)} ms)", _ratio(k_cpu, s_cpu), 0.20),
+        _at_most(f"REGISTER p99 at half sipd's max ({_n(half.get('rate'))}/s)",
+                 half.get("p99"), 10.0, "ms"),
+    ]
+
+
+def call_figures(r: dict[str, Any]) -> list[Figure]:
+    maxed, fixed = r.get("max", []), r.get("fixed", [])
+    s_max = _mean([x.get("rate") for x in _rows(maxed, "sipd", "call-max-auth")])
+    k_max = _mean([x.get("rate") for x in _rows(maxed, "kam", "call-max-auth")])
+    s_cpu = _mean([x.get("cpu_ms_op") for x in _rows(fixed, "sipd", "call-auth")])
+    k_cpu = _mean([x.get("cpu_ms_op") for x in _rows(fixed, "kam", "call-auth")])
+    return [
+        _at_least(f"auth call setup max rate, sipd/kam ({_n(s_max)}/{_n(k_max)} per s)",
+                  _ratio(s_max, k_max), 0.30),
+        _at_least(f"auth call setup CPU per call at {_n(r.get('call_rate'))}/s, kam/sipd "
+                  f"({_n(k_cpu, 3)}/{_n(s_cpu, 3)} ms)", _ratio(k_cpu, s_cpu), 0.30),
+    ]
+
+
+def burst_figures(r: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
+    for size in r.get("sizes", []):
+        n = size.get("bindings")
+        out.append(_at_most(f"RSS per binding after a burst, {_n(n)} bindings",
+                            size.get("rss_per_binding_settled"), 2048, "B"))
+        if size.get("restart_s") is not None:
+            out.append(_at_most(f"restart with {_n(n)} bindings", size.get("restart_s"), 10.0,
+                                "s"))
+    return out
+
+
+FIGURES: dict[str, Callable[[dict[str, Any]], list[Figure]]] = {
+    "registrar": registrar_figures,
+    "calls": call_figures,
+    "burst": burst_figures,
+}
+
+
+def _n(v: Any, places: int = 0) -> str:
+    return "-" if not isinstance(v, (int, float)) else f"{v:,.{places}f}"
+
+
+def own_verdicts(text: str) -> list[str]:
+    """The lines of a benchmark's own table that carry a verdict."""
+    return [line.rstrip() for line in text.splitlines()
+            if ("PASS" in line or "MISS" in line) and not line.lstrip().startswith("+")]
+
+
+def run(bench: Bench, out: Path, quick: bool) -> str:
+    cmd = [sys.executable, str(HERE / bench.script)]
+    if bench.results:
+        cmd += ["--out", str(out / bench.name)]
+    if quick and bench.quick:
+        cmd.append("--quick")
+    print(f"\n=== {bench.script}: {' '.join(cmd[1:])}", flush=True)
+    lines: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            lines.append(line)
+    text = "".join(lines)
+    (out / f"{bench.name}.out").write_text(text)
+    if proc.returncode != 0:
+        print(f"({bench.script} exited with {proc.returncode})")
+    return text
+
+
+def table(figures: list[Figure], copied: dict[str, list[str]]) -> str:
+    rows = [f.cells() for f in figures]
+    head = ("figure", "measured", "target", "")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    for name, found in copied.items():
+        if found:
+            lines.append(f"\n{name} (its own verdicts):")
+            lines += [f"  {line.strip()}" for line in found]
+    return "\n".join(lines)
 
 
 def main() -> int:
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        print(__doc__.strip())
-        return 0
-    for name in BENCHES:
-        print(f"\n=== {name}", flush=True)
-        r = subprocess.run([sys.executable, str(HERE / name), *sys.argv[1:]] if name == "options_rate.py"
-                           else [sys.executable, str(HERE / name)])
-        if r.returncode != 0:
-            print(f"({name} exited with {r.returncode})")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="shorter runs where a benchmark has them")
+    ap.add_argument("--out", help="results directory (default: a new one under the temp dir)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated names: " + ", ".join(b.name for b in BENCHES))
+    ap.add_argument("--table-only", action="store_true",
+                    help="only print the table of an earlier run's --out directory")
+    args = ap.parse_args()
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sipd-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [b for b in BENCHES if not args.only or b.name in args.only.split(",")]
+    texts: dict[str, str] = {}
+    for bench in chosen:
+        if args.table_only:
+            path = out / f"{bench.name}.out"
+            texts[bench.name] = path.read_text(errors="replace") if path.exists() else ""
+        elif (HERE / bench.script).exists():
+            texts[bench.name] = run(bench, out, args.quick)
+    figures: list[Figure] = []
+    copied: dict[str, list[str]] = {}
+    for bench in chosen:
+        if bench.name in FIGURES:
+            figures += FIGURES[bench.name](_load(out / bench.name / "results.json"))
+        elif bench.name in texts:
+            copied[bench.script] = own_verdicts(texts[bench.name])
+    text = table(figures, copied)
+    print("\n" + "=" * 100 + "\n" + text)
+    print("\nRatios come from one run on one machine; absolute figures move 10-40 % between runs.")
+    print(f"raw output: {out}")
+    (out / "table.txt").write_text(text + "\n")
+    (out / "table.json").write_text(json.dumps([f.__dict__ for f in figures], indent=1))
     return 0
 
 
