@@ -48,6 +48,7 @@ BENCHES = (
     Bench("location", "location_memory.py"),
     Bench("burst", "burst_memory.py", results=True, quick=True),
     Bench("registrar", "registrar_bench.py", results=True, quick=True),
+    Bench("scaling", "scaling_bench.py", results=True, quick=True),
     Bench("fuse", "fuse_bench.py"),
     Bench("calls", "call_bench.py", results=True, quick=True),
 )
@@ -141,7 +142,22 @@ def burst_figures(r: dict[str, Any]) -> list[Figure]:
     return out
 
 
+def scaling_figures(r: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
+    for size in r.get("sizes", [])[1:]:
+        ratio = size.get("ratio")
+        out.append(Figure(f"CPU per REGISTER with {_n(size.get('bindings'))} bindings held, "
+                          f"vs the smallest size", ratio, "1 +- 0.2",
+                          None if ratio is None else abs(ratio - 1) <= 0.2))
+    for size in r.get("sizes", []):
+        if (size.get("bindings") or 0) >= 100_000:
+            out.append(_at_most(f"restart with {_n(size.get('bindings'))} bindings, exec to "
+                                f"first answer", size.get("restart_s"), 10.0, "s"))
+    return out
+
+
 FIGURES: dict[str, Callable[[dict[str, Any]], list[Figure]]] = {
+    "scaling": scaling_figures,
     "registrar": registrar_figures,
     "calls": call_figures,
     "burst": burst_figures,

@@ -60,6 +60,9 @@ def describe(change: Change, wall: float) -> tuple[int, str]:
 def log_changes(changes: Iterable[Change], wall: float) -> None:
     """Log each change that is in force now."""
     for change in changes:
+        # A refresh is a debug line: not even described unless it is logged.
+        if change.kind is ChangeKind.UPDATED and not log.isEnabledFor(logging.DEBUG):
+            continue
         level, text = describe(change, wall)
         if log.isEnabledFor(level):
             log.log(level, "%s", text)

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Does a REGISTER cost the same with 100 bindings held as with 100,000? And the restart.
+
+    .venv/bin/python bench/scaling_bench.py [--sizes 100,100000] [--rate 200]
+        [--warm-s 10] [--seconds 20] [--quick]
+
+1. Provisioning as registrar_bench.py does (the shared harness's 10,100
+   users as fake UNIX users), plus 10,000 more users who only hold
+   bindings: ``~/.sr/usrloc`` files written before sipd starts, one
+   binding each for up to 10,000 bindings, ten each for 100,000.
+2. For each size: sipd starts on those files (write-through, as
+   registrar_bench.py runs it); the time from exec to its first answer to
+   an OPTIONS, and its "reloaded N registration(s) ... in X s" line, are
+   the restart figures (target: under 10 s with 100,000 bindings). Then
+   the harness's ``bench.py reg`` (REGISTER, 401, REGISTER with
+   credentials, by the harness's own users, who hold no binding
+   beforehand) at ``--rate`` for ``--warm-s`` seconds, and again for
+   ``--seconds``, measured: sipd's CPU per registration from /proc.
+3. The ratio of the CPU per registration at each size to the smallest
+   size's (target: within 20 %), in one table, and ``results.json``.
+
+Both sizes run in the same invocation, one after the other, so other
+load on the machine hits both alike only roughly: repeat it when a figure
+is near its bound. A benchmark, not a test: it exits 0 when something it
+needs is missing and prints what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from registrar_bench import (  # noqa: E402
+    ANCHOR,
+    Harness,
+    Processes,
+    free_port,
+    guarded,
+    log,
+    options_probe,
+    prerequisites,
+    provision_unix,
+    read_users,
+    start_sipd,
+    stop_sipd,
+)
+
+from srfs.files.usrloc import render_file  # noqa: E402
+from srfs.state.location import Binding  # noqa: E402
+
+HOLDERS = 10_000
+TARGET_FLAT = 0.20
+TARGET_RESTART_S = 10.0
+UA = "Yealink SIP-T46S 66.86.0.15"
+
+
+def write_bindings(scratch: Path, holders: list[str], per_user: int, users: int,
+                   uid_of: dict[str, int], gid: int) -> int:
+    """usrloc files: ``per_user`` bindings for the first ``users`` holders, none for the rest."""
+    wall = time.time()
+    written = 0
+    for i, name in enumerate(holders):
+        path = scratch / "home" / name / ".sr" / "usrloc"
+        if i >= users:
+            path.unlink(missing_ok=True)
+            continue
+        bindings = [Binding(aor=name, user=name,
+                            contact=f"sip:{name}@10.{i // 250 % 250}.{i % 250}.{k + 1}:5060",
+                            expires=wall + 3500, callid=os.urandom(16).hex(), cseq=1, ua=UA,
+                            registered=wall)
+                    for k in range(per_user)]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, render_file(bindings, wall).encode())
+            os.fchown(fd, uid_of[name], gid)
+        finally:
+            os.close(fd)
+        written += per_user
+    return written
+
+
+def uids(passwd: Path) -> dict[str, int]:
+    out = {}
+    for line in passwd.read_text().splitlines():
+        parts = line.split(":")
+        if len(parts) > 3:
+            out[parts[0]] = int(parts[2])
+    return out
+
+
+def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes) -> None:
+    scratch.chmod(0o755)
+    data = scratch / "data"
+    ports: set[int] = set()
+    port = free_port(ports)
+    h = Harness(procs, data, results, (free_port(ports), free_port(ports), free_port(ports)))
+    if procs.run([sys.executable, str(ANCHOR / "gen_users.py"), "--out", str(data)],
+                 timeout=120, env=h.env(), stdout=open(os.devnull, "wb")) != 0:
+        raise RuntimeError("gen_users.py failed")
+    harness_users = read_users(data / "users.csv")
+    holders = [f"hold{i:05}" for i in range(HOLDERS)]
+    t0 = time.monotonic()
+    fake = provision_unix(harness_users + [(n, os.urandom(8).hex()) for n in holders], scratch)
+    log(f"provisioned {fake.users} users in {time.monotonic() - t0:.1f} s")
+    uid_of = uids(fake.passwd)
+    conf = scratch / "sipd.conf"
+    conf.write_text('wtmp = false\nmax_expires = 3600\nsync = "write-through"\n')
+    rows: list[dict[str, Any]] = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        per_user = max(1, size // HOLDERS)
+        count = write_bindings(scratch, holders, per_user, min(HOLDERS, size // per_user),
+                               uid_of, fake.gid)
+        for name, _ in harness_users:
+            (scratch / "home" / name / ".sr" / "usrloc").unlink(missing_ok=True)
+        log(f"\n== {count} bindings held ({per_user} per holder)")
+        started = time.monotonic()
+        sipd = start_sipd(procs, fake, conf, port, results / f"sipd-{size}.log")
+        ready = options_probe(port, 120.0)
+        if ready is None:
+            raise RuntimeError(f"sipd did not answer; see {results / f'sipd-{size}.log'}")
+        ready_s = time.monotonic() - started
+        text = (results / f"sipd-{size}.log").read_text(errors="replace")
+        m = re.search(r"reloaded (\d+) registration\(s\) of (\d+) SIP user\(s\) in ([\d.]+) s",
+                      text)
+        reloaded = int(m.group(1)) if m else None
+        reload_s = float(m.group(3)) if m else None
+        log(f"  exec to first OPTIONS 200: {ready_s:.2f} s; reloaded {reloaded} in {reload_s} s")
+        h.bench(f"warm_{size}", port, sipd.pid, "reg", args.rate, args.warm_s)
+        summary = h.bench(f"reg_{size}", port, sipd.pid, "reg", args.rate, args.seconds)
+        step = ((summary or {}).get("steps") or [{}])[0]
+        cpu = step.get("target_cpu_ms_per_op")
+        lat = (step.get("latency_ms") or {}).get("rtd1") or {}
+        log(f"  CPU per REGISTER+auth at {args.rate:g}/s: {cpu} ms; p50/p99 "
+            f"{lat.get('p50')}/{lat.get('p99')} ms; passed {step.get('pass')}")
+        rows.append({"bindings": count, "reloaded": reloaded, "reload_s": reload_s,
+                     "restart_s": round(ready_s, 2), "cpu_ms_op": cpu, "p50": lat.get("p50"),
+                     "p99": lat.get("p99"), "passed": step.get("pass")})
+        stop_sipd(procs, sipd)
+    base = rows[0].get("cpu_ms_op") if rows else None
+    log("\n" + "=" * 90)
+    log(f"{'bindings held':>14} {'restart s':>10} {'reload s':>9} {'CPU ms/REG':>11} "
+        f"{'vs first':>9}  verdict")
+    for r in rows:
+        ratio = (r["cpu_ms_op"] / base) if base and r.get("cpu_ms_op") else None
+        r["ratio"] = None if ratio is None else round(ratio, 3)
+        flat = None if ratio is None else abs(ratio - 1) <= TARGET_FLAT
+        restart_ok = r["restart_s"] < TARGET_RESTART_S
+        r["flat_pass"], r["restart_pass"] = flat, restart_ok
+        verdict = (f"cost {'-' if flat is None else 'PASS' if flat else 'MISS'} (within "
+                   f"{TARGET_FLAT:.0%}); restart {'PASS' if restart_ok else 'MISS'} "
+                   f"(< {TARGET_RESTART_S:g} s)")
+        log(f"{r['bindings']:>14,} {r['restart_s']:>10.2f} {r['reload_s'] or '-':>9} "
+            f"{r['cpu_ms_op'] or '-':>11} {r['ratio'] or '-':>9}  {verdict}")
+    (results / "results.json").write_text(json.dumps(
+        {"args": vars(args), "sizes": rows}, indent=1, default=str))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100,100000", help="bindings held (comma separated)")
+    ap.add_argument("--rate", type=float, default=200.0, help="REGISTERs a second")
+    ap.add_argument("--warm-s", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--quick", action="store_true", help="--warm-s 5 --seconds 10")
+    ap.add_argument("--out", help="results directory (default: a new one under the temp dir)")
+    ap.add_argument("--scratch-parent", default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.warm_s, args.seconds = 5.0, 10.0
+    reason = prerequisites()
+    if reason:
+        log(f"scaling_bench: skipped: {reason}")
+        return 0
+    return guarded(run, args, "scaling")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
