@@ -154,21 +154,37 @@ def _current_fsids(libc: ctypes.PyDLL) -> tuple[int, int]:
     return libc.setfsuid(-1) & 0xFFFFFFFF, libc.setfsgid(-1) & 0xFFFFFFFF
 
 
+_MASK = 0xFFFFFFFF
+#: The identity this thread's innermost :func:`_acting_as` took, if any.
+_acting = threading.local()
+
+
 @contextmanager
 def _acting_as(user: User) -> Iterator[None]:
-    """Run the body with this thread's fsuid/fsgid set to the user's when we are root."""
+    """Run the body with this thread's fsuid/fsgid set to the user's when we are root.
+
+    Nested in one for the same user it costs nothing: a file write takes
+    the identity once for opening ``~/.sr`` and creating its file.
+    """
+    want = (user.uid, user.gid)
+    if getattr(_acting, "ids", None) == want:
+        yield
+        return
     if not _SETFSUID or os.geteuid() != 0 or user.uid == 0:
         yield
         return
     libc = _get_libc()
-    prev_uid, prev_gid = _current_fsids(libc)
-    libc.setfsgid(user.gid)
-    libc.setfsuid(user.uid)
+    # Each call answers with the value it replaced: the identity to go back to.
+    prev_gid = libc.setfsgid(user.gid) & _MASK
+    prev_uid = libc.setfsuid(user.uid) & _MASK
+    outer = getattr(_acting, "ids", None)
+    _acting.ids = want
     try:
-        if _current_fsids(libc) != (user.uid, user.gid):
+        if _current_fsids(libc) != want:
             raise HomeError(errno.EPERM, f"cannot take the file identity of {user.name}")
         yield
     finally:
+        _acting.ids = outer
         # fsuid first: back to root restores the capability to set fsgid.
         libc.setfsuid(prev_uid)
         libc.setfsgid(prev_gid)
@@ -688,7 +704,7 @@ def write_file(
     max_size: int = MAX_WRITE,
 ) -> None:
     """Atomically replace ``~user/.sr/<name>``, creating ``~/.sr`` if needed."""
-    with SrDir.open(user, create=True) as sr:
+    with _acting_as(user), SrDir.open(user, create=True) as sr:
         sr.write(name, data, fsync=fsync, mode=mode, max_size=max_size)
 
 
@@ -713,17 +729,18 @@ def write_files(
     published: list[tuple[int, SrDir]] = []
     try:
         for i, (user, name, data) in enumerate(items):
-            try:
-                sr = SrDir.open(user, create=True)
-            except HomeError as e:
-                errors[i] = e
-                continue
-            try:
-                tmp, fd = sr.stage(name, data, mode=mode, max_size=max_size)
-            except HomeError as e:
-                errors[i] = e
-                sr.close()
-                continue
+            with _acting_as(user):  # once for the open and the new file
+                try:
+                    sr = SrDir.open(user, create=True)
+                except HomeError as e:
+                    errors[i] = e
+                    continue
+                try:
+                    tmp, fd = sr.stage(name, data, mode=mode, max_size=max_size)
+                except HomeError as e:
+                    errors[i] = e
+                    sr.close()
+                    continue
             staged.append((i, sr, tmp, fd))
         while staged:
             i, sr, tmp, fd = staged.pop(0)
