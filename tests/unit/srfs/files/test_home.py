@@ -104,6 +104,55 @@ def test_write_creates_sr_and_file_owned_by_user(alice: User, umask: int) -> Non
     assert thread_fs_ids() == (0, 0)
 
 
+def test_write_files_syncs_each_filesystem_twice_whatever_the_batch(
+        unix: FakeUnix, alice: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    bob = unix["bob"].user
+    synced: list[int] = []
+    real = home._syncfs
+
+    def counting(fd: int) -> int:
+        synced.append(fd)
+        return real(fd)
+
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(home, "_syncfs", counting)
+    monkeypatch.setattr(home.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    errors = home.write_files([(alice, "usrloc", b"a\n"), (bob, "usrloc", b"b\n"),
+                               (alice, "config", b"c\n")])
+    assert errors == [None, None, None]
+    assert len(synced) == 2 and fsyncs == []  # both homes are on one filesystem
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"a\n"
+    assert (sr_path(bob) / "usrloc").read_bytes() == b"b\n"
+    assert (sr_path(alice) / "config").read_bytes() == b"c\n"
+    assert temp_files(alice) == [] and temp_files(bob) == []
+    st = os.lstat(sr_path(bob) / "usrloc")
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (bob.uid, 0o600)
+
+
+def test_write_files_falls_back_to_a_sync_per_file_when_syncfs_fails(
+        unix: FakeUnix, alice: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    bob = unix["bob"].user
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(home, "_syncfs", lambda fd: errno.EIO)
+    monkeypatch.setattr(home.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    errors = home.write_files([(alice, "usrloc", b"a\n"), (bob, "usrloc", b"b\n")])
+    assert errors == [None, None]
+    assert len(fsyncs) == 4  # each file's data and each directory
+    assert (sr_path(bob) / "usrloc").read_bytes() == b"b\n"
+
+
+def test_write_files_refuses_one_home_and_writes_the_others(
+        unix: FakeUnix, alice: User) -> None:
+    bob = unix["bob"].user
+    make_sr(bob, mode=0o777)  # a ~/.sr others may write: refused
+    errors = home.write_files([(bob, "usrloc", b"b\n"), (alice, "usrloc", b"a\n")])
+    assert isinstance(errors[0], HomeError) and errors[1] is None
+    assert not (sr_path(bob) / "usrloc").exists()
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"a\n"
+
+
 def test_missing_things_are_none_not_errors(alice: User) -> None:
     assert home.read_file(alice, "passwd") is None  # no ~/.sr
     assert home.remove_file(alice, "passwd") is False
