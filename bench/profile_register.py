@@ -2,7 +2,11 @@
 """Where sipd's CPU goes for one REGISTER with digest auth: py-spy on the running daemon.
 
     .venv/bin/python bench/profile_register.py [--rate 200] [--seconds 20]
-        [--sync write-through|write-back] [--scratch-parent /dev/shm]
+        [--sync write-through|write-back] [--calls] [--scratch-parent /dev/shm]
+
+``--calls`` profiles authenticated call setups instead, with
+call_bench.py's load (the harness's ``bench.py call --auth``) and sipd
+settings (MD5 only, no call records); the table is then per call.
 
 The users, the sipd command line and the load are registrar_bench.py's:
 the shared harness's users as fake UNIX users, sipd on them, and its
@@ -130,11 +134,14 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
         raise RuntimeError("py-spy is missing: make profile installs it")
     setup = prepare(results, scratch, procs)
     conf = scratch / "sipd.conf"
-    conf.write_text(f'wtmp = false\nmax_expires = 3600\nsync = "{args.sync}"\n')
+    what = "call setup with auth" if args.calls else "REGISTER+auth"
+    conf.write_text(f'wtmp = false\nmax_expires = 3600\nsync = "{args.sync}"\n'
+                    # As call_bench.py runs it: sipp answers the first challenge only.
+                    + ('auth_algorithms = ["MD5"]\nacc = false\n' if args.calls else ""))
     sipd = start_sipd(procs, setup.fake, conf, setup.sipd_port, results / "sipd.log")
     if options_probe(setup.sipd_port, 60.0) is None:
         raise RuntimeError(f"sipd did not answer OPTIONS; see {results / 'sipd.log'}")
-    log(f"sipd pid {sipd.pid}; REGISTER+auth at {args.rate:g}/s for {args.seconds:g} s, "
+    log(f"sipd pid {sipd.pid}; {what} at {args.rate:g}/s for {args.seconds:g} s, "
         f"py-spy at {RATE} Hz")
     stacks = results / "stacks.txt"
     cpu0 = time.monotonic(), cpu_seconds(sipd.pid)
@@ -143,8 +150,12 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
                             "--full-filenames", "--threads", "--gil", "--nonblocking",
                             "-o", str(stacks)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    summary = setup.h.bench("profile_reg", setup.sipd_port, sipd.pid, "reg", args.rate,
-                            args.seconds)
+    if args.calls:
+        summary = setup.h.bench("profile_call", setup.sipd_port, sipd.pid, "call", args.rate,
+                                args.seconds, ["--auth"])
+    else:
+        summary = setup.h.bench("profile_reg", setup.sipd_port, sipd.pid, "reg", args.rate,
+                                args.seconds)
     spy_proc.wait(timeout=args.seconds + 60)
     wall = time.monotonic() - cpu0[0]
     user1, system1 = cpu_seconds(sipd.pid)
@@ -156,12 +167,15 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     parts, total, workers = breakdown(stacks)
     per_reg = 1000 * (user + system) / ok
     gil_ms = 1000 * total / RATE / ok
-    log(f"\n{ok} registrations answered 200 in {wall:.1f} s; sipd's CPU per REGISTER+auth "
-        f"(both legs): {per_reg:.3f} ms, of which {1000 * user / ok:.3f} ms user and "
+    unit = "call" if args.calls else "REGISTER"
+    log(f"\n{ok} {'calls' if args.calls else 'registrations'} answered 200 in {wall:.1f} s; "
+        f"sipd's CPU per {what} "
+        f"({'INVITE, 407, ACK, INVITE, 180, 200, ACK, BYE, 200' if args.calls else 'both legs'}): "
+        f"{per_reg:.3f} ms, of which {1000 * user / ok:.3f} ms user and "
         f"{1000 * system / ok:.3f} ms system (syscalls: sockets, file writes, fsync, thread "
-        f"wake-ups); Python held the GIL {gil_ms:.3f} ms per REGISTER "
+        f"wake-ups); Python held the GIL {gil_ms:.3f} ms per {unit} "
         f"({total} samples, {100 * workers / max(total, 1):.1f} % of them in worker threads)\n")
-    log(f"{'part (time holding the GIL)':<36} {'share':>7} {'ms/REGISTER':>12}")
+    log(f"{'part (time holding the GIL)':<36} {'share':>7} {'ms/' + unit:>12}")
     rows = []
     for name, n in parts.most_common():
         share = n / total
@@ -179,7 +193,10 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rate", type=float, default=200.0, help="REGISTERs per second")
+    ap.add_argument("--rate", type=float, default=200.0,
+                    help="REGISTERs (or calls) per second")
+    ap.add_argument("--calls", action="store_true",
+                    help="profile authenticated call setups (call_bench.py's load) instead")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long to load and sample")
     ap.add_argument("--sync", choices=("write-through", "write-back"), default="write-through")
     ap.add_argument("--out", help="results directory (default: a new one under the temp dir)")

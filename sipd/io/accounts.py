@@ -39,6 +39,7 @@ def forget_accounts(daemon: Daemon) -> None:
         daemon.directory.forget()
     if daemon.auth.accounts is not None:
         daemon.auth.accounts.forget()
+    daemon.proxy.user_lookup.forget()
     if daemon.membership is not None:
         # Primary-group members are listed again at the next refresh.
         daemon.membership.force_full()
@@ -50,6 +51,7 @@ def forget_user(daemon: Daemon, name: str) -> None:
         daemon.directory.forget_user(name)
     if daemon.auth.accounts is not None:
         daemon.auth.accounts.forget_user(name)
+    daemon.proxy.user_lookup.forget(name)
 
 
 def _warn_unreadable_shadow(daemon: Daemon) -> None:
@@ -72,7 +74,9 @@ async def watch_account_files(daemon: Daemon, reload: ReloadRequest) -> None:
             log.info("account states forgotten: each is checked again at its next use")
             continue
         if await trio.to_thread.run_sync(directory.files_changed):
-            # The directory forgot its own; what the authenticator kept goes too.
+            # The directory forgot its own; what the authenticator and the
+            # proxy kept goes too.
             if daemon.auth.accounts is not None:
                 daemon.auth.accounts.forget()
+            daemon.proxy.user_lookup.forget()
             log.info("account files changed: each account state is checked again")

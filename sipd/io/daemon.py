@@ -248,7 +248,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
     try:
         proxy = Proxy(
             identity, advertised(bound), transactions, store, auth,
-            HomeUsers(settings.group, directory.state),
+            HomeUsers(settings.group, directory.state, ttl=settings.account_cache_ttl),
             ProxyPolicy(outbound_proxy=settings.outbound_proxy,
                         from_policy="rewrite" if settings.from_policy == "rewrite" else "reject"),
             hooks or tracker, ownership, account_state=directory.state_of,

@@ -161,6 +161,9 @@ CATALOGUE: dict[str, dict[str, Figure | None]] = {
         "proxy_unknown_throttled": Figure("proxy_unknown_throttled",
                                           "Requests from outside answered 480 without a look-up: "
                                           "the sender's budget of look-ups was spent."),
+        "proxy_users_cached": Figure("proxy_users_cached",
+                                     "Requests routed with their users' settings known without "
+                                     "a look-up or a worker thread."),
     },
     "KeepAliveStats": {
         "probes": Figure("keepalive_probes",

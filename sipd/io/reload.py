@@ -20,6 +20,7 @@ import trio
 
 from sipd.config import ConfigError, Settings, changed, reread
 from sipd.io.limits import tcp_connection_cap
+from sipd.proxy.users import HomeUsers
 from srfs.logtext import set_log_level
 
 if TYPE_CHECKING:
@@ -137,6 +138,10 @@ def _account_setting(name: str) -> Callable[[Daemon, Any], None]:
             if name == "account_cache_ttl":
                 daemon.auth.accounts.ttl = value
             daemon.auth.accounts.forget()
+        users = daemon.proxy.user_lookup
+        if name == "account_cache_ttl" and isinstance(users, HomeUsers):
+            users.ttl = value
+        users.forget()
 
     return apply
 

@@ -114,6 +114,8 @@ class ProxyStats:
     proxy_trunk_calls: int = 0
     proxy_branches_refused: int = 0
     proxy_unknown_throttled: int = 0
+    #: Calls whose users' settings were known without a look-up (no worker thread).
+    proxy_users_cached: int = 0
 
 
 @dataclass(eq=False)

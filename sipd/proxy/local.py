@@ -2,6 +2,8 @@
 
 :func:`settings_chain` is the blocking part, run as a worker job: it
 follows the callee's ``forward`` settings through local users.
+:func:`cached_settings_chain` is the same walk on the event loop, when
+every answer it needs was found lately (:meth:`UserLookup.find_cached`).
 :func:`binding_groups` turns an AOR's live bindings into targets, grouped
 by q-value, highest first (§16.6: parallel within a group, one group
 after another).
@@ -32,6 +34,31 @@ Chain = list[tuple[str, bool, UserConfig]]
 
 def settings_chain(lookup: UserLookup, identity: LocalIdentity, first: str,
                    caller: str | None) -> tuple[Chain, UserConfig | None]:
+    return _walk(lookup.find, identity, first, caller)
+
+
+class _NotCached(Exception):
+    """An answer the walk needs is not known without a look-up."""
+
+
+def cached_settings_chain(lookup: UserLookup, identity: LocalIdentity, first: str,
+                          caller: str | None) -> tuple[Chain, UserConfig | None] | None:
+    """:func:`settings_chain` without blocking, or None when it would need a look-up."""
+
+    def find(name: str) -> tuple[bool, UserConfig]:
+        found = lookup.find_cached(name)
+        if found is None:
+            raise _NotCached(name)
+        return found
+
+    try:
+        return _walk(find, identity, first, caller)
+    except _NotCached:
+        return None
+
+
+def _walk(find: Callable[[str], tuple[bool, UserConfig]], identity: LocalIdentity, first: str,
+          caller: str | None) -> tuple[Chain, UserConfig | None]:
     """Blocking: ``first``'s settings and those of every local user it forwards to.
 
     The chain ends at a user without ``forward``, at a forward to another
@@ -41,7 +68,7 @@ def settings_chain(lookup: UserLookup, identity: LocalIdentity, first: str,
     chain: Chain = []
     name = first
     while True:
-        known, config = lookup.find(name)
+        known, config = find(name)
         chain.append((name, known, config))
         fwd_to = config.get("forward") if known else None
         if fwd_to is None or len(chain) > MAX_FORWARD_CHAIN:
@@ -50,7 +77,7 @@ def settings_chain(lookup: UserLookup, identity: LocalIdentity, first: str,
         if not (isinstance(uri, SipURI) and uri.user and identity.is_local_host(uri.host)):
             break
         name = aor_of(uri)
-    caller_config = lookup.find(caller)[1] if caller else None
+    caller_config = find(caller)[1] if caller else None
     return chain, caller_config
 
 

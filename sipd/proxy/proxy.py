@@ -59,7 +59,7 @@ from sipd.proxy.context import (
 )
 from sipd.proxy.forking import Forker
 from sipd.proxy.limits import Destinations, SourceBudget
-from sipd.proxy.local import Chain, binding_groups, settings_chain
+from sipd.proxy.local import Chain, binding_groups, cached_settings_chain, settings_chain
 from sipd.proxy.routing import ContactIndex, Router, max_breadth, target_tag
 from sipd.proxy.targets import LivePeer, LocalAddresses, Target, flow_target, uri_target
 from sipd.proxy.users import UserLookup
@@ -481,6 +481,10 @@ class Proxy:
             self._identify_outbound(ctx, fwd, None)
             return self.forker.start_call(ctx, fwd, [[self._outbound_target(fwd.uri_text)]],
                                           None, now)
+        known = lookup.find_cached(caller)
+        if known is not None:
+            self.stats.proxy_users_cached += 1
+            return found(Outcome(known), now)
         return [Defer(lambda: lookup.find(caller), found, name=f"config {caller}",
                       directory=True)]
 
@@ -533,8 +537,12 @@ class Proxy:
             return self.forker.safely(ctx, later, lambda: self._local_found(
                 ctx, fwd, aor, outcome, later, alias=owner is not None))
 
-        # Settings are read on every call, by design: a user's change counts
-        # for the next call.
+        # Settings count from the next call after a change: the cached walk
+        # checks each file's stamp, and anything not known is looked up.
+        known = cached_settings_chain(lookup, identity, first, caller)
+        if known is not None:
+            self.stats.proxy_users_cached += 1
+            return found(Outcome(known), now)
         return [Defer(lambda: settings_chain(lookup, identity, first, caller), found,
                       name=f"user {aor}", directory=True)]
 

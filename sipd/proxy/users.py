@@ -9,12 +9,22 @@ While the user database fails, a user found allowed before is still
 found (with their settings, read from their home as usual): the last
 good answer is kept per user until the directory answers otherwise, as
 the authenticator keeps its own (see :mod:`sipd.auth.authenticator`).
+
+A call needs no worker thread when its users were found lately:
+:meth:`HomeUsers.find_cached` answers on the event loop from what
+:meth:`HomeUsers.find` found (kept ``account_cache_ttl`` seconds, refusals
+10, forgotten with every account answer when the account files change, on
+SIGHUP and when the user joins or leaves the SIP group) and from
+``~/.sr/config`` as last read, if its stamp says it has not changed since
+(one ``lstat``), so a user's change of their settings counts for the next
+call as before.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
@@ -40,6 +50,14 @@ class UserLookup(Protocol):
         """Raises :class:`~srfs.accounts.users.DirectoryUnavailable` when NSS fails."""
         ...
 
+    def find_cached(self, name: str) -> tuple[bool, UserConfig] | None:
+        """:meth:`find`'s answer when it is known without blocking, else None."""
+        ...
+
+    def forget(self, name: str | None = None) -> None:
+        """Answers kept for ``name`` (or everyone) go."""
+        ...
+
 
 class HomeUsers:
     """:class:`UserLookup` on NSS, the account state and ``~/.sr/config``.
@@ -48,9 +66,18 @@ class HomeUsers:
     """
 
     def __init__(self, group: str,
-                 state: Callable[[User], AccountState] | None = None) -> None:
+                 state: Callable[[User], AccountState] | None = None, *,
+                 ttl: float = 600.0, negative_ttl: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.group = group
         self.state = state
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self._clock = clock
+        #: What find() found per name: (until, the user if allowed, else None).
+        self._found: OrderedDict[str, tuple[float, User | None]] = OrderedDict()
+        #: Counts forget(): a find() that began before one keeps nothing.
+        self._generation = 0
         self._configs: FileCache[UserConfig] = FileCache("config", parse_userconfig)
         self._unreadable = Recurring()
         #: Users last found allowed, for the directory's outages only.
@@ -60,6 +87,7 @@ class HomeUsers:
     def find(self, name: str) -> tuple[bool, UserConfig]:
         if not valid_name(name):
             return False, EMPTY
+        generation = self._generation
         try:
             user = users.lookup(name)
             allowed = user is not None and self._allowed(user)
@@ -71,6 +99,7 @@ class HomeUsers:
             allowed = True
         else:
             self._remember(name, user if allowed else None)
+            self._note(name, user if allowed else None, generation)
         if user is None or not allowed:
             return False, EMPTY
         try:
@@ -82,6 +111,39 @@ class HomeUsers:
             return True, EMPTY
         self._unreadable.clear(name)
         return True, config or EMPTY
+
+    def find_cached(self, name: str) -> tuple[bool, UserConfig] | None:
+        if not valid_name(name):
+            return False, EMPTY
+        with self._good_lock:
+            entry = self._found.get(name)
+        if entry is None or self._clock() >= entry[0]:
+            return None
+        user = entry[1]
+        if user is None:
+            return False, EMPTY
+        fresh, config = self._configs.peek(user)
+        if not fresh:
+            return None
+        return True, config or EMPTY
+
+    def forget(self, name: str | None = None) -> None:
+        with self._good_lock:
+            self._generation += 1
+            if name is None:
+                self._found.clear()
+            else:
+                self._found.pop(name, None)
+
+    def _note(self, name: str, user: User | None, generation: int) -> None:
+        ttl = self.ttl if user is not None else min(self.ttl, self.negative_ttl)
+        with self._good_lock:
+            self._found.pop(name, None)
+            if ttl <= 0 or generation != self._generation:
+                return
+            self._found[name] = (self._clock() + ttl, user)
+            while len(self._found) > MAX_REMEMBERED:
+                self._found.popitem(last=False)
 
     def _remember(self, name: str, user: User | None) -> None:
         with self._good_lock:

@@ -13,8 +13,8 @@ restart would lose, and nothing is in force that was refused.
 Commits are written in groups: while one batch is on its way to disk,
 new commits queue; when it is durable, its answers go out and everything
 queued since is planned and written as the next batch, in one worker
-thread trip, the data of all its files synced before any rename
-(:func:`srfs.files.home.write_files`). At a low rate a batch is one
+thread trip and two syncs of each filesystem it touches, whatever its
+size (:func:`srfs.files.home.write_files`). At a low rate a batch is one
 commit and waits for nothing; under load the cost per registration of
 the thread trip and the sync round is shared. Commits of one user stay in
 order, one per batch. Changes nobody is told about (expiry) are written at

@@ -845,7 +845,8 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class _Cached(Generic[T]):
     user: User
-    stamp: Stamp
+    stamp: Stamp | None
+    """None: the file was not there."""
     value: T | None
     error: HomeError | None
 
@@ -874,13 +875,13 @@ class FileCache(Generic[T]):
             sr = SrDir.open(user)
         except HomeError as e:
             if e.errno == errno.ENOENT:
-                self.forget(user)
+                self._absent(user)
                 return None
             raise
         with sr:
             stamp = sr.stat(self.name)
             if stamp is None:
-                self.forget(user)
+                self._absent(user)
                 return None
             with self._lock:
                 cached = self._entries.get(user.name)
@@ -895,13 +896,34 @@ class FileCache(Generic[T]):
                     self._entries[user.name] = _Cached(user, stamp, None, e)
                 raise
         if found is None:  # removed between stat and open
-            self.forget(user)
+            self._absent(user)
             return None
         data, read_stamp = found
         value = self._parse(data)
         with self._lock:
             self._entries[user.name] = _Cached(user, read_stamp, value, None)
         return value
+
+    def peek(self, user: User) -> tuple[bool, T | None]:
+        """What :meth:`get` would answer, if it is known without opening anything.
+
+        ``(True, value)`` when the file (or its absence) is as the last
+        :meth:`get` found it, told by its stamp (:func:`stamp_of`: one
+        ``lstat`` as the user, cheap enough for the event loop's thread);
+        ``(False, None)`` when only :meth:`get` can tell (never read, changed,
+        or refused).
+        """
+        with self._lock:
+            cached = self._entries.get(user.name)
+        if cached is None or cached.user != user or cached.error is not None:
+            return False, None
+        if stamp_of(user, self.name) != cached.stamp:
+            return False, None
+        return True, cached.value
+
+    def _absent(self, user: User) -> None:
+        with self._lock:
+            self._entries[user.name] = _Cached(user, None, None, None)
 
     def forget(self, user: User | None = None) -> None:
         """Drop one user's entry (or all), e.g. when they leave the SIP group."""

@@ -11,7 +11,7 @@ import pytest
 from sipd.auth.authenticator import AUTH_FAILURE_DELAY, Authenticator
 from sipd.core.identity import LocalIdentity
 from sipd.core.peer import Outgoing, Peer
-from sipd.core.work import run_inline
+from sipd.core.work import Job, run_inline
 from sipd.endpoint import Endpoint
 from sipd.proxy.context import TIMER_C, CallHooks, ProxyPolicy
 from sipd.proxy.proxy import Proxy
@@ -50,6 +50,13 @@ class Users:
         if name not in self.known:
             return False, EMPTY
         return True, parse_config(self.configs.get(name, ""))
+
+    def find_cached(self, name: str) -> tuple[bool, UserConfig] | None:
+        # Nothing is ever known without a look-up: every call takes the job path.
+        return None
+
+    def forget(self, name: str | None = None) -> None:
+        pass
 
 
 def account(name: str, rhost: str | None = None) -> Account | None:
@@ -892,3 +899,35 @@ def test_finished_calls_leave_no_cyclic_garbage() -> None:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+# ------------------------------------------------------------------ users known lately
+
+
+@dataclass
+class KnownUsers(Users):
+    """Users whose answers are all known without a look-up (as HomeUsers keeps them)."""
+
+    def find_cached(self, name: str) -> tuple[bool, UserConfig] | None:
+        return self.find(name)
+
+
+def test_a_call_to_users_known_lately_needs_no_job() -> None:
+    net = Net(users=KnownUsers())
+    net.bind("bob", BOB1)
+    net.bind("carol", CAROL)
+    net.users.configs["bob"] = f"forward = sip:carol@{REALM}\n"
+    actions = net.ep.receive(invite(), CALLER, net.now)
+    assert not [a for a in actions if isinstance(a, Job)]
+    sent = [(parse(a.data), a.peer) for a in actions if isinstance(a, Outgoing)]
+    assert responses(sent) == [100]
+    assert [p for _, p in requests(sent, "INVITE")] == [CAROL]  # bob's forward, followed
+    assert net.proxy.stats.proxy_users_cached == 1
+
+
+def test_a_call_to_a_user_not_known_lately_is_looked_up_in_a_job() -> None:
+    net = Net()  # find_cached knows nothing
+    net.bind("bob", BOB1)
+    actions = net.ep.receive(invite(), CALLER, net.now)
+    assert [a.name for a in actions if isinstance(a, Job)] == ["user bob"]
+    assert net.proxy.stats.proxy_users_cached == 0
