@@ -62,6 +62,9 @@ class HomeUsers:
             return False, EMPTY
         try:
             user = users.lookup(name)
+            if user is None:
+                # A directory that cannot look says "not found" too (nslcd).
+                users.confirm_absent(name, self.group)
             allowed = user is not None and self._allowed(user)
         except users.DirectoryUnavailable:
             with self._good_lock:
@@ -95,5 +98,5 @@ class HomeUsers:
 
     def _allowed(self, user: User) -> bool:
         if self.state is None:
-            return users.is_sip_member(user, self.group)
+            return users.is_sip_member(user, self.group, required=True)
         return self.state(user).allowed
