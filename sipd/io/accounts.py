@@ -9,28 +9,39 @@ the PAM service file changed (checked every :data:`ACCOUNT_FILES_POLL`
 seconds, one ``stat`` per file in a worker thread) and on SIGHUP. Changes
 these files do not show (a directory server, a PAM module reading
 elsewhere, an expiry day that arrives) count within ``account_cache_ttl``.
+
+While the user database is down (:class:`~sipd.auth.authenticator.DirectoryHealth`),
+:func:`probe_directory` asks it for the SIP group every few seconds, one
+call at a time in the directory's worker threads, so the outage's end is
+noticed, logged and the 503s stop without waiting for a request.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING
 
 import trio
 
 from sipd.io.reload import ReloadRequest
+from srfs.accounts import users
 from srfs.accounts.state import system_files
 
 if TYPE_CHECKING:
     from sipd.io.daemon import Daemon
 
-__all__ = ["ACCOUNT_FILES_POLL", "forget_accounts", "forget_user", "watch_account_files"]
+__all__ = ["ACCOUNT_FILES_POLL", "DIRECTORY_PROBE_INTERVAL", "forget_accounts", "forget_user", "probe_directory",
+           "watch_account_files"]
 
 log = logging.getLogger("sipd")
 
 #: How often the account files' stamps are compared, seconds.
 ACCOUNT_FILES_POLL = 1.0
+
+#: Seconds between probes of a user database that is down.
+DIRECTORY_PROBE_INTERVAL = 5.0
 
 
 def forget_accounts(daemon: Daemon) -> None:
@@ -76,3 +87,31 @@ async def watch_account_files(daemon: Daemon, reload: ReloadRequest) -> None:
             if daemon.auth.accounts is not None:
                 daemon.auth.accounts.forget()
             log.info("account files changed: each account state is checked again")
+
+
+async def probe_directory(daemon: Daemon, limiter: trio.CapacityLimiter,
+                          interval: float) -> None:
+    """While the user database is down, look the SIP group up every ``interval`` s.
+
+    The group is what the daemon cannot start without, so finding it is the
+    directory answering again (:meth:`DirectoryHealth.answered` logs the
+    end). At most one probe at a time, and none while a request's look-up
+    probes already; a probe that hangs is abandoned at shutdown.
+    """
+    health = daemon.auth.health
+    group = daemon.settings.group
+    while True:
+        await trio.sleep(interval)
+        if not health.down or health.probing:
+            continue
+        health.probing = True
+        try:
+            found = await trio.to_thread.run_sync(users.group_entry, group, limiter=limiter,
+                                                  abandon_on_cancel=True)
+        except OSError as exc:
+            health.failed(f"group {group}", exc, time.time())
+        else:
+            if found is not None:
+                health.answered(time.time())
+        finally:
+            health.probing = False

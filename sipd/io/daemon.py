@@ -44,7 +44,12 @@ from sipd.core.numbers import NumberPlan
 from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
-from sipd.io.accounts import forget_user, watch_account_files
+from sipd.io.accounts import (
+    DIRECTORY_PROBE_INTERVAL,
+    forget_user,
+    probe_directory,
+    watch_account_files,
+)
 from sipd.io.limits import tcp_connection_cap
 from sipd.io.mediarelay import NgSocket
 from sipd.io.metrics import metrics_text
@@ -476,6 +481,8 @@ async def run(settings: Settings) -> None:
             nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
             nursery.start_soon(watch_config, daemon, config_reload)
             nursery.start_soon(watch_account_files, daemon, account_reload)
+            nursery.start_soon(probe_directory, daemon, transports.directory_limiter,
+                               DIRECTORY_PROBE_INTERVAL)
 
             def on_hup() -> None:
                 config_reload.set()

@@ -40,7 +40,7 @@ from typing import Any
 
 import trio
 
-from sipd.auth.authenticator import AuthFailure
+from sipd.auth.authenticator import AuthFailure, DirectoryHealth
 from sipd.config import Settings
 from sipd.core.ownership import Ownership
 from sipd.core.work import Action, Outcome
@@ -202,8 +202,11 @@ class StateFs:
         # Subscribed after start-up's reload: reloaded contacts are no events.
         endpoint.store.subscribe(self._on_contact_change)
         registration = endpoint.server.registration
+        #: The user database's health the authenticator and proxy go by.
+        self._health: DirectoryHealth | None = None
         if registration is not None:
             registration.auth.subscribe_failures(self._on_auth_failure)
+            self._health = registration.auth.health
         self._configs = FileCache("config", userconfig.parse)
         self._unreadable = Recurring()
         self._config_locks: dict[str, trio.Lock] = {}
@@ -282,11 +285,17 @@ class StateFs:
                                                               time.monotonic()))
             except OSError as exc:
                 # An outage, not a removal: everyone stays as they were.
+                if self._health is not None:
+                    # New logins get their 503 at once rather than each
+                    # waiting for the directory to time out.
+                    self._health.failed(f"group {self.settings.group}", exc, time.time())
                 if self._outage is None:
                     self._outage = time.monotonic()
                     log.warning("cannot refresh the SIP group: %s; its %d member(s) stay until "
                                 "the user database answers", exc, len(self.members))
                 continue
+            if self._health is not None:
+                self._health.answered(time.time())
             if self._outage is not None:
                 log.info("SIP group read again after %.0f s", time.monotonic() - self._outage)
                 self._outage = None

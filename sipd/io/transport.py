@@ -270,7 +270,7 @@ class Transports:
         #: Jobs asking the user database (NSS, PAM) take threads from their
         #: own, smaller limiter: a directory server that hangs every look-up
         #: for 20 s holds at most these, and home I/O keeps the others.
-        self._directory_limiter = trio.CapacityLimiter(DIRECTORY_THREADS)
+        self.directory_limiter = trio.CapacityLimiter(DIRECTORY_THREADS)
         self._lanes: dict[str, trio.MemorySendChannel[Job[Any]]] = {}
         self._accept_failures = Tally()
         #: Who asks the media relay's questions; set when ``rtpengine`` is.
@@ -436,7 +436,7 @@ class Transports:
     async def run_job(self, job: Job[Any]) -> None:
         """Run ``job`` in a worker thread, then send what its continuation says."""
         try:
-            limiter = self._directory_limiter if job.directory else self._limiter
+            limiter = self.directory_limiter if job.directory else self._limiter
             value = await trio.to_thread.run_sync(job.run, limiter=limiter)
             outcome = Outcome(value)
         except Exception as exc:  # noqa: BLE001 - the continuation decides
