@@ -6,7 +6,8 @@ to a user all ask the directory's cached account state
 looked up too (:class:`~sipd.auth.authenticator.RecentAccounts`). Both
 forget everything when ``/etc/passwd``, ``/etc/group``, ``/etc/shadow`` or
 the PAM service file changed (checked every :data:`ACCOUNT_FILES_POLL`
-seconds, one ``stat`` per file in a worker thread) and on SIGHUP. Changes
+seconds, one ``stat`` per file in a worker thread), on SIGHUP and when
+root writes ``flush accounts`` to ``/run/sr/control`` (:func:`control`). Changes
 these files do not show (a directory server, a PAM module reading
 elsewhere, an expiry day that arrives) count within ``account_cache_ttl``.
 
@@ -32,16 +33,13 @@ from srfs.accounts.state import system_files
 if TYPE_CHECKING:
     from sipd.io.daemon import Daemon
 
-__all__ = ["ACCOUNT_FILES_POLL", "DIRECTORY_PROBE_INTERVAL", "forget_accounts", "forget_user", "probe_directory",
+__all__ = ["ACCOUNT_FILES_POLL", "control", "forget_accounts", "forget_user", "probe_directory",
            "watch_account_files"]
 
 log = logging.getLogger("sipd")
 
 #: How often the account files' stamps are compared, seconds.
 ACCOUNT_FILES_POLL = 1.0
-
-#: Seconds between probes of a user database that is down.
-DIRECTORY_PROBE_INTERVAL = 5.0
 
 
 def forget_accounts(daemon: Daemon) -> None:
@@ -53,6 +51,13 @@ def forget_accounts(daemon: Daemon) -> None:
     if daemon.membership is not None:
         # Primary-group members are listed again at the next refresh.
         daemon.membership.force_full()
+
+
+def control(daemon: Daemon, command: str) -> None:
+    """A command root wrote to ``/run/sr/control`` (:data:`srfs.fs.tree.CONTROL_COMMANDS`)."""
+    if command == "flush accounts":
+        forget_accounts(daemon)
+        log.info("account states forgotten: each is checked again at its next use")
 
 
 def forget_user(daemon: Daemon, name: str) -> None:
@@ -89,9 +94,9 @@ async def watch_account_files(daemon: Daemon, reload: ReloadRequest) -> None:
             log.info("account files changed: each account state is checked again")
 
 
-async def probe_directory(daemon: Daemon, limiter: trio.CapacityLimiter,
-                          interval: float) -> None:
-    """While the user database is down, look the SIP group up every ``interval`` s.
+async def probe_directory(daemon: Daemon, limiter: trio.CapacityLimiter) -> None:
+    """While the user database is down, look the SIP group up every
+    ``member_refresh_interval`` seconds.
 
     The group is what the daemon cannot start without, so finding it is the
     directory answering again (:meth:`DirectoryHealth.answered` logs the
@@ -101,7 +106,7 @@ async def probe_directory(daemon: Daemon, limiter: trio.CapacityLimiter,
     health = daemon.auth.health
     group = daemon.settings.group
     while True:
-        await trio.sleep(interval)
+        await trio.sleep(daemon.settings.member_refresh_interval)
         if not health.down or health.probing:
             continue
         health.probing = True

@@ -45,7 +45,7 @@ from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
 from sipd.io.accounts import (
-    DIRECTORY_PROBE_INTERVAL,
+    control,
     forget_user,
     probe_directory,
     watch_account_files,
@@ -234,6 +234,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         lookup=directory.account,
         accounts=RecentAccounts(Directory.unchanged),
     )
+    auth.health.retry_after = settings.retry_after
     registrar = Registrar(
         RegistrarPolicy(
             min_expires=settings.min_expires,
@@ -370,7 +371,8 @@ def tune_gc() -> None:
 def load_users(daemon: Daemon) -> None:
     """Read every SIP user's files at start: registrations back, passwords checked."""
     if daemon.membership is None:
-        daemon.membership = group_membership(daemon.settings.group)
+        daemon.membership = group_membership(daemon.settings.group,
+                                             daemon.settings.member_full_interval)
     members = daemon.membership.refresh(time.monotonic())
     daemon.persistence.know(members)
     reload_registrations(daemon, members)
@@ -434,6 +436,7 @@ async def run(settings: Settings) -> None:
                           membership=daemon.membership)
         daemon.statefs = statefs
         statefs.joined = functools.partial(forget_user, daemon)
+        statefs.control = functools.partial(control, daemon)
         with user_database_needed():
             await trio.to_thread.run_sync(statefs.load)
     tune_gc()
@@ -481,8 +484,7 @@ async def run(settings: Settings) -> None:
             nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
             nursery.start_soon(watch_config, daemon, config_reload)
             nursery.start_soon(watch_account_files, daemon, account_reload)
-            nursery.start_soon(probe_directory, daemon, transports.directory_limiter,
-                               DIRECTORY_PROBE_INTERVAL)
+            nursery.start_soon(probe_directory, daemon, transports.directory_limiter)
 
             def on_hup() -> None:
                 config_reload.set()

@@ -70,9 +70,6 @@ from srfs.user import User
 
 log = logging.getLogger("sipd.statefs")
 
-#: How often the group and the users' config files are looked at again.
-REFRESH_INTERVAL = 5.0
-
 
 def _ownership_hooks(ownership: Ownership | None, rules: BindingRules | None) -> dict[str, Any]:
     """The tree's view of the alias map and the binding rules; read at each
@@ -174,10 +171,15 @@ class StateFs:
         self.members: tuple[User, ...] = ()
         #: The daemon's, which start-up already read: loading the tree then
         #: costs no second enumeration of every account.
-        self.membership = membership or group_membership(settings.group)
+        self.membership = membership or group_membership(settings.group,
+                                                         settings.member_full_interval)
+        #: Seconds between re-reads of the group (``member_refresh_interval``).
+        self.refresh_interval = settings.member_refresh_interval
         #: Called with each user who joined the group: a refusal remembered
         #: from before they did must not count any longer.
         self.joined: Callable[[str], None] = lambda name: None
+        #: Carries out a command root wrote to ``/control`` (the daemon's).
+        self.control: Callable[[str], None] = lambda command: None
         #: Monotonic time the group could last not be read, while it cannot.
         self._outage: float | None = None
         assert endpoint.store is not None
@@ -278,7 +280,7 @@ class StateFs:
 
     async def refresh_loop(self) -> None:
         while True:
-            await trio.sleep(REFRESH_INTERVAL)
+            await trio.sleep(self.refresh_interval)
             writes = dict(self._config_writes)
             try:
                 members = tuple(await trio.to_thread.run_sync(self.membership.refresh,
@@ -327,6 +329,9 @@ class StateFs:
         alias clash, ENOSPC or EIO when ``~/.sr`` cannot be written); then
         nothing of the write is in force.
         """
+        for command in result.commands:
+            log.info("%s written to %s", command, self.tree.shown("/control"))
+            self.control(command)
         if result.aliases is not None and self._ownership is not None:
             ownership, write = self._ownership, result.aliases
             try:
