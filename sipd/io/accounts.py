@@ -61,7 +61,7 @@ def control(daemon: Daemon, command: str) -> None:
 
 
 def forget_user(daemon: Daemon, name: str) -> None:
-    """``name``'s cached account state goes (they joined the SIP group)."""
+    """``name``'s cached account state goes (they joined or left the SIP group)."""
     if daemon.directory is not None:
         daemon.directory.forget_user(name)
     if daemon.auth.accounts is not None:

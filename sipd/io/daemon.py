@@ -435,7 +435,7 @@ async def run(settings: Settings) -> None:
                           ownership=daemon.ownership, rules=daemon.rules,
                           membership=daemon.membership)
         daemon.statefs = statefs
-        statefs.joined = functools.partial(forget_user, daemon)
+        statefs.member_changed = functools.partial(forget_user, daemon)
         statefs.control = functools.partial(control, daemon)
         with user_database_needed():
             await trio.to_thread.run_sync(statefs.load)

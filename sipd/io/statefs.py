@@ -175,9 +175,10 @@ class StateFs:
                                                          settings.member_full_interval)
         #: Seconds between re-reads of the group (``member_refresh_interval``).
         self.refresh_interval = settings.member_refresh_interval
-        #: Called with each user who joined the group: a refusal remembered
-        #: from before they did must not count any longer.
-        self.joined: Callable[[str], None] = lambda name: None
+        #: Called with each user who joined or left the group: an answer
+        #: remembered from before (a refusal, an allowed account) must not
+        #: count any longer.
+        self.member_changed: Callable[[str], None] = lambda name: None
         #: Carries out a command root wrote to ``/control`` (the daemon's).
         self.control: Callable[[str], None] = lambda command: None
         #: Monotonic time the group could last not be read, while it cannot.
@@ -308,10 +309,11 @@ class StateFs:
             added, removed = self.tree.sync_members(now)
             for name in added:
                 log.info("%s joined group %s", name, self.settings.group)
-                self.joined(name)
+                self.member_changed(name)
             for name in removed:
                 log.info("%s left group %s", name, self.settings.group)
                 self.tree.forget_config(name)
+                self.member_changed(name)
             for user, config in configs:
                 count = self._config_writes.get(user.name, 0)
                 if count != writes.get(user.name, 0) or count % 2:

@@ -90,10 +90,15 @@ def test_members_from_ldap_register_and_show_in_the_tree(site: LdapSite, tmp_pat
         wait_for(lambda: (tree / "ldapnew").exists(), "ldapnew in the tree", timeout=10)
         assert status_of(register(daemon, "ldapnew", pw["ldapnew"])) == 200
         assert time.monotonic() - joined < 10
-        # Leaving it: gone from the tree at the next refresh.
+        # Leaving it: gone from the tree and refused at the next refresh, though
+        # the account answer was cached (account_cache_ttl, 60 s by default).
+        assert status_of(register(daemon, "ldapjan", pw["ldapjan"])) == 200
         site.set_members(["ldapnew"])
+        left = time.monotonic()
         wait_for(lambda: not (tree / "ldapjan").exists(), "ldapjan out of the tree", timeout=10)
         assert "ldapjan left group ldapsip" in daemon.log
+        assert status_of(register(daemon, "ldapjan", pw["ldapjan"])) == 401
+        assert time.monotonic() - left < 10
 
 
 #: Searches slapd may serve an idle sipd in a minute: the group entry every
