@@ -59,6 +59,7 @@ def ldap_sipd(site: LdapSite, tmp: Path, conf: str = "") -> Iterator[tuple[Daemo
                           prefix=site.inside()) as daemon:
             tree = site.path(mnt)
             wait_for(lambda: (tree / "status").exists(), "the tree")
+            wait_for(lambda: "sipd ready" in daemon.log, "sipd to be ready")
             yield daemon, tree
 
 
@@ -141,8 +142,11 @@ def test_outage_keeps_everything_and_answers_new_logins_503(site: LdapSite,
             paused = time.monotonic()
             wait_for(lambda: "user database unavailable" in daemon.log,
                      "sipd to notice the outage", timeout=20)
-            # Known: served from what was looked up before.
-            assert status_of(register(daemon, "ldapjan", pw["ldapjan"], timeout=20)) == 200
+            # Known: served from what was looked up before, and saved.
+            with Phone(daemon.port, "ldapjan", pw["ldapjan"], timeout=20) as phone:
+                assert status_of(phone.register()) == 200
+                usrloc = site["ldapjan"].home / ".sr" / "usrloc"
+                assert f"127.0.0.1:{phone.port}" in usrloc.read_text()
             # Never looked up: 503 and Retry-After, whatever the name.
             for name, password in (("ldapnew", pw["ldapnew"]), ("ldapghost", "nothing")):
                 answer = register(daemon, name, password, timeout=20)
@@ -161,6 +165,7 @@ def test_outage_keeps_everything_and_answers_new_logins_503(site: LdapSite,
         assert status_of(register(daemon, "ldapnew", pw["ldapnew"])) == 200
         log = daemon.log
     assert "auth failed" not in log and "left group" not in log, log
+    assert "cannot save" not in log and "throttling" not in log, log
     # Logged once when it began and once when it ended.
     assert len(re.findall(r"sipd.auth: \w+: user database unavailable", log)) == 1, log
     assert len(re.findall(r"sipd.auth: \w+: user database answers again", log)) == 1, log
