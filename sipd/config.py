@@ -10,6 +10,7 @@ not the others.
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 import textwrap
 from collections.abc import Callable
@@ -141,6 +142,16 @@ def _non_negative_number(name: str) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"{name} must be a number >= 0, not {value!r}")
+        return float(value)
+
+    return check
+
+
+def _positive_number(name: str) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                or value == math.inf:
+            raise ConfigError(f"{name} must be a number > 0, not {value!r}")
         return float(value)
 
     return check
@@ -364,6 +375,9 @@ class Settings:
     pam: bool = True
     locked_suspends: bool = True
     account_cache_ttl: float = 600.0
+    member_refresh_interval: float = 5.0
+    member_full_interval: float = 300.0
+    retry_after: int = 30
     auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     sha256_user_agents: tuple[str, ...] = DEFAULT_SHA256_USER_AGENTS
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -441,7 +455,18 @@ KEYS: tuple[Key, ...] = (
     Key("account_cache_ttl", _non_negative_number("account_cache_ttl"),
         "seconds an account's state (SIP group, locked or expired, PAM) is reused; a change "
         "of /etc/passwd, /etc/group, /etc/shadow or the PAM service file counts within a "
-        "second, SIGHUP at once, leaving the group within 5 s (600)", live=True),
+        "second, SIGHUP at once, leaving the group within member_refresh_interval (600)",
+        live=True),
+    Key("member_refresh_interval", _positive_number("member_refresh_interval"),
+        "seconds between re-reads of the SIP group entry (one group look-up each): the "
+        "longest a new or removed supplementary member takes to count; also how often a "
+        "failing user database is probed (5)", live=True),
+    Key("member_full_interval", _positive_number("member_full_interval"),
+        "seconds between full passes over the SIP group (every member looked up again, every "
+        "account enumerated for primary-group members) (300)", live=True),
+    Key("retry_after", _positive_int("retry_after"),
+        "Retry-After, seconds, of the 503 a request gets while the user database fails (30)",
+        live=True),
     Key("auth_algorithms", _algorithms,
         "digest algorithms accepted (default MD5, SHA-256); a challenge offers one of them, "
         "the one the phone used last, or SHA-256 and MD5 to phones of sha256_user_agents, "

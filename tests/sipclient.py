@@ -6,6 +6,7 @@ stops it (SIGTERM, then SIGKILL) even when the test fails.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
@@ -221,9 +222,10 @@ class Daemon:
 
 @contextmanager
 def running_sipd(
-    tmp: Path, *args: str, unix: FakeUnix, pam: bool = False, port: int | None = None,
+    tmp: Path, *args: str, unix: FakeUnix | None, pam: bool = False, port: int | None = None,
     mount: bool = False, stock: StockHost | None = None,
     launcher: Sequence[str] = (), extra_env: Mapping[str, str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> Iterator[Daemon]:
     """sipd under the fake users' NSS (and PAM), utmp/wtmp in ``tmp``.
 
@@ -231,7 +233,9 @@ def running_sipd(
     ``args`` names the mountpoint. With ``stock`` it writes the stock
     utmp/wtmp paths instead, in a namespace where they are ``stock``'s files.
     ``launcher`` replaces ``-m sipd.cli`` (a wrapper that runs it). ``extra_env``
-    adds variables. The log goes to :meth:`Daemon.log_path`, which is
+    adds variables. ``prefix`` runs the whole command through another
+    (nsenter into a namespace); without ``unix`` sipd gets the machine's NSS
+    and PAM as that namespace has them. The log goes to :meth:`Daemon.log_path`, which is
     :func:`log_path` of ``tmp`` and the port: a test may create it first.
     """
     port = port or free_port()
@@ -244,7 +248,11 @@ def running_sipd(
     if not mount:
         cmd.append("--no-mount")
     (tmp / "none.toml").write_text("")
-    if stock is None:
+    if unix is None:
+        assert stock is None
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1",
+               "SIPD_WTMP": str(tmp / "wtmp"), "SIPD_UTMP": str(tmp / "utmp")}
+    elif stock is None:
         env = {**unix.env, "SIPD_WTMP": str(tmp / "wtmp"), "SIPD_UTMP": str(tmp / "utmp")}
     else:
         cmd, env = unix.command(cmd, stock.command())
@@ -253,6 +261,7 @@ def running_sipd(
         unset = ("SIPD_WTMP", "SIPD_UTMP") if pam else ("SIPD_WTMP", "SIPD_UTMP", "PAM_WRAPPER")
         env = {k: v for k, v in env.items() if k not in unset}
     env.update(extra_env or {})
+    cmd = [*prefix, *cmd]
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     daemon = Daemon(proc, port, log)

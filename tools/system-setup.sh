@@ -31,7 +31,11 @@ INSTALL="$RUN python3 python3-venv python3-dev"
 # npm under build/) registers and calls from over wss, headless;
 # libnss3-tools: certutil, which makes Chromium trust the test's CA the way
 # a user's browser is made to (tests/e2e/test_browser_phone_e2e.py).
-TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus rtpengine-daemon kamailio iproute2 iptables chromium libnss3-tools"
+# slapd, libnss-ldapd (nslcd and its NSS module) and ldap-utils: a real
+# directory the tests start in their own configuration and namespace
+# (tests/ldapdir.py); installing them leaves /etc/nsswitch.conf as it was
+# (debconf's default enables no service), and their services are not started.
+TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus rtpengine-daemon kamailio iproute2 iptables chromium libnss3-tools slapd libnss-ldapd ldap-utils"
 
 case $mode in
     run) PACKAGES=$RUN target=run ;;
@@ -59,6 +63,13 @@ if [ -n "$missing" ]; then
         echo "setup: these Debian packages are missing:$missing; run 'make $target' as root" >&2
         exit 1
     fi
+    new_services=""
+    [ "$mode" = test ] && for service in slapd nslcd; do
+        case "$(dpkg-query -W -f='${Status}' "$service" 2>/dev/null || true)" in
+            *"install ok installed"*) ;;
+            *) new_services="$new_services $service" ;;
+        esac
+    done
     echo "setup: installing$missing"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
@@ -72,6 +83,14 @@ if [ -n "$missing" ]; then
                 systemctl disable --now kamailio.service || true
             fi ;;
     esac
+    # Likewise slapd (port 389, a directory of its own) and nslcd (which
+    # libnss-ldapd pulls in), when this run installed them: the tests run
+    # their own.
+    for service in $new_services; do
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now "$service.service" || true
+        fi
+    done
 fi
 
 # make install puts the PAM file in place itself (into DESTDIR) and leaves

@@ -65,14 +65,15 @@ log = logging.getLogger("sipd.auth")
 #: user, a user outside the group and a wrong password take the same time.
 AUTH_FAILURE_DELAY = 0.5
 
-#: Seconds a phone is asked to wait (``Retry-After``) while the user database fails.
+#: Seconds a phone is asked to wait (``Retry-After``) while the user database
+#: fails, unless set otherwise (``retry_after``, :attr:`DirectoryHealth.retry_after`).
 RETRY_AFTER = 30
 
 UNAVAILABLE_REASON = "User database unavailable"
 
 
-def unavailable_headers() -> tuple[tuple[str, str], ...]:
-    return (("Retry-After", str(RETRY_AFTER)),)
+def unavailable_headers(retry_after: int = RETRY_AFTER) -> tuple[tuple[str, str], ...]:
+    return (("Retry-After", str(retry_after)),)
 
 
 class DirectoryHealth:
@@ -90,6 +91,8 @@ class DirectoryHealth:
         self.refused = 0
         #: A look-up is under way while down: the one probe.
         self.probing = False
+        #: What the 503's ``Retry-After`` says (the ``retry_after`` setting).
+        self.retry_after = RETRY_AFTER
 
     @property
     def down(self) -> bool:
@@ -113,7 +116,7 @@ class DirectoryHealth:
     def refusal(self) -> Refused:
         """The answer to a request the failing database cannot decide."""
         self.refused += 1
-        return Refused(503, UNAVAILABLE_REASON, unavailable_headers())
+        return Refused(503, UNAVAILABLE_REASON, unavailable_headers(self.retry_after))
 
 
 

@@ -6,26 +6,35 @@ to a user all ask the directory's cached account state
 looked up too (:class:`~sipd.auth.authenticator.RecentAccounts`). Both
 forget everything when ``/etc/passwd``, ``/etc/group``, ``/etc/shadow`` or
 the PAM service file changed (checked every :data:`ACCOUNT_FILES_POLL`
-seconds, one ``stat`` per file in a worker thread) and on SIGHUP. Changes
+seconds, one ``stat`` per file in a worker thread), on SIGHUP and when
+root writes ``flush accounts`` to ``/run/sr/control`` (:func:`control`). Changes
 these files do not show (a directory server, a PAM module reading
 elsewhere, an expiry day that arrives) count within ``account_cache_ttl``.
+
+While the user database is down (:class:`~sipd.auth.authenticator.DirectoryHealth`),
+:func:`probe_directory` asks it for the SIP group every few seconds, one
+call at a time in the directory's worker threads, so the outage's end is
+noticed, logged and the 503s stop without waiting for a request.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING
 
 import trio
 
 from sipd.io.reload import ReloadRequest
+from srfs.accounts import users
 from srfs.accounts.state import system_files
 
 if TYPE_CHECKING:
     from sipd.io.daemon import Daemon
 
-__all__ = ["ACCOUNT_FILES_POLL", "forget_accounts", "forget_user", "watch_account_files"]
+__all__ = ["ACCOUNT_FILES_POLL", "control", "forget_accounts", "forget_user", "probe_directory",
+           "watch_account_files"]
 
 log = logging.getLogger("sipd")
 
@@ -45,8 +54,15 @@ def forget_accounts(daemon: Daemon) -> None:
         daemon.membership.force_full()
 
 
+def control(daemon: Daemon, command: str) -> None:
+    """A command root wrote to ``/run/sr/control`` (:data:`srfs.fs.tree.CONTROL_COMMANDS`)."""
+    if command == "flush accounts":
+        forget_accounts(daemon)
+        log.info("account states forgotten: each is checked again at its next use")
+
+
 def forget_user(daemon: Daemon, name: str) -> None:
-    """``name``'s cached account state goes (they joined the SIP group)."""
+    """``name``'s cached account state goes (they joined or left the SIP group)."""
     if daemon.directory is not None:
         daemon.directory.forget_user(name)
     if daemon.auth.accounts is not None:
@@ -80,3 +96,31 @@ async def watch_account_files(daemon: Daemon, reload: ReloadRequest) -> None:
                 daemon.auth.accounts.forget()
             daemon.proxy.user_lookup.forget()
             log.info("account files changed: each account state is checked again")
+
+
+async def probe_directory(daemon: Daemon, limiter: trio.CapacityLimiter) -> None:
+    """While the user database is down, look the SIP group up every
+    ``member_refresh_interval`` seconds.
+
+    The group is what the daemon cannot start without, so finding it is the
+    directory answering again (:meth:`DirectoryHealth.answered` logs the
+    end). At most one probe at a time, and none while a request's look-up
+    probes already; a probe that hangs is abandoned at shutdown.
+    """
+    health = daemon.auth.health
+    group = daemon.settings.group
+    while True:
+        await trio.sleep(daemon.settings.member_refresh_interval)
+        if not health.down or health.probing:
+            continue
+        health.probing = True
+        try:
+            found = await trio.to_thread.run_sync(users.group_entry, group, limiter=limiter,
+                                                  abandon_on_cancel=True)
+        except OSError as exc:
+            health.failed(f"group {group}", exc, time.time())
+        else:
+            if found is not None:
+                health.answered(time.time())
+        finally:
+            health.probing = False

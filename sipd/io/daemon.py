@@ -44,7 +44,12 @@ from sipd.core.numbers import NumberPlan
 from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
-from sipd.io.accounts import forget_user, watch_account_files
+from sipd.io.accounts import (
+    control,
+    forget_user,
+    probe_directory,
+    watch_account_files,
+)
 from sipd.io.limits import tcp_connection_cap
 from sipd.io.mediarelay import NgSocket
 from sipd.io.metrics import metrics_text
@@ -229,6 +234,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         lookup=directory.account,
         accounts=RecentAccounts(Directory.unchanged, ttl=settings.account_cache_ttl),
     )
+    auth.health.retry_after = settings.retry_after
     registrar = Registrar(
         RegistrarPolicy(
             min_expires=settings.min_expires,
@@ -365,7 +371,8 @@ def tune_gc() -> None:
 def load_users(daemon: Daemon) -> None:
     """Read every SIP user's files at start: registrations back, passwords checked."""
     if daemon.membership is None:
-        daemon.membership = group_membership(daemon.settings.group)
+        daemon.membership = group_membership(daemon.settings.group,
+                                             daemon.settings.member_full_interval)
     members = daemon.membership.refresh(time.monotonic())
     daemon.persistence.know(members)
     reload_registrations(daemon, members)
@@ -428,7 +435,8 @@ async def run(settings: Settings) -> None:
                           ownership=daemon.ownership, rules=daemon.rules,
                           membership=daemon.membership)
         daemon.statefs = statefs
-        statefs.joined = functools.partial(forget_user, daemon)
+        statefs.member_changed = functools.partial(forget_user, daemon)
+        statefs.control = functools.partial(control, daemon)
         with user_database_needed():
             await trio.to_thread.run_sync(statefs.load)
     tune_gc()
@@ -480,6 +488,8 @@ async def run(settings: Settings) -> None:
             nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
             nursery.start_soon(watch_config, daemon, config_reload)
             nursery.start_soon(watch_account_files, daemon, account_reload)
+            # One probe at a time, in a thread of its own.
+            nursery.start_soon(probe_directory, daemon, trio.CapacityLimiter(1))
 
             def on_hup() -> None:
                 config_reload.set()

@@ -146,6 +146,21 @@ def _account_setting(name: str) -> Callable[[Daemon, Any], None]:
     return apply
 
 
+def _set_refresh_interval(daemon: Daemon, value: Any) -> None:
+    # The probe of a failing directory reads daemon.settings at each turn.
+    if daemon.statefs is not None:
+        daemon.statefs.refresh_interval = value
+
+
+def _set_full_interval(daemon: Daemon, value: Any) -> None:
+    if daemon.membership is not None:
+        daemon.membership.full_interval = value
+
+
+def _set_retry_after(daemon: Daemon, value: Any) -> None:
+    daemon.auth.health.retry_after = value
+
+
 def _number_plan(name: str) -> Callable[[Daemon, Any], None]:
     def apply(daemon: Daemon, value: Any) -> None:
         daemon.ownership.plan = replace(daemon.ownership.plan, **{name: value})
@@ -193,6 +208,9 @@ LIVE: dict[str, Callable[[Daemon, Any], None]] = {
     "international_prefix": _number_plan("international_prefix"),
     "locked_suspends": _account_setting("locked_suspends"),
     "account_cache_ttl": _account_setting("account_cache_ttl"),
+    "member_refresh_interval": _set_refresh_interval,
+    "member_full_interval": _set_full_interval,
+    "retry_after": _set_retry_after,
     "tcp_max_connections": _transports("tcp_max_connections"),
     "tcp_max_connections_per_source": _transports("tcp_max_connections_per_source"),
     "tcp_idle_timeout": _transports("tcp_idle_timeout"),

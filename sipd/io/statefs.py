@@ -40,7 +40,7 @@ from typing import Any
 
 import trio
 
-from sipd.auth.authenticator import AuthFailure
+from sipd.auth.authenticator import AuthFailure, DirectoryHealth
 from sipd.config import Settings
 from sipd.core.ownership import Ownership
 from sipd.core.work import Action, Outcome
@@ -69,9 +69,6 @@ from srfs.state.location import Binding, Change, Op
 from srfs.user import User
 
 log = logging.getLogger("sipd.statefs")
-
-#: How often the group and the users' config files are looked at again.
-REFRESH_INTERVAL = 5.0
 
 
 def _ownership_hooks(ownership: Ownership | None, rules: BindingRules | None) -> dict[str, Any]:
@@ -174,11 +171,16 @@ class StateFs:
         self.members: tuple[User, ...] = ()
         #: The daemon's, which start-up already read: loading the tree then
         #: costs no second enumeration of every account.
-        self.membership = membership or group_membership(settings.group)
+        self.membership = membership or group_membership(settings.group,
+                                                         settings.member_full_interval)
+        #: Seconds between re-reads of the group (``member_refresh_interval``).
+        self.refresh_interval = settings.member_refresh_interval
         #: Called with each user who joined or left the group: an answer
         #: remembered from before (a refusal, an allowed account) must not
         #: count any longer.
-        self.joined: Callable[[str], None] = lambda name: None
+        self.member_changed: Callable[[str], None] = lambda name: None
+        #: Carries out a command root wrote to ``/control`` (the daemon's).
+        self.control: Callable[[str], None] = lambda command: None
         #: Monotonic time the group could last not be read, while it cannot.
         self._outage: float | None = None
         assert endpoint.store is not None
@@ -203,8 +205,11 @@ class StateFs:
         # Subscribed after start-up's reload: reloaded contacts are no events.
         endpoint.store.subscribe(self._on_contact_change)
         registration = endpoint.server.registration
+        #: The user database's health the authenticator and proxy go by.
+        self._health: DirectoryHealth | None = None
         if registration is not None:
             registration.auth.subscribe_failures(self._on_auth_failure)
+            self._health = registration.auth.health
         self._configs = FileCache("config", userconfig.parse)
         self._unreadable = Recurring()
         self._config_locks: dict[str, trio.Lock] = {}
@@ -276,18 +281,24 @@ class StateFs:
 
     async def refresh_loop(self) -> None:
         while True:
-            await trio.sleep(REFRESH_INTERVAL)
+            await trio.sleep(self.refresh_interval)
             writes = dict(self._config_writes)
             try:
                 members = tuple(await trio.to_thread.run_sync(self.membership.refresh,
                                                               time.monotonic()))
             except OSError as exc:
                 # An outage, not a removal: everyone stays as they were.
+                if self._health is not None:
+                    # New logins get their 503 at once rather than each
+                    # waiting for the directory to time out.
+                    self._health.failed(f"group {self.settings.group}", exc, time.time())
                 if self._outage is None:
                     self._outage = time.monotonic()
                     log.warning("cannot refresh the SIP group: %s; its %d member(s) stay until "
                                 "the user database answers", exc, len(self.members))
                 continue
+            if self._health is not None:
+                self._health.answered(time.time())
             if self._outage is not None:
                 log.info("SIP group read again after %.0f s", time.monotonic() - self._outage)
                 self._outage = None
@@ -298,12 +309,11 @@ class StateFs:
             added, removed = self.tree.sync_members(now)
             for name in added:
                 log.info("%s joined group %s", name, self.settings.group)
-                self.joined(name)
+                self.member_changed(name)
             for name in removed:
                 log.info("%s left group %s", name, self.settings.group)
                 self.tree.forget_config(name)
-                # Their remembered account answers go: the next request is refused.
-                self.joined(name)
+                self.member_changed(name)
             for user, config in configs:
                 count = self._config_writes.get(user.name, 0)
                 if count != writes.get(user.name, 0) or count % 2:
@@ -321,6 +331,9 @@ class StateFs:
         alias clash, ENOSPC or EIO when ``~/.sr`` cannot be written); then
         nothing of the write is in force.
         """
+        for command in result.commands:
+            log.info("%s written to %s", command, self.tree.shown("/control"))
+            self.control(command)
         if result.aliases is not None and self._ownership is not None:
             ownership, write = self._ownership, result.aliases
             try:

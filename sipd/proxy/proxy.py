@@ -22,6 +22,7 @@ proxy. :mod:`~sipd.proxy.forking` sends the branches and answers.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any, NoReturn
@@ -84,6 +85,9 @@ __all__ = ["Proxy"]
 #: unescaped besides letters and digits (a number's "#" is escaped).
 _USER_SAFE = "!*'()&=+$,;?/"
 
+#: Trunk owners whose last good answer is kept for outages (the oldest go first).
+MAX_GOOD_TRUNKS = 20_000
+
 
 class Proxy:
     """Every proxied request in progress, and the rules that route them."""
@@ -113,6 +117,9 @@ class Proxy:
         #: Blocking: may the user (a trunk's owner) use SIP now; None for no such
         #: user. Without it (tests) every trunk is trusted.
         self.account_state = account_state
+        #: Trunk owners last found allowed, for the directory's outages only:
+        #: their trunks stay trusted while it cannot answer.
+        self._good_trunks: OrderedDict[str, None] = OrderedDict()
         self.stats = ProxyStats()
         #: The wall clock at monotonic ``now``; set by the endpoint.
         self.wall: Callable[[float], float] = lambda now: now
@@ -302,13 +309,24 @@ class Proxy:
 
         def checked(outcome: Outcome[AccountState | None], later: float) -> list[ProxyAction]:
             def go() -> list[ProxyAction]:
+                what = f"trunk owner {log_quote(user, 64)}"
                 if outcome.error is not None:
-                    self._directory_failed(f"trunk owner {log_quote(user, 64)}", outcome.error,
-                                           later)
-                state = outcome.get()
-                if state is not None and state.allowed:
+                    if user not in self._good_trunks:
+                        self._directory_failed(what, outcome.error, later)
+                    # The last good answer, as the authenticator serves a
+                    # known phone: the outage is logged once, there.
+                    self.auth.health.failed(what, outcome.error, self.wall(later))
                     self.stats.proxy_trunk_calls += 1
                     return self._caller_known(ctx, fwd, user, later, trunk=True)
+                state = outcome.get()
+                if state is not None and state.allowed:
+                    self._good_trunks[user] = None
+                    self._good_trunks.move_to_end(user)
+                    while len(self._good_trunks) > MAX_GOOD_TRUNKS:
+                        self._good_trunks.popitem(last=False)
+                    self.stats.proxy_trunk_calls += 1
+                    return self._caller_known(ctx, fwd, user, later, trunk=True)
+                self._good_trunks.pop(user, None)
                 # A suspended customer's PBX is a stranger: challenged like
                 # anyone, its asserted identity meaningless (RFC 3325 §5).
                 log.warning("trunk of %s at %s not trusted: %s", log_quote(user, 64),

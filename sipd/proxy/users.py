@@ -90,6 +90,9 @@ class HomeUsers:
         generation = self._generation
         try:
             user = users.lookup(name)
+            if user is None:
+                # A directory that cannot look says "not found" too (nslcd).
+                users.confirm_absent(name, self.group)
             allowed = user is not None and self._allowed(user)
         except users.DirectoryUnavailable:
             with self._good_lock:
@@ -157,5 +160,5 @@ class HomeUsers:
 
     def _allowed(self, user: User) -> bool:
         if self.state is None:
-            return users.is_sip_member(user, self.group)
+            return users.is_sip_member(user, self.group, required=True)
         return self.state(user).allowed

@@ -134,7 +134,7 @@ class Directory:
         return found, (0.0 if expiry is None else expiry - now)
 
     def _check(self, user: User, rhost: str | None) -> AccountState:
-        if not users.is_sip_member(user, self.group):
+        if not users.is_sip_member(user, self.group, required=True):
             return AccountState(False, f"not a member of group {self.group}")
         refusal = shadow_refusal(user.name, self._wall(), locked_suspends=self.locked_suspends)
         if refusal is not None:
@@ -151,7 +151,10 @@ class Directory:
     def state_of(self, name: str, rhost: str | None = None) -> AccountState | None:
         """:meth:`state` by name; None when there is no such UNIX user."""
         user = users.lookup(name)
-        return None if user is None else self.state(user, rhost)
+        if user is None:
+            users.confirm_absent(name, self.group)
+            return None
+        return self.state(user, rhost)
 
     def account(self, name: str, rhost: str | None = None) -> Account | None:
         """The account called ``name``, or None if there is no such UNIX user.
@@ -162,6 +165,8 @@ class Directory:
         """
         user = users.lookup(name)
         if user is None:
+            # A directory that cannot look says "not found" too (nslcd).
+            users.confirm_absent(name, self.group)
             return None
         state, valid_for = self._state(user, rhost)
         if not state.allowed:

@@ -93,6 +93,6 @@ class Membership:
         self._next_full = -math.inf
 
 
-def group_membership(group: str) -> Membership:
+def group_membership(group: str, full_interval: float = FULL_INTERVAL) -> Membership:
     """The members of ``group``, with a full pass whenever the passwd or group file changes."""
-    return Membership(group, files=system_files()[:2])
+    return Membership(group, full_interval=full_interval, files=system_files()[:2])

@@ -26,6 +26,7 @@ from srfs.user import User, valid_name
 
 __all__ = [
     "DirectoryUnavailable",
+    "confirm_absent",
     "group_entry",
     "group_exists",
     "is_sip_member",
@@ -90,7 +91,25 @@ def group_exists(group_name: str) -> bool:
     return _group(group_name) is not None
 
 
-def is_sip_member(user: User, group_name: str) -> bool:
+def confirm_absent(name: str, group_name: str) -> None:
+    """Believe NSS's "no such user ``name``" only while it still finds the SIP group.
+
+    Directory clients answer "not found" when their server is out of
+    reach: nslcd does so when slapd times out or refuses, and when nslcd
+    itself is down the NSS module says the same. sipd does not start
+    without its SIP group, so a group that is "not found" too means the
+    answer came from a directory that could not look: raises
+    :class:`DirectoryUnavailable`. One more ``getgrnam`` per unknown name,
+    which the callers' negative caches bound. A SIP group kept in local
+    files while the users come from a directory cannot tell: there an
+    outage still reads as "no such user".
+    """
+    if _group(group_name) is None:
+        raise DirectoryUnavailable(errno.ENOENT, f"getpwnam_r: user {name} not found, nor "
+                                                 f"group {group_name}")
+
+
+def is_sip_member(user: User, group_name: str, *, required: bool = False) -> bool:
     """Whether ``user`` belongs to ``group_name`` as primary or supplementary group.
 
     The group's own member list answers most users; ``getgrouplist`` then
@@ -99,9 +118,15 @@ def is_sip_member(user: User, group_name: str) -> bool:
     :class:`DirectoryUnavailable` when the group cannot be read. glibc's
     getgrouplist reports no NSS errors, so a directory that fails between
     the group lookup and that call can still hide such a membership.
+
+    With ``required`` (the daemon's SIP group, without which it does not
+    start) a group that is "not found" raises :class:`DirectoryUnavailable`
+    too: see :func:`confirm_absent`.
     """
     group = _group(group_name)
     if group is None:
+        if required:
+            raise DirectoryUnavailable(errno.ENOENT, f"getgrnam_r: group {group_name} not found")
         return False
     if user.gid == group.gid or user.name in group.members:
         return True

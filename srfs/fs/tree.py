@@ -13,6 +13,7 @@ returns. The layout, as srfs(5) documents it for users::
       metrics              0444 root   Prometheus text format
       aliases              0644 root   rw: the alias map
       events               0400 root   every event, a line each, as it happens
+      control              0600 root   w: commands to the daemon ("flush accounts")
       <user>/              0700 user   one per member of the SIP group
         contacts           0600 user   rw: the user's bindings, one line each
         config/            0700 user   one file per *set* key
@@ -115,6 +116,8 @@ class Kind(Enum):
     EVENTS = "events"
     """``/events``: a stream (:mod:`srfs.state.events`), not a rendered file."""
     USER_EVENTS = "user_events"
+    CONTROL = "control"
+    """``/control``: root's commands to the daemon, one a line; reads empty."""
 
 
 # (mode, is_dir, owned by the user) per kind; the names are the two tables below.
@@ -131,11 +134,13 @@ _LAYOUT: dict[Kind, tuple[int, bool, bool]] = {
     Kind.CALLS: (0o400, False, True),
     Kind.EVENTS: (0o400, False, False),
     Kind.USER_EVENTS: (0o400, False, True),
+    Kind.CONTROL: (0o600, False, False),
 }
 #: Streams: read through a cursor, never rendered.
 STREAMS = frozenset({Kind.EVENTS, Kind.USER_EVENTS})
 _ROOT_ENTRIES: dict[str, Kind] = {
     "aliases": Kind.ALIAS_MAP,
+    "control": Kind.CONTROL,
     "events": Kind.EVENTS,
     "metrics": Kind.METRICS,
     "status": Kind.STATUS,
@@ -147,7 +152,12 @@ _USER_ENTRIES: dict[str, Kind] = {
     "contacts": Kind.CONTACTS,
     "events": Kind.USER_EVENTS,
 }
-_WRITABLE = frozenset({Kind.CONTACTS, Kind.SETTING, Kind.ALIAS_MAP})
+_WRITABLE = frozenset({Kind.CONTACTS, Kind.SETTING, Kind.ALIAS_MAP, Kind.CONTROL})
+
+#: What root may write to ``/control``, a command a line (srfs(5)).
+CONTROL_COMMANDS: dict[str, str] = {
+    "flush accounts": "forget every cached account answer, as SIGHUP does",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +253,8 @@ class WriteResult:
     config: ConfigChange | None = None
     aliases: AliasMapWrite | None = None
     contacts: ContactsWrite | None = None
+    commands: tuple[str, ...] = ()
+    """Commands written to ``/control``, in order, for the daemon to carry out."""
 
     @property
     def changes_something(self) -> bool:
@@ -251,6 +263,7 @@ class WriteResult:
             or self.contacts is not None
             or (self.config is not None and self.config.changed)
             or self.aliases is not None
+            or bool(self.commands)
         )
 
 
@@ -698,6 +711,8 @@ class Tree:
             return _encode(render_metrics(self.statistics()))
         if kind is Kind.ALIAS_MAP:
             return _encode(self._alias_map() if self._alias_map is not None else "")
+        if kind is Kind.CONTROL:
+            return b""
         assert node.user is not None
         if kind is Kind.CONTACTS:
             return _encode(self.render_contacts(node.user, now))
@@ -823,10 +838,13 @@ class Tree:
         ``complete=True`` everything is (what :meth:`commit` would refuse).
         """
         node = self._write_target(path)
-        if node.kind is Kind.ALIAS_MAP:
+        if node.kind in (Kind.ALIAS_MAP, Kind.CONTROL):
             if not complete:
                 data = data[: data.rfind(b"\n") + 1]
-            self.parse_alias_lines(data, append=append)
+            if node.kind is Kind.CONTROL:
+                parse_control(data)
+            else:
+                self.parse_alias_lines(data, append=append)
             return
         assert node.user is not None
         if node.kind is Kind.CONTACTS:
@@ -861,6 +879,8 @@ class Tree:
         if node.kind is Kind.ALIAS_MAP:
             self.parse_alias_lines(data, append=append)
             return WriteResult(aliases=AliasMapWrite(data, append))
+        if node.kind is Kind.CONTROL:
+            return WriteResult(commands=parse_control(data))
         assert node.user is not None
         if node.kind is Kind.CONTACTS:
             mode: ContactsMode = "append" if append else "replace"
@@ -1194,6 +1214,26 @@ class Tree:
         after = userconfig.parse(change.text)
         self.configs.put(user, after)
         self._stamp_config(user, before, after, now)
+
+
+def parse_control(data: bytes) -> tuple[str, ...]:
+    """The commands of a write to ``/control``: a known one a line, blank lines skipped.
+
+    Words may be separated by any run of blanks. Anything else refuses the
+    whole write with EINVAL, naming the line.
+    """
+    text = _decode_write(data)
+    commands = []
+    for number, line in enumerate(text.splitlines(), 1):
+        command = " ".join(line.split())
+        if not command:
+            continue
+        if command not in CONTROL_COMMANDS:
+            known = ", ".join(CONTROL_COMMANDS)
+            raise TreeError(errno.EINVAL,
+                            f"line {number}: unknown command {command[:60]!r}; known: {known}")
+        commands.append(command)
+    return tuple(commands)
 
 
 def _is_removal(b: Binding, now: float) -> bool:

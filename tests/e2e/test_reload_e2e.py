@@ -34,6 +34,9 @@ def sipd(tmp_path: Path, unix: FakeUnix, conf: Path,
 
 
 def reload(daemon: Daemon, what: str) -> None:
+    # sipd answers SIP a moment before it listens for signals: a SIGHUP in
+    # between would end it.
+    wait_for(lambda: "sipd ready" in daemon.log, "sipd to be ready")
     seen = daemon.log.count(what)
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: daemon.log.count(what) > seen, f"{what!r} in the log")

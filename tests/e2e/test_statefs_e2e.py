@@ -82,6 +82,20 @@ def test_static_contact_written_with_echo_is_used(fs_sipd: Daemon, unix: FakeUni
     wait_for(lambda: "sip:pbx" not in usrloc.read_text(), "the emptied usrloc", timeout=5)
 
 
+def test_control_node_is_roots_and_takes_flush_accounts(fs_sipd: Daemon, unix: FakeUnix,
+                                                        mnt: Path) -> None:
+    assert sh(f"echo 'flush accounts' > {mnt}/control").returncode == 0
+    # Carried out when the shell's close() returned.
+    assert "flush accounts written to" in fs_sipd.log
+    assert "account states forgotten" in fs_sipd.log
+    bad = sh(f"echo 'flush everything' > {mnt}/control")
+    assert bad.returncode != 0 and "Invalid argument" in bad.stderr
+    assert "unknown command 'flush everything'" in fs_sipd.log
+    as_alice = unix.run(["sh", "-c", f"echo 'flush accounts' > {mnt}/control"], as_user="alice")
+    assert as_alice.returncode != 0 and "Permission denied" in as_alice.stderr
+    assert fs_sipd.log.count("flush accounts written to") == 1
+
+
 @pytest.mark.slow
 def test_config_nodes_and_hand_edits(fs_sipd: Daemon, unix: FakeUnix, mnt: Path) -> None:
     cfg = unix["alice"].home / ".sr" / "config"

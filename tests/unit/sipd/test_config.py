@@ -194,3 +194,22 @@ def test_metrics_listen_waits_for_a_restart() -> None:
     old = Settings()
     new = build(check_values({"metrics_listen": "127.0.0.1:9100"}, "f"), {}, "f")
     assert changed(old, new) == ["metrics_listen"]
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("member_refresh_interval", 0), ("member_refresh_interval", -5),
+    ("member_refresh_interval", True), ("member_full_interval", 0),
+    ("member_full_interval", "300"), ("retry_after", 0), ("retry_after", 2.5),
+])
+def test_directory_intervals_and_retry_after_must_be_positive(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"{key} must be"):
+        check_values({key: value}, "sipd.toml")
+
+
+def test_directory_settings_default_to_what_sipd_8_says() -> None:
+    s = Settings()
+    assert (s.member_refresh_interval, s.member_full_interval, s.retry_after) == (5.0, 300.0, 30)
+    checked = check_values({"member_refresh_interval": 30, "member_full_interval": 3600,
+                            "retry_after": 120}, "sipd.toml")
+    assert checked == {"member_refresh_interval": 30.0, "member_full_interval": 3600.0,
+                       "retry_after": 120}

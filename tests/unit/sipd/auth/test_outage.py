@@ -13,7 +13,7 @@ import logging
 
 import pytest
 
-from sipd.auth.authenticator import LookUp, RecentAccounts, Refused
+from sipd.auth.authenticator import DirectoryHealth, LookUp, RecentAccounts, Refused
 from sipd.sip.message import Request, parse
 from srfs.accounts.directory import Account
 from srfs.accounts.nss import DirectoryUnavailable
@@ -94,3 +94,11 @@ def test_while_down_one_lookup_probes_and_the_rest_get_503_at_once(h: Harness) -
     second = h.auth.authenticate(requests[1], SRC, h.wall, proxy=False)
     assert isinstance(second, Refused) and second.status == 503
     assert ("Retry-After", "30") in second.headers
+
+
+def test_retry_after_is_the_setting() -> None:
+    health = DirectoryHealth()
+    assert health.refusal().headers == (("Retry-After", "30"),)
+    health.retry_after = 120
+    refused = health.refusal()
+    assert (refused.status, refused.headers) == (503, (("Retry-After", "120"),))

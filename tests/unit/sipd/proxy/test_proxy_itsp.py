@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 from sipd.core.numbers import NumberPlan
 from sipd.core.ownership import Ownership
 from sipd.core.peer import Peer
 from sipd.proxy.context import ProxyPolicy
+from srfs.accounts.nss import DirectoryUnavailable
 from srfs.accounts.state import AccountState
 from srfs.files.aliases import AliasMap
 from srfs.files.trunks import parse_trunks
@@ -186,6 +189,37 @@ def test_a_trunk_whose_owner_is_suspended_is_not_trusted() -> None:
     # An owner who is no user at all trusts nothing either.
     del states["dave"]
     assert responses(net.send(invite(f"sip:bob@{REALM}", frm=frm), TRUNK)) == [100, 407]
+
+
+def test_a_trunk_found_allowed_before_stays_trusted_while_the_directory_fails() -> None:
+    net = itsp_net()
+    net.bind("bob", BOB1)
+    failing = False
+    states = {"dave": AccountState(True)}
+
+    def state_of(name: str) -> AccountState | None:
+        if failing:
+            raise DirectoryUnavailable(errno.ETIMEDOUT, "getpwnam_r")
+        return states.get(name)
+
+    net.proxy.account_state = state_of
+    frm = f"sip:+441727238471@{REALM}"
+    failing = True
+    # Never found: the call cannot be decided, 503 with Retry-After.
+    out = net.send(invite(f"sip:bob@{REALM}", frm=frm), TRUNK)
+    assert responses(out) == [100, 503]
+    failing = False
+    assert responses(net.send(invite(f"sip:bob@{REALM}", frm=frm), TRUNK)) == [100]
+    failing = True
+    out = net.send(invite(f"sip:bob@{REALM}", frm=frm), TRUNK)
+    assert responses(out) == [100] and len(requests(out, "INVITE")) == 1
+    assert net.proxy.auth.health.down
+    # The directory says otherwise: the last good answer goes.
+    failing = False
+    states["dave"] = AccountState(False, "account expired")
+    assert responses(net.send(invite(f"sip:bob@{REALM}", frm=frm), TRUNK)) == [100, 407]
+    failing = True
+    assert responses(net.send(invite(f"sip:bob@{REALM}", frm=frm), TRUNK)) == [100, 503]
 
 
 # ------------------------------------------------------------ caller ID

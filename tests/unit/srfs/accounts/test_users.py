@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from sipd.proxy.users import HomeUsers
 from srfs.accounts import pamcheck, users
+from srfs.accounts.directory import Directory
 from srfs.accounts.pamcheck import PAM_SUCCESS, PAM_USER_UNKNOWN, AccountCache, PamUnavailable
+from srfs.files.userconfig import EMPTY
 from srfs.user import User
 from tests.unixusers import SHIPPED_PAM_SERVICE, FakeUnix, fake_unix
 
@@ -48,6 +51,22 @@ def test_missing_group() -> None:
     root = users.lookup("root")
     assert root is not None
     assert not users.is_sip_member(root, "no-such-group-srfs")
+    # The daemon's own group is required: "not found" is an outage then.
+    with pytest.raises(users.DirectoryUnavailable):
+        users.is_sip_member(root, "no-such-group-srfs", required=True)
+
+
+def test_unknown_user_believed_only_while_the_group_is_found() -> None:
+    # nslcd says "not found" for everything when its server is out of reach.
+    users.confirm_absent("no-such-user-srfs", "root")
+    with pytest.raises(users.DirectoryUnavailable, match="nor group no-such-group-srfs"):
+        users.confirm_absent("no-such-user-srfs", "no-such-group-srfs")
+    assert Directory("r", "root", None).account("no-such-user-srfs") is None
+    with pytest.raises(users.DirectoryUnavailable):
+        Directory("r", "no-such-group-srfs", None).account("no-such-user-srfs")
+    with pytest.raises(users.DirectoryUnavailable):
+        HomeUsers("no-such-group-srfs").find("no-such-user-srfs")
+    assert HomeUsers("root").find("no-such-user-srfs") == (False, EMPTY)
 
 
 def test_pam_service_path(monkeypatch: pytest.MonkeyPatch) -> None:

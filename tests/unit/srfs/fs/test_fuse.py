@@ -195,13 +195,14 @@ def test_modes_and_owners_come_from_the_tree(fs: Mount) -> None:
         "u1/config": (stat.S_IFDIR | 0o700, U1),
         "u1/calls": (stat.S_IFREG | 0o400, U1),
         "events": (stat.S_IFREG | 0o400, 0),
+        "control": (stat.S_IFREG | 0o600, 0),
         "u1/events": (stat.S_IFREG | 0o400, U1),
         "u2/contacts": (stat.S_IFREG | 0o600, U2),
     }
     for rel, (mode, uid) in expected.items():
         st = os.stat(fs.p(rel))
         assert (st.st_mode, st.st_uid, st.st_gid) == (mode, uid, uid), rel
-    assert sorted(os.listdir(fs.mnt)) == ["aliases", "events", "metrics", "status", "u1", "u2"]
+    assert sorted(os.listdir(fs.mnt)) == ["aliases", "control", "events", "metrics", "status", "u1", "u2"]
     assert sorted(os.listdir(fs.p("u1"))) == ["aliases", "calls", "config", "contacts", "events"]
     # An inode number stays with its path.
     assert os.stat(fs.p("u1/contacts")).st_ino == os.stat(fs.p("u1/contacts")).st_ino

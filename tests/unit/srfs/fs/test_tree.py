@@ -197,7 +197,7 @@ def test_missing_nodes(w: World, path: str, code: int) -> None:
 
 # (path, entries)
 LISTINGS: list[tuple[str, list[str]]] = [
-    ("/", ["aliases", "events", "metrics", "status", "bob", "jan"]),
+    ("/", ["aliases", "control", "events", "metrics", "status", "bob", "jan"]),
     ("/jan", ["aliases", "calls", "config", "contacts", "events"]),
     ("/jan/config", []),
 ]
@@ -234,7 +234,7 @@ def test_tree_follows_the_group(w: World) -> None:
     w.members.remove(JAN)
     assert w.tree.lookup("/jan") is None
     assert w.tree.lookup("/jan/contacts") is None
-    assert w.tree.listdir("/") == ["aliases", "events", "metrics", "status", "bob", "carol"]
+    assert w.tree.listdir("/") == ["aliases", "control", "events", "metrics", "status", "bob", "carol"]
 
 
 def test_same_member_tuple_is_indexed_once() -> None:
@@ -259,7 +259,7 @@ def test_a_list_provider_is_reindexed_every_time() -> None:
 def test_users_who_cannot_have_a_directory(name: str) -> None:
     odd = User(name, 2000, 2000, "/home/odd")
     tree = Tree(LocationStore(), lambda: (JAN, odd), started=0.0)
-    assert tree.listdir("/") == ["aliases", "events", "metrics", "status", "jan"]
+    assert tree.listdir("/") == ["aliases", "control", "events", "metrics", "status", "jan"]
     assert tree.member(name) is None
     if name == "status":
         assert tree.resolve("/status").kind is Kind.STATUS
@@ -1430,3 +1430,28 @@ def test_alias_map_append_is_checked_against_the_map_in_force() -> None:
     assert e.errno == errno.EINVAL and "neither line is used" in e.reason
     # Replacing the map may give the name to someone else.
     w.tree.check_write("/aliases", b"1003: bob\n", NOW, complete=False, append=False)
+
+
+# ------------------------------------------------------------ the control node
+
+
+def test_control_takes_known_commands_and_reads_empty() -> None:
+    w = make_world()
+    node = w.tree.check_open("/control", write=True)
+    assert (node.mode, node.uid, node.is_dir) == (0o600, 0, False)
+    assert w.tree.render("/control", NOW) == b""
+    r = w.tree.commit("/control", b"flush accounts\n\n  flush   accounts", append=False, now=NOW)
+    assert r.commands == ("flush accounts", "flush accounts") and r.changes_something
+    assert w.tree.commit("/control", b"\n", append=True, now=NOW).changes_something is False
+    # An unfinished last line is checked only when the write completes.
+    w.tree.check_write("/control", b"flush accounts\nflu", NOW, complete=False)
+
+
+@pytest.mark.parametrize("data", [b"flush\n", b"flush accounts now\n", b"reboot\n",
+                                  b"flush accounts\nforget all\n", b"\xff\n"])
+def test_control_refuses_anything_else(data: bytes) -> None:
+    w = make_world()
+    e = err(lambda: w.tree.commit("/control", data, append=False, now=NOW))
+    assert e.errno == errno.EINVAL
+    e = err(lambda: w.tree.check_write("/control", data, NOW, complete=False))
+    assert e.errno == errno.EINVAL
