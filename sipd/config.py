@@ -375,7 +375,7 @@ class Settings:
     pam: bool = True
     locked_suspends: bool = True
     account_cache_ttl: float = 600.0
-    member_refresh_interval: float = 5.0
+    member_refresh_interval: float = 20.0
     member_full_interval: float = 300.0
     retry_after: int = 30
     auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
@@ -460,7 +460,7 @@ KEYS: tuple[Key, ...] = (
     Key("member_refresh_interval", _positive_number("member_refresh_interval"),
         "seconds between re-reads of the SIP group entry (one group look-up each): the "
         "longest a new or removed supplementary member takes to count; also how often a "
-        "failing user database is probed (5)", live=True),
+        "failing user database is probed (20)", live=True),
     Key("member_full_interval", _positive_number("member_full_interval"),
         "seconds between full passes over the SIP group (every member looked up again, every "
         "account enumerated for primary-group members) (300)", live=True),

@@ -50,8 +50,10 @@ def forget_accounts(daemon: Daemon) -> None:
         daemon.auth.accounts.forget()
     daemon.proxy.user_lookup.forget()
     if daemon.membership is not None:
-        # Primary-group members are listed again at the next refresh.
+        # Primary-group members are listed again at the next refresh, now.
         daemon.membership.force_full()
+    if daemon.statefs is not None:
+        daemon.statefs.wake()
 
 
 def control(daemon: Daemon, command: str) -> None:
@@ -95,6 +97,9 @@ async def watch_account_files(daemon: Daemon, reload: ReloadRequest) -> None:
             if daemon.auth.accounts is not None:
                 daemon.auth.accounts.forget()
             daemon.proxy.user_lookup.forget()
+            if daemon.statefs is not None:
+                # The group too: a member added with usermod counts within a second.
+                daemon.statefs.wake()
             log.info("account files changed: each account state is checked again")
 
 

@@ -35,7 +35,7 @@ import errno
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -67,6 +67,9 @@ from srfs.logtext import Recurring, log_problems, quote
 from srfs.state.events import Events, auth_failure, call_event, contact_event
 from srfs.state.location import Binding, Change, Op
 from srfs.user import User
+
+#: Seconds between looks at the members' ``~/.sr/config`` (one stat each).
+CONFIG_POLL = 5.0
 
 log = logging.getLogger("sipd.statefs")
 
@@ -181,6 +184,7 @@ class StateFs:
         self.member_changed: Callable[[str], None] = lambda name: None
         #: Carries out a command root wrote to ``/control`` (the daemon's).
         self.control: Callable[[str], None] = lambda command: None
+        self._wake = trio.Event()
         #: Monotonic time the group could last not be read, while it cannot.
         self._outage: float | None = None
         assert endpoint.store is not None
@@ -279,10 +283,27 @@ class StateFs:
         log_problems(log, f"{user.name}'s ~/.sr/config", loaded.problems,
                      total=loaded.problem_count)
 
+    def wake(self) -> None:
+        """Re-read the group now, not at the next interval (the account files
+        changed, SIGHUP, ``flush accounts``)."""
+        self._wake.set()
+
     async def refresh_loop(self) -> None:
+        # Two paces: the group entry (a directory look-up) every
+        # ``member_refresh_interval`` or when woken; the members' config
+        # files (local stats) every CONFIG_POLL seconds, so a hand edit
+        # shows soon whatever the directory's pace.
+        next_group = trio.current_time() + self.refresh_interval
         while True:
-            await trio.sleep(self.refresh_interval)
+            with trio.move_on_at(min(next_group, trio.current_time() + CONFIG_POLL)):
+                await self._wake.wait()
+            woken, self._wake = self._wake.is_set(), trio.Event()
             writes = dict(self._config_writes)
+            if not (woken or trio.current_time() >= next_group):
+                configs = await trio.to_thread.run_sync(self._read_configs, self.members)
+                self._take_configs(configs, writes, time.time())
+                continue
+            next_group = trio.current_time() + self.refresh_interval
             try:
                 members = tuple(await trio.to_thread.run_sync(self.membership.refresh,
                                                               time.monotonic()))
@@ -314,13 +335,17 @@ class StateFs:
                 log.info("%s left group %s", name, self.settings.group)
                 self.tree.forget_config(name)
                 self.member_changed(name)
-            for user, config in configs:
-                count = self._config_writes.get(user.name, 0)
-                if count != writes.get(user.name, 0) or count % 2:
-                    # Read while a write through the tree was under way: what
-                    # it says may be older than what that write acknowledged.
-                    continue
-                self._take_config(user, config, now)
+            self._take_configs(configs, writes, now)
+
+    def _take_configs(self, configs: Iterable[tuple[User, UserConfig | None]], writes: dict[str, int],
+                      now: float) -> None:
+        for user, config in configs:
+            count = self._config_writes.get(user.name, 0)
+            if count != writes.get(user.name, 0) or count % 2:
+                # Read while a write through the tree was under way: what
+                # it says may be older than what that write acknowledged.
+                continue
+            self._take_config(user, config, now)
 
     # ------------------------------------------------------------ outputs
 

@@ -9,7 +9,9 @@ of the load a daemon puts on the server, idle or not.
 :class:`Membership` splits the two. Each :meth:`~Membership.refresh`
 reads the group entry and looks up only the names newly listed in it
 (names no longer listed go at once). The full pass, with the enumeration
-and a fresh look-up of every member, runs every ``full_interval`` seconds,
+(which also gives the listed members' entries, so they need no look-up
+of their own when the directory client enumerates), runs every
+``full_interval`` seconds,
 or at the next refresh when the watched files (``/etc/passwd`` and
 ``/etc/group``, nss_wrapper's under it) changed, which costs one ``stat``
 each: with files-backed NSS a change counts at once, with a directory a
@@ -68,15 +70,22 @@ class Membership:
                                                          "not found, though it was before")
             return []
         full = files_changed or now >= self._next_full
+        # A full pass enumerates first: the listed members found there need
+        # no look-up of their own (one search for all, not one per member).
+        # A directory client that does not enumerate (sssd's default) lists
+        # nobody, and each listed member is looked up as before.
+        everyone = {pw.name: pw for pw in nss.all_passwd()} if full else {}
         listed: dict[str, User] = {}
         for name in group.members:
-            known = None if full else self._listed.get(name)
+            entry = everyone.get(name)
+            known = users.user_of(entry) if entry is not None else (
+                None if full else self._listed.get(name))
             user = known or users.lookup(name)
             if user is not None:
                 listed[user.name] = user
         primary = self._primary
         if full:
-            primary = {pw.name: users.user_of(pw) for pw in nss.all_passwd()
+            primary = {pw.name: users.user_of(pw) for pw in everyone.values()
                        if pw.gid == group.gid}
         # Everything looked up: only now is anything replaced.
         self._found_group = True

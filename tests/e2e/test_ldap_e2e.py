@@ -88,28 +88,28 @@ def test_members_from_ldap_register_and_show_in_the_tree(site: LdapSite, tmp_pat
         # refusal remembered from just before counts no longer.
         site.set_members(["ldapjan", "ldapnew"])
         joined = time.monotonic()
-        wait_for(lambda: (tree / "ldapnew").exists(), "ldapnew in the tree", timeout=10)
+        wait_for(lambda: (tree / "ldapnew").exists(), "ldapnew in the tree", timeout=30)
         assert status_of(register(daemon, "ldapnew", pw["ldapnew"])) == 200
-        assert time.monotonic() - joined < 10
+        assert time.monotonic() - joined < 30
         # Leaving it: gone from the tree and refused at the next refresh, though
         # the account answer was cached (account_cache_ttl, 60 s by default).
         assert status_of(register(daemon, "ldapjan", pw["ldapjan"])) == 200
         site.set_members(["ldapnew"])
         left = time.monotonic()
-        wait_for(lambda: not (tree / "ldapjan").exists(), "ldapjan out of the tree", timeout=10)
+        wait_for(lambda: not (tree / "ldapjan").exists(), "ldapjan out of the tree", timeout=30)
         assert "ldapjan left group ldapsip" in daemon.log
         assert status_of(register(daemon, "ldapjan", pw["ldapjan"])) == 401
-        assert time.monotonic() - left < 10
+        assert time.monotonic() - left < 30
 
 
 #: Searches slapd may serve an idle sipd in a minute: the group entry every
-#: 5 s (12), and a full pass every 300 s at most once in the window (an
-#: enumeration and one search per member).
-IDLE_MINUTE_BOUND = 12 + 1 + 3 + 2
+#: 20 s (3), and a full pass every 300 s at most once in the window (the
+#: group and an enumeration, which gives the members' entries too).
+IDLE_MINUTE_BOUND = 3 + 1 + 1 + 2
 
 
 @pytest.mark.slow
-def test_idle_minute_costs_the_directory_a_search_every_five_seconds(
+def test_idle_minute_costs_the_directory_a_search_every_twenty_seconds(
         site: LdapSite, tmp_path: Path) -> None:
     for name in ("ldapa", "ldapb", "ldapc"):
         site.add_user(name)
@@ -122,9 +122,9 @@ def test_idle_minute_costs_the_directory_a_search_every_five_seconds(
         time.sleep(60)
         during = site.search_filters(before)
         assert {"ldapa", "ldapb", "ldapc"} <= set(os.listdir(tree))
-    # What sipd(8) says: about 12 searches a minute, 720 an hour, per host.
-    assert 10 <= len(during) <= IDLE_MINUTE_BOUND, during
-    assert all("objectClass=posixGroup" in f for f in during[:10]), during
+    # What sipd(8) says: about 3 searches a minute, 180 an hour, per host.
+    assert 2 <= len(during) <= IDLE_MINUTE_BOUND, during
+    assert all("objectClass=posixGroup" in f for f in during[:2]), during
 
 
 @pytest.mark.slow
@@ -141,7 +141,7 @@ def test_outage_keeps_everything_and_answers_new_logins_503(site: LdapSite,
         with site.slapd_paused():
             paused = time.monotonic()
             wait_for(lambda: "user database unavailable" in daemon.log,
-                     "sipd to notice the outage", timeout=20)
+                     "sipd to notice the outage", timeout=45)
             # Known: served from what was looked up before, and saved.
             with Phone(daemon.port, "ldapjan", pw["ldapjan"], timeout=20) as phone:
                 assert status_of(phone.register()) == 200
@@ -160,7 +160,7 @@ def test_outage_keeps_everything_and_answers_new_logins_503(site: LdapSite,
             assert "aor=ldapjan" in (tree / "ldapjan" / "contacts").read_text()
         # Its end is noticed without a request.
         wait_for(lambda: "user database answers again" in daemon.log,
-                 "sipd to notice the end of the outage", timeout=20)
+                 "sipd to notice the end of the outage", timeout=40)
         # Nobody was throttled or counted as failing for it.
         assert status_of(register(daemon, "ldapnew", pw["ldapnew"])) == 200
         log = daemon.log

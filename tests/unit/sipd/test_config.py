@@ -208,7 +208,7 @@ def test_directory_intervals_and_retry_after_must_be_positive(key: str, value: o
 
 def test_directory_settings_default_to_what_sipd_8_says() -> None:
     s = Settings()
-    assert (s.member_refresh_interval, s.member_full_interval, s.retry_after) == (5.0, 300.0, 30)
+    assert (s.member_refresh_interval, s.member_full_interval, s.retry_after) == (20.0, 300.0, 30)
     checked = check_values({"member_refresh_interval": 30, "member_full_interval": 3600,
                             "retry_after": 120}, "sipd.toml")
     assert checked == {"member_refresh_interval": 30.0, "member_full_interval": 3600.0,

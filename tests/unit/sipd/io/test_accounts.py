@@ -75,6 +75,8 @@ def test_control_flushes_every_account_cache() -> None:
     daemon: Any = SimpleNamespace(
         directory=SimpleNamespace(forget=lambda: calls.append("directory")),
         auth=SimpleNamespace(accounts=SimpleNamespace(forget=lambda: calls.append("auth"))),
-        membership=SimpleNamespace(force_full=lambda: calls.append("membership")))
+        proxy=SimpleNamespace(user_lookup=SimpleNamespace(forget=lambda: calls.append("proxy"))),
+        membership=SimpleNamespace(force_full=lambda: calls.append("membership")),
+        statefs=SimpleNamespace(wake=lambda: calls.append("group re-read")))
     accounts.control(daemon, "flush accounts")
-    assert calls == ["directory", "auth", "membership"]
+    assert calls == ["directory", "auth", "proxy", "membership", "group re-read"]

@@ -372,7 +372,8 @@ def nss_calls(metrics: str, call: str) -> int:
 def test_the_tree_keeps_its_users_while_the_user_database_fails(
         tmp_path: Path, unix: FakeUnix, mnt: Path, passwords: dict[str, str]) -> None:
     conf = tmp_path / "fs.toml"
-    conf.write_text(f'mount_enabled = true\nmount = "{mnt}"\n')
+    # Re-reads every 5 s: the test counts them, whatever the default.
+    conf.write_text(f'mount_enabled = true\nmount = "{mnt}"\nmember_refresh_interval = 5\n')
     with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as daemon:
         wait_for(lambda: (mnt / "alice").exists() and (mnt / "bob").exists(), "the mount")
         metrics = (mnt / "metrics").read_text()
