@@ -16,10 +16,10 @@ DESTDIR ?=
 BUILD := build/install
 TOOLS := $(BUILD)/tools
 WHEEL_STAMP := $(BUILD)/wheel/.built
-SOURCES := pyproject.toml $(shell find sipd srfs -name '*.py')
+SOURCES := pyproject.toml setup.py $(shell find sipd srfs -name '*.py')
 
-.PHONY: setup setup-run system-run system-test system-install run test check lint bench profile clean \
-	install uninstall
+.PHONY: setup setup-run system-run system-test system-install run test test-compiled check lint \
+	bench profile clean install uninstall
 
 # setup-run: what running from the checkout needs; setup: that and the test tools.
 setup-run: system-run $(VENV)/.run
@@ -51,6 +51,21 @@ lint: $(VENV)/.test
 
 test: setup lint
 	$(BIN)/pytest -q -p no:cacheprovider
+	$(MAKE) --no-print-directory test-compiled
+
+# sipd's unit tests once more on the build make install makes: a wheel
+# whose SIP core is compiled with mypyc (setup.py). The checkout's own
+# modules stay pure Python (an editable install compiles nothing), so the
+# run above tested those. --import-mode=append keeps the checkout behind
+# the unpacked wheel on sys.path; SIPD_EXPECT_BUILD makes a wheel that fell
+# back to pure Python fail here rather than pass unnoticed.
+COMPILED := build/compiled
+test-compiled: setup
+	rm -rf $(COMPILED) build/lib build/lib.* build/temp.* build/bdist.*
+	$(BIN)/pip wheel -q --disable-pip-version-check --no-deps -w $(COMPILED)/wheel .
+	$(BIN)/python -m zipfile -e $(COMPILED)/wheel/*.whl $(COMPILED)/site
+	PYTHONPATH=$(CURDIR)/$(COMPILED)/site SIPD_EXPECT_BUILD="compiled with mypyc" \
+	 $(BIN)/pytest -q -p no:cacheprovider --import-mode=append tests/unit/sipd
 
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
@@ -61,7 +76,9 @@ profile: setup
 	$(BIN)/python bench/profile_register.py $(PROFILE_ARGS)
 
 # The wheel of the project, rebuilt when a source changes; setuptools'
-# leftovers of an earlier build must not slip into it.
+# leftovers of an earlier build must not slip into it (build/lib.* when
+# setup.py compiled the SIP core), nor objects compiled for the checkout's
+# Python by make test-compiled (build/temp.*).
 system-install:
 	@sh tools/system-setup.sh install
 
@@ -69,7 +86,7 @@ $(TOOLS)/bin/pip: | system-install
 	$(SYSTEM_PYTHON) -m venv $(TOOLS)
 
 $(WHEEL_STAMP): $(SOURCES) | $(TOOLS)/bin/pip
-	rm -rf $(BUILD)/wheel build/lib build/bdist.*
+	rm -rf $(BUILD)/wheel build/lib build/lib.* build/temp.* build/bdist.*
 	$(TOOLS)/bin/pip wheel -q --disable-pip-version-check --no-deps -w $(BUILD)/wheel .
 	@touch $@
 

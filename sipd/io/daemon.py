@@ -75,6 +75,7 @@ from sipd.registrar.admission import BindingRules
 from sipd.registrar.persistence import Persistence, WtmpSessions
 from sipd.registrar.register import Registrar, RegistrarPolicy
 from sipd.registrar.server import Registration, Server
+from sipd.sip import build as sip_build
 from sipd.sip.digest import NonceManager
 from sipd.sip.errors import ParseError
 from sipd.sip.transaction import TransactionLayer
@@ -472,11 +473,12 @@ async def run(settings: Settings) -> None:
             await enter_running()
             transports.workers.release()
             log.info(
-                "sipd ready: realm %s, group %s, listening on %s%s",
+                "sipd ready: realm %s, group %s, listening on %s%s; SIP core: %s",
                 settings.realm, settings.group,
                 ", ".join(str(a) for a, _ in bound),
                 "" if settings.metrics_listen is None
                 else f"; metrics on http://{settings.metrics_listen}/metrics",
+                sip_build(),
             )
             notify_systemd("READY=1")
             period = watchdog_period()

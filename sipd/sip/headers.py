@@ -298,14 +298,14 @@ def _check_via_param(name: str, value: str | None) -> None:
 # Like uri._sip_uri: slot stores instead of the frozen dataclass __init__,
 # for the Via and Address objects every message brings.
 _VIA_FIELDS = ("transport", "host", "port", "params", "protocol")
-_new = object.__new__
+_new_via = Via.__new__
 _via_transport, _via_host, _via_port, _via_params, _via_protocol = (
-    Via.__dict__[name].__set__ for name in _VIA_FIELDS
+    vars(Via)[name].__set__ for name in _VIA_FIELDS
 )
 
 
 def _via(transport: str, host: str, port: int | None, params: Params, protocol: str) -> Via:
-    via: Via = _new(Via)
+    via = _new_via(Via)
     _via_transport(via, transport)
     _via_host(via, host)
     _via_port(via, port)
@@ -420,11 +420,12 @@ def _addr_spec_or_problem(text: str, what: str) -> tuple[None, str, int]:
 
 
 _ADDRESS_FIELDS = ("uri", "display", "params")
-_addr_uri, _addr_display, _addr_params = (Address.__dict__[name].__set__ for name in _ADDRESS_FIELDS)
+_addr_uri, _addr_display, _addr_params = (vars(Address)[name].__set__ for name in _ADDRESS_FIELDS)
+_new_address = Address.__new__
 
 
 def _address(uri: URI, display: str | None, params: Params) -> Address:
-    addr: Address = _new(Address)
+    addr = _new_address(Address)
     _addr_uri(addr, uri)
     _addr_display(addr, display)
     _addr_params(addr, params)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from sipd.sip.errors import ParseError, SipError
 from sipd.sip.headers import (
@@ -820,8 +820,16 @@ def _parse_start_line(line: str) -> tuple[Request | Response, str | None]:
     return _new_request(method, parts[1], version), None
 
 
+# True when this module was compiled with mypyc (sipd.sip.MYPYC_MODULES):
+# its classes are then native ones, whose __new__ runs __init__.
+_NATIVE: Final = hasattr(Message, "__mypyc_attrs__")
+
+
 def _new_request(method: str, uri_text: str, version: str) -> Request:
     """An empty Request for parse(), without the generic constructor's work."""
+    if _NATIVE:
+        # Compiled, the constructor is the cheap way.
+        return Request(method, uri_text, (), b"", version)
     req = Request.__new__(Request)
     req._headers = []
     req.body = b""

@@ -296,7 +296,10 @@ URI = SipURI | TelURI | AbsoluteURI
 # doubles that cost; _sip_uri() stores into the slots directly. It must name
 # every field in order (tests/unit/sipd/sip/test_uri.py compares it with fields()).
 _SIP_URI_FIELDS = ("scheme", "host", "user", "password", "port", "params", "headers")
-_new = object.__new__
+# SipURI.__new__ is object.__new__ when interpreted; compiled with mypyc
+# (sipd.sip.MYPYC_MODULES) a class must be allocated by its own __new__,
+# and its fields are found through vars() rather than __dict__.
+_new_sip_uri = SipURI.__new__
 (
     _set_scheme,
     _set_host,
@@ -305,7 +308,7 @@ _new = object.__new__
     _set_port,
     _set_params,
     _set_headers,
-) = (SipURI.__dict__[name].__set__ for name in _SIP_URI_FIELDS)
+) = (vars(SipURI)[name].__set__ for name in _SIP_URI_FIELDS)
 
 
 def _sip_uri(
@@ -317,7 +320,7 @@ def _sip_uri(
     params: Params,
     headers: str | None,
 ) -> SipURI:
-    uri: SipURI = _new(SipURI)
+    uri = _new_sip_uri(SipURI)
     _set_scheme(uri, scheme)
     _set_host(uri, host)
     _set_user(uri, user)

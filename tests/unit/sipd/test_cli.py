@@ -36,6 +36,19 @@ def assert_one_line_error(p: subprocess.CompletedProcess[str], code: int, text: 
     assert "Traceback" not in p.stderr
 
 
+def test_version_names_the_build_of_the_sip_core(capsys: pytest.CaptureFixture[str]) -> None:
+    # In process: the build is whatever this test run imports (pure Python
+    # from the checkout, compiled under make test-compiled).
+    from sipd import __version__
+    from sipd.sip import build
+
+    with pytest.raises(SystemExit) as info:
+        make_parser().parse_args(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sipd {__version__} (SIP core: {build()})"
+    assert build() in ("pure Python", "compiled with mypyc")
+
+
 def test_bad_option() -> None:
     assert_one_line_error(run("--frobnicate"), 2, "unrecognized arguments: --frobnicate")
 
