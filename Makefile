@@ -18,7 +18,7 @@ TOOLS := $(BUILD)/tools
 WHEEL_STAMP := $(BUILD)/wheel/.built
 SOURCES := pyproject.toml setup.py $(shell find sipd srfs -name '*.py')
 
-.PHONY: setup setup-run system-run system-test system-install run test test-compiled check lint \
+.PHONY: setup setup-run system-run system-test system-install run test compiled test-compiled check lint \
 	bench profile clean install uninstall
 
 # setup-run: what running from the checkout needs; setup: that and the test tools.
@@ -60,14 +60,18 @@ test: setup lint
 # the unpacked wheel on sys.path; SIPD_EXPECT_BUILD makes a wheel that fell
 # back to pure Python fail here rather than pass unnoticed.
 COMPILED := build/compiled
-test-compiled: setup
+compiled: setup
 	rm -rf $(COMPILED) build/lib build/lib.* build/temp.* build/bdist.*
 	$(BIN)/pip wheel -q --disable-pip-version-check --no-deps -w $(COMPILED)/wheel .
 	$(BIN)/python -m zipfile -e $(COMPILED)/wheel/*.whl $(COMPILED)/site
+
+test-compiled: compiled
 	PYTHONPATH=$(CURDIR)/$(COMPILED)/site SIPD_EXPECT_BUILD="compiled with mypyc" \
 	 $(BIN)/pytest -q -p no:cacheprovider --import-mode=append tests/unit/sipd
 
-bench: setup
+# The benchmarks run the daemon as make install builds it (the compiled
+# SIP core); BENCH_ARGS=--core pure measures the checkout's pure Python.
+bench: setup compiled
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 PROFILE_ARGS ?=

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+#: Where make compiled unpacks the wheel make install would build.
+COMPILED = HERE.parent / "build" / "compiled" / "site"
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,25 @@ def main() -> int:
                     help="comma-separated names: " + ", ".join(b.name for b in BENCHES))
     ap.add_argument("--table-only", action="store_true",
                     help="only print the table of an earlier run's --out directory")
+    ap.add_argument("--core", choices=("compiled", "pure"),
+                    default="compiled" if COMPILED.is_dir() else "pure",
+                    help="the SIP core the daemon runs: compiled (make compiled's wheel, as "
+                         "make install builds it; the default when it is there) or pure")
     args = ap.parse_args()
+    if args.core == "compiled":
+        if not COMPILED.is_dir():
+            print(f"no compiled build at {COMPILED}: make compiled", file=sys.stderr)
+            return 2
+        # Every benchmark starts sipd from the checkout's venv: the wheel's
+        # modules come first on its path.
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(COMPILED), os.environ.get("PYTHONPATH", "")) if p)
+    sipd = HERE.parent / ".venv" / "bin" / "sipd"
+    version = subprocess.run([str(sipd), "--version"], capture_output=True, text=True).stdout
+    print(f"benchmarking {version.strip() or sipd}", flush=True)
+    if args.core not in version:
+        print(f"sipd --version does not name the {args.core} core", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sipd-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     chosen = [b for b in BENCHES if not args.only or b.name in args.only.split(",")]
@@ -237,7 +258,7 @@ def main() -> int:
             figures += FIGURES[bench.name](_load(out / bench.name / "results.json"))
         elif bench.name in texts:
             copied[bench.script] = own_verdicts(texts[bench.name])
-    text = table(figures, copied)
+    text = f"{version.strip()}\n" + table(figures, copied)
     print("\n" + "=" * 100 + "\n" + text)
     print("\nRatios come from one run on one machine; absolute figures move 10-40 % between runs.")
     print(f"raw output: {out}")
