@@ -462,8 +462,8 @@ KEYS: tuple[Key, ...] = (
         "longest a new or removed supplementary member takes to count; also how often a "
         "failing user database is probed (20)", live=True),
     Key("member_full_interval", _positive_number("member_full_interval"),
-        "seconds between full passes over the SIP group (every member looked up again, every "
-        "account enumerated for primary-group members) (300)", live=True),
+        "seconds between full passes over the SIP group (every account enumerated: members "
+        "by primary group, and the listed members' entries) (300)", live=True),
     Key("retry_after", _positive_int("retry_after"),
         "Retry-After, seconds, of the 503 a request gets while the user database fails (30)",
         live=True),
