@@ -131,6 +131,7 @@ KNOWN_METHODS = frozenset(
     )
 )
 
+_METHOD_TEXT = {m: m for m in KNOWN_METHODS}
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _VERSION_RE = re.compile(r"SIP/(\d+)\.(\d+)", re.IGNORECASE)
 _STATUS_RE = re.compile(r"[1-6]\d\d")
@@ -217,6 +218,17 @@ class Message:
         return idx
 
     def _changed(self) -> None:
+        self._index = None
+        self._cache.clear()
+
+    def compact(self) -> None:
+        """Drop what parsing built on first access (the index and the typed values).
+
+        Nothing is lost: both are rebuilt from the header fields when next
+        read. A transaction calls this on the messages it keeps after its
+        final response, where a parsed REGISTER would otherwise hold a few
+        kilobytes of Via, Address and URI objects for 32 s (Timer J).
+        """
         self._index = None
         self._cache.clear()
 
@@ -546,6 +558,20 @@ class Request(Message):
         new._uri = self._uri
         return new
 
+    def skeleton(self) -> Request:
+        """A copy with what a response to it is made of, and nothing more.
+
+        The start line and the fields :func:`make_response` copies (Via,
+        From, To, Call-ID, CSeq) and Timestamp (RFC 3261 §8.2.6.1), the
+        same string objects; no other field, no body. A finished server
+        transaction keeps this instead of the request: a REGISTER's
+        credentials, contacts and User-Agent are not needed to resend its
+        final response, or to make a late one.
+        """
+        new = _new_request(self.method, self.uri_text, self.version)
+        new._headers = [h for h in self._headers if h[0] in _RESPONSE_FIELDS]
+        return new
+
     def validate(self) -> None:
         """Check what RFC 3261 requires of every request the server handles.
 
@@ -807,9 +833,16 @@ def _parse_start_line(line: str) -> tuple[Request | Response, str | None]:
         if len(parts) < 3:
             raise ParseError("Bad request line")
     method, version = parts[0], parts[-1]
-    if method not in KNOWN_METHODS and not _TOKEN_RE.fullmatch(method):
+    known = _METHOD_TEXT.get(method)
+    if known is not None:
+        # One string per method and version, not two per request: a
+        # transaction keeps its request for 32 s after it ends.
+        method = known
+    elif not _TOKEN_RE.fullmatch(method):
         raise ParseError("Bad request line")
-    if version != "SIP/2.0" and not _VERSION_RE.fullmatch(version):
+    if version == "SIP/2.0":
+        version = "SIP/2.0"
+    elif not _VERSION_RE.fullmatch(version):
         raise ParseError("Bad request line")
     if len(parts) > 3:
         # Whitespace inside the Request-URI (RFC 4475 §3.1.2.8): the rest of
@@ -832,6 +865,10 @@ def _new_request(method: str, uri_text: str, version: str) -> Request:
     req._uri = None
     req.version = version
     return req
+
+
+#: The fields of a request a response copies (RFC 3261 §8.2.6), with Timestamp.
+_RESPONSE_FIELDS = frozenset(("via", "from", "to", "call-id", "cseq", "timestamp"))
 
 
 def make_response(

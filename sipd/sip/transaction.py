@@ -188,7 +188,9 @@ class Transaction:
     def __init__(
         self, layer: TransactionLayer, request: Request, reliable: bool, now: float
     ) -> None:
-        #: The request that created the transaction.
+        #: The request that created the transaction. Once a non-INVITE server
+        #: transaction has sent its final response, only its skeleton
+        #: (:meth:`Request.skeleton`: start line, Via, From, To, Call-ID, CSeq).
         self.request = request
         self.method = request.method
         self.reliable = reliable
@@ -542,6 +544,12 @@ class NonInviteServerTransaction(ServerTransaction):
             self._sent_final(response)
             self._send(response, out)
             self.state = State.COMPLETED
+            # Completed only resends this final for 32 s (Timer J over UDP),
+            # and a burst of registrations keeps thousands of these alive:
+            # keep of the request what a response is made of, and drop what
+            # parsing built on the response.
+            self.request = self.request.skeleton()
+            response.compact()
             self._linger(Timer.J, now, out)
 
     def _on_timer(self, timer: Timer, now: float, out: list[Event]) -> None:
