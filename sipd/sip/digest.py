@@ -41,9 +41,11 @@ per lifetime.
 
 *Nonce counts.* :class:`NonceCounts` remembers, per nonce, the highest nc
 accepted, and is only written after a response has been verified (so nobody
-without the password can burn a client's counts or fill the table). Its
-memory is bounded: the least recently used entry is evicted, and the table
-remembers the newest issue time among evicted nonces (the *horizon*). A nonce
+without the password can burn a client's counts or fill the table). Entries
+of nonces past their lifetime are dropped as requests come (they are STALE
+anyway). Its memory is bounded: the least recently used entry is evicted,
+and the table remembers the newest issue time among evicted nonces (the
+*horizon*). A nonce
 not in the table that was issued at or before the horizon may have been
 evicted, so its use is refused (the caller answers ``stale=true``, one extra
 round trip for the client) rather than risk accepting a replayed count. A
@@ -714,6 +716,26 @@ class NonceCounts:
         self._seen.move_to_end(nonce)
         return True
 
+    def forget_issued_before(self, cutoff: float) -> None:
+        """Forget the least recently used nonces issued before ``cutoff``.
+
+        The caller passes the oldest issue time still fresh (now minus the
+        nonce lifetime): older nonces are STALE whatever their count, so
+        their entries are dead weight; after a burst of registrations they
+        would stay until ``max_entries`` newer ones pushed them out. Only
+        the front of the table is looked at (cheap enough for every
+        request); an old entry behind a younger one goes on a later call.
+        The horizon moves as for an eviction, so a forgotten nonce is
+        refused even if the clock steps back.
+        """
+        seen = self._seen
+        while seen:
+            nonce, (_, issued) = next(iter(seen.items()))
+            if issued >= cutoff:
+                return
+            del seen[nonce]
+            self._horizon = max(self._horizon, issued)
+
 
 # ------------------------------------------------------------ challenges
 
@@ -820,4 +842,5 @@ def check_credentials(
         return AuthResult.STALE
     if not counts.accept(creds.nonce, creds.nonce_count, issued):
         return AuthResult.STALE
+    counts.forget_issued_before(now - nonces.lifetime)
     return AuthResult.OK
