@@ -21,6 +21,7 @@ serialising are one representation; the header *values* live apart in
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -151,9 +152,21 @@ def canonical_name(name: str) -> str:
 _SPELLINGS: dict[str, tuple[str, str]] = {}
 for _lower, _canon in CANONICAL.items():
     for _spelling in (_canon, _lower, _canon.upper(), _lower.capitalize()):
-        _SPELLINGS[_spelling] = (_canon.lower(), _canon)
+        _SPELLINGS[_spelling] = (sys.intern(_canon.lower()), sys.intern(_canon))
 del _lower, _canon, _spelling
 _SPELLINGS_MAX = 1024
+#: The spellings above only: a header built here gets the shared key and
+#: name strings, not a fresh lower-case copy per field.
+_BUILT = {s: hit for s, hit in _SPELLINGS.items() if hit[1] == canonical_name(s)}
+
+
+def _field(name: str) -> tuple[str, str]:
+    """(key, canonical name) for a field added by code (not parsed)."""
+    hit = _BUILT.get(name)
+    if hit is not None:
+        return hit
+    name = canonical_name(name)
+    return name.lower(), name
 
 
 def _name_key(name: str) -> tuple[str, str] | None:
@@ -196,8 +209,8 @@ class Message:
     ) -> None:
         self._headers: list[tuple[str, str, str]] = []
         for n, v in headers:
-            n = canonical_name(n)
-            self._headers.append((n.lower(), n, v))
+            k, n = _field(n)
+            self._headers.append((k, n, v))
         self.body = body
         self._cache: dict[str, Any] = {}
         self._index: dict[str, list[str]] | None = None
@@ -270,8 +283,8 @@ class Message:
 
     def add(self, name: str, value: str) -> None:
         """Append a field after the others."""
-        name = canonical_name(name)
-        self._headers.append((name.lower(), name, value))
+        key, name = _field(name)
+        self._headers.append((key, name, value))
         self._changed()
 
     def prepend(self, name: str, value: str) -> None:
@@ -894,8 +907,8 @@ def make_response(
                 v = f"{v};tag={to_tag}"
             h.append((k, n, v))
     for n, v in headers:
-        n = canonical_name(n)
-        h.append((n.lower(), n, v))
+        k, n = _field(n)
+        h.append((k, n, v))
     resp.body = body
     return resp
 

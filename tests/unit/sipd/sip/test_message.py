@@ -574,3 +574,17 @@ def test_parsed_requests_share_their_method_and_version_strings() -> None:
     assert a.method is b.method and a.version is b.version
     odd = parse(_KEPT.replace(b"REGISTER sip", b"FOO sip").replace(b"7 REGISTER", b"7 FOO"))
     assert isinstance(odd, Request) and odd.method == "FOO"
+
+
+def test_fields_added_by_code_share_their_key_and_name() -> None:
+    req = parse(_KEPT)
+    assert isinstance(req, Request)
+    a = make_response(req, 200, headers=[("contact", "<sip:a@192.0.2.1>"), ("Server", "x")])
+    b = make_response(req, 200, headers=[("CONTACT", "<sip:b@192.0.2.1>"), ("m", "<sip:c@h>")])
+    assert a._headers[-2][:2] == ("contact", "Contact")
+    assert a._headers[-2][0] is b._headers[-2][0] is b._headers[-1][0]
+    assert a._headers[-2][1] is b._headers[-1][1]
+    # Names outside the table are kept as written, as before.
+    c = make_response(req, 200, headers=[("X-Thing", "1"), ("ACCEPT-CONTACT", "*")])
+    assert [(k, n) for k, n, _ in c._headers[-2:]] == [
+        ("x-thing", "X-Thing"), ("accept-contact", "ACCEPT-CONTACT")]
