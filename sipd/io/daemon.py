@@ -45,6 +45,7 @@ from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
 from sipd.io.accounts import forget_user, watch_account_files
+from sipd.io.heap import trim_after_bursts
 from sipd.io.limits import tcp_connection_cap
 from sipd.io.mediarelay import NgSocket
 from sipd.io.metrics import metrics_text
@@ -476,6 +477,8 @@ async def run(settings: Settings) -> None:
             nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
             nursery.start_soon(watch_config, daemon, config_reload)
             nursery.start_soon(watch_account_files, daemon, account_reload)
+            transactions = daemon.endpoint.transactions
+            nursery.start_soon(trim_after_bursts, lambda: len(transactions))
 
             def on_hup() -> None:
                 config_reload.set()
