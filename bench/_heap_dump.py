@@ -8,7 +8,8 @@ Used by burst_memory.py --heap, never by the daemon itself. On SIGUSR2
 handler) it collects garbage and writes ``/tmp/sipd-heap-PID.json``: the
 bytes tracemalloc sees, the largest allocation sites (by file and line),
 the live objects that the garbage collector tracks counted by type, and
-pymalloc's block count.
+pymalloc's block count. SIGUSR1 calls glibc's malloc_trim(0) (and touches
+``/tmp/sipd-trimmed-PID``), to see what trimming would give back.
 """
 
 from __future__ import annotations
@@ -84,8 +85,12 @@ def pymalloc_stats() -> dict[str, int]:
 
 
 def dump(signum: int, frame: FrameType | None) -> None:
-    gc.collect()
-    data: dict[str, object] = {"pid": os.getpid()}
+    blocks = sys.getallocatedblocks()
+    glibc = glibc_heap()
+    unreachable = gc.collect()
+    data: dict[str, object] = {"pid": os.getpid(), "before_collect": {
+        "allocated_blocks_before_collect": blocks, "glibc_before_collect": glibc,
+        "unreachable_found": unreachable}}
     if tracemalloc.is_tracing():
         snap = tracemalloc.take_snapshot()
         stats = snap.statistics("lineno")
@@ -102,8 +107,18 @@ def dump(signum: int, frame: FrameType | None) -> None:
     tmp.rename(out)
 
 
+def trim(signum: int, frame: FrameType | None) -> None:
+    """SIGUSR1: glibc's malloc_trim(0), to see what it would give back."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    Path(f"/tmp/sipd-trimmed-{os.getpid()}").touch()
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGUSR2, dump)
+    signal.signal(signal.SIGUSR1, trim)
     from sipd.cli import main
 
     sys.argv[0] = "sipd"

@@ -426,6 +426,17 @@ def run_size(args: argparse.Namespace, results: Path, scratch: Path, procs: Proc
             res.heap = heap_dump(sipd.pid, Path(f"/tmp/sipd-heap-{sipd.pid}.json"))
         (results / f"heap-{tag}.json").write_text(json.dumps(res.heap, indent=1))
         print_heap(res.heap, res.held())
+        mark = Path(f"/tmp/sipd-trimmed-{sipd.pid}")
+        mark.unlink(missing_ok=True)
+        os.kill(sipd.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        mark.unlink(missing_ok=True)
+        trimmed = memory_kb(sipd.pid)
+        log(f"  after malloc_trim(0): RSS/PSS kB {trimmed[0]}/{trimmed[1]} "
+            f"({(trimmed[0] - res.before[0]) * 1024 / max(1, res.held()):.0f} B a binding "
+            f"over the start)")
         stop_sipd(procs, sipd)
         return res
     sipd, restart = restart_sipd(procs, sipd, fake, conf, port, results / f"sipd-{tag}-2.log")
@@ -452,7 +463,7 @@ def print_heap(heap: dict[str, Any], bindings: int) -> None:
     log("  live objects by type (count, top 15):")
     for name, count in heap.get("types", [])[:15]:
         log(f"    {count:9}  {name}")
-    for k, v in heap.get("extra", {}).items():
+    for k, v in [*heap.get("before_collect", {}).items(), *heap.get("extra", {}).items()]:
         log(f"    {k}: {v}")
 
 
