@@ -899,13 +899,16 @@ def make_response(
     """
     resp = Response(status, reason)
     h = resp._headers
-    for k, n, v in request._headers:
+    for item in request._headers:
+        k = item[0]
         if k in ("via", "from", "call-id", "cseq"):
-            h.append((k, n, v))
+            h.append(item)  # the request's own (immutable) field
         elif k == "to":
+            v = item[2]
             if to_tag and status != 100 and not _has_tag(request, v):
-                v = f"{v};tag={to_tag}"
-            h.append((k, n, v))
+                h.append((k, item[1], f"{v};tag={to_tag}"))
+            else:
+                h.append(item)
     for n, v in headers:
         k, n = _field(n)
         h.append((k, n, v))

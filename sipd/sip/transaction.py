@@ -416,7 +416,8 @@ class ServerTransaction(Transaction):
     ) -> None:
         super().__init__(layer, request, reliable, now)
         self.source = source
-        #: To tag of the last final response sent; an RFC 2543 ACK must carry it.
+        #: To tag of the last final response sent, for INVITE transactions (an
+        #: RFC 2543 ACK must carry it); None for the others, which no ACK matches.
         self.response_to_tag: str | None = None
         self._key = key
 
@@ -435,10 +436,6 @@ class ServerTransaction(Transaction):
 
     def _sent_final(self, response: Response) -> None:
         self.last_response = response
-        try:
-            self.response_to_tag = response.to.tag
-        except ParseError:
-            self.response_to_tag = None
 
 
 class InviteServerTransaction(ServerTransaction):
@@ -446,6 +443,13 @@ class InviteServerTransaction(ServerTransaction):
 
     __slots__ = ()
     is_invite = True
+
+    def _sent_final(self, response: Response) -> None:
+        self.last_response = response
+        try:
+            self.response_to_tag = response.to.tag
+        except ParseError:
+            self.response_to_tag = None
 
     def _start(self, now: float, out: list[Event]) -> None:
         self.state = State.PROCEEDING
