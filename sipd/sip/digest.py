@@ -679,8 +679,11 @@ class NonceCounts:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
-        # nonce -> (highest nc accepted, issue time); order is least recently used first.
-        self._seen: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # nonce -> highest nc accepted and issue time in one int (see _pack),
+        # least recently used first. One int, not a tuple and a float: the
+        # table holds every nonce used in the last lifetime (one per phone
+        # after a burst of registrations).
+        self._seen: OrderedDict[str, int] = OrderedDict()
         self._horizon = -math.inf
 
     def __len__(self) -> int:
@@ -695,8 +698,9 @@ class NonceCounts:
         """Record a use of ``nonce`` with count ``nc``; False if it may be a replay.
 
         ``issued`` is the nonce's authenticated issue time
-        (:meth:`NonceManager.issued`). ``nc=None`` is a use without qop:
-        allowed once, as the nonce's only use.
+        (:meth:`NonceManager.issued`), kept to the millisecond as nonces
+        carry it. ``nc=None`` is a use without qop: allowed once, as the
+        nonce's only use.
         """
         entry = self._seen.get(nonce)
         if entry is None:
@@ -704,15 +708,15 @@ class NonceCounts:
                 return False
             if nc is not None and not 1 <= nc <= _NC_MAX:
                 return False
-            self._seen[nonce] = (_NC_MAX if nc is None else nc, issued)
+            self._seen[nonce] = _pack(_NC_MAX if nc is None else nc, issued)
             if len(self._seen) > self.max_entries:
-                _, (_, evicted_issued) = self._seen.popitem(last=False)
-                self._horizon = max(self._horizon, evicted_issued)
+                _, evicted = self._seen.popitem(last=False)
+                self._horizon = max(self._horizon, _issued(evicted))
             return True
-        highest, first_issued = entry
+        highest = entry & _NC_MAX
         if nc is None or not highest < nc <= _NC_MAX:
             return False
-        self._seen[nonce] = (nc, first_issued)
+        self._seen[nonce] = entry - highest + nc
         self._seen.move_to_end(nonce)
         return True
 
@@ -730,11 +734,21 @@ class NonceCounts:
         """
         seen = self._seen
         while seen:
-            nonce, (_, issued) = next(iter(seen.items()))
+            nonce, entry = next(iter(seen.items()))
+            issued = _issued(entry)
             if issued >= cutoff:
                 return
             del seen[nonce]
             self._horizon = max(self._horizon, issued)
+
+
+def _pack(nc: int, issued: float) -> int:
+    """A nonce count (32 bits) and an issue time in milliseconds, in one int."""
+    return (round(issued * 1000) << 32) | nc
+
+
+def _issued(entry: int) -> float:
+    return (entry >> 32) / 1000
 
 
 # ------------------------------------------------------------ challenges

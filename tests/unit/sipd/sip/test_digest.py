@@ -739,6 +739,16 @@ def test_nonces_past_their_lifetime_are_forgotten() -> None:
     assert len(counts) == 1 and counts.accept("young", 3, 50.0)
 
 
+def test_issue_times_are_kept_to_the_millisecond() -> None:
+    counts = NonceCounts(max_entries=1)
+    issued = 1_764_900_000.123  # a wall clock, as nonces carry it
+    assert counts.accept("a", 0xFFFFFFFF, issued)
+    assert not counts.accept("a", 0xFFFFFFFF, issued)  # the highest count, kept exactly
+    assert counts.accept("b", 7, issued + 1)  # evicts 'a'
+    assert counts.horizon == issued
+    assert not counts.accept("b", 7, issued + 1) and counts.accept("b", 8, issued + 1)
+
+
 def test_a_burst_of_nonces_leaves_the_table_after_their_lifetime() -> None:
     server = Server()
     for i in range(50):
