@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["bench_parse.py", "options_rate.py", "location_memory.py", "registrar_bench.py",
-           "fuse_bench.py", "call_bench.py"]
+           "burst_memory.py", "fuse_bench.py", "call_bench.py"]
 
 
 def main() -> int:
