@@ -2,7 +2,7 @@
 """sipd's memory per binding after a burst of REGISTERs with digest auth.
 
     .venv/bin/python bench/burst_memory.py [--sizes 10000,100000] [--devices 1,10]
-        [--rate 200] [--settle-s 35] [--heap] [--scratch-parent /dev/shm]
+        [--rate 200] [--settle-s 35] [--heap [trace|stats]] [--scratch-parent /dev/shm]
 
 A power cut in an office or a network flap at an ITSP makes every phone
 register again at once. This measures what such a burst leaves in the
@@ -185,7 +185,7 @@ class Fill:
 
     def on_datagram(self, sock: socket.socket, now: float) -> None:
         try:
-            data, _ = sock.recvfrom(65535)
+            data, addr = sock.recvfrom(65535)
         except OSError:
             return
         text = data.decode(errors="replace")
@@ -193,7 +193,7 @@ class Fill:
         if not text.startswith("SIP/2.0 ") or m is None:
             # A request to the phone (an OPTIONS probe): answer 200.
             if text.startswith("OPTIONS "):
-                self.answer_options(sock, text, _)
+                self.answer_options(sock, text, addr)
             return
         d = self.by_call.get(m.group(1))
         if d is None or d.stage in ("done", "failed"):
