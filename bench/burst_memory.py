@@ -364,9 +364,11 @@ def heap_dump(pid: int, out: Path) -> dict[str, Any]:
         if out.exists():
             try:
                 data: dict[str, Any] = json.loads(out.read_text())
-                return data
             except ValueError:
                 pass
+            else:
+                out.unlink(missing_ok=True)  # the caller keeps it in the results
+                return data
         time.sleep(0.5)
     return {}
 
