@@ -76,9 +76,9 @@ def reply_peer(via: Via, peer: Peer) -> Peer:
     if peer.reliable:
         return peer
     rport = via.param("rport")
-    if rport:
-        return Peer(peer.transport, peer.host, int(rport), peer.conn)
-    return Peer(peer.transport, peer.host, via.port or 5060, peer.conn)
+    port = int(rport) if rport else via.port or 5060
+    # Usually the source itself: then no copy (a transaction keeps it 32 s).
+    return peer if port == peer.port else Peer(peer.transport, peer.host, port, peer.conn)
 
 
 def stamp_via(req: Request, peer: Peer) -> Via:

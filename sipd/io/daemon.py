@@ -50,6 +50,7 @@ from sipd.io.accounts import (
     probe_directory,
     watch_account_files,
 )
+from sipd.io.heap import trim_after_bursts
 from sipd.io.limits import tcp_connection_cap
 from sipd.io.mediarelay import NgSocket
 from sipd.io.metrics import metrics_text
@@ -492,6 +493,8 @@ async def run(settings: Settings) -> None:
             nursery.start_soon(watch_account_files, daemon, account_reload)
             # One probe at a time, in a thread of its own.
             nursery.start_soon(probe_directory, daemon, trio.CapacityLimiter(1))
+            transactions = daemon.endpoint.transactions
+            nursery.start_soon(trim_after_bursts, lambda: len(transactions))
 
             def on_hup() -> None:
                 config_reload.set()

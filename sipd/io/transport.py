@@ -36,6 +36,7 @@ import math
 import socket
 import ssl
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -492,7 +493,9 @@ class Transports:
                     log.debug("dropped %d-byte datagram from %s: over max_message_size",
                               len(data), addr[0])
                     continue
-                peer = Peer("udp", addr[0], addr[1], conn)
+                # One string per source address, not one per datagram: the
+                # registrar and the throttle keep it for each phone.
+                peer = Peer("udp", sys.intern(addr[0]), addr[1], conn)
                 self.send(endpoint.receive(data, peer, trio.current_time()))
             else:
                 # A full batch: let the timers, TCP and the filesystem run too.

@@ -41,9 +41,11 @@ per lifetime.
 
 *Nonce counts.* :class:`NonceCounts` remembers, per nonce, the highest nc
 accepted, and is only written after a response has been verified (so nobody
-without the password can burn a client's counts or fill the table). Its
-memory is bounded: the least recently used entry is evicted, and the table
-remembers the newest issue time among evicted nonces (the *horizon*). A nonce
+without the password can burn a client's counts or fill the table). Entries
+of nonces past their lifetime are dropped as requests come (they are STALE
+anyway). Its memory is bounded: the least recently used entry is evicted,
+and the table remembers the newest issue time among evicted nonces (the
+*horizon*). A nonce
 not in the table that was issued at or before the horizon may have been
 evicted, so its use is refused (the caller answers ``stale=true``, one extra
 round trip for the client) rather than risk accepting a replayed count. A
@@ -677,8 +679,11 @@ class NonceCounts:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
-        # nonce -> (highest nc accepted, issue time); order is least recently used first.
-        self._seen: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # nonce -> highest nc accepted and issue time in one int (see _pack),
+        # least recently used first. One int, not a tuple and a float: the
+        # table holds every nonce used in the last lifetime (one per phone
+        # after a burst of registrations).
+        self._seen: OrderedDict[str, int] = OrderedDict()
         self._horizon = -math.inf
 
     def __len__(self) -> int:
@@ -693,8 +698,9 @@ class NonceCounts:
         """Record a use of ``nonce`` with count ``nc``; False if it may be a replay.
 
         ``issued`` is the nonce's authenticated issue time
-        (:meth:`NonceManager.issued`). ``nc=None`` is a use without qop:
-        allowed once, as the nonce's only use.
+        (:meth:`NonceManager.issued`), kept to the millisecond as nonces
+        carry it. ``nc=None`` is a use without qop: allowed once, as the
+        nonce's only use.
         """
         entry = self._seen.get(nonce)
         if entry is None:
@@ -702,17 +708,47 @@ class NonceCounts:
                 return False
             if nc is not None and not 1 <= nc <= _NC_MAX:
                 return False
-            self._seen[nonce] = (_NC_MAX if nc is None else nc, issued)
+            self._seen[nonce] = _pack(_NC_MAX if nc is None else nc, issued)
             if len(self._seen) > self.max_entries:
-                _, (_, evicted_issued) = self._seen.popitem(last=False)
-                self._horizon = max(self._horizon, evicted_issued)
+                _, evicted = self._seen.popitem(last=False)
+                self._horizon = max(self._horizon, _issued(evicted))
             return True
-        highest, first_issued = entry
+        highest = entry & _NC_MAX
         if nc is None or not highest < nc <= _NC_MAX:
             return False
-        self._seen[nonce] = (nc, first_issued)
+        self._seen[nonce] = entry - highest + nc
         self._seen.move_to_end(nonce)
         return True
+
+    def forget_issued_before(self, cutoff: float) -> None:
+        """Forget the least recently used nonces issued before ``cutoff``.
+
+        The caller passes the oldest issue time still fresh (now minus the
+        nonce lifetime): older nonces are STALE whatever their count, so
+        their entries are dead weight; after a burst of registrations they
+        would stay until ``max_entries`` newer ones pushed them out. Only
+        the front of the table is looked at (cheap enough for every
+        request); an old entry behind a younger one goes on a later call.
+        The horizon moves as for an eviction, so a forgotten nonce is
+        refused even if the clock steps back.
+        """
+        seen = self._seen
+        while seen:
+            nonce, entry = next(iter(seen.items()))
+            issued = _issued(entry)
+            if issued >= cutoff:
+                return
+            del seen[nonce]
+            self._horizon = max(self._horizon, issued)
+
+
+def _pack(nc: int, issued: float) -> int:
+    """A nonce count (32 bits) and an issue time in milliseconds, in one int."""
+    return (round(issued * 1000) << 32) | nc
+
+
+def _issued(entry: int) -> float:
+    return (entry >> 32) / 1000
 
 
 # ------------------------------------------------------------ challenges
@@ -820,4 +856,5 @@ def check_credentials(
         return AuthResult.STALE
     if not counts.accept(creds.nonce, creds.nonce_count, issued):
         return AuthResult.STALE
+    counts.forget_issued_before(now - nonces.lifetime)
     return AuthResult.OK

@@ -21,6 +21,7 @@ serialising are one representation; the header *values* live apart in
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
@@ -131,6 +132,7 @@ KNOWN_METHODS = frozenset(
     )
 )
 
+_METHOD_TEXT = {m: m for m in KNOWN_METHODS}
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _VERSION_RE = re.compile(r"SIP/(\d+)\.(\d+)", re.IGNORECASE)
 _STATUS_RE = re.compile(r"[1-6]\d\d")
@@ -150,9 +152,21 @@ def canonical_name(name: str) -> str:
 _SPELLINGS: dict[str, tuple[str, str]] = {}
 for _lower, _canon in CANONICAL.items():
     for _spelling in (_canon, _lower, _canon.upper(), _lower.capitalize()):
-        _SPELLINGS[_spelling] = (_canon.lower(), _canon)
+        _SPELLINGS[_spelling] = (sys.intern(_canon.lower()), sys.intern(_canon))
 del _lower, _canon, _spelling
 _SPELLINGS_MAX = 1024
+#: The spellings above only: a header built here gets the shared key and
+#: name strings, not a fresh lower-case copy per field.
+_BUILT = {s: hit for s, hit in _SPELLINGS.items() if hit[1] == canonical_name(s)}
+
+
+def _field(name: str) -> tuple[str, str]:
+    """(key, canonical name) for a field added by code (not parsed)."""
+    hit = _BUILT.get(name)
+    if hit is not None:
+        return hit
+    name = canonical_name(name)
+    return name.lower(), name
 
 
 def _name_key(name: str) -> tuple[str, str] | None:
@@ -195,8 +209,8 @@ class Message:
     ) -> None:
         self._headers: list[tuple[str, str, str]] = []
         for n, v in headers:
-            n = canonical_name(n)
-            self._headers.append((n.lower(), n, v))
+            k, n = _field(n)
+            self._headers.append((k, n, v))
         self.body = body
         self._cache: dict[str, Any] = {}
         self._index: dict[str, list[str]] | None = None
@@ -217,6 +231,17 @@ class Message:
         return idx
 
     def _changed(self) -> None:
+        self._index = None
+        self._cache.clear()
+
+    def compact(self) -> None:
+        """Drop what parsing built on first access (the index and the typed values).
+
+        Nothing is lost: both are rebuilt from the header fields when next
+        read. A transaction calls this on the messages it keeps after its
+        final response, where a parsed REGISTER would otherwise hold a few
+        kilobytes of Via, Address and URI objects for 32 s (Timer J).
+        """
         self._index = None
         self._cache.clear()
 
@@ -258,8 +283,8 @@ class Message:
 
     def add(self, name: str, value: str) -> None:
         """Append a field after the others."""
-        name = canonical_name(name)
-        self._headers.append((name.lower(), name, value))
+        key, name = _field(name)
+        self._headers.append((key, name, value))
         self._changed()
 
     def prepend(self, name: str, value: str) -> None:
@@ -546,6 +571,20 @@ class Request(Message):
         new._uri = self._uri
         return new
 
+    def skeleton(self) -> Request:
+        """A copy with what a response to it is made of, and nothing more.
+
+        The start line and the fields :func:`make_response` copies (Via,
+        From, To, Call-ID, CSeq) and Timestamp (RFC 3261 §8.2.6.1), the
+        same string objects; no other field, no body. A finished server
+        transaction keeps this instead of the request: a REGISTER's
+        credentials, contacts and User-Agent are not needed to resend its
+        final response, or to make a late one.
+        """
+        new = _new_request(self.method, self.uri_text, self.version)
+        new._headers = [h for h in self._headers if h[0] in _RESPONSE_FIELDS]
+        return new
+
     def validate(self) -> None:
         """Check what RFC 3261 requires of every request the server handles.
 
@@ -807,9 +846,16 @@ def _parse_start_line(line: str) -> tuple[Request | Response, str | None]:
         if len(parts) < 3:
             raise ParseError("Bad request line")
     method, version = parts[0], parts[-1]
-    if method not in KNOWN_METHODS and not _TOKEN_RE.fullmatch(method):
+    known = _METHOD_TEXT.get(method)
+    if known is not None:
+        # One string per method and version, not two per request: a
+        # transaction keeps its request for 32 s after it ends.
+        method = known
+    elif not _TOKEN_RE.fullmatch(method):
         raise ParseError("Bad request line")
-    if version != "SIP/2.0" and not _VERSION_RE.fullmatch(version):
+    if version == "SIP/2.0":
+        version = "SIP/2.0"
+    elif not _VERSION_RE.fullmatch(version):
         raise ParseError("Bad request line")
     if len(parts) > 3:
         # Whitespace inside the Request-URI (RFC 4475 §3.1.2.8): the rest of
@@ -842,6 +888,10 @@ def _new_request(method: str, uri_text: str, version: str) -> Request:
     return req
 
 
+#: The fields of a request a response copies (RFC 3261 §8.2.6), with Timestamp.
+_RESPONSE_FIELDS = frozenset(("via", "from", "to", "call-id", "cseq", "timestamp"))
+
+
 def make_response(
     request: Request,
     status: int,
@@ -857,16 +907,19 @@ def make_response(
     """
     resp = Response(status, reason)
     h = resp._headers
-    for k, n, v in request._headers:
+    for item in request._headers:
+        k = item[0]
         if k in ("via", "from", "call-id", "cseq"):
-            h.append((k, n, v))
+            h.append(item)  # the request's own (immutable) field
         elif k == "to":
+            v = item[2]
             if to_tag and status != 100 and not _has_tag(request, v):
-                v = f"{v};tag={to_tag}"
-            h.append((k, n, v))
+                h.append((k, item[1], f"{v};tag={to_tag}"))
+            else:
+                h.append(item)
     for n, v in headers:
-        n = canonical_name(n)
-        h.append((n.lower(), n, v))
+        k, n = _field(n)
+        h.append((k, n, v))
     resp.body = body
     return resp
 

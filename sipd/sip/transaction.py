@@ -188,7 +188,9 @@ class Transaction:
     def __init__(
         self, layer: TransactionLayer, request: Request, reliable: bool, now: float
     ) -> None:
-        #: The request that created the transaction.
+        #: The request that created the transaction. Once a non-INVITE server
+        #: transaction has sent its final response, only its skeleton
+        #: (:meth:`Request.skeleton`: start line, Via, From, To, Call-ID, CSeq).
         self.request = request
         self.method = request.method
         self.reliable = reliable
@@ -414,7 +416,8 @@ class ServerTransaction(Transaction):
     ) -> None:
         super().__init__(layer, request, reliable, now)
         self.source = source
-        #: To tag of the last final response sent; an RFC 2543 ACK must carry it.
+        #: To tag of the last final response sent, for INVITE transactions (an
+        #: RFC 2543 ACK must carry it); None for the others, which no ACK matches.
         self.response_to_tag: str | None = None
         self._key = key
 
@@ -433,10 +436,6 @@ class ServerTransaction(Transaction):
 
     def _sent_final(self, response: Response) -> None:
         self.last_response = response
-        try:
-            self.response_to_tag = response.to.tag
-        except ParseError:
-            self.response_to_tag = None
 
 
 class InviteServerTransaction(ServerTransaction):
@@ -444,6 +443,13 @@ class InviteServerTransaction(ServerTransaction):
 
     __slots__ = ()
     is_invite = True
+
+    def _sent_final(self, response: Response) -> None:
+        self.last_response = response
+        try:
+            self.response_to_tag = response.to.tag
+        except ParseError:
+            self.response_to_tag = None
 
     def _start(self, now: float, out: list[Event]) -> None:
         self.state = State.PROCEEDING
@@ -542,6 +548,12 @@ class NonInviteServerTransaction(ServerTransaction):
             self._sent_final(response)
             self._send(response, out)
             self.state = State.COMPLETED
+            # Completed only resends this final for 32 s (Timer J over UDP),
+            # and a burst of registrations keeps thousands of these alive:
+            # keep of the request what a response is made of, and drop what
+            # parsing built on the response.
+            self.request = self.request.skeleton()
+            response.compact()
             self._linger(Timer.J, now, out)
 
     def _on_timer(self, timer: Timer, now: float, out: list[Event]) -> None:

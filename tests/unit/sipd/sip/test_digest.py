@@ -719,6 +719,48 @@ def test_nonce_counts_memory_is_bounded() -> None:
         NonceCounts(max_entries=0)
 
 
+def test_nonces_past_their_lifetime_are_forgotten() -> None:
+    counts = NonceCounts()
+    for i, issued in enumerate((10.0, 20.0, 30.0)):
+        assert counts.accept(f"n{i}", 1, issued)
+    counts.forget_issued_before(25.0)
+    assert len(counts) == 1 and counts.horizon == 20.0
+    # A forgotten nonce is refused, even were the clock to step back.
+    assert not counts.accept("n1", 2, 20.0)
+    assert counts.accept("n2", 2, 30.0)
+    # Only the front is looked at: a young nonce used long ago stops it.
+    counts = NonceCounts()
+    assert counts.accept("young", 1, 50.0)
+    assert counts.accept("old", 1, 10.0)
+    counts.forget_issued_before(40.0)
+    assert len(counts) == 2
+    assert counts.accept("young", 2, 50.0)  # now the most recently used
+    counts.forget_issued_before(40.0)
+    assert len(counts) == 1 and counts.accept("young", 3, 50.0)
+
+
+def test_issue_times_are_kept_to_the_millisecond() -> None:
+    counts = NonceCounts(max_entries=1)
+    issued = 1_764_900_000.123  # a wall clock, as nonces carry it
+    assert counts.accept("a", 0xFFFFFFFF, issued)
+    assert not counts.accept("a", 0xFFFFFFFF, issued)  # the highest count, kept exactly
+    assert counts.accept("b", 7, issued + 1)  # evicts 'a'
+    assert counts.horizon == issued
+    assert not counts.accept("b", 7, issued + 1) and counts.accept("b", 8, issued + 1)
+
+
+def test_a_burst_of_nonces_leaves_the_table_after_their_lifetime() -> None:
+    server = Server()
+    for i in range(50):
+        nonce = server.nonces.make(1000.0 + i, REALM)
+        assert server.check(Phone().authorize(nonce, 1), 1000.0 + i) is AuthResult.OK
+    assert len(server.counts) == 50
+    late = 1000.0 + 49 + server.nonces.lifetime + 1
+    nonce = server.nonces.make(late, REALM)
+    assert server.check(Phone().authorize(nonce, 1), late) is AuthResult.OK
+    assert len(server.counts) == 1
+
+
 # ------------------------------------------------------- challenges
 
 

@@ -522,3 +522,69 @@ def test_response_validate_needs_only_transaction_fields() -> None:
     resp.validate()
     assert repr(resp) == "<Response 200 OK>"
     assert isinstance(resp.top_via, Via) and isinstance(resp.to, Address)
+
+
+# ------------------------------------------------ what a kept message costs
+
+_KEPT = (
+    b"REGISTER sip:example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKkept\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"From: <sip:alice@example.com>;tag=f1\r\n"
+    b"To: <sip:alice@example.com>\r\n"
+    b"Call-ID: kept@192.0.2.1\r\n"
+    b"CSeq: 7 REGISTER\r\n"
+    b"Timestamp: 54\r\n"
+    b"Contact: <sip:alice@192.0.2.1>\r\n"
+    b'Authorization: Digest username="alice", realm="example.com", nonce="n", '
+    b'uri="sip:example.com", response="00000000000000000000000000000000"\r\n'
+    b"Content-Length: 4\r\n\r\nbody"
+)
+
+
+def test_compact_drops_parsed_values_and_they_come_back() -> None:
+    msg = parse(_KEPT)
+    assert isinstance(msg, Request)
+    via, contacts, seq = msg.top_via, msg.contacts, msg.cseq.seq
+    assert msg._index is not None and msg._cache
+    msg.compact()
+    assert msg._index is None and not msg._cache
+    assert msg.top_via == via and msg.contacts == contacts and msg.cseq.seq == seq
+    assert msg.get("Call-ID") == "kept@192.0.2.1" and msg.to_bytes() == parse(_KEPT).to_bytes()
+
+
+def test_skeleton_keeps_what_a_response_is_made_of() -> None:
+    req = parse(_KEPT)
+    assert isinstance(req, Request)
+    skel = req.skeleton()
+    assert (skel.method, skel.uri_text, skel.version) == ("REGISTER", "sip:example.com", "SIP/2.0")
+    assert [n for n, _ in skel.headers()] == ["Via", "From", "To", "Call-ID", "CSeq", "Timestamp"]
+    assert skel.get("Via") is req.get("Via") and skel.body == b""
+    assert "Contact" not in skel and "Authorization" not in skel
+    # The original is untouched.
+    assert req.get("Authorization") is not None and req.body == b"body"
+    for status in (100, 200, 401):
+        assert make_response(skel, status, to_tag="t").to_bytes() == \
+            make_response(req, status, to_tag="t").to_bytes()
+
+
+def test_parsed_requests_share_their_method_and_version_strings() -> None:
+    a, b = parse(_KEPT), parse(_KEPT.replace(b"kept", b"other"))
+    assert isinstance(a, Request) and isinstance(b, Request)
+    assert a.method is b.method and a.version is b.version
+    odd = parse(_KEPT.replace(b"REGISTER sip", b"FOO sip").replace(b"7 REGISTER", b"7 FOO"))
+    assert isinstance(odd, Request) and odd.method == "FOO"
+
+
+def test_fields_added_by_code_share_their_key_and_name() -> None:
+    req = parse(_KEPT)
+    assert isinstance(req, Request)
+    a = make_response(req, 200, headers=[("contact", "<sip:a@192.0.2.1>"), ("Server", "x")])
+    b = make_response(req, 200, headers=[("CONTACT", "<sip:b@192.0.2.1>"), ("m", "<sip:c@h>")])
+    assert a._headers[-2][:2] == ("contact", "Contact")
+    assert a._headers[-2][0] is b._headers[-2][0] is b._headers[-1][0]
+    assert a._headers[-2][1] is b._headers[-1][1]
+    # Names outside the table are kept as written, as before.
+    c = make_response(req, 200, headers=[("X-Thing", "1"), ("ACCEPT-CONTACT", "*")])
+    assert [(k, n) for k, n, _ in c._headers[-2:]] == [
+        ("x-thing", "X-Thing"), ("accept-contact", "ACCEPT-CONTACT")]
