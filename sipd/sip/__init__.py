@@ -22,7 +22,7 @@ import importlib
 #: mypyc cannot compile its bytes subclasses (Ping, Pong). transaction.py
 #: and timers.py are not on the list: the time a REGISTER spends in them
 #: is small next to parsing and digest math.
-MYPYC_MODULES = ("uri", "headers", "message", "checks", "digest")
+MYPYC_MODULES = ("uri", "headers", "message", "checks", "digest", "timers", "transaction")
 
 
 def compiled_modules() -> list[str]:
