@@ -5,7 +5,10 @@ that does not answer gets at most ``max_unanswered`` requests in flight at
 once, and one whose request timed out with no answer at all is left alone
 for ``rest`` seconds (until it is heard from again), so a flood of INVITEs
 for a contact that never answers sends a bounded number of datagrams there,
-however fast the flood comes.
+however fast the flood comes. A next hop that answered a request within the
+last ``live_for`` seconds is alive, and a busy one (a PBX trunk, a gateway
+taking calls in bursts) may have ``max_unanswered_live`` in flight: a low
+cap there refused calls to a destination that was answering them all.
 
 :class:`SourceBudget` is a token bucket per source address, for requests
 that cost a look-up and reveal nothing when refused alike (unauthenticated
@@ -25,11 +28,16 @@ Key = tuple[str, str, int]
 
 class Destinations:
     def __init__(self, max_unanswered: int = 8, rest: float = 60.0,
-                 max_entries: int = 10_000) -> None:
+                 max_entries: int = 10_000, *, max_unanswered_live: int = 128,
+                 live_for: float = 32.0) -> None:
         self.max_unanswered = max_unanswered
+        self.max_unanswered_live = max_unanswered_live
+        self.live_for = live_for
         self.rest = rest
         self.max_entries = max_entries
         self._unanswered: dict[Key, int] = {}
+        #: When each next hop last answered a request (its first answer).
+        self._answered: OrderedDict[Key, float] = OrderedDict()
         self._resting: OrderedDict[tuple[str, int], float] = OrderedDict()
         self.refused = 0
 
@@ -41,9 +49,13 @@ class Destinations:
                 self.refused += 1
                 return "Destination not answering"
             del self._resting[(key[1], key[2])]
-        if self._unanswered.get(key, 0) >= self.max_unanswered:
-            self.refused += 1
-            return "Too many unanswered requests to the destination"
+        in_flight = self._unanswered.get(key, 0)
+        if in_flight >= self.max_unanswered:
+            answered = self._answered.get(key)
+            live = answered is not None and now - answered < self.live_for
+            if not live or in_flight >= self.max_unanswered_live:
+                self.refused += 1
+                return "Too many unanswered requests to the destination"
         return None
 
     def sent(self, key: Key) -> None:
@@ -59,6 +71,11 @@ class Destinations:
             self._unanswered[key] = left
         else:
             self._unanswered.pop(key, None)
+        if not timed_out:
+            self._answered.pop(key, None)
+            self._answered[key] = now
+            while len(self._answered) > self.max_entries:
+                self._answered.popitem(last=False)
         if timed_out:
             where = (key[1], key[2])
             self._resting.pop(where, None)

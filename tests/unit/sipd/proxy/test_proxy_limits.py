@@ -18,6 +18,7 @@ from tests.unit.sipd.proxy.test_proxy import (
     ME,
     REALM,
     Net,
+    answer,
     invite,
     requests,
     responses,
@@ -130,3 +131,23 @@ def test_the_same_request_for_the_same_user_never_comes_back_for_more() -> None:
         out = net.send(fwd, BOB1)
         assert requests(out, "INVITE") == []
         assert responses(out)[-1] == 482
+
+
+def test_a_destination_that_answers_takes_a_burst_of_calls() -> None:
+    """A PBX answering every call may have more than 8 in flight (calls come in
+    bursts); one that stops answering is back to the bound at its first timeout."""
+    net = Net()
+    net.bind("bob", BOB1)
+    first = requests(net.send(invite(call_id="warm"), CALLER), "INVITE")
+    assert [p for _, p in first] == [BOB1]
+    net.send(answer(first[0][0], 180), BOB1)  # it answers: alive
+    burst = 0
+    for i in range(40):
+        out = net.send(invite(call_id=f"burst{i}"), CALLER)
+        burst += sum(1 for _, p in requests(out, "INVITE") if p == BOB1)
+        assert 480 not in responses(out)
+    assert burst == 40
+    # It falls silent: the burst times out, it rests, and calls get 480 at once.
+    run_for(net, 40, step=0.5)
+    assert net.proxy.destinations.resting() == 1
+    assert 480 in responses(net.send(invite(call_id="after"), CALLER))
