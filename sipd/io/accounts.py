@@ -43,27 +43,16 @@ ACCOUNT_FILES_POLL = 1.0
 
 
 def forget_accounts(daemon: Daemon) -> None:
-    """Every cached account state and looked-up account goes (SIGHUP, flush accounts)."""
+    """Every cached account state and looked-up account goes (SIGHUP, a changed file)."""
     if daemon.directory is not None:
         daemon.directory.forget()
-    _forget_kept(daemon)
-    if daemon.membership is not None:
-        # Primary-group members are listed again at the next refresh, now.
-        daemon.membership.force_full()
-    _reread_group(daemon)
-
-
-def _forget_kept(daemon: Daemon) -> None:
-    """What the authenticator and the proxy kept goes (also when only the
-    directory forgot its own answers: the account files changed)."""
     if daemon.auth.accounts is not None:
         daemon.auth.accounts.forget()
     daemon.proxy.user_lookup.forget()
-
-
-def _reread_group(daemon: Daemon) -> None:
+    if daemon.membership is not None:
+        # Primary-group members are listed again at the next refresh, now.
+        daemon.membership.force_full()
     if daemon.statefs is not None:
-        # A member added with usermod counts within a second.
         daemon.statefs.wake()
 
 
@@ -103,10 +92,14 @@ async def watch_account_files(daemon: Daemon, reload: ReloadRequest) -> None:
             log.info("account states forgotten: each is checked again at its next use")
             continue
         if await trio.to_thread.run_sync(directory.files_changed):
-            # The directory forgot its own; the membership sees the files
-            # change itself and makes its next refresh a full pass.
-            _forget_kept(daemon)
-            _reread_group(daemon)
+            # The directory forgot its own; what the authenticator and the
+            # proxy kept goes too.
+            if daemon.auth.accounts is not None:
+                daemon.auth.accounts.forget()
+            daemon.proxy.user_lookup.forget()
+            if daemon.statefs is not None:
+                # The group too: a member added with usermod counts within a second.
+                daemon.statefs.wake()
             log.info("account files changed: each account state is checked again")
 
 

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 from srfs.accounts import users
-from srfs.accounts.pamcheck import AccountCache
 from srfs.accounts.state import AccountState
 from srfs.files.home import FileCache, HomeError
 from srfs.files.userconfig import EMPTY, UserConfig
@@ -72,11 +71,11 @@ class HomeUsers:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.group = group
         self.state = state
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
         self._clock = clock
-        #: What find() found per name: a 1-tuple of the user if allowed, else of None.
-        self._found: AccountCache[tuple[User | None]] = AccountCache(
-            ttl=ttl, negative_ttl=negative_ttl, max_entries=MAX_REMEMBERED,
-            good=lambda found: found[0] is not None)
+        #: What find() found per name: (until, the user if allowed, else None).
+        self._found: OrderedDict[str, tuple[float, User | None]] = OrderedDict()
         #: Counts forget(): a find() that began before one keeps nothing.
         self._generation = 0
         self._configs: FileCache[UserConfig] = FileCache("config", parse_userconfig)
@@ -120,10 +119,10 @@ class HomeUsers:
         if not valid_name(name):
             return False, EMPTY
         with self._good_lock:
-            entry = self._found.get(name, self._clock())
-        if entry is None:
+            entry = self._found.get(name)
+        if entry is None or self._clock() >= entry[0]:
             return None
-        user = entry[0]
+        user = entry[1]
         if user is None:
             return False, EMPTY
         fresh, config = self._configs.peek(user)
@@ -134,22 +133,20 @@ class HomeUsers:
     def forget(self, name: str | None = None) -> None:
         with self._good_lock:
             self._generation += 1
-            self._found.invalidate(name)
-
-    @property
-    def ttl(self) -> float:
-        return self._found.ttl
-
-    @ttl.setter
-    def ttl(self, value: float) -> None:
-        self._found.ttl = value
+            if name is None:
+                self._found.clear()
+            else:
+                self._found.pop(name, None)
 
     def _note(self, name: str, user: User | None, generation: int) -> None:
+        ttl = self.ttl if user is not None else min(self.ttl, self.negative_ttl)
         with self._good_lock:
-            if generation == self._generation:
-                self._found.put(name, self._clock(), (user,))
-            else:
-                self._found.invalidate(name)
+            self._found.pop(name, None)
+            if ttl <= 0 or generation != self._generation:
+                return
+            self._found[name] = (self._clock() + ttl, user)
+            while len(self._found) > MAX_REMEMBERED:
+                self._found.popitem(last=False)
 
     def _remember(self, name: str, user: User | None) -> None:
         with self._good_lock:
