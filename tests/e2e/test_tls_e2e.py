@@ -379,6 +379,16 @@ class TlsPhoneServer:
         client.buf = b""
         return client
 
+    def handshake_refused(self) -> bool:
+        """Whether the next connection's client gives up the TLS handshake."""
+        try:
+            self.accept().close()
+        except (ssl.SSLError, ConnectionError):
+            return True
+        except TimeoutError:  # sipd never connected
+            return False
+        return False
+
     def close(self) -> None:
         self.sock.close()
 
@@ -410,11 +420,14 @@ def test_sipd_calls_a_sips_contact_over_tls_checking_its_certificate(
                 callee.answer(invite, 486, "Busy Here")
             else:
                 # sipd aborts the handshake: the certificate does not name localhost.
-                with pytest.raises((ssl.SSLError, ConnectionError)):
-                    server.accept()
+                # The accept runs beside the call, so that if sipd never connects
+                # the failure shows what sipd answered and logged instead.
+                with in_background(lambda: server.handshake_refused()) as refused:
+                    final, _ = call.result(timeout=15)
+                    assert refused.result(timeout=15), sipd.log[-3000:]
         final, _ = call.result()
         # A certificate for another name fails the handshake: the branch fails (503).
-        assert final.status == (486 if reached else 503), final.to_bytes()
+        assert final.status == (486 if reached else 503), (final.to_bytes(), sipd.log[-3000:])
         if not reached:
             wait_for(lambda: "certificate verify failed: Hostname mismatch" in sipd.log,
                      "the failure logged")
