@@ -57,6 +57,7 @@ from registrar_bench import (  # noqa: E402
     options_probe,
     prepare,
     prerequisites,
+    read_users,
     start_sipd,
 )
 
@@ -82,6 +83,8 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 #: Samples a second.
 RATE = 200
+#: REGISTERs a second of --warm's pass over every user.
+WARM_RATE = 500
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
 
 
@@ -141,6 +144,13 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     sipd = start_sipd(procs, setup.fake, conf, setup.sipd_port, results / "sipd.log")
     if options_probe(setup.sipd_port, 60.0) is None:
         raise RuntimeError(f"sipd did not answer OPTIONS; see {results / 'sipd.log'}")
+    if args.warm:
+        # Every user registers once first, so the sample sees known users only
+        # (accounts cached), as a registrar does between two restarts.
+        users = len(read_users(setup.data / "users.csv"))
+        log(f"warming: {users} users register once at {WARM_RATE}/s")
+        setup.h.bench("warm_reg", setup.sipd_port, sipd.pid, "reg", WARM_RATE,
+                      users / WARM_RATE + 1)
     log(f"sipd pid {sipd.pid}; {what} at {args.rate:g}/s for {args.seconds:g} s, "
         f"py-spy at {RATE} Hz")
     stacks = results / "stacks.txt"
@@ -198,6 +208,8 @@ def main() -> int:
     ap.add_argument("--calls", action="store_true",
                     help="profile authenticated call setups (call_bench.py's load) instead")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long to load and sample")
+    ap.add_argument("--warm", action="store_true",
+                    help="let every user register once before sampling (known users only)")
     ap.add_argument("--sync", choices=("write-through", "write-back"), default="write-through")
     ap.add_argument("--out", help="results directory (default: a new one under the temp dir)")
     ap.add_argument("--scratch-parent", default=None,
