@@ -227,9 +227,10 @@ class Forker:
         for t in targets:
             refused = self._refusal(t, now)
             if refused is not None:
+                status, phrase, why = refused
                 self.stats.proxy_branches_refused += 1
-                log.info("not sending %s to %s: %s", ctx.request.method, t.dest, refused[1])
-                ctx.responses.append((reply(ctx.request, *refused), True))
+                log.info("not sending %s to %s: %s (%s)", ctx.request.method, t.dest, phrase, why)
+                ctx.responses.append((reply(ctx.request, status, phrase), True))
             else:
                 sendable.append(t)
         room = min(ctx.breadth, MAX_BRANCHES - ctx.sent)
@@ -248,16 +249,17 @@ class Forker:
             out.extend(self._send_branch(ctx, t, now, breadth))
         return out
 
-    def _refusal(self, t: Target, now: float) -> tuple[int, str] | None:
-        """Why a branch must not go to ``t`` (its next hop is resolved)."""
+    def _refusal(self, t: Target, now: float) -> tuple[int, str, str] | None:
+        """Status, phrase and why a branch must not go to ``t`` (its next hop is resolved)."""
         dest = t.dest
         assert dest is not None
         if self.identity.is_own_address(dest.host, dest.port):
             # A contact or route that leads back here would fork again.
             self.stats.proxy_loops += 1
-            return 482, "Loop Detected"
-        if self.destinations.refusal(dest_key(dest), now) is not None:
-            return 480, "Temporarily Unavailable"
+            return 482, "Loop Detected", "the next hop is this server"
+        why = self.destinations.refusal(dest_key(dest), now)
+        if why is not None:
+            return 480, "Temporarily Unavailable", why
         return None
 
     def _send_branch(self, ctx: Context, t: Target, now: float, breadth: int) -> list[ProxyAction]:

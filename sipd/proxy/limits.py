@@ -7,8 +7,11 @@ for ``rest`` seconds (until it is heard from again), so a flood of INVITEs
 for a contact that never answers sends a bounded number of datagrams there,
 however fast the flood comes. A next hop that answered a request within the
 last ``live_for`` seconds is alive, and a busy one (a PBX trunk, a gateway
-taking calls in bursts) may have ``max_unanswered_live`` in flight: a low
-cap there refused calls to a destination that was answering them all.
+taking calls in bursts) is not held to that bound: a low cap there refused
+calls to a destination that was answering them all, whenever it fell a
+fraction of a second behind. Only if it has ``max_unanswered_live``
+requests in flight and has not answered any for ``stalled_after`` seconds
+is it held back; ``max_unanswered_hard`` bounds it whatever it does.
 
 :class:`SourceBudget` is a token bucket per source address, for requests
 that cost a look-up and reveal nothing when refused alike (unauthenticated
@@ -29,10 +32,15 @@ Key = tuple[str, str, int]
 class Destinations:
     def __init__(self, max_unanswered: int = 8, rest: float = 60.0,
                  max_entries: int = 10_000, *, max_unanswered_live: int = 128,
-                 live_for: float = 32.0) -> None:
+                 live_for: float = 32.0, stalled_after: float = 1.0,
+                 max_unanswered_hard: int = 1024) -> None:
         self.max_unanswered = max_unanswered
         self.max_unanswered_live = max_unanswered_live
+        self.max_unanswered_hard = max_unanswered_hard
         self.live_for = live_for
+        #: Past Timer A's first two retransmissions: a next hop that is up
+        #: has answered something by then.
+        self.stalled_after = stalled_after
         self.rest = rest
         self.max_entries = max_entries
         self._unanswered: dict[Key, int] = {}
@@ -50,12 +58,14 @@ class Destinations:
                 return "Destination not answering"
             del self._resting[(key[1], key[2])]
         in_flight = self._unanswered.get(key, 0)
-        if in_flight >= self.max_unanswered:
-            answered = self._answered.get(key)
-            live = answered is not None and now - answered < self.live_for
-            if not live or in_flight >= self.max_unanswered_live:
-                self.refused += 1
-                return "Too many unanswered requests to the destination"
+        if in_flight < self.max_unanswered:
+            return None
+        answered = self._answered.get(key)
+        quiet = None if answered is None else now - answered
+        if (quiet is None or quiet >= self.live_for or in_flight >= self.max_unanswered_hard
+                or (in_flight >= self.max_unanswered_live and quiet >= self.stalled_after)):
+            self.refused += 1
+            return "Too many unanswered requests to the destination"
         return None
 
     def sent(self, key: Key) -> None:

@@ -151,3 +151,33 @@ def test_a_destination_that_answers_takes_a_burst_of_calls() -> None:
     run_for(net, 40, step=0.5)
     assert net.proxy.destinations.resting() == 1
     assert 480 in responses(net.send(invite(call_id="after"), CALLER))
+
+
+def test_a_busy_destination_a_little_behind_is_not_refused() -> None:
+    """Hundreds in flight to a trunk that keeps answering (it runs a fraction of
+    a second behind) all go; once it has answered nothing for a second with
+    128 in flight, the rest get 480, until it answers again."""
+    net = Net()
+    net.bind("bob", BOB1)
+    sent: list[bytes] = []
+    for i in range(300):
+        out = net.send(invite(call_id=f"busy{i}"), CALLER)
+        assert 480 not in responses(out), i
+        sent += [data for data, p in requests(out, "INVITE") if p == BOB1]
+        if i >= 200 or i % 2:
+            continue
+        # It answers the oldest unanswered one now and then: 200 behind at most.
+        net.send(answer(sent[i // 2], 180), BOB1)
+    assert len(sent) == 300
+    net.now += 1.5  # silent for 1.5 s, with far more than 128 in flight
+    assert 480 in responses(net.send(invite(call_id="stalled"), CALLER))
+    net.send(answer(sent[200], 180), BOB1)  # it answers again
+    assert 480 not in responses(net.send(invite(call_id="back"), CALLER))
+    # Never more than 1,024 in flight, answering or not.
+    for i in range(1000):
+        out = net.send(invite(call_id=f"more{i}"), CALLER)
+        if i % 50 == 0:
+            net.send(answer(sent[201 + i // 50], 180), BOB1)
+        sent += [data for data, p in requests(out, "INVITE") if p == BOB1]
+    assert 480 in responses(out)
+    assert net.proxy.destinations._unanswered[("udp", BOB1.host, BOB1.port)] == 1024
