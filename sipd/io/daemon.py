@@ -82,7 +82,7 @@ from sipd.sip.errors import ParseError
 from sipd.sip.transaction import TransactionLayer
 from sipd.sip.uri import SipURI, parse_uri
 from srfs.accounts import users
-from srfs.accounts.directory import Directory
+from srfs.accounts.directory import Account, Directory
 from srfs.accounts.membership import Membership, group_membership
 from srfs.accounts.state import SystemFiles, system_files
 from srfs.addresses import parse_host
@@ -227,6 +227,17 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
                           locked_suspends=settings.locked_suspends,
                           files=SystemFiles(system_files(pam_service)))
     never_throttled = NeverThrottled(ownership, settings.trusted_networks)
+    home_users = HomeUsers(settings.group, directory.state, ttl=settings.account_cache_ttl)
+
+    def caller_account(name: str, rhost: str | None) -> Account | None:
+        # A call's authentication: the caller's settings come in the same
+        # worker trip, where routing the call took a second one.
+        generation = home_users.generation
+        account = directory.account(name, rhost)
+        if account is not None and account.allowed:
+            home_users.learn(account.user, generation)
+        return account
+
     auth = Authenticator(
         realm, NonceManager(secrets.token_bytes(32)),
         throttle=Throttle(trusted=never_throttled),
@@ -234,6 +245,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         policy=ChallengePolicy(settings.auth_algorithms, settings.sha256_user_agents),
         identity=identity,
         lookup=directory.account,
+        proxy_lookup=caller_account,
         accounts=RecentAccounts(Directory.unchanged, ttl=settings.account_cache_ttl),
     )
     auth.health.retry_after = settings.retry_after
@@ -256,7 +268,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
     try:
         proxy = Proxy(
             identity, advertised(bound), transactions, store, auth,
-            HomeUsers(settings.group, directory.state, ttl=settings.account_cache_ttl),
+            home_users,
             ProxyPolicy(outbound_proxy=settings.outbound_proxy,
                         from_policy="rewrite" if settings.from_policy == "rewrite" else "reject"),
             hooks or tracker, ownership, account_state=directory.state_of,

@@ -115,6 +115,25 @@ class HomeUsers:
         self._unreadable.clear(name)
         return True, config or EMPTY
 
+    @property
+    def generation(self) -> int:
+        """Taken before a look-up made elsewhere, for :meth:`learn`."""
+        return self._generation
+
+    def learn(self, user: User, generation: int) -> None:
+        """Blocking: ``user`` was found allowed by the same account state
+        elsewhere (a caller's authentication): kept as :meth:`find` keeps
+        it, with their settings read, so routing their call needs no trip
+        of its own. ``generation`` is :attr:`generation` from before that
+        look-up began: one that a :meth:`forget` overtook keeps nothing.
+        """
+        self._remember(user.name, user)
+        self._note(user.name, user, generation)
+        try:
+            self._configs.get(user)
+        except HomeError:
+            pass  # find() reads it again, and says why once
+
     def find_cached(self, name: str) -> tuple[bool, UserConfig] | None:
         if not valid_name(name):
             return False, EMPTY

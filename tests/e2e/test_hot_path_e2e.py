@@ -1,5 +1,8 @@
 """A phone refreshing its registration costs no look-up: one job, its file, and nothing else.
 
+A call from a caller not seen lately costs one worker trip: the look-up
+that authenticates the caller also reads their call settings.
+
 The account a REGISTER authenticated is remembered (``account_cache_ttl``,
 600 s by default) and checked at each use by the stamp of
 ``~/.sr/passwd`` only, so a refresh makes no NSS call, no PAM check and
@@ -20,6 +23,7 @@ import pytest
 from sipd.sip.digest import ha1
 from tests.phone import REALM, Phone
 from tests.sipclient import running_sipd, status_of, wait_for
+from tests.tlshelper import SipUA, UdpChannel
 from tests.unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
 
 pytestmark = pytest.mark.skipif(
@@ -30,7 +34,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def unix() -> Iterator[FakeUnix]:
-    with fake_unix([UserSpec("hot", primary="sip")]) as u:
+    with fake_unix([UserSpec("hot", primary="sip"), UserSpec("c1", primary="sip"),
+                    UserSpec("c2", primary="sip")]) as u:
         yield u
 
 
@@ -68,4 +73,32 @@ def test_a_refresh_costs_one_job_and_no_look_up(tmp_path: Path, unix: FakeUnix,
             phone.password = new
             assert status_of(phone.register()) == 200
         (unix["hot"].home / ".sr" / "usrloc").unlink(missing_ok=True)
+        assert daemon.alive()
+
+
+def test_a_call_from_a_caller_not_seen_lately_costs_one_trip(tmp_path: Path, unix: FakeUnix,
+                                                             mnt: Path) -> None:
+    passwords = give_passwords(unix, REALM, ["c1", "c2"])
+    conf = tmp_path / "fs.toml"
+    conf.write_text(f'mount = "{mnt}"\nacc = false\n')
+    with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True, pam=True) as daemon:
+        wait_for(lambda: (mnt / "hot").exists(), "the mount")
+        for caller in ("c1", "c2"):
+            udp = UdpChannel("127.0.0.1", daemon.port, timeout=10)
+            phone = SipUA(udp, caller, passwords[caller], via_transport="UDP",
+                          sent_by=f"127.0.0.1:{udp.port}",
+                          contact=f"<sip:{caller}@127.0.0.1:{udp.port}>")
+            before = (mnt / "metrics").read_text()
+            try:
+                final, _ = phone.invite("hot")  # hot has no phone registered
+            finally:
+                udp.close()
+            after = (mnt / "metrics").read_text()
+            assert final.status == 480, final.to_bytes()
+            jobs = figure(after, "sipd_jobs_started_total") - figure(before, "sipd_jobs_started_total")
+            if caller == "c1":
+                assert jobs >= 1  # hot's settings, looked up once
+            else:
+                # c2's account and settings in one trip; hot's settings are known.
+                assert jobs == 1, jobs
         assert daemon.alive()

@@ -51,6 +51,15 @@ cached("refused", "out")
 now[0] += 11
 cached("refused 11 s later", "out")
 cached("bad name", "../x")
+from srfs.accounts import users
+ann = users.lookup("ann")
+found.forget()
+found.learn(ann, found.generation)  # a caller's authentication found ann
+cached("learnt")
+stale = found.generation
+found.forget()
+found.learn(ann, stale)  # a forget() overtook the look-up
+cached("learnt before a forget")
 print(json.dumps(out))
 """
 
@@ -78,4 +87,6 @@ def test_find_cached_answers_what_find_found_while_it_holds(unix: FakeUnix) -> N
         "refused": [False, None],
         "refused 11 s later": None,
         "bad name": [False, None],
+        "learnt": [True, "yes"],
+        "learnt before a forget": None,
     }
