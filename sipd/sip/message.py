@@ -571,19 +571,14 @@ class Request(Message):
         new._uri = self._uri
         return new
 
-    def skeleton(self) -> Request:
-        """A copy with what a response to it is made of, and nothing more.
+    def stub(self) -> Request:
+        """A copy with the start line only: no field, no body.
 
-        The start line and the fields :func:`make_response` copies (Via,
-        From, To, Call-ID, CSeq) and Timestamp (RFC 3261 §8.2.6.1), the
-        same string objects; no other field, no body. A finished server
-        transaction keeps this instead of the request: a REGISTER's
-        credentials, contacts and User-Agent are not needed to resend its
-        final response, or to make a late one.
+        What a finished server transaction keeps of its request once its
+        final response is frozen (:meth:`Response.freeze`): a response made
+        from it that late is dropped by the transaction anyway.
         """
-        new = _new_request(self.method, self.uri_text, self.version)
-        new._headers = [h for h in self._headers if h[0] in _RESPONSE_FIELDS]
-        return new
+        return _new_request(self.method, self.uri_text, self.version)
 
     def validate(self) -> None:
         """Check what RFC 3261 requires of every request the server handles.
@@ -631,7 +626,7 @@ class Request(Message):
 
 
 class Response(Message):
-    __slots__ = ("status", "reason", "version")
+    __slots__ = ("status", "reason", "version", "_wire")
 
     def __init__(
         self,
@@ -645,9 +640,31 @@ class Response(Message):
         self.status = status
         self.reason = REASONS.get(status, "") if reason is None else reason
         self.version = version
+        #: Set by :meth:`freeze`: the wire form, and nothing else is kept.
+        self._wire: bytes | None = None
 
     def start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
+
+    def to_bytes(self) -> bytes:
+        wire = self._wire
+        if wire is not None:
+            return wire
+        return super().to_bytes()
+
+    def freeze(self) -> None:
+        """Keep the wire form only: from now on the response can only be resent.
+
+        Its fields and body are dropped (reading them finds none); the
+        status line stays readable. A finished server transaction keeps its
+        final response this way for 32 s (Timer J over UDP), where the
+        fields held a kilobyte of strings and tuples per transaction.
+        """
+        self._wire = self.to_bytes()
+        self._headers = []
+        self.body = b""
+        self._index = None
+        self._cache.clear()
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
@@ -887,9 +904,6 @@ def _new_request(method: str, uri_text: str, version: str) -> Request:
     req.version = version
     return req
 
-
-#: The fields of a request a response copies (RFC 3261 §8.2.6), with Timestamp.
-_RESPONSE_FIELDS = frozenset(("via", "from", "to", "call-id", "cseq", "timestamp"))
 
 
 def make_response(

@@ -189,8 +189,9 @@ class Transaction:
         self, layer: TransactionLayer, request: Request, reliable: bool, now: float
     ) -> None:
         #: The request that created the transaction. Once a non-INVITE server
-        #: transaction has sent its final response, only its skeleton
-        #: (:meth:`Request.skeleton`: start line, Via, From, To, Call-ID, CSeq).
+        #: transaction has sent its final response, only its start line
+        #: (:meth:`Request.stub`), and its final response only its bytes
+        #: (:meth:`Response.freeze`).
         self.request = request
         self.method = request.method
         self.reliable = reliable
@@ -550,10 +551,11 @@ class NonInviteServerTransaction(ServerTransaction):
             self.state = State.COMPLETED
             # Completed only resends this final for 32 s (Timer J over UDP),
             # and a burst of registrations keeps thousands of these alive:
-            # keep of the request what a response is made of, and drop what
-            # parsing built on the response.
-            self.request = self.request.skeleton()
-            response.compact()
+            # keep the response's bytes and the request's start line. The
+            # memory of a burst is their high-water mark, which the heap
+            # keeps (fragmented) long after they end.
+            self.request = self.request.stub()
+            response.freeze()
             self._linger(Timer.J, now, out)
 
     def _on_timer(self, timer: Timer, now: float, out: list[Event]) -> None:

@@ -553,19 +553,25 @@ def test_compact_drops_parsed_values_and_they_come_back() -> None:
     assert msg.get("Call-ID") == "kept@192.0.2.1" and msg.to_bytes() == parse(_KEPT).to_bytes()
 
 
-def test_skeleton_keeps_what_a_response_is_made_of() -> None:
+def test_a_stub_keeps_the_start_line_only() -> None:
     req = parse(_KEPT)
     assert isinstance(req, Request)
-    skel = req.skeleton()
-    assert (skel.method, skel.uri_text, skel.version) == ("REGISTER", "sip:example.com", "SIP/2.0")
-    assert [n for n, _ in skel.headers()] == ["Via", "From", "To", "Call-ID", "CSeq", "Timestamp"]
-    assert skel.get("Via") is req.get("Via") and skel.body == b""
-    assert "Contact" not in skel and "Authorization" not in skel
+    stub = req.stub()
+    assert (stub.method, stub.uri_text, stub.version) == ("REGISTER", "sip:example.com", "SIP/2.0")
+    assert stub.headers() == [] and stub.body == b""
     # The original is untouched.
     assert req.get("Authorization") is not None and req.body == b"body"
-    for status in (100, 200, 401):
-        assert make_response(skel, status, to_tag="t").to_bytes() == \
-            make_response(req, status, to_tag="t").to_bytes()
+
+
+def test_a_frozen_response_is_its_bytes() -> None:
+    req = parse(_KEPT)
+    assert isinstance(req, Request)
+    resp = make_response(req, 200, "OK", [("Contact", "<sip:a@192.0.2.1>")], b"x", to_tag="t")
+    wire_form = resp.to_bytes()
+    resp.freeze()
+    assert resp.to_bytes() == wire_form and resp.to_bytes() is resp.to_bytes()
+    assert resp.headers() == [] and resp.body == b"" and resp.get("Contact") is None
+    assert (resp.status, resp.reason) == (200, "OK")
 
 
 def test_parsed_requests_share_their_method_and_version_strings() -> None:
