@@ -90,7 +90,9 @@ class Directory:
         self._generation = 0
         self._files = files
         self._files_lock = threading.Lock()
-        self._passwd = FileCache("passwd", passwd.parse)
+        # Only the entries: the file's lines would cost every user seen a
+        # few hundred bytes more for as long as the daemon runs.
+        self._passwd = FileCache("passwd", passwd.index)
         self._unreadable = Recurring()
 
     @property
@@ -186,8 +188,9 @@ class Directory:
             return Account(user, True, "no ~/.sr/passwd", passwd_stamp=stamp,
                            valid_for=valid_for)
         ha1 = {}
+        entry = pw.get((user.name, self.realm))
         for algorithm in ALGORITHMS:
-            value = pw.lookup(user.name, self.realm, algorithm)
+            value = None if entry is None else entry.ha1(algorithm)
             if value:
                 ha1[algorithm] = value
         reason = "" if ha1 else f"no password for realm {self.realm}"

@@ -235,6 +235,13 @@ class PasswdFile:
         return "".join(text + "\n" for text in out)
 
 
+def index(data: bytes | str) -> dict[tuple[str, str], Entry]:
+    """The entries in use by (user, realm), as :func:`parse` finds them, without
+    the file's text: what a reader that never edits the file keeps (sipd
+    keeps one per user it has seen)."""
+    return parse(data)._index
+
+
 def parse(data: bytes | str) -> PasswdFile:
     """Parse a passwd file; unusable lines are kept and listed in ``problems``."""
     text = decode(data) if isinstance(data, bytes) else data
