@@ -81,7 +81,11 @@ class Throttle:
         self._pairs: OrderedDict[tuple[str, str], _BackOff] = OrderedDict()
         self._sources: OrderedDict[str, _BackOff] = OrderedDict()
         self._good: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self._good_endpoints: OrderedDict[tuple[str, str, int], float] = OrderedDict()
+        # hash((user, host, port)) -> when: one entry per phone, so an int
+        # key, not a tuple (and the port's int) for each. String hashes are
+        # keyed per process: nobody can aim a guesser's address at a phone's
+        # entry, and a chance match is 2**-64.
+        self._good_endpoints: OrderedDict[int, float] = OrderedDict()
 
     def blocked(self, user: str, host: str, now: float, port: int = 0) -> bool:
         """Whether a request naming ``user`` from ``host:port`` is refused unheard."""
@@ -90,7 +94,7 @@ class Throttle:
         source = source_key(host)
         pair = self._pairs.get((user, source))
         if pair is not None and now < pair.until:
-            known = self._good_endpoints.get((user, host, port))
+            known = self._good_endpoints.get(hash((user, host, port)))
             return known is None or now - known > self.good_for
         src = self._sources.get(source)
         if src is not None and now < src.until:
@@ -112,8 +116,9 @@ class Throttle:
         self._good.pop((user, source), None)
         self._good[(user, source)] = now
         self._trim(self._good)
-        self._good_endpoints.pop((user, host, port), None)
-        self._good_endpoints[(user, host, port)] = now
+        endpoint = hash((user, host, port))
+        self._good_endpoints.pop(endpoint, None)
+        self._good_endpoints[endpoint] = now
         self._trim(self._good_endpoints)
 
     def _count(self, table: OrderedDict[_K, _BackOff], key: _K, limit: int, now: float) -> bool:

@@ -679,11 +679,14 @@ class NonceCounts:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
-        # nonce -> highest nc accepted and issue time in one int (see _pack),
-        # least recently used first. One int, not a tuple and a float: the
-        # table holds every nonce used in the last lifetime (one per phone
-        # after a burst of registrations).
-        self._seen: OrderedDict[str, int] = OrderedDict()
+        # hash(nonce) -> highest nc accepted and issue time in one int (see
+        # _pack), least recently used first. Ints, not the nonce string, a
+        # tuple and a float: the table holds every nonce used in the last
+        # lifetime (one per phone after a burst of registrations). Python's
+        # string hash is keyed per process, so nobody can aim two nonces at
+        # one entry; two that share one by chance (2**-64) would only make a
+        # phone answer one more challenge.
+        self._seen: OrderedDict[int, int] = OrderedDict()
         self._horizon = -math.inf
 
     def __len__(self) -> int:
@@ -702,13 +705,14 @@ class NonceCounts:
         carry it. ``nc=None`` is a use without qop: allowed once, as the
         nonce's only use.
         """
-        entry = self._seen.get(nonce)
+        key = hash(nonce)
+        entry = self._seen.get(key)
         if entry is None:
             if issued <= self._horizon:
                 return False
             if nc is not None and not 1 <= nc <= _NC_MAX:
                 return False
-            self._seen[nonce] = _pack(_NC_MAX if nc is None else nc, issued)
+            self._seen[key] = _pack(_NC_MAX if nc is None else nc, issued)
             if len(self._seen) > self.max_entries:
                 _, evicted = self._seen.popitem(last=False)
                 self._horizon = max(self._horizon, _issued(evicted))
@@ -716,8 +720,8 @@ class NonceCounts:
         highest = entry & _NC_MAX
         if nc is None or not highest < nc <= _NC_MAX:
             return False
-        self._seen[nonce] = entry - highest + nc
-        self._seen.move_to_end(nonce)
+        self._seen[key] = entry - highest + nc
+        self._seen.move_to_end(key)
         return True
 
     def forget_issued_before(self, cutoff: float) -> None:
@@ -734,11 +738,11 @@ class NonceCounts:
         """
         seen = self._seen
         while seen:
-            nonce, entry = next(iter(seen.items()))
+            key, entry = next(iter(seen.items()))
             issued = _issued(entry)
             if issued >= cutoff:
                 return
-            del seen[nonce]
+            del seen[key]
             self._horizon = max(self._horizon, issued)
 
 
