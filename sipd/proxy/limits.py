@@ -11,7 +11,11 @@ taking calls in bursts) is not held to that bound: a low cap there refused
 calls to a destination that was answering them all, whenever it fell a
 fraction of a second behind. Only if it has ``max_unanswered_live``
 requests in flight and has not answered any for ``stalled_after`` seconds
-is it held back; ``max_unanswered_hard`` bounds it whatever it does.
+is it held back, and even then one request goes every ``stalled_after``
+seconds, so that it can show it is back; ``max_unanswered_hard`` bounds
+it whatever it does. A request it never answers makes it rest only if it
+answered nothing else lately: after an overload, a live next hop that
+lost a few answers is not left alone for a minute.
 
 :class:`SourceBudget` is a token bucket per source address, for requests
 that cost a look-up and reveal nothing when refused alike (unauthenticated
@@ -47,6 +51,8 @@ class Destinations:
         #: When each next hop last answered a request (its first answer).
         self._answered: OrderedDict[Key, float] = OrderedDict()
         self._resting: OrderedDict[tuple[str, int], float] = OrderedDict()
+        #: When a held-back next hop last got a request anyway (see refusal()).
+        self._probed: dict[Key, float] = {}
         self.refused = 0
 
     def refusal(self, key: Key, now: float) -> str | None:
@@ -62,8 +68,18 @@ class Destinations:
             return None
         answered = self._answered.get(key)
         quiet = None if answered is None else now - answered
-        if (quiet is None or quiet >= self.live_for or in_flight >= self.max_unanswered_hard
-                or (in_flight >= self.max_unanswered_live and quiet >= self.stalled_after)):
+        if quiet is None or quiet >= self.live_for:
+            self.refused += 1
+            return "Too many unanswered requests to the destination"
+        if in_flight >= self.max_unanswered_hard or (
+                in_flight >= self.max_unanswered_live and quiet >= self.stalled_after):
+            # Held back, a next hop that lost answers (a full socket buffer)
+            # could never show it is back: one request a second still goes.
+            probed = self._probed.get(key)
+            if in_flight < self.max_unanswered_hard and (
+                    probed is None or now - probed >= self.stalled_after):
+                self._probed[key] = now
+                return None
             self.refused += 1
             return "Too many unanswered requests to the destination"
         return None
@@ -74,19 +90,23 @@ class Destinations:
     def settled(self, key: Key, *, timed_out: bool, now: float) -> None:
         """A request counted by :meth:`sent` got its first answer, or never will.
 
-        ``timed_out``: it never got any answer; the destination rests.
+        ``timed_out``: it never got any answer; the destination rests,
+        unless it answered another request in the last ``live_for / 2``
+        seconds (it lost this one: it is not gone).
         """
         left = self._unanswered.get(key, 0) - 1
         if left > 0:
             self._unanswered[key] = left
         else:
             self._unanswered.pop(key, None)
+            self._probed.pop(key, None)
+        answered = self._answered.get(key)
         if not timed_out:
             self._answered.pop(key, None)
             self._answered[key] = now
             while len(self._answered) > self.max_entries:
                 self._answered.popitem(last=False)
-        if timed_out:
+        elif answered is None or now - answered >= self.live_for / 2:
             where = (key[1], key[2])
             self._resting.pop(where, None)
             self._resting[where] = now + self.rest

@@ -170,7 +170,14 @@ def test_a_busy_destination_a_little_behind_is_not_refused() -> None:
         net.send(answer(sent[i // 2], 180), BOB1)
     assert len(sent) == 300
     net.now += 1.5  # silent for 1.5 s, with far more than 128 in flight
+    # One request a second still goes, so that it can show it is back.
+    probe = net.send(invite(call_id="probe"), CALLER)
+    assert 480 not in responses(probe) and requests(probe, "INVITE")
     assert 480 in responses(net.send(invite(call_id="stalled"), CALLER))
+    net.now += 0.5
+    assert 480 in responses(net.send(invite(call_id="stalled2"), CALLER))
+    net.now += 0.6
+    assert 480 not in responses(net.send(invite(call_id="probe2"), CALLER))
     net.send(answer(sent[200], 180), BOB1)  # it answers again
     assert 480 not in responses(net.send(invite(call_id="back"), CALLER))
     # Never more than 1,024 in flight, answering or not.
@@ -181,3 +188,20 @@ def test_a_busy_destination_a_little_behind_is_not_refused() -> None:
         sent += [data for data, p in requests(out, "INVITE") if p == BOB1]
     assert 480 in responses(out)
     assert net.proxy.destinations._unanswered[("udp", BOB1.host, BOB1.port)] == 1024
+
+
+def test_a_live_destination_that_lost_an_answer_does_not_rest() -> None:
+    """After an overload, a next hop that lost a few answers but answers the
+    rest is not left alone for a minute; one that fell silent is."""
+    net = Net()
+    net.bind("bob", BOB1)
+    lost = requests(net.send(invite(call_id="lost"), CALLER), "INVITE")
+    assert [p for _, p in lost] == [BOB1]
+    # It answers every later call, but never the first one.
+    for i in range(80):
+        out = net.send(invite(call_id=f"later{i}"), CALLER)
+        for data, peer in requests(out, "INVITE"):
+            net.send(answer(data, 180), peer)
+        run_for(net, 0.5)
+    assert net.proxy.destinations.resting() == 0  # "lost" timed out meanwhile
+    assert 480 not in responses(net.send(invite(call_id="after"), CALLER))
