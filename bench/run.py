@@ -105,12 +105,17 @@ def _load(path: Path) -> Any:
         return {}
 
 
-def registrar_figures(r: dict[str, Any]) -> list[Figure]:
+def _side_by_side(r: dict[str, Any], max_mode: str,
+                  fixed_mode: str) -> tuple[float | None, ...]:
+    """sipd's and Kamailio's max rates, then their CPU per operation at the fixed rate."""
     maxed, fixed = r.get("max", []), r.get("fixed", [])
-    s_max = _mean([x.get("rate") for x in _rows(maxed, "sipd", "reg-max")])
-    k_max = _mean([x.get("rate") for x in _rows(maxed, "kam", "reg-max")])
-    s_cpu = _mean([x.get("cpu_ms_op") for x in _rows(fixed, "sipd", "reg")])
-    k_cpu = _mean([x.get("cpu_ms_op") for x in _rows(fixed, "kam", "reg")])
+    return (*(_mean([x.get("rate") for x in _rows(maxed, t, max_mode)]) for t in ("sipd", "kam")),
+            *(_mean([x.get("cpu_ms_op") for x in _rows(fixed, t, fixed_mode)])
+              for t in ("sipd", "kam")))
+
+
+def registrar_figures(r: dict[str, Any]) -> list[Figure]:
+    s_max, k_max, s_cpu, k_cpu = _side_by_side(r, "reg-max", "reg")
     half = r.get("half") or {}
     return [
         _at_least(f"REGISTER+auth max rate, sipd/kam ({_n(s_max)}/{_n(k_max)} per s)",
@@ -123,11 +128,7 @@ def registrar_figures(r: dict[str, Any]) -> list[Figure]:
 
 
 def call_figures(r: dict[str, Any]) -> list[Figure]:
-    maxed, fixed = r.get("max", []), r.get("fixed", [])
-    s_max = _mean([x.get("rate") for x in _rows(maxed, "sipd", "call-max-auth")])
-    k_max = _mean([x.get("rate") for x in _rows(maxed, "kam", "call-max-auth")])
-    s_cpu = _mean([x.get("cpu_ms_op") for x in _rows(fixed, "sipd", "call-auth")])
-    k_cpu = _mean([x.get("cpu_ms_op") for x in _rows(fixed, "kam", "call-auth")])
+    s_max, k_max, s_cpu, k_cpu = _side_by_side(r, "call-max-auth", "call-auth")
     return [
         _at_least(f"auth call setup max rate, sipd/kam ({_n(s_max)}/{_n(k_max)} per s)",
                   _ratio(s_max, k_max), 0.30),

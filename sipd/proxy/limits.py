@@ -71,13 +71,14 @@ class Destinations:
         if quiet is None or quiet >= self.live_for:
             self.refused += 1
             return "Too many unanswered requests to the destination"
-        if in_flight >= self.max_unanswered_hard or (
-                in_flight >= self.max_unanswered_live and quiet >= self.stalled_after):
+        if in_flight >= self.max_unanswered_hard:
+            self.refused += 1
+            return "Too many unanswered requests to the destination"
+        if in_flight >= self.max_unanswered_live and quiet >= self.stalled_after:
             # Held back, a next hop that lost answers (a full socket buffer)
             # could never show it is back: one request a second still goes.
             probed = self._probed.get(key)
-            if in_flight < self.max_unanswered_hard and (
-                    probed is None or now - probed >= self.stalled_after):
+            if probed is None or now - probed >= self.stalled_after:
                 self._probed[key] = now
                 return None
             self.refused += 1

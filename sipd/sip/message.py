@@ -663,8 +663,7 @@ class Response(Message):
         self._wire = self.to_bytes()
         self._headers = []
         self.body = b""
-        self._index = None
-        self._cache.clear()
+        self.compact()
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
@@ -903,7 +902,6 @@ def _new_request(method: str, uri_text: str, version: str) -> Request:
     req._uri = None
     req.version = version
     return req
-
 
 
 def make_response(

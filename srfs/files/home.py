@@ -122,9 +122,8 @@ class Stamp:
     @classmethod
     def of(cls, st: os.stat_result) -> Stamp:
         key = st.st_dev & _U64
-        for value, mask in ((st.st_ino, _U64), (st.st_size, _U64), (st.st_mtime_ns, _U64),
-                            (st.st_ctime_ns, _U64)):
-            key = (key << 64) | (value & mask)
+        for value in (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            key = (key << 64) | (value & _U64)
         key = (key << 32) | (st.st_mode & _U32)
         return cls((key << 32) | (st.st_uid & _U32))
 
