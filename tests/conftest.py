@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.installed import Installed, installed_prefix
-from tests.sipclient import mount_point
+from tests.sipclient import Daemon, mount_point
 from tests.unixusers import FakeUnix, fake_unix
 
 
@@ -31,3 +31,19 @@ def installed() -> Iterator[Installed]:
     """sipd as ``make install`` puts it in a prefix of its own, once per session."""
     with installed_prefix() as where:
         yield where
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that ran a sipd shows the end of its log beside the failure."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        if isinstance(value, Daemon):
+            try:
+                tail = value.log.splitlines()[-60:]
+            except OSError:
+                continue
+            report.sections.append((f"sipd log ({name}), last lines", "\n".join(tail)))
