@@ -242,18 +242,26 @@ class Endpoint:
         """A TCP stream that cannot be framed; the transport closes it after this."""
         return list(self._unparsable(error, peer))
 
-    def connection_closed(self, peer: Peer) -> None:
-        """A TCP connection ended: the proxy no longer sends on it."""
+    def connection_closed(self, peer: Peer, now: float) -> list[Action]:
+        """A TCP connection ended: the proxy no longer sends on it.
+
+        A request sent on it that got no answer at all will get none: the
+        peer closed without reading it, or reset. Its branch fails now
+        (§17.1.4), so the caller hears at once, not after Timer B. A branch
+        with a provisional answer waits on: the callee may still answer
+        over a new connection (§18.2.2).
+        """
         key = (peer.transport, peer.host, peer.port)
         if self._tcp_peers.get(key) == peer:
             del self._tcp_peers[key]
+        return self.connection_failed(peer, now)
 
     def connection_has_binding(self, peer: Peer) -> bool:
         """Whether a registration held now came over ``peer``'s TCP connection."""
         return self.flows is not None and self.flows.carries_binding(peer)
 
     def connection_failed(self, peer: Peer, now: float) -> list[Action]:
-        """An outgoing TCP connection could not be opened."""
+        """A TCP connection could not be opened, or could not take a request."""
         if self.proxy is None:
             return []
         return self._drain(self._run_proxy(self.proxy.connection_failed(peer, now), now), now)

@@ -80,7 +80,7 @@ class EndpointLike(Protocol):
     def receive(self, data: bytes, peer: Peer, now: float) -> list[Action]: ...
     def handle_timer(self, now: float) -> list[Action]: ...
     def get_timer(self) -> float | None: ...
-    def connection_closed(self, peer: Peer) -> None: ...
+    def connection_closed(self, peer: Peer, now: float) -> list[Action]: ...
     def framing_error(self, error: FramingError, peer: Peer) -> list[Action]: ...
     def connection_failed(self, peer: Peer, now: float) -> list[Action]: ...
     def connection_has_binding(self, peer: Peer) -> bool: ...
@@ -130,6 +130,8 @@ class _TcpConnection:
     source: str | None = None
     #: The WebSocket state once upgraded (ws, wss): what SIP messages are framed by.
     ws: WsServer | None = None
+    #: Its reader has ended: nothing more is sent on it (it may still flush).
+    closed: bool = False
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -279,6 +281,7 @@ class Transports:
     # ------------------------------------------------------------ sending
 
     def send(self, actions: list[Action]) -> None:
+        lost: list[Peer] = []
         for out in actions:
             if isinstance(out, Job):
                 self._start_job(out)
@@ -302,6 +305,7 @@ class Transports:
                 conn = self._tcp.get(peer.conn) if peer.conn else self._tcp_to(peer)
                 if conn is None:
                     log.debug("connection to %s is gone, dropping %d bytes", peer, len(out.data))
+                    lost.append(peer)
                     continue
                 data = out.data
                 if conn.ws is not None:
@@ -317,7 +321,13 @@ class Transports:
                                 peer.transport, peer)
                     conn.cancel.cancel()
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    pass
+                    # Closing: its reader has ended and it only flushes now.
+                    lost.append(peer)
+        # §17.1.4: a request that cannot leave fails its transaction now, not
+        # at Timer B. Each report ends the branches still waiting on that
+        # peer, so what it sends in turn cannot come back here for them.
+        for peer in lost:
+            self.send(self.endpoint.connection_failed(peer, trio.current_time()))
         self._poke_timer()
 
     def _no_relay(self, ask: Ask[list[Action]]) -> None:
@@ -558,19 +568,22 @@ class Transports:
                 stream = conn.stream
                 assert stream is not None
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._tcp_writer, stream, receive)
+                    nursery.start_soon(self._tcp_writer, conn, stream, receive)
                     await self._tcp_reader(conn, first)
+                    # Nothing more goes out on it: what is sent to this peer
+                    # from now on fails, or opens a new connection.
+                    conn.send.close()
+                    self._closed(conn)
                     # Let the writer flush what is queued (a final 400, say),
                     # but not wait forever on a peer that stopped reading.
-                    conn.send.close()
                     nursery.cancel_scope.deadline = trio.current_time() + 1.0
         except Exception:
             # A bug met by one connection's input costs that connection,
             # never the daemon that serves all the others.
             log.exception("closing %s connection %s: unexpected error", peer.transport, peer)
         finally:
+            self._closed(conn)
             self._forget_tcp(conn)
-            self.endpoint.connection_closed(peer)
             if conn.stream is not None:
                 await _close_quietly(conn.stream)
 
@@ -637,11 +650,24 @@ class Transports:
             log.info("closing %s connection %s: %s failed: %s%s", conn.peer.transport, conn.peer,
                      step, why, more)
 
-    async def _tcp_writer(self, stream: trio.abc.Stream, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+    def _closed(self, conn: _TcpConnection) -> None:
+        """The connection carries nothing more: requests that went out on it unanswered fail."""
+        if conn.closed:
+            return
+        conn.closed = True
+        if self._tcp_by_addr.get(conn.key) is conn:
+            del self._tcp_by_addr[conn.key]
+        self.send(self.endpoint.connection_closed(conn.peer, trio.current_time()))
+
+    async def _tcp_writer(self, conn: _TcpConnection, stream: trio.abc.Stream,
+                          receive: trio.MemoryReceiveChannel[bytes]) -> None:
         async for data in receive:
             try:
                 await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The peer is gone (reset): the reader would learn it only
+                # at its next deadline, and what is queued would wait for it.
+                conn.cancel.cancel()
                 return
 
     async def _tcp_reader(self, conn: _TcpConnection, first: list[bytes]) -> None:

@@ -408,7 +408,7 @@ def test_sipd_calls_a_sips_contact_over_tls_checking_its_certificate(
     bob.contact = f"<sips:bob@localhost:{server.port}>"
     try:
         assert bob.register().status == 200
-        client.close()
+        client.close_cleanly()
         with in_background(lambda: alice.invite("bob")) as call:
             if reached:
                 phone = server.accept()
@@ -438,6 +438,31 @@ def test_sipd_calls_a_sips_contact_over_tls_checking_its_certificate(
         bob_again.contact = bob.contact
         bob_again.call_id = bob.call_id
         bob_again.cseq = bob.cseq
+        assert bob_again.register(expires=0).status == 200
+        again.close()
+
+
+def test_a_call_to_a_phone_that_closes_its_connection_unanswered_fails_at_once(
+        sipd: Daemon, certs: Certs, passwords: dict[str, str]) -> None:
+    # The INVITE goes out on bob's connection, and bob hangs it up without
+    # a word: the call fails when the connection does, not 32 s later.
+    udp = UdpChannel("127.0.0.1", sipd.port, timeout=8)
+    alice = SipUA(udp, "alice", passwords["alice"], via_transport="UDP",
+                  sent_by=f"127.0.0.1:{udp.port}", contact=f"<sip:alice@127.0.0.1:{udp.port}>")
+    client, bob = tls_ua(sipd, certs, "bob", passwords["bob"])
+    try:
+        assert bob.register().status == 200
+        with in_background(lambda: alice.invite("bob")) as call:
+            assert bob.recv_request("INVITE").method == "INVITE"
+            client.close()
+            started = time.monotonic()
+            final, _ = call.result(timeout=10)
+        assert final.status == 503, (final.to_bytes(), sipd.log[-3000:])
+        assert time.monotonic() - started < 5
+    finally:
+        udp.close()
+        again, bob_again = tls_ua(sipd, certs, "bob", passwords["bob"])
+        bob_again.contact, bob_again.call_id, bob_again.cseq = bob.contact, bob.call_id, bob.cseq
         assert bob_again.register(expires=0).status == 200
         again.close()
 

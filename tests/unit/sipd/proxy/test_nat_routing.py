@@ -166,7 +166,7 @@ def test_over_tcp_the_flow_is_the_callers_connection_while_it_is_open() -> None:
     assert peer == conn
     # The connection is gone: a phone behind NAT cannot be connected to, so
     # the request falls back to its Request-URI, as it would without a token.
-    net.ep.connection_closed(conn)
+    net.ep.connection_closed(conn, net.now)
     out = net.send(in_dialog("BYE", PRIVATE_CONTACT, routes, cseq=4), BOB1)
     (_, peer), = requests(out, "BYE")
     assert (peer.host, peer.port) == ("10.0.0.50", 5060)

@@ -741,9 +741,29 @@ def test_tcp_binding_uses_the_live_connection_else_the_contact() -> None:
     outer, inner = req.values("Record-Route")
     assert re.fullmatch(r"<sip:[A-Za-z0-9_-]+@192\.0\.2\.1:5060;transport=tcp;lr>", outer)
     assert re.fullmatch(r"<sip:[A-Za-z0-9_-]+@192\.0\.2\.1:5060;lr>", inner)
-    net.ep.connection_closed(conn)
+    net.ep.connection_closed(conn, net.now)
     (_, peer), = start_call(net)
     assert peer.conn == 0
+
+
+def test_a_call_sent_on_a_connection_that_closes_unanswered_fails_at_once() -> None:
+    net = Net()
+    conn = Peer("tcp", "192.0.2.40", 40123, conn=77)
+    net.store.upsert(Binding("bob", "bob", "sip:bob@192.0.2.40:5090;transport=tcp", 1e12,
+                             received="tcp:192.0.2.40:40123"))
+    net.send(invite(method="OPTIONS", uri="sip:192.0.2.1"), conn)
+    # The phone closed its connection as the INVITE went out on it: it
+    # never read it, so the caller hears now, not after Timer B (32 s).
+    (_, peer), = start_call(net)
+    assert peer == conn
+    out = net._parse(run_inline(net.ep.connection_closed(conn, net.now), net.now))
+    assert responses(out) == [503]
+    # One that got a provisional answer waits on: the callee may answer
+    # over a new connection (RFC 3261 §18.2.2).
+    net.send(invite(method="OPTIONS", uri="sip:192.0.2.1"), conn)
+    (req, _), = start_call(net)
+    assert responses(net.send(answer(req, 180), conn)) == [180]
+    assert net._parse(run_inline(net.ep.connection_closed(conn, net.now), net.now)) == []
 
 
 def test_cancel_while_the_callee_is_looked_up() -> None:
@@ -789,7 +809,7 @@ def test_tls_binding_uses_the_live_connection_else_the_contact() -> None:
     (req, peer), = start_call(net)
     assert peer == conn
     # A TCP connection from the same address and port is not the TLS one.
-    net.ep.connection_closed(Peer("tcp", "192.0.2.40", 40123, conn=79))
+    net.ep.connection_closed(Peer("tcp", "192.0.2.40", 40123, conn=79), net.now)
     (_, peer), = start_call(net)
     assert peer == conn
 
@@ -807,7 +827,7 @@ def test_websocket_binding_is_reached_only_over_its_connection(kind: str) -> Non
     assert without_flow_tokens(req.values("Record-Route")) == [
         f"<sip:192.0.2.1:8443;transport={kind};lr>", "<sip:192.0.2.1:5060;lr>"]
     # The connection is gone: nothing is sent to the .invalid host; 480 at once.
-    net.ep.connection_closed(conn)
+    net.ep.connection_closed(conn, net.now)
     out = net.send(invite(), CALLER)
     assert responses(out) == [100, 480]
     assert requests(out, "INVITE") == []
