@@ -192,6 +192,7 @@ class Endpoint:
         self._pending.append(action)
 
     def _drain(self, out: list[Action], now: float) -> list[Action]:
+        self.transactions.compact_waiting()
         if self.keepalive is not None:
             # Bindings added by what just ran get their first probe's time.
             self.keepalive.schedule(now)

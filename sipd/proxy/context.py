@@ -118,7 +118,7 @@ class ProxyStats:
     proxy_users_cached: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Branch:
     """One destination a request was forked to: a client transaction."""
 
@@ -142,7 +142,7 @@ class Branch:
     _timers: dict[Any, int] = field(default_factory=dict, repr=False)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Context:
     """One proxied request: its server transaction, branches and decisions."""
 

@@ -384,6 +384,7 @@ class Forker:
                 if ctx.is_invite and ctx.call_started:
                     self.hooks.call_answered(ctx.request.call_id, self.wall(now))
                 ctx.later_groups = []
+                _settled(ctx)
                 for other in ctx.live():
                     if other is not b:
                         out.extend(self.cancel_branch(other, now))
@@ -485,6 +486,7 @@ class Forker:
             return []
         ctx.final_sent = True
         ctx.held = None
+        _settled(ctx)
         for kind in (TimerKind.RING, TimerKind.CANCEL_WAIT, TimerKind.ANSWER):
             self.deadlines.disarm(ctx, kind)
         if resp.status >= 300:
@@ -588,3 +590,14 @@ class Forker:
                     b.dest.transport == peer.transport and not b.provisional and not b.final:
                 out.extend(self.transactions.transport_error(b.txn, now))
         return out
+
+
+def _settled(ctx: Context) -> None:
+    """The request's final is chosen: no branch is made from its base any more.
+
+    The context lives on while its transactions wait (up to 32 s); its
+    base request need not keep its parsed fields (see
+    :meth:`TransactionLayer.compact_waiting` for the rest).
+    """
+    if ctx.base is not None:
+        ctx.base.compact()

@@ -213,9 +213,9 @@ class Message:
             self._headers.append((k, n, v))
         self.body = body
         self._cache: dict[str, Any] = {}
-        self._index: dict[str, list[str]] | None = None
+        self._index: dict[str, tuple[str, ...]] | None = None
 
-    def _idx(self) -> dict[str, list[str]]:
+    def _idx(self) -> dict[str, tuple[str, ...]]:
         # The accessors read ``self._index or self._idx()``: an attribute
         # load is cheaper than this call, and an empty index is just rebuilt.
         idx = self._index
@@ -223,10 +223,7 @@ class Message:
             idx = {}
             for k, _, v in self._headers:
                 lst = idx.get(k)
-                if lst is None:
-                    idx[k] = [v]
-                else:
-                    lst.append(v)
+                idx[k] = (v,) if lst is None else (*lst, v)
             self._index = idx
         return idx
 
@@ -243,7 +240,9 @@ class Message:
         kilobytes of Via, Address and URI objects for 32 s (Timer J).
         """
         self._index = None
-        self._cache.clear()
+        # A new empty dict, not a cleared one: it is outside the garbage
+        # collector's care until something is cached in it again.
+        self._cache = {}
 
     # ------------------------------------------------------ raw header access
 
@@ -768,12 +767,12 @@ def parse(data: bytes, max_headers: int = MAX_HEADERS) -> Request | Response:
 
 def _read_fields(
     headers: list[tuple[str, str, str]], lines: list[str], has_nul: bool
-) -> tuple[dict[str, list[str]] | None, str | None]:
+) -> tuple[dict[str, tuple[str, ...]] | None, str | None]:
     """Append the header fields of ``lines[1:]``; the key index and a defect.
 
     A None index means a continuation line was met: unfold and call again.
     """
-    index: dict[str, list[str]] = {}
+    index: dict[str, tuple[str, ...]] = {}
     defect: str | None = None
     spelling = _SPELLINGS.get
     for line in lines[1:]:
@@ -793,10 +792,12 @@ def _read_fields(
             defect = defect or f"NUL byte in {cname} header"
             continue
         headers.append((key, cname, value))
-        if key in index:
-            index[key].append(value)
-        else:
-            index[key] = [value]
+        # Tuples, not lists: a dict of strings and tuples of strings leaves
+        # the garbage collector's care after one pass, where each list
+        # would be traversed at every collection while the message lives
+        # (a transaction keeps its messages up to 32 s).
+        lst = index.get(key)
+        index[key] = (value,) if lst is None else (*lst, value)
     return index, defect
 
 

@@ -257,6 +257,13 @@ class Transaction:
             self._layer._finish(self, out)
         else:
             self._arm(timer, delay, now)
+            self._layer._wait(self)
+
+    def _accept(self, timer: Timer, now: float) -> None:
+        """RFC 6026's Accepted: wait ``timer`` (L or M) for 2xx and INVITE retransmissions."""
+        self.state = State.ACCEPTED
+        self._arm_timeout(timer, now)
+        self._layer._wait(self)
 
     def _timed_out(self, timer: Timer, out: list[Event]) -> None:
         self._layer._timeouts += 1
@@ -328,8 +335,7 @@ class InviteClientTransaction(ClientTransaction):
                 # end-to-end and may take another route.
                 out.append(ResponseReceived(response, self))
                 if self._layer.rfc6026:
-                    self.state = State.ACCEPTED
-                    self._arm_timeout(Timer.M, now)
+                    self._accept(Timer.M, now)
                 else:
                     self._layer._finish(self, out)
             else:
@@ -494,8 +500,7 @@ class InviteServerTransaction(ServerTransaction):
                 self._sent_final(response)
                 self._send(response, out)
                 if self._layer.rfc6026:
-                    self.state = State.ACCEPTED
-                    self._arm_timeout(Timer.L, now)
+                    self._accept(Timer.L, now)
                 else:
                     self._layer._finish(self, out)
             else:
@@ -682,6 +687,33 @@ class TransactionLayer:
         self._timeouts = 0
         self._transport_failures = 0
         self._stray = 0
+        #: Transactions that began to wait (Completed, Confirmed, Accepted)
+        #: in the step now running: see :meth:`compact_waiting`.
+        self._waiting: list[Transaction] = []
+
+    def _wait(self, txn: Transaction) -> None:
+        waiting = self._waiting
+        if len(waiting) >= 1024:
+            # An element that never calls compact_waiting() must not grow.
+            self.compact_waiting()
+        waiting.append(txn)
+
+    def compact_waiting(self) -> None:
+        """Drop the parsed forms of the messages kept by transactions that only wait now.
+
+        Called by the element after each step, once the TU has read the
+        messages: a transaction that waits out Timer D, I, K, L or M (up
+        to 32 s) keeps its request and last response for retransmissions
+        only. Their typed fields (URIs, addresses, Vias) would otherwise
+        fill the garbage collector's oldest generation at every call, and
+        make each full collection walk them. Nothing is lost: a field read
+        later is parsed again.
+        """
+        for txn in self._waiting:
+            txn.request.compact()
+            if txn.last_response is not None:
+                txn.last_response.compact()
+        self._waiting.clear()
 
     # ------------------------------------------------------------ input
 
