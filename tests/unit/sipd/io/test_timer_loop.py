@@ -1,0 +1,75 @@
+"""The transport's timer task: timers due close together fire in one pass."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+import trio.testing
+
+from sipd.core.peer import Peer
+from sipd.core.work import Action
+from sipd.io.transport import TIMER_SLACK, Transports
+from sipd.sip.framing import FramingError
+
+
+class Timers:
+    """An endpoint that is only a list of deadlines, and when each fired."""
+
+    def __init__(self, deadlines: list[float]) -> None:
+        self.wall_offset = 0.0
+        self.pending = sorted(deadlines)
+        self.fired: list[tuple[float, float]] = []  # (deadline, when)
+        self.passes = 0
+
+    def get_timer(self) -> float | None:
+        return self.pending[0] if self.pending else None
+
+    def handle_timer(self, now: float) -> list[Action]:
+        self.passes += 1
+        while self.pending and self.pending[0] <= now:
+            self.fired.append((self.pending.pop(0), now))
+        return []
+
+    def receive(self, data: bytes, peer: Peer, now: float) -> list[Action]:
+        return []
+
+    def connection_closed(self, peer: Peer, now: float) -> list[Action]:
+        return []
+
+    def framing_error(self, error: FramingError, peer: Peer) -> list[Action]:
+        return []
+
+    def connection_failed(self, peer: Peer, now: float) -> list[Action]:
+        return []
+
+    def connection_has_binding(self, peer: Peer) -> bool:
+        return False
+
+
+def run_timers(deadlines: list[float]) -> Timers:
+    endpoint = Timers(deadlines)
+
+    async def main() -> None:
+        transports = Transports(endpoint, max_message_size=65535, tcp_max_connections=1,
+                                tcp_idle_timeout=60.0, tcp_message_timeout=10.0)
+        with trio.move_on_after(max(deadlines) + 1):
+            await transports.timer_loop()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return endpoint
+
+
+def test_timers_due_a_millisecond_apart_fire_in_a_pass_per_slack() -> None:
+    # A thousand calls ending on their timers within a second: 1,000
+    # deadlines, at most one pass of the timer task per TIMER_SLACK.
+    deadlines = [10.0 + i / 1000 for i in range(1000)]
+    endpoint = run_timers(deadlines)
+    assert [d for d, _ in endpoint.fired] == deadlines
+    assert all(d <= when <= d + TIMER_SLACK + 1e-9 for d, when in endpoint.fired)
+    assert endpoint.passes <= math.ceil(1.0 / TIMER_SLACK) + 2, endpoint.passes
+
+
+def test_a_lone_timer_fires_on_time() -> None:
+    endpoint = run_timers([5.0, 7.5])
+    assert endpoint.fired == [(5.0, 5.0), (7.5, 7.5)]
