@@ -331,7 +331,7 @@ class Transports:
         # §17.1.4: a request that cannot leave fails its transaction now, not
         # at Timer B. Each report ends the branches still waiting on that
         # peer, so what it sends in turn cannot come back here for them.
-        for peer in lost:
+        for peer in dict.fromkeys(lost):
             self.send(self.endpoint.connection_failed(peer, trio.current_time()))
         self._poke_timer()
 
@@ -455,7 +455,7 @@ class Transports:
                 await self._timer_changed.wait()
             ran = trio.current_time()
             self.sync_clock()
-            actions = self.endpoint.handle_timer(trio.current_time())
+            actions = self.endpoint.handle_timer(ran)
             # The loop recomputes its deadline next: sending these must not
             # poke it awake again (that would spin while any timer is set).
             self._armed = -math.inf

@@ -68,22 +68,18 @@ class Destinations:
             return None
         answered = self._answered.get(key)
         quiet = None if answered is None else now - answered
-        if quiet is None or quiet >= self.live_for:
-            self.refused += 1
-            return "Too many unanswered requests to the destination"
-        if in_flight >= self.max_unanswered_hard:
-            self.refused += 1
-            return "Too many unanswered requests to the destination"
-        if in_flight >= self.max_unanswered_live and quiet >= self.stalled_after:
+        if quiet is not None and quiet < self.live_for and in_flight < self.max_unanswered_hard:
+            # A live next hop: held back only when it stalled with many in flight.
+            if in_flight < self.max_unanswered_live or quiet < self.stalled_after:
+                return None
             # Held back, a next hop that lost answers (a full socket buffer)
             # could never show it is back: one request a second still goes.
             probed = self._probed.get(key)
             if probed is None or now - probed >= self.stalled_after:
                 self._probed[key] = now
                 return None
-            self.refused += 1
-            return "Too many unanswered requests to the destination"
-        return None
+        self.refused += 1
+        return "Too many unanswered requests to the destination"
 
     def sent(self, key: Key) -> None:
         self._unanswered[key] = self._unanswered.get(key, 0) + 1
