@@ -54,7 +54,7 @@ test: setup lint
 	$(MAKE) --no-print-directory test-compiled
 
 # sipd's unit tests once more on the build make install makes: a wheel
-# whose SIP core is compiled with mypyc (setup.py). The checkout's own
+# whose per-message modules are compiled with mypyc (setup.py). The checkout's own
 # modules stay pure Python (an editable install compiles nothing), so the
 # run above tested those. --import-mode=append keeps the checkout behind
 # the unpacked wheel on sys.path; SIPD_EXPECT_BUILD makes a wheel that fell

@@ -1,8 +1,8 @@
-"""Build hook: compile the sans-IO SIP modules with mypyc when it can.
+"""Build hook: compile sipd's per-message modules with mypyc when it can.
 
 pyproject.toml holds the project's metadata; this file only adds the
 compiled extensions. A wheel (``make install``, ``pip install .``) gets
-the modules of ``sipd.sip.MYPYC_MODULES`` compiled; the same code runs as
+the modules of ``sipd.io.compiled.MYPYC_MODULES`` compiled; the same code runs as
 plain Python, and is installed as such, when
 
 - ``SIPD_PURE=1`` is set,
@@ -30,23 +30,23 @@ HERE = Path(__file__).resolve().parent
 
 
 def warn(text: str) -> None:
-    print(f"sipd build: {text}; installing the SIP core as pure Python", file=sys.stderr)
+    print(f"sipd build: {text}; installing every module as pure Python", file=sys.stderr)
 
 
 def mypyc_modules() -> list[str]:
-    """The paths of sipd.sip.MYPYC_MODULES, read without importing the package."""
-    init = HERE / "sipd" / "sip" / "__init__.py"
-    for node in ast.parse(init.read_text(encoding="utf-8")).body:
+    """The paths of sipd.io.compiled.MYPYC_MODULES, read without importing the package."""
+    source = HERE / "sipd" / "io" / "compiled.py"
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name)
                 and node.targets[0].id == "MYPYC_MODULES"):
-            return [f"sipd/sip/{name}.py" for name in ast.literal_eval(node.value)]
-    raise RuntimeError(f"{init}: no MYPYC_MODULES")
+            return [f"sipd/{name.replace('.', '/')}.py" for name in ast.literal_eval(node.value)]
+    raise RuntimeError(f"{source}: no MYPYC_MODULES")
 
 
 def ext_modules() -> list[Any]:
     if os.environ.get("SIPD_PURE", "") not in ("", "0"):
-        print("sipd build: SIPD_PURE is set; the SIP core stays pure Python", file=sys.stderr)
+        print("sipd build: SIPD_PURE is set; every module stays pure Python", file=sys.stderr)
         return []
     # Only a build of the package compiles: not the metadata steps (egg_info,
     # dist_info), nor an editable install (editable_wheel, develop).

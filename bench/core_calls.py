@@ -5,7 +5,7 @@ A plain script, not a test: ``.venv/bin/python bench/core_calls.py
 another domain, 100, 180, 200, BYE, 200) through the endpoint and proxy
 of the proxy unit tests, in one process, and prints the CPU per call.
 ``--compiled`` puts ``build/compiled/site`` (``make compiled``) first on
-the path, for the mypyc-compiled SIP core; ``--no-gc`` turns the cycle
+the path, for the mypyc-compiled build; ``--no-gc`` turns the cycle
 collector off, to see its share. The daemon's own figure (``make
 profile``) adds the sockets, trio's scheduling and the worker threads.
 """
@@ -30,7 +30,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     if args.compiled:
         sys.path.insert(0, str(ROOT / "build" / "compiled" / "site"))
-    from sipd.sip import build
+    from sipd.io.compiled import build
     from tests.unit.sipd.proxy.test_proxy import BOB1, CALLER, Net, answer, invite, requests
 
     if args.no_gc:
@@ -54,7 +54,7 @@ def main() -> None:
     for i in range(args.calls):
         call(1000 + i)
     cpu = time.process_time() - started
-    print(f"SIP core: {build()}; collector {'off' if args.no_gc else 'on'}: "
+    print(f"build: {build()}; collector {'off' if args.no_gc else 'on'}: "
           f"{cpu / args.calls * 1000:.3f} ms of CPU per call")
 
 

@@ -2,7 +2,7 @@
 
 A plain script, not a test: ``.venv/bin/python bench/mypyc_trial.py``.
 It copies sipd/ into a temporary directory, compiles there the modules
-setup.py compiles for a wheel (``sipd.sip.MYPYC_MODULES``) with mypyc
+setup.py compiles for a wheel (``sipd.io.compiled.MYPYC_MODULES``) with mypyc
 (which ships with mypy, a test dependency; a C compiler and the Python
 headers are needed), then times the same
 workloads in child processes, alternating the checkout (pure) and the
@@ -21,8 +21,7 @@ Workloads:
   200 OK only      make_response() + to_bytes() of that answer
   OPTIONS endpoint  an OPTIONS to the server through the sans-IO endpoint:
                    parse, checks, a server transaction, the answer's bytes
-                   (the endpoint, registrar and transaction layer run
-                   interpreted in both)
+                   (the endpoint and the registrar are compiled too)
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ def modules() -> tuple[str, ...]:
     """What setup.py compiles into a wheel (read in the parent only: a child
     must import sipd from the tree it times)."""
     sys.path.insert(0, str(ROOT))
-    from sipd.sip import MYPYC_MODULES
+    from sipd.io.compiled import MYPYC_MODULES
 
     return MYPYC_MODULES
 
@@ -54,7 +53,7 @@ def modules() -> tuple[str, ...]:
 def compile_copy(dest: Path, names: tuple[str, ...]) -> None:
     shutil.copytree(ROOT / "sipd", dest / "sipd", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     mypyc = Path(sys.executable).with_name("mypyc")
-    cmd = [str(mypyc) if mypyc.exists() else "mypyc", *(f"sipd/sip/{m}.py" for m in names)]
+    cmd = [str(mypyc) if mypyc.exists() else "mypyc", *(f"sipd/{m.replace('.', '/')}.py" for m in names)]
     done = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"mypyc failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -62,7 +61,8 @@ def compile_copy(dest: Path, names: tuple[str, ...]) -> None:
 
 def child(root: str, number: int) -> None:
     sys.path.insert(0, root)
-    from sipd.sip import build, digest
+    from sipd.io.compiled import build
+    from sipd.sip import digest
     from sipd.sip.checks import check_request
     from sipd.sip.message import Request, make_response, parse
 
@@ -135,8 +135,7 @@ def child(root: str, number: int) -> None:
 
     # The whole sans-IO receive path of a request to the server itself:
     # parse, checks, a new server transaction, the registrar's 200, the
-    # bytes out. Each OPTIONS is a new transaction (its own branch); the
-    # other layers run interpreted in both trees.
+    # bytes out. Each OPTIONS is a new transaction (its own branch).
     from sipd.core.identity import LocalIdentity
     from sipd.core.peer import Peer
     from sipd.endpoint import Endpoint

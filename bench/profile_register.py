@@ -42,9 +42,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -83,7 +85,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 #: Samples a second.
 RATE = 200
-#: REGISTERs a second of --warm's pass over every user.
+#: REGISTERs a second of --warm's pass over every user (without --calls).
 WARM_RATE = 500
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
 
@@ -124,6 +126,32 @@ def breakdown(stacks: Path) -> tuple[Counter[str], int, int]:
     return parts, total, workers
 
 
+#: Counters read from sipd's metrics endpoint before and after the load, per operation.
+COUNTERS = ("sipd_jobs_started_total", "sipd_account_cache_hits_total",
+            "sipd_account_cache_misses_total", "sipd_proxy_users_cached_total")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def counters(port: int) -> dict[str, float]:
+    """The :data:`COUNTERS` sipd reports now (empty if its endpoint does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in COUNTERS:
+            out[name] = float(value)
+    return out
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of ``pid``, all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -138,13 +166,22 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     setup = prepare(results, scratch, procs)
     conf = scratch / "sipd.conf"
     what = "call setup with auth" if args.calls else "REGISTER+auth"
+    metrics_port = free_port()
     conf.write_text(f'wtmp = false\nmax_expires = 3600\nsync = "{args.sync}"\n'
+                    f'metrics_listen = "127.0.0.1:{metrics_port}"\n'
                     # As call_bench.py runs it: sipp answers the first challenge only.
                     + ('auth_algorithms = ["MD5"]\nacc = false\n' if args.calls else ""))
     sipd = start_sipd(procs, setup.fake, conf, setup.sipd_port, results / "sipd.log")
     if options_probe(setup.sipd_port, 60.0) is None:
         raise RuntimeError(f"sipd did not answer OPTIONS; see {results / 'sipd.log'}")
-    if args.warm:
+    if args.warm and args.calls:
+        # The same calls once first (sipp takes the callers in order each
+        # run), so the sample sees callers who called lately: accounts and
+        # settings cached, as for a phone's second call.
+        log(f"warming: the same {args.rate * args.seconds:.0f} calls once")
+        setup.h.bench("warm_call", setup.sipd_port, sipd.pid, "call", args.rate, args.seconds,
+                      ["--auth"])
+    elif args.warm:
         # Every user registers once first, so the sample sees known users only
         # (accounts cached), as a registrar does between two restarts.
         users = len(read_users(setup.data / "users.csv"))
@@ -154,6 +191,7 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     log(f"sipd pid {sipd.pid}; {what} at {args.rate:g}/s for {args.seconds:g} s, "
         f"py-spy at {RATE} Hz")
     stacks = results / "stacks.txt"
+    before = counters(metrics_port)
     cpu0 = time.monotonic(), cpu_seconds(sipd.pid)
     spy_proc = procs.spawn([spy, "record", "--pid", str(sipd.pid), "--rate", str(RATE),
                             "--duration", str(int(args.seconds)), "--format", "raw",
@@ -170,6 +208,7 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     wall = time.monotonic() - cpu0[0]
     user1, system1 = cpu_seconds(sipd.pid)
     user, system = user1 - cpu0[1][0], system1 - cpu0[1][1]
+    after = counters(metrics_port)
     steps = (summary or {}).get("steps") or [{}]
     ok = int(steps[0].get("successful") or 0)
     if not stacks.exists() or ok == 0:
@@ -184,7 +223,12 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
         f"{per_reg:.3f} ms, of which {1000 * user / ok:.3f} ms user and "
         f"{1000 * system / ok:.3f} ms system (syscalls: sockets, file writes, fsync, thread "
         f"wake-ups); Python held the GIL {gil_ms:.3f} ms per {unit} "
-        f"({total} samples, {100 * workers / max(total, 1):.1f} % of them in worker threads)\n")
+        f"({total} samples, {100 * workers / max(total, 1):.1f} % of them in worker threads)")
+    # Counted over the load and everything else in the window (a few OPTIONS).
+    per_op = {name: (after[name] - before.get(name, 0.0)) / ok
+              for name in COUNTERS if name in after}
+    log(", ".join(f"{name.removeprefix('sipd_').removesuffix('_total')} {v:.2f}"
+                  for name, v in per_op.items()) + f" per {unit}\n")
     log(f"{'part (time holding the GIL)':<36} {'share':>7} {'ms/' + unit:>12}")
     rows = []
     for name, n in parts.most_common():
@@ -197,7 +241,7 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
          "user_s": round(user, 3), "system_s": round(system, 3),
          "ms_per_register": round(per_reg, 4), "gil_ms_per_register": round(gil_ms, 4),
          "samples": total,
-         "worker_samples": workers, "parts": rows}, indent=1))
+         "worker_samples": workers, "per_operation": per_op, "parts": rows}, indent=1))
 
 
 def main() -> int:
@@ -209,7 +253,8 @@ def main() -> int:
                     help="profile authenticated call setups (call_bench.py's load) instead")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long to load and sample")
     ap.add_argument("--warm", action="store_true",
-                    help="let every user register once before sampling (known users only)")
+                    help="let every user register once before sampling (known users only); "
+                         "with --calls, make the same calls once first")
     ap.add_argument("--sync", choices=("write-through", "write-back"), default="write-through")
     ap.add_argument("--out", help="results directory (default: a new one under the temp dir)")
     ap.add_argument("--scratch-parent", default=None,

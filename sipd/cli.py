@@ -28,8 +28,8 @@ from sipd.config import (
     load_file,
     sample_config,
 )
+from sipd.io.compiled import build as compiled_build
 from sipd.io.transport import StartupError
-from sipd.sip import build as sip_build
 from srfs.logtext import JournalFormatter, LineFormatter, escape, set_log_level
 
 PROG = "sipd"
@@ -68,9 +68,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="log sipd's debug messages; twice, the libraries' too")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("--log-level", choices=LOG_LEVELS)
-    # The build (sipd.sip.build) tells a compiled install from a checkout.
+    # The build (sipd.io.compiled) tells a compiled install from a checkout.
     p.add_argument("--version", action="version",
-                   version=f"{PROG} {__version__} (SIP core: {sip_build()})")
+                   version=f"{PROG} {__version__} (build: {compiled_build()})")
     return p
 
 

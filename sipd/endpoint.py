@@ -381,8 +381,10 @@ class Endpoint:
             elif isinstance(event, RequestReceived):
                 out.extend(self._deliver(event, now, source))
             elif self.keepalive is not None and self.keepalive.owns(event.txn):
-                events, dropped = self.keepalive.handle_event(event, now)
-                out.extend(self._run(events, now))
+                # Not ``events``: compiled with mypyc, a loop over a list
+                # reads the name again at each turn.
+                more, dropped = self.keepalive.handle_event(event, now)
+                out.extend(self._run(more, now))
                 log_changes(dropped, self.wall(now))
             elif self.proxy is not None:
                 out.extend(self._run_proxy(self.proxy.handle_event(event, now), now))

@@ -18,6 +18,8 @@ phone's next REGISTER, any socket of the address family is used).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from sipd.core.peer import Peer
 from srfs.state.location import Binding, Change, ChangeKind, LocationStore
 
@@ -28,7 +30,7 @@ class RegisteredFlows:
     """Bindings per connection-oriented ``received`` address, kept current."""
 
     #: REGISTER sources remembered until their bindings are applied.
-    RECENT = 1024
+    RECENT: ClassVar[int] = 1024
 
     def __init__(self, store: LocationStore) -> None:
         self._count: dict[str, int] = {}

@@ -49,6 +49,7 @@ from sipd.io.accounts import (
     probe_directory,
     watch_account_files,
 )
+from sipd.io.compiled import build as compiled_build
 from sipd.io.heap import collect_cycles, trim_after_bursts, tune_gc
 from sipd.io.limits import tcp_connection_cap
 from sipd.io.mediarelay import NgSocket
@@ -75,7 +76,6 @@ from sipd.registrar.admission import BindingRules
 from sipd.registrar.persistence import Persistence, WtmpSessions
 from sipd.registrar.register import Registrar, RegistrarPolicy
 from sipd.registrar.server import Registration, Server
-from sipd.sip import build as sip_build
 from sipd.sip.digest import NonceManager
 from sipd.sip.errors import ParseError
 from sipd.sip.transaction import TransactionLayer
@@ -470,12 +470,12 @@ async def run(settings: Settings) -> None:
             await enter_running()
             transports.workers.release()
             log.info(
-                "sipd ready: realm %s, group %s, listening on %s%s; SIP core: %s",
+                "sipd ready: realm %s, group %s, listening on %s%s; build: %s",
                 settings.realm, settings.group,
                 ", ".join(str(a) for a, _ in bound),
                 "" if settings.metrics_listen is None
                 else f"; metrics on http://{settings.metrics_listen}/metrics",
-                sip_build(),
+                compiled_build(),
             )
             notify_systemd("READY=1")
             period = watchdog_period()

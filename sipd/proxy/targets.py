@@ -115,7 +115,7 @@ def uri_transport(uri: SipURI) -> str:
         raise SipError(502, f"Unsupported transport {t} for sips")
     if t in ("", "udp"):
         return "udp"
-    if t in ("tcp", "tls", *WS_TRANSPORTS):
+    if t in ("tcp", "tls") or t in WS_TRANSPORTS:
         return t
     raise SipError(502, f"Unsupported transport {t}")
 

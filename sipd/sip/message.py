@@ -883,7 +883,7 @@ def _parse_start_line(line: str) -> tuple[Request | Response, str | None]:
     return _new_request(method, parts[1], version), None
 
 
-# True when this module was compiled with mypyc (sipd.sip.MYPYC_MODULES):
+# True when this module was compiled with mypyc (sipd.io.compiled):
 # its classes are then native ones, whose __new__ runs __init__.
 _NATIVE: Final = hasattr(Message, "__mypyc_attrs__")
 

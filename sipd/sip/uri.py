@@ -297,7 +297,7 @@ URI = SipURI | TelURI | AbsoluteURI
 # every field in order (tests/unit/sipd/sip/test_uri.py compares it with fields()).
 _SIP_URI_FIELDS = ("scheme", "host", "user", "password", "port", "params", "headers")
 # SipURI.__new__ is object.__new__ when interpreted; compiled with mypyc
-# (sipd.sip.MYPYC_MODULES) a class must be allocated by its own __new__,
+# (sipd.io.compiled) a class must be allocated by its own __new__,
 # and its fields are found through vars() rather than __dict__.
 _new_sip_uri = SipURI.__new__
 (

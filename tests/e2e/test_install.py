@@ -26,10 +26,10 @@ FAIL2BAN = [part for part in ("filter.d", "jail.d")
 
 def test_installed_sipd_runs_the_installed_code(installed: Installed) -> None:
     done = run([installed.sipd, "--version"])
-    # make install builds a wheel, which compiles the SIP core with mypyc
-    # (setup.py; gcc and python3-dev are there).
+    # make install builds a wheel, which compiles the per-message code with
+    # mypyc (setup.py; gcc and python3-dev are there).
     assert (done.returncode, done.stdout.strip()) == (
-        0, f"sipd {__version__} (SIP core: compiled with mypyc)"), done.stderr
+        0, f"sipd {__version__} (build: compiled with mypyc)"), done.stderr
     # -I: the checkout on PYTHONPATH or in the working directory changes nothing.
     head = installed.sipd.read_text().splitlines()[0]
     assert head == f"#!{installed.prefix}/lib/sipd/bin/python3 -I"

@@ -40,12 +40,12 @@ def test_version_names_the_build_of_the_sip_core(capsys: pytest.CaptureFixture[s
     # In process: the build is whatever this test run imports (pure Python
     # from the checkout, compiled under make test-compiled).
     from sipd import __version__
-    from sipd.sip import build
+    from sipd.io.compiled import build
 
     with pytest.raises(SystemExit) as info:
         make_parser().parse_args(["--version"])
     assert info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"sipd {__version__} (SIP core: {build()})"
+    assert capsys.readouterr().out.strip() == f"sipd {__version__} (build: {build()})"
     assert build() in ("pure Python", "compiled with mypyc")
 
 

@@ -1,0 +1,61 @@
+"""Which of sipd's modules are compiled with mypyc, and whether they run so.
+
+The modules named in :data:`MYPYC_MODULES` are compiled with mypyc when
+sipd is built as a wheel (``make install``, ``pip install .``) on a host
+with a C compiler and the Python headers; setup.py reads the list from
+this file without importing it. A checkout (``make run``, ``make test``)
+and a build with ``SIPD_PURE=1`` run the same modules as plain Python.
+:func:`build` says which one is running; ``sipd --version`` and the
+daemon's start-up line print it.
+
+The list is the per-message path: the SIP core, the services that answer
+and route each request, and the sans-IO endpoint that joins them. The I/O
+layer stays interpreted: it mostly waits (trio, worker threads, FUSE),
+and mypyc would gain little there. A compiled module may import
+interpreted ones (a call into one is an ordinary Python call); the other
+way, an interpreted class may not extend a compiled one, which
+``tests/unit/sipd/test_compiled.py`` checks. Left out on purpose:
+``sipd.sip.errors`` (framing.py's errors extend its ParseError),
+``sipd.sip.framing`` (mypyc cannot compile its ``bytes`` subclasses),
+``sipd.core.work`` (a generic class compiled by mypyc cannot be
+subscripted, as ``Job[T]`` is), and what runs seldom or in worker threads
+(``sipd.proxy.users``, ``sipd.proxy.keepalive``, ``sipd.media``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: Compiled together into one extension by setup.py; names below ``sipd``.
+MYPYC_MODULES = (
+    "sip.uri", "sip.headers", "sip.message", "sip.checks", "sip.digest", "sip.timers",
+    "sip.transaction",
+    "core.peer", "core.identity", "core.numbers", "core.ownership", "core.flows",
+    "auth.throttle", "auth.challenges", "auth.authenticator",
+    "registrar.admission", "registrar.changelog", "registrar.register",
+    "registrar.persistence", "registrar.server",
+    "proxy.ack", "proxy.callerid", "proxy.calltrack", "proxy.context", "proxy.flowtoken",
+    "proxy.limits", "proxy.targets", "proxy.local", "proxy.routing", "proxy.forking",
+    "proxy.proxy",
+    "endpoint",
+)
+
+
+def compiled_modules() -> list[str]:
+    """The modules of :data:`MYPYC_MODULES` that run compiled, not from a .py file."""
+    out = []
+    for name in MYPYC_MODULES:
+        module = importlib.import_module(f"sipd.{name}")
+        if not (module.__file__ or "").endswith(".py"):
+            out.append(name)
+    return out
+
+
+def build() -> str:
+    """How sipd's per-message code runs: ``compiled with mypyc`` or ``pure Python``."""
+    compiled = compiled_modules()
+    if not compiled:
+        return "pure Python"
+    if len(compiled) == len(MYPYC_MODULES):
+        return "compiled with mypyc"
+    return f"partly compiled with mypyc ({', '.join(compiled)})"
