@@ -13,6 +13,7 @@ blocking is allowed and compares the result again).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -33,8 +34,19 @@ def parse_host(host: str) -> IPAddress | None:
 
     Brackets and an IPv6 zone are dropped; an IPv4-mapped IPv6 address is
     its IPv4 address; the legacy IPv4 forms are read as the resolver reads
-    them.
+    them. Remembered for the last :data:`PARSED_HOSTS` hosts: a call asks
+    about the same few addresses a dozen times, 1.5-2.5 µs each, and the
+    answer is an immutable value.
     """
+    return _parse_host(host)
+
+
+#: Hosts whose :func:`parse_host` answer is kept (least recently used go first).
+PARSED_HOSTS = 4096
+
+
+@functools.lru_cache(maxsize=PARSED_HOSTS)
+def _parse_host(host: str) -> IPAddress | None:
     text = host.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]

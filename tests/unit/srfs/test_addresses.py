@@ -1,0 +1,47 @@
+"""Host strings read as the resolver reads them, and remembered within a bound."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from srfs import addresses
+from srfs.addresses import PARSED_HOSTS, parse_host, source_key
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("127.0.0.1", "127.0.0.1"),
+    ("127.3", "127.0.0.3"),
+    ("127.000.000.002", "127.0.0.2"),
+    ("0x7f.1", "127.0.0.1"),
+    ("2130706433", "127.0.0.1"),
+    ("[2001:db8::1]", "2001:db8::1"),
+    ("fe80::1%eth0", "fe80::1"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),
+    (" 192.0.2.1 ", "192.0.2.1"),
+])
+def test_address_forms_are_read_as_the_resolver_reads_them(host: str, expected: str) -> None:
+    assert parse_host(host) == ipaddress.ip_address(expected)
+
+
+@pytest.mark.parametrize("host", ["gw.example.com", "", "1.2.3.4.5", "0x", "[::1"])
+def test_names_and_nonsense_are_no_address(host: str) -> None:
+    assert parse_host(host) is None
+
+
+def test_answers_are_remembered_for_a_bounded_number_of_hosts() -> None:
+    addresses._parse_host.cache_clear()
+    first = parse_host("192.0.2.1")
+    assert parse_host("192.0.2.1") is first
+    # A flood of distinct hosts (a peer making them up) cannot grow it.
+    for n in range(PARSED_HOSTS + 500):
+        parse_host(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}")
+    info = addresses._parse_host.cache_info()
+    assert info.currsize == PARSED_HOSTS
+    assert parse_host("192.0.2.1") == first
+
+
+def test_sources_count_by_ipv4_address_or_ipv6_64() -> None:
+    assert source_key("192.0.2.1") == "192.0.2.1"
+    assert source_key("2001:db8:1:2:3::4") == "2001:db8:1:2::/64"
