@@ -94,6 +94,9 @@ class Forker:
         self.media: MediaRelay | None = None
         self.contexts: dict[ServerTransaction, Context] = {}
         self.branches: dict[ClientTransaction, Branch] = {}
+        #: :attr:`branches` by destination: what a lost connection looks
+        #: at, found without a walk over every call in progress.
+        self._by_dest: dict[tuple[str, str, int], dict[Branch, None]] = {}
         self._seq = itertools.count()
 
     # ------------------------------------------------------------ contexts
@@ -282,7 +285,9 @@ class Forker:
         ctx.branches.append(b)
         ctx.sent += 1
         self.branches[txn] = b
-        self.destinations.sent(dest_key(t.dest))
+        key = dest_key(t.dest)
+        self.destinations.sent(key)
+        self._by_dest.setdefault(key, {})[b] = None
         self.stats.proxy_branches += 1
         if req.method == "INVITE":
             self.deadlines.arm(b, TimerKind.C, now + TIMER_C)
@@ -335,6 +340,11 @@ class Forker:
             if isinstance(ended, ClientTransaction):
                 gone = self.branches.pop(ended, None)
                 if gone is not None:
+                    key = dest_key(gone.dest)
+                    same = self._by_dest[key]
+                    del same[gone]
+                    if not same:
+                        del self._by_dest[key]
                     self._settle(gone, now)
                     self.deadlines.disarm_all(gone)
                     ctx = self.contexts.get(gone.server)
@@ -585,9 +595,8 @@ class Forker:
     def connection_failed(self, peer: Peer, now: float) -> list[ProxyAction]:
         """The transport could not reach ``peer``: its waiting branches fail (503)."""
         out: list[ProxyAction] = []
-        for b in list(self.branches.values()):
-            if b.dest.host == peer.host and b.dest.port == peer.port and \
-                    b.dest.transport == peer.transport and not b.provisional and not b.final:
+        for b in list(self._by_dest.get(dest_key(peer), ())):
+            if not b.provisional and not b.final:
                 out.extend(self.transactions.transport_error(b.txn, now))
         return out
 

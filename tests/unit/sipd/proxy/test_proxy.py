@@ -791,6 +791,28 @@ def test_a_call_sent_on_a_connection_that_closes_unanswered_fails_at_once() -> N
     (req, _), = start_call(net)
     assert responses(net.send(answer(req, 180), conn)) == [180]
     assert net._parse(run_inline(net.ep.connection_closed(conn, net.now), net.now)) == []
+    # Its transactions over, no branch is left on the index a closed
+    # connection is looked up by.
+    # Timer C, then the timers after its CANCEL, end the ringing one.
+    for _ in range(8):
+        net.tick(net.now + 64.0)
+    assert net.proxy.forker.branches == {} and net.proxy.forker._by_dest == {}
+
+
+def test_a_closed_connection_fails_only_the_branches_sent_on_it() -> None:
+    net = Net()
+    conns = [Peer("tcp", f"192.0.2.{40 + n}", 40123, conn=70 + n) for n in range(3)]
+    for n, conn in enumerate(conns):
+        net.store.upsert(Binding(f"u{n}", f"u{n}", f"sip:u{n}@192.0.2.{40 + n}:5090;transport=tcp",
+                                 1e12, received=f"tcp:192.0.2.{40 + n}:40123"))
+        net.send(invite(method="OPTIONS", uri="sip:192.0.2.1"), conn)
+    for n, conn in enumerate(conns):
+        (_, peer), = start_call(net, invite(uri=f"sip:u{n}@{REALM}"))
+        assert peer == conn
+    out = net._parse(run_inline(net.ep.connection_closed(conns[1], net.now), net.now))
+    assert responses(out) == [503]
+    assert sorted(net.proxy.forker._by_dest) == [
+        ("tcp", "192.0.2.40", 40123), ("tcp", "192.0.2.42", 40123)]
 
 
 def test_cancel_while_the_callee_is_looked_up() -> None:
