@@ -222,8 +222,7 @@ class Message:
         if idx is None:
             idx = {}
             for k, _, v in self._headers:
-                lst = idx.get(k)
-                idx[k] = (v,) if lst is None else (*lst, v)
+                _index_field(idx, k, v)
             self._index = idx
         return idx
 
@@ -792,13 +791,18 @@ def _read_fields(
             defect = defect or f"NUL byte in {cname} header"
             continue
         headers.append((key, cname, value))
-        # Tuples, not lists: a dict of strings and tuples of strings leaves
-        # the garbage collector's care after one pass, where each list
-        # would be traversed at every collection while the message lives
-        # (a transaction keeps its messages up to 32 s).
-        lst = index.get(key)
-        index[key] = (value,) if lst is None else (*lst, value)
+        _index_field(index, key, value)
     return index, defect
+
+
+def _index_field(index: dict[str, tuple[str, ...]], key: str, value: str) -> None:
+    """Add one field's value to a message's header index (parsing, or after a change)."""
+    # Tuples, not lists: a dict of strings and tuples of strings leaves the
+    # garbage collector's care after one pass, where each list would be
+    # traversed at every collection while the message lives (a transaction
+    # keeps its messages up to 32 s).
+    found = index.get(key)
+    index[key] = (value,) if found is None else (*found, value)
 
 
 def _split_head_slow(data: bytes, start: int) -> tuple[bytes, bytes, str | None]:
