@@ -2,11 +2,15 @@
 """Where sipd's CPU goes for one REGISTER with digest auth: py-spy on the running daemon.
 
     .venv/bin/python bench/profile_register.py [--rate 200] [--seconds 20]
-        [--sync write-through|write-back] [--calls] [--scratch-parent /dev/shm]
+        [--sync write-through|write-back] [--calls] [--warm] [--scratch-parent /dev/shm]
 
 ``--calls`` profiles authenticated call setups instead, with
 call_bench.py's load (the harness's ``bench.py call --auth``) and sipd
 settings (MD5 only, no call records); the table is then per call.
+``--warm`` lets every user register once first (with ``--calls``: makes
+the same calls once), so that the sample sees known users only. The
+daemon's metrics endpoint gives the worker jobs and the account cache
+hits and misses per operation, before and after the load.
 
 The users, the sipd command line and the load are registrar_bench.py's:
 the shared harness's users as fake UNIX users, sipd on them, and its
