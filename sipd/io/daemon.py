@@ -228,9 +228,12 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
     never_throttled = NeverThrottled(ownership, settings.trusted_networks)
     home_users = HomeUsers(settings.group, directory.state, ttl=settings.account_cache_ttl)
 
-    def caller_account(name: str, rhost: str | None) -> Account | None:
-        # A call's authentication: the caller's settings come in the same
-        # worker trip, where routing the call took a second one.
+    def account_and_settings(name: str, rhost: str | None) -> Account | None:
+        # The user's call settings come in the same worker trip as the
+        # account, for a REGISTER as for a call: a phone's first call after
+        # it registered then needs no trip of its own, where routing it took
+        # one. A read of ~/.sr/config per account looked up, which a phone
+        # refreshing its registration does not cause (the account is kept).
         generation = home_users.generation
         account = directory.account(name, rhost)
         if account is not None and account.allowed:
@@ -243,8 +246,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         algorithms=settings.auth_algorithms,
         policy=ChallengePolicy(settings.auth_algorithms, settings.sha256_user_agents),
         identity=identity,
-        lookup=directory.account,
-        proxy_lookup=caller_account,
+        lookup=account_and_settings,
         accounts=RecentAccounts(Directory.unchanged, ttl=settings.account_cache_ttl),
     )
     auth.health.retry_after = settings.retry_after

@@ -1,7 +1,9 @@
 """A phone refreshing its registration costs no look-up: one job, its file, and nothing else.
 
 A call from a caller not seen lately costs one worker trip: the look-up
-that authenticates the caller also reads their call settings.
+that authenticates the caller also reads their call settings. A call from
+a phone that registered lately costs none: its REGISTER's look-up read
+them.
 
 The account a REGISTER authenticated is remembered (``account_cache_ttl``,
 600 s by default) and checked at each use by the stamp of
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def unix() -> Iterator[FakeUnix]:
     with fake_unix([UserSpec("hot", primary="sip"), UserSpec("c1", primary="sip"),
-                    UserSpec("c2", primary="sip")]) as u:
+                    UserSpec("c2", primary="sip"), UserSpec("r1", primary="sip")]) as u:
         yield u
 
 
@@ -101,4 +103,34 @@ def test_a_call_from_a_caller_not_seen_lately_costs_one_trip(tmp_path: Path, uni
             else:
                 # c2's account and settings in one trip; hot's settings are known.
                 assert jobs == 1, jobs
+        assert daemon.alive()
+
+
+def test_a_call_from_a_phone_that_registered_lately_costs_no_trip(
+        tmp_path: Path, unix: FakeUnix, mnt: Path) -> None:
+    passwords = give_passwords(unix, REALM, ["hot", "r1"])
+    conf = tmp_path / "fs.toml"
+    conf.write_text(f'mount = "{mnt}"\nacc = false\n')
+    with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True, pam=True) as daemon:
+        wait_for(lambda: (mnt / "hot").exists(), "the mount")
+        # The callee's account and settings are looked up by its own REGISTER
+        # (which leaves no binding: nothing rings).
+        with Phone(daemon.port, "hot", passwords["hot"]) as callee:
+            assert status_of(callee.register(expires=0)) == 200
+        udp = UdpChannel("127.0.0.1", daemon.port, timeout=10)
+        try:
+            phone = SipUA(udp, "r1", passwords["r1"], via_transport="UDP",
+                          sent_by=f"127.0.0.1:{udp.port}",
+                          contact=f"<sip:r1@127.0.0.1:{udp.port}>")
+            assert phone.register().status == 200
+            before = (mnt / "metrics").read_text()
+            final, _ = phone.invite("hot")
+            after = (mnt / "metrics").read_text()
+        finally:
+            udp.close()
+        assert final.status == 480, final.to_bytes()
+        jobs = figure(after, "sipd_jobs_started_total") - figure(before, "sipd_jobs_started_total")
+        assert jobs == 0, jobs
+        for user in ("hot", "r1"):
+            (unix[user].home / ".sr" / "usrloc").unlink(missing_ok=True)
         assert daemon.alive()
