@@ -70,7 +70,7 @@ test-compiled: compiled
 	 $(BIN)/pytest -q -p no:cacheprovider --import-mode=append tests/unit/sipd
 
 # The benchmarks run the daemon as make install builds it (the compiled
-# SIP core); BENCH_ARGS=--core pure measures the checkout's pure Python.
+# per-message modules); BENCH_ARGS=--core pure measures the checkout's pure Python.
 bench: setup compiled
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
@@ -81,7 +81,7 @@ profile: setup
 
 # The wheel of the project, rebuilt when a source changes; setuptools'
 # leftovers of an earlier build must not slip into it (build/lib.* when
-# setup.py compiled the SIP core), nor objects compiled for the checkout's
+# setup.py compiled the per-message modules), nor objects compiled for the checkout's
 # Python by make test-compiled (build/temp.*).
 system-install:
 	@sh tools/system-setup.sh install

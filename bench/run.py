@@ -240,7 +240,7 @@ def main() -> int:
                     help="only print the table of an earlier run's --out directory")
     ap.add_argument("--core", choices=("compiled", "pure"),
                     default="compiled" if COMPILED.is_dir() else "pure",
-                    help="the SIP core the daemon runs: compiled (make compiled's wheel, as "
+                    help="the build the daemon runs: compiled (make compiled's wheel, as "
                          "make install builds it; the default when it is there) or pure")
     args = ap.parse_args()
     if args.core == "compiled":
