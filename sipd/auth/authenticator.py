@@ -271,7 +271,6 @@ class Authenticator:
         policy: ChallengePolicy | None = None,
         identity: LocalIdentity | None = None,
         lookup: Callable[[str, str | None], Account | None] = _no_lookup,
-        proxy_lookup: Callable[[str, str | None], Account | None] | None = None,
         accounts: RecentAccounts | None = None,
     ) -> None:
         self.realm = realm
@@ -282,11 +281,10 @@ class Authenticator:
         self.policy = policy or ChallengePolicy(algorithms)
         #: Who "this server" is, for the digest uri of a request to it.
         self.identity = identity
-        #: Blocking: the account a digest username names (NSS, PAM, ~/.sr/passwd).
+        #: Blocking: the account a digest username names (NSS, PAM, ~/.sr/passwd),
+        #: for a REGISTER and a call alike; it may also find what routing will
+        #: ask about the user, in the same worker trip.
         self.lookup = lookup
-        #: The same for a request the proxy routes next (a call): it may also
-        #: find what routing will ask about the user, in the same worker trip.
-        self.proxy_lookup = proxy_lookup or lookup
         self.accounts = accounts
         self.stats = AuthStats()
         #: Shared with the proxy: one outage, logged once.
@@ -320,7 +318,7 @@ class Authenticator:
             hit, known = accounts.get(name, wall)
             if hit:
                 return self._verify(req, creds, known, source, wall, proxy, (hint, agent), wall)
-        lookup = self.proxy_lookup if proxy else self.lookup
+        lookup = self.lookup
         health = self.health
         if health.down and health.probing:
             # One look-up probes the failing directory; the rest are not queued.
