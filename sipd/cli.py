@@ -164,6 +164,13 @@ def setup_logging(level: str) -> None:
     else:
         handler.setFormatter(LineFormatter("%(asctime)s " + fmt))
     logging.getLogger().handlers[:] = [handler]
+    # Nothing prints a record's caller, thread or process: logging need not
+    # find them for each record (its documented switches; a call's three
+    # lines cost a fifth less).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     set_log_level(level)
 
 

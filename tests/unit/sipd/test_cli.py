@@ -221,12 +221,16 @@ def logging_state() -> Iterator[None]:
     """setup_logging changes process-wide loggers: put them back."""
     names = ("", *OWN_LOGGERS)
     saved = {n: (logging.getLogger(n).level, logging.getLogger(n).handlers[:]) for n in names}
+    switches = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+    saved_switches = {name: getattr(logging, name) for name in switches}
     try:
         yield
     finally:
         for n, (level, handlers) in saved.items():
             logging.getLogger(n).setLevel(level)
             logging.getLogger(n).handlers[:] = handlers
+        for name, value in saved_switches.items():
+            setattr(logging, name, value)
 
 
 @pytest.mark.parametrize(("level", "own", "libraries"), [
@@ -243,6 +247,25 @@ def test_libraries_debug_only_at_trace(logging_state: None, level: str, own: int
         assert logging.getLogger(name).getEffectiveLevel() == own, name
     for name in ("trio", "pyfuse3", "asyncio"):
         assert logging.getLogger(name).getEffectiveLevel() == libraries, name
+
+
+def test_records_are_made_without_caller_thread_or_process(logging_state: None) -> None:
+    setup_logging("info")
+    made: list[logging.LogRecord] = []
+    handler = logging.getLogger().handlers[0]
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            made.append(record)
+            self.text = handler.format(record)
+
+    keep = Keep()
+    logging.getLogger().handlers[:] = [keep]
+    logging.getLogger("sipd.proxy").info("call started: %s", "c1")
+    record, = made
+    assert record.funcName == "(unknown function)" and record.threadName is None
+    assert record.processName is None
+    assert keep.text.endswith(" sipd.proxy: INFO: call started: c1")
 
 
 @pytest.mark.parametrize(("args", "level"), [
