@@ -225,6 +225,11 @@ class Authenticated:
     account: Account
     creds: Credentials
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, account: Account, creds: Credentials) -> None:
+        object.__setattr__(self, "account", account)
+        object.__setattr__(self, "creds", creds)
+
 
 @dataclass(frozen=True, slots=True)
 class Refused:
@@ -241,6 +246,14 @@ class Refused:
     headers: tuple[tuple[str, str], ...] = ()
     not_before: float | None = None
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = (),
+                 not_before: float | None = None) -> None:
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "headers", headers)
+        object.__setattr__(self, "not_before", not_before)
+
 
 Verdict: TypeAlias = Authenticated | Refused
 
@@ -253,6 +266,13 @@ class LookUp:
     run: Callable[[], Account | None]
     resume: Callable[[Outcome[Account | None], float], Verdict]
     name: str
+
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, run: Callable[[], Account | None],
+                 resume: Callable[[Outcome[Account | None], float], Verdict], name: str) -> None:
+        object.__setattr__(self, "run", run)
+        object.__setattr__(self, "resume", resume)
+        object.__setattr__(self, "name", name)
 
 
 def _no_lookup(name: str, rhost: str | None) -> Account | None:

@@ -31,6 +31,14 @@ class Peer:
     conn: int
     name: str = field(default="", compare=False)
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, transport: str, host: str, port: int, conn: int, name: str = "") -> None:
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "conn", conn)
+        object.__setattr__(self, "name", name)
+
     @property
     def reliable(self) -> bool:
         return self.transport != "udp"
@@ -46,3 +54,8 @@ class Outgoing:
 
     data: bytes
     peer: Peer
+
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, data: bytes, peer: Peer) -> None:
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "peer", peer)

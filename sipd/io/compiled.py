@@ -20,6 +20,15 @@ way, an interpreted class may not extend a compiled one, which
 ``sipd.core.work`` (a generic class compiled by mypyc cannot be
 subscripted, as ``Job[T]`` is), and what runs seldom or in worker threads
 (``sipd.proxy.users``, ``sipd.proxy.keepalive``, ``sipd.media``).
+
+A dataclass's generated ``__init__`` stays interpreted in a compiled
+module (dataclass writes it when the module is imported), and costs five
+to ten times a compiled one. So the classes made for every message write
+their ``__init__`` out (a frozen one stores through
+``object.__setattr__``, which mypyc compiles to a plain store), and
+``tests/unit/sipd/test_compiled.py`` checks that each takes the fields
+dataclass would give it; the proxy's ``Context`` and ``Branch`` are
+plain classes.
 """
 
 from __future__ import annotations

@@ -60,6 +60,13 @@ class OutboundIdentity:
     #: may present: it stays, and the identity goes in PAI and Diversion.
     presented: bool = False
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, user: str, identity: str, rewrite_from: bool, presented: bool = False) -> None:
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "identity", identity)
+        object.__setattr__(self, "rewrite_from", rewrite_from)
+        object.__setattr__(self, "presented", presented)
+
 
 def outbound_identity(
     user: str,

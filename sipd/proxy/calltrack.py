@@ -110,6 +110,16 @@ class CallEvent:
     status: int | None = None
     reason: str | None = None
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, leg: Call, event: EventName, wall: float, duration: int | None = None,
+                 status: int | None = None, reason: str | None = None) -> None:
+        object.__setattr__(self, "leg", leg)
+        object.__setattr__(self, "event", event)
+        object.__setattr__(self, "wall", wall)
+        object.__setattr__(self, "duration", duration)
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "reason", reason)
+
 
 @dataclass(slots=True)
 class _Window:

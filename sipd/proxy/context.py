@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
 from sipd.core.peer import Outgoing, Peer
@@ -118,9 +118,12 @@ class ProxyStats:
     proxy_users_cached: int = 0
 
 
-@dataclass(eq=False, slots=True)
 class Branch:
-    """One destination a request was forked to: a client transaction."""
+    """One destination a request was forked to: a client transaction.
+
+    A plain class for the reason :class:`Context` gives; the defaults below
+    are each instance's.
+    """
 
     server: ServerTransaction
     """The request's server transaction: the key of its :class:`Context`."""
@@ -139,12 +142,26 @@ class Branch:
     answered_sdp: tuple[bytes, bytes] | None = None
     """The last SDP answer of this branch and rtpengine's for it: a 2xx
     sent again carries the same, and is not asked about again."""
-    _timers: dict[Any, int] = field(default_factory=dict, repr=False)
+    _timers: dict[Any, int]
+
+    def __init__(self, server: ServerTransaction, txn: ClientTransaction, request: Request,
+                 dest: Peer, *, unanswered: bool = False, nat: bool = False) -> None:
+        self.server = server
+        self.txn = txn
+        self.request = request
+        self.dest = dest
+        self.unanswered = unanswered
+        self.nat = nat
+        self._timers = {}
 
 
-@dataclass(eq=False, slots=True)
 class Context:
-    """One proxied request: its server transaction, branches and decisions."""
+    """One proxied request: its server transaction, branches and decisions.
+
+    A plain class, not a dataclass: mypyc compiles its ``__init__`` (see
+    sipd.io.compiled), where a dataclass's stays interpreted, and one is
+    made for every request proxied. The defaults below are each instance's.
+    """
 
     server: ServerTransaction
     request: Request
@@ -153,9 +170,9 @@ class Context:
     callee: str | None = None
     distrusted: bool = False
     """From a trusted trunk whose owner's account is suspended: as untrusted."""
-    branches: list[Branch] = field(default_factory=list)
-    later_groups: list[list[Target]] = field(default_factory=list)
-    responses: list[tuple[Response, bool]] = field(default_factory=list)
+    branches: list[Branch]
+    later_groups: list[list[Target]]
+    responses: list[tuple[Response, bool]]
     """Finals of branches that count, with True when generated here."""
     final_sent: bool = False
     answered: bool = False
@@ -185,7 +202,18 @@ class Context:
     later q groups and forwards do with the request)."""
     relayed: bool = False
     """rtpengine took this request's offer: the SDP answers to it go there too."""
-    _timers: dict[Any, int] = field(default_factory=dict, repr=False)
+    _timers: dict[Any, int]
+
+    def __init__(self, server: ServerTransaction, request: Request, source: Peer, *,
+                 arrived: float = 0.0) -> None:
+        self.server = server
+        self.request = request
+        self.source = source
+        self.arrived = arrived
+        self.branches = []
+        self.later_groups = []
+        self.responses = []
+        self._timers = {}
 
     @property
     def is_invite(self) -> bool:

@@ -83,6 +83,17 @@ class Target:
     """A registered phone behind a NAT: it registered from another address
     than its contact's (``media_relay = nat`` relays its calls)."""
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, uri: str, dest: Peer | None, routes: tuple[str, ...] = (), host: str = "",
+                 port: int = 5060, transport: str = "udp", nat: bool = False) -> None:
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "dest", dest)
+        object.__setattr__(self, "routes", routes)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "nat", nat)
+
 
 def resolve(host: str, port: int) -> str:
     """Blocking: one address for ``host`` (IPv4 preferred)."""

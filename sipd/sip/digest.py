@@ -296,6 +296,24 @@ class Credentials:
     userhash: bool = False
     params: tuple[tuple[str, str], ...] = ()
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, username: str, realm: str, nonce: str, uri: str, response: str,
+                 algorithm: str = "MD5", cnonce: str | None = None, opaque: str | None = None,
+                 qop: str | None = None, nc: str | None = None, userhash: bool = False,
+                 params: tuple[tuple[str, str], ...] = ()) -> None:
+        object.__setattr__(self, "username", username)
+        object.__setattr__(self, "realm", realm)
+        object.__setattr__(self, "nonce", nonce)
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "response", response)
+        object.__setattr__(self, "algorithm", algorithm)
+        object.__setattr__(self, "cnonce", cnonce)
+        object.__setattr__(self, "opaque", opaque)
+        object.__setattr__(self, "qop", qop)
+        object.__setattr__(self, "nc", nc)
+        object.__setattr__(self, "userhash", userhash)
+        object.__setattr__(self, "params", params)
+
     @property
     def nonce_count(self) -> int | None:
         """``nc`` as a number, None without ``qop``."""

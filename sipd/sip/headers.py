@@ -440,6 +440,11 @@ class CSeq:
     seq: int
     method: str
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, seq: int, method: str) -> None:
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "method", method)
+
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
 

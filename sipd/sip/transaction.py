@@ -83,6 +83,15 @@ class Send:
     txn: Transaction
     retransmission: bool = False
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, message: Request | Response, dest: Hashable, reliable: bool, txn: Transaction,
+                 retransmission: bool = False) -> None:
+        object.__setattr__(self, "message", message)
+        object.__setattr__(self, "dest", dest)
+        object.__setattr__(self, "reliable", reliable)
+        object.__setattr__(self, "txn", txn)
+        object.__setattr__(self, "retransmission", retransmission)
+
 
 @dataclass(frozen=True, slots=True)
 class RequestReceived:
@@ -95,6 +104,11 @@ class RequestReceived:
     request: Request
     txn: ServerTransaction | None
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, request: Request, txn: ServerTransaction | None) -> None:
+        object.__setattr__(self, "request", request)
+        object.__setattr__(self, "txn", txn)
+
 
 @dataclass(frozen=True, slots=True)
 class ResponseReceived:
@@ -102,6 +116,11 @@ class ResponseReceived:
 
     response: Response
     txn: ClientTransaction
+
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, response: Response, txn: ClientTransaction) -> None:
+        object.__setattr__(self, "response", response)
+        object.__setattr__(self, "txn", txn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +131,11 @@ class Timeout:
     txn: Transaction
     timer: Timer
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, txn: Transaction, timer: Timer) -> None:
+        object.__setattr__(self, "txn", txn)
+        object.__setattr__(self, "timer", timer)
+
 
 @dataclass(frozen=True, slots=True)
 class TransportFailed:
@@ -119,12 +143,20 @@ class TransportFailed:
 
     txn: Transaction
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, txn: Transaction) -> None:
+        object.__setattr__(self, "txn", txn)
+
 
 @dataclass(frozen=True, slots=True)
 class Terminated:
     """``txn`` has ended and left the layer; the TU can drop its context."""
 
     txn: Transaction
+
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, txn: Transaction) -> None:
+        object.__setattr__(self, "txn", txn)
 
 
 Event: TypeAlias = (

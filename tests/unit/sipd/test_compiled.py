@@ -9,8 +9,12 @@ fallback to pure Python cannot pass for a compiled run.
 from __future__ import annotations
 
 import ast
+import dataclasses
+import importlib
 import os
 import runpy
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -97,3 +101,59 @@ def test_setup_reads_the_same_list(monkeypatch: pytest.MonkeyPatch) -> None:
         str(_path(n).relative_to(REPO)) for n in MYPYC_MODULES]
     # Not a build command: nothing is compiled.
     assert setup["ext_modules"]() == []
+
+
+def _dataclasses() -> list[type]:
+    found = []
+    for name in MYPYC_MODULES:
+        module = importlib.import_module(f"sipd.{name}")
+        for value in vars(module).values():
+            if (isinstance(value, type) and value.__module__ == module.__name__
+                    and dataclasses.is_dataclass(value)):
+                found.append(value)
+    return found
+
+
+def test_a_dataclass_init_written_out_takes_its_fields() -> None:
+    # The __init__ that dataclass writes runs interpreted even in a compiled
+    # build; the classes made per message write theirs out. Each must take
+    # the fields dataclass would, in order, with the same defaults. Read
+    # from the source: a compiled __init__ has no signature to inspect.
+    written = {cls: init for cls in _dataclasses() if (init := _own_init(cls)) is not None}
+    assert len(written) >= 15, written
+    for cls, init in written.items():
+        args = init.args
+        assert not (args.vararg or args.kwarg or args.kwonlyargs or args.posonlyargs), cls
+        params = [a.arg for a in args.args[1:]]
+        defaults = [ast.literal_eval(d) for d in args.defaults]
+        given = dict(zip(params[len(params) - len(defaults):], defaults, strict=True))
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        assert params == [f.name for f in fields], cls
+        for field in fields:
+            if field.default is dataclasses.MISSING:
+                assert field.name not in given, (cls, field.name)
+            else:
+                assert field.name in given and given[field.name] == field.default, \
+                    (cls, field.name)
+
+
+def _own_init(cls: type) -> ast.FunctionDef | None:
+    """The ``__init__`` that ``cls``'s own class body defines, from its source."""
+    module = sys.modules[cls.__module__]
+    tree = ast.parse(_path(module.__name__.removeprefix("sipd.")).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    return item
+            return None
+    raise AssertionError(cls)
+
+
+@pytest.mark.skipif(build() == "pure Python", reason="a question about the compiled build")
+def test_compiled_classes_made_per_message_have_a_compiled_init() -> None:
+    from sipd.proxy.context import Branch, Context
+
+    written = [cls for cls in _dataclasses() if _own_init(cls) is not None]
+    for cls in [*written, Context, Branch]:
+        assert not isinstance(vars(cls)["__init__"], types.FunctionType), cls
