@@ -44,4 +44,4 @@ def valid_name(name: str) -> bool:
         return False
     if name.startswith(("-", "#")) or name != name.strip():
         return False
-    return not any(c in _FORBIDDEN_IN_NAME or not c.isprintable() for c in name)
+    return name.isprintable() and _FORBIDDEN_IN_NAME.isdisjoint(name)
