@@ -13,7 +13,6 @@ import dataclasses
 import importlib
 import os
 import runpy
-import sys
 import types
 from pathlib import Path
 
@@ -103,23 +102,28 @@ def test_setup_reads_the_same_list(monkeypatch: pytest.MonkeyPatch) -> None:
     assert setup["ext_modules"]() == []
 
 
-def _dataclasses() -> list[type]:
-    found = []
+def _written_inits() -> dict[type, ast.FunctionDef]:
+    """The dataclasses of the compiled modules that write their ``__init__``
+    out, with it, read from the source (a compiled one has no signature)."""
+    found = {}
     for name in MYPYC_MODULES:
         module = importlib.import_module(f"sipd.{name}")
+        bodies = {node.name: node.body for node in ast.parse(_path(name).read_text()).body
+                  if isinstance(node, ast.ClassDef)}
         for value in vars(module).values():
             if (isinstance(value, type) and value.__module__ == module.__name__
                     and dataclasses.is_dataclass(value)):
-                found.append(value)
+                for item in bodies[value.__name__]:
+                    if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                        found[value] = item
     return found
 
 
 def test_a_dataclass_init_written_out_takes_its_fields() -> None:
     # The __init__ that dataclass writes runs interpreted even in a compiled
     # build; the classes made per message write theirs out. Each must take
-    # the fields dataclass would, in order, with the same defaults. Read
-    # from the source: a compiled __init__ has no signature to inspect.
-    written = {cls: init for cls in _dataclasses() if (init := _own_init(cls)) is not None}
+    # the fields dataclass would, in order, with the same defaults.
+    written = _written_inits()
     assert len(written) >= 15, written
     for cls, init in written.items():
         args = init.args
@@ -137,23 +141,9 @@ def test_a_dataclass_init_written_out_takes_its_fields() -> None:
                     (cls, field.name)
 
 
-def _own_init(cls: type) -> ast.FunctionDef | None:
-    """The ``__init__`` that ``cls``'s own class body defines, from its source."""
-    module = sys.modules[cls.__module__]
-    tree = ast.parse(_path(module.__name__.removeprefix("sipd.")).read_text())
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
-                    return item
-            return None
-    raise AssertionError(cls)
-
-
 @pytest.mark.skipif(build() == "pure Python", reason="a question about the compiled build")
 def test_compiled_classes_made_per_message_have_a_compiled_init() -> None:
     from sipd.proxy.context import Branch, Context
 
-    written = [cls for cls in _dataclasses() if _own_init(cls) is not None]
-    for cls in [*written, Context, Branch]:
+    for cls in [*_written_inits(), Context, Branch]:
         assert not isinstance(vars(cls)["__init__"], types.FunctionType), cls
