@@ -107,10 +107,16 @@ def stamp_via(req: Request, peer: Peer) -> Via:
     if not seen_received:
         params.append(("received", peer.host))
     stamped = Via(via.transport, via.host, via.port, tuple(params), via.protocol)
-    values = req.values("Via")
-    values[0] = str(stamped)
-    req.set_values("Via", values)
+    req.set_top_via(stamped)
     return stamped
+
+
+def _earlier(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None or a <= b:
+        return a
+    return b
 
 
 @dataclass(eq=False, slots=True)
@@ -347,22 +353,22 @@ class Endpoint:
         return self._drain(out, now)
 
     def get_timer(self) -> float | None:
-        deadlines = [self.transactions.deadlines.next()]
+        # Asked after every batch of messages sent: no list, no generator.
+        first = self.transactions.deadlines.next()
+        if self.persistence is not None:
+            first = _earlier(first, self.persistence.next_deadline())
         if self.store is not None:
             expiry = self.store.next_expiry()
             if expiry is not None:
-                deadlines.append(expiry - self.wall_offset)
-        if self.persistence is not None:
-            deadlines.append(self.persistence.next_deadline())
-        if self.keepalive is not None and self.keepalive.pending:
-            # Bindings wait for their first probe's time: at once.
-            deadlines.append(0.0)
+                first = _earlier(first, expiry - self.wall_offset)
         if self.tracker is not None:
             calls_due = self.tracker.next_deadline()
             if calls_due is not None:
-                deadlines.append(calls_due - self.wall_offset)
-        found = [d for d in deadlines if d is not None]
-        return min(found) if found else None
+                first = _earlier(first, calls_due - self.wall_offset)
+        if self.keepalive is not None and self.keepalive.pending:
+            # Bindings wait for their first probe's time: at once.
+            first = _earlier(first, 0.0)
+        return first
 
     # ------------------------------------------------------- events to bytes
 

@@ -188,8 +188,11 @@ def apply_display_name(req: Request, config: UserConfig | None) -> None:
 
 def drop_our_credentials(req: Request, realm: str) -> None:
     """§22.3: credentials for our realm are consumed here; others travel on."""
+    values = req.get_all("Proxy-Authorization")
+    if not values:
+        return
     keep: list[str] = []
-    for value in req.get_all("Proxy-Authorization"):
+    for value in values:
         try:
             if parse_credentials(value, "Proxy-Authorization").realm == realm:
                 continue

@@ -226,9 +226,44 @@ class Message:
             self._index = idx
         return idx
 
-    def _changed(self) -> None:
-        self._index = None
-        self._cache.clear()
+    def _changed(self, key: str, values: tuple[str, ...]) -> None:
+        """The fields called ``key`` changed: drop what was read from them, only that.
+
+        ``values`` are those fields now, for the header index when it is
+        built (unused when it is not).
+
+        A proxy changes a few fields of each request it forwards (Via,
+        Max-Forwards, Route, credentials), and the Vias, From and To parsed
+        when the request came in are not parsed again after each change.
+        """
+        index = self._index
+        if index is not None:
+            if values:
+                index[key] = values
+            else:
+                index.pop(key, None)
+        cache = self._cache
+        if cache:
+            # The keys the accessors below cache under, for this name.
+            cache.pop(key, None)
+            cache.pop("addr:" + key, None)
+            cache.pop("tok:" + key, None)
+            if key == "via":
+                cache.pop("top_via", None)
+
+    def _share_parsed(self, new: Message) -> None:
+        """Give a copy the index and the values parsed so far.
+
+        The parsed values are frozen and shared; the lists holding them are
+        the copy's own, and each message's changes drop only its own. A
+        proxy copies each request it forwards and reads the copy's Vias,
+        From and To again, which it would otherwise parse a second time.
+        """
+        if self._index is not None:
+            new._index = dict(self._index)
+        if self._cache:
+            new._cache = {k: list(v) if isinstance(v, list) else v
+                          for k, v in self._cache.items()}
 
     def compact(self) -> None:
         """Drop what parsing built on first access (the index and the typed values).
@@ -283,7 +318,8 @@ class Message:
         """Append a field after the others."""
         key, name = _field(name)
         self._headers.append((key, name, value))
-        self._changed()
+        index = self._index
+        self._changed(key, (*index.get(key, ()), value) if index is not None else ())
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a field before the first field of that name (or first of all)."""
@@ -291,7 +327,8 @@ class Message:
         key = name.lower()
         at = next((i for i, h in enumerate(self._headers) if h[0] == key), 0)
         self._headers.insert(at, (key, name, value))
-        self._changed()
+        index = self._index
+        self._changed(key, (value, *index.get(key, ())) if index is not None else ())
 
     def set(self, name: str, value: str) -> None:
         """Replace every field called ``name`` with one, where the first stood."""
@@ -309,12 +346,12 @@ class Message:
         if not placed:
             out.append((key, name, value))
         self._headers = out
-        self._changed()
+        self._changed(key, (value,))
 
     def remove(self, name: str) -> None:
         key = _key(name)
         self._headers = [h for h in self._headers if h[0] != key]
-        self._changed()
+        self._changed(key, ())
 
     def set_values(self, name: str, values: list[str]) -> None:
         """Replace a list header by one field per value (none if empty)."""
@@ -329,7 +366,7 @@ class Message:
             first_kept = sum(1 for h in self._headers[:first] if h[0] != key)
             rest[first_kept:first_kept] = new
         self._headers = rest
-        self._changed()
+        self._changed(key, tuple(values))
 
     # ------------------------------------------------------- typed accessors
     #
@@ -342,6 +379,23 @@ class Message:
         if vias is None:
             vias = self._cache["via"] = [parse_via(v) for v in self._list_values("via")]
         return vias
+
+    def set_top_via(self, via: Via) -> None:
+        """Replace the first Via value by ``via``, keeping the others as parsed.
+
+        The Via fields are written one value per field, as
+        :meth:`set_values` does.
+        """
+        values = self._list_values("via")
+        if not values:
+            raise ParseError("Missing Via header")
+        values[0] = str(via)
+        vias: list[Via] | None = self._cache.get("via")
+        self.set_values("Via", values)
+        if vias:
+            self._cache["via"] = [via, *vias[1:]]
+        else:
+            self._cache["top_via"] = via
 
     @property
     def top_via(self) -> Via:
@@ -567,6 +621,7 @@ class Request(Message):
         new = Request(self.method, self.uri_text, (), self.body, self.version)
         new._headers = list(self._headers)
         new._uri = self._uri
+        self._share_parsed(new)
         return new
 
     def stub(self) -> Request:
@@ -669,6 +724,7 @@ class Response(Message):
     def copy(self) -> Response:
         new = Response(self.status, self.reason, (), self.body, self.version)
         new._headers = list(self._headers)
+        self._share_parsed(new)
         return new
 
     def validate(self) -> None:

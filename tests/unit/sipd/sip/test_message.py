@@ -22,7 +22,7 @@ from sipd.sip.message import (
     make_response,
     parse,
 )
-from sipd.sip.uri import AbsoluteURI, SipURI, TelURI
+from sipd.sip.uri import AbsoluteURI, SipURI, TelURI, parse_uri
 from tests import TESTS
 
 VECTORS = TESTS / "vectors"
@@ -449,6 +449,99 @@ def test_changes_drop_cached_values() -> None:
     assert [n for n, _ in msg.headers()][:2] == ["Via", "Via"]
     msg.set_values("Via", [])
     assert "Via" not in msg
+
+
+_RICH = _request("INVITE", extra=(
+    "v: SIP/2.0/TCP second.example.com;branch=z9hG4bK-2, SIP/2.0/UDP third;branch=z9hG4bK-3\r\n"
+    "Max-Forwards: 70\r\n"
+    "Contact: <sip:a@192.0.2.1:5070>;expires=60\r\n"
+    "Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>\r\n"
+    "Record-Route: <sip:rr.example.com;lr>\r\n"
+    "Supported: path, outbound\r\n"
+    "Expires: 300\r\n"
+    'Proxy-Authorization: Digest username="a", realm="example.com"\r\n'
+))
+
+
+def _read_everything(msg: Message) -> tuple[object, ...]:
+    """Every typed accessor and the raw index, as the proxy reads them."""
+    return (
+        msg.top_via, msg.vias, msg.from_, msg.to, msg.call_id, msg.cseq, msg.contacts,
+        msg.max_forwards, msg.expires, msg.addresses("Route"), msg.addresses("Record-Route"),
+        msg.tokens("Supported"), msg.get_all("Proxy-Authorization"), msg.values("Via"),
+        msg.count("Route"), "Expires" in msg, msg.headers(),
+    )
+
+
+_CHANGES: list[tuple[str, Callable[[Message], None]]] = [
+    ("prepend Via", lambda m: m.prepend("Via", "SIP/2.0/UDP proxy.example.com;branch=z9hG4bK-p")),
+    ("set Max-Forwards", lambda m: m.set("Max-Forwards", "69")),
+    ("remove credentials", lambda m: m.remove("Proxy-Authorization")),
+    ("set From", lambda m: m.set("From", '"Alice" <sip:a@example.com>;tag=1')),
+    ("set_values Route", lambda m: m.set_values("Route", ["<sip:p2.example.com;lr>"])),
+    ("set_values Record-Route", lambda m: m.set_values(
+        "Record-Route", ["<sip:mine.example.com;lr>", "<sip:rr.example.com;lr>"])),
+    ("add Contact", lambda m: m.add("Contact", "<sip:b@192.0.2.2>")),
+    ("add Supported", lambda m: m.add("Supported", "timer")),
+    ("remove Expires", lambda m: m.remove("expires")),
+    ("set_values Route empty", lambda m: m.set_values("Route", [])),
+    ("add compact To", lambda m: m.set("t", "<sip:carol@example.com>")),
+    ("set_top_via", lambda m: m.set_top_via(Via("UDP", "h.example.com", None,
+                                                  (("branch", "z9hG4bK-x"), ("received", "192.0.2.9"))))),
+]
+
+
+@pytest.mark.parametrize("first_read", [True, False], ids=["read-first", "unread"])
+def test_every_change_reads_back_as_the_message_it_writes(first_read: bool) -> None:
+    """After each change, every accessor gives what parsing the written bytes gives."""
+    msg = parse(_RICH)
+    for what, change in _CHANGES:
+        if first_read:
+            _read_everything(msg)
+        change(msg)
+        assert _read_everything(msg) == _read_everything(parse(msg.to_bytes())), what
+
+
+def test_a_copy_starts_with_what_was_parsed_and_changes_alone() -> None:
+    original = parse(_RICH)
+    assert isinstance(original, Request)
+    before = _read_everything(original)
+    copy = original.copy()
+    assert copy.vias[1] is original.vias[1] and copy.from_ is original.from_
+    for what, change in _CHANGES:
+        change(copy)
+        assert _read_everything(copy) == _read_everything(parse(copy.to_bytes())), what
+        assert _read_everything(original) == before, what
+    # And the other way: the original's changes leave a copy as it was.
+    copy = original.copy()
+    kept = _read_everything(copy)
+    for _, change in _CHANGES:
+        change(original)
+    assert _read_everything(copy) == kept
+
+
+def test_a_change_keeps_what_was_parsed_from_the_other_fields() -> None:
+    msg = parse(_RICH)
+    vias, frm, contacts = msg.vias, msg.from_, msg.contacts
+    msg.set("Max-Forwards", "69")
+    msg.remove("Proxy-Authorization")
+    msg.set_values("Route", [])
+    assert msg.vias is vias and msg.from_ is frm and msg.contacts is contacts
+    msg.set("From", "<sip:b@example.com>;tag=2")
+    assert msg.from_ is not frm and msg.from_.uri == parse_uri("sip:b@example.com")
+    assert msg.vias is vias
+
+
+def test_set_top_via_keeps_the_other_vias_parsed() -> None:
+    msg = parse(_RICH)
+    second = msg.vias[1]
+    stamped = Via("UDP", "h.example.com", None, (("branch", "z9hG4bK-x"), ("rport", "5062")))
+    msg.set_top_via(stamped)
+    assert msg.top_via is stamped and msg.vias[1] is second
+    assert msg.values("Via")[0] == "SIP/2.0/UDP h.example.com;branch=z9hG4bK-x;rport=5062"
+    assert [n for n, _ in msg.headers()][:3] == ["Via", "Via", "Via"]
+    with pytest.raises(ParseError):
+        Request("OPTIONS", "sip:a@b").set_top_via(stamped)
 
 
 def test_prepend_without_that_header_goes_first() -> None:
