@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import socket
 import struct
 
 from sipd.core.peer import Peer
@@ -56,7 +57,9 @@ def _unpack_peer(data: bytes, at: int) -> tuple[Peer, int]:
     raw = data[at + 1:at + 1 + size]
     at += 1 + size
     port, conn = struct.unpack_from("!HI", data, at)
-    return Peer(transport, str(ipaddress.ip_address(raw)), port, conn), at + 6
+    # inet_ntoa writes an IPv4 address as ipaddress does, several times faster.
+    host = socket.inet_ntoa(raw) if size == 4 else str(ipaddress.IPv6Address(raw))
+    return Peer(transport, host, port, conn), at + 6
 
 
 class FlowTokens:

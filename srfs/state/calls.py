@@ -121,6 +121,9 @@ class CallTable:
         self._by_user: dict[str, dict[tuple[str, str, Direction], Call]] = {}
         # (expires, call_id); stale entries stay until popped or compacted.
         self._heap: list[tuple[float, str]] = []
+        # The heap's top entry last found current, until the table changes:
+        # the daemon asks for the next expiry after every message it sends.
+        self._top_checked: tuple[float, str] | None = None
         self._subscribers: list[Subscriber] = []
         self._started = 0
         self._expired = 0
@@ -142,7 +145,9 @@ class CallTable:
         found = self._by_id.get(call_id)
         if not found:
             return []
-        return sorted(found.values(), key=lambda c: (c.direction != "out", c.user))
+        if len(found) == 1:
+            return list(found.values())
+        return sorted(found.values(), key=_leg_order)
 
     def of_user(self, user: str) -> list[Call]:
         """The user's legs, oldest first."""
@@ -180,6 +185,7 @@ class CallTable:
             sub(change)
 
     def _put(self, call: Call) -> None:
+        self._top_checked = None
         self._by_id.setdefault(call.call_id, {})[call.key] = call
         self._by_user.setdefault(call.user, {})[call.key] = call
         if call.expires is not None:
@@ -202,7 +208,10 @@ class CallTable:
         for leg in self.legs(call_id):
             if leg.state != "ringing":
                 continue
-            new = replace(leg, state="answered", answered_at=when, expires=expires)
+            # Not dataclasses.replace: it looks the fields up at every call.
+            new = Call(leg.call_id, leg.user, leg.peer, leg.direction, "answered", leg.start,
+                       answered_at=when, from_uri=leg.from_uri, to_uri=leg.to_uri,
+                       expires=expires)
             self._put(new)
             changed.append(new)
         for new in changed:
@@ -231,6 +240,8 @@ class CallTable:
         if not found:
             return []
         gone = [c for c in self.legs(call_id) if which(c)]
+        if gone:
+            self._top_checked = None
         for call in gone:
             del found[call.key]
             mine = self._by_user[call.user]
@@ -260,16 +271,29 @@ class CallTable:
     def next_expiry(self) -> float | None:
         """When :meth:`expire` next has work, None when no leg can expire."""
         heap = self._heap
+        if not heap:
+            return None
+        top = heap[0]
+        if top is self._top_checked:
+            return top[0]
         # Drop stale entries at the top so that the daemon does not wake up
         # for a deadline that a refresh or an answer has already moved.
         while heap and not self._is_current(heap[0]):
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        if not heap:
+            return None
+        self._top_checked = heap[0]
+        return heap[0][0]
 
     def _is_current(self, entry: tuple[float, str]) -> bool:
         when, call_id = entry
         legs = self._by_id.get(call_id)
-        return legs is not None and any(c.expires == when for c in legs.values())
+        if legs is None:
+            return False
+        for c in legs.values():
+            if c.expires == when:
+                return True
+        return False
 
     def _maybe_compact(self) -> None:
         # Every refresh leaves an entry behind; keep the heap near the size
@@ -278,6 +302,10 @@ class CallTable:
             self._heap = sorted(
                 {(c.expires, c.call_id) for c in self if c.expires is not None}
             )
+
+
+def _leg_order(c: Call) -> tuple[bool, str]:
+    return (c.direction != "out", c.user)
 
 
 # Terminal control characters and Unicode line separators in a hostile

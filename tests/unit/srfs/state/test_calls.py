@@ -121,6 +121,42 @@ def test_heap_stays_small_under_many_refreshes(table: CallTable) -> None:
     assert [c.call_id for c in table.expire(T0 + 9_999)] == ["c1"]
 
 
+_OPS = st.lists(st.tuples(
+    st.sampled_from(["add", "answer", "refresh", "remove", "expire", "ask"]),
+    st.sampled_from(["a", "b", "c"]),
+    st.integers(0, 50),
+), max_size=60)
+
+
+@given(_OPS)
+def test_next_expiry_follows_every_change(ops: list[tuple[str, str, int]]) -> None:
+    """Asked between any changes (the daemon asks after every send), it is the earliest expiry."""
+    table = CallTable()
+    for op, call_id, t in ops:
+        if op == "add":
+            table.add(leg(call_id, expires=T0 + t))
+            table.add(leg(call_id, user="bob", direction="in", expires=T0 + t))
+        elif op == "answer":
+            table.answer(call_id, T0, T0 + t)
+        elif op == "refresh":
+            table.refresh(call_id, T0 + t)
+        elif op == "remove":
+            table.remove(call_id)
+        elif op == "expire":
+            table.expire(T0 + t)
+        expiries = [c.expires for c in table if c.expires is not None]
+        assert table.next_expiry() == (min(expiries) if expiries else None), (op, call_id, t)
+
+
+def test_answered_legs_keep_everything_but_their_state_and_times(table: CallTable) -> None:
+    table.add(leg("c1", expires=T0 + 10))
+    before = table.legs("c1")[0]
+    (after,) = table.answer("c1", T0 + 3, T0 + 3600)
+    assert after == Call(before.call_id, before.user, before.peer, before.direction,
+                         "answered", before.start, answered_at=T0 + 3,
+                         from_uri=before.from_uri, to_uri=before.to_uri, expires=T0 + 3600)
+
+
 def test_lines_render_the_documented_format(table: CallTable) -> None:
     table.add(leg(user="jan"))
     table.add(leg("c0", user="jan", direction="in", peer="sip:carol@example.com",
