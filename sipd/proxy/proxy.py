@@ -154,11 +154,13 @@ class Proxy:
         self.stats.proxy_requests += 1
         ctx = Context(txn, req, source, arrived=now)
         self.forker.open(ctx)
-        out: list[ProxyAction] = []
-        if req.method == "INVITE":
-            # §16.2: the 100 stops the caller's retransmissions while we work.
-            out.extend(self.transactions.server_respond(txn, make_response(req, 100), now))
-        out.extend(self.forker.safely(ctx, now, lambda: self._route(ctx, now)))
+        out = self.forker.safely(ctx, now, lambda: self._route(ctx, now))
+        if req.method == "INVITE" and txn.last_response is None:
+            # §16.2, §17.2.1: the 100 stops the caller's retransmissions while
+            # we work. An INVITE answered at once (a challenge, a refusal)
+            # needs none, as a stateless reply has none: the 100 goes only
+            # when the answer is left to a look-up, the callee, or a delay.
+            out[:0] = self.transactions.server_respond(txn, make_response(req, 100), now)
         return out
 
     def handle_event(self, event: Event, now: float) -> list[ProxyAction]:

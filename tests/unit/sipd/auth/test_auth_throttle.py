@@ -216,5 +216,6 @@ def test_a_captured_invite_credential_does_not_reach_another_callee() -> None:
     assert requests(out, "INVITE") == []
     out += net.tick(net.now + AUTH_FAILURE_DELAY)
     finals = [m.status for m, _ in out if isinstance(m, Response) and m.cseq.seq == 2]
+    # The failure is held AUTH_FAILURE_DELAY: a 100 goes first meanwhile.
     assert finals == [100, 407]
     assert net.proxy.auth.stats.failed == 1

@@ -339,7 +339,7 @@ def test_timer_c_cancels_a_branch_that_rings_too_long() -> None:
 def test_max_forwards_zero_gets_483() -> None:
     net = Net()
     net.bind("bob", BOB1)
-    assert responses(net.send(invite(mf=0), CALLER)) == [100, 483]
+    assert responses(net.send(invite(mf=0), CALLER)) == [483]
 
 
 def test_a_request_that_comes_back_unchanged_is_a_loop() -> None:
@@ -352,7 +352,7 @@ def test_a_request_that_comes_back_unchanged_is_a_loop() -> None:
     back._uri = None
     assert _branch_key(back) == fwd.top_via.branch.split("sr", 1)[1].split(".")[0]  # type: ignore[union-attr]
     out = net.send(back, Peer("udp", "192.0.2.1", 5060, conn=1))
-    assert responses(out) == [100, 482]
+    assert responses(out) == [482]
 
 
 def test_a_spiral_to_another_user_is_not_a_loop() -> None:
@@ -455,7 +455,7 @@ def test_preloaded_route_on_an_initial_request_is_refused() -> None:
     net = Net()
     net.bind("bob", BOB1)
     out = net.send(invite(extra="Route: <sip:203.0.113.5;lr>\r\n"), CALLER)
-    assert responses(out) == [100, 403]
+    assert responses(out) == [403]
 
 
 # ------------------------------------------------------------------ users
@@ -486,10 +486,10 @@ def test_strangers_asking_for_users_who_are_not_there_are_rate_limited() -> None
     for i in range(burst):
         assert responses(net.send(invite(f"sip:name{i}@{REALM}"), CALLER)) == [100, 480]
     lookups = net.users.calls
-    assert responses(net.send(invite(f"sip:another@{REALM}"), CALLER)) == [100, 480]
+    assert responses(net.send(invite(f"sip:another@{REALM}"), CALLER)) == [480]
     assert net.users.calls == lookups
     # Even bob, who is there, gets the same answer from that source now ...
-    assert responses(net.send(invite(), CALLER)) == [100, 480]
+    assert responses(net.send(invite(), CALLER)) == [480]
     # ... while another source still reaches him.
     (_, peer), = requests(net.send(invite(), Peer("udp", "203.0.113.9", 5060, conn=1)), "INVITE")
     assert peer == BOB1
@@ -591,7 +591,7 @@ def credentials(challenge: Response, uri: str, user: str = "alice", password: st
 
 def challenge(net: Net, uri: str, frm: str) -> Response:
     out = net.send(invite(uri, frm=frm), CALLER)
-    assert responses(out) == [100, 407]
+    assert responses(out) == [407]
     resp = out[-1][0]
     assert isinstance(resp, Response)
     return resp
@@ -608,6 +608,22 @@ def test_local_caller_is_challenged_then_forwarded_without_our_credentials() -> 
     assert peer == BOB1
     assert "Proxy-Authorization" not in req
     assert ("started", "auth1", "alice", "bob", f"sip:alice@{REALM}", uri) in net.hooks.seen
+
+
+def test_100_trying_only_when_the_answer_is_left_to_later() -> None:
+    """§16.2, §17.2.1: a 100 first for an INVITE sent on; none before an answer made at once."""
+    net = Net()
+    net.bind("bob", BOB1)
+    uri = f"sip:bob@{REALM}"
+    out = net.send(invite(uri, frm=f"sip:alice@{REALM}"), CALLER)
+    (challenged, _), = out
+    assert isinstance(challenged, Response) and challenged.status == 407
+    auth = "Proxy-Authorization: " + credentials(challenged, uri) + "\r\n"
+    out = net.send(invite(uri, frm=f"sip:alice@{REALM}", extra=auth, cseq=2), CALLER)
+    # The 100 to the caller comes before the INVITE to the callee.
+    assert [(m.status if isinstance(m, Response) else m.method, p) for m, p in out] == [
+        (100, CALLER), ("INVITE", BOB1)]
+    assert responses(net.send(invite(mf=0), CALLER)) == [483]
 
 
 @pytest.mark.parametrize("user", ["alice", "nosuchuser"])
@@ -655,7 +671,7 @@ def test_display_name_of_the_caller_fills_from() -> None:
 def test_relaying_is_refused_without_outbound_proxy() -> None:
     net = Net()
     # A stranger to a stranger: refused without even a challenge.
-    assert responses(net.send(invite("sip:x@example.org"), CALLER)) == [100, 403]
+    assert responses(net.send(invite("sip:x@example.org"), CALLER)) == [403]
     uri = "sip:x@example.org"
     resp = challenge(net, uri, f"sip:alice@{REALM}")
     auth = "Proxy-Authorization: " + credentials(resp, uri) + "\r\n"
@@ -667,7 +683,7 @@ def test_relaying_is_refused_without_outbound_proxy() -> None:
 def test_outbound_proxy_takes_calls_to_other_domains() -> None:
     net = Net(outbound="sip:192.0.2.99:5080")
     uri = "sip:x@example.org"
-    assert responses(net.send(invite(uri), CALLER)) == [100, 403]  # still no open relay
+    assert responses(net.send(invite(uri), CALLER)) == [403]  # still no open relay
     resp = challenge(net, uri, f"sip:alice@{REALM}")
     auth = "Proxy-Authorization: " + credentials(resp, uri) + "\r\n"
     out = net.send(invite(uri, frm=f"sip:alice@{REALM}", extra=auth, cseq=2), CALLER)

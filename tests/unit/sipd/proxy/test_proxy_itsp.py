@@ -109,7 +109,7 @@ def test_without_a_number_plan_a_tel_uri_must_be_spelled_as_the_map() -> None:
     assert req.uri_text == "sip:01727221221@203.0.113.9:5060"
     # E.164 is another number without the country: not ours, and a
     # stranger may not relay.
-    assert responses(net.send(invite("tel:+491727221221"), STRANGER)) == [100, 403]
+    assert responses(net.send(invite("tel:+491727221221"), STRANGER)) == [403]
 
 
 def test_an_outside_number_goes_to_the_gateway_normalised() -> None:
@@ -146,10 +146,10 @@ def test_a_trusted_trunk_calls_out_as_its_number_without_a_challenge() -> None:
     assert req.get_all("P-Asserted-Identity") == [f"<sip:+441727238471@{REALM}>"]
     # The same From from anywhere else is challenged like any caller.
     assert responses(net.send(invite(f"sip:bob@{REALM}", frm=f"sip:+441727238471@{REALM}"),
-                              STRANGER)) == [100, 407]
+                              STRANGER)) == [407]
     # And from the trunk, someone else's address is not the trunk speaking.
     assert responses(net.send(invite(f"sip:bob@{REALM}", frm=f"sip:alice@{REALM}"),
-                              TRUNK)) == [100, 407]
+                              TRUNK)) == [407]
 
 
 def test_a_trusted_trunk_reaches_the_gateway() -> None:
@@ -359,13 +359,13 @@ def test_presentation_patterns_and_what_is_never_presented() -> None:
                         "INVITE")) == 1
     # Outside the patterns: from_policy, as before.
     assert responses(net.send(invite("sip:+15551234@example.org",
-                                     frm="sip:+4940123456@carrier.example"), TRUNK)) == [100, 403]
+                                     frm="sip:+4940123456@carrier.example"), TRUNK)) == [403]
     # At our own domain, a local user's name or someone's DID is never
     # presented: that is the trunk claiming to be them, challenged.
     net = presenting_net()
     net.bind("bob", BOB1)
     for frm in (f"sip:alice@{REALM}", f"sip:1003@{REALM}"):
-        assert responses(net.send(invite(f"sip:bob@{REALM}", frm=frm), TRUNK)) == [100, 407]
+        assert responses(net.send(invite(f"sip:bob@{REALM}", frm=frm), TRUNK)) == [407]
     # A number at our domain that is nobody's may be.
     out = net.send(invite(f"sip:bob@{REALM}", frm=f"sip:+4930123456@{REALM}"), TRUNK)
     (req, _), = requests(out, "INVITE")
