@@ -242,6 +242,10 @@ class Message:
                 index[key] = values
             else:
                 index.pop(key, None)
+        self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        """Drop the values parsed from the fields called ``key``."""
         cache = self._cache
         if cache:
             # The keys the accessors below cache under, for this name.
@@ -318,8 +322,9 @@ class Message:
         """Append a field after the others."""
         key, name = _field(name)
         self._headers.append((key, name, value))
-        index = self._index
-        self._changed(key, (*index.get(key, ()), value) if index is not None else ())
+        if self._index is not None:
+            _index_field(self._index, key, value)
+        self._forget(key)
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a field before the first field of that name (or first of all)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -152,9 +154,9 @@ def test_answered_legs_keep_everything_but_their_state_and_times(table: CallTabl
     table.add(leg("c1", expires=T0 + 10))
     before = table.legs("c1")[0]
     (after,) = table.answer("c1", T0 + 3, T0 + 3600)
-    assert after == Call(before.call_id, before.user, before.peer, before.direction,
-                         "answered", before.start, answered_at=T0 + 3,
-                         from_uri=before.from_uri, to_uri=before.to_uri, expires=T0 + 3600)
+    # Against dataclasses.replace: a field added to Call later is kept too.
+    assert after == dataclasses.replace(before, state="answered", answered_at=T0 + 3,
+                                        expires=T0 + 3600)
 
 
 def test_lines_render_the_documented_format(table: CallTable) -> None:
