@@ -312,6 +312,13 @@ class Endpoint:
                 return []
             return self._stateless_error(req, peer, exc)
         dest = reply_peer(via, peer)
+        proxy = self.proxy
+        if proxy is not None and self._for_proxy(req):
+            # The challenge every call begins with, without a transaction.
+            challenge = proxy.stateless_challenge(req, dest, now)
+            if challenge is not None:
+                self._count_response(challenge.status)
+                return self._out(challenge.to_bytes(), dest)
         events = self.transactions.receive_request(req, dest, dest.reliable, now)
         return self._run(events, now, dest)
 

@@ -57,6 +57,7 @@ from sipd.proxy.context import (
     ProxyStats,
     TimerKind,
     reply,
+    tag_for,
 )
 from sipd.proxy.forking import Forker
 from sipd.proxy.limits import Destinations, SourceBudget
@@ -66,9 +67,9 @@ from sipd.proxy.targets import LivePeer, LocalAddresses, Target, flow_target, ur
 from sipd.proxy.users import UserLookup
 from sipd.registrar.register import aor_of
 from sipd.sip.checks import check_request
-from sipd.sip.errors import SipError
+from sipd.sip.errors import ParseError, SipError
 from sipd.sip.headers import parse_address
-from sipd.sip.message import Request, make_response
+from sipd.sip.message import Request, Response, make_response
 from sipd.sip.transaction import Event, ServerTransaction, TransactionLayer
 from sipd.sip.uri import SipURI, TelURI, parse_uri
 from srfs.accounts.directory import Account
@@ -163,6 +164,44 @@ class Proxy:
             out[:0] = self.transactions.server_respond(txn, make_response(req, 100), now)
         return out
 
+    def stateless_challenge(self, req: Request, source: Peer, now: float) -> Response | None:
+        """The 407 for a request that can get nothing else, made without a transaction.
+
+        Every call begins so: an initial request from one of our domains,
+        with no credentials for our realm, from no trusted trunk. As
+        Kamailio's ``auth_challenge`` does, it is answered statelessly: no
+        server transaction, no timers, nothing kept. A retransmission gets
+        a fresh challenge; the ACK is known by its To tag (:meth:`handle_ack`).
+        None when the request may get any other answer; :meth:`handle_request`
+        then routes it as before, in a transaction.
+        """
+        method = req.method
+        if method == "ACK" or method == "CANCEL":
+            return None
+        try:
+            if req.to.tag is not None or "Route" in req:
+                return None
+            from_uri = req.from_.uri
+            if not (isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri)):
+                return None
+            if self.auth.credentials(req, "Proxy-Authorization") is not None:
+                return None
+            # What _route refuses before asking who calls, it refuses (and counts).
+            check_request(req, PROXY_EXTENSIONS)
+            max_breadth(req)
+            if self.router.looped(req) or self._trunk_caller(from_uri, True, source) is not None:
+                return None
+            if self.transactions.find_server(req) is not None:
+                return None  # a copy went in a transaction before a reload: it answers
+        except (SipError, ParseError):
+            return None
+        verdict = self.auth.authenticate(req, source, self.wall(now), proxy=True)
+        if not isinstance(verdict, Refused) or verdict.not_before is not None:
+            return None  # not reached: without credentials, the answer is a challenge
+        self.stats.proxy_requests += 1
+        self.stats.proxy_rejected += 1
+        return reply(req, verdict.status, verdict.reason, verdict.headers)
+
     def handle_event(self, event: Event, now: float) -> list[ProxyAction]:
         return self.forker.handle_event(event, now)
 
@@ -173,8 +212,14 @@ class Proxy:
         return self.forker.cancel(invite, now)
 
     def handle_ack(self, ack: Request, source: Peer | None = None) -> list[ProxyAction]:
-        """An ACK for a 2xx: end to end, forwarded statelessly by its Route set."""
+        """An ACK for a 2xx: end to end, forwarded statelessly by its Route set.
+
+        The ACK of a final answer of our own that no transaction kept
+        (:meth:`stateless_challenge`) ends here: its To tag is ours.
+        """
         try:
+            if ack.to.tag == tag_for(ack):
+                return []
             return list(forward_ack(ack, self.router, self.contacts, self.live_peer,
                                     self.auth.realm, source))
         except Exception:

@@ -784,6 +784,14 @@ class TransactionLayer:
         txn._start(now, out)
         return out
 
+    def find_server(self, request: Request) -> ServerTransaction | None:
+        """The server transaction ``request`` would be a retransmission in, if any.
+
+        Raises :class:`ParseError` as :meth:`receive_request` does.
+        """
+        key, _ = _server_key(request, _match_method(request.method))
+        return self._servers.get(key)
+
     def receive_response(self, response: Response, source: Hashable, now: float) -> list[Event]:
         """A response from the transport; never raises.
 

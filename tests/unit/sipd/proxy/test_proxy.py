@@ -626,6 +626,59 @@ def test_100_trying_only_when_the_answer_is_left_to_later() -> None:
     assert responses(net.send(invite(mf=0), CALLER)) == [483]
 
 
+def test_the_challenge_keeps_no_state() -> None:
+    """Kamailio's auth_challenge: a stateless 407, its ACK known by the To tag."""
+    net = Net()
+    net.bind("bob", BOB1)
+    uri = f"sip:bob@{REALM}"
+    layer = net.proxy.transactions
+    first = invite(uri, frm=f"sip:alice@{REALM}", call_id="sl1", branch="z9hG4bKsl1")
+    (challenged, peer), = net.send(first, CALLER)
+    assert isinstance(challenged, Response) and challenged.status == 407
+    assert peer == CALLER
+    tag = challenged.to.tag
+    assert tag
+    stats = layer.statistics()
+    assert (stats.server_transactions, stats.server_created) == (0, 0)
+    assert net.proxy.statistics()["calls_pending"] == 0
+    # Nothing to retransmit: no timer is armed for it.
+    assert net.tick(net.now + 40) == []
+    # A retransmission gets a challenge of its own, with the same To tag.
+    (again, _), = net.send(first, CALLER)
+    assert isinstance(again, Response) and again.status == 407 and again.to.tag == tag
+
+    def ack(to_tag: str) -> bytes:
+        # With a Route of ours and a Request-URI of a registered phone, an
+        # ACK not absorbed would be forwarded to it.
+        return (f"ACK sip:bob@{BOB1.host}:{BOB1.port} SIP/2.0\r\n"
+                "Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bKsl1;rport\r\n"
+                "Max-Forwards: 70\r\n"
+                f"Route: <sip:{ME[0]};lr>\r\n"
+                f"From: <sip:alice@{REALM}>;tag=caller1\r\n"
+                f"To: <{uri}>;tag={to_tag}\r\n"
+                "Call-ID: sl1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n").encode()
+
+    assert net.send(ack(tag), CALLER) == []
+    assert layer.statistics().server_created == 0
+    # The control: an ACK with another To tag is a 2xx's, passed on.
+    assert [p for _, p in requests(net.send(ack("uas1"), CALLER), "ACK")] == [BOB1]
+
+
+def test_a_request_in_a_transaction_is_not_challenged_statelessly() -> None:
+    """A retransmission belongs to its transaction, whatever it would get today."""
+    net = Net()
+    data = invite(f"sip:bob@{REALM}", frm=f"sip:alice@{REALM}")
+    req = parse(data)
+    assert isinstance(req, Request)
+    assert net.proxy.stateless_challenge(req, CALLER, net.now) is not None
+    net.proxy.transactions.receive_request(req, CALLER, False, net.now)
+    assert net.proxy.stateless_challenge(req, CALLER, net.now) is None
+    # With credentials, or from another domain, it is routed in a transaction.
+    other = parse(invite(f"sip:bob@{REALM}", frm="sip:zed@example.com"))
+    assert isinstance(other, Request)
+    assert net.proxy.stateless_challenge(other, CALLER, net.now) is None
+
+
 @pytest.mark.parametrize("user", ["alice", "nosuchuser"])
 def test_wrong_password_is_challenged_again_after_the_same_delay(user: str) -> None:
     """A failure is answered AUTH_FAILURE_DELAY after the request, known user or not."""
