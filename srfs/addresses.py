@@ -36,9 +36,16 @@ def parse_host(host: str) -> IPAddress | None:
     its IPv4 address; the legacy IPv4 forms are read as the resolver reads
     them. Remembered for the last :data:`PARSED_HOSTS` hosts: a call asks
     about the same few addresses a dozen times, 1.5-2.5 µs each, and the
-    answer is an immutable value.
+    answer is an immutable value. A text longer than any host is read
+    each time: a few long Via hosts cannot fill the memory.
     """
+    if len(host) > HOST_TEXT_MAX:
+        return _parse_host.__wrapped__(host)
     return _parse_host(host)
+
+
+#: Longer than any address or DNS name (253), with brackets and a zone.
+HOST_TEXT_MAX = 300
 
 
 #: Hosts whose :func:`parse_host` answer is kept (least recently used go first).

@@ -13,6 +13,7 @@ receives, and one regex call costs about what three Python steps do.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 
@@ -358,11 +359,32 @@ class Address:
         return f"{head}<{self.uri}>{format_header_params(self.params)}"
 
 
+#: Address texts whose :func:`parse_address` answer is kept (least recently used go first).
+PARSED_ADDRESSES = 4096
+#: Longer texts are parsed each time: a few long fields cannot fill the memory.
+CACHED_TEXT_MAX = 256
+
+
 def parse_address(text: str, what: str = "address") -> Address:
     """Parse one ``(name-addr / addr-spec) *(SEMI param)``.
 
     ``what`` names the field in error reasons ("Bad To header: ...").
+    Remembered for the last :data:`PARSED_ADDRESSES` texts: one call's
+    messages repeat the same From, To, Contact and Route values a couple of
+    dozen times, and the answer is an immutable value. A text that fails
+    is parsed again each time, for its reason.
     """
+    if len(text) > CACHED_TEXT_MAX:
+        return _parse_address(text, what)
+    return _parse_address_cached(text, what)
+
+
+@functools.lru_cache(maxsize=PARSED_ADDRESSES)
+def _parse_address_cached(text: str, what: str) -> Address:
+    return _parse_address(text, what)
+
+
+def _parse_address(text: str, what: str) -> Address:
     m = _NAME_ADDR_RE.match(text)
     if m is not None:
         display, words, uri_text = m.groups()

@@ -7,6 +7,7 @@ received; comparison (RFC 3261 §19.1.4) is a separate, explicit operation.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
@@ -345,12 +346,31 @@ def _headers_set(text: str | None) -> frozenset[tuple[str, str]]:
     return frozenset(out)
 
 
+#: URI texts whose :func:`parse_uri` answer is kept (least recently used go first).
+PARSED_URIS = 4096
+#: Longer texts are parsed each time: a few long URIs cannot fill the memory.
+CACHED_URI_MAX = 256
+
+
 def parse_uri(text: str) -> URI:
     """Parse a URI; unknown schemes come back as :class:`AbsoluteURI`.
 
     Raises :class:`ParseError` when the text is not a URI at all, or is a
-    sip/sips/tel URI that breaks its grammar.
+    sip/sips/tel URI that breaks its grammar. Remembered for the last
+    :data:`PARSED_URIS` texts, as :func:`~sipd.sip.headers.parse_address`
+    is: a call's Request-URIs and addresses repeat, and a URI is immutable.
     """
+    if len(text) > CACHED_URI_MAX:
+        return _parse_uri(text)
+    return _parse_uri_cached(text)
+
+
+@functools.lru_cache(maxsize=PARSED_URIS)
+def _parse_uri_cached(text: str) -> URI:
+    return _parse_uri(text)
+
+
+def _parse_uri(text: str) -> URI:
     scheme, colon, rest = text.partition(":")
     if not colon:
         raise ParseError("Bad URI: no scheme")

@@ -42,6 +42,15 @@ def test_answers_are_remembered_for_a_bounded_number_of_hosts() -> None:
     assert parse_host("192.0.2.1") == first
 
 
+def test_a_text_longer_than_any_host_is_not_remembered() -> None:
+    addresses._parse_host.cache_clear()
+    long = "h" * (addresses.HOST_TEXT_MAX + 1)
+    assert parse_host(long) is None
+    # Read all the same, only not kept.
+    assert parse_host("[::1]" + " " * addresses.HOST_TEXT_MAX) == ipaddress.ip_address("::1")
+    assert addresses._parse_host.cache_info().currsize == 0
+
+
 def test_sources_count_by_ipv4_address_or_ipv6_64() -> None:
     assert source_key("192.0.2.1") == "192.0.2.1"
     assert source_key("2001:db8:1:2:3::4") == "2001:db8:1:2::/64"

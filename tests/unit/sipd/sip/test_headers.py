@@ -269,3 +269,46 @@ def test_fast_constructors_match_the_dataclasses() -> None:
     assert headers_module._via(*via_args) == Via(*via_args)
     uri = SipURI("sip", "h")
     assert headers_module._address(uri, '"x"', ()) == Address(uri, '"x"', ())
+
+
+# ------------------------------------------------------------------ remembered answers
+
+_ADDRESSES = [
+    '"Alice" <sip:alice@sip.test;transport=tcp>;tag=a1',
+    "<sip:bob@192.0.2.20:5070;ob>;expires=60;+sip.instance=\"<urn:uuid:1>\"",
+    "sip:carol@sip.test;tag=x",
+    "<tel:+15551234;phone-context=sip.test>",
+    "Bob Smith <sips:bob@[2001:db8::1]:5061>",
+]
+
+
+@pytest.mark.parametrize("text", _ADDRESSES)
+def test_a_remembered_address_is_what_parsing_gives(text: str) -> None:
+    """The same immutable answer as a parse of the text, and the same object again."""
+    headers_module._parse_address_cached.cache_clear()
+    first = parse_address(text, "To header")
+    assert first == headers_module._parse_address(text, "To header")
+    assert parse_address(text, "From header") == first
+    assert parse_address(text, "To header") is first
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.params = ()  # type: ignore[misc]
+
+
+def test_a_bad_address_fails_each_time_with_its_field_named() -> None:
+    headers_module._parse_address_cached.cache_clear()
+    for what in ("To header", "From header"):
+        with pytest.raises(ParseError, match=f"Bad {what}"):
+            parse_address("<sip:bob@sip.test", what)
+    assert headers_module._parse_address_cached.cache_info().currsize == 0
+
+
+def test_remembered_addresses_are_bounded_and_long_ones_not_kept() -> None:
+    cached = headers_module._parse_address_cached
+    cached.cache_clear()
+    for n in range(headers_module.PARSED_ADDRESSES + 100):
+        parse_address(f"<sip:u{n}@sip.test>;tag={n}")
+    assert cached.cache_info().currsize == headers_module.PARSED_ADDRESSES
+    cached.cache_clear()
+    long = "<sip:bob@sip.test>;x=" + "a" * headers_module.CACHED_TEXT_MAX
+    assert parse_address(long).uri == parse_address("<sip:bob@sip.test>").uri
+    assert cached.cache_info().currsize == 1  # the short one only

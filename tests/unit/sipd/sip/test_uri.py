@@ -187,3 +187,28 @@ def test_long_inputs_fail_fast() -> None:
                  "sip:" + "%41" * 20000 + "@", "sip:a@" + "a." * 20000 + "1"]:
         with pytest.raises(ParseError):
             parse_uri(text)
+
+
+@pytest.mark.parametrize("text", [
+    "sip:alice@sip.test;transport=tcp", "sips:[2001:db8::1]:5061", "tel:+15551234;ext=1",
+    "mailto:alice@example.com", "SIP:Bob@SIP.TEST",
+])
+def test_a_remembered_uri_is_what_parsing_gives(text: str) -> None:
+    uri_module._parse_uri_cached.cache_clear()
+    first = parse_uri(text)
+    assert first == uri_module._parse_uri(text)
+    assert parse_uri(text) is first
+
+
+def test_bad_and_long_uris_are_not_remembered() -> None:
+    cached = uri_module._parse_uri_cached
+    cached.cache_clear()
+    for _ in range(2):
+        with pytest.raises(ParseError):
+            parse_uri("sip:")
+    long = "sip:bob@sip.test;x=" + "a" * uri_module.CACHED_URI_MAX
+    assert isinstance(parse_uri(long), SipURI)
+    assert cached.cache_info().currsize == 0
+    for n in range(uri_module.PARSED_URIS + 10):
+        parse_uri(f"sip:u{n}@sip.test")
+    assert cached.cache_info().currsize == uri_module.PARSED_URIS
