@@ -35,6 +35,8 @@ __all__ = ["FlowTokens"]
 
 _MAC_SIZE = 8
 _VERSION = 1
+#: Good tokens whose flows are kept once read (the oldest read go first).
+TOKENS_KEPT = 4096
 
 
 def _pack_peer(peer: Peer) -> bytes | None:
@@ -67,6 +69,11 @@ class FlowTokens:
 
     def __init__(self, key: bytes | None = None) -> None:
         self._key = key if key is not None else secrets.token_bytes(32)
+        # Tokens read lately, oldest first: a dialog's ACK, BYE and their
+        # answers bring the same one back, each read twice (is it ours, and
+        # which way). Only good tokens are kept, so made-up ones cannot
+        # push them out faster than real dialogs do.
+        self._read: dict[str, tuple[Peer, Peer]] = {}
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_SIZE]
@@ -82,6 +89,18 @@ class FlowTokens:
 
     def decode(self, token: str) -> tuple[Peer, Peer] | None:
         """The two flows of a token this proxy made; None for anything else."""
+        known = self._read.get(token)
+        if known is not None:
+            return known
+        flows = self._decode(token)
+        if flows is not None:
+            read = self._read
+            if len(read) >= TOKENS_KEPT:
+                del read[next(iter(read))]
+            read[token] = flows
+        return flows
+
+    def _decode(self, token: str) -> tuple[Peer, Peer] | None:
         if not token or len(token) > 200 or not token.isascii():
             return None
         try:

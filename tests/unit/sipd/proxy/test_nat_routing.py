@@ -13,6 +13,7 @@ import pytest
 
 from sipd.core.peer import Peer
 from sipd.io.daemon import own_sockets
+from sipd.proxy import flowtoken
 from sipd.proxy.flowtoken import FlowTokens
 from sipd.sip.message import Request
 from srfs.state.location import Binding
@@ -204,6 +205,26 @@ def test_flow_tokens_round_trip_and_refuse_what_they_did_not_make() -> None:
     assert FlowTokens.other((a, b), Peer("tcp", "2001:db8:0::7", 5061, 1)) == a
     assert FlowTokens.other((a, b), Peer("tcp", "203.0.113.50", 61000, 3)) is None
     assert tokens.encode(Peer("udp", "phone.example.org", 5060, 0), b) is None
+
+
+def test_flow_tokens_read_once_are_kept_within_a_bound_and_bad_ones_never() -> None:
+    tokens = FlowTokens(b"k" * 32)
+    a = Peer("udp", "203.0.113.50", 61000, 3)
+    token = tokens.encode(a, Peer("udp", "192.0.2.20", 5070, 0))
+    assert token is not None
+    first = tokens.decode(token)
+    assert first is not None and tokens.decode(token) is first
+    # A token another proxy (another key) made is refused each time.
+    forged = FlowTokens(b"x" * 32).encode(a, a)
+    assert forged is not None
+    assert tokens.decode(forged) is None and tokens.decode(forged) is None
+    assert forged not in tokens._read
+    for port in range(1, flowtoken.TOKENS_KEPT + 2):
+        other = tokens.encode(a, Peer("udp", "192.0.2.21", port, 0))
+        assert other is not None and tokens.decode(other) is not None
+    assert len(tokens._read) == flowtoken.TOKENS_KEPT and token not in tokens._read
+    # Read again from the token itself: the same flows.
+    assert tokens.decode(token) == first
 
 
 def test_what_leaves_a_socket_names_that_socket_in_via_and_record_route() -> None:
