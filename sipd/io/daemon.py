@@ -492,8 +492,15 @@ async def run(settings: Settings) -> None:
             # One probe at a time, in a thread of its own.
             nursery.start_soon(probe_directory, daemon, trio.CapacityLimiter(1))
             transactions = daemon.endpoint.transactions
-            nursery.start_soon(trim_after_bursts, lambda: len(transactions))
-            nursery.start_soon(collect_cycles)
+            endpoint_stats = daemon.endpoint.stats
+
+            def heard() -> int:
+                return endpoint_stats.messages_in
+
+            # The full collections wait for a quiet second (sipd(8), MEMORY).
+            nursery.start_soon(functools.partial(
+                trim_after_bursts, lambda: len(transactions), heard=heard))
+            nursery.start_soon(functools.partial(collect_cycles, heard=heard))
 
             def on_hup() -> None:
                 config_reload.set()

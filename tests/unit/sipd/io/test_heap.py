@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
+import trio.testing
 
 from sipd.io import heap
 from sipd.io.heap import AfterBurst
@@ -85,11 +88,72 @@ def test_cycles_in_the_oldest_generation_wait_for_the_scheduled_collection() -> 
         del kept
 
         async def main() -> None:
-            with trio.move_on_after(0.2):
+            # Nothing heard: the first second after the period is quiet.
+            with trio.move_on_after(1.2):
                 await heap.collect_cycles(0.05)
 
-        trio.run(main)
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
         assert gone() is None
     finally:
         gc.unfreeze()
         gc.set_threshold(*saved)
+
+
+def test_a_quiet_moment_is_a_second_with_few_messages() -> None:
+    """The full collections wait while the daemon is busy, and no longer than told."""
+    heard = [0]
+    waited: list[tuple[bool, float]] = []
+
+    async def main() -> None:
+        async def traffic(per_second: int) -> None:
+            while True:
+                await trio.sleep(0.1)
+                heard[0] += per_second // 10
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(traffic, 500)
+            start = trio.current_time()
+            # Busy all along: gives up at the limit.
+            found = await heap.quiet_moment(lambda: heard[0], limit=5.0)
+            waited.append((found, trio.current_time() - start))
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(traffic, heap.QUIET_MESSAGES)  # at the bound: quiet
+            start = trio.current_time()
+            found = await heap.quiet_moment(lambda: heard[0])
+            waited.append((found, trio.current_time() - start))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    (busy, busy_for), (quiet, quiet_for) = waited
+    assert not busy and 5.0 <= busy_for <= 6.0
+    assert quiet and quiet_for == pytest.approx(1.0, abs=0.01)
+
+
+def test_after_a_burst_the_collection_waits_for_the_load_to_ease(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    collected: list[float] = []
+    monkeypatch.setattr(heap, "full_collection", lambda why: collected.append(trio.current_time()))
+    monkeypatch.setattr(heap, "_TRIM", None)
+    heard = [0]
+    alive = [5_000]
+
+    async def main() -> None:
+        async def load() -> None:
+            # A burst, its transactions ending at 10 s, a steady load until 30 s.
+            while trio.current_time() < 30:
+                await trio.sleep(0.1)
+                heard[0] += 50
+                if trio.current_time() >= 10:
+                    alive[0] = 100
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(load)
+            nursery.start_soon(functools.partial(heap.trim_after_bursts, lambda: alive[0],
+                                                 heard=lambda: heard[0]))
+            await trio.sleep(60)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    # Due at 10 s, made once the load stopped (30 s), within a second or two.
+    assert len(collected) == 1 and 30 <= collected[0] <= 32
