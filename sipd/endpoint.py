@@ -312,10 +312,14 @@ class Endpoint:
                 return []
             return self._stateless_error(req, peer, exc)
         dest = reply_peer(via, peer)
-        proxy = self.proxy
-        if proxy is not None and self._for_proxy(req):
-            # The challenge every call begins with, without a transaction.
-            challenge = proxy.stateless_challenge(req, dest, now)
+        if req.method != "ACK" and self.transactions.find_server(req) is None:
+            # The challenge every call and registration begins with, made
+            # without a transaction (a retransmission in one is its own).
+            proxy = self.proxy
+            if proxy is not None and self._for_proxy(req):
+                challenge = proxy.stateless_challenge(req, dest, now)
+            else:
+                challenge = self.server.stateless_challenge(req, dest, now)
             if challenge is not None:
                 self._count_response(challenge.status)
                 return self._out(challenge.to_bytes(), dest)

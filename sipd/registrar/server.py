@@ -132,8 +132,51 @@ class Server:
 
     # ------------------------------------------------------------ REGISTER
 
+    def stateless_challenge(self, req: Request, peer: Peer, now: float) -> Response | None:
+        """The 401 for a REGISTER that can get nothing else, made without a transaction.
+
+        A phone's every registration begins so: no credentials for our
+        realm, and nothing the RFC checks before authentication (§10.3
+        steps 1-2) wrong. As Kamailio's ``www_challenge`` does, it is
+        answered statelessly: no server transaction waits out Timer J's 32
+        seconds for it, and a retransmission gets a fresh challenge. None
+        when the request may get any other answer: :meth:`handle_request`
+        answers it then, in a transaction.
+        """
+        reg = self.registration
+        if req.method != "REGISTER" or reg is None:
+            return None
+        try:
+            if reg.auth.credentials(req, "Authorization") is not None:
+                return None
+            check_request(req, self.extensions)
+            self._registered_aor(req, reg)
+        except SipError:
+            return None
+        verdict = reg.auth.authenticate(req, peer, self.wall(now), proxy=False)
+        if not isinstance(verdict, Refused) or verdict.not_before is not None:
+            return None  # not reached: without credentials, the answer is a challenge
+        self.stats.registers += 1
+        return self.reply(req, verdict.status, verdict.reason, verdict.headers)
+
     def _register(self, req: Request, reg: Registration, peer: Peer, now: float) -> Reply:
         """RFC 3261 §10.3 steps 1–5: domain, authentication, who owns the AOR."""
+        aor = self._registered_aor(req, reg)
+        verdict = reg.auth.authenticate(req, peer, self.wall(now), proxy=False)
+        if isinstance(verdict, LookUp):
+            found = verdict
+
+            def looked_up(outcome: Outcome[Account | None], later: float) -> Reply:
+                wall2 = self.wall(later)
+                return self.guard(
+                    req, lambda: self._register_checked(req, reg, aor, found.resume(outcome, wall2),
+                                                        peer, wall2))
+
+            return Defer(found.run, looked_up, name=found.name, directory=True)
+        return self._register_checked(req, reg, aor, verdict, peer, self.wall(now))
+
+    def _registered_aor(self, req: Request, reg: Registration) -> str:
+        """§10.3 step 1, and the AOR To names: what is refused before authentication."""
         uri = req.uri
         if not isinstance(uri, SipURI) or not self.identity.is_local_host(uri.host):
             raise SipError(403, "Not a local domain")
@@ -150,18 +193,7 @@ class Server:
             # A DID registered in another spelling is that DID (sipd(8), PROXY, Numbers).
             phone = isinstance(to_uri, TelURI) or (to_uri.param("user") or "").lower() == "phone"
             aor = reg.ownership.number(aor, phone=phone)
-        verdict = reg.auth.authenticate(req, peer, self.wall(now), proxy=False)
-        if isinstance(verdict, LookUp):
-            found = verdict
-
-            def looked_up(outcome: Outcome[Account | None], later: float) -> Reply:
-                wall2 = self.wall(later)
-                return self.guard(
-                    req, lambda: self._register_checked(req, reg, aor, found.resume(outcome, wall2),
-                                                        peer, wall2))
-
-            return Defer(found.run, looked_up, name=found.name, directory=True)
-        return self._register_checked(req, reg, aor, verdict, peer, self.wall(now))
+        return aor
 
     def _register_checked(self, req: Request, reg: Registration, aor: str, verdict: Verdict,
                           peer: Peer, wall: float) -> Reply:

@@ -671,8 +671,10 @@ def test_a_request_in_a_transaction_is_not_challenged_statelessly() -> None:
     req = parse(data)
     assert isinstance(req, Request)
     assert net.proxy.stateless_challenge(req, CALLER, net.now) is not None
+    # As if a copy had been routed before a reload: the copy now arriving
+    # is a retransmission, which its transaction absorbs (no answer yet).
     net.proxy.transactions.receive_request(req, CALLER, False, net.now)
-    assert net.proxy.stateless_challenge(req, CALLER, net.now) is None
+    assert net.send(data, CALLER) == []
     # With credentials, or from another domain, it is routed in a transaction.
     other = parse(invite(f"sip:bob@{REALM}", frm="sip:zed@example.com"))
     assert isinstance(other, Request)

@@ -197,6 +197,28 @@ def test_an_unknown_phone_is_offered_md5_alone() -> None:
     assert h.directory.lookups == 0  # no lookup before credentials arrive
 
 
+def test_the_challenge_keeps_no_transaction() -> None:
+    """Kamailio's www_challenge: the 401 is stateless; the registration is not."""
+    h = Harness()
+    layer = h.endpoint.transactions
+    data = h._request("alice", None, 600, None, "", None, None)
+    first = h.send(data)
+    assert first.status == 401 and first.to.tag
+    assert layer.statistics().server_created == 0
+    # A retransmission (the 401 was lost) gets a challenge of its own.
+    again = h.send(data)
+    assert again.status == 401 and again.get("WWW-Authenticate") is not None
+    assert layer.statistics().server_created == 0
+    # What the RFC refuses before authentication is refused in a transaction.
+    foreign = data.replace(b"REGISTER sip:sip.test", b"REGISTER sip:elsewhere.example")
+    assert h.send(foreign).status == 403
+    assert layer.statistics().server_created == 1
+    # So is the registration itself (its 401 was stateless again).
+    assert h.register("alice").status == 200
+    assert layer.statistics().server_created == 2
+    assert h.endpoint.server.stats.registers == 5
+
+
 def test_a_phone_known_to_choose_sha256_is_offered_it_first() -> None:
     h = Harness()
     first = h.send(h._request("alice", None, 600, None, LINPHONE, None, None))
