@@ -168,7 +168,7 @@ class Proxy:
         """The 407 for a request that can get nothing else, made without a transaction.
 
         Every call begins so: an initial request from one of our domains,
-        with no credentials for our realm, from no trusted trunk. As
+        with no credentials at all, from no trusted trunk. As
         Kamailio's ``auth_challenge`` does, it is answered statelessly: no
         server transaction, no timers, nothing kept. A retransmission gets
         a fresh challenge; the ACK is known by its To tag (:meth:`handle_ack`).
@@ -186,8 +186,8 @@ class Proxy:
             from_uri = req.from_.uri
             if not (isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri)):
                 return None
-            if self.auth.credentials(req, "Proxy-Authorization") is not None:
-                return None
+            if "Proxy-Authorization" in req:
+                return None  # credentials, maybe for another realm: routed to find out
             # What _route refuses before asking who calls, it refuses (and counts).
             check_request(req, PROXY_EXTENSIONS)
             max_breadth(req)

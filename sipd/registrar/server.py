@@ -135,9 +135,9 @@ class Server:
     def stateless_challenge(self, req: Request, peer: Peer, now: float) -> Response | None:
         """The 401 for a REGISTER that can get nothing else, made without a transaction.
 
-        A phone's every registration begins so: no credentials for our
-        realm, and nothing the RFC checks before authentication (§10.3
-        steps 1-2) wrong. As Kamailio's ``www_challenge`` does, it is
+        A phone's every registration begins so: no credentials at all, and
+        nothing the RFC checks before authentication (§10.3 steps 1-2)
+        wrong. As Kamailio's ``www_challenge`` does, it is
         answered statelessly: no server transaction waits out Timer J's 32
         seconds for it, and a retransmission gets a fresh challenge. None
         when the request may get any other answer: :meth:`handle_request`
@@ -147,8 +147,8 @@ class Server:
         if req.method != "REGISTER" or reg is None:
             return None
         try:
-            if reg.auth.credentials(req, "Authorization") is not None:
-                return None
+            if "Authorization" in req:
+                return None  # credentials, maybe for another realm: answered in a transaction
             check_request(req, self.extensions)
             self._registered_aor(req, reg)
         except SipError:

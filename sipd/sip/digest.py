@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import hashlib
 import hmac
 import math
@@ -397,13 +398,32 @@ def _show(text: str) -> str:
     return "(unprintable)"
 
 
+#: Credentials whose :func:`parse_credentials` answer is kept: the proxy reads
+#: a request's twice (to check them, and to drop them from what it forwards).
+PARSED_CREDENTIALS = 64
+#: Longer values are parsed each time.
+CACHED_CREDENTIALS_MAX = 1024
+
+
 def parse_credentials(value: str, header: str = "Authorization") -> Credentials:
     """Parse an ``Authorization`` or ``Proxy-Authorization`` header value.
 
     ``header`` names the field in error reasons. Raises :class:`NotDigest`
     for another scheme and :class:`ParseError` ("Bad Authorization header:
-    ...") for malformed Digest credentials.
+    ...") for malformed Digest credentials. The answers for the last
+    :data:`PARSED_CREDENTIALS` values are kept (they are immutable).
     """
+    if len(value) > CACHED_CREDENTIALS_MAX:
+        return _parse_credentials(value, header)
+    return _parse_credentials_cached(value, header)
+
+
+@functools.lru_cache(maxsize=PARSED_CREDENTIALS)
+def _parse_credentials_cached(value: str, header: str) -> Credentials:
+    return _parse_credentials(value, header)
+
+
+def _parse_credentials(value: str, header: str) -> Credentials:
 
     def bad(what: str) -> ParseError:
         return ParseError(f"Bad {header} header: {what}")

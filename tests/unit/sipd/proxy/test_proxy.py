@@ -675,10 +675,17 @@ def test_a_request_in_a_transaction_is_not_challenged_statelessly() -> None:
     # is a retransmission, which its transaction absorbs (no answer yet).
     net.proxy.transactions.receive_request(req, CALLER, False, net.now)
     assert net.send(data, CALLER) == []
-    # With credentials, or from another domain, it is routed in a transaction.
+    # From another domain, or with credentials (even another realm's
+    # alone), it is routed in a transaction.
     other = parse(invite(f"sip:bob@{REALM}", frm="sip:zed@example.com"))
     assert isinstance(other, Request)
     assert net.proxy.stateless_challenge(other, CALLER, net.now) is None
+    foreign = ('Proxy-Authorization: Digest username="alice", realm="other.example", '
+               f'nonce="n", uri="sip:bob@{REALM}", response="{"0" * 32}", algorithm=MD5\r\n')
+    created = net.proxy.transactions.statistics().server_created
+    assert responses(net.send(invite(f"sip:bob@{REALM}", frm=f"sip:alice@{REALM}",
+                                     extra=foreign), CALLER)) == [407]
+    assert net.proxy.transactions.statistics().server_created == created + 1
 
 
 @pytest.mark.parametrize("user", ["alice", "nosuchuser"])

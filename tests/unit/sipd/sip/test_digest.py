@@ -1054,3 +1054,23 @@ def test_verify_is_false_for_hand_built_nonsense() -> None:
     assert not verify(creds, "REGISTER", "0" * 32)
     creds = Credentials("jan", REALM, "n", "u", "\u00e9", qop="auth")
     assert not verify(creds, "REGISTER", "0" * 32)
+
+
+def test_parsed_credentials_are_kept_for_the_second_reading_within_bounds() -> None:
+    """The proxy reads a request's credentials twice; failures are read each time."""
+    cached = digest._parse_credentials_cached
+    cached.cache_clear()
+    value = ('Digest username="alice", realm="sip.test", nonce="abc", uri="sip:bob@sip.test", '
+             'response="' + "0" * 32 + '", algorithm=MD5')
+    first = parse_credentials(value, "Proxy-Authorization")
+    assert first == digest._parse_credentials(value, "Proxy-Authorization")
+    assert parse_credentials(value, "Proxy-Authorization") is first
+    for _ in range(2):
+        with pytest.raises(ParseError, match="Bad Proxy-Authorization header"):
+            parse_credentials("Digest username=", "Proxy-Authorization")
+    long = value + ", x=" + "a" * digest.CACHED_CREDENTIALS_MAX
+    assert parse_credentials(long).username == "alice"
+    assert cached.cache_info().currsize == 1
+    for n in range(digest.PARSED_CREDENTIALS + 5):
+        parse_credentials(value.replace('"abc"', f'"n{n}"'))
+    assert cached.cache_info().currsize == digest.PARSED_CREDENTIALS
