@@ -136,6 +136,9 @@ _libc: ctypes.PyDLL | None = None
 
 def _get_libc() -> ctypes.PyDLL:
     global _libc
+    lib = _libc
+    if lib is not None:
+        return lib  # the lock only for the first call: stamps take this path on every request
     with _libc_lock:
         if _libc is None:
             # PyDLL: the call keeps the GIL. These system calls never block,
@@ -677,11 +680,31 @@ def stamp_of(user: User, name: str) -> Stamp | None:
     """
     _check_name(name)
     try:
-        with _acting_as(user):
-            st = os.lstat(os.path.join(user.home, SR_DIR, name))
-    except (OSError, HomeError):
+        st = _lstat_as(user, os.path.join(user.home, SR_DIR, name))
+    except OSError:
         return None
     return Stamp.of(st)
+
+
+def _lstat_as(user: User, path: str) -> os.stat_result:
+    """``os.lstat`` as the user: :func:`_acting_as` without its check that the
+    switch took. Were it refused, the ``lstat`` would run as a root without
+    the permission overrides, and find less, never more: a stamp only says
+    whether to read again, and the reading is checked. Going back is still
+    checked, since the event loop's thread goes on with what is left."""
+    if (not _SETFSUID or user.uid == 0 or getattr(_acting, "ids", None) == (user.uid, user.gid)
+            or os.geteuid() != 0):
+        return os.lstat(path)
+    libc = _get_libc()
+    prev_gid = libc.setfsgid(user.gid) & _MASK
+    prev_uid = libc.setfsuid(user.uid) & _MASK
+    try:
+        return os.lstat(path)
+    finally:
+        libc.setfsuid(prev_uid)
+        libc.setfsgid(prev_gid)
+        if _current_fsids(libc) != (prev_uid, prev_gid):
+            raise RuntimeError("could not restore the thread's filesystem identity")
 
 
 def open_sr(user: User, *, create: bool = False) -> SrDir:

@@ -197,6 +197,23 @@ def test_works_in_a_home_that_is_searchable_but_not_readable(alice: User) -> Non
     assert home.read_file(alice, "passwd") == b"x\n"
 
 
+def test_a_stamp_is_taken_as_the_user(unix: FakeUnix) -> None:
+    """What the user cannot reach has no stamp, though root could see it."""
+    alice, bob = unix["alice"].user, unix["bob"].user
+    make_sr(alice)
+    user_file(alice, "passwd", b"x\n")
+    assert home.stamp_of(alice, "passwd") is not None
+    assert thread_fs_ids() == (0, 0)
+    # Bob's home pointed at Alice's: her ~/.sr (0700) is closed to him.
+    nosy = User(bob.name, bob.uid, bob.gid, alice.home)
+    assert home.stamp_of(nosy, "passwd") is None
+    assert thread_fs_ids() == (0, 0)
+    # A change of the file is a new stamp.
+    before = home.stamp_of(alice, "passwd")
+    user_file(alice, "passwd", b"xy\n")
+    assert home.stamp_of(alice, "passwd") != before
+
+
 def test_bad_names_are_programming_errors(alice: User) -> None:
     make_sr(alice)
     with SrDir.open(alice) as sr:
