@@ -232,8 +232,15 @@ def in_group(pgid: int) -> list[int]:
 def chromium(url: str, home: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Headless Chromium on ``url``; it and every process it started are gone after."""
     exe = need("chromium", "chromium", skip=True)
+    # Its temporary files (TMPDIR) and libpulse's runtime directory
+    # (XDG_RUNTIME_DIR) in the test's own directory: left to themselves
+    # they are /tmp/org.chromium.Chromium.* and /tmp/pulse-*, never removed.
+    tmp, runtime = home / "tmp", home / "run"
+    for d in (tmp, runtime):
+        d.mkdir(mode=0o700, exist_ok=True)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-           "LANG": "C.UTF-8"}
+           "LANG": "C.UTF-8", "TMPDIR": str(tmp), "XDG_RUNTIME_DIR": str(runtime)}
+    before = _chromium_leftovers()
     log = home / "chromium.log"
     with open(log, "wb") as out:
         # A process group of its own: its renderers, GPU and network
@@ -255,6 +262,13 @@ def chromium(url: str, home: Path) -> Iterator[subprocess.Popen[bytes]]:
             except AssertionError:
                 continue
         stop_process(proc, 1)
+    left = _chromium_leftovers() - before
+    assert not left, f"Chromium left {sorted(left)} in /tmp"
+
+
+def _chromium_leftovers() -> set[str]:
+    return {p.name for p in Path("/tmp").iterdir()
+            if p.name.startswith(("org.chromium.Chromium.", "pulse-"))}
 
 
 # ------------------------------------------------------------------ fixtures
