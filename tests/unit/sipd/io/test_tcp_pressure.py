@@ -140,8 +140,9 @@ def test_a_flood_from_one_address_leaves_room_for_phones_elsewhere(
                    source="127.0.0.2") as phone:
             assert status_of(phone.register()) == 200
         # A phone at the flooding address is reset at once, and the log says why.
-        with Phone(sipd.port, "bob", passwords["bob"], transport="tcp") as phone:
-            with pytest.raises((ConnectionError, OSError)):
+        # The reset may come before connect() returns (see connect_many).
+        with pytest.raises((ConnectionError, OSError)):
+            with Phone(sipd.port, "bob", passwords["bob"], transport="tcp") as phone:
                 phone.register()
         assert still_served(socks[:5]) == 5
     assert re.search(r"refusing tcp connection from 127\.0\.0\.1: 128 open from that address "
