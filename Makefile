@@ -18,7 +18,8 @@ TOOLS := $(BUILD)/tools
 WHEEL_STAMP := $(BUILD)/wheel/.built
 SOURCES := pyproject.toml setup.py $(shell find sipd srfs -name '*.py')
 
-.PHONY: setup setup-run system-run system-test system-install run test compiled test-compiled check lint \
+.PHONY: setup setup-run system-run system-test system-install run test test-suite test-directory \
+	compiled test-compiled check lint \
 	bench profile clean install uninstall
 
 # setup-run: what running from the checkout needs; setup: that and the test tools.
@@ -49,9 +50,18 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check sipd srfs tests bench
 	$(BIN)/mypy
 
-test: setup lint
-	$(BIN)/pytest -q -p no:cacheprovider
+test: setup lint $(WHEEL_STAMP)
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-suite test-directory
 	$(MAKE) --no-print-directory test-compiled
+
+# The directory's tests mostly wait (for its refreshes, an idle minute, an
+# outage of 30 s) in a mount namespace of their own: they run beside the
+# rest of the suite, each half's output printed whole when it ends.
+DIRECTORY_TESTS := tests/e2e/test_ldap_e2e.py
+test-suite:
+	$(BIN)/pytest -q -p no:cacheprovider --ignore=$(DIRECTORY_TESTS)
+test-directory:
+	$(BIN)/pytest -q -p no:cacheprovider $(DIRECTORY_TESTS)
 
 # sipd's unit tests once more on the build make install makes: a wheel
 # whose per-message modules are compiled with mypyc (setup.py). The checkout's own
@@ -59,11 +69,21 @@ test: setup lint
 # run above tested those. --import-mode=append keeps the checkout behind
 # the unpacked wheel on sys.path; SIPD_EXPECT_BUILD makes a wheel that fell
 # back to pure Python fail here rather than pass unnoticed.
+# It is make install's own wheel (built once: make test builds it before
+# the suite, whose install tests reuse it) when the checkout's Python takes
+# the same extension modules; otherwise one built for the checkout's Python.
 COMPILED := build/compiled
-compiled: setup
+EXT_SUFFIX := import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))
+compiled: setup $(WHEEL_STAMP)
 	rm -rf $(COMPILED) build/lib build/lib.* build/temp.* build/bdist.*
-	$(BIN)/pip wheel -q --disable-pip-version-check --no-deps -w $(COMPILED)/wheel .
-	$(BIN)/python -m zipfile -e $(COMPILED)/wheel/*.whl $(COMPILED)/site
+	@if [ "$$($(BIN)/python -c '$(EXT_SUFFIX)')" = "$$($(SYSTEM_PYTHON) -c '$(EXT_SUFFIX)')" ]; then \
+	  echo "$(BIN)/python -m zipfile -e $(BUILD)/wheel/*.whl $(COMPILED)/site"; \
+	  $(BIN)/python -m zipfile -e $(BUILD)/wheel/*.whl $(COMPILED)/site; \
+	else \
+	  echo "$(BIN)/pip wheel -w $(COMPILED)/wheel ."; \
+	  $(BIN)/pip wheel -q --disable-pip-version-check --no-deps -w $(COMPILED)/wheel . && \
+	  $(BIN)/python -m zipfile -e $(COMPILED)/wheel/*.whl $(COMPILED)/site; \
+	fi
 
 test-compiled: compiled
 	PYTHONPATH=$(CURDIR)/$(COMPILED)/site SIPD_EXPECT_BUILD="compiled with mypyc" \
