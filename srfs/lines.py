@@ -9,6 +9,7 @@ cannot use is a :class:`Problem`.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterator
@@ -30,7 +31,14 @@ def quote_value(value: str) -> str:
 
 def format_time(when: float) -> str:
     """``when`` (Unix time) as ``YYYY-MM-DDTHH:MM:SSZ``, seconds truncated."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(when // 1)))
+    return _format_second(int(when // 1))
+
+
+# A call's events, records and lines stamp the same few seconds again and
+# again; strftime is most of what a stamp costs.
+@functools.lru_cache(maxsize=64)
+def _format_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def content_lines(text: str) -> Iterator[tuple[int, str]]:
