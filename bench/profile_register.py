@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/profile_register.py [--rate 200] [--seconds 20]
         [--sync write-through|write-back] [--calls] [--warm] [--scratch-parent /dev/shm]
+        [--config LINE ...]
 
 ``--calls`` profiles authenticated call setups instead, with
 call_bench.py's load (the harness's ``bench.py call --auth``) and sipd
@@ -174,7 +175,8 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     conf.write_text(f'wtmp = false\nmax_expires = 3600\nsync = "{args.sync}"\n'
                     f'metrics_listen = "127.0.0.1:{metrics_port}"\n'
                     # As call_bench.py runs it: sipp answers the first challenge only.
-                    + ('auth_algorithms = ["MD5"]\nacc = false\n' if args.calls else ""))
+                    + ('auth_algorithms = ["MD5"]\nacc = false\n' if args.calls else "")
+                    + "".join(f"{line}\n" for line in args.config))
     sipd = start_sipd(procs, setup.fake, conf, setup.sipd_port, results / "sipd.log")
     if options_probe(setup.sipd_port, 60.0) is None:
         raise RuntimeError(f"sipd did not answer OPTIONS; see {results / 'sipd.log'}")
@@ -260,6 +262,9 @@ def main() -> int:
                     help="let every user register once before sampling (known users only); "
                          "with --calls, make the same calls once first")
     ap.add_argument("--sync", choices=("write-through", "write-back"), default="write-through")
+    ap.add_argument("--config", action="append", default=[], metavar="LINE",
+                    help="a line added to sipd's configuration (e.g. 'log_level = \"warning\"'), "
+                         "to see what a setting costs; may be given again")
     ap.add_argument("--out", help="results directory (default: a new one under the temp dir)")
     ap.add_argument("--scratch-parent", default=None,
                     help="where homes and usrloc files are made (default: the temp dir)")
