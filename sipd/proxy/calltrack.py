@@ -193,7 +193,7 @@ class CallTracker:
         added = [leg for leg in legs if self.calls.add(leg)]
         for leg in added:
             self._record(leg, "start", wall)
-        if added:
+        if added and log.isEnabledFor(logging.INFO):
             log.info("call started: %s", _call(added[0]))
 
     def call_answered(self, call_id: str, wall: float) -> None:
@@ -201,7 +201,7 @@ class CallTracker:
         answered = self.calls.answer(call_id, wall, wall + self.session_timeout)
         for leg in answered:
             self._record(leg, "answer", wall)
-        if answered:
+        if answered and log.isEnabledFor(logging.INFO):
             log.info("call answered: %s", _call(answered[0]))
 
     def call_failed(self, call_id: str, status: int, wall: float) -> None:
@@ -219,7 +219,7 @@ class CallTracker:
         removed = self.calls.remove(call_id)
         for leg in removed:
             self._record(leg, "failure", wall, status=status)
-        if removed:
+        if removed and log.isEnabledFor(logging.INFO):
             log.info("call failed: %s, %d", _call(removed[0]), status)
 
     def call_ended(self, call_id: str, wall: float) -> None:
@@ -254,8 +254,9 @@ class CallTracker:
         first = legs[0]
         for leg in self.calls.remove_legs(call_id, lambda c: c.direction == "in"):
             self._record(leg, "failure", wall, status=status, reason="forwarded")
-        log.info("call forwarded: %s, %d%s", _call(first), status,
-                 "" if callee_user is None else f", now ringing {quote(callee_user)}")
+        if log.isEnabledFor(logging.INFO):
+            log.info("call forwarded: %s, %d%s", _call(first), status,
+                     "" if callee_user is None else f", now ringing {quote(callee_user)}")
         if callee_user is not None:
             leg = Call(call_id, callee_user, first.from_uri, "in", "ringing", wall,
                        from_uri=first.from_uri, to_uri=first.to_uri,
@@ -442,6 +443,8 @@ def _call(leg: Call) -> str:
 
 def _log_end(leg: Call, wall: float, reason: str, unanswered: int, why: str) -> None:
     """The one line of a call's end: talk time for an answered call, else its status."""
+    if not log.isEnabledFor(logging.INFO):
+        return  # the line's text is not made either
     if leg.state == "answered":
         log.info("call ended: %s, %d s, %s", _call(leg), leg.duration(wall), reason)
     else:

@@ -358,3 +358,32 @@ def test_a_call_of_no_local_user_is_not_tracked_nor_logged(
         tracker.call_started("c1", None, None, JAN, BOB, T0)
         tracker.call_answered("c1", T0 + 1)
     assert call_lines(caplog) == []
+
+
+class _Shown(str):
+    """A URI that counts how often it is made into text for a line."""
+
+    shown = 0
+
+    def __str__(self) -> str:
+        _Shown.shown += 1
+        return str.__str__(self)
+
+
+@pytest.mark.parametrize(("level", "made"), [(logging.WARNING, False), (logging.INFO, True)])
+def test_a_calls_lines_are_not_made_when_info_is_off(
+        tracker: CallTracker, caplog: pytest.LogCaptureFixture, level: int, made: bool) -> None:
+    """What ``log_level = "warning"`` saves: the text of each line, not only its output."""
+    _Shown.shown = 0
+    caller = _Shown(JAN)
+    with caplog.at_level(level, logger="sipd.calltrack"):
+        tracker.call_started("c1", "jan", "bob", caller, BOB, T0)
+        tracker.call_answered("c1", T0 + 1)
+        tracker.call_ended("c1", T0 + 2)
+        tracker.call_started("c2", "jan", "bob", caller, BOB, T0)
+        tracker.call_forwarded("c2", None, 408, T0 + 1)
+        tracker.call_failed("c2", 486, T0 + 2)
+        tracker.call_started("c3", "jan", "bob", caller, BOB, T0)
+        tracker.expire(T0 + 400)
+    assert (_Shown.shown > 0) is made
+    assert bool(call_lines(caplog)) is made
