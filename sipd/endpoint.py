@@ -174,6 +174,7 @@ class Endpoint:
         #: Probes of the phones behind NAT, and what they find.
         self.keepalive = keepalive
         server.wall = self.wall
+        server.in_transaction = self._in_transaction
         if persistence is not None:
             persistence.wall = self.wall
         if proxy is not None:
@@ -312,9 +313,11 @@ class Endpoint:
                 return []
             return self._stateless_error(req, peer, exc)
         dest = reply_peer(via, peer)
-        if req.method != "ACK" and self.transactions.find_server(req) is None:
+        if req.method != "ACK":
             # The challenge every call and registration begins with, made
-            # without a transaction (a retransmission in one is its own).
+            # without a transaction. Each path asks whether the request is a
+            # retransmission in one (which answers it) only once its own
+            # checks have passed: other requests are looked up once, below.
             proxy = self.proxy
             if proxy is not None and self._for_proxy(req):
                 challenge = proxy.stateless_challenge(req, dest, now)
@@ -433,6 +436,9 @@ class Endpoint:
             return self._drain(self._run_proxy(ask.then(outcome, later), later), later)
 
         return Ask(ask.message, then, name=ask.name)
+
+    def _in_transaction(self, req: Request) -> bool:
+        return self.transactions.find_server(req) is not None
 
     def _for_proxy(self, req: Request) -> bool:
         """Requests the proxy forwards; the rest (REGISTER, OPTIONS to the

@@ -173,9 +173,9 @@ class Proxy:
         server transaction, no timers, nothing kept. A retransmission gets
         a fresh challenge; the ACK is known by its To tag (:meth:`handle_ack`).
         None when the request may get any other answer; :meth:`handle_request`
-        then routes it as before, in a transaction. The caller makes sure
-        ``req`` is no retransmission in a transaction (a copy routed before
-        a reload changed who is trusted).
+        then routes it as before, in a transaction; so it does for a
+        retransmission in a transaction (a copy routed before a reload
+        changed who is trusted), which that transaction answers.
         """
         method = req.method
         if method == "ACK" or method == "CANCEL":
@@ -192,6 +192,8 @@ class Proxy:
             check_request(req, PROXY_EXTENSIONS)
             max_breadth(req)
             if self.router.looped(req) or self._trunk_caller(from_uri, True, source) is not None:
+                return None
+            if self.transactions.find_server(req) is not None:
                 return None
         except (SipError, ParseError):
             return None

@@ -26,7 +26,7 @@ from sipd.core.peer import Peer
 from sipd.core.work import Commit, Defer, Later, Outcome
 from sipd.registrar.register import REGISTRAR_EXTENSIONS, Registrar, aor_of
 from sipd.sip.checks import check_extensions, check_request
-from sipd.sip.errors import SipError
+from sipd.sip.errors import ParseError, SipError
 from sipd.sip.message import Request, Response, make_response
 from sipd.sip.uri import SipURI, TelURI
 from srfs.accounts.directory import Account
@@ -69,6 +69,8 @@ class Server:
         self.stats = ServerStats()
         #: The wall clock at monotonic ``now`` (nonces, expiry); set by the endpoint.
         self.wall: Callable[[float], float] = lambda now: now
+        #: Whether a request is a retransmission in a server transaction; set by the endpoint.
+        self.in_transaction: Callable[[Request], bool] = lambda req: False
         methods = ["OPTIONS", "ACK", "CANCEL"]
         extensions: list[str] = []
         if registration is not None:
@@ -140,8 +142,8 @@ class Server:
         wrong. As Kamailio's ``www_challenge`` does, it is
         answered statelessly: no server transaction waits out Timer J's 32
         seconds for it, and a retransmission gets a fresh challenge. None
-        when the request may get any other answer: :meth:`handle_request`
-        answers it then, in a transaction.
+        when the request may get any other answer, or is a retransmission
+        in a transaction: :meth:`handle_request` answers it then, in one.
         """
         reg = self.registration
         if req.method != "REGISTER" or reg is None:
@@ -151,7 +153,9 @@ class Server:
                 return None  # credentials, maybe for another realm: answered in a transaction
             check_request(req, self.extensions)
             self._registered_aor(req, reg)
-        except SipError:
+            if self.in_transaction(req):
+                return None
+        except (SipError, ParseError):
             return None
         verdict = reg.auth.authenticate(req, peer, self.wall(now), proxy=False)
         if not isinstance(verdict, Refused) or verdict.not_before is not None:

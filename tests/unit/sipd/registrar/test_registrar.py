@@ -219,6 +219,21 @@ def test_the_challenge_keeps_no_transaction() -> None:
     assert h.endpoint.server.stats.registers == 5
 
 
+def test_a_register_in_a_transaction_is_not_challenged_statelessly() -> None:
+    """A retransmission belongs to its transaction, whatever it would get today."""
+    h = Harness()
+    data = h._request("alice", None, 600, None, "", None, None)
+    req = parse(data)
+    assert isinstance(req, Request)
+    # As if the first copy had been answered in a transaction (before a
+    # reload added its domain, say): the copy now arriving is absorbed by
+    # that transaction, which has no answer yet, and gets no challenge.
+    h.endpoint.transactions.receive_request(req, SRC, False, h.now)
+    assert not [o for o in run_inline(h.endpoint.receive(data, SRC, h.now), h.now)
+                if isinstance(o, Outgoing)]
+    assert h.endpoint.transactions.statistics().server_created == 1
+
+
 def test_a_phone_known_to_choose_sha256_is_offered_it_first() -> None:
     h = Harness()
     first = h.send(h._request("alice", None, 600, None, LINPHONE, None, None))
