@@ -235,10 +235,13 @@ class SrDir:
     not across requests, since the user may replace the directory.
     """
 
-    def __init__(self, user: User, fd: int) -> None:
+    def __init__(self, user: User, fd: int, device: int = -1) -> None:
         # Use SrDir.open(); this only wraps an fd that passed the checks.
         self.user = user
         self._fd = fd
+        #: The filesystem the directory is on (st_dev; -1: not known), and so
+        #: every file staged in it: what write_files syncs, without a stat.
+        self.device = device
 
     # -- opening -----------------------------------------------------------
 
@@ -254,10 +257,10 @@ class SrDir:
         with _acting_as(user):
             home_fd = cls._open_home(user)
             try:
-                fd = cls._open_sr(user, home_fd, create)
+                fd, device = cls._open_sr(user, home_fd, create)
             finally:
                 os.close(home_fd)
-        return cls(user, fd)
+        return cls(user, fd, device)
 
     @staticmethod
     def _open_home(user: User) -> int:
@@ -284,7 +287,7 @@ class SrDir:
         return fd
 
     @classmethod
-    def _open_sr(cls, user: User, home_fd: int, create: bool) -> int:
+    def _open_sr(cls, user: User, home_fd: int, create: bool) -> tuple[int, int]:
         label = f"~{user.name}/{SR_DIR}"
         flags = _DIR_FLAGS | os.O_NOFOLLOW
         created = False
@@ -328,7 +331,7 @@ class SrDir:
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return fd, st.st_dev
 
     # -- errors ------------------------------------------------------------
 
@@ -776,7 +779,7 @@ def write_files(
                     sr.close()
                     continue
             staged.append((i, sr, tmp, fd))
-        unsynced = _sync_filesystems([fd for _, _, _, fd in staged])
+        unsynced = _sync_filesystems([(sr.device, fd) for _, sr, _, fd in staged])
         while staged:
             i, sr, tmp, fd = staged.pop(0)
             try:
@@ -786,7 +789,7 @@ def write_files(
                 sr.close()
                 continue
             published.append((i, sr))
-        unsynced = _sync_filesystems([sr.fileno() for _, sr in published])
+        unsynced = _sync_filesystems([(sr.device, sr.fileno()) for _, sr in published])
         for i, sr in published:
             try:
                 if sr.fileno() in unsynced:
@@ -805,14 +808,12 @@ def write_files(
     return errors
 
 
-def _sync_filesystems(fds: Sequence[int]) -> set[int]:
-    """``syncfs`` once per filesystem the fds are on; the fds whose filesystem it failed for."""
+def _sync_filesystems(fds: Sequence[tuple[int, int]]) -> set[int]:
+    """``syncfs`` once per filesystem of the (device, fd) pairs; the fds whose
+    filesystem it failed for (or whose device is not known, -1)."""
     by_device: dict[int, list[int]] = {}
-    for fd in fds:
-        try:
-            by_device.setdefault(os.fstat(fd).st_dev, []).append(fd)
-        except OSError:
-            by_device.setdefault(-1, []).append(fd)
+    for device, fd in fds:
+        by_device.setdefault(device, []).append(fd)
     failed: set[int] = set()
     for device, group in by_device.items():
         if device == -1 or _syncfs(group[0]) != 0:

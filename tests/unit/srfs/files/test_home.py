@@ -130,6 +130,35 @@ def test_write_files_syncs_each_filesystem_twice_whatever_the_batch(
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (bob.uid, 0o600)
 
 
+def test_write_files_syncs_each_filesystem_of_the_batch(
+        alice: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A home on tmpfs beside the others: its filesystem is synced too, each twice."""
+    shm = Path("/dev/shm") / f"srfs-home-{secrets.token_hex(4)}"
+    shm.mkdir(mode=0o700)
+    try:
+        os.chown(shm, alice.uid, alice.gid)
+        elsewhere = User(alice.name, alice.uid, alice.gid, str(shm))
+        devices: list[int] = []
+        real = home._syncfs
+
+        def counting(fd: int) -> int:
+            devices.append(os.fstat(fd).st_dev)
+            return real(fd)
+
+        monkeypatch.setattr(home, "_syncfs", counting)
+        errors = home.write_files([(alice, "usrloc", b"a\n"), (elsewhere, "usrloc", b"e\n"),
+                                   (alice, "config", b"c\n")])
+        assert errors == [None, None, None]
+        disk, tmpfs = os.stat(sr_path(alice)).st_dev, os.stat(shm).st_dev
+        assert disk != tmpfs
+        assert sorted(devices) == sorted([disk, tmpfs, disk, tmpfs])
+        assert (shm / ".sr" / "usrloc").read_bytes() == b"e\n"
+    finally:
+        for path in sorted(shm.rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+        shm.rmdir()
+
+
 def test_write_files_falls_back_to_a_sync_per_file_when_syncfs_fails(
         unix: FakeUnix, alice: User, monkeypatch: pytest.MonkeyPatch) -> None:
     bob = unix["bob"].user
