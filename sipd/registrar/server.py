@@ -26,7 +26,7 @@ from sipd.core.peer import Peer
 from sipd.core.work import Commit, Defer, Later, Outcome
 from sipd.registrar.register import REGISTRAR_EXTENSIONS, Registrar, aor_of
 from sipd.sip.checks import check_extensions, check_request
-from sipd.sip.errors import ParseError, SipError
+from sipd.sip.errors import SipError
 from sipd.sip.message import Request, Response, make_response
 from sipd.sip.uri import SipURI, TelURI
 from srfs.accounts.directory import Account
@@ -155,7 +155,7 @@ class Server:
             self._registered_aor(req, reg)
             if self.in_transaction(req):
                 return None
-        except (SipError, ParseError):
+        except SipError:  # a ParseError too
             return None
         verdict = reg.auth.authenticate(req, peer, self.wall(now), proxy=False)
         if not isinstance(verdict, Refused) or verdict.not_before is not None:
