@@ -235,12 +235,12 @@ class SrDir:
     not across requests, since the user may replace the directory.
     """
 
-    def __init__(self, user: User, fd: int, device: int = -1) -> None:
+    def __init__(self, user: User, fd: int, device: int) -> None:
         # Use SrDir.open(); this only wraps an fd that passed the checks.
         self.user = user
         self._fd = fd
-        #: The filesystem the directory is on (st_dev; -1: not known), and so
-        #: every file staged in it: what write_files syncs, without a stat.
+        #: The filesystem the directory is on (st_dev), and so every file
+        #: staged in it: what write_files syncs, without a stat.
         self.device = device
 
     # -- opening -----------------------------------------------------------
@@ -810,13 +810,13 @@ def write_files(
 
 def _sync_filesystems(fds: Sequence[tuple[int, int]]) -> set[int]:
     """``syncfs`` once per filesystem of the (device, fd) pairs; the fds whose
-    filesystem it failed for (or whose device is not known, -1)."""
+    filesystem it failed for."""
     by_device: dict[int, list[int]] = {}
     for device, fd in fds:
         by_device.setdefault(device, []).append(fd)
     failed: set[int] = set()
-    for device, group in by_device.items():
-        if device == -1 or _syncfs(group[0]) != 0:
+    for group in by_device.values():
+        if _syncfs(group[0]) != 0:
             failed.update(group)
     return failed
 
