@@ -368,7 +368,46 @@ def fake_unix(
             unix.add_pam_service("sipd", pam_service)
         yield unix
     finally:
+        remove_stale_pam_dirs(root / "pam.d")
         shutil.rmtree(root, ignore_errors=True)
+
+
+#: Where pam_wrapper makes each process's copy of the service directory.
+PAM_WRAPPER_DIRS = Path("/tmp")
+
+
+def remove_stale_pam_dirs(pamd: Path) -> list[Path]:
+    """Remove pam_wrapper's ``pam.X`` copies of ``pamd`` left by processes that ended.
+
+    pam_wrapper removes its directory in a library destructor, which a
+    process ended by a signal (a timeout's kill, a terminal's hang-up)
+    never runs. Only a directory whose every service file is one of
+    ``pamd``'s, and whose pid file names no running process, is ours to
+    remove. Returns what was removed.
+    """
+    try:
+        ours = {p.name: p.read_bytes() for p in pamd.iterdir()}
+    except OSError:
+        return []
+    removed = []
+    for found in PAM_WRAPPER_DIRS.glob("pam.*"):
+        try:
+            pid = int((found / "pid").read_text())
+            files = {p.name: p.read_bytes() for p in found.iterdir() if p.name != "pid"}
+        except (OSError, ValueError):
+            continue
+        if not files or any(ours.get(name) != data for name, data in files.items()):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running: it removes its own at exit
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(found, ignore_errors=True)
+        removed.append(found)
+    return removed
 
 
 def give_passwords(unix: FakeUnix, realm: str, names: Sequence[str]) -> dict[str, str]:
