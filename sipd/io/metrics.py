@@ -104,6 +104,9 @@ CATALOGUE: dict[str, dict[str, Figure | None]] = {
         "udp_datagrams_in": Figure("udp_datagrams_in", "UDP datagrams received."),
         "udp_oversize_dropped": _dropped("too_large", _DROPPED_HELP),
         "udp_send_errors": Figure("udp_send_errors", "UDP sends the kernel refused."),
+        "udp_internal_errors": Figure("udp_internal_errors",
+                                      "UDP datagrams dropped on an internal error, logged "
+                                      "with a traceback."),
         "tcp_accepted": Figure("tcp_accepted",
                                "TCP connections established, accepted or opened by sipd."),
         "tcp_refused": Figure("tcp_refused",

@@ -96,6 +96,7 @@ class TransportStats:
     udp_datagrams_in: int = 0
     udp_oversize_dropped: int = 0
     udp_send_errors: int = 0
+    udp_internal_errors: int = 0
     tcp_accepted: int = 0
     tcp_refused: int = 0
     tcp_refused_per_source: int = 0
@@ -516,7 +517,15 @@ class Transports:
                 # One string per source address, not one per datagram: the
                 # registrar and the throttle keep it for each phone.
                 peer = Peer("udp", sys.intern(addr[0]), addr[1], conn)
-                self.send(endpoint.receive(data, peer, trio.current_time()))
+                try:
+                    self.send(endpoint.receive(data, peer, trio.current_time()))
+                except Exception:
+                    # A bug met by one datagram costs that datagram, never
+                    # the daemon that serves every other phone (as a
+                    # connection's input costs that connection).
+                    stats.udp_internal_errors += 1
+                    log.exception("dropped a %d-byte datagram from %s: unexpected error",
+                                  len(data), peer)
             else:
                 # A full batch: let the timers, TCP and the filesystem run too.
                 await trio.lowlevel.checkpoint()
