@@ -12,37 +12,20 @@ from sipd.config import ListenAddress
 from sipd.core.peer import Outgoing, Peer
 from sipd.core.work import Action
 from sipd.io.transport import Transports
-from sipd.sip.framing import FramingError
+from tests.unit.sipd.io.test_timer_loop import Timers
 
 
-class Echo:
-    """An endpoint that answers each datagram with itself, and has a bug for ``bug``."""
+class Echo(Timers):
+    """An endpoint without timers that answers each datagram with itself, and
+    has a bug for ``bug``."""
 
     def __init__(self) -> None:
-        self.wall_offset = 0.0
-
-    def get_timer(self) -> float | None:
-        return None
-
-    def handle_timer(self, now: float) -> list[Action]:
-        return []
+        super().__init__([])
 
     def receive(self, data: bytes, peer: Peer, now: float) -> list[Action]:
         if data == b"bug":
             raise KeyError("a bug")
         return [Outgoing(data, peer)]
-
-    def connection_closed(self, peer: Peer, now: float) -> list[Action]:
-        return []
-
-    def framing_error(self, error: FramingError, peer: Peer) -> list[Action]:
-        return []
-
-    def connection_failed(self, peer: Peer, now: float) -> list[Action]:
-        return []
-
-    def connection_has_binding(self, peer: Peer) -> bool:
-        return False
 
 
 def test_a_datagram_that_meets_a_bug_is_dropped_and_logged_and_the_next_is_served(
