@@ -437,6 +437,12 @@ class Transports:
         self.send(job.done(outcome, trio.current_time()))
 
     def _poke_timer(self) -> None:
+        # Under load the timer task is nearly always due to wake within the
+        # slack: whatever was armed meanwhile then fires at most the slack
+        # late, as any timer may, and the endpoint is not asked (four heaps
+        # looked at after every datagram were 2-3 % of a call's CPU).
+        if self._armed <= trio.current_time() + TIMER_SLACK:
+            return
         deadline = self.endpoint.get_timer()
         # One due within the slack of the planned wake-up waits for it.
         if deadline is not None and deadline + TIMER_SLACK < self._armed:

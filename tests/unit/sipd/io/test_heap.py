@@ -67,7 +67,9 @@ class _Node:
         self.other: object = self  # a cycle: reference counting never frees it
 
 
-def test_cycles_in_the_oldest_generation_wait_for_the_scheduled_collection() -> None:
+@pytest.mark.parametrize("generation", [0, 1])
+def test_cycles_past_a_young_collection_wait_for_the_scheduled_collection(
+        generation: int) -> None:
     import gc
     import weakref
 
@@ -76,13 +78,15 @@ def test_cycles_in_the_oldest_generation_wait_for_the_scheduled_collection() -> 
         heap.tune_gc()
         node = _Node()
         gone = weakref.ref(node)
-        gc.collect(1)  # now in the oldest generation, where the daemon's calls wait
+        # Out of the young generation, where the daemon's calls wait out
+        # their timers once a young collection has passed.
+        gc.collect(generation)
         del node
         # Hundreds of young collections, with many more objects surviving
-        # them than the oldest generation held, do not reach it: Python's
-        # own trigger for a full pass is off. (Small young thresholds keep
-        # the test quick; the oldest one is tune_gc's.)
-        gc.set_threshold(1_000, 2, gc.get_threshold()[2])
+        # them than the older generations held, do not reach them: Python's
+        # own triggers for the middle and the full passes are off. (A small
+        # young threshold keeps the test quick; the others are tune_gc's.)
+        gc.set_threshold(1_000, *gc.get_threshold()[1:])
         kept = [[] for _ in range(max(400_000, 2 * len(gc.get_objects())))]
         assert gone() is not None
         del kept

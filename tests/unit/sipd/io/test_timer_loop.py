@@ -73,3 +73,55 @@ def test_timers_due_a_millisecond_apart_fire_in_a_pass_per_slack() -> None:
 def test_a_lone_timer_fires_on_time() -> None:
     endpoint = run_timers([5.0, 7.5])
     assert endpoint.fired == [(5.0, 5.0), (7.5, 7.5)]
+
+
+class Counting(Timers):
+    """Timers that count how often the transport asks for the next deadline."""
+
+    def __init__(self, deadlines: list[float]) -> None:
+        super().__init__(deadlines)
+        self.asked = 0
+
+    def get_timer(self) -> float | None:
+        self.asked += 1
+        return super().get_timer()
+
+
+def poke_at(planned: float, armed_later: float, poke_at: float) -> tuple[Counting, int]:
+    """The timer task waits for ``planned``; at ``poke_at`` a message arms
+    ``armed_later``. Returns the endpoint and how often a poke asked it."""
+    endpoint = Counting([planned])
+    asked_by_poke = 0
+
+    async def main() -> None:
+        nonlocal asked_by_poke
+        transports = Transports(endpoint, max_message_size=65535, tcp_max_connections=1,
+                                tcp_idle_timeout=60.0, tcp_message_timeout=10.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transports.timer_loop)
+            await trio.sleep(poke_at)
+            endpoint.pending = sorted([*endpoint.pending, armed_later])
+            before = endpoint.asked
+            transports.send([])  # what follows every datagram
+            asked_by_poke = endpoint.asked - before
+            await trio.sleep(max(planned, armed_later) + 1 - poke_at)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return endpoint, asked_by_poke
+
+
+def test_a_deadline_armed_before_a_distant_wake_up_wakes_the_task() -> None:
+    endpoint, asked = poke_at(planned=20.0, armed_later=3.0, poke_at=1.0)
+    assert asked == 1
+    assert endpoint.fired == [(3.0, 3.0), (20.0, 20.0)]
+
+
+def test_no_deadline_is_asked_for_when_the_task_wakes_within_the_slack() -> None:
+    # The task is due in half the slack: the poke costs the endpoint nothing,
+    # and what was armed meanwhile fires at most the slack late.
+    planned = 1.0 + TIMER_SLACK / 2
+    endpoint, asked = poke_at(planned=planned, armed_later=1.0, poke_at=1.0)
+    assert asked == 0
+    assert [d for d, _ in endpoint.fired] == [1.0, planned]
+    assert all(when <= d + TIMER_SLACK for d, when in endpoint.fired)
