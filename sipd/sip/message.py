@@ -192,10 +192,16 @@ def _key(name: str) -> str:
 class Message:
     """Common part of requests and responses: header fields and body.
 
-    Fields are kept in order as ``(key, name, value)`` where ``key`` is the
-    lower-case canonical name; an index from key to values is built once and
-    dropped on every change, and typed values are cached the same way. So
-    change fields through the methods here, never through ``_headers``.
+    Fields are kept in order, each as three strings in one flat list
+    (``key, name, value, key, name, ...``) where ``key`` is the lower-case
+    canonical name; an index from key to values is built once and dropped
+    on every change, and typed values are cached the same way. So change
+    fields through the methods here, never through ``_headers``.
+
+    Flat rather than a tuple per field: a transaction keeps its messages
+    for up to 32 s after its answer, and the garbage collector walked each
+    field's tuple once before it left the collector's care (the tuples
+    were two thirds of what it walked under a call load).
     """
 
     __slots__ = ("_headers", "body", "_cache", "_index")
@@ -207,10 +213,13 @@ class Message:
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
     ) -> None:
-        self._headers: list[tuple[str, str, str]] = []
+        h: list[str] = []
         for n, v in headers:
             k, n = _field(n)
-            self._headers.append((k, n, v))
+            h.append(k)
+            h.append(n)
+            h.append(v)
+        self._headers = h
         self.body = body
         self._cache: dict[str, Any] = {}
         self._index: dict[str, tuple[str, ...]] | None = None
@@ -221,8 +230,9 @@ class Message:
         idx = self._index
         if idx is None:
             idx = {}
-            for k, _, v in self._headers:
-                _index_field(idx, k, v)
+            h = self._headers
+            for i in range(0, len(h), 3):
+                _index_field(idx, h[i], h[i + 2])
             self._index = idx
         return idx
 
@@ -286,7 +296,8 @@ class Message:
 
     def headers(self) -> list[tuple[str, str]]:
         """All fields in order, as ``(name, value)``."""
-        return [(n, v) for _, n, v in self._headers]
+        h = self._headers
+        return [(h[i + 1], h[i + 2]) for i in range(0, len(h), 3)]
 
     def get(self, name: str) -> str | None:
         """The first field called ``name`` (any case, compact forms too)."""
@@ -321,7 +332,10 @@ class Message:
     def add(self, name: str, value: str) -> None:
         """Append a field after the others."""
         key, name = _field(name)
-        self._headers.append((key, name, value))
+        h = self._headers
+        h.append(key)
+        h.append(name)
+        h.append(value)
         if self._index is not None:
             _index_field(self._index, key, value)
         self._forget(key)
@@ -330,8 +344,9 @@ class Message:
         """Insert a field before the first field of that name (or first of all)."""
         name = canonical_name(name)
         key = name.lower()
-        at = next((i for i, h in enumerate(self._headers) if h[0] == key), 0)
-        self._headers.insert(at, (key, name, value))
+        h = self._headers
+        at = _first(h, key)
+        h[at:at] = [key, name, value]
         index = self._index
         self._changed(key, (value, *index.get(key, ())) if index is not None else ())
 
@@ -339,37 +354,40 @@ class Message:
         """Replace every field called ``name`` with one, where the first stood."""
         name = canonical_name(name)
         key = name.lower()
-        out: list[tuple[str, str, str]] = []
+        h = self._headers
+        out: list[str] = []
         placed = False
-        for item in self._headers:
-            if item[0] == key:
+        for i in range(0, len(h), 3):
+            if h[i] == key:
                 if not placed:
-                    out.append((key, name, value))
+                    out += (key, name, value)
                     placed = True
             else:
-                out.append(item)
+                out += h[i:i + 3]
         if not placed:
-            out.append((key, name, value))
+            out += (key, name, value)
         self._headers = out
         self._changed(key, (value,))
 
     def remove(self, name: str) -> None:
         key = _key(name)
-        self._headers = [h for h in self._headers if h[0] != key]
+        self._headers = _without(self._headers, key)
         self._changed(key, ())
 
     def set_values(self, name: str, values: list[str]) -> None:
         """Replace a list header by one field per value (none if empty)."""
         name = canonical_name(name)
         key = name.lower()
-        first = next((i for i, h in enumerate(self._headers) if h[0] == key), None)
-        rest = [h for h in self._headers if h[0] != key]
-        new = [(key, name, v) for v in values]
-        if first is None:
-            rest.extend(new)
-        else:
-            first_kept = sum(1 for h in self._headers[:first] if h[0] != key)
-            rest[first_kept:first_kept] = new
+        h = self._headers
+        new: list[str] = []
+        for v in values:
+            new += (key, name, v)
+        # Where the first such field stood (the end if there was none),
+        # counted in the fields that stay.
+        at = _first(h, key, len(h))
+        rest = _without(h[:at], key)
+        rest += new
+        rest += _without(h[at:], key)
         self._headers = rest
         self._changed(key, tuple(values))
 
@@ -550,13 +568,15 @@ class Message:
         parts = [self.start_line()]
         length = str(len(self.body))
         placed = False
-        for k, n, v in self._headers:
-            if k == "content-length":
+        h = self._headers
+        for i in range(0, len(h), 3):
+            if h[i] == "content-length":
                 if placed:
                     continue
-                v = length
+                parts.append(f"{h[i + 1]}: {length}")
                 placed = True
-            parts.append(f"{n}: {v}")
+            else:
+                parts.append(f"{h[i + 1]}: {h[i + 2]}")
         if not placed:
             parts.append("Content-Length: " + length)
         parts.append("\r\n")
@@ -567,7 +587,7 @@ class Message:
 
     def check_single_headers(self) -> None:
         idx = (self._index or self._idx())
-        if len(idx) == len(self._headers):
+        if 3 * len(idx) == len(self._headers):
             return  # no name appears twice
         for key, name in _SINGLE_KEYS:
             lst = idx.get(key)
@@ -826,7 +846,7 @@ def parse(data: bytes, max_headers: int = MAX_HEADERS) -> Request | Response:
 
 
 def _read_fields(
-    headers: list[tuple[str, str, str]], lines: list[str], has_nul: bool
+    headers: list[str], lines: list[str], has_nul: bool
 ) -> tuple[dict[str, tuple[str, ...]] | None, str | None]:
     """Append the header fields of ``lines[1:]``; the key index and a defect.
 
@@ -851,7 +871,9 @@ def _read_fields(
             # NUL is only allowed escaped, inside a quoted string (RFC 4475 §3.1.1.2).
             defect = defect or f"NUL byte in {cname} header"
             continue
-        headers.append((key, cname, value))
+        headers.append(key)
+        headers.append(cname)
+        headers.append(value)
         _index_field(index, key, value)
     return index, defect
 
@@ -985,19 +1007,19 @@ def make_response(
     """
     resp = Response(status, reason)
     h = resp._headers
-    for item in request._headers:
-        k = item[0]
+    fields = request._headers
+    for i in range(0, len(fields), 3):
+        k = fields[i]
         if k in ("via", "from", "call-id", "cseq"):
-            h.append(item)  # the request's own (immutable) field
+            h += fields[i:i + 3]  # the request's own strings
         elif k == "to":
-            v = item[2]
+            v = fields[i + 2]
             if to_tag and status != 100 and not _has_tag(request, v):
-                h.append((k, item[1], f"{v};tag={to_tag}"))
-            else:
-                h.append(item)
+                v = f"{v};tag={to_tag}"
+            h += (k, fields[i + 1], v)
     for n, v in headers:
         k, n = _field(n)
-        h.append((k, n, v))
+        h += (k, n, v)
     resp.body = body
     return resp
 
@@ -1010,5 +1032,23 @@ def _has_tag(request: Request, to_value: str) -> bool:
 
 
 def iter_header_lines(msg: Message) -> Iterator[str]:
-    for _, n, v in msg._headers:
-        yield f"{n}: {v}"
+    h = msg._headers
+    for i in range(0, len(h), 3):
+        yield f"{h[i + 1]}: {h[i + 2]}"
+
+
+def _first(fields: list[str], key: str, default: int = 0) -> int:
+    """Where the first field called ``key`` starts in a flat field list."""
+    for i in range(0, len(fields), 3):
+        if fields[i] == key:
+            return i
+    return default
+
+
+def _without(fields: list[str], key: str) -> list[str]:
+    """A flat field list without the fields called ``key``."""
+    out: list[str] = []
+    for i in range(0, len(fields), 3):
+        if fields[i] != key:
+            out += fields[i:i + 3]
+    return out
