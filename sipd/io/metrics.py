@@ -106,7 +106,10 @@ CATALOGUE: dict[str, dict[str, Figure | None]] = {
         "udp_send_errors": Figure("udp_send_errors", "UDP sends the kernel refused."),
         "udp_internal_errors": Figure("udp_internal_errors",
                                       "UDP datagrams dropped on an internal error, logged "
-                                      "with a traceback."),
+                                      "with a traceback (at most once a minute)."),
+        "timer_internal_errors": Figure("timer_internal_errors",
+                                        "Timer passes ended early by an internal error, "
+                                        "logged with a traceback (at most once a minute)."),
         "tcp_accepted": Figure("tcp_accepted",
                                "TCP connections established, accepted or opened by sipd."),
         "tcp_refused": Figure("tcp_refused",

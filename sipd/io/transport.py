@@ -97,6 +97,7 @@ class TransportStats:
     udp_oversize_dropped: int = 0
     udp_send_errors: int = 0
     udp_internal_errors: int = 0
+    timer_internal_errors: int = 0
     tcp_accepted: int = 0
     tcp_refused: int = 0
     tcp_refused_per_source: int = 0
@@ -276,6 +277,10 @@ class Transports:
         #: The threads that run blocking jobs (PAM, NSS, home I/O).
         self.workers = Workers(self._job_done)
         self._accept_failures = Tally()
+        # A bug that every datagram or every timer pass meets again logs its
+        # traceback once a minute, not hundreds of times a second.
+        self._udp_errors = Tally()
+        self._timer_errors = Tally()
         #: Who asks the media relay's questions; set when ``rtpengine`` is.
         self.asker: Callable[[Ask[list[Action]]], None] = self._no_relay
         self.sync_clock()
@@ -462,7 +467,18 @@ class Transports:
                 await self._timer_changed.wait()
             ran = trio.current_time()
             self.sync_clock()
-            actions = self.endpoint.handle_timer(ran)
+            try:
+                actions = self.endpoint.handle_timer(ran)
+            except Exception:
+                # As for a datagram: a bug met by a timer costs what this
+                # pass would have sent, never the daemon. The timers it did
+                # not reach are still due and run at the next pass.
+                actions = []
+                self.stats.timer_internal_errors += 1
+                held = self._timer_errors.count(ran)
+                if held is not None:
+                    log.exception("a timer pass ended early: unexpected error%s",
+                                  _held_back(held))
             # The loop recomputes its deadline next: sending these must not
             # poke it awake again (that would spin while any timer is set).
             self._armed = -math.inf
@@ -530,8 +546,10 @@ class Transports:
                     # the daemon that serves every other phone (as a
                     # connection's input costs that connection).
                     stats.udp_internal_errors += 1
-                    log.exception("dropped a %d-byte datagram from %s: unexpected error",
-                                  len(data), peer)
+                    held = self._udp_errors.count(trio.current_time())
+                    if held is not None:
+                        log.exception("dropped a %d-byte datagram from %s: unexpected error%s",
+                                      len(data), peer, _held_back(held))
             else:
                 # A full batch: let the timers, TCP and the filesystem run too.
                 await trio.lowlevel.checkpoint()
@@ -804,6 +822,11 @@ class Transports:
             self.stats.tcp_idle_closed += 1
         log.info("closing %s connection %s: %s for %g s", peer.transport, peer, reason.value, after)
         return True
+
+
+def _held_back(count: int) -> str:
+    """What a rate-limited error line adds for the ones not logged before it."""
+    return "" if count <= 1 else f" ({count - 1} more since the last such line)"
 
 
 def _why(exc: BaseException) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
+import pytest
 import trio
 import trio.testing
 
@@ -125,3 +127,38 @@ def test_no_deadline_is_asked_for_when_the_task_wakes_within_the_slack() -> None
     assert asked == 0
     assert [d for d, _ in endpoint.fired] == [1.0, planned]
     assert all(when <= d + TIMER_SLACK for d, when in endpoint.fired)
+
+
+class Buggy(Timers):
+    """Timers whose pass at ``bug`` raises, once."""
+
+    def __init__(self, deadlines: list[float], bug: float) -> None:
+        super().__init__(deadlines)
+        self.bug = bug
+
+    def handle_timer(self, now: float) -> list[Action]:
+        if self.pending and self.pending[0] == self.bug:
+            self.pending.pop(0)
+            raise ZeroDivisionError("a bug")
+        return super().handle_timer(now)
+
+
+def test_a_timer_that_meets_a_bug_costs_its_pass_not_the_task(
+        caplog: pytest.LogCaptureFixture) -> None:
+    endpoint = Buggy([1.0, 2.0, 3.0], bug=2.0)
+    counted: list[int] = []
+
+    async def main() -> None:
+        transports = Transports(endpoint, max_message_size=65535, tcp_max_connections=1,
+                                tcp_idle_timeout=60.0, tcp_message_timeout=10.0)
+        with trio.move_on_after(5):
+            await transports.timer_loop()
+        counted.append(transports.stats.timer_internal_errors)
+
+    with caplog.at_level(logging.ERROR, logger="sipd.transport"):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert endpoint.fired == [(1.0, 1.0), (3.0, 3.0)]
+    assert counted == [1]
+    errors = [r for r in caplog.records if "timer pass ended early" in r.getMessage()]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert errors[0].exc_info[0] is ZeroDivisionError
