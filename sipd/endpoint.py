@@ -331,6 +331,7 @@ class Endpoint:
 
     def _response(self, resp: Response, peer: Peer, now: float) -> list[Action]:
         self.stats.responses_in += 1
+        resp.adopt_top_via(self.transactions.own_vias)
         try:
             resp.validate()
         except SipError:

@@ -44,6 +44,7 @@ from sipd.proxy.limits import Destinations
 from sipd.proxy.routing import Router
 from sipd.proxy.targets import Target, resolve
 from sipd.sip.errors import SipError
+from sipd.sip.headers import Via
 from sipd.sip.message import Request, Response
 from sipd.sip.timers import Deadlines
 from sipd.sip.transaction import (
@@ -275,11 +276,13 @@ class Forker:
         if t.routes:
             req.set_values("Route", [*t.routes, *req.values("Route")])
         host, port = self.router.addresses.for_peer(t.dest)
-        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if req.method in DIALOG_METHODS and ctx.initial:
             self._record_route(req, ctx.source, t.dest)
         branch = self.router.branch_id(ctx.request, ctx.target_tag, next(self._seq))
-        req.prepend("Via", f"SIP/2.0/{t.dest.transport.upper()} {hostport};branch={branch};rport")
+        # Made parsed: the transaction reads it, and its responses bring it back.
+        req.prepend_via(Via(t.dest.transport.upper(),
+                            (f"[{host}]" if ":" in host else host).lower(), port,
+                            (("branch", branch), ("rport", None))))
         txn, events = self.transactions.client_request(req, t.dest, t.dest.reliable, now)
         b = Branch(ctx.server, txn, req, t.dest, unanswered=True, nat=t.nat)
         ctx.branches.append(b)

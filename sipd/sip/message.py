@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 from sipd.sip.errors import ParseError, SipError
@@ -419,6 +419,24 @@ class Message:
             self._cache["via"] = [via, *vias[1:]]
         else:
             self._cache["top_via"] = via
+
+    def prepend_via(self, via: Via) -> None:
+        """Put ``via`` on top, a field of its own (a proxy's, §16.6 step 8), kept parsed."""
+        self.prepend("Via", str(via))
+        self._cache["top_via"] = via
+
+    def adopt_top_via(self, known: Mapping[str, Via]) -> None:
+        """Take the top Via's parsed form from ``known`` rather than parsing it.
+
+        ``known`` maps the text of a whole Via field to the one Via it
+        holds: the Vias this element put on the requests it sent
+        (:meth:`prepend_via`), which their responses bring back on top.
+        """
+        lines = (self._index or self._idx()).get("via")
+        if lines:
+            via = known.get(lines[0])
+            if via is not None and "via" not in self._cache:
+                self._cache["top_via"] = via
 
     @property
     def top_via(self) -> Via:

@@ -679,6 +679,19 @@ def test_a_compacted_message_holds_one_object_for_the_collector() -> None:
     assert _tracked_below(reply) == 1
 
 
+def test_prepend_via_puts_a_via_on_top_already_parsed() -> None:
+    req = parse(_KEPT)
+    assert isinstance(req, Request)
+    req.vias  # noqa: B018 - the received Vias parsed, as the core has them
+    via = Via("TLS", "[2001:db8::1]", 5061, (("branch", "z9hG4bKours"), ("rport", None)))
+    req.prepend_via(via)
+    assert req.top_via is via
+    assert req.get_all("Via")[0] == "SIP/2.0/TLS [2001:db8::1]:5061;branch=z9hG4bKours;rport"
+    again = parse(req.to_bytes())
+    assert again.top_via == via and again.vias[1:] == req.vias[1:]
+    assert [v.branch for v in req.vias] == ["z9hG4bKours", "z9hG4bKkept"]
+
+
 def test_a_stub_keeps_the_start_line_only() -> None:
     req = parse(_KEPT)
     assert isinstance(req, Request)

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sipd.sip.errors import ParseError
+from sipd.sip.headers import Via
 from sipd.sip.message import Request, Response, make_response, parse
 from sipd.sip.timers import TIMER_TABLE, Deadlines, Growth, Timer, Timers
 from sipd.sip.transaction import (
@@ -597,6 +598,41 @@ def test_client_matching_uses_branch_and_cseq_method() -> None:
     assert [e.txn for e in ev if isinstance(e, ResponseReceived)] == [cancel_txn]
     ev = layer.receive_response(wire(response(inv_txn.request, 487)), UAS, now=1.2)
     assert [e.txn for e in ev if isinstance(e, ResponseReceived)] == [inv_txn]
+
+
+def test_a_response_takes_its_top_via_from_the_live_client_transaction() -> None:
+    layer = TransactionLayer()
+    inv = request()
+    inv.prepend_via(Via("UDP", "192.0.2.1", 5060, (("branch", new_branch()), ("rport", None))))
+    ours = inv.top_via
+    txn, _ = layer.client_request(inv, UAS, False, now=0.0)
+    # The same field back on top: the Via we made, not a parse of it.
+    ringing = wire(response(inv, 180))
+    ringing.adopt_top_via(layer.own_vias)
+    assert ringing.top_via is ours
+    assert [e.txn for e in layer.receive_response(ringing, UAS, now=0.1)
+            if isinstance(e, ResponseReceived)] == [txn]
+    # A field changed on the way (a parameter added) is its own: parsed.
+    changed = wire(response(inv, 180))
+    changed.set_top_via(ours.with_param("received", "203.0.113.1"))
+    changed = wire(changed)
+    changed.adopt_top_via(layer.own_vias)
+    assert changed.top_via is not ours and changed.top_via.param("received") == "203.0.113.1"
+    # Once the transaction is over, nothing is kept for it.
+    layer.receive_response(wire(response(inv, 486)), UAS, now=0.2)
+    layer.handle_timer(100.0)
+    assert txn.terminated and dict(layer.own_vias) == {}
+    late = wire(response(inv, 486))
+    late.adopt_top_via(layer.own_vias)
+    assert late.top_via is not ours and late.top_via == ours
+
+
+def test_a_via_field_of_two_vias_is_not_taken_for_one() -> None:
+    layer = TransactionLayer()
+    two = request(extra_vias=[])
+    two.set("Via", "SIP/2.0/UDP a.example.com;branch=z9hG4bKtwo, SIP/2.0/UDP b.example.com")
+    layer.client_request(two, UAS, False, now=0.0)
+    assert dict(layer.own_vias) == {}
 
 
 def test_cancel_is_built_per_9_1() -> None:
