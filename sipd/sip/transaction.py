@@ -724,13 +724,14 @@ class TransactionLayer:
         #: Transactions that began to wait (Completed, Confirmed, Accepted)
         #: in the step now running: see :meth:`compact_waiting`.
         self._waiting: list[Transaction] = []
-        # The top Via of each live client transaction's request, parsed, by
-        # its field's text: see own_vias.
+        # The top Via of the request of each client transaction not yet
+        # answered, parsed, by its field's text: see own_vias.
         self._own_vias: dict[str, Via] = {}
 
     @property
     def own_vias(self) -> Mapping[str, Via]:
-        """The Vias on top of the live client transactions' requests, by their fields' text.
+        """The Vias on top of the requests of the client transactions still
+        waiting for their final response, by their fields' text.
 
         Each response to them brings one back on top
         (:meth:`~sipd.sip.message.Message.adopt_top_via`): parsing those
@@ -739,11 +740,21 @@ class TransactionLayer:
         return self._own_vias
 
     def _wait(self, txn: Transaction) -> None:
+        if isinstance(txn, ClientTransaction):
+            # Its answer is in: a late copy of it is rare enough to be parsed.
+            self._forget_via(txn)
         waiting = self._waiting
         if len(waiting) >= 1024:
             # An element that never calls compact_waiting() must not grow.
             self.compact_waiting()
         waiting.append(txn)
+
+    def _forget_via(self, txn: ClientTransaction) -> None:
+        if txn._via_text is not None:
+            # A CANCEL shares its INVITE's Via: whichever is answered first
+            # leaves the other's responses to be parsed, as any are.
+            self._own_vias.pop(txn._via_text, None)
+            txn._via_text = None
 
     def compact_waiting(self) -> None:
         """Drop the parsed forms of the messages kept by transactions that only wait now.
@@ -987,11 +998,7 @@ class TransactionLayer:
             assert isinstance(txn, ClientTransaction)
             if self._clients.get(txn._key) is txn:
                 del self._clients[txn._key]
-            if txn._via_text is not None:
-                # A CANCEL shares its INVITE's Via: whichever ends first
-                # leaves the other's responses to be parsed, as any are.
-                self._own_vias.pop(txn._via_text, None)
-                txn._via_text = None
+            self._forget_via(txn)
             self._client_alive -= 1
         out.append(Terminated(txn))
 

@@ -618,8 +618,10 @@ def test_a_response_takes_its_top_via_from_the_live_client_transaction() -> None
     changed = wire(changed)
     changed.adopt_top_via(layer.own_vias)
     assert changed.top_via is not ours and changed.top_via.param("received") == "203.0.113.1"
-    # Once the transaction is over, nothing is kept for it.
+    # Once its final response is in, nothing is kept for it: a late copy
+    # (of a final it answers again, or after it ended) is parsed.
     layer.receive_response(wire(response(inv, 486)), UAS, now=0.2)
+    assert not txn.terminated and dict(layer.own_vias) == {}
     layer.handle_timer(100.0)
     assert txn.terminated and dict(layer.own_vias) == {}
     late = wire(response(inv, 486))
