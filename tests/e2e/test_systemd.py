@@ -58,6 +58,17 @@ def test_the_bounding_set_is_what_start_up_needs() -> None:
         assert not re.search(rf"^{hiding}=", unit, re.M), hiding
 
 
+def test_the_journal_takes_the_lines_of_a_busy_site() -> None:
+    # Three lines a call at the default log level: journald's own limit
+    # (10,000 in 30 s) would drop lines from about 110 calls a second,
+    # among them the auth failures fail2ban bans on.
+    unit = UNIT.read_text()
+    interval = directive(unit, "LogRateLimitIntervalSec")
+    assert interval.endswith("s")
+    lines_a_second = int(directive(unit, "LogRateLimitBurst")) / float(interval[:-1])
+    assert lines_a_second >= 3 * 1000
+
+
 class Notifications:
     """The datagrams sipd sends to $NOTIFY_SOCKET, with what held when each came."""
 
