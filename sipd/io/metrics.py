@@ -107,6 +107,9 @@ CATALOGUE: dict[str, dict[str, Figure | None]] = {
         "udp_internal_errors": Figure("udp_internal_errors",
                                       "UDP datagrams dropped on an internal error, logged "
                                       "with a traceback (at most once a minute)."),
+        "tcp_internal_errors": Figure("tcp_internal_errors",
+                                      "Stream connections closed on an internal error, logged "
+                                      "with a traceback (at most once a minute)."),
         "timer_internal_errors": Figure("timer_internal_errors",
                                         "Timer passes ended early by an internal error, "
                                         "logged with a traceback (at most once a minute)."),

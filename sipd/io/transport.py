@@ -98,6 +98,7 @@ class TransportStats:
     udp_send_errors: int = 0
     udp_internal_errors: int = 0
     timer_internal_errors: int = 0
+    tcp_internal_errors: int = 0
     tcp_accepted: int = 0
     tcp_refused: int = 0
     tcp_refused_per_source: int = 0
@@ -277,9 +278,10 @@ class Transports:
         #: The threads that run blocking jobs (PAM, NSS, home I/O).
         self.workers = Workers(self._job_done)
         self._accept_failures = Tally()
-        # A bug that every datagram or every timer pass meets again logs its
-        # traceback once a minute, not hundreds of times a second.
+        # A bug that every datagram, connection or timer pass meets again
+        # logs its traceback once a minute, not hundreds of times a second.
         self._udp_errors = Tally()
+        self._tcp_errors = Tally()
         self._timer_errors = Tally()
         #: Who asks the media relay's questions; set when ``rtpengine`` is.
         self.asker: Callable[[Ask[list[Action]]], None] = self._no_relay
@@ -623,7 +625,11 @@ class Transports:
         except Exception:
             # A bug met by one connection's input costs that connection,
             # never the daemon that serves all the others.
-            log.exception("closing %s connection %s: unexpected error", peer.transport, peer)
+            self.stats.tcp_internal_errors += 1
+            held = self._tcp_errors.count(trio.current_time())
+            if held is not None:
+                log.exception("closing %s connection %s: unexpected error%s", peer.transport,
+                              peer, _held_back(held))
         finally:
             self._closed(conn)
             self._forget_tcp(conn)

@@ -16,14 +16,14 @@ from tests.unit.sipd.io.test_timer_loop import Timers
 
 
 class Echo(Timers):
-    """An endpoint without timers that answers each datagram with itself, and
-    has a bug for ``bug``."""
+    """An endpoint without timers that answers each message with itself, and
+    has a bug for those that start with ``bug``."""
 
     def __init__(self) -> None:
         super().__init__([])
 
     def receive(self, data: bytes, peer: Peer, now: float) -> list[Action]:
-        if data == b"bug":
+        if data.startswith(b"bug"):
             raise KeyError("a bug")
         return [Outgoing(data, peer)]
 
