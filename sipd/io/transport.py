@@ -477,10 +477,7 @@ class Transports:
                 # not reach are still due and run at the next pass.
                 actions = []
                 self.stats.timer_internal_errors += 1
-                held = self._timer_errors.count(ran)
-                if held is not None:
-                    log.exception("a timer pass ended early: unexpected error%s",
-                                  _held_back(held))
+                _log_bug(self._timer_errors, "a timer pass ended early: unexpected error")
             # The loop recomputes its deadline next: sending these must not
             # poke it awake again (that would spin while any timer is set).
             self._armed = -math.inf
@@ -548,10 +545,9 @@ class Transports:
                     # the daemon that serves every other phone (as a
                     # connection's input costs that connection).
                     stats.udp_internal_errors += 1
-                    held = self._udp_errors.count(trio.current_time())
-                    if held is not None:
-                        log.exception("dropped a %d-byte datagram from %s: unexpected error%s",
-                                      len(data), peer, _held_back(held))
+                    _log_bug(self._udp_errors,
+                             "dropped a %d-byte datagram from %s: unexpected error",
+                             len(data), peer)
             else:
                 # A full batch: let the timers, TCP and the filesystem run too.
                 await trio.lowlevel.checkpoint()
@@ -626,10 +622,8 @@ class Transports:
             # A bug met by one connection's input costs that connection,
             # never the daemon that serves all the others.
             self.stats.tcp_internal_errors += 1
-            held = self._tcp_errors.count(trio.current_time())
-            if held is not None:
-                log.exception("closing %s connection %s: unexpected error%s", peer.transport,
-                              peer, _held_back(held))
+            _log_bug(self._tcp_errors, "closing %s connection %s: unexpected error",
+                     peer.transport, peer)
         finally:
             self._closed(conn)
             self._forget_tcp(conn)
@@ -830,9 +824,16 @@ class Transports:
         return True
 
 
-def _held_back(count: int) -> str:
-    """What a rate-limited error line adds for the ones not logged before it."""
-    return "" if count <= 1 else f" ({count - 1} more since the last such line)"
+def _log_bug(tally: Tally, text: str, *args: object) -> None:
+    """Log the exception being handled with its traceback, at the pace of ``tally``.
+
+    A line says how many of the same kind went unlogged before it.
+    """
+    held = tally.count(trio.current_time())
+    if held is None:
+        return
+    more = "" if held <= 1 else f" ({held - 1} more since the last such line)"
+    log.exception(text + "%s", *args, more)
 
 
 def _why(exc: BaseException) -> str:

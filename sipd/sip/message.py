@@ -352,22 +352,7 @@ class Message:
 
     def set(self, name: str, value: str) -> None:
         """Replace every field called ``name`` with one, where the first stood."""
-        name = canonical_name(name)
-        key = name.lower()
-        h = self._headers
-        out: list[str] = []
-        placed = False
-        for i in range(0, len(h), 3):
-            if h[i] == key:
-                if not placed:
-                    out += (key, name, value)
-                    placed = True
-            else:
-                out += h[i:i + 3]
-        if not placed:
-            out += (key, name, value)
-        self._headers = out
-        self._changed(key, (value,))
+        self.set_values(name, [value])
 
     def remove(self, name: str) -> None:
         key = _key(name)
