@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/profile_register.py [--rate 200] [--seconds 20]
         [--sync write-through|write-back] [--calls] [--warm] [--scratch-parent /dev/shm]
-        [--config LINE ...]
+        [--mount] [--config LINE ...]
 
 ``--calls`` profiles authenticated call setups instead, with
 call_bench.py's load (the harness's ``bench.py call --auth``) and sipd
@@ -11,7 +11,11 @@ settings (MD5 only, no call records); the table is then per call.
 ``--warm`` lets every user register once first (with ``--calls``: makes
 the same calls once), so that the sample sees known users only. The
 daemon's metrics endpoint gives the worker jobs and the account cache
-hits and misses per operation, before and after the load.
+hits and misses per operation, before and after the load. ``--mount``
+runs sipd with its state filesystem mounted (in the scratch directory),
+as it runs by default: the benchmarks run it without, since Kamailio has
+nothing of the kind, so this is where the tree's own cost per call and
+the look at every member's ``~/.sr/config`` show.
 
 The users, the sipd command line and the load are registrar_bench.py's:
 the shared harness's users as fake UNIX users, sipd on them, and its
@@ -177,7 +181,11 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
                     # As call_bench.py runs it: sipp answers the first challenge only.
                     + ('auth_algorithms = ["MD5"]\nacc = false\n' if args.calls else "")
                     + "".join(f"{line}\n" for line in args.config))
-    sipd = start_sipd(procs, setup.fake, conf, setup.sipd_port, results / "sipd.log")
+    mount = None
+    if args.mount:
+        mount = scratch / "run-sr"
+        mount.mkdir()
+    sipd = start_sipd(procs, setup.fake, conf, setup.sipd_port, results / "sipd.log", mount)
     if options_probe(setup.sipd_port, 60.0) is None:
         raise RuntimeError(f"sipd did not answer OPTIONS; see {results / 'sipd.log'}")
     if args.warm and args.calls:
@@ -262,6 +270,9 @@ def main() -> int:
                     help="let every user register once before sampling (known users only); "
                          "with --calls, make the same calls once first")
     ap.add_argument("--sync", choices=("write-through", "write-back"), default="write-through")
+    ap.add_argument("--mount", action="store_true",
+                    help="with the state filesystem mounted, as sipd runs by default "
+                         "(the benchmarks run it without)")
     ap.add_argument("--config", action="append", default=[], metavar="LINE",
                     help="a line added to sipd's configuration (e.g. 'log_level = \"warning\"'), "
                          "to see what a setting costs; may be given again")

@@ -293,11 +293,14 @@ class Sipd:
         return self.proc.pid
 
 
-def start_sipd(procs: Processes, fake: Fake, conf: Path, port: int, log_path: Path) -> Sipd:
+def start_sipd(procs: Processes, fake: Fake, conf: Path, port: int, log_path: Path,
+               mount: Path | None = None) -> Sipd:
+    """sipd on ``port``, without the state filesystem unless ``mount`` says where."""
     # Log level info, not -q: the reload line is an info message, and info
     # is what a production daemon runs at (one line per new binding, none
     # per refresh).
-    cmd = [str(SIPD), "--no-mount", "--no-pam", "-c", str(conf), "-l", f"udp:127.0.0.1:{port}",
+    where = ["-m", str(mount)] if mount is not None else ["--no-mount"]
+    cmd = [str(SIPD), *where, "--no-pam", "-c", str(conf), "-l", f"udp:127.0.0.1:{port}",
            "-r", REALM, "--log-level", "info"]
     with open(log_path, "ab") as logf:
         started = time.monotonic()
@@ -693,11 +696,27 @@ def guarded(body: Callable[[argparse.Namespace, Path, Path, Processes], None],
         except OSError:
             pass  # stdout gone (a closed pipe): still remove the scratch directory
         finally:
+            _unmount_below(scratch)
             shutil.rmtree(scratch, ignore_errors=True)
         for s, h in old_handlers.items():
             signal.signal(s, h)
         log(f"raw output: {results}")
     return status
+
+
+def _unmount_below(top: Path) -> None:
+    """Detach what is still mounted below ``top`` (a state filesystem whose
+    sipd was killed), so that removing ``top`` neither fails nor leaves it."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return
+    prefix = str(top.resolve()) + "/"
+    for line in mounts:
+        fields = line.split()
+        if len(fields) > 1 and fields[1].startswith(prefix):
+            subprocess.run(["umount", "-l", fields[1]], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @dataclass
