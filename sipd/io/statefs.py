@@ -35,7 +35,7 @@ import errno
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import trio
@@ -181,19 +181,19 @@ class MemberConfigs:
         """Blocking: ``user``'s parsed config, None without one; raises :class:`HomeError`."""
         return self._files.get(user)
 
-    def changed(self, members: Iterable[User]) -> list[tuple[User, UserConfig | None]]:
+    def changed(self, members: Sequence[User]) -> list[tuple[User, UserConfig | None]]:
         """Blocking: the parsed config (None: no file) of each member whose
         file changed since it was last read, or was never read.
 
         An unchanged file costs one ``lstat`` as the user
-        (:meth:`FileCache.peek`), not the opening of the home and ``~/.sr``
-        that reading it takes: this runs for every member every few
-        seconds. It is left out of the answer, since whoever asked has it.
+        (:meth:`FileCache.unchanged`), not the opening of the home and
+        ``~/.sr`` that reading it takes: this runs for every member every
+        few seconds. It is left out of the answer, since whoever asked has it.
         A file that cannot be read is logged once per reason and left out.
         """
         out: list[tuple[User, UserConfig | None]] = []
-        for user in members:
-            if self._files.peek(user)[0]:
+        for user, unchanged in zip(members, self._files.unchanged(members), strict=True):
+            if unchanged:
                 continue
             try:
                 out.append((user, self._files.get(user)))
@@ -324,8 +324,10 @@ class StateFs:
     async def refresh_loop(self) -> None:
         # Two paces: the group entry (a directory look-up) every
         # ``member_refresh_interval`` or when woken; the members' config
-        # files (local stats) every CONFIG_POLL seconds, so a hand edit
-        # shows soon whatever the directory's pace.
+        # files (an lstat each) every CONFIG_POLL seconds, or CONFIG_POLL_PACE
+        # times as long as the last look took, so a hand edit shows soon
+        # whatever the directory's pace. A timed group refresh reads only
+        # the members it did not know.
         next_group = trio.current_time() + self.refresh_interval
         next_poll = trio.current_time() + CONFIG_POLL
         while True:
@@ -360,7 +362,12 @@ class StateFs:
             if self._outage is not None:
                 log.info("SIP group read again after %.0f s", time.monotonic() - self._outage)
                 self._outage = None
-            configs = await trio.to_thread.run_sync(self._configs.changed, members)
+            # The look every few seconds covers the members already known;
+            # when woken (SIGHUP, the account files changed) every file is
+            # looked at now.
+            known = set(self.members)
+            look = members if woken else tuple(u for u in members if u not in known)
+            configs = await trio.to_thread.run_sync(self._configs.changed, look)
             now = time.time()
             left = {user.name: user for user in self.members}
             self.members = members

@@ -112,6 +112,31 @@ def test_config_nodes_and_hand_edits(fs_sipd: Daemon, unix: FakeUnix, mnt: Path)
     assert cfg.read_text() == "# my settings\ndnd = no\n"
 
 
+@pytest.mark.slow
+def test_a_member_who_leaves_and_comes_back_shows_their_config(
+        fs_sipd: Daemon, unix: FakeUnix, mnt: Path) -> None:
+    carol = unix["carol"]
+    sr = carol.home / ".sr"
+    try:
+        sr.mkdir(mode=0o700, exist_ok=True)
+        (sr / "config").write_text("ring_timeout = 33\n")
+        (sr / "config").chmod(0o600)
+        for path in (sr, sr / "config"):
+            os.chown(path, carol.uid, carol.gid)
+        node = mnt / "carol" / "config" / "ring_timeout"
+        for _ in range(2):  # the second time, the file is as sipd read it before
+            unix.set_groups("carol", ["sip"])
+            wait_for(node.exists, "carol's config in the tree", timeout=12)
+            assert node.read_text() == "33\n"
+            unix.set_groups("carol", [])
+            wait_for(lambda: not (mnt / "carol").exists(), "carol gone from the tree",
+                     timeout=12)
+        assert "carol joined group" in fs_sipd.log and "carol left group" in fs_sipd.log
+    finally:
+        unix.set_groups("carol", [])
+        (sr / "config").unlink(missing_ok=True)
+
+
 def test_sip_keeps_answering_during_a_read_storm(fs_sipd: Daemon, mnt: Path) -> None:
     # Three shell loops reading the tree as fast as they can, in processes
     # of their own, while SIP requests keep coming.

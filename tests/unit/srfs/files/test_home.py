@@ -243,6 +243,38 @@ def test_a_stamp_is_taken_as_the_user(unix: FakeUnix) -> None:
     assert home.stamp_of(alice, "passwd") != before
 
 
+def test_stamps_of_many_users_are_each_taken_as_that_user(unix: FakeUnix) -> None:
+    """stamps_of agrees with stamp_of user by user, and the thread is itself after."""
+    alice, bob = unix["alice"].user, unix["bob"].user
+    make_sr(alice)
+    user_file(alice, "passwd", b"x\n")
+    root = User("root", 0, 0, alice.home)
+    nosy = User(bob.name, bob.uid, bob.gid, alice.home)  # her ~/.sr is closed to him
+    users = [alice, bob, nosy, root, alice]
+    single = [home.stamp_of(u, "passwd") for u in users]
+    assert single[0] is not None and single[2] is None
+    assert home.stamps_of(users, "passwd") == single
+    assert thread_fs_ids() == (0, 0)
+    assert home.stamps_of([], "passwd") == []
+    with pytest.raises(ValueError):
+        home.stamps_of([alice], "../passwd")
+
+
+def test_file_cache_tells_which_files_are_unchanged(unix: FakeUnix) -> None:
+    alice, bob = unix["alice"].user, unix["bob"].user
+    make_sr(alice)
+    user_file(alice, "config", b"a = 1\n")
+    cache: FileCache[bytes] = FileCache("config", bytes)
+    assert cache.unchanged([alice, bob]) == [False, False]  # never read
+    assert cache.get(alice) == b"a = 1\n" and cache.get(bob) is None
+    assert cache.unchanged([alice, bob]) == [True, True]
+    user_file(alice, "config", b"a = 22\n")
+    moved = User(bob.name, bob.uid, bob.gid, bob.home + "/")
+    assert cache.unchanged([alice, bob, moved]) == [False, True, False]
+    assert [cache.peek(u)[0] for u in (alice, bob, moved)] == [False, True, False]
+    assert thread_fs_ids() == (0, 0)
+
+
 def test_bad_names_are_programming_errors(alice: User) -> None:
     make_sr(alice)
     with SrDir.open(alice) as sr:
