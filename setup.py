@@ -40,7 +40,7 @@ def mypyc_modules() -> list[str]:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name)
                 and node.targets[0].id == "MYPYC_MODULES"):
-            return [f"sipd/{name.replace('.', '/')}.py" for name in ast.literal_eval(node.value)]
+            return [f"{name.replace('.', '/')}.py" for name in ast.literal_eval(node.value)]
     raise RuntimeError(f"{source}: no MYPYC_MODULES")
 
 

@@ -9,7 +9,9 @@ and a build with ``SIPD_PURE=1`` run the same modules as plain Python.
 daemon's start-up line print it.
 
 The list is the per-message path: the SIP core, the services that answer
-and route each request, and the sans-IO endpoint that joins them. The I/O
+and route each request, the sans-IO endpoint that joins them, and the
+table of calls in progress (``srfs.state.calls``), which the call tracker
+changes three times a call. The I/O
 layer stays interpreted: it mostly waits (trio, worker threads, FUSE),
 and mypyc would gain little there. A compiled module may import
 interpreted ones (a call into one is an ordinary Python call); the other
@@ -35,18 +37,18 @@ from __future__ import annotations
 
 import importlib
 
-#: Compiled together into one extension by setup.py; names below ``sipd``.
+#: Compiled together into one extension by setup.py; full module names.
 MYPYC_MODULES = (
-    "sip.uri", "sip.headers", "sip.message", "sip.checks", "sip.digest", "sip.timers",
-    "sip.transaction",
-    "core.peer", "core.identity", "core.numbers", "core.ownership", "core.flows",
-    "auth.throttle", "auth.challenges", "auth.authenticator",
-    "registrar.admission", "registrar.changelog", "registrar.register",
-    "registrar.persistence", "registrar.server",
-    "proxy.ack", "proxy.callerid", "proxy.calltrack", "proxy.context", "proxy.flowtoken",
-    "proxy.limits", "proxy.targets", "proxy.local", "proxy.routing", "proxy.forking",
-    "proxy.proxy",
-    "endpoint",
+    "sipd.sip.uri", "sipd.sip.headers", "sipd.sip.message", "sipd.sip.checks",
+    "sipd.sip.digest", "sipd.sip.timers", "sipd.sip.transaction", "sipd.core.peer",
+    "sipd.core.identity", "sipd.core.numbers", "sipd.core.ownership", "sipd.core.flows",
+    "sipd.auth.throttle", "sipd.auth.challenges", "sipd.auth.authenticator",
+    "sipd.registrar.admission", "sipd.registrar.changelog", "sipd.registrar.register",
+    "sipd.registrar.persistence", "sipd.registrar.server", "sipd.proxy.ack",
+    "sipd.proxy.callerid", "sipd.proxy.calltrack", "sipd.proxy.context",
+    "sipd.proxy.flowtoken", "sipd.proxy.limits", "sipd.proxy.targets", "sipd.proxy.local",
+    "sipd.proxy.routing", "sipd.proxy.forking", "sipd.proxy.proxy", "sipd.endpoint",
+    "srfs.state.calls",
 )
 
 
@@ -54,7 +56,7 @@ def compiled_modules() -> list[str]:
     """The modules of :data:`MYPYC_MODULES` that run compiled, not from a .py file."""
     out = []
     for name in MYPYC_MODULES:
-        module = importlib.import_module(f"sipd.{name}")
+        module = importlib.import_module(name)
         if not (module.__file__ or "").endswith(".py"):
             out.append(name)
     return out

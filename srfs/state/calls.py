@@ -67,6 +67,21 @@ class Call:
     expires: float | None = None
     """Wall-clock time after which the call counts as vanished; None: never."""
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, call_id: str, user: str, peer: str, direction: Direction,
+                 state: CallState, start: float, answered_at: float | None = None,
+                 from_uri: str = "", to_uri: str = "", expires: float | None = None) -> None:
+        object.__setattr__(self, "call_id", call_id)
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "peer", peer)
+        object.__setattr__(self, "direction", direction)
+        object.__setattr__(self, "state", state)
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "answered_at", answered_at)
+        object.__setattr__(self, "from_uri", from_uri)
+        object.__setattr__(self, "to_uri", to_uri)
+        object.__setattr__(self, "expires", expires)
+
     @property
     def key(self) -> tuple[str, str, Direction]:
         return (self.call_id, self.user, self.direction)
@@ -95,6 +110,12 @@ class CallChange:
     """The leg after the change (as it was, for a removal)."""
     expired: bool = False
     """A removal by :meth:`CallTable.expire` rather than by the SIP side."""
+
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, kind: CallChangeKind, call: Call, expired: bool = False) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "call", call)
+        object.__setattr__(self, "expired", expired)
 
 
 Subscriber = Callable[[CallChange], None]

@@ -24,7 +24,7 @@ from tests import REPO
 
 
 def _path(name: str) -> Path:
-    return REPO / "sipd" / f"{name.replace('.', '/')}.py"
+    return REPO / f"{name.replace('.', '/')}.py"
 
 
 def test_the_build_is_the_one_expected() -> None:
@@ -36,7 +36,7 @@ def test_compiled_modules_are_told_by_their_files() -> None:
     compiled = compiled_modules()
     for name in MYPYC_MODULES:
         assert _path(name).is_file(), name
-        module = __import__(f"sipd.{name}", fromlist=["x"])
+        module = importlib.import_module(name)
         assert (name in compiled) == (not module.__file__.endswith(".py"))
 
 
@@ -48,7 +48,7 @@ def test_no_interpreted_class_extends_a_compiled_one() -> None:
     # mypyc refuses that at import time, and only in a compiled build: the
     # checkout's own run must catch it too. Every module of the project
     # that stays interpreted, and the tests, by the names they import.
-    compiled = {f"sipd.{name}": _classes(ast.parse(_path(name).read_text()))
+    compiled = {name: _classes(ast.parse(_path(name).read_text()))
                 for name in MYPYC_MODULES}
     listed = {_path(name) for name in MYPYC_MODULES}
     sources = [p for p in sorted([*REPO.glob("sipd/**/*.py"), *REPO.glob("srfs/**/*.py"),
@@ -107,7 +107,7 @@ def _written_inits() -> dict[type, ast.FunctionDef]:
     out, with it, read from the source (a compiled one has no signature)."""
     found = {}
     for name in MYPYC_MODULES:
-        module = importlib.import_module(f"sipd.{name}")
+        module = importlib.import_module(name)
         bodies = {node.name: node.body for node in ast.parse(_path(name).read_text()).body
                   if isinstance(node, ast.ClassDef)}
         for value in vars(module).values():
