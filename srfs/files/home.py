@@ -69,6 +69,7 @@ __all__ = [
     "open_sr",
     "read_file",
     "remove_file",
+    "UNKNOWN_STAMP",
     "stamp_of",
     "stamps_of",
     "write_file",
@@ -127,6 +128,11 @@ class Stamp:
             key = (key << 64) | (value & _U64)
         key = (key << 32) | (st.st_mode & _U32)
         return cls((key << 32) | (st.st_uid & _U32))
+
+
+#: What :func:`stamps_of` gives a file it could not look at as its owner:
+#: equal to no stamp (no ``Stamp.of`` key is negative), so it reads as a change.
+UNKNOWN_STAMP = Stamp(-1)
 
 
 # --- per-thread filesystem identity ----------------------------------------
@@ -696,10 +702,11 @@ def stamps_of(users: Sequence[User], name: str) -> list[Stamp | None]:
     The same ``lstat`` as each user, but the thread goes from one user's
     identity straight to the next, and back to its own (checked) once at
     the end: two system calls per user rather than six, most of what a
-    stamp costs. A switch that did not take is as harmless here as in
-    :func:`_lstat_as`: the ``lstat`` then runs as whoever the thread was,
-    who finds the file no more often than its owner, so a change can only
-    look like one more, never like none. Meant for a worker thread: the
+    stamp costs. Each switch also tells whether the one before it took
+    (``setfsuid`` and ``setfsgid`` answer with the identity they replace):
+    an ``lstat`` made under another identity than its user's gets
+    :data:`UNKNOWN_STAMP`, which equals no stamp, so its file counts as
+    changed and is read the checked way. Meant for a worker thread: the
     event loop's thread should not make thousands of system calls in a
     row.
     """
@@ -715,21 +722,29 @@ def stamps_of(users: Sequence[User], name: str) -> list[Stamp | None]:
         return out
     libc = _get_libc()
     prev_uid, prev_gid = _current_fsids(libc)
+    want = (prev_uid, prev_gid)
     try:
         for user, path in zip(users, paths, strict=True):
+            ids = (prev_uid, prev_gid) if user.uid == 0 else (user.uid, user.gid)
+            # fsuid first when going back to root: it restores the
+            # capability to set the fsgid (as _acting_as does).
             if user.uid == 0:
-                libc.setfsuid(prev_uid)
-                libc.setfsgid(prev_gid)
+                had_uid = libc.setfsuid(ids[0]) & _MASK
+                had_gid = libc.setfsgid(ids[1]) & _MASK
             else:
-                libc.setfsgid(user.gid)
-                libc.setfsuid(user.uid)
+                had_gid = libc.setfsgid(ids[1]) & _MASK
+                had_uid = libc.setfsuid(ids[0]) & _MASK
+            if (had_uid, had_gid) != want and out:
+                out[-1] = UNKNOWN_STAMP  # that lstat ran as somebody else
+            want = ids
             try:
                 out.append(Stamp.of(os.lstat(path)))
             except OSError:
                 out.append(None)
     finally:
-        libc.setfsuid(prev_uid)
-        libc.setfsgid(prev_gid)
+        had = (libc.setfsuid(prev_uid) & _MASK, libc.setfsgid(prev_gid) & _MASK)
+        if had != want and out:
+            out[-1] = UNKNOWN_STAMP
         if _current_fsids(libc) != (prev_uid, prev_gid):
             raise RuntimeError("could not restore the thread's filesystem identity")
     return out

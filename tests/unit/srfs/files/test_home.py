@@ -260,6 +260,44 @@ def test_stamps_of_many_users_are_each_taken_as_that_user(unix: FakeUnix) -> Non
         home.stamps_of([alice], "../passwd")
 
 
+class _Refusing:
+    """A libc whose setfsuid/setfsgid keep a thread identity of their own and
+    ignore one uid, as the kernel would without CAP_SETUID (reported only by
+    what the next call answers)."""
+
+    def __init__(self, refused: int) -> None:
+        self.refused = refused
+        self.ids = [0, 0]
+
+    def _set(self, i: int, value: int) -> int:
+        had = self.ids[i]
+        if value != -1 and not (i == 0 and value == self.refused):
+            self.ids[i] = value
+        return had
+
+    def setfsuid(self, value: int) -> int:
+        return self._set(0, value)
+
+    def setfsgid(self, value: int) -> int:
+        return self._set(1, value)
+
+
+def test_stamps_of_a_switch_that_did_not_take_reads_as_a_change(
+        unix: FakeUnix, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = unix["alice"].user, unix["bob"].user
+    make_sr(alice)
+    user_file(alice, "passwd", b"x\n")
+    fake = _Refusing(refused=bob.uid)
+    monkeypatch.setattr(home, "_get_libc", lambda: fake)
+    got = home.stamps_of([alice, bob, alice], "passwd")
+    assert got[0] == got[2] == home.stamp_of(alice, "passwd") is not None
+    assert got[1] is home.UNKNOWN_STAMP
+    assert all(home.UNKNOWN_STAMP != s for s in (got[0], None))
+    fake.refused = alice.uid
+    assert home.stamps_of([bob, alice], "passwd")[1] is home.UNKNOWN_STAMP  # the last one too
+    assert fake.ids == [0, 0]
+
+
 def test_file_cache_tells_which_files_are_unchanged(unix: FakeUnix) -> None:
     alice, bob = unix["alice"].user, unix["bob"].user
     make_sr(alice)
