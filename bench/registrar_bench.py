@@ -707,15 +707,16 @@ def guarded(body: Callable[[argparse.Namespace, Path, Path, Processes], None],
 def _unmount_below(top: Path) -> None:
     """Detach what is still mounted below ``top`` (a state filesystem whose
     sipd was killed), so that removing ``top`` neither fails nor leaves it."""
+    from srfs.fs.fuse import parse_mountinfo
+
     try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_bytes())
     except OSError:
         return
     prefix = str(top.resolve()) + "/"
-    for line in mounts:
-        fields = line.split()
-        if len(fields) > 1 and fields[1].startswith(prefix):
-            subprocess.run(["umount", "-l", fields[1]], check=False,
+    for entry in mounts:
+        if entry.mount_point.startswith(prefix):
+            subprocess.run(["umount", "-l", entry.mount_point], check=False,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

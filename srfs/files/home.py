@@ -61,6 +61,7 @@ __all__ = [
     "MAX_READ",
     "MAX_WRITE",
     "SR_DIR",
+    "UNKNOWN_STAMP",
     "FileCache",
     "HomeError",
     "SrDir",
@@ -69,7 +70,6 @@ __all__ = [
     "open_sr",
     "read_file",
     "remove_file",
-    "UNKNOWN_STAMP",
     "stamp_of",
     "stamps_of",
     "write_file",
@@ -710,16 +710,11 @@ def stamps_of(users: Sequence[User], name: str) -> list[Stamp | None]:
     event loop's thread should not make thousands of system calls in a
     row.
     """
+    if not _SETFSUID or os.geteuid() != 0 or getattr(_acting, "ids", None) is not None:
+        return [stamp_of(user, name) for user in users]
     _check_name(name)
     paths = [os.path.join(user.home, SR_DIR, name) for user in users]
     out: list[Stamp | None] = []
-    if not _SETFSUID or os.geteuid() != 0 or getattr(_acting, "ids", None) is not None:
-        for user, path in zip(users, paths, strict=True):
-            try:
-                out.append(Stamp.of(_lstat_as(user, path)))
-            except OSError:
-                out.append(None)
-        return out
     libc = _get_libc()
     prev_uid, prev_gid = _current_fsids(libc)
     want = (prev_uid, prev_gid)
@@ -939,6 +934,14 @@ class _Cached(Generic[T]):
     error: HomeError | None
 
 
+def _usable(cached: _Cached[T] | None, user: User) -> _Cached[T] | None:
+    """``cached`` if its stamp alone can tell whether it still holds: read
+    for this same user (not a moved home), and without an error."""
+    if cached is None or cached.user != user or cached.error is not None:
+        return None
+    return cached
+
+
 class FileCache(Generic[T]):
     """Parsed ``~/.sr/<name>`` per user, read again only when its :class:`Stamp` changes.
 
@@ -1002,10 +1005,8 @@ class FileCache(Generic[T]):
         or refused).
         """
         with self._lock:
-            cached = self._entries.get(user.name)
-        if cached is None or cached.user != user or cached.error is not None:
-            return False, None
-        if stamp_of(user, self.name) != cached.stamp:
+            cached = _usable(self._entries.get(user.name), user)
+        if cached is None or stamp_of(user, self.name) != cached.stamp:
             return False, None
         return True, cached.value
 
@@ -1014,12 +1015,10 @@ class FileCache(Generic[T]):
         (the file as the last :meth:`get` found it); the ``lstat`` calls are
         :func:`stamps_of`'s. For a worker thread's look at every member."""
         with self._lock:
-            cached = [self._entries.get(user.name) for user in users]
-        usable = [c is not None and c.user == user and c.error is None
-                  for c, user in zip(cached, users, strict=True)]
-        stamps = iter(stamps_of([u for u, ok in zip(users, usable, strict=True) if ok], self.name))
-        return [ok and c is not None and next(stamps) == c.stamp
-                for c, ok in zip(cached, usable, strict=True)]
+            cached = [_usable(self._entries.get(user.name), user) for user in users]
+        stamps = iter(stamps_of([u for u, c in zip(users, cached, strict=True) if c is not None],
+                                self.name))
+        return [c is not None and next(stamps) == c.stamp for c in cached]
 
     def _absent(self, user: User) -> None:
         with self._lock:
