@@ -382,9 +382,20 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        vias: list[Via] | None = self._cache.get("via")
+        cache = self._cache
+        vias: list[Via] | None = cache.get("via")
         if vias is None:
-            vias = self._cache["via"] = [parse_via(v) for v in self._list_values("via")]
+            values = self._list_values("via")
+            # A request's top Via is parsed (and stamped) before the request
+            # is checked: the check parses only the ones below it.
+            top: Via | None = cache.get("top_via")
+            if top is not None and values:
+                vias = [top]
+                for v in values[1:]:
+                    vias.append(parse_via(v))
+            else:
+                vias = [parse_via(v) for v in values]
+            cache["via"] = vias
         return vias
 
     def set_top_via(self, via: Via) -> None:
@@ -418,7 +429,12 @@ class Message:
         """
         lines = (self._index or self._idx()).get("via")
         if lines:
-            via = known.get(lines[0])
+            first = lines[0]
+            via = known.get(first)
+            if via is None and "," in first:
+                # The Vias copied back in one field ("ours, theirs"), as some
+                # user agents do: ours has no comma, so it is all before the first.
+                via = known.get(first[:first.index(",")].rstrip(" \t"))
             if via is not None and "via" not in self._cache:
                 self._cache["top_via"] = via
 

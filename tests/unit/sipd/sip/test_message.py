@@ -544,6 +544,21 @@ def test_set_top_via_keeps_the_other_vias_parsed() -> None:
         Request("OPTIONS", "sip:a@b").set_top_via(stamped)
 
 
+def test_the_vias_reuse_a_top_via_read_first_and_check_the_rest() -> None:
+    msg = parse(_RICH)
+    stamped = msg.top_via.with_param("received", "198.51.100.9")
+    msg.set_top_via(stamped)
+    # The request's check reads them all after the top one was stamped.
+    assert msg.vias[0] is stamped and len(msg.vias) == len(parse(_RICH).vias)
+    assert msg.vias[1:] == parse(_RICH).vias[1:]
+    broken = parse(_RICH)
+    broken.set_values("Via", [broken.values("Via")[0], "SIP/2.0/UDP"])
+    broken = parse(broken.to_bytes())
+    assert broken.top_via.host
+    with pytest.raises(ParseError):
+        broken.vias  # noqa: B018 - the access parses
+
+
 def test_prepend_without_that_header_goes_first() -> None:
     msg = Request("OPTIONS", "sip:a@b", [("To", "<sip:a@b>")])
     msg.prepend("Route", "<sip:p;lr>")

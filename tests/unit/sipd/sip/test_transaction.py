@@ -629,6 +629,30 @@ def test_a_response_takes_its_top_via_from_the_live_client_transaction() -> None
     assert late.top_via is not ours and late.top_via == ours
 
 
+def test_a_response_with_its_vias_in_one_field_takes_ours_from_the_transaction() -> None:
+    layer = TransactionLayer()
+    inv = request()
+    inv.prepend_via(Via("UDP", "192.0.2.1", 5060, (("branch", new_branch()), ("rport", None))))
+    ours = inv.top_via
+    txn, _ = layer.client_request(inv, UAS, False, now=0.0)
+    ringing = response(inv, 180)
+    # Copied back as one field, "ours, theirs", as some user agents do.
+    ringing.set("Via", " ,  ".join(ringing.values("Via")))
+    ringing = wire(ringing)
+    assert len(ringing.get_all("Via")) == 1
+    ringing.adopt_top_via(layer.own_vias)
+    assert ringing.top_via is ours
+    assert [v.host for v in ringing.vias][1:] == [v.host for v in inv.vias][1:]
+    assert [e.txn for e in layer.receive_response(ringing, UAS, now=0.1)
+            if isinstance(e, ResponseReceived)] == [txn]
+    # A field that only starts like ours is not ours.
+    longer = response(inv, 180)
+    longer.set("Via", str(ours) + ";received=203.0.113.1, SIP/2.0/UDP b.example.com")
+    longer = wire(longer)
+    longer.adopt_top_via(layer.own_vias)
+    assert longer.top_via is not ours and longer.top_via.param("received") == "203.0.113.1"
+
+
 def test_a_via_field_of_two_vias_is_not_taken_for_one() -> None:
     layer = TransactionLayer()
     two = request(extra_vias=[])
