@@ -298,10 +298,13 @@ def start_sipd(procs: Processes, fake: Fake, conf: Path, port: int, log_path: Pa
     """sipd on ``port``, without the state filesystem unless ``mount`` says where."""
     # Log level info, not -q: the reload line is an info message, and info
     # is what a production daemon runs at (one line per new binding, none
-    # per refresh).
+    # per refresh). A log_level in the configuration (make profile's
+    # --config) is left to speak: the command line would override it.
     where = ["-m", str(mount)] if mount is not None else ["--no-mount"]
+    configured = re.search(r"^\s*log_level\s*=", conf.read_text(), re.MULTILINE)
+    level = [] if configured else ["--log-level", "info"]
     cmd = [str(SIPD), *where, "--no-pam", "-c", str(conf), "-l", f"udp:127.0.0.1:{port}",
-           "-r", REALM, "--log-level", "info"]
+           "-r", REALM, *level]
     with open(log_path, "ab") as logf:
         started = time.monotonic()
         p = procs.spawn(cmd, env=fake.env(), stdout=logf, stderr=logf)

@@ -30,7 +30,7 @@ from sipd.config import (
 )
 from sipd.io.compiled import build as compiled_build
 from sipd.io.transport import StartupError
-from srfs.logtext import JournalFormatter, LineFormatter, escape, set_log_level
+from srfs.logtext import JournalFormatter, LineFormatter, LineHandler, escape, set_log_level
 
 PROG = "sipd"
 
@@ -155,7 +155,7 @@ def setup_logging(level: str) -> None:
     not sipd, and ``-v`` should show what sipd does.
     """
     fmt = "%(name)s: %(levelname)s: %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineHandler(sys.stderr)
     # Messages carry values from the network and from users' files: one
     # record must stay one line whatever they hold (see srfs.logtext).
     if stderr_is_journal():
