@@ -181,10 +181,11 @@ class LineHandler(logging.Handler):
     What :class:`logging.StreamHandler` does on a line-buffered standard
     error, with less on the way: no text layer that encodes into a buffer
     and flushes it, no second turn of the lock to flush. A record is in
-    the journal (or the file) once logged, as before; the three lines of
-    each call cost sipd about a tenth of a call's CPU through
-    StreamHandler, about half that through this one. A stream without a
-    file descriptor (a test's capture) is written as StreamHandler would.
+    the journal (or the file) once logged, as before. Through
+    StreamHandler the three lines of each call were about a tenth of its
+    CPU in the daemon; this takes about a third of that off. A stream
+    without a file descriptor (a test's capture) is written as
+    StreamHandler would.
     """
 
     terminator = "\n"
