@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -158,33 +159,64 @@ class Timed(Protocol):
 Owner = TypeVar("Owner", bound=Timed)
 
 
-class Deadlines(Generic[Owner]):
-    """One heap of deadlines: the core's one timer mechanism.
+#: An entry: (deadline, sequence number, owner, kind). Typed as a tuple of
+#: any length so that mypyc keeps it one Python object, which the heap and
+#: a lane share, rather than a native tuple boxed anew for each of them.
+_Entry = tuple[Any, ...]
 
-    An entry is data, ``(deadline, owner, kind)``, never a stored closure:
-    whoever pops a due entry dispatches it by its owner's type and kind (a
-    transaction's Timer B, a proxy branch's Timer C). The owner records
-    which entry of each kind is live in its ``_timers``, so re-arming or
-    disarming is one dictionary write and the heap is cleaned lazily: dead
-    entries are skipped when they come up, and the heap is rebuilt without
-    them when they are more than half of it.
+
+class Deadlines(Generic[Owner]):
+    """The deadlines of many owners: the core's one timer mechanism.
+
+    An entry is data, ``(deadline, seq, owner, kind)``, never a stored
+    closure: whoever pops a due entry dispatches it by its owner's type and
+    kind (a transaction's Timer B, a proxy branch's Timer C). The owner
+    records which entry of each kind is live in its ``_timers``, so
+    re-arming or disarming is one dictionary write and dead entries are
+    dropped lazily: skipped when they come up, and everything is rebuilt
+    without them when they are more than half of what is held.
+
+    Most timers of one kind have one duration (Timer J is 64*T1 for every
+    transaction), so they are armed in the order they fall due. Each kind
+    has a lane, a queue in deadline order, that takes an entry at its end
+    in constant time when it falls due no earlier than the last one; the
+    heap holds the first entry of each lane and the entries that came out
+    of order (a retransmission timer doubled). Under load tens of
+    thousands of entries wait, and a heap of all of them cost a push and
+    a pop of many comparisons each for every timer.
     """
 
-    #: Dead heap entries tolerated before the heap is rebuilt without them.
+    #: Dead entries tolerated before everything is rebuilt without them.
     COMPACT_THRESHOLD: Final = 256
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Owner, Any]] = []
+        # The first entry of each lane that has one, and the out-of-order ones.
+        self._heap: list[_Entry] = []
+        self._lanes: dict[Any, deque[_Entry]] = {}
         self._seq = 0
         self._stale = 0
+        # Entries held, live or dead (a lane's first counts once).
+        self._held = 0
 
     def arm(self, owner: Owner, kind: Any, deadline: float) -> None:
         """Set ``owner``'s ``kind`` timer to ``deadline`` (replacing one already set)."""
         if kind in owner._timers:
             self._stale += 1
         self._seq += 1
-        owner._timers[kind] = self._seq
-        heapq.heappush(self._heap, (deadline, self._seq, owner, kind))
+        seq = self._seq
+        owner._timers[kind] = seq
+        entry: _Entry = (deadline, seq, owner, kind)
+        self._held += 1
+        lane = self._lanes.get(kind)
+        if lane is None:
+            lane = self._lanes[kind] = deque()
+        if not lane:
+            lane.append(entry)
+            heapq.heappush(self._heap, entry)
+        elif lane[-1][0] <= deadline:
+            lane.append(entry)
+        else:
+            heapq.heappush(self._heap, entry)
 
     def disarm(self, owner: Owner, kind: Any) -> None:
         if owner._timers.pop(kind, None) is not None:
@@ -200,7 +232,7 @@ class Deadlines(Generic[Owner]):
         """The earliest live deadline; None if nothing is armed."""
         heap = self._heap
         while heap and not self._live(heap[0]):
-            heapq.heappop(heap)
+            self._pop()
             self._stale -= 1
         return heap[0][0] if heap else None
 
@@ -212,7 +244,7 @@ class Deadlines(Generic[Owner]):
         """
         heap = self._heap
         while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
+            entry = self._pop()
             if not self._live(entry):
                 self._stale -= 1
                 continue
@@ -222,21 +254,54 @@ class Deadlines(Generic[Owner]):
 
     def __len__(self) -> int:
         """Live entries."""
-        return len(self._heap) - self._stale
+        return self._held - self._stale
+
+    @property
+    def held(self) -> int:
+        """Entries held, live or dead: what the rebuild keeps near the live ones."""
+        return self._held
+
+    def _pop(self) -> _Entry:
+        """Take the earliest entry; its lane's next one takes its place in the heap."""
+        heap = self._heap
+        entry = heapq.heappop(heap)
+        lane = self._lanes.get(entry[3])
+        # By sequence number, not identity: compiled, an entry is a native
+        # tuple, boxed anew for each container.
+        if lane and lane[0][1] == entry[1]:
+            lane.popleft()
+            if lane:
+                heapq.heappush(heap, lane[0])
+        self._held -= 1
+        return entry
 
     @staticmethod
-    def _live(entry: tuple[float, int, Owner, Any]) -> bool:
+    def _live(entry: _Entry) -> bool:
         _, seq, owner, kind = entry
-        return owner._timers.get(kind) == seq
+        return bool(owner._timers.get(kind) == seq)
 
     def _maybe_compact(self) -> None:
         # Without this, owners that end early (a call answered in a second,
         # a transaction over TCP) would stay referenced by dead entries for
         # as long as their longest timer.
-        if self._stale > self.COMPACT_THRESHOLD and 2 * self._stale > len(self._heap):
+        if self._stale > self.COMPACT_THRESHOLD and 2 * self._stale > self._held:
+            live = self._live
+            lanes = self._lanes
+            out_of_order: list[_Entry] = []
+            for e in self._heap:
+                lane = lanes.get(e[3])
+                if (not lane or lane[0][1] != e[1]) and live(e):
+                    out_of_order.append(e)
+            kept: dict[Any, deque[_Entry]] = {}
+            for kind, entries in lanes.items():
+                alive = deque(e for e in entries if live(e))
+                if alive:
+                    kept[kind] = alive
+            self._lanes = kept
             # In place: due() may be iterating over this list.
-            self._heap[:] = [e for e in self._heap if self._live(e)]
+            self._heap[:] = out_of_order + [lane[0] for lane in kept.values()]
             heapq.heapify(self._heap)
+            self._held = len(out_of_order) + sum(len(lane) for lane in kept.values())
             self._stale = 0
 
 

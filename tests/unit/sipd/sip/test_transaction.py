@@ -140,7 +140,7 @@ def assert_empty(layer: TransactionLayer) -> None:
     assert stats.timers_pending == 0
     assert len(layer) == 0
     assert layer.get_timer() is None
-    assert not layer._servers and not layer._clients and not layer.deadlines._heap
+    assert not layer._servers and not layer._clients and not layer.deadlines.held
 
 
 # ------------------------------------------------------------------ timers
@@ -842,8 +842,8 @@ def test_timer_heap_does_not_grow_with_ended_transactions() -> None:
         run_until(layer, float(i))
     assert len(layer) == 0
     # Cancelled E, F and K entries are compacted away rather than kept for 64*T1.
-    assert len(layer.deadlines._heap) <= 2 * Deadlines.COMPACT_THRESHOLD + 3
-    assert layer.get_timer() is not None or not layer.deadlines._heap
+    assert layer.deadlines.held <= 2 * Deadlines.COMPACT_THRESHOLD + 3
+    assert layer.get_timer() is not None or not layer.deadlines.held
     run_until(layer, 1e9)
     assert_empty(layer)
 
