@@ -266,8 +266,8 @@ class Deadlines(Generic[Owner]):
         heap = self._heap
         entry = heapq.heappop(heap)
         lane = self._lanes.get(entry[3])
-        # By sequence number, not identity: compiled, an entry is a native
-        # tuple, boxed anew for each container.
+        # Matched by sequence number, which is unique, as in the rebuild:
+        # identity would hold only while entries stay one object each.
         if lane and lane[0][1] == entry[1]:
             lane.popleft()
             if lane:
