@@ -29,17 +29,40 @@ import trio
 from sipd.io.reload import ReloadRequest
 from srfs.accounts import users
 from srfs.accounts.state import system_files
+from srfs.files.homewatch import HomeWatch
 
 if TYPE_CHECKING:
     from sipd.io.daemon import Daemon
 
-__all__ = ["ACCOUNT_FILES_POLL", "control", "forget_accounts", "forget_user", "probe_directory",
-           "watch_account_files"]
+__all__ = ["ACCOUNT_FILES_POLL", "CACHED_HOME_FILES", "control", "drain_home_watch",
+           "forget_accounts", "forget_user", "probe_directory", "watch_account_files"]
 
 log = logging.getLogger("sipd")
 
 #: How often the account files' stamps are compared, seconds.
 ACCOUNT_FILES_POLL = 1.0
+
+#: The files of ``~/.sr`` kept parsed in memory, whose changes the home watch hears.
+CACHED_HOME_FILES = ("passwd", "config")
+
+
+#: Seconds the home watch's reader rests after reading its queue.
+HOME_WATCH_REST = 0.5
+
+
+async def drain_home_watch(watch: HomeWatch) -> None:
+    """Read the home watch's events when there are some, at most twice a second.
+
+    Every check reads the queue first (one per request that uses a cached
+    file), so this only keeps it from overflowing while nothing checks:
+    sipd's own writes in ``~/.sr`` (``usrloc``, ``acc``) are events too.
+    A wake-up per write would cost the event loop more than the events
+    (the kernel holds 16,384 by default).
+    """
+    while True:
+        await trio.lowlevel.wait_readable(watch.fileno())
+        watch.drain()
+        await trio.sleep(HOME_WATCH_REST)
 
 
 def forget_accounts(daemon: Daemon) -> None:

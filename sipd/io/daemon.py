@@ -44,7 +44,9 @@ from sipd.core.ownership import Ownership
 from sipd.core.work import run_inline
 from sipd.endpoint import Endpoint
 from sipd.io.accounts import (
+    CACHED_HOME_FILES,
     control,
+    drain_home_watch,
     forget_user,
     probe_directory,
     watch_account_files,
@@ -86,6 +88,7 @@ from srfs.accounts.membership import Membership, group_membership
 from srfs.accounts.state import SystemFiles, system_files
 from srfs.addresses import parse_host
 from srfs.files.home import HomeError
+from srfs.files.homewatch import HomeWatch, open_home_watch
 from srfs.files.usrloc import UsrlocFiles
 from srfs.files.wtmp import UNAVAILABLE_REASON, LoginRecorder, WtmpError
 from srfs.state.calls import CallTable
@@ -163,6 +166,8 @@ class Daemon:
     directory: Directory | None = None
     #: The SIP group's members: read at start, kept current by the state filesystem.
     membership: Membership | None = None
+    #: inotify on the homes whose files are cached (see srfs.files.homewatch).
+    home_watch: HomeWatch | None = None
 
 
 def gateway_host(uri: str) -> str:
@@ -207,7 +212,7 @@ def own_sockets(addresses: LocalAddresses, sockets: dict[int, tuple[str, int]]) 
 
 def build(settings: Settings, ports: set[int], hosts: list[str],
           bound: list[tuple[str, str, int]] | None = None, hooks: CallHooks | None = None,
-          configured: Settings | None = None) -> Daemon:
+          configured: Settings | None = None, home_watch: HomeWatch | None = None) -> Daemon:
     realm = settings.effective_realm()
     identity = build_identity(realm, settings.domains, hosts, ports)
     store = LocationStore()
@@ -224,9 +229,10 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
     pam_service = settings.pam_service if settings.pam else None
     directory = Directory(realm, settings.group, pam_service, ttl=settings.account_cache_ttl,
                           locked_suspends=settings.locked_suspends,
-                          files=SystemFiles(system_files(pam_service)))
+                          files=SystemFiles(system_files(pam_service)), watch=home_watch)
     never_throttled = NeverThrottled(ownership, settings.trusted_networks)
-    home_users = HomeUsers(settings.group, directory.state, ttl=settings.account_cache_ttl)
+    home_users = HomeUsers(settings.group, directory.state, ttl=settings.account_cache_ttl,
+                           watch=home_watch)
 
     def account_and_settings(name: str, rhost: str | None) -> Account | None:
         # The user's call settings come in the same worker trip as the
@@ -247,7 +253,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         policy=ChallengePolicy(settings.auth_algorithms, settings.sha256_user_agents),
         identity=identity,
         lookup=account_and_settings,
-        accounts=RecentAccounts(Directory.unchanged, ttl=settings.account_cache_ttl),
+        accounts=RecentAccounts(directory.unchanged, ttl=settings.account_cache_ttl),
     )
     auth.health.retry_after = settings.retry_after
     registrar = Registrar(
@@ -310,7 +316,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
                 log.warning("wtmp disabled: %s", exc)
     return Daemon(settings, endpoint, store, persistence, wtmp, ownership, rules, registrar, auth,
                   proxy, tracker, never_throttled, configured or settings, media=media,
-                  directory=directory)
+                  directory=directory, home_watch=home_watch)
 
 
 #: How many of one file's refused lines are named in the log; the rest are counted.
@@ -390,6 +396,7 @@ async def run(settings: Settings) -> None:
     settings = settings.resolved()
     bound = bind_sockets(settings.listen, skip_unavailable_ipv6=settings.listen_is_default)
     metrics_sock: socket.socket | None = None
+    home_watch = open_home_watch(CACHED_HOME_FILES)
     try:
         if settings.metrics_listen is not None:
             metrics_sock = bind_metrics(settings.metrics_listen)
@@ -399,7 +406,7 @@ async def run(settings: Settings) -> None:
         tls = await trio.to_thread.run_sync(check_tls, settings)
         daemon = build(settings, ports={a.port for a, _ in bound}, hosts=[a.host for a, _ in bound],
                        bound=[(a.transport, a.host, a.port) for a, _ in bound],
-                       configured=configured)
+                       configured=configured, home_watch=home_watch)
         transports = Transports(
             daemon.endpoint,
             max_message_size=settings.max_message_size,
@@ -425,6 +432,8 @@ async def run(settings: Settings) -> None:
             sock.close()
         if metrics_sock is not None:
             metrics_sock.close()
+        if home_watch is not None:
+            home_watch.close()
         raise
     started = time.time()
     statefs = None
@@ -433,7 +442,7 @@ async def run(settings: Settings) -> None:
 
         statefs = StateFs(settings, daemon.endpoint, transports, started=started,
                           ownership=daemon.ownership, rules=daemon.rules,
-                          membership=daemon.membership)
+                          membership=daemon.membership, home_watch=home_watch)
         daemon.statefs = statefs
         statefs.member_changed = functools.partial(forget_user, daemon)
         statefs.control = functools.partial(control, daemon)
@@ -455,7 +464,7 @@ async def run(settings: Settings) -> None:
             if metrics_sock is not None:
                 tree = statefs.tree if statefs is not None else None
                 server = MetricsServer(functools.partial(
-                    metrics_text, daemon.endpoint, transports, started, tree))
+                    metrics_text, daemon.endpoint, transports, started, tree, home_watch))
                 await nursery.start(server.serve, metrics_sock)
             if daemon.media is not None:
                 transports.send([daemon.media.ping()])
@@ -489,6 +498,8 @@ async def run(settings: Settings) -> None:
             nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
             nursery.start_soon(watch_config, daemon, config_reload)
             nursery.start_soon(watch_account_files, daemon, account_reload)
+            if home_watch is not None:
+                nursery.start_soon(drain_home_watch, home_watch)
             # One probe at a time, in a thread of its own.
             nursery.start_soon(probe_directory, daemon, trio.CapacityLimiter(1))
             transactions = daemon.endpoint.transactions
@@ -526,6 +537,8 @@ async def run(settings: Settings) -> None:
     if metrics_sock is not None:
         metrics_sock.close()
     await trio.to_thread.run_sync(shutdown, daemon)
+    if home_watch is not None:
+        home_watch.close()
     log.info("sipd stopped")
 
 

@@ -24,6 +24,7 @@ from sipd import __version__
 from sipd.endpoint import Endpoint
 from sipd.io.transport import Transports
 from srfs.accounts import nss
+from srfs.files.homewatch import HomeWatch
 from srfs.fs.scratch import ScratchQuota
 from srfs.fs.tree import Stat, StatKind, Tree, location_statistics, render_metrics
 
@@ -302,7 +303,8 @@ def statistics_sources(endpoint: Endpoint, transports: Transports) -> list[Any]:
 
 
 def daemon_statistics(endpoint: Endpoint, transports: Transports, started: float,
-                      scratch: ScratchQuota | None = None) -> list[Stat]:
+                      scratch: ScratchQuota | None = None,
+                      home_watch: HomeWatch | None = None) -> list[Stat]:
     """The daemon's figures, status ones first, in the order ``status`` shows them."""
     ep = endpoint
     txn = ep.transactions.statistics()
@@ -356,6 +358,13 @@ def daemon_statistics(endpoint: Endpoint, transports: Transports, started: float
         out.append(Stat("nss_calls", count,
                         "NSS calls sipd made, by function; all_passwd counts enumerations of "
                         "every account.", COUNTER, (("call", call),), status=False))
+    if home_watch is not None:
+        out.append(Stat("home_watches", home_watch.watches,
+                        "Users' ~/.sr directories watched with inotify: their cached files "
+                        "need no stat per request.", GAUGE, status=False))
+        out.append(Stat("home_watch_overflows", home_watch.overflows,
+                        "Times the kernel's inotify queue overflowed: every cached file was "
+                        "checked by a stat again.", COUNTER, status=False))
     if scratch is not None:
         out.append(Stat("scratch_files", scratch.files,
                         "Editors' temporary files held in memory.", status=False))
@@ -365,7 +374,7 @@ def daemon_statistics(endpoint: Endpoint, transports: Transports, started: float
 
 
 def metrics_text(endpoint: Endpoint, transports: Transports, started: float,
-                 tree: Tree | None = None) -> str:
+                 tree: Tree | None = None, home_watch: HomeWatch | None = None) -> str:
     """What ``/run/sr/metrics`` holds now, for the HTTP endpoint.
 
     With the state filesystem, its tree's figures, the very text of the
@@ -374,7 +383,7 @@ def metrics_text(endpoint: Endpoint, transports: Transports, started: float,
     """
     if tree is not None:
         return render_metrics(tree.statistics())
-    stats = daemon_statistics(endpoint, transports, started)
+    stats = daemon_statistics(endpoint, transports, started, home_watch=home_watch)
     if endpoint.store is not None:
         stats += location_statistics(endpoint.store, None)
     return render_metrics(stats)

@@ -52,6 +52,7 @@ from sipd.registrar.admission import BindingRules
 from srfs.accounts.membership import Membership, group_membership
 from srfs.files import home, userconfig
 from srfs.files.home import FileCache, HomeError
+from srfs.files.homewatch import HomeWatch
 from srfs.files.userconfig import UserConfig
 from srfs.fs.fuse import SrFs, serve
 from srfs.fs.tree import (
@@ -173,8 +174,8 @@ class MemberConfigs:
     for a write through the tree in another.
     """
 
-    def __init__(self) -> None:
-        self._files = FileCache("config", userconfig.parse)
+    def __init__(self, watch: HomeWatch | None = None) -> None:
+        self._files = FileCache("config", userconfig.parse, watch=watch)
         self._unreadable = Recurring()
 
     def get(self, user: User) -> UserConfig | None:
@@ -185,10 +186,10 @@ class MemberConfigs:
         """Blocking: the parsed config (None: no file) of each member whose
         file changed since it was last read, or was never read.
 
-        An unchanged file costs one ``lstat`` as the user
-        (:meth:`FileCache.unchanged`), not the opening of the home and
-        ``~/.sr`` that reading it takes: this runs for every member every
-        few seconds. It is left out of the answer, since whoever asked has it.
+        An unchanged file costs a look at the home watch, or one ``lstat``
+        as the user where it cannot tell (:meth:`FileCache.unchanged`), not
+        the opening of the home and ``~/.sr`` that reading it takes: this
+        runs for every member every few seconds. It is left out of the answer, since whoever asked has it.
         A file that cannot be read is logged once per reason and left out.
         """
         out: list[tuple[User, UserConfig | None]] = []
@@ -215,7 +216,8 @@ class StateFs:
     def __init__(self, settings: Settings, endpoint: Endpoint, transports: Transports,
                  started: float, ownership: Ownership | None = None,
                  rules: BindingRules | None = None,
-                 membership: Membership | None = None) -> None:
+                 membership: Membership | None = None,
+                 home_watch: HomeWatch | None = None) -> None:
         self.settings = settings
         self.endpoint = endpoint
         self.transports = transports
@@ -263,7 +265,8 @@ class StateFs:
         if registration is not None:
             registration.auth.subscribe_failures(self._on_auth_failure)
             self._health = registration.auth.health
-        self._configs = MemberConfigs()
+        self.home_watch = home_watch
+        self._configs = MemberConfigs(home_watch)
         self._config_locks: dict[str, trio.Lock] = {}
         #: Per user, odd while a config write through the tree is under way,
         #: two more after each: the poll must not put back what the file
@@ -506,7 +509,8 @@ class StateFs:
 
     def statistics(self) -> list[Stat]:
         scratch = self.ops.scratch_quota if self.ops is not None else None
-        return daemon_statistics(self.endpoint, self.transports, self.started, scratch)
+        return daemon_statistics(self.endpoint, self.transports, self.started, scratch,
+                                 self.home_watch)
 
 
 async def start_statefs(statefs: StateFs, nursery: trio.Nursery) -> None:

@@ -32,6 +32,7 @@ from typing import Protocol
 from srfs.accounts import users
 from srfs.accounts.state import AccountState
 from srfs.files.home import FileCache, HomeError
+from srfs.files.homewatch import HomeWatch
 from srfs.files.userconfig import EMPTY, UserConfig
 from srfs.files.userconfig import parse as parse_userconfig
 from srfs.logtext import Recurring
@@ -68,7 +69,8 @@ class HomeUsers:
     def __init__(self, group: str,
                  state: Callable[[User], AccountState] | None = None, *,
                  ttl: float = 600.0, negative_ttl: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 watch: HomeWatch | None = None) -> None:
         self.group = group
         self.state = state
         self.ttl = ttl
@@ -78,7 +80,7 @@ class HomeUsers:
         self._found: OrderedDict[str, tuple[float, User | None]] = OrderedDict()
         #: Counts forget(): a find() that began before one keeps nothing.
         self._generation = 0
-        self._configs: FileCache[UserConfig] = FileCache("config", parse_userconfig)
+        self._configs: FileCache[UserConfig] = FileCache("config", parse_userconfig, watch=watch)
         self._unreadable = Recurring()
         #: Users last found allowed, for the directory's outages only.
         self._good: OrderedDict[str, User] = OrderedDict()

@@ -33,6 +33,7 @@ from srfs.accounts.nss import DirectoryUnavailable
 from srfs.accounts.pamcheck import PAM_AUTHINFO_UNAVAIL, PAM_SUCCESS, AccountCache
 from srfs.accounts.state import ALLOWED, AccountState, SystemFiles, shadow_refusal
 from srfs.files.home import FileCache, HomeError, Stamp, stamp_of
+from srfs.files.homewatch import HomeWatch
 from srfs.logtext import Recurring
 from srfs.user import User
 
@@ -58,6 +59,10 @@ class Account:
     valid_for: float = math.inf
     """Seconds the account state stays cached in the directory: a copy kept
     elsewhere must not outlive it."""
+    passwd_watched: int | None = None
+    """The generation of the user's ``~/.sr`` in the directory's
+    :class:`~srfs.files.homewatch.HomeWatch` that vouches for
+    ``passwd_stamp``; None when only the stamp can tell."""
 
 
 class Directory:
@@ -75,6 +80,7 @@ class Directory:
         negative_ttl: float = 10.0,
         locked_suspends: bool = True,
         files: SystemFiles | None = None,
+        watch: HomeWatch | None = None,
     ) -> None:
         self.realm = realm
         self.group = group
@@ -92,7 +98,8 @@ class Directory:
         self._files_lock = threading.Lock()
         # Only the entries: the file's lines would cost every user seen a
         # few hundred bytes more for as long as the daemon runs.
-        self._passwd = FileCache("passwd", passwd.index)
+        self._watch = watch
+        self._passwd = FileCache("passwd", passwd.index, watch=watch)
         self._unreadable = Recurring()
 
     @property
@@ -184,9 +191,12 @@ class Directory:
                 log.warning("ignoring passwd of %s: %s", user.name, exc.reason)
             return Account(user, True, exc.reason, passwd_stamp=stamp, valid_for=valid_for)
         self._unreadable.clear(user.name)
+        # The read's watch vouches for the stamp taken before it only if
+        # that is the file it read: then nothing changed in between.
+        watched = self._passwd.watched(user, stamp)
         if pw is None:
             return Account(user, True, "no ~/.sr/passwd", passwd_stamp=stamp,
-                           valid_for=valid_for)
+                           valid_for=valid_for, passwd_watched=watched)
         ha1 = {}
         entry = pw.get((user.name, self.realm))
         for algorithm in ALGORITHMS:
@@ -194,21 +204,27 @@ class Directory:
             if value:
                 ha1[algorithm] = value
         reason = "" if ha1 else f"no password for realm {self.realm}"
-        return Account(user, True, reason, ha1, passwd_stamp=stamp, valid_for=valid_for)
+        return Account(user, True, reason, ha1, passwd_stamp=stamp, valid_for=valid_for,
+                       passwd_watched=watched)
 
     def _pam(self, user: User, rhost: str | None) -> tuple[int, str]:
         assert self.pam_service is not None
         return pamcheck.account_check(user, self.pam_service, rhost)
 
-    @staticmethod
-    def unchanged(account: Account) -> bool:
+    def unchanged(self, account: Account) -> bool:
         """Whether ``~/.sr/passwd`` is still the file ``account`` was read from.
 
-        One ``lstat`` by path, as the user (:func:`srfs.files.home.stamp_of`),
-        cheap enough for every request: it only decides whether to read
-        again, and reading again goes through the safe path in
-        :mod:`srfs.files.home` (no link is ever followed there).
+        The watch's word where it gives one (:mod:`srfs.files.homewatch`:
+        one ``poll``), else one ``lstat`` by path, as the user
+        (:func:`srfs.files.home.stamp_of`), cheap enough for every request:
+        it only decides whether to read again, and reading again goes
+        through the safe path in :mod:`srfs.files.home` (no link is ever
+        followed there).
         """
+        watched = account.passwd_watched
+        if watched is not None and self._watch is not None and self._watch.still(
+                account.user.name, watched):
+            return True
         return passwd_stamp(account.user) == account.passwd_stamp
 
     def forget(self) -> None:

@@ -50,11 +50,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from srfs.errors import ReasonedError
 from srfs.user import User
+
+if TYPE_CHECKING:
+    from srfs.files.homewatch import HomeWatch
 
 __all__ = [
     "MAX_APPEND",
@@ -120,6 +123,10 @@ class Stamp:
     """
 
     key: int
+    #: The file's link count, which is no part of its identity: a file of
+    #: more than one link can change without an event in its directory
+    #: (see :mod:`srfs.files.homewatch`).
+    links: int = field(default=1, compare=False)
 
     @classmethod
     def of(cls, st: os.stat_result) -> Stamp:
@@ -127,7 +134,7 @@ class Stamp:
         for value in (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             key = (key << 64) | (value & _U64)
         key = (key << 32) | (st.st_mode & _U32)
-        return cls((key << 32) | (st.st_uid & _U32))
+        return cls((key << 32) | (st.st_uid & _U32), st.st_nlink)
 
 
 #: What :func:`stamps_of` gives a file it could not look at as its owner:
@@ -376,6 +383,27 @@ class SrDir:
         if problem:
             raise HomeError(errno.EPERM, f"{self._label(name)} is {problem}")
         return st
+
+    def watch(self, watch: HomeWatch) -> int | None:
+        """Arm ``watch`` on this directory (:meth:`HomeWatch.arm`); the user's generation.
+
+        None when it cannot vouch for the files: among its own reasons, when
+        the directory is no longer where ``~/.sr`` leads (moved since it
+        was opened), which, looked at after the watch is set, would
+        otherwise go unheard.
+        """
+        with _acting_as(self.user):
+            generation = watch.arm(self.user.name, self._fd)
+            if generation is None:
+                return None
+            try:
+                at_path = os.lstat(os.path.join(self.user.home, SR_DIR))
+                held = os.fstat(self._fd)
+            except OSError:
+                return None
+        if (at_path.st_dev, at_path.st_ino) != (held.st_dev, held.st_ino):
+            return None
+        return generation
 
     def stat(self, name: str) -> Stamp | None:
         """The file's stamp without following a link, or None if it does not exist."""
@@ -932,6 +960,10 @@ class _Cached(Generic[T]):
     """None: the file was not there."""
     value: T | None
     error: HomeError | None
+    watched: int | None = None
+    """The user's generation in the :class:`~srfs.files.homewatch.HomeWatch`
+    from before the file was last found as ``stamp`` says; None when only
+    the stamp can tell."""
 
 
 def _usable(cached: _Cached[T] | None, user: User) -> _Cached[T] | None:
@@ -942,6 +974,11 @@ def _usable(cached: _Cached[T] | None, user: User) -> _Cached[T] | None:
     return cached
 
 
+def _vouched(stamp: Stamp | None, watched: int | None) -> int | None:
+    # A file of several links can be written through one elsewhere.
+    return watched if stamp is None or stamp.links == 1 else None
+
+
 class FileCache(Generic[T]):
     """Parsed ``~/.sr/<name>`` per user, read again only when its :class:`Stamp` changes.
 
@@ -950,13 +987,20 @@ class FileCache(Generic[T]):
     file that fails the checks raises the same :class:`HomeError` on every
     call until it changes (log it once per change if you like: the error
     object is the same). Thread safe; ``parse`` runs in the calling thread.
+
+    With a ``watch``, :meth:`get` arms it on the user's ``~/.sr``, and
+    :meth:`peek` and :meth:`unchanged` take its word that a file did not
+    change rather than a stamp (:mod:`srfs.files.homewatch`), where it can
+    give it.
     """
 
-    def __init__(self, name: str, parse: Callable[[bytes], T], *, max_size: int = MAX_READ) -> None:
+    def __init__(self, name: str, parse: Callable[[bytes], T], *, max_size: int = MAX_READ,
+                 watch: HomeWatch | None = None) -> None:
         _check_name(name)
         self.name = name
         self._parse = parse
         self._max_size = max_size
+        self._watch = watch
         self._lock = threading.Lock()
         self._entries: dict[str, _Cached[T]] = {}
 
@@ -970,15 +1014,20 @@ class FileCache(Generic[T]):
                 return None
             raise
         with sr:
+            # Armed before the file is looked at: a change after the look is an event.
+            watched = sr.watch(self._watch) if self._watch is not None else None
             stamp = sr.stat(self.name)
             if stamp is None:
-                self._absent(user)
+                self._absent(user, watched)
                 return None
             with self._lock:
                 cached = self._entries.get(user.name)
             if cached is not None and cached.user == user and cached.stamp == stamp:
                 if cached.error is not None:
                     raise cached.error
+                watched = _vouched(stamp, watched)
+                if cached.watched != watched:
+                    self._keep(cached, replace(cached, watched=watched))
                 return cached.value
             try:
                 found = sr.read_stamped(self.name, self._max_size)
@@ -987,42 +1036,76 @@ class FileCache(Generic[T]):
                     self._entries[user.name] = _Cached(user, stamp, None, e)
                 raise
         if found is None:  # removed between stat and open
-            self._absent(user)
+            self._absent(user, watched)
             return None
         data, read_stamp = found
         value = self._parse(data)
         with self._lock:
-            self._entries[user.name] = _Cached(user, read_stamp, value, None)
+            self._entries[user.name] = _Cached(user, read_stamp, value, None,
+                                               _vouched(read_stamp, watched))
         return value
 
     def peek(self, user: User) -> tuple[bool, T | None]:
         """What :meth:`get` would answer, if it is known without opening anything.
 
         ``(True, value)`` when the file (or its absence) is as the last
-        :meth:`get` found it, told by its stamp (:func:`stamp_of`: one
-        ``lstat`` as the user, cheap enough for the event loop's thread);
-        ``(False, None)`` when only :meth:`get` can tell (never read, changed,
-        or refused).
+        :meth:`get` found it: told by the watch, else by its stamp
+        (:func:`stamp_of`: one ``lstat`` as the user, cheap enough for the
+        event loop's thread); ``(False, None)`` when only :meth:`get` can
+        tell (never read, changed, or refused).
         """
         with self._lock:
             cached = _usable(self._entries.get(user.name), user)
-        if cached is None or stamp_of(user, self.name) != cached.stamp:
+        if cached is None:
             return False, None
+        watch = self._watch
+        if watch is None:
+            if stamp_of(user, self.name) != cached.stamp:
+                return False, None
+            return True, cached.value
+        if cached.watched is not None and watch.still(user.name, cached.watched):
+            return True, cached.value
+        # After an event (of another file, say) the stamp decides, and the
+        # generation taken before it vouches for the file from then on.
+        watched = _vouched(cached.stamp, watch.current(user.name))
+        if stamp_of(user, self.name) != cached.stamp:
+            return False, None
+        if watched is not None:
+            self._keep(cached, replace(cached, watched=watched))
         return True, cached.value
 
     def unchanged(self, users: Sequence[User]) -> list[bool]:
         """For each of ``users``, whether :meth:`peek` would know the answer
-        (the file as the last :meth:`get` found it); the ``lstat`` calls are
-        :func:`stamps_of`'s. For a worker thread's look at every member."""
+        (the file as the last :meth:`get` found it); the ``lstat`` calls,
+        for those the watch does not vouch for, are :func:`stamps_of`'s.
+        For a worker thread's look at every member."""
         with self._lock:
             cached = [_usable(self._entries.get(user.name), user) for user in users]
-        stamps = iter(stamps_of([u for u, c in zip(users, cached, strict=True) if c is not None],
-                                self.name))
-        return [c is not None and next(stamps) == c.stamp for c in cached]
+        watch = self._watch
+        known = [c is not None and c.watched is not None and watch is not None
+                 and watch.still(c.user.name, c.watched) for c in cached]
+        stamps = iter(stamps_of([u for u, c, k in zip(users, cached, known, strict=True)
+                                 if c is not None and not k], self.name))
+        return [k or (c is not None and next(stamps) == c.stamp)
+                for c, k in zip(cached, known, strict=True)]
 
-    def _absent(self, user: User) -> None:
+    def watched(self, user: User, stamp: Stamp | None) -> int | None:
+        """The watch's generation that vouches for ``user``'s file as ``stamp``
+        says, if the cache holds one (after :meth:`get`)."""
         with self._lock:
-            self._entries[user.name] = _Cached(user, None, None, None)
+            cached = _usable(self._entries.get(user.name), user)
+        if cached is None or cached.stamp != stamp:
+            return None
+        return cached.watched
+
+    def _keep(self, was: _Cached[T], now: _Cached[T]) -> None:
+        with self._lock:
+            if self._entries.get(was.user.name) is was:
+                self._entries[was.user.name] = now
+
+    def _absent(self, user: User, watched: int | None = None) -> None:
+        with self._lock:
+            self._entries[user.name] = _Cached(user, None, None, None, watched)
 
     def forget(self, user: User | None = None) -> None:
         """Drop one user's entry (or all), e.g. when they leave the SIP group."""

@@ -7,8 +7,8 @@ them.
 
 The account a REGISTER authenticated is remembered (``account_cache_ttl``,
 600 s by default) and checked at each use by the stamp of
-``~/.sr/passwd`` only, so a refresh makes no NSS call, no PAM check and
-no read of the file, and hands one job to a worker thread: the save of
+``~/.sr/passwd`` only (told by the watch of ``~/.sr``), so a refresh
+makes no NSS call, no PAM check and no read of the file, and hands one job to a worker thread: the save of
 ``~/.sr/usrloc``. A password changed in the file still counts from the
 next request. The figures are read from ``/run/sr/metrics``.
 """
@@ -63,7 +63,11 @@ def test_a_refresh_costs_one_job_and_no_look_up(tmp_path: Path, unix: FakeUnix,
             jobs = figure(after, "sipd_jobs_started_total") - figure(before, "sipd_jobs_started_total")
             nss = figure(after, "sipd_nss_calls_total") - figure(before, "sipd_nss_calls_total")
             assert (jobs, nss) == (3, 0), (jobs, nss)
-            # A new password in the file counts at once: the stamp changed.
+            # Her ~/.sr is watched: the refreshes took no stamp of the file,
+            # and so the new password below is seen by the watch's event.
+            assert figure(after, "sipd_home_watches") >= 1
+            assert figure(after, "sipd_home_watch_overflows_total") == 0
+            # A new password in the file counts at once.
             passwd = unix["hot"].home / ".sr" / "passwd"
             new = "n3w-" + password
             text = passwd.read_text()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +16,7 @@ from sipd.auth.authenticator import DirectoryHealth
 from sipd.io import accounts
 from srfs.accounts import users
 from srfs.accounts.nss import DirectoryUnavailable, GroupEntry
+from srfs.files.homewatch import HomeWatch
 
 
 def probed(monkeypatch: pytest.MonkeyPatch, answers: list[object], *,
@@ -80,3 +83,34 @@ def test_control_flushes_every_account_cache() -> None:
         statefs=SimpleNamespace(wake=lambda: calls.append("group re-read")))
     accounts.control(daemon, "flush accounts")
     assert calls == ["directory", "auth", "proxy", "membership", "group re-read"]
+
+
+def test_the_home_watch_reader_empties_the_queue_that_no_check_reads(tmp_path: Path) -> None:
+    """sipd's own writes in ~/.sr are events too: without requests that check,
+    the reader task must keep the kernel's queue from overflowing."""
+    sr = tmp_path / ".sr"
+    sr.mkdir()
+    watch = HomeWatch(["config"])
+    fd = os.open(sr, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        first = watch.arm("jan", fd)
+        assert first is not None
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(accounts.drain_home_watch, watch)
+                for _ in range(3):
+                    (sr / "usrloc").write_bytes(b"x\n")  # not a watched name
+                    (sr / "config").write_bytes(b"a = 1\n")
+                    with trio.fail_after(5):
+                        while watch._poll.poll(0):  # the reader has not read it yet
+                            await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+        # Read by the reader, not by a check: the generation moved on.
+        assert watch.current("jan") not in (None, first)
+        assert watch.overflows == 0
+    finally:
+        os.close(fd)
+        watch.close()
