@@ -89,6 +89,8 @@ LOCAL_FILESYSTEMS = frozenset({
 
 _EVENT = struct.Struct("iIII")
 _READ_SIZE = 64 * 1024
+#: The longest event: its header and a name of NAME_MAX bytes with its NUL.
+_MAX_EVENT = _EVENT.size + 256
 
 
 class HomeWatch:
@@ -186,6 +188,7 @@ class HomeWatch:
         if users is None:
             return
         users.discard(name)
+        self._generation.pop(name, None)
         if not users:
             del self._users_of[wd]
             self._libc.inotify_rm_watch(self._fd, wd)
@@ -228,6 +231,8 @@ class HomeWatch:
             if not data:
                 return
             self._apply(data)
+            if len(data) < _READ_SIZE - _MAX_EVENT:
+                return  # a read gives every event that fits: the queue is empty
 
     def _apply(self, data: bytes) -> None:
         offset = 0
@@ -252,6 +257,7 @@ class HomeWatch:
                 for user in users:
                     if self._wd_of.get(user) == wd:
                         del self._wd_of[user]
+                        del self._generation[user]
                 if not mask & IN_IGNORED:
                     # Moved: the watch would follow it; removed or
                     # unmounted: the kernel drops it anyway.
