@@ -249,21 +249,28 @@ class SrDir:
     not across requests, since the user may replace the directory.
     """
 
-    def __init__(self, user: User, fd: int, device: int) -> None:
+    def __init__(self, user: User, fd: int, device: int, inode: int = 0,
+                 watched: int | None = None) -> None:
         # Use SrDir.open(); this only wraps an fd that passed the checks.
         self.user = user
         self._fd = fd
         #: The filesystem the directory is on (st_dev), and so every file
         #: staged in it: what write_files syncs, without a stat.
         self.device = device
+        self.inode = inode
+        #: The user's generation in the home watch given to :meth:`open`,
+        #: if it vouches for this directory (see :meth:`watch`).
+        self.watched = watched
 
     # -- opening -----------------------------------------------------------
 
     @classmethod
-    def open(cls, user: User, *, create: bool = False) -> SrDir:
+    def open(cls, user: User, *, create: bool = False, watch: HomeWatch | None = None) -> SrDir:
         """Open ``~user/.sr``; create it (0700, owned by the user) if ``create``.
 
         A missing directory without ``create`` is ``HomeError(ENOENT)``.
+        With ``watch``, it is armed on the directory before anything in it
+        is looked at (:meth:`watch`, in the same turn of the user's identity).
         """
         euid = os.geteuid()
         if euid not in (0, user.uid):
@@ -271,10 +278,17 @@ class SrDir:
         with _acting_as(user):
             home_fd = cls._open_home(user)
             try:
-                fd, device = cls._open_sr(user, home_fd, create)
+                fd, device, inode = cls._open_sr(user, home_fd, create)
             finally:
                 os.close(home_fd)
-        return cls(user, fd, device)
+            sr = cls(user, fd, device, inode)
+            if watch is not None:
+                try:
+                    sr.watched = sr._arm(watch)
+                except BaseException:
+                    sr.close()
+                    raise
+        return sr
 
     @staticmethod
     def _open_home(user: User) -> int:
@@ -301,7 +315,7 @@ class SrDir:
         return fd
 
     @classmethod
-    def _open_sr(cls, user: User, home_fd: int, create: bool) -> tuple[int, int]:
+    def _open_sr(cls, user: User, home_fd: int, create: bool) -> tuple[int, int, int]:
         label = f"~{user.name}/{SR_DIR}"
         flags = _DIR_FLAGS | os.O_NOFOLLOW
         created = False
@@ -345,7 +359,7 @@ class SrDir:
         except BaseException:
             os.close(fd)
             raise
-        return fd, st.st_dev
+        return fd, st.st_dev, st.st_ino
 
     # -- errors ------------------------------------------------------------
 
@@ -393,15 +407,18 @@ class SrDir:
         otherwise go unheard.
         """
         with _acting_as(self.user):
-            generation = watch.arm(self.user.name, self._fd)
-            if generation is None:
-                return None
-            try:
-                at_path = os.lstat(os.path.join(self.user.home, SR_DIR))
-                held = os.fstat(self._fd)
-            except OSError:
-                return None
-        if (at_path.st_dev, at_path.st_ino) != (held.st_dev, held.st_ino):
+            return self._arm(watch)
+
+    def _arm(self, watch: HomeWatch) -> int | None:
+        # As the user.
+        generation = watch.arm(self.user.name, self._fd, (self.device, self.inode))
+        if generation is None:
+            return None
+        try:
+            at_path = os.lstat(os.path.join(self.user.home, SR_DIR))
+        except OSError:
+            return None
+        if (at_path.st_dev, at_path.st_ino) != (self.device, self.inode):
             return None
         return generation
 
@@ -1007,15 +1024,15 @@ class FileCache(Generic[T]):
     def get(self, user: User) -> T | None:
         """The parsed file, or None when ``~/.sr`` or the file does not exist."""
         try:
-            sr = SrDir.open(user)
+            # Armed before the file is looked at: a change after the look is an event.
+            sr = SrDir.open(user, watch=self._watch)
         except HomeError as e:
             if e.errno == errno.ENOENT:
                 self._absent(user)
                 return None
             raise
         with sr:
-            # Armed before the file is looked at: a change after the look is an event.
-            watched = sr.watch(self._watch) if self._watch is not None else None
+            watched = sr.watched
             stamp = sr.stat(self.name)
             if stamp is None:
                 self._absent(user, watched)

@@ -117,6 +117,8 @@ class HomeWatch:
         self._wd_of: dict[str, int] = {}
         self._users_of: dict[int, set[str]] = {}
         self._generation: dict[str, int] = {}
+        #: The device and inode of each watched user's ``~/.sr``.
+        self._ident_of: dict[str, tuple[int, int]] = {}
         #: Overflows of the kernel's queue and watches refused, since start.
         self.overflows = 0
         self.refused = 0
@@ -132,24 +134,29 @@ class HomeWatch:
 
     # ------------------------------------------------------------ arming
 
-    def arm(self, name: str, sr_fd: int) -> int | None:
+    def arm(self, name: str, sr_fd: int, ident: tuple[int, int]) -> int | None:
         """Watch ``name``'s ``~/.sr``, open as ``sr_fd``; their generation, or None.
 
-        Call as the user (the thread's filesystem identity theirs), before
-        the files are looked at, and then check that the directory is still
-        where the path leads (:meth:`srfs.files.home.SrDir.watch`): a
-        change after that is an event. The watch is set on the directory
-        the descriptor holds (by ``/proc/self/fd``), not on a path the user
-        could swap meanwhile. None when inotify cannot vouch for it (see
-        the module text).
+        ``ident`` is the directory's device and inode. Call as the user
+        (the thread's filesystem identity theirs), before the files are
+        looked at, and then check that the directory is still where the
+        path leads (:meth:`srfs.files.home.SrDir.watch`): a change after
+        that is an event. The watch is set on the directory the descriptor
+        holds (by ``/proc/self/fd``), not on a path the user could swap
+        meanwhile. None when inotify cannot vouch for it (see the module
+        text).
         """
+        with self._lock:
+            # What the kernel queued first: a directory that went away
+            # must be seen gone before it is found watched (its inode
+            # number can only come back once its watch is removed).
+            self._drain()
+            if self._ident_of.get(name) == ident and name in self._wd_of:
+                return self._generation[name]
         if not self._local(sr_fd):
             return None
         path = f"/proc/self/fd/{sr_fd}".encode()
         with self._lock:
-            # What the kernel queued first: a watch this call gets again
-            # (the same directory) must not be dropped after it by an old
-            # event, unheard by the user it is now given to.
             self._drain()
             wd = self._libc.inotify_add_watch(self._fd, path, WATCH_MASK)
             if wd < 0:
@@ -162,6 +169,7 @@ class HomeWatch:
                     self._wd_of[name] = wd
                     self._users_of.setdefault(wd, set()).add(name)
                     self._generation[name] = next(self._numbers)
+                self._ident_of[name] = ident
                 return self._generation[name]
         self._refused(err)
         return None
@@ -189,6 +197,7 @@ class HomeWatch:
             return
         users.discard(name)
         self._generation.pop(name, None)
+        self._ident_of.pop(name, None)
         if not users:
             del self._users_of[wd]
             self._libc.inotify_rm_watch(self._fd, wd)
@@ -258,6 +267,7 @@ class HomeWatch:
                     if self._wd_of.get(user) == wd:
                         del self._wd_of[user]
                         del self._generation[user]
+                        self._ident_of.pop(user, None)
                 if not mask & IN_IGNORED:
                     # Moved: the watch would follow it; removed or
                     # unmounted: the kernel drops it anyway.
@@ -270,6 +280,7 @@ class HomeWatch:
                 self._fd = -1
                 self._wd_of.clear()
                 self._users_of.clear()
+                self._ident_of.clear()
 
 
 def open_home_watch(names: Iterable[str]) -> HomeWatch | None:

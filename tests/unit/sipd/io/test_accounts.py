@@ -93,7 +93,8 @@ def test_the_home_watch_reader_empties_the_queue_that_no_check_reads(tmp_path: P
     watch = HomeWatch(["config"])
     fd = os.open(sr, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        first = watch.arm("jan", fd)
+        st = os.fstat(fd)
+        first = watch.arm("jan", fd, (st.st_dev, st.st_ino))
         assert first is not None
 
         async def main() -> None:

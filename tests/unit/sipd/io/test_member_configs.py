@@ -1,4 +1,5 @@
-"""The look at every member's ~/.sr/config: what changed is read, the rest costs one lstat."""
+"""The look at every member's ~/.sr/config: what changed is read, the rest costs
+a look at the home watch, or one lstat without it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from sipd.io.statefs import MemberConfigs
 from srfs.files import home
+from srfs.files.homewatch import HomeWatch
 from srfs.user import User
 from tests.unixusers import FakeUnix, fake_unix
 
@@ -35,9 +37,10 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = home.SrDir.open.__func__  # type: ignore[attr-defined]
 
-    def counting(cls: type[home.SrDir], user: User, *, create: bool = False) -> home.SrDir:
+    def counting(cls: type[home.SrDir], user: User, *, create: bool = False,
+                 watch: HomeWatch | None = None) -> home.SrDir:
         seen.append(user.name)
-        return real(cls, user, create=create)  # type: ignore[no-any-return]
+        return real(cls, user, create=create, watch=watch)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(home.SrDir, "open", classmethod(counting))
     return seen
@@ -47,20 +50,44 @@ def write_config(user: User, text: str) -> None:
     home.write_file(user, "config", text.encode())
 
 
+@pytest.fixture(params=[False, True], ids=["stamps", "watched"])
+def watch(request: pytest.FixtureRequest) -> Iterator[HomeWatch | None]:
+    if not request.param:
+        yield None
+        return
+    w = HomeWatch(["config"])
+    try:
+        yield w
+    finally:
+        w.close()
+
+
 def test_an_unchanged_file_is_neither_opened_nor_answered(
-        users: tuple[User, User], opened: list[str]) -> None:
+        users: tuple[User, User], opened: list[str], watch: HomeWatch | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     alice, bob = users
     write_config(alice, "ring_timeout = 20\n")
-    configs = MemberConfigs()
+    configs = MemberConfigs(watch)
     opened.clear()
+    stamped: list[str] = []
+    real_stamps = home.stamps_of
+
+    def stamps_of(users_: list[User], name: str) -> list[home.Stamp | None]:
+        stamped.extend(u.name for u in users_)
+        return real_stamps(users_, name)
+
+    monkeypatch.setattr(home, "stamps_of", stamps_of)
 
     first = configs.changed([alice, bob])
     assert [(u.name, c is not None) for u, c in first] == [("alice", True), ("bob", False)]
     assert opened == ["alice", "bob"]
 
     opened.clear()
+    stamped.clear()
     assert configs.changed([alice, bob]) == []
     assert opened == [], "an unchanged file (or an absent one) was opened again"
+    # Watched, an unchanged file costs no lstat either.
+    assert stamped == ([] if watch is not None else ["alice", "bob"])
 
     # A hand edit, and a file where there was none: both read, and only they.
     write_config(alice, "ring_timeout = 45\n")

@@ -308,3 +308,32 @@ def test_a_watch_goes_with_its_directory(alice: User, watch: HomeWatch) -> None:
     user_file(alice, "config", b"back = 1\n")
     assert cache.get(alice) == b"back = 1\n"
     assert watch.watches == 1 and cache.peek(alice) == (True, b"back = 1\n")
+
+
+class _CountingLibc:
+    def __init__(self, real: ctypes.PyDLL) -> None:
+        self._real = real
+        self.added = 0
+
+    def inotify_add_watch(self, fd: int, path: bytes, mask: int) -> int:
+        self.added += 1
+        result: int = self._real.inotify_add_watch(fd, path, mask)
+        return result
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+def test_a_directory_watched_already_is_not_watched_again(alice: User, watch: HomeWatch,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    libc = _CountingLibc(watch._libc)
+    monkeypatch.setattr(watch, "_libc", libc)
+    cache = cached(alice, watch)
+    user_file(alice, "config", b"a = 2\n")
+    assert cache.get(alice) == b"a = 2\n"
+    assert libc.added == 1
+    # Another directory in its place is a watch of its own.
+    _sr_swapped(sr_path(alice) / "config")
+    assert cache.get(alice) == b"a = 9\n"
+    assert libc.added == 2 and watch.watches == 1
+    assert cache.peek(alice) == (True, b"a = 9\n")
