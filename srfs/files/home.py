@@ -411,7 +411,11 @@ class SrDir:
 
     def _arm(self, watch: HomeWatch) -> int | None:
         # As the user.
-        generation = watch.arm(self.user.name, self._fd, (self.device, self.inode))
+        ident = (self.device, self.inode)
+        generation = watch.watching(self.user.name, ident)
+        if generation is not None:
+            return generation
+        generation = watch.arm(self.user.name, self._fd, ident)
         if generation is None:
             return None
         try:

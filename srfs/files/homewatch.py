@@ -146,13 +146,6 @@ class HomeWatch:
         meanwhile. None when inotify cannot vouch for it (see the module
         text).
         """
-        with self._lock:
-            # What the kernel queued first: a directory that went away
-            # must be seen gone before it is found watched (its inode
-            # number can only come back once its watch is removed).
-            self._drain()
-            if self._ident_of.get(name) == ident and name in self._wd_of:
-                return self._generation[name]
         if not self._local(sr_fd):
             return None
         path = f"/proc/self/fd/{sr_fd}".encode()
@@ -172,6 +165,23 @@ class HomeWatch:
                 self._ident_of[name] = ident
                 return self._generation[name]
         self._refused(err)
+        return None
+
+    def watching(self, name: str, ident: tuple[int, int]) -> int | None:
+        """``name``'s generation if the directory ``ident`` (device, inode) is
+        the one watched for them already; else None (then :meth:`arm`).
+
+        Found so after an open by path, it was watched before that open
+        found it there, so a move since is an event: no look at the path
+        is needed, unlike after :meth:`arm`.
+        """
+        with self._lock:
+            # What the kernel queued first: a directory that went away
+            # must be seen gone before it is found watched (its inode
+            # number can only come back once its watch is removed).
+            self._drain()
+            if self._ident_of.get(name) == ident and name in self._wd_of:
+                return self._generation[name]
         return None
 
     def _local(self, fd: int) -> bool:
