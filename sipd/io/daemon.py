@@ -338,7 +338,9 @@ def reload_registrations(daemon: Daemon, members: Sequence[User]) -> None:
     limit = daemon.settings.max_contacts
     for user in members:
         try:
-            bindings, problems = UsrlocFiles.load(user, now)
+            # Each home is watched from here: the first request of each
+            # user after a start (all of them, after a power cut) finds it so.
+            bindings, problems = UsrlocFiles.load(user, now, daemon.home_watch)
         except HomeError as exc:
             log.warning("not reloading registrations of %s: %s", user.name, exc.reason)
             continue

@@ -820,10 +820,14 @@ def open_sr(user: User, *, create: bool = False) -> SrDir:
     return SrDir.open(user, create=create)
 
 
-def read_file(user: User, name: str, max_size: int = MAX_READ) -> bytes | None:
-    """``~user/.sr/<name>``, or None when ``~/.sr`` or the file does not exist."""
+def read_file(user: User, name: str, max_size: int = MAX_READ, *,
+              watch: HomeWatch | None = None) -> bytes | None:
+    """``~user/.sr/<name>``, or None when ``~/.sr`` or the file does not exist.
+
+    With ``watch``, ``~/.sr`` is watched from then on (:meth:`SrDir.open`).
+    """
     try:
-        sr = SrDir.open(user)
+        sr = SrDir.open(user, watch=watch)
     except HomeError as e:
         if e.errno == errno.ENOENT:
             return None

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from srfs.files import home
+from srfs.files.homewatch import HomeWatch
 from srfs.lines import content_lines, quote_value
 from srfs.state.location import Binding, Reachability
 from srfs.user import User
@@ -334,8 +335,11 @@ class UsrlocFiles:
                 locks[name].release()
 
     @staticmethod
-    def load(user: User, now: float) -> tuple[list[Binding], list[str]]:
-        data = home.read_file(user, UsrlocFiles.NAME)
+    def load(user: User, now: float, watch: HomeWatch | None = None,
+             ) -> tuple[list[Binding], list[str]]:
+        """The user's bindings and the problems of the lines refused; with
+        ``watch``, their ``~/.sr`` is watched from then on."""
+        data = home.read_file(user, UsrlocFiles.NAME, watch=watch)
         if data is None:
             return [], []
         return parse_file(data.decode("utf-8", "surrogateescape"), user=user.name, now=now)

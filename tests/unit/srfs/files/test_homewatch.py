@@ -337,3 +337,20 @@ def test_a_directory_watched_already_is_not_watched_again(alice: User, watch: Ho
     assert cache.get(alice) == b"a = 9\n"
     assert libc.added == 2 and watch.watches == 1
     assert cache.peek(alice) == (True, b"a = 9\n")
+
+
+def test_a_home_read_at_start_is_found_watched_by_the_first_request(
+        alice: User, watch: HomeWatch, stamps: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reload of registrations at start watches each home it reads."""
+    libc = _CountingLibc(watch._libc)
+    monkeypatch.setattr(watch, "_libc", libc)
+    make_sr(alice)
+    user_file(alice, "passwd", b"x\n")
+    assert home.read_file(alice, "usrloc", watch=watch) is None
+    assert libc.added == 1 and watch.watches == 1
+    cache: FileCache[bytes] = FileCache("passwd", bytes, watch=watch)
+    assert cache.get(alice) == b"x\n"
+    assert libc.added == 1
+    assert cache.peek(alice) == (True, b"x\n")
+    assert stamps == []
