@@ -249,8 +249,7 @@ class SrDir:
     not across requests, since the user may replace the directory.
     """
 
-    def __init__(self, user: User, fd: int, device: int, inode: int = 0,
-                 watched: int | None = None) -> None:
+    def __init__(self, user: User, fd: int, device: int, inode: int = 0) -> None:
         # Use SrDir.open(); this only wraps an fd that passed the checks.
         self.user = user
         self._fd = fd
@@ -260,7 +259,7 @@ class SrDir:
         self.inode = inode
         #: The user's generation in the home watch given to :meth:`open`,
         #: if it vouches for this directory (see :meth:`watch`).
-        self.watched = watched
+        self.watched: int | None = None
 
     # -- opening -----------------------------------------------------------
 

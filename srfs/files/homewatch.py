@@ -50,6 +50,7 @@ import select
 import struct
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 log = logging.getLogger("srfs.homewatch")
 
@@ -93,6 +94,16 @@ _READ_SIZE = 64 * 1024
 _MAX_EVENT = _EVENT.size + 256
 
 
+@dataclass(slots=True)
+class _Watched:
+    """One user's watched ``~/.sr``."""
+
+    wd: int
+    #: The directory's device and inode.
+    ident: tuple[int, int]
+    generation: int
+
+
 class HomeWatch:
     """One inotify descriptor and a generation per watched user (see the module text)."""
 
@@ -113,12 +124,10 @@ class HomeWatch:
         # Every renewal takes a number never given before: a generation
         # taken from a watch that has since gone can never match again.
         self._numbers = itertools.count(1)
-        #: The watch of each user's ``~/.sr`` and the users watching by it.
-        self._wd_of: dict[str, int] = {}
+        #: Each watched user's ``~/.sr``, and the users of each watch (one
+        #: directory may be the home of two names).
+        self._watched: dict[str, _Watched] = {}
         self._users_of: dict[int, set[str]] = {}
-        self._generation: dict[str, int] = {}
-        #: The device and inode of each watched user's ``~/.sr``.
-        self._ident_of: dict[str, tuple[int, int]] = {}
         #: Overflows of the kernel's queue and watches refused, since start.
         self.overflows = 0
         self.refused = 0
@@ -155,15 +164,15 @@ class HomeWatch:
             if wd < 0:
                 err = ctypes.get_errno()
             else:
-                old = self._wd_of.get(name)
-                if old != wd:
-                    if old is not None:
-                        self._unwatch(name, old)
-                    self._wd_of[name] = wd
+                watched = self._watched.get(name)
+                if watched is not None and watched.wd == wd:
+                    watched.ident = ident
+                else:
+                    if watched is not None:
+                        self._unwatch(name, watched.wd)
+                    watched = self._watched[name] = _Watched(wd, ident, next(self._numbers))
                     self._users_of.setdefault(wd, set()).add(name)
-                    self._generation[name] = next(self._numbers)
-                self._ident_of[name] = ident
-                return self._generation[name]
+                return watched.generation
         self._refused(err)
         return None
 
@@ -180,9 +189,8 @@ class HomeWatch:
             # must be seen gone before it is found watched (its inode
             # number can only come back once its watch is removed).
             self._drain()
-            if self._ident_of.get(name) == ident and name in self._wd_of:
-                return self._generation[name]
-        return None
+            watched = self._watched.get(name)
+        return watched.generation if watched is not None and watched.ident == ident else None
 
     def _local(self, fd: int) -> bool:
         buf = ctypes.create_string_buffer(256)  # struct statfs, with room to spare
@@ -206,8 +214,7 @@ class HomeWatch:
         if users is None:
             return
         users.discard(name)
-        self._generation.pop(name, None)
-        self._ident_of.pop(name, None)
+        self._watched.pop(name, None)
         if not users:
             del self._users_of[wd]
             self._libc.inotify_rm_watch(self._fd, wd)
@@ -217,9 +224,7 @@ class HomeWatch:
     def still(self, name: str, generation: int) -> bool:
         """Whether ``name``'s files are as they were at ``generation`` (from
         :meth:`arm` or :meth:`current`)."""
-        with self._lock:
-            self._drain()
-            return self._generation.get(name) == generation and name in self._wd_of
+        return self.current(name) == generation
 
     def current(self, name: str) -> int | None:
         """``name``'s generation now, if their ``~/.sr`` is watched.
@@ -229,7 +234,8 @@ class HomeWatch:
         """
         with self._lock:
             self._drain()
-            return self._generation.get(name) if name in self._wd_of else None
+            watched = self._watched.get(name)
+        return None if watched is None else watched.generation
 
     def drain(self) -> None:
         """Read what the kernel queued (the event loop does so when it is readable,
@@ -263,21 +269,19 @@ class HomeWatch:
             if mask & IN_Q_OVERFLOW:
                 # Events were lost: no generation holds.
                 self.overflows += 1
-                for user in self._generation:
-                    self._generation[user] = next(self._numbers)
+                for watched in self._watched.values():
+                    watched.generation = next(self._numbers)
                 continue
             users = self._users_of.get(wd)
             if not users or (name and name not in self.names):
                 continue
+            # A user is in the set of the one watch they are watched by.
             for user in users:
-                self._generation[user] = next(self._numbers)
+                self._watched[user].generation = next(self._numbers)
             if not name and mask & _GONE:
                 del self._users_of[wd]
                 for user in users:
-                    if self._wd_of.get(user) == wd:
-                        del self._wd_of[user]
-                        del self._generation[user]
-                        self._ident_of.pop(user, None)
+                    del self._watched[user]
                 if not mask & IN_IGNORED:
                     # Moved: the watch would follow it; removed or
                     # unmounted: the kernel drops it anyway.
@@ -288,9 +292,8 @@ class HomeWatch:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
-                self._wd_of.clear()
+                self._watched.clear()
                 self._users_of.clear()
-                self._ident_of.clear()
 
 
 def open_home_watch(names: Iterable[str]) -> HomeWatch | None:
