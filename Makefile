@@ -63,7 +63,8 @@ test-suite:
 test-directory:
 	$(BIN)/pytest -q -p no:cacheprovider $(DIRECTORY_TESTS)
 
-# sipd's unit tests once more on the build make install makes: a wheel
+# sipd's unit tests, and those of the srfs modules it compiles, once more
+# on the build make install makes: a wheel
 # whose per-message modules are compiled with mypyc (setup.py). The checkout's own
 # modules stay pure Python (an editable install compiles nothing), so the
 # run above tested those. --import-mode=append keeps the checkout behind
@@ -87,7 +88,8 @@ compiled: setup $(WHEEL_STAMP)
 
 test-compiled: compiled
 	PYTHONPATH=$(CURDIR)/$(COMPILED)/site SIPD_EXPECT_BUILD="compiled with mypyc" \
-	 $(BIN)/pytest -q -p no:cacheprovider --import-mode=append tests/unit/sipd
+	 $(BIN)/pytest -q -p no:cacheprovider --import-mode=append tests/unit/sipd \
+	 tests/unit/srfs/state tests/unit/srfs/files/test_usrloc.py
 
 # The benchmarks run the daemon as make install builds it (the compiled
 # per-message modules); BENCH_ARGS=--core pure measures the checkout's pure Python.

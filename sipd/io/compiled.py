@@ -11,7 +11,9 @@ daemon's start-up line print it.
 The list is the per-message path: the SIP core, the services that answer
 and route each request, the sans-IO endpoint that joins them, and the
 table of calls in progress (``srfs.state.calls``), which the call tracker
-changes three times a call. The I/O
+changes three times a call, and the location store with its contact lines
+(``srfs.state.location``, ``srfs.files.usrloc``), which every REGISTER
+checks, renders for its ``~/.sr/usrloc`` and applies. The I/O
 layer stays interpreted: it mostly waits (trio, worker threads, FUSE),
 and mypyc would gain little there. A compiled module may import
 interpreted ones (a call into one is an ordinary Python call); the other
@@ -48,7 +50,7 @@ MYPYC_MODULES = (
     "sipd.proxy.callerid", "sipd.proxy.calltrack", "sipd.proxy.context",
     "sipd.proxy.flowtoken", "sipd.proxy.limits", "sipd.proxy.targets", "sipd.proxy.local",
     "sipd.proxy.routing", "sipd.proxy.forking", "sipd.proxy.proxy", "sipd.endpoint",
-    "srfs.state.calls",
+    "srfs.state.calls", "srfs.state.location", "srfs.files.usrloc",
 )
 
 

@@ -13,6 +13,7 @@ changed, so a REGISTER that fails changes nothing. Every new binding passes
 from __future__ import annotations
 
 import email.utils
+import functools
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -243,5 +244,13 @@ class Registrar:
         if uses_outbound(req):
             # RFC 5626 §6: the phone learns its flow is one, and keeps it alive.
             headers.append(("Require", "outbound"))
-        headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
+        headers.append(("Date", http_date(int(now))))
         return tuple(headers)
+
+
+# Every 200 OK of a REGISTER carries the date, to the second: made once a
+# second rather than through email.utils each time.
+@functools.lru_cache(maxsize=4)
+def http_date(second: int) -> str:
+    """``second`` (Unix time) as an RFC 1123 date in GMT, as the Date header has it."""
+    return email.utils.formatdate(second, usegmt=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable, Sequence
+from typing import ClassVar
 
 from srfs.files import home
 from srfs.files.homewatch import HomeWatch
@@ -289,7 +290,7 @@ class UsrlocFiles:
     one would have, so the older write still counts as done.
     """
 
-    NAME = "usrloc"
+    NAME: ClassVar[str] = "usrloc"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

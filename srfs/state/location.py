@@ -55,24 +55,48 @@ class Binding:
     """When the binding was first created (wall clock)."""
     _key: str = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    # Written out: mypyc compiles this one (see sipd.io.compiled), and a
+    # registrar makes one per REGISTER.
+    def __init__(self, aor: str, user: str, contact: str, expires: float | None,
+                 q: float = 1.0, callid: str = "", cseq: int = 0,
+                 instance: str | None = None, reg_id: int | None = None,
+                 path: tuple[str, ...] = (), received: str | None = None,
+                 ua: str | None = None, registered: float = 0.0) -> None:
         # A registrar holds one of these per phone: share the strings that
         # repeat across bindings (the AOR and user of a line, a phone
         # model's User-Agent), and work out the identity once, not on each
         # of the dozens of look-ups a REGISTER makes.
-        setattr_ = object.__setattr__
-        setattr_(self, "aor", sys.intern(self.aor))
-        setattr_(self, "user", sys.intern(self.user))
-        if self.ua is not None:
-            setattr_(self, "ua", sys.intern(self.ua))
-        if self.instance is not None:
-            key = f"instance:{self.instance}:{self.reg_id if self.reg_id is not None else ''}"
+        object.__setattr__(self, "aor", sys.intern(aor))
+        object.__setattr__(self, "user", sys.intern(user))
+        object.__setattr__(self, "contact", contact)
+        object.__setattr__(self, "expires", expires)
+        object.__setattr__(self, "q", q)
+        object.__setattr__(self, "callid", callid)
+        object.__setattr__(self, "cseq", cseq)
+        object.__setattr__(self, "instance", instance)
+        object.__setattr__(self, "reg_id", reg_id)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "received", received)
+        object.__setattr__(self, "ua", None if ua is None else sys.intern(ua))
+        object.__setattr__(self, "registered", registered)
+        if instance is not None:
+            key = f"instance:{instance}:{reg_id if reg_id is not None else ''}"
         else:
-            key = contact_key(self.contact)
+            key = contact_key(contact)
             if not key.startswith(("sip:", "sips:")):
                 # Other schemes must never look like an instance key.
                 key = "uri:" + key
-        setattr_(self, "_key", key)
+        object.__setattr__(self, "_key", key)
+
+    def since(self, registered: float) -> Binding:
+        """This binding, first registered at ``registered``: what a refresh
+        keeps of the binding it refreshes (without the field-by-field
+        walk of :func:`dataclasses.replace`)."""
+        if registered == self.registered:
+            return self
+        return Binding(self.aor, self.user, self.contact, self.expires, self.q, self.callid,
+                       self.cseq, self.instance, self.reg_id, self.path, self.received,
+                       self.ua, registered)
 
     @property
     def static(self) -> bool:
@@ -197,6 +221,14 @@ class Change:
     """The binding after the change (before it, for a removal)."""
     previous: Binding | None = None
     reason: RemoveReason | None = None
+
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, kind: ChangeKind, binding: Binding, previous: Binding | None = None,
+                 reason: RemoveReason | None = None) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "binding", binding)
+        object.__setattr__(self, "previous", previous)
+        object.__setattr__(self, "reason", reason)
 
 
 Subscriber = Callable[[Change], None]
@@ -337,7 +369,7 @@ class LocationStore:
         key = binding.key
         old = aor.get(key)
         if old is not None and old.registered:
-            binding = replace(binding, registered=old.registered)
+            binding = binding.since(old.registered)
         aor[key] = binding
         if old is not None and old.user != binding.user:
             # The AOR changed owner (an alias handed over): the old owner's
@@ -414,7 +446,7 @@ class LocationStore:
             ident = (op.aor, op.key)
             old = held.get(ident) or self.get(op.aor, op.key)
             if old is not None and old.registered:
-                op = replace(op, registered=old.registered)
+                op = op.since(old.registered)
             if op.user == user:
                 held[ident] = op
             else:

@@ -6,6 +6,7 @@ The directory is an in-memory double here (the real one, on NSS, PAM and
 
 from __future__ import annotations
 
+import email.utils
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -279,6 +280,17 @@ def test_register_with_digest(algorithm: str, agent: str) -> None:
     (b,) = h.store.lookup("alice")
     assert b.user == "alice" and b.received == "udp:192.0.2.7:5062"
     assert b.expires == pytest.approx(h.wall + 600)
+
+
+def test_the_200_ok_carries_the_date_of_the_second_it_was_made() -> None:
+    h = Harness()
+    h.now = 0.999  # the wall clock's second, not rounded up
+    first = h.register()
+    assert first.get("Date") == email.utils.formatdate(h.wall // 1, usegmt=True)
+    h.now += 1.5
+    later = h.register(call_id="another")
+    assert later.get("Date") == email.utils.formatdate(h.wall // 1, usegmt=True)
+    assert later.get("Date") != first.get("Date")
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,22 @@ def test_binding_static_and_remaining() -> None:
     assert b.remaining(T0 + 50) == 0  # never negative
 
 
+@pytest.mark.parametrize("kw", [
+    {},
+    {"instance": "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>", "reg_id": 1},
+    {"path": ("<sip:edge.example.com;lr>",), "received": "udp:198.51.100.1:4000",
+     "ua": "Phone/1", "callid": "c", "cseq": 7, "q": 0.5},
+    {"contact": "tel:+15551234567"},
+])
+def test_since_is_the_binding_first_registered_then(kw: dict[str, Any]) -> None:
+    b = mk(**kw)
+    assert b.since(b.registered) is b
+    older = b.since(T0 - 60)
+    assert older == replace(b, registered=T0 - 60)
+    assert older.key == b.key and older.registered == T0 - 60
+    assert older.ua is b.ua and older.aor is b.aor
+
+
 # ------------------------------------------------------------ upsert, lookup
 
 
