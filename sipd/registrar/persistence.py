@@ -72,6 +72,11 @@ class _Pending:
     plan: Callable[[float], Sequence[Op]]
     finish: Finish
 
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, plan: Callable[[float], Sequence[Op]], finish: Finish) -> None:
+        object.__setattr__(self, "plan", plan)
+        object.__setattr__(self, "finish", finish)
+
 
 @dataclass(frozen=True, slots=True)
 class _Write:
@@ -82,6 +87,15 @@ class _Write:
     pending: _Pending
     seq: int
     text: str
+
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, user: str, ops: Sequence[Op], pending: _Pending, seq: int,
+                 text: str) -> None:
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "ops", ops)
+        object.__setattr__(self, "pending", pending)
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "text", text)
 
 
 class Persistence:
