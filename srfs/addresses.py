@@ -80,7 +80,12 @@ def is_unicast(addr: IPAddress) -> bool:
     """
     if addr.is_multicast or addr.is_unspecified:
         return False
-    return not (isinstance(addr, ipaddress.IPv4Address) and addr == ipaddress.IPv4Address("255.255.255.255"))
+    return not (isinstance(addr, ipaddress.IPv4Address) and addr == _BROADCAST)
+
+
+# Made once: parsing it anew was most of what a REGISTER's check of its
+# contact address cost.
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 def source_key(host: str) -> str:

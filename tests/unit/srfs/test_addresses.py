@@ -54,3 +54,14 @@ def test_a_text_longer_than_any_host_is_not_remembered() -> None:
 def test_sources_count_by_ipv4_address_or_ipv6_64() -> None:
     assert source_key("192.0.2.1") == "192.0.2.1"
     assert source_key("2001:db8:1:2:3::4") == "2001:db8:1:2::/64"
+
+
+@pytest.mark.parametrize(("host", "unicast"), [
+    ("192.0.2.7", True), ("2001:db8::1", True), ("127.0.0.1", True), ("::ffff:192.0.2.7", True),
+    ("255.255.255.255", False), ("0xffffffff", False), ("::ffff:255.255.255.255", False),
+    ("224.0.0.1", False), ("ff02::1", False), ("0.0.0.0", False), ("0", False), ("::", False),
+])
+def test_unicast_is_one_host(host: str, unicast: bool) -> None:
+    addr = parse_host(host)
+    assert addr is not None
+    assert addresses.is_unicast(addr) is unicast
