@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/profile_register.py [--rate 200] [--seconds 20]
         [--sync write-through|write-back] [--calls] [--warm] [--scratch-parent /dev/shm]
-        [--mount] [--config LINE ...]
+        [--mount] [--config LINE ...] [--perf]
 
 ``--calls`` profiles authenticated call setups instead, with
 call_bench.py's load (the harness's ``bench.py call --auth``) and sipd
@@ -37,6 +37,18 @@ REGISTER that succeeded. Samples of worker threads (PAM, NSS, home files) are al
 summed apart: a hop to a thread costs the main thread a wake-up, and the
 thread's own work shows under its part. Garbage collection shows under
 whatever frame triggered it.
+
+py-spy sees Python frames only: the modules a wheel compiles with mypyc
+(the SIP core, the registrar, the proxy, the location store) show as the
+interpreted frame that called them, mostly the transport's. ``--perf``
+also records the daemon with ``perf record`` (Debian ``linux-perf``;
+DWARF call graphs, 299 Hz) over the same load and adds two tables: the
+system calls of every thread (each sample put to the outermost system
+call on its stack), and, for the event loop's thread, the innermost
+compiled function on the stack (``module.Class.method``), which is where
+the compiled code's own time and that of the interpreted and C code it
+calls goes. perf's own work on the daemon's stacks adds to the CPU
+figures.
 
 The raw stacks (py-spy's collapsed "raw" format, which flamegraph.pl and
 speedscope read) and the summary stay in the results directory. A
@@ -140,6 +152,76 @@ COUNTERS = ("sipd_jobs_started_total", "sipd_account_cache_hits_total",
             "sipd_account_cache_misses_total", "sipd_proxy_users_cached_total")
 
 
+#: ``perf record`` samples per second with ``--perf``.
+PERF_RATE = 299
+
+
+def perf_symbol(frame: str) -> str:
+    """``CPyDef_persistence___Persistence____plan`` as ``persistence.Persistence._plan``."""
+    return frame.removeprefix("CPyDef_").replace("___", ".")
+
+
+def perf_breakdown(script: str, main_tid: int) -> tuple[Counter[str], Counter[str], int, int]:
+    """From ``perf script -F tid,ip,sym``: samples per system call (every
+    thread), per innermost compiled function (the thread ``main_tid``), all
+    samples and the main thread's.
+
+    A sample is a header line (the thread id) and its stack, innermost
+    frame first, one ``address symbol`` per line; samples are separated by
+    a blank line.
+    """
+    calls: Counter[str] = Counter()
+    compiled: Counter[str] = Counter()
+    total = main = 0
+    for block in script.split("\n\n"):
+        lines = block.strip().splitlines()
+        if not lines or not lines[0].strip().split()[0].isdigit():
+            continue
+        total += 1
+        symbols = [parts[1] for parts in (line.split(None, 1) for line in lines[1:])
+                   if len(parts) == 2]
+        syscall = [s for s in symbols if s.startswith(("__x64_sys_", "__do_sys_"))]
+        kernel = bool(symbols) and lines[1].strip().startswith("ffffffff")
+        if syscall:
+            calls[syscall[-1].removeprefix("__x64_sys_").removeprefix("__do_sys_")] += 1
+        elif kernel:
+            calls["(kernel, no system call: interrupts, page faults)"] += 1
+        else:
+            calls["(user space)"] += 1
+        if int(lines[0].split()[0]) != main_tid:
+            continue
+        main += 1
+        inner = next((s for s in symbols if s.startswith("CPyDef_")), None)
+        if inner is not None:
+            compiled[perf_symbol(inner)] += 1
+        elif kernel:
+            compiled["(kernel, outside compiled code)"] += 1
+        else:
+            compiled["(interpreted or C, outside compiled code: trio, the I/O layer)"] += 1
+    return calls, compiled, total, main
+
+
+def perf_report(perf_data: Path, main_tid: int, results: Path, ms_per_op: float,
+                unit: str) -> dict[str, object]:
+    """The two tables of ``--perf``, logged and returned for profile.json."""
+    script = subprocess.run(["perf", "script", "-i", str(perf_data), "-F", "tid,ip,sym"],
+                            capture_output=True, text=True, errors="replace", check=True).stdout
+    calls, compiled, total, main = perf_breakdown(script, main_tid)
+    if not total:
+        raise RuntimeError(f"perf recorded no samples; see {perf_data}")
+    log(f"\nperf: {total} samples of every thread, {main} of the event loop's "
+        f"({PERF_RATE} Hz, all CPU time, user and system)")
+    log(f"{'where (every thread)':<60} {'share':>7} {'ms/' + unit:>12}")
+    for name, n in calls.most_common(12):
+        log(f"{name:<60} {100 * n / total:>6.1f}% {n / total * ms_per_op:>12.3f}")
+    log(f"\n{'innermost compiled function (event loop thread)':<60} {'share':>7}")
+    for name, n in compiled.most_common(25):
+        log(f"{name:<60} {100 * n / max(main, 1):>6.1f}%")
+    (results / "perf-script.txt").write_text(script)
+    return {"samples": total, "main_samples": main,
+            "system_calls": dict(calls.most_common()), "compiled": dict(compiled.most_common())}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -172,6 +254,8 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise RuntimeError("py-spy is missing: make profile installs it")
+    if args.perf and shutil.which("perf") is None:
+        raise RuntimeError("--perf needs perf (Debian: apt install linux-perf)")
     setup = prepare(results, scratch, procs)
     conf = scratch / "sipd.conf"
     what = "call setup with auth" if args.calls else "REGISTER+auth"
@@ -212,6 +296,13 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
                             "--full-filenames", "--threads", "--gil", "--nonblocking",
                             "-o", str(stacks)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    perf_data = results / "perf.data"
+    perf_proc = None
+    if args.perf:
+        perf_proc = procs.spawn(["perf", "record", "-F", str(PERF_RATE), "--call-graph",
+                                 "dwarf,16384", "-p", str(sipd.pid), "-o", str(perf_data),
+                                 "--", "sleep", str(int(args.seconds))],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if args.calls:
         summary = setup.h.bench("profile_call", setup.sipd_port, sipd.pid, "call", args.rate,
                                 args.seconds, ["--auth"])
@@ -219,6 +310,8 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
         summary = setup.h.bench("profile_reg", setup.sipd_port, sipd.pid, "reg", args.rate,
                                 args.seconds)
     spy_proc.wait(timeout=args.seconds + 60)
+    if perf_proc is not None:
+        perf_proc.wait(timeout=args.seconds + 120)
     wall = time.monotonic() - cpu0[0]
     user1, system1 = cpu_seconds(sipd.pid)
     user, system = user1 - cpu0[1][0], system1 - cpu0[1][1]
@@ -250,12 +343,15 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
         rows.append({"part": name, "samples": n, "share": round(share, 4),
                      "ms_per_register": round(share * gil_ms, 4)})
         log(f"{name:<36} {100 * share:>6.1f}% {share * gil_ms:>12.3f}")
+    perf = (perf_report(perf_data, sipd.pid, results, per_reg, unit)
+            if perf_proc is not None else None)
     (results / "profile.json").write_text(json.dumps(
         {"rate": args.rate, "seconds": args.seconds, "sync": args.sync, "registrations": ok,
          "user_s": round(user, 3), "system_s": round(system, 3),
          "ms_per_register": round(per_reg, 4), "gil_ms_per_register": round(gil_ms, 4),
          "samples": total,
-         "worker_samples": workers, "per_operation": per_op, "parts": rows}, indent=1))
+         "worker_samples": workers, "per_operation": per_op, "parts": rows,
+         "perf": perf}, indent=1))
 
 
 def main() -> int:
@@ -276,6 +372,9 @@ def main() -> int:
     ap.add_argument("--config", action="append", default=[], metavar="LINE",
                     help="a line added to sipd's configuration (e.g. 'log_level = \"warning\"'), "
                          "to see what a setting costs; may be given again")
+    ap.add_argument("--perf", action="store_true",
+                    help="also record with perf: system calls of every thread, and the "
+                         "innermost compiled function of the event loop's thread")
     ap.add_argument("--out", help="results directory (default: a new one under the temp dir)")
     ap.add_argument("--scratch-parent", default=None,
                     help="where homes and usrloc files are made (default: the temp dir)")
