@@ -83,8 +83,8 @@ def is_unicast(addr: IPAddress) -> bool:
     return not (isinstance(addr, ipaddress.IPv4Address) and addr == _BROADCAST)
 
 
-# Made once: parsing it anew was most of what a REGISTER's check of its
-# contact address cost.
+# Made once: parsing it anew at each call (every REGISTER asks about its
+# contact's address) was most of this function's cost.
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
