@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/profile_register.py [--rate 200] [--seconds 20]
         [--sync write-through|write-back] [--calls] [--warm] [--scratch-parent /dev/shm]
-        [--mount] [--config LINE ...] [--perf]
+        [--mount] [--config LINE ...] [--native] [--perf]
 
 ``--calls`` profiles authenticated call setups instead, with
 call_bench.py's load (the harness's ``bench.py call --auth``) and sipd
@@ -40,7 +40,13 @@ whatever frame triggered it.
 
 py-spy sees Python frames only: the modules a wheel compiles with mypyc
 (the SIP core, the registrar, the proxy, the location store) show as the
-interpreted frame that called them, mostly the transport's. ``--perf``
+interpreted frame that called them, mostly the transport's. ``--native``
+has py-spy read the native frames too, and a compiled function's frame
+(its C file names its module) then counts under its module's part; py-spy
+cannot do that without stopping the daemon for each sample, so the
+daemon waits a little at each of them, and py-spy then takes far fewer
+samples a second than asked and does not say how many it tried: the
+table gives shares only. ``--perf``
 also records the daemon with ``perf record`` (Debian ``linux-perf``;
 DWARF call graphs, 299 Hz) over the same load and adds two tables: the
 system calls of every thread (each sample put to the outermost system
@@ -109,12 +115,21 @@ RATE = 200
 #: REGISTERs a second of --warm's pass over every user (without --calls).
 WARM_RATE = 500
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
+#: A frame of a module compiled by mypyc, with ``--native``: its C file names
+#: the module (``__native_sipd___registrar___server.c``).
+_NATIVE_FILE = re.compile(r"__native_(?P<module>\w+)\.c$")
+
+
+def source_of(where: str) -> str:
+    """The frame's file as a path in the tree: a compiled module's C file as its .py."""
+    m = _NATIVE_FILE.search(where)
+    return m.group("module").replace("___", "/") + ".py" if m else where
 
 
 def part_of(frames: list[str]) -> str:
     for frame in reversed(frames):
         m = _FRAME.match(frame)
-        where = m.group("file") if m else frame
+        where = source_of(m.group("file")) if m else frame
         for name, marks in PARTS:
             if any(mark in where for mark in marks):
                 return name
@@ -293,7 +308,8 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     cpu0 = time.monotonic(), cpu_seconds(sipd.pid)
     spy_proc = procs.spawn([spy, "record", "--pid", str(sipd.pid), "--rate", str(RATE),
                             "--duration", str(int(args.seconds)), "--format", "raw",
-                            "--full-filenames", "--threads", "--gil", "--nonblocking",
+                            "--full-filenames", "--threads", "--gil",
+                            "--native" if args.native else "--nonblocking",
                             "-o", str(stacks)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     perf_data = results / "perf.data"
@@ -322,14 +338,19 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
         raise RuntimeError(f"no profile or no registration; see {results}")
     parts, total, workers = breakdown(stacks)
     per_reg = 1000 * (user + system) / ok
-    gil_ms = 1000 * total / RATE / ok
+    # With --native, py-spy stops the daemon for each sample and keeps
+    # nowhere near RATE a second (about 30 Hz here), and it counts only
+    # the samples it kept: the shares hold, the milliseconds cannot be had.
+    gil_ms = None if args.native else 1000 * total / RATE / ok
     unit = "call" if args.calls else "REGISTER"
+    held = ("shares only with --native" if gil_ms is None
+            else f"{gil_ms:.3f} ms per {unit}")
     log(f"\n{ok} {'calls' if args.calls else 'registrations'} answered 200 in {wall:.1f} s; "
         f"sipd's CPU per {what} "
         f"({'INVITE, 407, ACK, INVITE, 180, 200, ACK, BYE, 200' if args.calls else 'both legs'}): "
         f"{per_reg:.3f} ms, of which {1000 * user / ok:.3f} ms user and "
         f"{1000 * system / ok:.3f} ms system (syscalls: sockets, file writes, fsync, thread "
-        f"wake-ups); Python held the GIL {gil_ms:.3f} ms per {unit} "
+        f"wake-ups); Python held the GIL {held} "
         f"({total} samples, {100 * workers / max(total, 1):.1f} % of them in worker threads)")
     # Counted over the load and everything else in the window (a few OPTIONS).
     per_op = {name: (after[name] - before.get(name, 0.0)) / ok
@@ -340,15 +361,16 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     rows = []
     for name, n in parts.most_common():
         share = n / total
+        ms = None if gil_ms is None else share * gil_ms
         rows.append({"part": name, "samples": n, "share": round(share, 4),
-                     "ms_per_register": round(share * gil_ms, 4)})
-        log(f"{name:<36} {100 * share:>6.1f}% {share * gil_ms:>12.3f}")
+                     "ms_per_register": None if ms is None else round(ms, 4)})
+        log(f"{name:<36} {100 * share:>6.1f}% {'-' if ms is None else f'{ms:.3f}':>12}")
     perf = (perf_report(perf_data, sipd.pid, results, per_reg, unit)
             if perf_proc is not None else None)
     (results / "profile.json").write_text(json.dumps(
         {"rate": args.rate, "seconds": args.seconds, "sync": args.sync, "registrations": ok,
          "user_s": round(user, 3), "system_s": round(system, 3),
-         "ms_per_register": round(per_reg, 4), "gil_ms_per_register": round(gil_ms, 4),
+         "ms_per_register": round(per_reg, 4), "gil_ms_per_register": None if gil_ms is None else round(gil_ms, 4),
          "samples": total,
          "worker_samples": workers, "per_operation": per_op, "parts": rows,
          "perf": perf}, indent=1))
@@ -372,6 +394,10 @@ def main() -> int:
     ap.add_argument("--config", action="append", default=[], metavar="LINE",
                     help="a line added to sipd's configuration (e.g. 'log_level = \"warning\"'), "
                          "to see what a setting costs; may be given again")
+    ap.add_argument("--native", action="store_true",
+                    help="py-spy also reads native frames, so the modules compiled with mypyc "
+                         "count under their own parts (it then pauses the daemon at each sample; "
+                         "shares only)")
     ap.add_argument("--perf", action="store_true",
                     help="also record with perf: system calls of every thread, and the "
                          "innermost compiled function of the event loop's thread")
