@@ -249,7 +249,7 @@ class SrDir:
     not across requests, since the user may replace the directory.
     """
 
-    def __init__(self, user: User, fd: int, device: int, inode: int = 0) -> None:
+    def __init__(self, user: User, fd: int, device: int, inode: int) -> None:
         # Use SrDir.open(); this only wraps an fd that passed the checks.
         self.user = user
         self._fd = fd
