@@ -219,7 +219,8 @@ def perf_breakdown(script: str, main_tid: int) -> tuple[Counter[str], Counter[st
 def perf_report(perf_data: Path, main_tid: int, results: Path, ms_per_op: float,
                 unit: str) -> dict[str, object]:
     """The two tables of ``--perf``, logged and returned for profile.json."""
-    script = subprocess.run(["perf", "script", "-i", str(perf_data), "-F", "tid,ip,sym"],
+    script = subprocess.run(["perf", "script", "-i", str(perf_data), "--pid", str(main_tid),
+                             "-F", "tid,ip,sym"],
                             capture_output=True, text=True, errors="replace", check=True).stdout
     calls, compiled, total, main = perf_breakdown(script, main_tid)
     if not total:
@@ -315,8 +316,11 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     perf_data = results / "perf.data"
     perf_proc = None
     if args.perf:
-        perf_proc = procs.spawn(["perf", "record", "-F", str(PERF_RATE), "--call-graph",
-                                 "dwarf,16384", "-p", str(sipd.pid), "-o", str(perf_data),
+        # Every CPU, the daemon's samples picked out afterwards: with -p, the
+        # threads the daemon starts during the load (its workers, when the
+        # users are not warm) went unrecorded.
+        perf_proc = procs.spawn(["perf", "record", "-a", "-F", str(PERF_RATE), "--call-graph",
+                                 "dwarf,16384", "-o", str(perf_data),
                                  "--", "sleep", str(int(args.seconds))],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if args.calls:

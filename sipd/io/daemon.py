@@ -382,9 +382,15 @@ def load_users(daemon: Daemon) -> None:
         daemon.membership = group_membership(daemon.settings.group,
                                              daemon.settings.member_full_interval)
     members = daemon.membership.refresh(time.monotonic())
+    if daemon.directory is not None:
+        # After a restart every phone registers again: their entries are here.
+        daemon.directory.prime(members)
     daemon.persistence.know(members)
     reload_registrations(daemon, members)
-    report_missing_passwords(members, daemon.settings.realm)
+    if daemon.directory is not None:
+        report_missing_passwords(members, daemon.settings.realm, daemon.directory.passwd_entries)
+    else:
+        report_missing_passwords(members, daemon.settings.realm)
 
 
 async def run(settings: Settings) -> None:

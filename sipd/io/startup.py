@@ -14,7 +14,7 @@ a warning, not a reason to refuse the start.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from sipd.config import Settings
@@ -29,6 +29,9 @@ from srfs.user import User
 
 log = logging.getLogger("sipd")
 
+#: Reads a user's ``~/.sr/passwd`` into its entries by (user, realm); raises HomeError.
+PasswdReader = Callable[[User], Mapping[tuple[str, str], passwd.Entry] | None]
+
 __all__ = [
     "check_accounts",
     "check_admin_files",
@@ -37,6 +40,7 @@ __all__ = [
     "check_mount",
     "check_tls",
     "mount_failed",
+    "passwd_entries",
     "password_problem",
     "report_missing_passwords",
     "user_database_needed",
@@ -152,22 +156,30 @@ PASSWORDLESS_SHOWN = 5
 REALMS_SHOWN = 3
 
 
-def password_problem(user: User, realm: str) -> str | None:
+def passwd_entries(user: User) -> Mapping[tuple[str, str], passwd.Entry] | None:
+    """``~/.sr/passwd``'s entries by (user, realm); None without the file."""
+    data = home.read_file(user, "passwd")
+    return None if data is None else passwd.index(data)
+
+
+def password_problem(user: User, realm: str,
+                     read: PasswdReader = passwd_entries) -> str | None:
     """Why ``user`` cannot authenticate in ``realm`` from ``~/.sr/passwd``, or None.
 
     Names the other realms the file holds an entry for, never a hash.
+    ``read`` reads the file (the daemon's reads keep it for the user's
+    first authentication).
     """
     try:
-        data = home.read_file(user, "passwd")
+        entries = read(user)
     except home.HomeError as exc:
         return exc.reason
-    if data is None:
+    if entries is None:
         return "no ~/.sr/passwd"
-    pf = passwd.parse(data)
-    if pf.find(user.name, realm) is not None:
+    if (user.name, realm) in entries:
         return None
     # The file is the user's: its realms are quoted, and only a few are named.
-    others = sorted({e.realm for e in pf.entries if e.user == user.name})
+    others = sorted({r for (u, r) in entries if u == user.name})
     if not others:
         return "no entry for the user"
     named = ", ".join(quote(r) for r in others[:REALMS_SHOWN])
@@ -175,7 +187,8 @@ def password_problem(user: User, realm: str) -> str | None:
     return f"entries only for realm {named}" + (f" and {more} more" if more > 0 else "")
 
 
-def report_missing_passwords(members: Sequence[User], realm: str) -> int:
+def report_missing_passwords(members: Sequence[User], realm: str,
+                             read: PasswdReader = passwd_entries) -> int:
     """Log each SIP user who holds no password for ``realm``; how many there are.
 
     A password set for another realm (the host renamed, ``-r`` given to
@@ -183,7 +196,7 @@ def report_missing_passwords(members: Sequence[User], realm: str) -> int:
     """
     problems = []
     for user in members:
-        why = password_problem(user, realm)
+        why = password_problem(user, realm, read)
         if why is not None:
             problems.append(f"{user.name} ({why})")
     log_problems(log, f"no password for realm {realm}", problems, shown=PASSWORDLESS_SHOWN)

@@ -25,7 +25,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from srfs.accounts import pamcheck, passwd, users
@@ -101,6 +101,10 @@ class Directory:
         self._watch = watch
         self._passwd = FileCache("passwd", passwd.index, watch=watch)
         self._unreadable = Recurring()
+        #: The SIP group's members as start-up listed them (:meth:`prime`),
+        #: by name, until ``_primed_until`` (monotonic).
+        self._primed: dict[str, User] = {}
+        self._primed_until = -math.inf
 
     @property
     def ttl(self) -> float:
@@ -115,6 +119,31 @@ class Directory:
                 self.locked_suspends = locked_suspends
             self._invalidate()
 
+    def prime(self, members: Iterable[User]) -> None:
+        """The SIP group's members as start-up has just listed them.
+
+        The first :meth:`account` look-up of each, within ``ttl`` seconds,
+        takes the user's entry and membership of the group from here and
+        makes no NSS call of its own: after a restart every phone registers
+        again, and each ``getpwnam`` may read all of ``/etc/passwd`` or ask
+        a directory server. The shadow entry and PAM are still asked. What
+        forgets states forgets these too (SIGHUP, a changed account file,
+        the user leaving the group), so they count no longer than an
+        account state would.
+        """
+        with self._lock:
+            self._primed = {user.name: user for user in members}
+            self._primed_until = self._clock() + self._states.ttl
+
+    def _take_primed(self, name: str) -> User | None:
+        with self._lock:
+            if not self._primed:
+                return None
+            if self._clock() >= self._primed_until:
+                self._primed = {}
+                return None
+            return self._primed.pop(name, None)
+
     def state(self, user: User, rhost: str | None = None) -> AccountState:
         """May ``user`` use SIP now: the group, the shadow entry, PAM; cached.
 
@@ -124,8 +153,10 @@ class Directory:
         """
         return self._state(user, rhost)[0]
 
-    def _state(self, user: User, rhost: str | None) -> tuple[AccountState, float]:
-        """The state and for how many more seconds it is cached."""
+    def _state(self, user: User, rhost: str | None,
+               member: bool = False) -> tuple[AccountState, float]:
+        """The state and for how many more seconds it is cached; ``member``:
+        the user's membership of the SIP group is known (:meth:`prime`)."""
         now = self._clock()
         with self._lock:
             cached = self._states.get(user.name, now)
@@ -133,7 +164,7 @@ class Directory:
             generation = self._generation
         if cached is not None and expiry is not None:
             return cached, expiry - now
-        found = self._check(user, rhost)
+        found = self._check(user, rhost, member)
         with self._lock:
             if generation != self._generation:
                 # The files changed while this check ran: answer, keep nothing.
@@ -142,8 +173,8 @@ class Directory:
             expiry = self._states.expiry(user.name)
         return found, (0.0 if expiry is None else expiry - now)
 
-    def _check(self, user: User, rhost: str | None) -> AccountState:
-        if not users.is_sip_member(user, self.group, required=True):
+    def _check(self, user: User, rhost: str | None, member: bool = False) -> AccountState:
+        if not member and not users.is_sip_member(user, self.group, required=True):
             return AccountState(False, f"not a member of group {self.group}")
         refusal = shadow_refusal(user.name, self._wall(), locked_suspends=self.locked_suspends)
         if refusal is not None:
@@ -172,12 +203,15 @@ class Directory:
         caller answers that as a server error, never as an unknown user or
         a refused account.
         """
-        user = users.lookup(name)
+        user = self._take_primed(name)
+        member = user is not None
+        if user is None:
+            user = users.lookup(name)
         if user is None:
             # A directory that cannot look says "not found" too (nslcd).
             users.confirm_absent(name, self.group)
             return None
-        state, valid_for = self._state(user, rhost)
+        state, valid_for = self._state(user, rhost, member)
         if not state.allowed:
             return Account(user, False, state.reason, valid_for=valid_for)
         # The stamp is taken before the read: a change after it shows as a
@@ -207,6 +241,13 @@ class Directory:
         return Account(user, True, reason, ha1, passwd_stamp=stamp, valid_for=valid_for,
                        passwd_watched=watched)
 
+    def passwd_entries(self, user: User) -> dict[tuple[str, str], passwd.Entry] | None:
+        """``user``'s ``~/.sr/passwd`` by (user, realm), None without it;
+        :class:`HomeError` when it fails the checks. Kept as for
+        :meth:`account`: start-up's look at every member's file leaves
+        their first authentication nothing to read."""
+        return self._passwd.get(user)
+
     def _pam(self, user: User, rhost: str | None) -> tuple[int, str]:
         assert self.pam_service is not None
         return pamcheck.account_check(user, self.pam_service, rhost)
@@ -234,10 +275,12 @@ class Directory:
         self._passwd.forget()
 
     def forget_user(self, name: str) -> None:
-        """``name``'s cached state goes (the user joined the SIP group): a
-        refusal remembered from before counts no longer."""
+        """``name``'s cached state goes (the user joined or left the SIP
+        group): a refusal remembered from before counts no longer, nor what
+        start-up found (:meth:`prime`)."""
         with self._lock:
             self._states.invalidate(name)
+            self._primed.pop(name, None)
 
     def files_changed(self) -> bool:
         """Whether the account files changed since the last call; if so, forget every state.
@@ -256,6 +299,7 @@ class Directory:
 
     def _invalidate(self) -> None:
         self._states.invalidate()
+        self._primed = {}
         self._generation += 1
 
 

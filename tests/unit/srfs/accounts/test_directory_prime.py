@@ -1,0 +1,172 @@
+"""What start-up read stands in for each member's first look-up, and no longer.
+
+After a restart every phone registers again, each an account look-up.
+:meth:`Directory.prime` gives the directory the SIP group's members as
+start-up listed them, so the first look-up of each makes no ``getpwnam``
+(nor a group look-up); start-up's check of every member's ``~/.sr/passwd``
+reads it through the directory, so the first authentication has nothing
+to read. The child processes count the NSS look-ups (calls of
+``users.lookup``) and the file reads under nss_wrapper and pam_wrapper,
+as tests/unit/srfs/accounts/test_state.py does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from srfs.accounts.passwd import Entry
+from tests.unixusers import FakeUnix, UserSpec, fake_unix
+
+USERS = (
+    UserSpec("acme", groups=("sip",)),
+    UserSpec("jan", groups=("sip",)),
+    UserSpec("locked", groups=("sip",)),
+    UserSpec("outsider"),
+)
+
+_CHILD = """
+import json
+from srfs.accounts import users
+from srfs.accounts.directory import Directory
+
+looked_up = []
+real_lookup = users.lookup
+
+def counted(name):
+    looked_up.append(name)
+    return real_lookup(name)
+
+users.lookup = counted
+now = [1000.0]
+members = [real_lookup(name) for name in ("acme", "jan", "locked")]
+out = {}
+
+def directory():
+    d = Directory("test.invalid", "sip", "sipd", clock=lambda: now[0], ttl=60.0)
+    d.prime(members)
+    return d
+
+def look(d, tag, name):
+    before = len(looked_up)
+    account = d.account(name)
+    out[tag] = {"account": None if account is None else [account.allowed, account.reason],
+                "nss": len(looked_up) - before}
+
+d = directory()
+look(d, "acme", "acme")
+look(d, "locked", "locked")
+look(d, "outsider", "outsider")
+look(d, "nobody", "nobody")
+d.forget()
+look(d, "acme after forget", "acme")
+look(d, "jan after forget", "jan")
+
+d = directory()
+now[0] += 60.0
+look(d, "jan after the ttl", "jan")
+
+d = directory()
+d.forget_user("jan")
+look(d, "jan after leaving", "jan")
+look(d, "acme beside", "acme")
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def unix() -> Iterator[FakeUnix]:
+    with fake_unix(USERS) as u:
+        u.set_shadow("locked", "!$6$salt$hash")
+        yield u
+
+
+def _run(unix: FakeUnix) -> dict[str, dict[str, object]]:
+    done = subprocess.run([sys.executable, "-c", _CHILD], env=unix.env, cwd=unix.root,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert isinstance(got, dict)
+    return got
+
+
+def test_a_primed_member_is_not_looked_up_but_still_checked(unix: FakeUnix) -> None:
+    got = _run(unix)
+    assert got["acme"]["nss"] == 0
+    assert got["acme"]["account"][0] is True  # type: ignore[index]
+    # The shadow entry is still read: a locked member is refused without a look-up.
+    assert got["locked"] == {"account": [False, "password locked (usermod -L)"], "nss": 0}
+    # Who was not listed is looked up as before.
+    assert got["outsider"] == {"account": [False, "not a member of group sip"], "nss": 1}
+    assert got["nobody"] == {"account": None, "nss": 1}
+
+
+def test_the_prime_serves_once_and_goes_with_what_forgets_states(unix: FakeUnix) -> None:
+    got = _run(unix)
+    # Used up by the first look-up...
+    assert got["acme after forget"]["nss"] == 1
+    # ...and forgotten whole with every state (SIGHUP, a changed account file).
+    assert got["jan after forget"]["nss"] == 1
+    assert got["jan after forget"]["account"][0] is True  # type: ignore[index]
+    # No older than an account state may be.
+    assert got["jan after the ttl"]["nss"] == 1
+    # A user who left the group (or joined it) is looked up again; the others are not.
+    assert got["jan after leaving"]["nss"] == 1
+    assert got["acme beside"]["nss"] == 0
+
+
+_READS_CHILD = """
+import json, sys
+from srfs.accounts import users
+from srfs.accounts.directory import Directory
+from srfs.files import home
+from sipd.io.startup import password_problem
+
+reads = []
+real_read = home.SrDir.read_stamped
+
+def counted(self, name, *args, **kwargs):
+    reads.append(name)
+    return real_read(self, name, *args, **kwargs)
+
+home.SrDir.read_stamped = counted
+acme = users.lookup("acme")
+d = Directory("test.invalid", "sip", "sipd", ttl=60.0)
+out = {"problem": password_problem(acme, "test.invalid", d.passwd_entries),
+       "other realm": password_problem(acme, "elsewhere.invalid", d.passwd_entries),
+       "reads at start": len(reads)}
+account = d.account("acme")
+out["reads at the first authentication"] = len(reads) - out["reads at start"]
+out["ha1"] = sorted(account.ha1)
+print(json.dumps(out))
+"""
+
+
+def _give_passwd(unix: FakeUnix, name: str, realm: str) -> None:
+    fake = unix[name]
+    sr = fake.home / ".sr"
+    sr.mkdir(mode=0o700, exist_ok=True)
+    os.chown(sr, fake.uid, fake.gid)
+    path = sr / "passwd"
+    path.write_text(Entry.from_password(name, realm, "secret").render() + "\n")
+    path.chmod(0o600)
+    os.chown(path, fake.uid, fake.gid)
+
+
+def test_start_ups_look_at_passwd_leaves_the_first_authentication_nothing_to_read(
+        unix: FakeUnix) -> None:
+    _give_passwd(unix, "acme", "test.invalid")
+    done = subprocess.run([sys.executable, "-c", _READS_CHILD], env=unix.env, cwd=unix.root,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["problem"] is None
+    assert got["other realm"] == 'entries only for realm "test.invalid"'
+    assert got["reads at start"] == 1  # the second look found it kept
+    assert got["reads at the first authentication"] == 0
+    assert got["ha1"] == ["MD5", "SHA-256"]
