@@ -1106,8 +1106,10 @@ class FileCache(Generic[T]):
         with self._lock:
             cached = [_usable(self._entries.get(user.name), user) for user in users]
         watch = self._watch
-        known = [c is not None and c.watched is not None and watch is not None
-                 and watch.still(c.user.name, c.watched) for c in cached]
+        now = (watch.generations([user.name for user in users]) if watch is not None
+               else [None] * len(users))
+        known = [c is not None and c.watched is not None and c.watched == generation
+                 for c, generation in zip(cached, now, strict=True)]
         stamps = iter(stamps_of([u for u, c, k in zip(users, cached, known, strict=True)
                                  if c is not None and not k], self.name))
         return [k or (c is not None and next(stamps) == c.stamp)

@@ -354,3 +354,27 @@ def test_a_home_read_at_start_is_found_watched_by_the_first_request(
     assert libc.added == 1
     assert cache.peek(alice) == (True, b"x\n")
     assert stamps == []
+
+
+def test_a_look_at_every_member_reads_the_queue_once(unix: FakeUnix, watch: HomeWatch,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = unix["alice"].user, unix["bob"].user
+    cache = cached(alice, watch)
+    make_sr(bob)
+    user_file(bob, "config", b"b = 1\n")
+    assert cache.get(bob) == b"b = 1\n"
+    reads: list[int] = []
+    real = watch._drain
+
+    def counted() -> None:
+        reads.append(1)
+        real()
+
+    monkeypatch.setattr(watch, "_drain", counted)
+    assert cache.unchanged([alice, bob]) == [True, True]
+    assert len(reads) == 1
+    user_file(bob, "config", b"b = 2\n")
+    # The change is still seen, for its user only.
+    assert cache.unchanged([alice, bob]) == [True, False]
+    assert len(reads) == 2
+    assert watch.generations(["alice", "nobody"])[1] is None
