@@ -87,7 +87,7 @@ from srfs.accounts.directory import Account, Directory
 from srfs.accounts.membership import Membership, group_membership
 from srfs.accounts.state import SystemFiles, system_files
 from srfs.addresses import parse_host
-from srfs.files.home import HomeError
+from srfs.files.home import HomeError, SrDir
 from srfs.files.homewatch import HomeWatch, open_home_watch
 from srfs.files.usrloc import UsrlocFiles
 from srfs.files.wtmp import UNAVAILABLE_REASON, LoginRecorder, WtmpError
@@ -241,8 +241,16 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         # one. A read of ~/.sr/config per account looked up, which a phone
         # refreshing its registration does not cause (the account is kept).
         generation = home_users.generation
-        account = directory.account(name, rhost)
-        if account is not None and account.allowed:
+        learned = False
+
+        def read_settings(user: User, sr: SrDir | None) -> None:
+            # Through the open that read ~/.sr/passwd: one open, not two.
+            nonlocal learned
+            home_users.learn_in(user, generation, sr)
+            learned = True
+
+        account = directory.account(name, rhost, also=read_settings)
+        if account is not None and account.allowed and not learned:
             home_users.learn(account.user, generation)
         return account
 

@@ -31,7 +31,7 @@ from typing import Protocol
 
 from srfs.accounts import users
 from srfs.accounts.state import AccountState
-from srfs.files.home import FileCache, HomeError
+from srfs.files.home import FileCache, HomeError, SrDir
 from srfs.files.homewatch import HomeWatch
 from srfs.files.userconfig import EMPTY, UserConfig
 from srfs.files.userconfig import parse as parse_userconfig
@@ -129,12 +129,25 @@ class HomeUsers:
         of its own. ``generation`` is :attr:`generation` from before that
         look-up began: one that a :meth:`forget` overtook keeps nothing.
         """
-        self._remember(user.name, user)
-        self._note(user.name, user, generation)
+        self._learned(user, generation)
         try:
             self._configs.get(user)
         except HomeError:
             pass  # find() reads it again, and says why once
+
+    def learn_in(self, user: User, generation: int, sr: SrDir | None) -> None:
+        """:meth:`learn`, reading through ``user``'s ``~/.sr`` as that look-up
+        opened it (:func:`~srfs.files.home.open_watched`; None: there is
+        none) rather than opening it again."""
+        self._learned(user, generation)
+        try:
+            self._configs.get_in(user, sr)
+        except HomeError:
+            pass  # as in learn()
+
+    def _learned(self, user: User, generation: int) -> None:
+        self._remember(user.name, user)
+        self._note(user.name, user, generation)
 
     def find_cached(self, name: str) -> tuple[bool, UserConfig] | None:
         if not valid_name(name):

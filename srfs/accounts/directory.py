@@ -32,7 +32,7 @@ from srfs.accounts import pamcheck, passwd, users
 from srfs.accounts.nss import DirectoryUnavailable
 from srfs.accounts.pamcheck import PAM_AUTHINFO_UNAVAIL, PAM_SUCCESS, AccountCache
 from srfs.accounts.state import ALLOWED, AccountState, SystemFiles, shadow_refusal
-from srfs.files.home import FileCache, HomeError, Stamp, stamp_of
+from srfs.files.home import FileCache, HomeError, SrDir, Stamp, as_user, open_watched, stamp_of
 from srfs.files.homewatch import HomeWatch
 from srfs.logtext import Recurring
 from srfs.user import User
@@ -196,12 +196,18 @@ class Directory:
             return None
         return self.state(user, rhost)
 
-    def account(self, name: str, rhost: str | None = None) -> Account | None:
+    def account(self, name: str, rhost: str | None = None,
+                also: Callable[[User, SrDir | None], None] | None = None) -> Account | None:
         """The account called ``name``, or None if there is no such UNIX user.
 
         Raises :class:`~srfs.accounts.users.DirectoryUnavailable` when NSS fails: the
         caller answers that as a server error, never as an unknown user or
         a refused account.
+
+        ``also``, for an allowed account, is called with the user and their
+        ``~/.sr`` as opened to read ``passwd`` (None: there is none), acting
+        as the user, to read another kept file through the same open (their
+        call settings); not called when that open failed its checks.
         """
         user = self._take_primed(name)
         member = user is not None
@@ -214,20 +220,26 @@ class Directory:
         state, valid_for = self._state(user, rhost, member)
         if not state.allowed:
             return Account(user, False, state.reason, valid_for=valid_for)
-        # The stamp is taken before the read: a change after it shows as a
-        # different stamp next time, never as the old content kept.
-        stamp = passwd_stamp(user)
         try:
-            pw = self._passwd.get(user)
+            # One open of ~/.sr and one turn of the thread's identity for
+            # the files of one look-up: in a worker, every system call lets
+            # the GIL go, a hand-off with a busy event loop each.
+            with as_user(user):
+                sr = open_watched(user, self._watch)
+                try:
+                    pw, stamp, watched = self._passwd.look_in(user, sr)
+                    if also is not None:
+                        also(user, sr)
+                finally:
+                    if sr is not None:
+                        sr.close()
         except HomeError as exc:
             # Met at every authentication of the user: said once, until it changes.
             if self._unreadable.report(user.name, exc.reason):
                 log.warning("ignoring passwd of %s: %s", user.name, exc.reason)
-            return Account(user, True, exc.reason, passwd_stamp=stamp, valid_for=valid_for)
+            return Account(user, True, exc.reason, passwd_stamp=passwd_stamp(user),
+                           valid_for=valid_for)
         self._unreadable.clear(user.name)
-        # The read's watch vouches for the stamp taken before it only if
-        # that is the file it read: then nothing changed in between.
-        watched = self._passwd.watched(user, stamp)
         if pw is None:
             return Account(user, True, "no ~/.sr/passwd", passwd_stamp=stamp,
                            valid_for=valid_for, passwd_watched=watched)

@@ -49,7 +49,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -70,7 +70,9 @@ __all__ = [
     "SrDir",
     "Stamp",
     "append_file",
+    "as_user",
     "open_sr",
+    "open_watched",
     "read_file",
     "remove_file",
     "stamp_of",
@@ -814,6 +816,25 @@ def _lstat_as(user: User, path: str) -> os.stat_result:
             raise RuntimeError("could not restore the thread's filesystem identity")
 
 
+def open_watched(user: User, watch: HomeWatch | None) -> SrDir | None:
+    """``user``'s ``~/.sr`` opened to read kept files (:meth:`FileCache.get_in`),
+    armed with ``watch`` before anything in it is looked at, so a change
+    after the look is an event; None when it does not exist."""
+    try:
+        return SrDir.open(user, watch=watch)
+    except HomeError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+
+
+def as_user(user: User) -> AbstractContextManager[None]:
+    """The thread acts as ``user`` on files until the block ends: what this
+    module does for that user inside it takes the identity without turning
+    it again (a turn is four system calls and their checks, about 7 µs)."""
+    return _acting_as(user)
+
+
 def open_sr(user: User, *, create: bool = False) -> SrDir:
     """Same as :meth:`SrDir.open`."""
     return SrDir.open(user, create=create)
@@ -1030,44 +1051,56 @@ class FileCache(Generic[T]):
 
     def get(self, user: User) -> T | None:
         """The parsed file, or None when ``~/.sr`` or the file does not exist."""
-        try:
-            # Armed before the file is looked at: a change after the look is an event.
-            sr = SrDir.open(user, watch=self._watch)
-        except HomeError as e:
-            if e.errno == errno.ENOENT:
-                self._absent(user)
-                return None
-            raise
+        sr = open_watched(user, self._watch)
+        if sr is None:
+            return self.get_in(user, None)
         with sr:
-            watched = sr.watched
-            stamp = sr.stat(self.name)
-            if stamp is None:
-                self._absent(user, watched)
-                return None
+            return self.get_in(user, sr)
+
+    def get_in(self, user: User, sr: SrDir | None) -> T | None:
+        """:meth:`get` through ``user``'s ``~/.sr`` as :func:`open_watched`
+        opened it with this cache's watch (None: there is none), which the
+        caller closes: one open serves several files of a user."""
+        return self.look_in(user, sr)[0]
+
+    def look_in(self, user: User, sr: SrDir | None) -> tuple[T | None, Stamp | None, int | None]:
+        """:meth:`get_in`'s answer with the stamp of the file it came from
+        (None: no file) and the watch's generation that vouches for that
+        file from then on (None: only the stamp can tell), taken together:
+        what another thread reads meanwhile cannot pair one's stamp with
+        the other's content."""
+        if sr is None:
+            self._absent(user)
+            return None, None, None
+        watched = sr.watched
+        stamp = sr.stat(self.name)
+        if stamp is None:
+            self._absent(user, watched)
+            return None, None, watched
+        with self._lock:
+            cached = self._entries.get(user.name)
+        if cached is not None and cached.user == user and cached.stamp == stamp:
+            if cached.error is not None:
+                raise cached.error
+            watched = _vouched(stamp, watched)
+            if cached.watched != watched:
+                self._keep(cached, replace(cached, watched=watched))
+            return cached.value, stamp, watched
+        try:
+            found = sr.read_stamped(self.name, self._max_size)
+        except HomeError as e:
             with self._lock:
-                cached = self._entries.get(user.name)
-            if cached is not None and cached.user == user and cached.stamp == stamp:
-                if cached.error is not None:
-                    raise cached.error
-                watched = _vouched(stamp, watched)
-                if cached.watched != watched:
-                    self._keep(cached, replace(cached, watched=watched))
-                return cached.value
-            try:
-                found = sr.read_stamped(self.name, self._max_size)
-            except HomeError as e:
-                with self._lock:
-                    self._entries[user.name] = _Cached(user, stamp, None, e)
-                raise
+                self._entries[user.name] = _Cached(user, stamp, None, e)
+            raise
         if found is None:  # removed between stat and open
             self._absent(user, watched)
-            return None
+            return None, None, watched
         data, read_stamp = found
         value = self._parse(data)
+        watched = _vouched(read_stamp, watched)
         with self._lock:
-            self._entries[user.name] = _Cached(user, read_stamp, value, None,
-                                               _vouched(read_stamp, watched))
-        return value
+            self._entries[user.name] = _Cached(user, read_stamp, value, None, watched)
+        return value, read_stamp, watched
 
     def peek(self, user: User) -> tuple[bool, T | None]:
         """What :meth:`get` would answer, if it is known without opening anything.
@@ -1114,15 +1147,6 @@ class FileCache(Generic[T]):
                                  if c is not None and not k], self.name))
         return [k or (c is not None and next(stamps) == c.stamp)
                 for c, k in zip(cached, known, strict=True)]
-
-    def watched(self, user: User, stamp: Stamp | None) -> int | None:
-        """The watch's generation that vouches for ``user``'s file as ``stamp``
-        says, if the cache holds one (after :meth:`get`)."""
-        with self._lock:
-            cached = _usable(self._entries.get(user.name), user)
-        if cached is None or cached.stamp != stamp:
-            return None
-        return cached.watched
 
     def _keep(self, was: _Cached[T], now: _Cached[T]) -> None:
         with self._lock:

@@ -143,24 +143,44 @@ out = {"problem": password_problem(acme, "test.invalid", d.passwd_entries),
 account = d.account("acme")
 out["reads at the first authentication"] = len(reads) - out["reads at start"]
 out["ha1"] = sorted(account.ha1)
+
+# The call settings come through the open that read passwd.
+from sipd.proxy.users import HomeUsers
+opens = []
+real_open = home.SrDir.open.__func__
+
+def counted_open(cls, user, **kwargs):
+    opens.append(user.name)
+    return real_open(cls, user, **kwargs)
+
+home.SrDir.open = classmethod(counted_open)
+settings = HomeUsers("sip", d.state)
+fresh = Directory("test.invalid", "sip", "sipd", ttl=60.0)
+account = fresh.account("acme", also=lambda u, sr: settings.learn_in(u, settings.generation, sr))
+out["opens for passwd and config"] = len(opens)
+found = settings.find_cached("acme")
+out["config kept"] = None if found is None else found[1].get("forward")
+out["ha1 again"] = sorted(account.ha1)
 print(json.dumps(out))
 """
 
 
-def _give_passwd(unix: FakeUnix, name: str, realm: str) -> None:
+def _give_file(unix: FakeUnix, name: str, file: str, text: str) -> None:
     fake = unix[name]
     sr = fake.home / ".sr"
     sr.mkdir(mode=0o700, exist_ok=True)
     os.chown(sr, fake.uid, fake.gid)
-    path = sr / "passwd"
-    path.write_text(Entry.from_password(name, realm, "secret").render() + "\n")
+    path = sr / file
+    path.write_text(text)
     path.chmod(0o600)
     os.chown(path, fake.uid, fake.gid)
 
 
-def test_start_ups_look_at_passwd_leaves_the_first_authentication_nothing_to_read(
+def test_start_up_reads_passwd_for_the_first_authentication_and_a_look_up_opens_sr_once(
         unix: FakeUnix) -> None:
-    _give_passwd(unix, "acme", "test.invalid")
+    _give_file(unix, "acme", "passwd",
+               Entry.from_password("acme", "test.invalid", "secret").render() + "\n")
+    _give_file(unix, "acme", "config", "forward = sip:elsewhere@example.org\n")
     done = subprocess.run([sys.executable, "-c", _READS_CHILD], env=unix.env, cwd=unix.root,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -170,3 +190,7 @@ def test_start_ups_look_at_passwd_leaves_the_first_authentication_nothing_to_rea
     assert got["reads at start"] == 1  # the second look found it kept
     assert got["reads at the first authentication"] == 0
     assert got["ha1"] == ["MD5", "SHA-256"]
+    # A look-up opens ~/.sr once for both of the files it keeps.
+    assert got["opens for passwd and config"] == 1
+    assert got["config kept"] == "sip:elsewhere@example.org"
+    assert got["ha1 again"] == ["MD5", "SHA-256"]
