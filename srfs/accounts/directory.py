@@ -123,10 +123,13 @@ class Directory:
         """The SIP group's members as start-up has just listed them.
 
         The first :meth:`account` look-up of each, within ``ttl`` seconds,
-        takes the user's entry and membership of the group from here and
-        makes no NSS call of its own: after a restart every phone registers
+        takes the user's entry and membership of the group from here, with
+        no NSS look-up of its own: after a restart every phone registers
         again, and each ``getpwnam`` may read all of ``/etc/passwd`` or ask
-        a directory server. The shadow entry and PAM are still asked. What
+        a directory server. The shadow entry and PAM are still asked; when
+        they refuse, the group is looked up after all, since that is what
+        tells a directory server's outage from a refusal (the SIP group is
+        never "not found"), which they cannot. What
         forgets states forgets these too (SIGHUP, a changed account file,
         the user leaving the group), so they count no longer than an
         account state would.
@@ -156,7 +159,7 @@ class Directory:
     def _state(self, user: User, rhost: str | None,
                member: bool = False) -> tuple[AccountState, float]:
         """The state and for how many more seconds it is cached; ``member``:
-        the user's membership of the SIP group is known (:meth:`prime`)."""
+        start-up found the user in the SIP group (:meth:`prime`)."""
         now = self._clock()
         with self._lock:
             cached = self._states.get(user.name, now)
@@ -174,8 +177,19 @@ class Directory:
         return found, (0.0 if expiry is None else expiry - now)
 
     def _check(self, user: User, rhost: str | None, member: bool = False) -> AccountState:
-        if not member and not users.is_sip_member(user, self.group, required=True):
+        if not member:
+            if not users.is_sip_member(user, self.group, required=True):
+                return AccountState(False, f"not a member of group {self.group}")
+            return self._shadow_and_pam(user, rhost)
+        found = self._shadow_and_pam(user, rhost)
+        # A refusal may be the user database failing: the shadow entry and
+        # PAM cannot tell, the group look-up can (it raises then, and
+        # nothing is kept), and a membership ended since start counts first.
+        if not found.allowed and not users.is_sip_member(user, self.group, required=True):
             return AccountState(False, f"not a member of group {self.group}")
+        return found
+
+    def _shadow_and_pam(self, user: User, rhost: str | None) -> AccountState:
         refusal = shadow_refusal(user.name, self._wall(), locked_suspends=self.locked_suspends)
         if refusal is not None:
             return AccountState(False, refusal)

@@ -2,8 +2,9 @@
 
 After a restart every phone registers again, each an account look-up.
 :meth:`Directory.prime` gives the directory the SIP group's members as
-start-up listed them, so the first look-up of each makes no ``getpwnam``
-(nor a group look-up); start-up's check of every member's ``~/.sr/passwd``
+start-up listed them, so the first look-up of each makes no NSS look-up
+(unless the shadow entry or PAM refuses: then the group is asked, since
+it is what tells an outage from a refusal); start-up's check of every member's ``~/.sr/passwd``
 reads it through the directory, so the first authentication has nothing
 to read. The child processes count the NSS look-ups (calls of
 ``users.lookup``) and the file reads under nss_wrapper and pam_wrapper,
@@ -43,6 +44,14 @@ def counted(name):
     return real_lookup(name)
 
 users.lookup = counted
+group_looks = []
+real_member = users.is_sip_member
+
+def counted_member(user, *args, **kwargs):
+    group_looks.append(user.name)
+    return real_member(user, *args, **kwargs)
+
+users.is_sip_member = counted_member
 now = [1000.0]
 members = [real_lookup(name) for name in ("acme", "jan", "locked")]
 out = {}
@@ -53,10 +62,10 @@ def directory():
     return d
 
 def look(d, tag, name):
-    before = len(looked_up)
+    before, groups_before = len(looked_up), len(group_looks)
     account = d.account(name)
     out[tag] = {"account": None if account is None else [account.allowed, account.reason],
-                "nss": len(looked_up) - before}
+                "nss": len(looked_up) - before, "group": len(group_looks) - groups_before}
 
 d = directory()
 look(d, "acme", "acme")
@@ -97,13 +106,17 @@ def _run(unix: FakeUnix) -> dict[str, dict[str, object]]:
 
 def test_a_primed_member_is_not_looked_up_but_still_checked(unix: FakeUnix) -> None:
     got = _run(unix)
-    assert got["acme"]["nss"] == 0
+    assert got["acme"]["nss"] == 0 and got["acme"]["group"] == 0
     assert got["acme"]["account"][0] is True  # type: ignore[index]
-    # The shadow entry is still read: a locked member is refused without a look-up.
-    assert got["locked"] == {"account": [False, "password locked (usermod -L)"], "nss": 0}
+    # The shadow entry is still read: a locked member is refused with no
+    # look-up of the user; the refusal has the group asked, which is what
+    # would have told an outage (below).
+    assert got["locked"] == {"account": [False, "password locked (usermod -L)"], "nss": 0,
+                             "group": 1}
     # Who was not listed is looked up as before.
-    assert got["outsider"] == {"account": [False, "not a member of group sip"], "nss": 1}
-    assert got["nobody"] == {"account": None, "nss": 1}
+    assert got["outsider"] == {"account": [False, "not a member of group sip"], "nss": 1,
+                               "group": 1}
+    assert got["nobody"] == {"account": None, "nss": 1, "group": 0}
 
 
 def test_the_prime_serves_once_and_goes_with_what_forgets_states(unix: FakeUnix) -> None:
@@ -194,3 +207,38 @@ def test_start_up_reads_passwd_for_the_first_authentication_and_a_look_up_opens_
     assert got["opens for passwd and config"] == 1
     assert got["config kept"] == "sip:elsewhere@example.org"
     assert got["ha1 again"] == ["MD5", "SHA-256"]
+
+
+_OUTAGE_CHILD = """
+import json, os, sys
+from srfs.accounts import users
+from srfs.accounts.directory import Directory
+from srfs.accounts.nss import DirectoryUnavailable
+
+members = [users.lookup(name) for name in ("acme", "locked")]
+d = Directory("test.invalid", "sip", "sipd", ttl=60.0)
+d.prime(members)
+# The group database fails from here on (a link to itself: ELOOP), as a
+# directory server that stopped answering does.
+group = sys.argv[1]
+os.unlink(group)
+os.symlink(group, group)
+out = {}
+for name in ("acme", "locked"):
+    try:
+        account = d.account(name)
+        out[name] = None if account is None else [account.allowed, account.reason]
+    except DirectoryUnavailable:
+        out[name] = "unavailable"
+print(json.dumps(out))
+"""
+
+
+def test_a_primed_member_in_an_outage_is_an_outage_not_a_refusal(unix: FakeUnix) -> None:
+    # A refusal would count as a failed login (throttling, fail2ban); what
+    # start-up found must not hide that the user database fails.
+    done = subprocess.run([sys.executable, "-c", _OUTAGE_CHILD, str(unix.group)],
+                          env=unix.env, cwd=unix.root, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"acme": "unavailable", "locked": "unavailable"}
