@@ -186,6 +186,20 @@ class TcpClient:
         self.sock.close()
 
 
+def tcp_refused(host: str, port: int, wait: float = 2.0) -> bool:
+    """Whether a new TCP connection to ``host``:``port`` is refused: closed
+    at once, or reset so fast that ``connect()`` itself reports the reset
+    (a busy machine schedules the client after the server's answer)."""
+    try:
+        client = TcpClient(host, port)
+    except ConnectionResetError:
+        return True
+    try:
+        return client.is_closed(wait=wait)
+    finally:
+        client.close()
+
+
 class Daemon:
     """A sipd subprocess listening on UDP and TCP, 127.0.0.1 and ::1."""
 

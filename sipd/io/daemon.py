@@ -63,6 +63,7 @@ from sipd.io.startup import (
     check_host,
     check_tls,
     mount_failed,
+    passwd_entries,
     report_missing_passwords,
     user_database_needed,
 )
@@ -390,15 +391,15 @@ def load_users(daemon: Daemon) -> None:
         daemon.membership = group_membership(daemon.settings.group,
                                              daemon.settings.member_full_interval)
     members = daemon.membership.refresh(time.monotonic())
-    if daemon.directory is not None:
-        # After a restart every phone registers again: their entries are here.
-        daemon.directory.prime(members)
+    directory = daemon.directory
+    if directory is not None:
+        # After a restart every phone registers again: their entries are
+        # here, and their passwd files are read below through the directory.
+        directory.prime(members)
     daemon.persistence.know(members)
     reload_registrations(daemon, members)
-    if daemon.directory is not None:
-        report_missing_passwords(members, daemon.settings.realm, daemon.directory.passwd_entries)
-    else:
-        report_missing_passwords(members, daemon.settings.realm)
+    report_missing_passwords(members, daemon.settings.realm,
+                             passwd_entries if directory is None else directory.passwd_entries)
 
 
 async def run(settings: Settings) -> None:

@@ -221,7 +221,7 @@ class Directory:
         ``also``, for an allowed account, is called with the user and their
         ``~/.sr`` as opened to read ``passwd`` (None: there is none), acting
         as the user, to read another kept file through the same open (their
-        call settings); not called when that open failed its checks.
+        call settings); not called when that open or that read failed.
         """
         user = self._take_primed(name)
         member = user is not None

@@ -14,7 +14,6 @@ as tests/unit/srfs/accounts/test_state.py does.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from srfs.accounts.passwd import Entry
+from tests.unit.srfs.files.test_home import make_sr, user_file
 from tests.unixusers import FakeUnix, UserSpec, fake_unix
 
 USERS = (
@@ -178,22 +178,13 @@ print(json.dumps(out))
 """
 
 
-def _give_file(unix: FakeUnix, name: str, file: str, text: str) -> None:
-    fake = unix[name]
-    sr = fake.home / ".sr"
-    sr.mkdir(mode=0o700, exist_ok=True)
-    os.chown(sr, fake.uid, fake.gid)
-    path = sr / file
-    path.write_text(text)
-    path.chmod(0o600)
-    os.chown(path, fake.uid, fake.gid)
-
-
 def test_start_up_reads_passwd_for_the_first_authentication_and_a_look_up_opens_sr_once(
         unix: FakeUnix) -> None:
-    _give_file(unix, "acme", "passwd",
-               Entry.from_password("acme", "test.invalid", "secret").render() + "\n")
-    _give_file(unix, "acme", "config", "forward = sip:elsewhere@example.org\n")
+    acme = unix["acme"].user
+    make_sr(acme)
+    user_file(acme, "passwd",
+              (Entry.from_password("acme", "test.invalid", "secret").render() + "\n").encode())
+    user_file(acme, "config", b"forward = sip:elsewhere@example.org\n")
     done = subprocess.run([sys.executable, "-c", _READS_CHILD], env=unix.env, cwd=unix.root,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
