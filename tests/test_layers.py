@@ -26,7 +26,8 @@ ROOT = REPO
 #: Lowest first. A module belongs to the longest entry its name starts with.
 SIPD_ORDER = ("sipd.sip", "sipd.core", "sipd.auth", "sipd.registrar", "sipd.media",
               "sipd.proxy", "sipd.endpoint", "sipd.config", "sipd.io", "sipd.cli")
-SRFS_ORDER = (("srfs.errors", "srfs.addresses", "srfs.logtext", "srfs.lines", "srfs.user"),
+SRFS_ORDER = (("srfs.errors", "srfs.addresses", "srfs.entropy", "srfs.logtext", "srfs.lines",
+                "srfs.user"),
               ("srfs.state",), ("srfs.files",), ("srfs.accounts",),
               ("srfs.fs", "srfs.sipdconf"), ("srfs.sippasswd",))
 EVENT_LOOP = ("trio", "pyfuse3")

@@ -88,6 +88,7 @@ from srfs.accounts.directory import Account, Directory
 from srfs.accounts.membership import Membership, group_membership
 from srfs.accounts.state import SystemFiles, system_files
 from srfs.addresses import parse_host
+from srfs.entropy import random_bytes
 from srfs.files.home import HomeError, SrDir
 from srfs.files.homewatch import HomeWatch, open_home_watch
 from srfs.files.usrloc import UsrlocFiles
@@ -256,7 +257,7 @@ def build(settings: Settings, ports: set[int], hosts: list[str],
         return account
 
     auth = Authenticator(
-        realm, NonceManager(secrets.token_bytes(32)),
+        realm, NonceManager(secrets.token_bytes(32), random=random_bytes),
         throttle=Throttle(trusted=never_throttled),
         algorithms=settings.auth_algorithms,
         policy=ChallengePolicy(settings.auth_algorithms, settings.sha256_user_agents),

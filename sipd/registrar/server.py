@@ -14,7 +14,6 @@ None (ACK).
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -30,6 +29,7 @@ from sipd.sip.errors import SipError
 from sipd.sip.message import Request, Response, make_response
 from sipd.sip.uri import SipURI, TelURI
 from srfs.accounts.directory import Account
+from srfs.entropy import random_hex
 from srfs.logtext import quote
 from srfs.state.location import Op
 
@@ -129,7 +129,7 @@ class Server:
         req: Request, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
     ) -> Response:
         return make_response(
-            req, status, reason, (("Server", "sipd"), *headers), to_tag=secrets.token_hex(5)
+            req, status, reason, (("Server", "sipd"), *headers), to_tag=random_hex(5)
         )
 
     # ------------------------------------------------------------ REGISTER

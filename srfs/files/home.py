@@ -44,7 +44,6 @@ import errno
 import fcntl
 import os
 import re
-import secrets
 import stat
 import threading
 import time
@@ -53,6 +52,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from srfs.entropy import random_hex
 from srfs.errors import ReasonedError
 from srfs.user import User
 
@@ -573,7 +573,7 @@ class SrDir:
     def _create_temp(self, name: str) -> tuple[str, int]:
         for _ in range(_TEMP_ATTEMPTS):
             # A random name: the user can pre-create any predictable one.
-            tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+            tmp = f".{name}.{random_hex(8)}.tmp"
             try:
                 fd = os.open(tmp, _WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self._fd)
             except FileExistsError:
