@@ -28,7 +28,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -468,88 +468,92 @@ async def run(settings: Settings) -> None:
             await trio.to_thread.run_sync(statefs.load)
     tune_gc()
     helper: UnmountHelper | None = None
-    async with trio.open_nursery() as nursery:
-        try:
-            if ng is not None and daemon.media is not None:
-                await nursery.start(ng.serve)
-                transports.asker = ng.ask
-            if privileged():
-                # No worker thread may start before the capabilities are given up.
-                transports.workers.hold()
-            await nursery.start(transports.serve, bound)
-            own_sockets(daemon.proxy.router.addresses, transports.udp_sockets())
-            transports.send(daemon.endpoint.take_pending(trio.current_time()))
-            if metrics_sock is not None:
-                tree = statefs.tree if statefs is not None else None
-                server = MetricsServer(functools.partial(
-                    metrics_text, daemon.endpoint, transports, started, tree, home_watch))
-                await nursery.start(server.serve, metrics_sock)
-            if daemon.media is not None:
-                transports.send([daemon.media.ping()])
-            if statefs is not None:
-                from sipd.io.statefs import start_statefs
-                from srfs.fs.fuse import MountError
-
-                try:
-                    await start_statefs(statefs, nursery)
-                except (MountError, OSError) as exc:
-                    raise mount_failed(settings, exc) from None
+    # Caught from before sipd answers: a SIGHUP (a reload, a log rotation)
+    # can come as soon as it does, and its default action ends the process.
+    # What arrives during the rest of the start waits here for the loop.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                if ng is not None and daemon.media is not None:
+                    await nursery.start(ng.serve)
+                    transports.asker = ng.ask
                 if privileged():
-                    helper = await trio.to_thread.run_sync(start_unmount_helper, settings.mount)
-            await enter_running()
-            transports.workers.release()
-            log.info(
-                "sipd ready: realm %s, group %s, listening on %s%s; build: %s",
-                settings.realm, settings.group,
-                ", ".join(str(a) for a, _ in bound),
-                "" if settings.metrics_listen is None
-                else f"; metrics on http://{settings.metrics_listen}/metrics",
-                compiled_build(),
-            )
-            notify_systemd("READY=1")
-            period = watchdog_period()
-            if period is not None:
-                nursery.start_soon(keep_watchdog_fed, period)
-            admin_reload = ReloadRequest()
-            config_reload = ReloadRequest()
-            account_reload = ReloadRequest()
-            nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
-            nursery.start_soon(watch_config, daemon, config_reload)
-            nursery.start_soon(watch_account_files, daemon, account_reload)
-            if home_watch is not None:
-                nursery.start_soon(drain_home_watch, home_watch)
-            # One probe at a time, in a thread of its own.
-            nursery.start_soon(probe_directory, daemon, trio.CapacityLimiter(1))
-            transactions = daemon.endpoint.transactions
-            endpoint_stats = daemon.endpoint.stats
+                    # No worker thread may start before the capabilities are given up.
+                    transports.workers.hold()
+                await nursery.start(transports.serve, bound)
+                own_sockets(daemon.proxy.router.addresses, transports.udp_sockets())
+                transports.send(daemon.endpoint.take_pending(trio.current_time()))
+                if metrics_sock is not None:
+                    tree = statefs.tree if statefs is not None else None
+                    server = MetricsServer(functools.partial(
+                        metrics_text, daemon.endpoint, transports, started, tree, home_watch))
+                    await nursery.start(server.serve, metrics_sock)
+                if daemon.media is not None:
+                    transports.send([daemon.media.ping()])
+                if statefs is not None:
+                    from sipd.io.statefs import start_statefs
+                    from srfs.fs.fuse import MountError
 
-            def heard() -> int:
-                return endpoint_stats.messages_in
+                    try:
+                        await start_statefs(statefs, nursery)
+                    except (MountError, OSError) as exc:
+                        raise mount_failed(settings, exc) from None
+                    if privileged():
+                        helper = await trio.to_thread.run_sync(start_unmount_helper, settings.mount)
+                await enter_running()
+                transports.workers.release()
+                log.info(
+                    "sipd ready: realm %s, group %s, listening on %s%s; build: %s",
+                    settings.realm, settings.group,
+                    ", ".join(str(a) for a, _ in bound),
+                    "" if settings.metrics_listen is None
+                    else f"; metrics on http://{settings.metrics_listen}/metrics",
+                    compiled_build(),
+                )
+                notify_systemd("READY=1")
+                period = watchdog_period()
+                if period is not None:
+                    nursery.start_soon(keep_watchdog_fed, period)
+                admin_reload = ReloadRequest()
+                config_reload = ReloadRequest()
+                account_reload = ReloadRequest()
+                nursery.start_soon(watch_admin_files, daemon.ownership, admin_reload)
+                nursery.start_soon(watch_config, daemon, config_reload)
+                nursery.start_soon(watch_account_files, daemon, account_reload)
+                if home_watch is not None:
+                    nursery.start_soon(drain_home_watch, home_watch)
+                # One probe at a time, in a thread of its own.
+                nursery.start_soon(probe_directory, daemon, trio.CapacityLimiter(1))
+                transactions = daemon.endpoint.transactions
+                endpoint_stats = daemon.endpoint.stats
 
-            # The full collections wait for a quiet second (sipd(8), MEMORY).
-            nursery.start_soon(functools.partial(
-                trim_after_bursts, lambda: len(transactions), heard=heard))
-            nursery.start_soon(functools.partial(collect_cycles, heard=heard))
+                def heard() -> int:
+                    return endpoint_stats.messages_in
 
-            def on_hup() -> None:
-                config_reload.set()
-                admin_reload.set()
-                account_reload.set()
+                # The full collections wait for a quiet second (sipd(8), MEMORY).
+                nursery.start_soon(functools.partial(
+                    trim_after_bursts, lambda: len(transactions), heard=heard))
+                nursery.start_soon(functools.partial(collect_cycles, heard=heard))
 
-            await _wait_for_signals(on_hup)
-            notify_systemd("STOPPING=1")
-        finally:
-            if helper is not None:
-                # Before the FUSE loop stops: once the mount is gone, libfuse
-                # has nothing left to unmount (it could not, without
-                # CAP_SYS_ADMIN) and the loop ends by itself. Readers of the
-                # event files get their end of file first, while the mount
-                # still answers their close.
-                with trio.CancelScope(shield=True):
-                    if statefs is not None and statefs.ops is not None:
-                        await statefs.ops.close_streams()
-                    await trio.to_thread.run_sync(stop_unmount_helper, helper)
-            nursery.cancel_scope.cancel()
+                def on_hup() -> None:
+                    config_reload.set()
+                    admin_reload.set()
+                    account_reload.set()
+
+                await _wait_for_signals(signals, on_hup)
+                notify_systemd("STOPPING=1")
+            finally:
+                if helper is not None:
+                    # Before the FUSE loop stops: once the mount is gone, libfuse
+                    # has nothing left to unmount (it could not, without
+                    # CAP_SYS_ADMIN) and the loop ends by itself. Readers of the
+                    # event files get their end of file first, while the mount
+                    # still answers their close.
+                    with trio.CancelScope(shield=True):
+                        if statefs is not None and statefs.ops is not None:
+                            await statefs.ops.close_streams()
+                        await trio.to_thread.run_sync(stop_unmount_helper, helper)
+                nursery.cancel_scope.cancel()
     for _, sock in bound:
         sock.close()
     if metrics_sock is not None:
@@ -641,13 +645,12 @@ async def watch_admin_files(ownership: Ownership, reload: ReloadRequest) -> None
                      len(ownership.aliases), len(ownership.trunks))
 
 
-async def _wait_for_signals(on_hup: Callable[[], None] = lambda: None) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                # Caught so that a reload request never kills the daemon.
-                log.info("SIGHUP received: reloading sipd.conf, the alias map, trunks and account states")
-                on_hup()
-                continue
-            log.info("%s received, shutting down", signal.Signals(signum).name)
-            return
+async def _wait_for_signals(signals: AsyncIterator[int],
+                            on_hup: Callable[[], None] = lambda: None) -> None:
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP received: reloading sipd.conf, the alias map, trunks and account states")
+            on_hup()
+            continue
+        log.info("%s received, shutting down", signal.Signals(signum).name)
+        return

@@ -34,12 +34,22 @@ def sipd(tmp_path: Path, unix: FakeUnix, conf: Path,
 
 
 def reload(daemon: Daemon, what: str) -> None:
-    # sipd answers SIP a moment before it listens for signals: a SIGHUP in
-    # between would end it.
-    wait_for(lambda: "sipd ready" in daemon.log, "sipd to be ready")
     seen = daemon.log.count(what)
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: daemon.log.count(what) > seen, f"{what!r} in the log")
+
+
+def test_a_sighup_while_sipd_is_still_starting_waits_for_it(sipd: Daemon) -> None:
+    # running_sipd returns at sipd's first answer, usually a moment before
+    # it is ready: a reload asked for then (SIGHUP's default action would
+    # end the process) is carried out once it is.
+    sipd.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP received" in sipd.log or sipd.proc.poll() is not None,
+             "the SIGHUP to be heard")
+    assert sipd.proc.poll() is None, sipd.log
+    log = sipd.log
+    assert log.index("sipd ready") < log.index("SIGHUP received")
+    sipd.ping()
 
 
 def register(daemon: Daemon, password: str, port: int) -> int:
