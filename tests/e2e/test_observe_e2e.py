@@ -134,6 +134,9 @@ def test_each_refused_write_to_the_tree_is_one_line_with_its_reason(
     conf.write_text(f'mount = "{mnt}"\nmax_contacts = 1\n')
     with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True) as daemon:
         wait_for(lambda: (mnt / "alice").exists(), "the mount")
+        # The tree answers a moment before sipd is ready (privileges are
+        # given up after the mount); serving() reads what follows "ready".
+        wait_for(lambda: "sipd ready" in daemon.log, "sipd to be ready")
         contacts = mnt / "alice" / "contacts"
         refused = {
             "EINVAL": f"echo 'not a contact' >> {contacts}",
