@@ -645,8 +645,7 @@ async def watch_admin_files(ownership: Ownership, reload: ReloadRequest) -> None
                      len(ownership.aliases), len(ownership.trunks))
 
 
-async def _wait_for_signals(signals: AsyncIterator[int],
-                            on_hup: Callable[[], None] = lambda: None) -> None:
+async def _wait_for_signals(signals: AsyncIterator[int], on_hup: Callable[[], None]) -> None:
     async for signum in signals:
         if signum == signal.SIGHUP:
             log.info("SIGHUP received: reloading sipd.conf, the alias map, trunks and account states")
