@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from srfs.fs.fuse import mounted
-from tests.sipclient import ROOT, SIPD, free_port, running_sipd
+from tests.sipclient import ROOT, SIPD, free_port, running_sipd, wait_for
 from tests.unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
 
 needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"),
@@ -208,7 +208,8 @@ def test_beside_a_running_sipd_its_port_and_mount_are_no_problem(
     conf = config(tmp_path, mount=str(mnt))
     port = free_port()
     with running_sipd(tmp_path, "-c", str(conf), unix=unix, mount=True, port=port) as daemon:
-        assert mounted(str(mnt))
+        # sipd answers SIP a moment before its tree is mounted.
+        wait_for(lambda: mounted(str(mnt)), "the mount")
         proc = sipd(unix, tmp_path, "-c", str(conf), "-l", f"127.0.0.1:{port}", "-l",
                     f"[::1]:{port}", "-r", "test.invalid", "--no-pam", "--check-config")
         assert proc.returncode == 0, proc.stderr
