@@ -16,7 +16,7 @@ DESTDIR ?=
 BUILD := build/install
 TOOLS := $(BUILD)/tools
 WHEEL_STAMP := $(BUILD)/wheel/.built
-SOURCES := pyproject.toml setup.py $(shell find sipd srfs -name '*.py')
+SOURCES := pyproject.toml setup.py $(shell find sipd srfs -name '*.py' -o -name '*.c')
 
 .PHONY: setup setup-run system-run system-test system-install run test test-suite test-directory \
 	compiled test-compiled check lint \
@@ -89,7 +89,8 @@ compiled: setup $(WHEEL_STAMP)
 test-compiled: compiled
 	PYTHONPATH=$(CURDIR)/$(COMPILED)/site SIPD_EXPECT_BUILD="compiled with mypyc" \
 	 $(BIN)/pytest -q -p no:cacheprovider --import-mode=append tests/unit/sipd \
-	 tests/unit/srfs/state tests/unit/srfs/files/test_usrloc.py
+	 tests/unit/srfs/state tests/unit/srfs/files/test_usrloc.py \
+	 tests/unit/srfs/files/test_homewrite.py
 
 # The benchmarks run the daemon as make install builds it (the compiled
 # per-message modules); BENCH_ARGS=--core pure measures the checkout's pure Python.

@@ -2,7 +2,9 @@
 
 pyproject.toml holds the project's metadata; this file only adds the
 compiled extensions. A wheel (``make install``, ``pip install .``) gets
-the modules of ``sipd.io.compiled.MYPYC_MODULES`` compiled; the same code runs as
+the modules of ``sipd.io.compiled.MYPYC_MODULES`` compiled, and
+``srfs.files._homewrite``, the C part of ``srfs.files.home.write_files``
+(what it writes is written in Python without it); the same code runs as
 plain Python, and is installed as such, when
 
 - ``SIPD_PURE=1`` is set,
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
@@ -58,11 +60,15 @@ def ext_modules() -> list[Any]:
         warn("mypyc (part of mypy) is not installed")
         return []
     os.chdir(HERE)  # mypycify takes paths relative to the working directory
+    # Built with the mypyc modules or not at all, so that a build is either
+    # compiled or pure as a whole (sipd --version); srfs.files.home uses it
+    # when it is there and writes in Python otherwise.
+    native = [Extension("srfs.files._homewrite", ["srfs/files/_homewrite.c"])]
     try:
         # multi_file: one C file per module rather than one for the group;
         # the build takes 40 s where it took 65, and a call costs the same
         # (bench/core_calls.py).
-        return list(mypycify(mypyc_modules(), opt_level="3", multi_file=True))
+        return [*mypycify(mypyc_modules(), opt_level="3", multi_file=True), *native]
     except (Exception, SystemExit) as exc:  # mypyc exits on a type error
         warn(f"mypyc failed ({exc})")
         return []

@@ -32,6 +32,13 @@ def test_the_build_is_the_one_expected() -> None:
     assert build() == expected, sipd.__file__
 
 
+def test_the_c_home_writer_comes_with_a_compiled_build() -> None:
+    # setup.py builds srfs.files._homewrite beside the mypyc modules, and
+    # drops both when compiling fails: one is there exactly when the other is.
+    from srfs.files import home
+    assert (home._write_batch is not None) == (build() == "compiled with mypyc")
+
+
 def test_compiled_modules_are_told_by_their_files() -> None:
     compiled = compiled_modules()
     for name in MYPYC_MODULES:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sipd.core.work import Action, Job, Outcome
-from sipd.registrar.persistence import Persistence
+from sipd.registrar.persistence import COMMIT_INTERVAL, Persistence
 from srfs.files.usrloc import UsrlocFiles
 from srfs.state.location import Binding, LocationStore, Op
 from tests.unixusers import FakeUnix, UserSpec, fake_unix
@@ -104,10 +104,10 @@ def test_one_user_commits_stay_in_order_one_per_batch(unix: FakeUnix) -> None:
     first = jobs(p.commit("ann", upsert(binding("ann", 1)), answers.finish("a1"), 0.0))
     p.commit("ann", upsert(binding("ann", 2)), answers.finish("a2"), 0.0)
     p.commit("ben", upsert(binding("ben")), answers.finish("b1"), 0.0)
-    second = jobs(run(first[0]))
+    second = jobs(run(first[0], 0.1))
     assert answers.heard == [("a1", None)]
     # ann's second commit is planned against the store her first one left.
-    third = run(second[0])
+    third = run(second[0], 0.2)
     assert third == [] and answers.heard[1:] == [("a2", None), ("b1", None)]
     assert on_disk(unix, "ann") == [binding("ann", 1), binding("ann", 2)]
 
@@ -124,8 +124,8 @@ def test_a_file_that_cannot_be_written_refuses_only_its_own_commit(unix: FakeUni
     elsewhere.mkdir()
     os.chown(elsewhere, unix["ben"].uid, unix["ben"].gid)
     os.symlink(elsewhere, ben_home / ".sr")
-    second = jobs(run(first[0]))
-    run(second[0])
+    second = jobs(run(first[0], 0.1))
+    run(second[0], 0.2)
     heard = dict(answers.heard)
     assert heard["ann"] is None and heard["cat"] is None
     assert heard["ben"] is not None and "symlink" in str(heard["ben"])
@@ -151,3 +151,47 @@ def test_a_refused_plan_is_answered_at_once_and_the_next_commit_goes_on(unix: Fa
     run(first[0])
     assert answers.heard[1] == ("ok", None)
     assert p.stats.commits_refused == 1
+
+
+def test_a_batch_starts_at_most_every_commit_interval(unix: FakeUnix) -> None:
+    p, store = persistence(unix)
+    assert p.commit_interval == COMMIT_INTERVAL > 0  # the default is the daemon's
+    answers = Answers()
+    first = jobs(p.commit("ann", upsert(binding("ann")), answers.finish("ann"), 10.0))
+    p.commit("ben", upsert(binding("ben")), answers.finish("ben"), 10.0005)
+    # ann's file is durable after 1 ms: she is answered, ben waits for the
+    # rest of the interval, and cat, who comes meanwhile, joins him.
+    assert run(first[0], 10.001) == []
+    assert answers.heard == [("ann", None)]
+    assert p.next_deadline() == 10.0 + COMMIT_INTERVAL
+    assert p.commit("cat", upsert(binding("cat")), answers.finish("cat"), 10.002) == []
+    assert p.start_held(10.0 + COMMIT_INTERVAL / 2) == []
+    second = jobs(p.start_held(10.0 + COMMIT_INTERVAL))
+    assert len(second) == 1 and "2 usrloc" in second[0].name
+    assert p.next_deadline() is None  # a batch in flight: its end starts the next
+    assert run(second[0], 10.0 + COMMIT_INTERVAL + 0.001) == []
+    assert answers.heard[1:] == [("ben", None), ("cat", None)]
+    assert on_disk(unix, "cat") == [binding("cat")] == store.bindings_of_user("cat")
+    assert p.next_deadline() is None and p.start_held(11.0) == []
+    # After a quiet moment a commit is written at once.
+    assert len(jobs(p.commit("dan", upsert(binding("dan")), answers.finish("dan"), 11.0))) == 1
+
+
+def test_a_batch_that_took_the_interval_is_followed_at_once(unix: FakeUnix) -> None:
+    p, _ = persistence(unix)
+    answers = Answers()
+    first = jobs(p.commit("ann", upsert(binding("ann")), answers.finish("ann"), 10.0))
+    p.commit("ben", upsert(binding("ben")), answers.finish("ben"), 10.001)
+    # A slow disk: the sync took longer than the interval, so ben waits no more.
+    assert len(jobs(run(first[0], 10.0 + 2 * COMMIT_INTERVAL))) == 1
+
+
+def test_with_write_back_nothing_waits_for_a_batch(unix: FakeUnix) -> None:
+    store = LocationStore()
+    p = Persistence(store, UsrlocFiles(), write_through=False, flush_interval=5.0)
+    p.wall = lambda now: NOW + now
+    answers = Answers()
+    for i, name in enumerate(NAMES):
+        assert p.commit(name, upsert(binding(name)), answers.finish(name), 10.0 + i / 1e4) == []
+    assert [tag for tag, error in answers.heard if error is None] == list(NAMES)
+    assert p.next_deadline() == 10.0 + 5.0  # only the flush of the dirty users

@@ -1,0 +1,3 @@
+from collections.abc import Sequence
+
+def write_batch(items: Sequence[tuple[bytes, int, int, bytes, bytes, bytes, int]], /) -> list[int]: ...
