@@ -221,23 +221,36 @@ sync_filesystems(item_t *items, Py_ssize_t n, int dirs)
     }
 }
 
+/* After a step taken as the user: a failed file is undone (still as the
+ * user, who owns ~/.sr), then root's identity is taken back. 0, or -1
+ * when it could not be. */
+static int
+settle(item_t *it)
+{
+    if (it->err)
+        discard(it);
+    if (act_as_root() != 0)
+        return -1;
+    if (it->err)
+        close_sr(it);
+    return 0;
+}
+
 /* The batch, with the GIL released: 0, or -1 when the thread's file
- * identity could not be put back (the caller must stop the thread). */
+ * identity could not be put back (the caller must stop the thread; the
+ * fds are closed, but no file is touched under an unknown identity). */
 static int
 write_batch(item_t *items, Py_ssize_t n)
 {
+    int rc = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         item_t *it = &items[i];
         if (act_as(it->uid, it->gid) != 0)
             it->err = EPERM;
         else
             stage(it);
-        if (it->err)
-            discard(it);
-        if (act_as_root() != 0)
-            return -1;
-        if (it->err)
-            close_sr(it);
+        if (settle(it) != 0)
+            goto out;
     }
     sync_filesystems(items, n, 0);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -246,25 +259,24 @@ write_batch(item_t *items, Py_ssize_t n)
             continue;
         close(it->fd);
         it->fd = -1;
-        if (act_as(it->uid, it->gid) != 0) {
+        if (act_as(it->uid, it->gid) != 0)
             it->err = EPERM;
-        } else if (!it->err) {
-            if (renameat(it->sr, it->tmp, it->sr, it->name) == 0)
-                it->staged = 0;
-            else
-                it->err = errno ? errno : EIO;
-        }
-        if (it->err)
-            discard(it);
-        if (act_as_root() != 0)
-            return -1;
-        if (it->err)
-            close_sr(it);
+        else if (!it->err && renameat(it->sr, it->tmp, it->sr, it->name) == 0)
+            it->staged = 0;
+        else if (!it->err)
+            it->err = errno ? errno : EIO;
+        if (settle(it) != 0)
+            goto out;
     }
     sync_filesystems(items, n, 1);
-    for (Py_ssize_t i = 0; i < n; i++)
+    rc = 0;
+out:
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (items[i].fd >= 0)
+            close(items[i].fd);
         close_sr(&items[i]);
-    return 0;
+    }
+    return rc;
 }
 
 PyDoc_STRVAR(write_batch_doc,

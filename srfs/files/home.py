@@ -898,11 +898,11 @@ def write_files(
 
     Where the compiled :mod:`srfs.files._homewrite` is there and sipd is
     root, it takes the usual files (``~/.sr`` in place and sound) with the
-    GIL released once for the batch, where each of the some seventeen
-    system calls per file let it go, and with the event loop busy handed
-    it over and back (measured: two fifths of a registration's cost in
-    the worker). What it does not write it leaves untouched, and this
-    module's own path writes, or words why not.
+    GIL released once for the batch. Here each of some seventeen system
+    calls per file lets it go, and with the event loop busy each was a
+    hand-off between the threads (writing the files was a third of a
+    REGISTER's CPU). What it does not write it leaves untouched, and this
+    module's own path writes it, or words why not.
     """
     native = _write_batch
     if (native is None or not _SETFSUID or mode & ~0o644 or os.geteuid() != 0
