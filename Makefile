@@ -19,7 +19,7 @@ WHEEL_STAMP := $(BUILD)/wheel/.built
 SOURCES := pyproject.toml setup.py $(shell find sipd srfs -name '*.py' -o -name '*.c')
 
 .PHONY: setup setup-run system-run system-test system-install run test test-suite test-directory \
-	compiled test-compiled check lint \
+	compiled test-compiled test-beside check lint \
 	bench profile clean install uninstall
 
 # setup-run: what running from the checkout needs; setup: that and the test tools.
@@ -51,12 +51,17 @@ lint: $(VENV)/.test
 	$(BIN)/mypy
 
 test: setup lint $(WHEEL_STAMP)
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-suite test-directory
-	$(MAKE) --no-print-directory test-compiled
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-suite test-beside
 
 # The directory's tests mostly wait (for its refreshes, an idle minute, an
 # outage of 30 s) in a mount namespace of their own: they run beside the
-# rest of the suite, each half's output printed whole when it ends.
+# rest of the suite, and the compiled run after them in the same lane
+# (the suite takes longer than both), each lane's output printed whole
+# when it ends.
+test-beside:
+	$(MAKE) --no-print-directory test-directory
+	$(MAKE) --no-print-directory test-compiled
+
 DIRECTORY_TESTS := tests/e2e/test_ldap_e2e.py
 test-suite:
 	$(BIN)/pytest -q -p no:cacheprovider --ignore=$(DIRECTORY_TESTS)
