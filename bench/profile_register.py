@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/profile_register.py [--rate 200] [--seconds 20]
         [--sync write-through|write-back] [--calls] [--warm] [--scratch-parent /dev/shm]
-        [--mount] [--config LINE ...] [--native] [--perf]
+        [--mount] [--config LINE ...] [--native] [--perf] [--no-sampler]
 
 ``--calls`` profiles authenticated call setups instead, with
 call_bench.py's load (the harness's ``bench.py call --auth``) and sipd
@@ -59,7 +59,9 @@ figures.
 The raw stacks (py-spy's collapsed "raw" format, which flamegraph.pl and
 speedscope read) and the summary stay in the results directory. A
 profile, not a comparison: the ratio to Kamailio comes from
-registrar_bench.py.
+registrar_bench.py. The summary also gives sipp's time to the 200 (p50,
+p99); ``--no-sampler`` leaves py-spy out, for that latency and the CPU
+figures as the benchmark, which samples nothing, sees them.
 """
 
 from __future__ import annotations
@@ -307,12 +309,13 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     stacks = results / "stacks.txt"
     before = counters(metrics_port)
     cpu0 = time.monotonic(), cpu_seconds(sipd.pid)
-    spy_proc = procs.spawn([spy, "record", "--pid", str(sipd.pid), "--rate", str(RATE),
-                            "--duration", str(int(args.seconds)), "--format", "raw",
-                            "--full-filenames", "--threads", "--gil",
-                            "--native" if args.native else "--nonblocking",
-                            "-o", str(stacks)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spy_proc = None if args.no_sampler else procs.spawn(
+        [spy, "record", "--pid", str(sipd.pid), "--rate", str(RATE),
+         "--duration", str(int(args.seconds)), "--format", "raw",
+         "--full-filenames", "--threads", "--gil",
+         "--native" if args.native else "--nonblocking",
+         "-o", str(stacks)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     perf_data = results / "perf.data"
     perf_proc = None
     if args.perf:
@@ -329,7 +332,8 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     else:
         summary = setup.h.bench("profile_reg", setup.sipd_port, sipd.pid, "reg", args.rate,
                                 args.seconds)
-    spy_proc.wait(timeout=args.seconds + 60)
+    if spy_proc is not None:
+        spy_proc.wait(timeout=args.seconds + 60)
     if perf_proc is not None:
         perf_proc.wait(timeout=args.seconds + 120)
     wall = time.monotonic() - cpu0[0]
@@ -338,16 +342,21 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     after = counters(metrics_port)
     steps = (summary or {}).get("steps") or [{}]
     ok = int(steps[0].get("successful") or 0)
-    if not stacks.exists() or ok == 0:
+    if ok == 0 or (spy_proc is not None and not stacks.exists()):
         raise RuntimeError(f"no profile or no registration; see {results}")
-    parts, total, workers = breakdown(stacks)
+    # sipp's time from the first request to the 200 (both legs, or the
+    # INVITE's), with the sampler's own load on the machine unless --no-sampler.
+    latency = (steps[0].get("latency_ms") or {}).get("rtd1") or {}
+    parts, total, workers = (breakdown(stacks) if spy_proc is not None
+                             else (Counter[str](), 0, 0))
     per_reg = 1000 * (user + system) / ok
     # With --native, py-spy stops the daemon for each sample and keeps
     # nowhere near RATE a second (about 30 Hz here), and it counts only
     # the samples it kept: the shares hold, the milliseconds cannot be had.
-    gil_ms = None if args.native else 1000 * total / RATE / ok
+    gil_ms = None if args.native or spy_proc is None else 1000 * total / RATE / ok
     unit = "call" if args.calls else "REGISTER"
-    held = ("shares only with --native" if gil_ms is None
+    held = ("not sampled" if spy_proc is None
+            else "shares only with --native" if gil_ms is None
             else f"{gil_ms:.3f} ms per {unit}")
     log(f"\n{ok} {'calls' if args.calls else 'registrations'} answered 200 in {wall:.1f} s; "
         f"sipd's CPU per {what} "
@@ -356,6 +365,8 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
         f"{1000 * system / ok:.3f} ms system (syscalls: sockets, file writes, fsync, thread "
         f"wake-ups); Python held the GIL {held} "
         f"({total} samples, {100 * workers / max(total, 1):.1f} % of them in worker threads)")
+    log(f"sipp's time to the 200: p50 {latency.get('p50')} p90 {latency.get('p90')} "
+        f"p99 {latency.get('p99')} max {latency.get('max')} ms (n={latency.get('n')})")
     # Counted over the load and everything else in the window (a few OPTIONS).
     per_op = {name: (after[name] - before.get(name, 0.0)) / ok
               for name in COUNTERS if name in after}
@@ -375,7 +386,7 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
         {"rate": args.rate, "seconds": args.seconds, "sync": args.sync, "registrations": ok,
          "user_s": round(user, 3), "system_s": round(system, 3),
          "ms_per_register": round(per_reg, 4), "gil_ms_per_register": None if gil_ms is None else round(gil_ms, 4),
-         "samples": total,
+         "samples": total, "latency_ms": latency,
          "worker_samples": workers, "per_operation": per_op, "parts": rows,
          "perf": perf}, indent=1))
 
@@ -405,6 +416,9 @@ def main() -> int:
     ap.add_argument("--perf", action="store_true",
                     help="also record with perf: system calls of every thread, and the "
                          "innermost compiled function of the event loop's thread")
+    ap.add_argument("--no-sampler", action="store_true",
+                    help="load only, without py-spy: the CPU per operation and sipp's latency "
+                         "as the benchmark sees them")
     ap.add_argument("--out", help="results directory (default: a new one under the temp dir)")
     ap.add_argument("--scratch-parent", default=None,
                     help="where homes and usrloc files are made (default: the temp dir)")
