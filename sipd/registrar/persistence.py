@@ -16,16 +16,19 @@ queued since is planned and written as the next batch, in one worker
 thread trip and two syncs of each filesystem it touches, whatever its
 size (:func:`srfs.files.home.write_files`). At a low rate a batch is one
 commit and waits for nothing; under load the cost per registration of
-the thread trip and the sync round is shared. A batch starts at most
-every :data:`COMMIT_INTERVAL`: one that finishes sooner leaves the
-commits queued since to wait out the rest, so that each sync round
-serves that many milliseconds of commits rather than those of one short
-write (a commit after a quiet moment is written at once). Commits of one
-user stay in order, one per batch. Changes nobody is told about (expiry) are written at
-once in the background, but never while a commit of the same user is
-queued or in flight. ``sync = write-back``: commits apply at once,
-changed users are written every ``flush_interval`` seconds, and
-:meth:`Persistence.flush_all` writes everything at exit.
+the thread trip and the sync round is shared. After a batch that took
+*t*, the next starts no sooner than *t* after its end (and no later
+than :data:`COMMIT_INTERVAL` after its start): the commits queued since
+wait that long, so that each sync round serves a share of the disk's
+time rather than one short write, and a commit waits at most as long
+again as a write takes, little on a fast disk (a commit after a quiet
+moment is written at once). Commits of one user stay in order, one per
+batch. Changes nobody is told about (expiry) are written at once in the
+background, :data:`WRITE_CHUNK` users per group, but never while a commit
+of the same user is queued or in flight. ``sync = write-back``: commits
+apply at once, changed users are written every ``flush_interval``
+seconds, a group at a time, and :meth:`Persistence.flush_all` writes
+everything at exit.
 
 Each file is written as its UNIX user: the one the REGISTER authenticated
 as (:attr:`~sipd.core.work.Commit.owner`) or that the members list or an
@@ -61,13 +64,18 @@ log = logging.getLogger("sipd.persistence")
 
 Finish = Callable[[Outcome[None], float], list[Action]]
 
-#: Seconds from one batch's start to the next one's, at least. A batch
-#: costs two syncs of each filesystem it writes to, which cost more CPU
-#: than the files themselves: at 400 registrations a second, batches
-#: written as soon as the last one was done held one or two commits each.
-#: Under load, a commit thus waits up to this long for its 200; after a
-#: quiet moment it waits for nothing.
+#: Seconds from one batch's start to the next one's, at most, when the
+#: next waits (for as long as the last one took: see the module's text).
+#: A batch costs two syncs of each filesystem it writes to, which cost
+#: more CPU than the files themselves: at 400 registrations a second,
+#: batches written as soon as the last one was done held one or two
+#: commits each. A fixed 10 ms between starts cost as little CPU, but
+#: every 200 under load waited for it even where the disk was quick.
 COMMIT_INTERVAL = 0.010
+#: Users written in one trip to a worker and one sync round when nobody
+#: waits for the files (expiries, write-back's flush): one job per user
+#: was thousands of trips at once every ``flush_interval`` under load.
+WRITE_CHUNK = 64
 
 
 @dataclass
@@ -120,6 +128,7 @@ class Persistence:
         write_through: bool,
         flush_interval: float,
         commit_interval: float = COMMIT_INTERVAL,
+        write_chunk: int = WRITE_CHUNK,
     ) -> None:
         self.store = store
         self.files = files
@@ -132,14 +141,19 @@ class Persistence:
         self._seq = itertools.count(1)
         self._dirty: set[str] = set()
         self._next_flush: float | None = None
+        #: A chunk of write-back's flush is being written.
+        self._flushing = False
         #: Commits waiting for the next batch, per user in arrival order.
         self._queued: dict[str, deque[_Pending]] = {}
         #: The batch being written, if one is.
         self._batch: list[_Write] | None = None
         self.commit_interval = commit_interval
-        #: When the last batch started (monotonic); the next starts
-        #: commit_interval later at the earliest.
+        self.write_chunk = write_chunk
+        #: When the last batch started (monotonic).
         self._batch_started = -math.inf
+        #: When the next batch may start: as long after the last one's end
+        #: as that one took, at most commit_interval after its start.
+        self._next_batch = -math.inf
         #: A batch is being planned: commits made meanwhile (by a ``finish``) wait.
         self._starting = False
         #: The user whose committed plan is being applied: already on disk.
@@ -220,10 +234,10 @@ class Persistence:
 
     def _held(self, now: float) -> bool:
         # Only writes wait: with write-back nothing is written in a batch.
-        return self.write_through and now < self._batch_started + self.commit_interval
+        return self.write_through and now < self._next_batch
 
     def start_held(self, now: float) -> list[Action]:
-        """Start the batch of the commits that waited for :data:`COMMIT_INTERVAL`, once it is due."""
+        """Start the batch of the commits that waited after the last batch, once it is due."""
         if not self._queued or self._batch is not None or self._starting or self._held(now):
             return []
         return self._start_batch(now)
@@ -247,24 +261,15 @@ class Persistence:
 
     def _batch_job(self, batch: list[_Write]) -> Job[dict[str, BaseException | None]]:
         files = self.files
-        owners = [(w, self._users.get(w.user)) for w in batch]
+        entries = [(w.user, self._users.get(w.user), w.seq, w.text) for w in batch]
 
         def run() -> dict[str, BaseException | None]:
-            # Rendered on the event loop, so each file is one consistent
-            # snapshot; its number lets the writer skip it if a file
-            # rendered later is already on disk.
-            found: list[tuple[User, int, str]] = []
-            missing: dict[str, BaseException | None] = {}
-            for w, known in owners:
-                account = known or users.lookup(w.user)
-                if account is None:
-                    missing[w.user] = LookupError(f"user {w.user} no longer exists")
-                else:
-                    found.append((account, w.seq, w.text))
-            return {**files.save_many(found), **missing}
+            return _save_many(files, entries)
 
         def done(outcome: Outcome[dict[str, BaseException | None]], later: float) -> list[Action]:
             self._batch = None
+            took = max(later - self._batch_started, 0.0)
+            self._next_batch = self._batch_started + min(self.commit_interval, 2 * took)
             self.stats.batches += 1
             actions: list[Action] = []
             for w in batch:
@@ -286,26 +291,36 @@ class Persistence:
 
     # ------------------------------------------------------------ background
 
-    def jobs(self, now: float, wall: float) -> list[Job[None]]:
+    def jobs(self, now: float, wall: float) -> list[Job[dict[str, BaseException | None]]]:
         """Writes that are due: every dirty user at once (write-through), or
-        at the flush interval (write-back). A user with a commit in flight
-        waits for it: the commit's file must not be overtaken by one
-        rendered without its plan."""
+        at the flush interval (write-back), :data:`WRITE_CHUNK` users per
+        job (``write_chunk``). A user with a commit in flight waits for it: the commit's file
+        must not be overtaken by one rendered without its plan.
+
+        Write-back's flush is one chunk at a time, the next one rendered
+        when the last is written, so that thousands of files neither stop
+        the event loop while they are rendered nor fill the worker threads:
+        the SIP messages that came meanwhile go between two chunks."""
         if not self._dirty:
             return []
         if not self.write_through:
             if self._next_flush is None:
                 self._next_flush = now + self.flush_interval
                 return []
-            if now < self._next_flush:
+            if now < self._next_flush or self._flushing:
                 return []
-            self._next_flush = None
+            due = sorted(self._dirty)[:self.write_chunk]
+            self._dirty.difference_update(due)
+            if not self._dirty:
+                self._next_flush = None
+            self._flushing = True
+            return [self._files_job(due, wall)]
         busy = set(self._queued)
         if self._batch is not None:
             busy.update(w.user for w in self._batch)
         due = sorted(u for u in self._dirty if u not in busy)
         self._dirty.difference_update(due)
-        return [self._job(u, wall, fsync=self.write_through) for u in due]
+        return self._files_jobs(due, wall)
 
     def forget_changes(self) -> None:
         """Treat the current state as on disk (just read back from it)."""
@@ -313,41 +328,44 @@ class Persistence:
 
     def next_deadline(self) -> float | None:
         if not self.write_through:
-            return self._next_flush if self._dirty else None
+            return None if self._flushing or not self._dirty else self._next_flush
         if self._queued and self._batch is None and not self._starting:
-            return self._batch_started + self.commit_interval  # commits held
+            return self._next_batch  # commits held
         return None
 
-    def flush_all(self, wall: float) -> list[Job[None]]:
+    def flush_all(self, wall: float) -> list[Job[dict[str, BaseException | None]]]:
         """Every dirty user, now (shutdown)."""
         users_ = sorted(self._dirty)
         self._dirty.clear()
-        return [self._job(u, wall, fsync=True) for u in users_]
+        self._next_flush = None
+        return self._files_jobs(users_, wall)
 
-    def _job(self, user: str, wall: float, *, fsync: bool) -> Job[None]:
-        text = render_file(self.store.bindings_of_user(user), wall)
+    def _files_jobs(self, names: Sequence[str],
+                    wall: float) -> list[Job[dict[str, BaseException | None]]]:
+        step = self.write_chunk
+        return [self._files_job(names[i:i + step], wall) for i in range(0, len(names), step)]
 
-        def done(outcome: Outcome[None], now: float) -> list[Action]:
-            self.record(user, outcome)
-            return []
-
-        return Job(self._write(user, text, fsync=fsync), done, name=f"usrloc {user}")
-
-    def _write(self, user: str, text: str, *, fsync: bool) -> Callable[[], None]:
-        # Rendered on the event loop, so the file is one consistent
-        # snapshot; the sequence number lets the writer skip it if a file
-        # rendered later is already on disk.
-        seq = next(self._seq)
+    def _files_job(self, names: Sequence[str], wall: float) -> Job[dict[str, BaseException | None]]:
+        """One trip to a worker that writes ``names``' files as the store has
+        them now, durably, in one group (as a batch of commits is)."""
+        entries = [(u, self._users.get(u), next(self._seq),
+                    render_file(self.store.bindings_of_user(u), wall)) for u in names]
         files = self.files
-        known = self._users.get(user)
 
-        def run() -> None:
-            account = known or users.lookup(user)
-            if account is None:
-                raise LookupError(f"user {user} no longer exists")
-            files.save(account, seq, text, fsync=fsync)
+        def run() -> dict[str, BaseException | None]:
+            return _save_many(files, entries)
 
-        return run
+        def done(outcome: Outcome[dict[str, BaseException | None]], now: float) -> list[Action]:
+            for name in names:
+                error = outcome.error if outcome.error is not None else (
+                    (outcome.value or {}).get(name))
+                self.record(name, Outcome(error=error))
+            if self.write_through or not self._flushing:
+                return []
+            self._flushing = False
+            return list(self.jobs(now, self.wall(now)))  # the flush's next chunk
+
+        return Job(run, done, name=f"write {len(entries)} usrloc file(s)")
 
     def record(self, user: str, outcome: Outcome[None]) -> None:
         if outcome.error is None:
@@ -355,6 +373,23 @@ class Persistence:
         else:
             self.stats.write_errors += 1
             log.error("cannot save registrations of %s: %s", user, outcome.error)
+
+
+def _save_many(files: UsrlocFiles, entries: Sequence[tuple[str, User | None, int, str]],
+               ) -> dict[str, BaseException | None]:
+    """Write each (user, account if known, number, text) in one group; in a
+    worker thread. Each text was rendered on the event loop, so each file is
+    one consistent snapshot; its number lets the writer skip it if a file
+    rendered later is already on disk."""
+    found: list[tuple[User, int, str]] = []
+    missing: dict[str, BaseException | None] = {}
+    for name, known, seq, text in entries:
+        account = known or users.lookup(name)
+        if account is None:
+            missing[name] = LookupError(f"user {name} no longer exists")
+        else:
+            found.append((account, seq, text))
+    return {**files.save_many(found), **missing}
 
 
 class WtmpSessions:

@@ -56,7 +56,7 @@ from srfs.entropy import random_hex
 from srfs.errors import ReasonedError
 from srfs.user import User
 
-_write_batch: Callable[[Sequence[tuple[bytes, int, int, bytes, bytes, bytes, int]]], list[int]] | None
+_write_batch: Callable[[Sequence[tuple[bytes, int, int, bytes, bytes, bytes, bytes, int]]], list[int]] | None
 try:
     from srfs.files._homewrite import write_batch as _write_batch
 except ImportError:  # a checkout, or a build without a C compiler
@@ -81,6 +81,7 @@ __all__ = [
     "open_watched",
     "read_file",
     "remove_file",
+    "spare_name",
     "stamp_of",
     "stamps_of",
     "write_file",
@@ -223,6 +224,12 @@ def _acting_as(user: User) -> Iterator[None]:
 
 
 # --- checks ----------------------------------------------------------------
+
+
+def spare_name(name: str) -> str:
+    """The spare kept beside ``~/.sr/<name>`` by :func:`write_files`' C part:
+    the file it replaced last, written over and swapped in next time."""
+    return f".{name}.spare"
 
 
 def _check_name(name: str) -> None:
@@ -902,13 +909,17 @@ def write_files(
     calls per file lets it go, and with the event loop busy each was a
     hand-off between the threads (writing the files was a third of a
     REGISTER's CPU). What it does not write it leaves untouched, and this
-    module's own path writes it, or words why not.
+    module's own path writes it, or words why not. It writes each file
+    over its spare (:func:`spare_name`, the file it replaced the time
+    before) and swaps the two, so that no write frees blocks: on a
+    filesystem mounted with ``discard``, a rename that frees the replaced
+    file's blocks waits for the device to discard them.
     """
     native = _write_batch
     if (native is None or not _SETFSUID or mode & ~0o644 or os.geteuid() != 0
             or getattr(_acting, "ids", None) is not None):
         return _write_files(items, mode=mode, max_size=max_size)
-    batch: list[tuple[bytes, int, int, bytes, bytes, bytes, int]] = []
+    batch: list[tuple[bytes, int, int, bytes, bytes, bytes, bytes, int]] = []
     taken: list[int] = []
     for i, (user, name, data) in enumerate(items):
         if (user.uid == 0 or len(data) > max_size or not _NAME_RE.fullmatch(name)
@@ -916,7 +927,8 @@ def write_files(
             continue  # refused, or root's own: the path below says why
         taken.append(i)
         batch.append((os.fsencode(user.home), user.uid, user.gid,
-                      f".{name}.{random_hex(8)}.tmp".encode(), name.encode(), data, mode))
+                      f".{name}.{random_hex(8)}.tmp".encode(), spare_name(name).encode(),
+                      name.encode(), data, mode))
     written = {i for i, code in zip(taken, native(batch), strict=True) if code == 0}
     errors: list[HomeError | None] = [None] * len(items)
     rest = [i for i in range(len(items)) if i not in written]

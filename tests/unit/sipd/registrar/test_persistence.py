@@ -153,28 +153,40 @@ def test_a_refused_plan_is_answered_at_once_and_the_next_commit_goes_on(unix: Fa
     assert p.stats.commits_refused == 1
 
 
-def test_a_batch_starts_at_most_every_commit_interval(unix: FakeUnix) -> None:
+def test_a_batch_waits_after_the_last_as_long_as_that_one_took(unix: FakeUnix) -> None:
     p, store = persistence(unix)
-    assert p.commit_interval == COMMIT_INTERVAL > 0  # the default is the daemon's
+    assert p.commit_interval == COMMIT_INTERVAL > 0.002  # the default is the daemon's
     answers = Answers()
     first = jobs(p.commit("ann", upsert(binding("ann")), answers.finish("ann"), 10.0))
     p.commit("ben", upsert(binding("ben")), answers.finish("ben"), 10.0005)
-    # ann's file is durable after 1 ms: she is answered, ben waits for the
-    # rest of the interval, and cat, who comes meanwhile, joins him.
+    # ann's file is durable after 1 ms: she is answered, ben waits 1 ms
+    # more, and cat, who comes meanwhile, joins him.
     assert run(first[0], 10.001) == []
     assert answers.heard == [("ann", None)]
-    assert p.next_deadline() == 10.0 + COMMIT_INTERVAL
-    assert p.commit("cat", upsert(binding("cat")), answers.finish("cat"), 10.002) == []
-    assert p.start_held(10.0 + COMMIT_INTERVAL / 2) == []
-    second = jobs(p.start_held(10.0 + COMMIT_INTERVAL))
+    assert p.next_deadline() == pytest.approx(10.002)
+    assert p.commit("cat", upsert(binding("cat")), answers.finish("cat"), 10.0015) == []
+    assert p.start_held(10.0019) == []
+    second = jobs(p.start_held(10.002))
     assert len(second) == 1 and "2 usrloc" in second[0].name
     assert p.next_deadline() is None  # a batch in flight: its end starts the next
-    assert run(second[0], 10.0 + COMMIT_INTERVAL + 0.001) == []
+    assert run(second[0], 10.003) == []
     assert answers.heard[1:] == [("ben", None), ("cat", None)]
     assert on_disk(unix, "cat") == [binding("cat")] == store.bindings_of_user("cat")
     assert p.next_deadline() is None and p.start_held(11.0) == []
     # After a quiet moment a commit is written at once.
     assert len(jobs(p.commit("dan", upsert(binding("dan")), answers.finish("dan"), 11.0))) == 1
+
+
+def test_a_slow_batch_holds_the_next_one_commit_interval_after_its_start(
+        unix: FakeUnix) -> None:
+    p, _ = persistence(unix)
+    answers = Answers()
+    first = jobs(p.commit("ann", upsert(binding("ann")), answers.finish("ann"), 10.0))
+    p.commit("ben", upsert(binding("ben")), answers.finish("ben"), 10.001)
+    took = 0.8 * COMMIT_INTERVAL
+    assert run(first[0], 10.0 + took) == []
+    assert p.next_deadline() == pytest.approx(10.0 + COMMIT_INTERVAL)  # not 2 * took
+    assert len(jobs(p.start_held(10.0 + COMMIT_INTERVAL))) == 1
 
 
 def test_a_batch_that_took_the_interval_is_followed_at_once(unix: FakeUnix) -> None:
@@ -195,3 +207,47 @@ def test_with_write_back_nothing_waits_for_a_batch(unix: FakeUnix) -> None:
         assert p.commit(name, upsert(binding(name)), answers.finish(name), 10.0 + i / 1e4) == []
     assert [tag for tag, error in answers.heard if error is None] == list(NAMES)
     assert p.next_deadline() == 10.0 + 5.0  # only the flush of the dirty users
+
+
+def test_write_back_flushes_a_chunk_of_users_at_a_time(unix: FakeUnix) -> None:
+    # Thousands of dirty users are neither thousands of worker trips at
+    # once nor rendered all in one turn of the event loop.
+    store = LocationStore()
+    p = Persistence(store, UsrlocFiles(), write_through=False, flush_interval=5.0,
+                    write_chunk=3)
+    p.wall = lambda now: NOW + now
+    p.know([unix[n].user for n in NAMES])
+    answers = Answers()
+    for name in NAMES:
+        assert p.commit(name, upsert(binding(name)), answers.finish(name), 10.0) == []
+    assert p.jobs(10.0, NOW + 10.0) == [] and p.next_deadline() == 15.0
+    first = p.jobs(15.0, NOW + 15.0)
+    assert len(first) == 1 and "3 usrloc" in first[0].name
+    # The rest waits for the chunk in flight, then goes at once.
+    assert p.next_deadline() is None and p.jobs(15.001, NOW + 15.001) == []
+    second = jobs(run(first[0], 15.01))
+    assert len(second) == 1 and "1 usrloc" in second[0].name
+    assert run(second[0], 15.02) == []
+    assert p.next_deadline() is None and p.jobs(16.0, NOW + 16.0) == []
+    for name in NAMES:
+        assert on_disk(unix, name) == [binding(name)]
+    assert p.stats.writes == len(NAMES) and p.stats.write_errors == 0
+    # The next change starts the next interval.
+    assert p.commit("ann", upsert(binding("ann", 2)), answers.finish("a2"), 20.0) == []
+    assert p.jobs(20.0, NOW + 20.0) == [] and p.next_deadline() == 25.0
+
+
+def test_expiries_are_written_in_chunks_of_users(unix: FakeUnix) -> None:
+    p, store = persistence(unix)
+    p.write_chunk = 2
+    for name in NAMES:
+        run(jobs(p.commit(name, upsert(binding(name)), Answers().finish(name), 0.0))[0], 0.0)
+    assert p.stats.writes == len(NAMES)
+    assert len(store.expire(NOW + 7200)) == len(NAMES)  # every file changes
+    background = p.jobs(1.0, NOW + 7200)
+    assert [j.name for j in background] == ["write 2 usrloc file(s)"] * 2
+    for job in background:
+        assert run(job, 1.0) == []
+    for name in NAMES:
+        assert on_disk(unix, name) == []
+    assert p.stats.writes == 2 * len(NAMES) and p.stats.write_errors == 0

@@ -19,6 +19,7 @@ import pytest
 from srfs.files import home
 from srfs.files.home import MAX_READ, MAX_WRITE, FileCache, HomeError, SrDir
 from srfs.user import User
+from tests.unit.srfs.files.srdirs import make_sr, sr_path, temp_files, thread_fs_ids
 from tests.unixusers import FakeUnix, fake_unix
 
 SECRET = b"root-only secret\n"
@@ -42,19 +43,6 @@ def alice(unix: FakeUnix, fsuid_layer: bool) -> User:
     return unix["alice"].user
 
 
-def sr_path(user: User) -> Path:
-    return Path(user.home) / ".sr"
-
-
-def make_sr(user: User, mode: int = 0o700) -> Path:
-    """~/.sr as the user would make it."""
-    p = sr_path(user)
-    p.mkdir()
-    os.chown(p, user.uid, user.gid)
-    p.chmod(mode)
-    return p
-
-
 def user_file(user: User, name: str, data: bytes, mode: int = 0o600) -> Path:
     p = sr_path(user) / name
     p.write_bytes(data)
@@ -69,18 +57,6 @@ def victim(unix: FakeUnix, name: str = "victim", mode: int = 0o600) -> Path:
     p.write_bytes(SECRET)
     p.chmod(mode)
     return p
-
-
-def temp_files(user: User) -> list[str]:
-    return [n for n in os.listdir(sr_path(user)) if n.endswith(".tmp")]
-
-
-def thread_fs_ids() -> tuple[int, int]:
-    fields = {}
-    for line in Path("/proc/thread-self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        fields[key] = value.split()
-    return int(fields["Uid"][3]), int(fields["Gid"][3])
 
 
 # --- normal use ------------------------------------------------------------

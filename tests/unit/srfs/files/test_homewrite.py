@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
+import resource
 import shutil
+import signal
 import stat
 import subprocess
 import sysconfig
@@ -27,9 +29,11 @@ from srfs.files import home
 from srfs.files.home import HomeError
 from srfs.user import User
 from tests import REPO
+from tests.unit.srfs.files.srdirs import make_sr, sr_path, temp_files, thread_fs_ids
 from tests.unixusers import FakeUnix, fake_unix
 
-WriteBatch = Callable[[Sequence[tuple[bytes, int, int, bytes, bytes, bytes, int]]], list[int]]
+Item = tuple[bytes, int, int, bytes, bytes, bytes, bytes, int]
+WriteBatch = Callable[[Sequence[Item]], list[int]]
 SECRET = b"root-only secret\n"
 
 
@@ -71,7 +75,7 @@ def on(native: WriteBatch, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """home.write_files with the C path, counting the files it took."""
     taken: list[int] = []
 
-    def counting(batch: Sequence[tuple[bytes, int, int, bytes, bytes, bytes, int]]) -> list[int]:
+    def counting(batch: Sequence[Item]) -> list[int]:
         codes = native(batch)
         taken.extend(1 for code in codes if code == 0)
         return codes
@@ -80,33 +84,14 @@ def on(native: WriteBatch, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return taken
 
 
-def sr(user: User) -> Path:
-    return Path(user.home) / ".sr"
-
-
-def make_sr(user: User, mode: int = 0o700) -> Path:
-    p = sr(user)
-    p.mkdir()
-    os.chown(p, user.uid, user.gid)
-    p.chmod(mode)
-    return p
-
-
-def leftovers(user: User) -> list[str]:
-    return [n for n in os.listdir(sr(user)) if n.endswith(".tmp")]
-
-
-def fs_ids() -> tuple[int, int]:
-    fields = {}
-    for line in Path("/proc/thread-self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        fields[key] = value.split()
-    return int(fields["Uid"][3]), int(fields["Gid"][3])
-
-
 def item(user: User, data: bytes, name: str = "usrloc", tmp: str = ".usrloc.t.tmp",
-         mode: int = 0o600) -> tuple[bytes, int, int, bytes, bytes, bytes, int]:
-    return (os.fsencode(user.home), user.uid, user.gid, tmp.encode(), name.encode(), data, mode)
+         spare: str = "", mode: int = 0o600) -> Item:
+    return (os.fsencode(user.home), user.uid, user.gid, tmp.encode(), spare.encode(),
+            name.encode(), data, mode)
+
+
+def spare(user: User, name: str = "usrloc") -> Path:
+    return sr_path(user) / home.spare_name(name)
 
 
 # --- what it takes -----------------------------------------------------------
@@ -118,7 +103,7 @@ def test_a_batch_in_sound_homes_is_written_by_the_c_path(
     alice, bob = unix["alice"].user, unix["bob"].user
     make_sr(alice)
     make_sr(bob)
-    (sr(alice) / "usrloc").write_bytes(b"old\n")
+    (sr_path(alice) / "usrloc").write_bytes(b"old\n")
     old = os.umask(umask)
     try:
         errors = home.write_files([(alice, "usrloc", b"a\n"), (bob, "usrloc", b"b\n"),
@@ -128,12 +113,82 @@ def test_a_batch_in_sound_homes_is_written_by_the_c_path(
     assert errors == [None, None, None] and len(on) == 3
     for user, name, data in ((alice, "usrloc", b"a\n"), (bob, "usrloc", b"b\n"),
                              (alice, "config", b"c\n")):
-        st = os.lstat(sr(user) / name)
+        st = os.lstat(sr_path(user) / name)
         assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
         assert (st.st_uid, st.st_gid) == (user.uid, user.gid)
-        assert (sr(user) / name).read_bytes() == data
-    assert leftovers(alice) == leftovers(bob) == []
-    assert fs_ids() == (0, 0)
+        assert (sr_path(user) / name).read_bytes() == data
+    assert temp_files(alice) == temp_files(bob) == []
+    # The file replaced is kept as the spare; a first file leaves none.
+    assert spare(alice).read_bytes() == b"old\n"
+    assert not spare(bob).exists() and not spare(alice, "config").exists()
+    assert thread_fs_ids() == (0, 0)
+
+
+def test_the_next_write_goes_over_the_spare_and_swaps_the_two(
+        unix: FakeUnix, on: list[int]) -> None:
+    # No inode is made or freed: a replaced file's blocks are not given
+    # back (on a "discard" mount, the rename waited for the device).
+    alice = unix["alice"].user
+    make_sr(alice)
+    file = sr_path(alice) / "usrloc"
+    file.write_bytes(b"old\n")
+    os.chown(file, alice.uid, alice.gid)
+    texts = [b"a much longer first text\n" * 200, b"second\n", b"third, longer than second\n"]
+    inodes = []
+    for text in texts:
+        assert home.write_files([(alice, "usrloc", text)]) == [None]
+        inodes.append((os.lstat(file).st_ino, os.lstat(spare(alice)).st_ino))
+        assert file.read_bytes() == text  # no tail of what the spare held
+    assert on == [1, 1, 1]
+    assert inodes[1] == inodes[0][::-1] and inodes[2] == inodes[0]
+    assert spare(alice).read_bytes() == texts[1]
+    for p in (file, spare(alice)):
+        st = os.lstat(p)
+        assert stat.S_IMODE(st.st_mode) == 0o600 and (st.st_uid, st.st_gid) == (alice.uid, alice.gid)
+    assert temp_files(alice) == [] and thread_fs_ids() == (0, 0)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hard link", "root's", "unwritable", "fifo"])
+def test_an_unfit_spare_is_removed_not_written_and_made_anew(
+        unix: FakeUnix, on: list[int], kind: str) -> None:
+    alice = unix["alice"].user
+    make_sr(alice)
+    file = sr_path(alice) / "usrloc"
+    file.write_bytes(b"old\n")
+    os.chown(file, alice.uid, alice.gid)
+    other = unix.root / "other"
+    other.write_bytes(SECRET)
+    if kind == "symlink":
+        os.symlink(other, spare(alice))
+    elif kind == "hard link":  # a file of alice's also linked elsewhere
+        os.chown(other, alice.uid, alice.gid)
+        os.link(other, spare(alice))
+    elif kind == "root's":
+        spare(alice).write_bytes(SECRET)
+        spare(alice).chmod(0o666)  # alice could write it, but it is not hers
+    elif kind == "unwritable":
+        spare(alice).write_bytes(SECRET)
+        os.chown(spare(alice), alice.uid, alice.gid)
+        spare(alice).chmod(0o400)
+    else:
+        os.mkfifo(spare(alice))
+    assert home.write_files([(alice, "usrloc", b"a\n")]) == [None] and on == [1]
+    assert file.read_bytes() == b"a\n"
+    assert other.read_bytes() == SECRET  # never written through
+    # The spare is now the file replaced, ready for the next write.
+    st = os.lstat(spare(alice))
+    assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == alice.uid
+    assert spare(alice).read_bytes() == b"old\n"
+    assert temp_files(alice) == [] and thread_fs_ids() == (0, 0)
+
+
+def test_a_directory_as_the_spare_is_left_alone(unix: FakeUnix, on: list[int]) -> None:
+    alice = unix["alice"].user
+    make_sr(alice)
+    (spare(alice) / "inside").mkdir(parents=True)
+    assert home.write_files([(alice, "usrloc", b"a\n")]) == [None] and on == [1]
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"a\n"
+    assert (spare(alice) / "inside").is_dir() and temp_files(alice) == []
 
 
 def test_a_setgid_sr_does_not_give_the_file_its_group(unix: FakeUnix, on: list[int]) -> None:
@@ -150,9 +205,9 @@ def test_a_first_write_makes_sr_on_the_python_path(unix: FakeUnix, on: list[int]
     alice = unix["alice"].user
     assert home.write_files([(alice, "usrloc", b"a\n")]) == [None]
     assert on == []  # the C path makes no directory
-    st = os.lstat(sr(alice))
+    st = os.lstat(sr_path(alice))
     assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == alice.uid
-    assert (sr(alice) / "usrloc").read_bytes() == b"a\n"
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"a\n"
 
 
 # --- what it leaves to the Python path, which refuses it --------------------
@@ -163,7 +218,7 @@ def test_a_symlinked_sr_is_refused_and_never_followed(unix: FakeUnix, on: list[i
     elsewhere = Path(alice.home) / "elsewhere"
     elsewhere.mkdir()
     os.chown(elsewhere, alice.uid, alice.gid)
-    os.symlink(elsewhere, sr(alice))
+    os.symlink(elsewhere, sr_path(alice))
     errors = home.write_files([(alice, "usrloc", b"a\n")])
     assert isinstance(errors[0], HomeError) and "symlink" in str(errors[0])
     assert on == [] and list(elsewhere.iterdir()) == []
@@ -192,7 +247,7 @@ def test_a_world_writable_home_is_refused(unix: FakeUnix, on: list[int]) -> None
     Path(alice.home).chmod(0o777)
     errors = home.write_files([(alice, "usrloc", b"a\n")])
     assert isinstance(errors[0], HomeError) and "world writable" in str(errors[0])
-    assert on == [] and os.listdir(sr(alice)) == []
+    assert on == [] and os.listdir(sr_path(alice)) == []
 
 
 def test_a_symlink_in_place_of_the_file_is_replaced_not_followed(
@@ -201,11 +256,12 @@ def test_a_symlink_in_place_of_the_file_is_replaced_not_followed(
     make_sr(alice)
     victim = unix.root / "victim"
     victim.write_bytes(SECRET)
-    os.symlink(victim, sr(alice) / "usrloc")
+    os.symlink(victim, sr_path(alice) / "usrloc")
     assert home.write_files([(alice, "usrloc", b"a\n")]) == [None] and on == [1]
     assert victim.read_bytes() == SECRET
-    assert not (sr(alice) / "usrloc").is_symlink()
-    assert (sr(alice) / "usrloc").read_bytes() == b"a\n"
+    assert not (sr_path(alice) / "usrloc").is_symlink()
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"a\n"
+    assert not spare(alice).exists()  # the link was replaced, not kept
 
 
 def test_a_directory_in_place_of_the_file_is_refused_with_nothing_left(
@@ -213,12 +269,13 @@ def test_a_directory_in_place_of_the_file_is_refused_with_nothing_left(
     alice, bob = unix["alice"].user, unix["bob"].user
     make_sr(alice)
     make_sr(bob)
-    (sr(alice) / "usrloc").mkdir()
+    (sr_path(alice) / "usrloc").mkdir()
     errors = home.write_files([(alice, "usrloc", b"a\n"), (bob, "usrloc", b"b\n")])
     assert isinstance(errors[0], HomeError) and "is a directory" in str(errors[0])
     assert errors[1] is None and on == [1]
-    assert leftovers(alice) == [] and (sr(bob) / "usrloc").read_bytes() == b"b\n"
-    assert fs_ids() == (0, 0)
+    assert temp_files(alice) == [] and (sr_path(bob) / "usrloc").read_bytes() == b"b\n"
+    assert not spare(alice).exists() and (sr_path(alice) / "usrloc").is_dir()
+    assert thread_fs_ids() == (0, 0)
 
 
 # --- the module itself --------------------------------------------------------
@@ -228,38 +285,67 @@ def test_a_file_it_cannot_write_gets_its_errno_and_leaves_nothing(
         unix: FakeUnix, native: WriteBatch) -> None:
     alice, bob = unix["alice"].user, unix["bob"].user
     make_sr(alice)
-    (sr(alice) / "usrloc").write_bytes(b"old\n")
-    (sr(alice) / ".usrloc.taken.tmp").write_bytes(b"someone's\n")
+    (sr_path(alice) / "usrloc").write_bytes(b"old\n")
+    (sr_path(alice) / ".usrloc.taken.tmp").write_bytes(b"someone's\n")
     codes = native([item(alice, b"new\n", tmp=".usrloc.taken.tmp"),  # the name is taken
                     item(bob, b"b\n"),  # no ~/.sr
                     item(alice, b"c\n", name="config")])
     assert codes == [errno.EEXIST, errno.ENOENT, 0]
-    assert (sr(alice) / "usrloc").read_bytes() == b"old\n"
-    assert (sr(alice) / ".usrloc.taken.tmp").read_bytes() == b"someone's\n"
-    assert (sr(alice) / "config").read_bytes() == b"c\n"
-    assert sorted(os.listdir(sr(alice))) == [".usrloc.taken.tmp", "config", "usrloc"]
-    assert fs_ids() == (0, 0)
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"old\n"
+    assert (sr_path(alice) / ".usrloc.taken.tmp").read_bytes() == b"someone's\n"
+    assert (sr_path(alice) / "config").read_bytes() == b"c\n"
+    assert sorted(os.listdir(sr_path(alice))) == [".usrloc.taken.tmp", "config", "usrloc"]
+    assert thread_fs_ids() == (0, 0)
 
 
-def test_a_file_is_written_as_its_user(unix: FakeUnix, native: WriteBatch) -> None:
+@pytest.mark.parametrize("spare_name", ["", ".usrloc.spare"])
+def test_a_file_is_written_as_its_user(unix: FakeUnix, native: WriteBatch,
+                                       spare_name: str) -> None:
     # ~/.sr is the user's and 0500: root could write there, the user cannot.
     alice = unix["alice"].user
     make_sr(alice, 0o500)
     try:
-        assert native([item(alice, b"a\n")]) == [errno.EACCES]
-        assert os.listdir(sr(alice)) == []
+        assert native([item(alice, b"a\n", spare=spare_name)]) == [errno.EACCES]
+        assert os.listdir(sr_path(alice)) == []
     finally:
-        sr(alice).chmod(0o700)
+        sr_path(alice).chmod(0o700)
+
+
+@pytest.mark.parametrize("use_spare", [False, True])
+def test_a_write_that_fails_leaves_the_old_file_and_no_spare(
+        unix: FakeUnix, native: WriteBatch, use_spare: bool) -> None:
+    alice = unix["alice"].user
+    make_sr(alice)
+    (sr_path(alice) / "usrloc").write_bytes(b"old\n")
+    spare_name = home.spare_name("usrloc") if use_spare else ""
+    if use_spare:
+        spare(alice).write_bytes(b"older\n")
+        os.chown(spare(alice), alice.uid, alice.gid)
+    # A file size limit stops the write half way (EFBIG, not SIGXFSZ).
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4, limits[1]))
+        codes = native([item(alice, b"far more than four bytes\n", spare=spare_name)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert codes == [errno.EFBIG]
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"old\n"
+    assert os.listdir(sr_path(alice)) == ["usrloc"] and thread_fs_ids() == (0, 0)
 
 
 @pytest.mark.parametrize("bad", [
-    (b"/home/x", 0, 0, b".t.tmp", b"usrloc", b"", 0o600),  # root's own files
-    (b"/home/x", 1000, 1000, b".t.tmp", b"usrloc", b"", 0o666),  # others may write
-    (b"/home/x", 1000, 1000, b".t.tmp", b"../usrloc", b"", 0o600),
-    (b"/home/x", 1000, 1000, b"../t.tmp", b"usrloc", b"", 0o600),
+    (b"/home/x", 0, 0, b".t.tmp", b"", b"usrloc", b"", 0o600),  # root's own files
+    (b"/home/x", 1000, 1000, b".t.tmp", b"", b"usrloc", b"", 0o666),  # others may write
+    (b"/home/x", 1000, 1000, b".t.tmp", b"", b"../usrloc", b"", 0o600),
+    (b"/home/x", 1000, 1000, b"../t.tmp", b"", b"usrloc", b"", 0o600),
+    (b"/home/x", 1000, 1000, b".t.tmp", b"../s", b"usrloc", b"", 0o600),
+    (b"/home/x", 1000, 1000, b".t.tmp", b"usrloc", b"usrloc", b"", 0o600),  # itself
+    (b"/home/x", 1000, 1000, b"", b"", b"usrloc", b"", 0o600),
 ])
 def test_what_the_python_path_never_hands_it_is_refused(
-        native: WriteBatch, bad: tuple[bytes, int, int, bytes, bytes, bytes, int]) -> None:
+        native: WriteBatch, bad: Item) -> None:
     with pytest.raises(ValueError):
         native([bad])
 
@@ -272,4 +358,4 @@ def test_the_c_path_is_not_taken_when_the_thread_acts_as_a_user(
     make_sr(alice)
     with home.as_user(alice):
         assert home.write_files([(alice, "usrloc", b"a\n")]) == [None]
-    assert on == [] and (sr(alice) / "usrloc").read_bytes() == b"a\n"
+    assert on == [] and (sr_path(alice) / "usrloc").read_bytes() == b"a\n"
