@@ -293,9 +293,10 @@ class Persistence:
 
     def jobs(self, now: float, wall: float) -> list[Job[dict[str, BaseException | None]]]:
         """Writes that are due: every dirty user at once (write-through), or
-        at the flush interval (write-back), :data:`WRITE_CHUNK` users per
-        job (``write_chunk``). A user with a commit in flight waits for it: the commit's file
-        must not be overtaken by one rendered without its plan.
+        at the flush interval (write-back), :data:`WRITE_CHUNK` users
+        (``write_chunk``) per job. A user with a commit in flight waits for
+        it: the commit's file must not be overtaken by one rendered without
+        its plan.
 
         Write-back's flush is one chunk at a time, the next one rendered
         when the last is written, so that thousands of files neither stop

@@ -913,7 +913,9 @@ def write_files(
     over its spare (:func:`spare_name`, the file it replaced the time
     before) and swaps the two, so that no write frees blocks: on a
     filesystem mounted with ``discard``, a rename that frees the replaced
-    file's blocks waits for the device to discard them.
+    file's blocks waits for the device to discard them. So no two threads
+    may write the same file at once (:class:`~srfs.files.usrloc.UsrlocFiles`
+    holds a lock per user).
     """
     native = _write_batch
     if (native is None or not _SETFSUID or mode & ~0o644 or os.geteuid() != 0

@@ -297,21 +297,14 @@ class UsrlocFiles:
         self._user_locks: dict[str, threading.Lock] = {}
         self._written: dict[str, int] = {}
 
-    def save(self, user: User, version: int, text: str, *, fsync: bool) -> None:
-        with self._lock:
-            lock = self._user_locks.setdefault(user.name, threading.Lock())
-        with lock:
-            if self._written.get(user.name, -1) >= version:
-                return
-            home.write_file(user, self.NAME, text.encode("utf-8", "surrogateescape"), fsync=fsync)
-            self._written[user.name] = version
-
     def save_many(self, batch: Sequence[tuple[User, int, str]]) -> dict[str, BaseException | None]:
-        """:meth:`save` with fsync for a batch of users at once (group commit).
+        """Write each user's file of the batch, durably, in one group
+        (:func:`srfs.files.home.write_files`).
 
         One entry per user in the batch: None once the user's file is on
         disk (or a newer one already was), else why not. A user appears at
-        most once in a batch.
+        most once in a batch. A user's files are written by one thread at a
+        time (the C writer writes over one spare per file).
         """
         with self._lock:
             locks = {user.name: self._user_locks.setdefault(user.name, threading.Lock())

@@ -500,10 +500,14 @@ def sample_bindings(user: str) -> list[Binding]:
     ]
 
 
+def save(files: UsrlocFiles, account: User, version: int, text: str) -> None:
+    assert files.save_many([(account, version, text)]) == {account.name: None}
+
+
 def test_save_writes_usrloc_owned_by_the_user_mode_0600(account: User) -> None:
     files = UsrlocFiles()
     text = render_file(sample_bindings(account.name), NOW)
-    files.save(account, 1, text, fsync=True)
+    save(files, account, 1, text)
     sr = Path(account.home) / ".sr"
     st_sr = os.lstat(sr)
     assert stat.S_ISDIR(st_sr.st_mode) and st_sr.st_uid == account.uid
@@ -519,7 +523,7 @@ def test_save_writes_usrloc_owned_by_the_user_mode_0600(account: User) -> None:
 def test_load_returns_the_bindings(account: User) -> None:
     bindings = sample_bindings(account.name)
     expired = mk("sip:old@192.0.2.66", aor=account.name, user=account.name, expires=NOW + 5)
-    UsrlocFiles().save(account, 1, render_file([*bindings, expired], NOW), fsync=False)
+    save(UsrlocFiles(), account, 1, render_file([*bindings, expired], NOW))
     assert UsrlocFiles.load(account, NOW) == ([*bindings, expired], [])
     assert UsrlocFiles.load(account, NOW + 10) == (bindings, [])
     assert UsrlocFiles.load(account, NOW + 10**6) == ([bindings[2]], [])
@@ -545,20 +549,20 @@ def test_an_older_version_never_overwrites_a_newer_one(account: User) -> None:
     v1 = render_file(sample_bindings(account.name)[:1], NOW)
     v2 = render_file(sample_bindings(account.name), NOW)
     v3 = render_file([], NOW)
-    files.save(account, 2, v2, fsync=False)
-    files.save(account, 1, v1, fsync=False)
+    save(files, account, 2, v2)
+    save(files, account, 1, v1)
     assert path.read_text() == v2
-    files.save(account, 2, v1, fsync=False)  # the same version again: already done
+    save(files, account, 2, v1)  # the same version again: already done
     assert path.read_text() == v2
     assert UsrlocFiles.load(account, NOW) == (sample_bindings(account.name), [])
-    files.save(account, 3, v3, fsync=True)
+    save(files, account, 3, v3)
     assert path.read_text() == v3
     assert UsrlocFiles.load(account, NOW) == ([], [])
 
 
 def test_versions_are_per_user(unix: FakeUnix, account: User) -> None:
     files = UsrlocFiles()
-    files.save(account, 10, render_file([], NOW), fsync=False)
+    save(files, account, 10, render_file([], NOW))
     bob = unix["bob"]
     bob_sr = bob.home / ".sr"
     had_sr = os.path.lexists(bob_sr)
@@ -567,7 +571,7 @@ def test_versions_are_per_user(unix: FakeUnix, account: User) -> None:
         pytest.skip("bob already has a usrloc from another test")
     try:
         text = render_file(sample_bindings("bob"), NOW)
-        files.save(bob.user, 1, text, fsync=False)  # bob's first write is not "older"
+        save(files, bob.user, 1, text)  # bob's first write is not "older"
         assert (bob_sr / "usrloc").read_text() == text
     finally:
         _clear(bob_sr / "usrloc")
@@ -584,14 +588,14 @@ def test_concurrent_saves_leave_the_newest_version(account: User) -> None:
     start = threading.Barrier(len(order))
     errors: list[BaseException] = []
 
-    def save(v: int) -> None:
+    def save_one(v: int) -> None:
         try:
             start.wait()
-            files.save(account, v, texts[v], fsync=False)
+            save(files, account, v, texts[v])
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=save, args=(v,)) for v in order]
+    threads = [threading.Thread(target=save_one, args=(v,)) for v in order]
     for t in threads:
         t.start()
     for t in threads:
@@ -617,7 +621,7 @@ def test_a_planted_symlink_is_replaced_never_followed(unix: FakeUnix, account: U
         with pytest.raises(HomeError, match=r"^~alice/\.sr/usrloc is a symlink$"):
             UsrlocFiles.load(account, NOW)
         text = render_file(sample_bindings(account.name), NOW)
-        UsrlocFiles().save(account, 1, text, fsync=True)
+        save(UsrlocFiles(), account, 1, text)
         st_link = os.lstat(link)
         assert stat.S_ISREG(st_link.st_mode)  # the link itself was replaced
         assert st_link.st_uid == account.uid and stat.S_IMODE(st_link.st_mode) == 0o600
@@ -637,7 +641,7 @@ def test_a_dangling_symlink_creates_nothing_at_its_target(unix: FakeUnix, accoun
     home.open_sr(account, create=True).close()
     target = Path(account.home) / "usrloc-created"
     os.symlink(target, sr / "usrloc")
-    UsrlocFiles().save(account, 1, render_file([], NOW), fsync=False)
+    save(UsrlocFiles(), account, 1, render_file([], NOW))
     assert not os.path.lexists(target)
     assert stat.S_ISREG(os.lstat(sr / "usrloc").st_mode)
 
