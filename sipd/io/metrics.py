@@ -201,6 +201,11 @@ CATALOGUE: dict[str, dict[str, Figure | None]] = {
                           "Groups of usrloc files written together with one trip to a "
                           "worker thread (write-through); registration_changes over this "
                           "is the mean group size."),
+        "batch_seconds": Figure("usrloc_group_commit_seconds",
+                                "Time from the start of each group of usrloc files to its "
+                                "answers, summed: over usrloc_group_commits, the mean time a "
+                                "group takes to be durable (what each 200 waits for, and as "
+                                "long again before the next group starts)."),
     },
     "AccStats": {
         "records_written": Figure("acc_records_written", "Call records written to ~/.sr/acc."),

@@ -86,6 +86,8 @@ class PersistenceStats:
     commits_refused: int = 0
     #: Group commits written (one worker-thread trip and one sync round each).
     batches: int = 0
+    #: Seconds from each group's start to its answers, summed.
+    batch_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +273,7 @@ class Persistence:
             took = max(later - self._batch_started, 0.0)
             self._next_batch = self._batch_started + min(self.commit_interval, 2 * took)
             self.stats.batches += 1
+            self.stats.batch_seconds += took
             actions: list[Action] = []
             for w in batch:
                 error = outcome.error if outcome.error is not None else (

@@ -171,6 +171,7 @@ def test_a_batch_waits_after_the_last_as_long_as_that_one_took(unix: FakeUnix) -
     assert p.next_deadline() is None  # a batch in flight: its end starts the next
     assert run(second[0], 10.003) == []
     assert answers.heard[1:] == [("ben", None), ("cat", None)]
+    assert p.stats.batches == 2 and p.stats.batch_seconds == pytest.approx(0.002)
     assert on_disk(unix, "cat") == [binding("cat")] == store.bindings_of_user("cat")
     assert p.next_deadline() is None and p.start_held(11.0) == []
     # After a quiet moment a commit is written at once.
