@@ -112,34 +112,24 @@ static void
 open_spare(item_t *it)
 {
     struct stat st;
-    if (fstatat(it->sr, it->name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-        if (!S_ISREG(st.st_mode))
-            return;
-    } else if (errno != ENOENT) {
+    if (fstatat(it->sr, it->name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? !S_ISREG(st.st_mode)
+                                                                : errno != ENOENT)
         return;
-    }
     int fd = open_retry(it->sr, it->spare, WRITE_FLAGS, 0);
-    if (fd >= 0) {
-        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == it->uid
-                && st.st_nlink == 1) {
-            it->fd = fd;
-            it->tmp = it->spare;
-            it->swap = 1;
-            return;
-        }
+    int found = fd >= 0 || errno != ENOENT;
+    if (fd >= 0 && !(fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == it->uid
+                     && st.st_nlink == 1)) {
         close(fd);
         fd = -1;
-    } else if (errno == ENOENT) {
-        fd = -2;  /* no spare yet */
     }
-    if (fd == -1) {
-        if (fstatat(it->sr, it->spare, &st, AT_SYMLINK_NOFOLLOW) != 0 || S_ISDIR(st.st_mode)
-                || unlinkat(it->sr, it->spare, 0) != 0)
+    if (fd < 0) {
+        if (found && (fstatat(it->sr, it->spare, &st, AT_SYMLINK_NOFOLLOW) != 0
+                      || S_ISDIR(st.st_mode) || unlinkat(it->sr, it->spare, 0) != 0))
+            return;
+        fd = open_retry(it->sr, it->spare, WRITE_FLAGS | O_CREAT | O_EXCL, 0600);
+        if (fd < 0)
             return;
     }
-    fd = open_retry(it->sr, it->spare, WRITE_FLAGS | O_CREAT | O_EXCL, 0600);
-    if (fd < 0)
-        return;
     it->fd = fd;
     it->tmp = it->spare;
     it->swap = 1;

@@ -84,6 +84,7 @@ __all__ = [
     "spare_name",
     "stamp_of",
     "stamps_of",
+    "temp_name",
     "write_file",
     "write_files",
 ]
@@ -223,7 +224,12 @@ def _acting_as(user: User) -> Iterator[None]:
             raise RuntimeError("could not restore the thread's filesystem identity")
 
 
-# --- checks ----------------------------------------------------------------
+# --- names and checks --------------------------------------------------------
+
+
+def temp_name(name: str) -> str:
+    """A new temporary file's name in ``~/.sr``, to be renamed to ``name``."""
+    return f".{name}.{random_hex(8)}.tmp"
 
 
 def spare_name(name: str) -> str:
@@ -586,7 +592,7 @@ class SrDir:
     def _create_temp(self, name: str) -> tuple[str, int]:
         for _ in range(_TEMP_ATTEMPTS):
             # A random name: the user can pre-create any predictable one.
-            tmp = f".{name}.{random_hex(8)}.tmp"
+            tmp = temp_name(name)
             try:
                 fd = os.open(tmp, _WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self._fd)
             except FileExistsError:
@@ -929,7 +935,7 @@ def write_files(
             continue  # refused, or root's own: the path below says why
         taken.append(i)
         batch.append((os.fsencode(user.home), user.uid, user.gid,
-                      f".{name}.{random_hex(8)}.tmp".encode(), spare_name(name).encode(),
+                      temp_name(name).encode(), spare_name(name).encode(),
                       name.encode(), data, mode))
     written = {i for i, code in zip(taken, native(batch), strict=True) if code == 0}
     errors: list[HomeError | None] = [None] * len(items)
