@@ -15,6 +15,13 @@ needs them.
 ``queue`` names an ordered lane: jobs with the same queue run one at a
 time in submission order (wtmp login before logout, say); jobs without
 one run concurrently.
+
+A job that only writes files in homes may say so: ``writes`` are the
+files (as :func:`srfs.files.home.write_files` takes them) and ``wrote``
+turns their errors into the job's value. The I/O layer then hands the
+files to its one writing thread (:class:`srfs.files.home.FileWriter`)
+instead of running ``run``; what ``run`` does must be the same writes.
+Every job with ``writes`` goes to that one thread, in order, or none does.
 """
 
 from __future__ import annotations
@@ -72,6 +79,8 @@ class Job(Generic[T]):
     queue: str | None = None
     name: str = "job"
     directory: bool = False
+    writes: Sequence[tuple[User, str, bytes]] | None = None
+    wrote: Callable[[Sequence[BaseException | None]], T] | None = None
 
 
 def run_inline(actions: list[Action], now: float) -> list[Outgoing]:

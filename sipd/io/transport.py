@@ -54,6 +54,7 @@ from sipd.io.websocket import WsClosed, WsServer
 from sipd.io.workers import Workers
 from sipd.sip.framing import FramingError, Ping, Pong, StreamFramer
 from srfs.addresses import source_key
+from srfs.files.home import FileWriter
 from srfs.logtext import Tally
 
 #: Datagrams handled per wake-up of a UDP listener before other tasks get a turn.
@@ -275,8 +276,10 @@ class Transports:
         self._armed = math.inf
         self.bound: list[ListenAddress] = []
         self._nursery: trio.Nursery | None = None
-        #: The threads that run blocking jobs (PAM, NSS, home I/O).
-        self.workers = Workers(self._job_done)
+        #: The threads that run blocking jobs (PAM, NSS, home I/O), and the
+        #: one that writes files in homes where the C path is there.
+        self.workers = Workers(self._job_done,
+                               writer=FileWriter() if FileWriter.available() else None)
         self._accept_failures = Tally()
         # A bug that every datagram, connection or timer pass meets again
         # logs its traceback once a minute, not hundreds of times a second.
@@ -493,6 +496,7 @@ class Transports:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self.timer_loop)
+                nursery.start_soon(self.workers.serve_writes)
                 for addr, sock in bound:
                     self.bound.append(addr)
                     if addr.transport == "udp":

@@ -15,6 +15,14 @@ waiting and no thread of the pool is idle, and stay (a daemon's load
 comes back). Jobs of one ``queue`` (a lane) run one at a time in the order
 given: the next one is handed to the pool when the previous one is done.
 
+Jobs that only write files in homes (``Job.writes``) go to one writing
+thread of their own instead (:class:`srfs.files.home.FileWriter`), in the
+order given, while :meth:`Workers.serve_writes` runs on the event loop: it
+learns which batches are written from an eventfd, so that thread needs
+the GIL neither to take a batch nor to hand it back. A group commit that
+went through the home pool waited for the event loop three times on the
+way, under load most of its time.
+
 Threads started before the daemon gives up its capabilities would keep
 them (a thread's capability sets are its own): :meth:`Workers.hold` keeps
 jobs waiting, with no thread started, until :meth:`Workers.release`,
@@ -33,6 +41,7 @@ from typing import Any
 import trio
 
 from sipd.core.work import Job, Outcome
+from srfs.files.home import FileWriter, HomeError
 
 __all__ = ["DIRECTORY_THREADS", "HOME_THREADS", "Workers"]
 
@@ -42,6 +51,8 @@ log = logging.getLogger("sipd")
 HOME_THREADS = 8
 #: Threads for jobs that ask the user database (NSS, PAM).
 DIRECTORY_THREADS = 4
+#: Seconds :meth:`Workers.close` waits for the writing thread's queue.
+WRITER_CLOSE_TIMEOUT = 10.0
 
 Deliver = Callable[[Job[Any], Outcome[Any]], None]
 
@@ -63,13 +74,21 @@ class Workers:
     on the event loop."""
 
     def __init__(self, deliver: Deliver, *, home_threads: int = HOME_THREADS,
-                 directory_threads: int = DIRECTORY_THREADS) -> None:
+                 directory_threads: int = DIRECTORY_THREADS,
+                 writer: FileWriter | None = None) -> None:
         self._deliver = deliver
         self._pools = {False: _Pool("home", home_threads),
                        True: _Pool("directory", directory_threads)}
         self._token: trio.lowlevel.TrioToken | None = None
         self._lanes: dict[str, deque[Job[Any]]] = {}
         self._held: list[Job[Any]] | None = None
+        #: The writing thread's queue: every job with ``writes`` goes there
+        #: (its thread starts with the first), and :meth:`serve_writes`
+        #: hears which are done.
+        self._writer = writer
+        self._writer_thread: threading.Thread | None = None
+        #: Jobs in the writer's queue, by ticket.
+        self._writes: dict[int, Job[Any]] = {}
         self.started = 0
         self.failed = 0
 
@@ -104,6 +123,9 @@ class Workers:
     def _hand(self, job: Job[Any]) -> None:
         if self._token is None:
             self._token = trio.lowlevel.current_trio_token()
+        if (job.writes is not None and job.wrote is not None and self._writer is not None
+                and self._write(self._writer, job)):
+            return
         pool = self._pools[job.directory]
         pool.busy += 1
         if pool.busy > len(pool.threads) and len(pool.threads) < pool.most:
@@ -130,6 +152,9 @@ class Workers:
 
     def _done(self, pool: _Pool, job: Job[Any], outcome: Outcome[Any]) -> None:
         pool.busy -= 1
+        self._finish(job, outcome)
+
+    def _finish(self, job: Job[Any], outcome: Outcome[Any]) -> None:
         if outcome.error is not None:
             self.failed += 1
             log.debug("%s failed: %s", job.name, outcome.error)
@@ -144,9 +169,87 @@ class Workers:
         except Exception:  # noqa: BLE001 - one continuation's bug must not end the loop
             log.exception("internal error in the continuation of %s", job.name)
 
+    # ------------------------------------------------------------ the writer
+
+    async def serve_writes(self) -> None:
+        """Hand each job given to the writing thread its outcome as its
+        batch is written (the transport runs this as long as it serves)."""
+        writer = self._writer
+        if writer is None:
+            return
+        while True:
+            await trio.lowlevel.wait_readable(writer.fileno())
+            for ticket, count in writer.collect():
+                self._written(ticket, [None] * count)
+
+    def _write(self, writer: FileWriter, job: Job[Any]) -> bool:
+        """Queue ``job``'s files for the writing thread; False if it takes no
+        more (closed), and the job then runs in the home pool."""
+        assert job.writes is not None and self._token is not None
+        try:
+            ticket = writer.submit(job.writes)
+        except RuntimeError:
+            return False
+        self._writes[ticket] = job
+        if self._writer_thread is None:
+            thread = threading.Thread(target=self._serve_writer, args=(writer, self._token),
+                                      name="sipd-writer", daemon=True)
+            self._writer_thread = thread
+            thread.start()
+        return True
+
+    def _serve_writer(self, writer: FileWriter, token: trio.lowlevel.TrioToken) -> None:
+        while True:
+            try:
+                got = writer.serve()
+            except Exception as exc:  # noqa: BLE001 - WriterBroken, or a bug: the pool takes over
+                try:
+                    token.run_sync_soon(self._writer_broken, exc)
+                except trio.RunFinishedError:
+                    pass
+                return
+            if got is None:
+                return
+            try:
+                token.run_sync_soon(self._written, *got)
+            except trio.RunFinishedError:
+                return  # the daemon is gone: nobody waits for this answer
+
+    def _written(self, ticket: int, errors: list[HomeError | None] | None,
+                 error: BaseException | None = None) -> None:
+        job = self._writes.pop(ticket)
+        outcome: Outcome[Any]
+        if error is not None or errors is None or job.wrote is None:
+            outcome = Outcome(error=error or RuntimeError("no outcome"))
+        else:
+            try:
+                outcome = Outcome(job.wrote(errors))
+            except Exception as exc:  # noqa: BLE001 - the continuation decides
+                outcome = Outcome(error=exc)
+        self._finish(job, outcome)
+
+    def _writer_broken(self, exc: BaseException) -> None:
+        """The writing thread ended (:class:`~srfs.files.home.WriterBroken`,
+        or a bug): later jobs go to the home pool. Those still queued for it
+        are not written; each gets the error."""
+        log.error("the writing thread ended: %s", exc)
+        self._writer = None
+        for ticket in list(self._writes):
+            self._written(ticket, None, exc)
+
     def close(self) -> None:
-        """Let every thread end once the jobs before it are done."""
+        """Let every thread end once the jobs before it are done; the
+        writing thread's queue is written before this returns (a file
+        written after, at exit, must not cross one of its)."""
         for pool in self._pools.values():
             for _ in pool.threads:
                 pool.queue.put(None)
             pool.threads.clear()
+        if self._writer is not None:
+            self._writer.close()
+        thread, self._writer_thread = self._writer_thread, None
+        if thread is not None:
+            thread.join(WRITER_CLOSE_TIMEOUT)
+            if thread.is_alive():
+                log.error("the writing thread did not finish its queue within %g s",
+                          WRITER_CLOSE_TIMEOUT)

@@ -12,9 +12,10 @@ restart would lose, and nothing is in force that was refused.
 
 Commits are written in groups: while one batch is on its way to disk,
 new commits queue; when it is durable, its answers go out and everything
-queued since is planned and written as the next batch, in one worker
-thread trip and two syncs of each filesystem it touches, whatever its
-size (:func:`srfs.files.home.write_files`). At a low rate a batch is one
+queued since is planned and written as the next batch, in one trip to
+the I/O layer's writing thread (``Job.writes``) and two syncs of each
+filesystem it touches, whatever its size
+(:func:`srfs.files.home.write_files`). At a low rate a batch is one
 commit and waits for nothing; under load the cost per registration of
 the thread trip and the sync round is shared. After a batch that took
 *t*, the next starts no sooner than *t* after its end (and no later
@@ -34,7 +35,9 @@ Each file is written as its UNIX user: the one the REGISTER authenticated
 as (:attr:`~sipd.core.work.Commit.owner`) or that the members list or an
 earlier commit gave (:meth:`Persistence.know`), so a save costs no NSS
 look-up and succeeds while a directory server is out of reach; only a
-user never seen is looked up.
+user never seen is looked up, in the directory's threads, before the
+file goes to the writing thread (a look-up must not hold up the files
+of others).
 
 A commit's changes are logged once they are in force
 (:mod:`sipd.registrar.changelog`): what the log says was registered is
@@ -51,6 +54,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sipd.core.work import Action, Job, Outcome
 from sipd.registrar.changelog import log_changes
@@ -72,7 +76,7 @@ Finish = Callable[[Outcome[None], float], list[Action]]
 #: commits each. A fixed 10 ms between starts cost as little CPU, but
 #: every 200 under load waited for it even where the disk was quick.
 COMMIT_INTERVAL = 0.010
-#: Users written in one trip to a worker and one sync round when nobody
+#: Users written in one trip to the writing thread and one sync round when nobody
 #: waits for the files (expiries, write-back's flush): one job per user
 #: was thousands of trips at once every ``flush_interval`` under load.
 WRITE_CHUNK = 64
@@ -84,7 +88,7 @@ class PersistenceStats:
     write_errors: int = 0
     commits: int = 0
     commits_refused: int = 0
-    #: Group commits written (one worker-thread trip and one sync round each).
+    #: Group commits written (one writing-thread trip and one sync round each).
     batches: int = 0
     #: Seconds from each group's start to its answers, summed.
     batch_seconds: float = 0.0
@@ -261,12 +265,8 @@ class Persistence:
         text = render_file(self.store.preview(user, ops), wall)
         return _Write(user, ops, pending, next(self._seq), text)
 
-    def _batch_job(self, batch: list[_Write]) -> Job[dict[str, BaseException | None]]:
-        files = self.files
+    def _batch_job(self, batch: list[_Write]) -> Job[Any]:
         entries = [(w.user, self._users.get(w.user), w.seq, w.text) for w in batch]
-
-        def run() -> dict[str, BaseException | None]:
-            return _save_many(files, entries)
 
         def done(outcome: Outcome[dict[str, BaseException | None]], later: float) -> list[Action]:
             self._batch = None
@@ -290,11 +290,11 @@ class Persistence:
                 actions.extend(w.pending.finish(result, later))
             return actions + self._start_batch(later)
 
-        return Job(run, done, name=f"save {len(batch)} usrloc file(s)")
+        return self._write_job(entries, done, f"save {len(batch)} usrloc file(s)")
 
     # ------------------------------------------------------------ background
 
-    def jobs(self, now: float, wall: float) -> list[Job[dict[str, BaseException | None]]]:
+    def jobs(self, now: float, wall: float) -> list[Job[Any]]:
         """Writes that are due: every dirty user at once (write-through), or
         at the flush interval (write-back), :data:`WRITE_CHUNK` users
         (``write_chunk``) per job. A user with a commit in flight waits for
@@ -337,7 +337,7 @@ class Persistence:
             return self._next_batch  # commits held
         return None
 
-    def flush_all(self, wall: float) -> list[Job[dict[str, BaseException | None]]]:
+    def flush_all(self, wall: float) -> list[Job[Any]]:
         """Every dirty user, now (shutdown)."""
         users_ = sorted(self._dirty)
         self._dirty.clear()
@@ -345,19 +345,15 @@ class Persistence:
         return self._files_jobs(users_, wall)
 
     def _files_jobs(self, names: Sequence[str],
-                    wall: float) -> list[Job[dict[str, BaseException | None]]]:
+                    wall: float) -> list[Job[Any]]:
         step = self.write_chunk
         return [self._files_job(names[i:i + step], wall) for i in range(0, len(names), step)]
 
-    def _files_job(self, names: Sequence[str], wall: float) -> Job[dict[str, BaseException | None]]:
-        """One trip to a worker that writes ``names``' files as the store has
+    def _files_job(self, names: Sequence[str], wall: float) -> Job[Any]:
+        """One trip to the writing thread that writes ``names``' files as the store has
         them now, durably, in one group (as a batch of commits is)."""
         entries = [(u, self._users.get(u), next(self._seq),
                     render_file(self.store.bindings_of_user(u), wall)) for u in names]
-        files = self.files
-
-        def run() -> dict[str, BaseException | None]:
-            return _save_many(files, entries)
 
         def done(outcome: Outcome[dict[str, BaseException | None]], now: float) -> list[Action]:
             for name in names:
@@ -369,7 +365,57 @@ class Persistence:
             self._flushing = False
             return list(self.jobs(now, self.wall(now)))  # the flush's next chunk
 
-        return Job(run, done, name=f"write {len(entries)} usrloc file(s)")
+        return self._write_job(entries, done, f"write {len(entries)} usrloc file(s)")
+
+    def _write_job(self, entries: Sequence[tuple[str, User | None, int, str]],
+                   done: Callable[[Outcome[dict[str, BaseException | None]], float], list[Action]],
+                   name: str) -> Job[Any]:
+        """The job that writes ``entries`` (user, account if known, number,
+        text) and hands ``done`` each user's error: one that only writes
+        (``Job.writes``, for the I/O layer's writing thread) when every
+        account is known; else first one that looks the others up, in the
+        directory's threads, whose continuation is that writing job. So
+        every usrloc file goes through the writing thread, in order, where
+        there is one: a look-up that waits for a directory server holds up
+        nobody else's file."""
+        files = self.files
+        if all(known is not None for _, known, _, _ in entries):
+            def run() -> dict[str, BaseException | None]:
+                return _save_many(files, entries)
+
+            names = [user for user, _, _, _ in entries]
+
+            def wrote(errors: Sequence[BaseException | None]) -> dict[str, BaseException | None]:
+                return dict(zip(names, errors, strict=True))
+
+            return Job(run, done, name=name, wrote=wrote, writes=[
+                (known, UsrlocFiles.NAME, text.encode("utf-8", "surrogateescape"))
+                for _, known, _, text in entries if known is not None])
+        unknown = [user for user, known, _, _ in entries if known is None]
+
+        def look_up() -> dict[str, User | None]:
+            return {user: users.lookup(user) for user in unknown}
+
+        def found(outcome: Outcome[dict[str, User | None]], now: float) -> list[Action]:
+            accounts = outcome.value or {}
+            self.know([a for a in accounts.values() if a is not None])
+            missing: dict[str, BaseException | None] = {
+                user: outcome.error or LookupError(f"user {user} no longer exists")
+                for user in unknown if accounts.get(user) is None}
+            rest = [(user, known or accounts.get(user), seq, text)
+                    for user, known, seq, text in entries if user not in missing]
+
+            def joined(written: Outcome[dict[str, BaseException | None]],
+                       later: float) -> list[Action]:
+                if written.error is not None:
+                    return done(written, later)
+                return done(Outcome({**(written.value or {}), **missing}), later)
+
+            if not rest:
+                return done(Outcome(missing), now)
+            return [self._write_job(rest, joined, name)]
+
+        return Job(look_up, found, name=f"look up {len(unknown)} user(s)", directory=True)
 
     def record(self, user: str, outcome: Outcome[None]) -> None:
         if outcome.error is None:

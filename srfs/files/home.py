@@ -56,11 +56,14 @@ from srfs.entropy import random_hex
 from srfs.errors import ReasonedError
 from srfs.user import User
 
-_write_batch: Callable[[Sequence[tuple[bytes, int, int, bytes, bytes, bytes, bytes, int]]], list[int]] | None
+_NativeItem = tuple[bytes, int, int, bytes, bytes, bytes, bytes, int]
+_write_batch: Callable[[Sequence[_NativeItem]], list[int]] | None
 try:
+    from srfs.files._homewrite import Writer as _Writer
     from srfs.files._homewrite import write_batch as _write_batch
 except ImportError:  # a checkout, or a build without a C compiler
     _write_batch = None
+    _Writer = None  # type: ignore[assignment,misc]
 
 if TYPE_CHECKING:
     from srfs.files.homewatch import HomeWatch
@@ -72,6 +75,7 @@ __all__ = [
     "SR_DIR",
     "UNKNOWN_STAMP",
     "FileCache",
+    "FileWriter",
     "HomeError",
     "SrDir",
     "Stamp",
@@ -924,10 +928,23 @@ def write_files(
     holds a lock per user).
     """
     native = _write_batch
-    if (native is None or not _SETFSUID or mode & ~0o644 or os.geteuid() != 0
-            or getattr(_acting, "ids", None) is not None):
+    if native is None or not _native_fits(mode):
         return _write_files(items, mode=mode, max_size=max_size)
-    batch: list[tuple[bytes, int, int, bytes, bytes, bytes, bytes, int]] = []
+    batch, taken = _native_items(items, mode, max_size)
+    codes = native(batch)
+    return _finish(items, taken, codes, mode=mode, max_size=max_size)
+
+
+def _native_fits(mode: int) -> bool:
+    """Whether the C path may write files of this mode from this thread now."""
+    return (_SETFSUID and not mode & ~0o644 and os.geteuid() == 0
+            and getattr(_acting, "ids", None) is None)
+
+
+def _native_items(items: Sequence[tuple[User, str, bytes]], mode: int,
+                  max_size: int) -> tuple[list[_NativeItem], list[int]]:
+    """The items the C path takes, as it takes them, and their indexes in ``items``."""
+    batch: list[_NativeItem] = []
     taken: list[int] = []
     for i, (user, name, data) in enumerate(items):
         if (user.uid == 0 or len(data) > max_size or not _NAME_RE.fullmatch(name)
@@ -937,7 +954,14 @@ def write_files(
         batch.append((os.fsencode(user.home), user.uid, user.gid,
                       temp_name(name).encode(), spare_name(name).encode(),
                       name.encode(), data, mode))
-    written = {i for i, code in zip(taken, native(batch), strict=True) if code == 0}
+    return batch, taken
+
+
+def _finish(items: Sequence[tuple[User, str, bytes]], taken: Sequence[int],
+            codes: Sequence[int], *, mode: int, max_size: int) -> list[HomeError | None]:
+    """Each item's error, once this module's own path has written those
+    the C path did not (``codes`` are its, for the ``taken`` items)."""
+    written = {i for i, code in zip(taken, codes, strict=True) if code == 0}
     errors: list[HomeError | None] = [None] * len(items)
     rest = [i for i in range(len(items)) if i not in written]
     if rest:
@@ -945,6 +969,94 @@ def write_files(
                                                max_size=max_size), strict=True):
             errors[i] = error
     return errors
+
+
+class WriterBroken(RuntimeError):
+    """The writing thread could not take back root's file identity: it must
+    end, and the batch ``ticket`` is not written."""
+
+    def __init__(self, ticket: int) -> None:
+        super().__init__("could not restore the writing thread's filesystem identity")
+        self.ticket = ticket
+
+
+@dataclass(frozen=True, slots=True)
+class _Submitted:
+    items: Sequence[tuple[User, str, bytes]]
+    taken: list[int]
+    mode: int
+    max_size: int
+
+
+class FileWriter:
+    """:func:`write_files` for one thread that writes every batch handed
+    to it, in the order given, and holds the GIL only where a batch needs
+    this module's own path.
+
+    A worker thread that called :func:`write_files` for each batch took
+    the GIL three times per batch (woken with the batch, back from the C
+    path, handing the answer over), and under load each time waited for
+    the event loop to let it go: that was most of the time a group commit
+    took, and a large share of its CPU. Here the event loop queues a batch
+    (:meth:`submit`, which copies it), the thread that runs :meth:`serve`
+    writes it without the GIL, and the event loop learns which batches are
+    durable when :meth:`fileno` (an eventfd) is readable
+    (:meth:`collect`). A batch with a file the C path did not write (it
+    words no errors, and makes no ``~/.sr``) comes back out of
+    :meth:`serve`, whose thread writes the rest as :func:`write_files`
+    does. Since one thread writes every batch in order, no two write one
+    file at once, and a file is never replaced by one queued before it.
+
+    Only where the C path is built and sipd is root (:meth:`available`).
+    """
+
+    def __init__(self) -> None:
+        if _Writer is None:
+            raise RuntimeError("the C path of home.write_files is not built")
+        self._native = _Writer()
+        self._submitted: dict[int, _Submitted] = {}
+
+    @staticmethod
+    def available(mode: int = 0o600) -> bool:
+        return _Writer is not None and _native_fits(mode)
+
+    def submit(self, items: Sequence[tuple[User, str, bytes]], *, mode: int = 0o600,
+               max_size: int = MAX_WRITE) -> int:
+        """Queue ``items`` as one batch (see :func:`write_files`); its ticket.
+        RuntimeError once closed."""
+        batch, taken = _native_items(items, mode, max_size)
+        ticket = self._native.submit(batch, len(taken) == len(items))
+        self._submitted[ticket] = _Submitted(items, taken, mode, max_size)
+        return ticket
+
+    def serve(self) -> tuple[int, list[HomeError | None]] | None:
+        """The writing thread's loop: returns for a batch it had to finish
+        here, with its errors (one per item, as :func:`write_files`), or
+        None once closed and every batch is written. Raises
+        :class:`WriterBroken`: the thread must end."""
+        got = self._native.serve()
+        if got is None:
+            return None
+        ticket, codes = got
+        batch = self._submitted.pop(ticket)
+        if codes is None:
+            raise WriterBroken(ticket)
+        return ticket, _finish(batch.items, batch.taken, codes, mode=batch.mode,
+                               max_size=batch.max_size)
+
+    def collect(self) -> list[tuple[int, int]]:
+        """(ticket, number of items) of each batch written whole since the last call."""
+        done = []
+        for ticket in self._native.collect():
+            done.append((ticket, len(self._submitted.pop(ticket).items)))
+        return done
+
+    def fileno(self) -> int:
+        return self._native.fileno()
+
+    def close(self) -> None:
+        """Take no more batches: :meth:`serve` returns None once the queued ones are written."""
+        self._native.close()
 
 
 def _write_files(

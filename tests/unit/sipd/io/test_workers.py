@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -12,6 +13,11 @@ import trio
 
 from sipd.core.work import Job, Outcome
 from sipd.io.workers import Workers
+from srfs.files import home
+from srfs.files.home import FileWriter, HomeError
+from srfs.user import User
+from tests.unit.srfs.files.srdirs import homewrite, make_sr, sr_path
+from tests.unixusers import FakeUnix, fake_unix
 
 
 class Heard:
@@ -144,3 +150,148 @@ def test_a_failing_continuation_is_logged_and_the_loop_goes_on(
         trio.run(main)
     assert "internal error in the continuation of bad" in caplog.text
     assert heard.items[0][:2] == ("good", 2)
+
+
+# --- the writing thread ---------------------------------------------------------
+
+
+@pytest.fixture
+def unix() -> Iterator[FakeUnix]:
+    with fake_unix(pam_service=None) as u:
+        yield u
+
+
+@pytest.fixture
+def writer(monkeypatch: pytest.MonkeyPatch) -> Iterator[FileWriter]:
+    """A FileWriter on the C path: the wheel's, or the checkout's C file compiled."""
+    with homewrite() as module:
+        monkeypatch.setattr(home, "_Writer", module.Writer)
+        monkeypatch.setattr(home, "_write_batch", module.write_batch)
+        yield FileWriter()
+
+
+def writing(files: Sequence[tuple[User, str, bytes]], name: str) -> Job[Any]:
+    """A job that only writes ``files``: its value is the errors, by user."""
+    def run() -> Any:
+        raise AssertionError("a job with writes is not run in a pool thread")
+
+    def wrote(errors: Sequence[BaseException | None]) -> dict[str, BaseException | None]:
+        return {user.name: error for (user, _, _), error in zip(files, errors, strict=True)}
+
+    return Job(run, name=name, writes=files, wrote=wrote)
+
+
+def test_jobs_with_writes_go_to_the_writing_thread_in_order(
+        unix: FakeUnix, writer: FileWriter) -> None:
+    alice, bob = unix["alice"].user, unix["bob"].user
+    make_sr(alice)
+    heard = Heard()
+    names: list[str] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            workers = Workers(heard.deliver, writer=writer)
+            nursery.start_soon(workers.serve_writes)
+            workers.hold()
+            for n in range(5):
+                workers.submit(writing([(alice, "usrloc", b"%d\n" % n)], f"alice {n}"))
+            await trio.sleep(0.05)
+            # Held: nothing written, no thread started (capabilities, sipd(8)).
+            assert heard.items == [] and not (sr_path(alice) / "usrloc").exists()
+            assert [t.name for t in threading.enumerate() if t.name == "sipd-writer"] == []
+            workers.release()
+            # bob has no ~/.sr: the writing thread makes it on the Python path.
+            workers.submit(writing([(bob, "usrloc", b"b\n")], "bob"))
+            workers.submit(Job(lambda: 7, name="no writes"))
+            await heard.wait(7)
+            names.extend(t.name for t in threading.enumerate())
+            workers.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert "sipd-writer" in names
+    got = {name: (value, error) for name, value, error in heard.items}
+    assert [name for name, _, _ in heard.items if name.startswith("alice")] == [
+        f"alice {n}" for n in range(5)]
+    assert got["alice 4"] == ({"alice": None}, None)
+    assert got["bob"] == ({"bob": None}, None)
+    assert got["no writes"] == (7, None)
+    assert heard.threads == {threading.get_ident()}
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"4\n"
+    assert (sr_path(bob) / "usrloc").read_bytes() == b"b\n"
+    assert not any(t.name == "sipd-writer" for t in threading.enumerate())
+
+
+def test_a_file_the_writing_thread_cannot_write_gets_its_error(
+        unix: FakeUnix, writer: FileWriter) -> None:
+    alice = unix["alice"].user
+    make_sr(alice)
+    (sr_path(alice) / "usrloc").mkdir()  # a directory where the file goes
+    heard = Heard()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            workers = Workers(heard.deliver, writer=writer)
+            nursery.start_soon(workers.serve_writes)
+            workers.submit(writing([(alice, "usrloc", b"a\n")], "alice"))
+            await heard.wait(1)
+            workers.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    [(_, value, error)] = heard.items
+    assert error is None and isinstance(value["alice"], HomeError)
+    assert (sr_path(alice) / "usrloc").is_dir()
+
+
+def test_close_writes_the_queue_and_later_jobs_go_to_the_pool(
+        unix: FakeUnix, writer: FileWriter) -> None:
+    alice = unix["alice"].user
+    make_sr(alice)
+    heard = Heard()
+
+    async def main() -> None:
+        workers = Workers(heard.deliver, writer=writer)
+        for n in range(20):
+            workers.submit(writing([(alice, "usrloc", b"%d\n" % n)], f"alice {n}"))
+        # Nothing reads the eventfd here: close() still writes all twenty.
+        workers.close()
+        assert (sr_path(alice) / "usrloc").read_bytes() == b"19\n"
+        late = Job(lambda: "pool", name="late", writes=[(alice, "usrloc", b"late\n")],
+                   wrote=lambda errors: "writer")
+        workers.submit(late)
+        await heard.wait(1)
+
+    trio.run(main)
+    assert heard.items == [("late", "pool", None)]
+
+
+def test_a_broken_writing_thread_fails_its_queue_and_the_pool_takes_over(
+        unix: FakeUnix, writer: FileWriter, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    alice = unix["alice"].user
+    make_sr(alice)
+    heard = Heard()
+
+    def broken() -> None:
+        raise home.WriterBroken(1)
+
+    monkeypatch.setattr(writer, "serve", broken)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            workers = Workers(heard.deliver, writer=writer)
+            nursery.start_soon(workers.serve_writes)
+            workers.submit(writing([(alice, "usrloc", b"a\n")], "first"))
+            await heard.wait(1)
+            workers.submit(Job(lambda: "pool", name="second", writes=[(alice, "usrloc", b"b\n")],
+                               wrote=lambda errors: "writer"))
+            await heard.wait(2)
+            workers.close()
+            nursery.cancel_scope.cancel()
+
+    with caplog.at_level(logging.ERROR, logger="sipd"):
+        trio.run(main)
+    assert isinstance(heard.items[0][2], home.WriterBroken)
+    assert heard.items[1] == ("second", "pool", None)
+    assert "the writing thread ended" in caplog.text

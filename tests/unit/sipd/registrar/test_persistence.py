@@ -11,7 +11,9 @@ import pytest
 
 from sipd.core.work import Action, Job, Outcome
 from sipd.registrar.persistence import COMMIT_INTERVAL, Persistence
-from srfs.files.usrloc import UsrlocFiles
+from srfs.accounts import users
+from srfs.files import home
+from srfs.files.usrloc import UsrlocFiles, render_file
 from srfs.state.location import Binding, LocationStore, Op
 from tests.unixusers import FakeUnix, UserSpec, fake_unix
 
@@ -252,3 +254,50 @@ def test_expiries_are_written_in_chunks_of_users(unix: FakeUnix) -> None:
     for name in NAMES:
         assert on_disk(unix, name) == []
     assert p.stats.writes == 2 * len(NAMES) and p.stats.write_errors == 0
+
+
+def write(job: Job[Any], now: float = 0.0) -> list[Action]:
+    """``job`` as the I/O layer's writing thread does it: its ``writes``, then ``wrote``."""
+    assert job.writes is not None and job.wrote is not None
+    return job.done(Outcome(job.wrote(home.write_files(job.writes))), now)
+
+
+def test_a_batch_job_carries_the_files_it_writes(unix: FakeUnix) -> None:
+    p, store = persistence(unix)
+    answers = Answers()
+    [job] = jobs(p.commit("ann", upsert(binding("ann")), answers.finish("ann"), 0.0))
+    assert job.writes is not None
+    [(account, name, data)] = job.writes
+    assert (account, name) == (unix["ann"].user, "usrloc")
+    assert data.decode() == render_file([binding("ann")], NOW)
+    assert write(job, 0.1) == []
+    assert answers.heard == [("ann", None)]
+    assert on_disk(unix, "ann") == [binding("ann")] == store.bindings_of_user("ann")
+
+
+def test_an_unknown_account_is_looked_up_before_its_file_is_written(
+        unix: FakeUnix, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocationStore()
+    p = Persistence(store, UsrlocFiles(), write_through=True, flush_interval=1.0)
+    p.wall = lambda now: NOW + now
+    p.know([unix["ann"].user])
+    found = {"ben": unix["ben"].user}
+    monkeypatch.setattr(users, "lookup", lambda name: found.get(name))
+    answers = Answers()
+    first = jobs(p.commit("ann", upsert(binding("ann")), answers.finish("ann"), 0.0))
+    p.commit("ben", upsert(binding("ben")), answers.finish("ben"), 0.1)
+    p.commit("zed", upsert(binding("zed")), answers.finish("zed"), 0.1)
+    [look_up] = jobs(write(first[0], 0.2))
+    # The directory's threads look ben and zed up; nothing is written meanwhile.
+    assert look_up.directory and look_up.writes is None
+    assert on_disk(unix, "ben") == []
+    [written] = jobs(run(look_up, 0.3))
+    assert written.writes is not None and [a for a, _, _ in written.writes] == [unix["ben"].user]
+    assert write(written, 0.4) == []
+    heard = dict(answers.heard)
+    assert heard["ann"] is None and heard["ben"] is None
+    assert isinstance(heard["zed"], LookupError) and store.bindings_of_user("zed") == []
+    assert on_disk(unix, "ben") == [binding("ben")] == store.bindings_of_user("ben")
+    # ben is known from now on: his next commit is written without a look-up.
+    [again] = jobs(p.commit("ben", upsert(binding("ben", 2)), answers.finish("ben"), 0.5))
+    assert again.writes is not None

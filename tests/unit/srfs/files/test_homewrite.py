@@ -10,26 +10,23 @@ when it gives a file back to the Python path.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import resource
-import shutil
+import select
 import signal
 import stat
-import subprocess
-import sysconfig
-import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 from srfs.files import home
 from srfs.files.home import HomeError
 from srfs.user import User
-from tests import REPO
-from tests.unit.srfs.files.srdirs import make_sr, sr_path, temp_files, thread_fs_ids
+from tests.unit.srfs.files.srdirs import homewrite, make_sr, sr_path, temp_files, thread_fs_ids
 from tests.unixusers import FakeUnix, fake_unix
 
 Item = tuple[bytes, int, int, bytes, bytes, bytes, bytes, int]
@@ -37,31 +34,15 @@ WriteBatch = Callable[[Sequence[Item]], list[int]]
 SECRET = b"root-only secret\n"
 
 
-def _compile() -> Iterator[ModuleType]:
-    """The checkout's C file, compiled as setup.py's build would, and imported."""
-    out = Path(tempfile.mkdtemp(prefix="srfs-homewrite-"))
-    try:
-        target = out / f"_homewrite{sysconfig.get_config_var('EXT_SUFFIX')}"
-        cc = os.environ.get("CC") or shutil.which("cc") or "gcc"
-        subprocess.run([cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror",
-                        f"-I{sysconfig.get_paths()['include']}",
-                        str(REPO / "srfs" / "files" / "_homewrite.c"), "-o", str(target)],
-                       check=True, capture_output=True, text=True)
-        spec = importlib.util.spec_from_file_location("srfs.files._homewrite", target)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        shutil.rmtree(out)
+@pytest.fixture(scope="module")
+def module() -> Iterator[ModuleType]:
+    with homewrite() as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
-def native() -> Iterator[WriteBatch]:
-    if home._write_batch is not None:  # the wheel's own
-        yield home._write_batch
-        return
-    yield from (m.write_batch for m in _compile())
+def native(module: ModuleType) -> WriteBatch:
+    return module.write_batch  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -180,6 +161,18 @@ def test_an_unfit_spare_is_removed_not_written_and_made_anew(
     assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == alice.uid
     assert spare(alice).read_bytes() == b"old\n"
     assert temp_files(alice) == [] and thread_fs_ids() == (0, 0)
+
+
+def test_a_spare_of_another_mode_is_written_with_the_files_mode(
+        unix: FakeUnix, on: list[int]) -> None:
+    alice = unix["alice"].user
+    make_sr(alice)
+    assert home.write_files([(alice, "usrloc", b"1\n")]) == [None]
+    assert home.write_files([(alice, "usrloc", b"2\n")]) == [None]
+    spare(alice).chmod(0o644)  # the user's own spare, made readable to others
+    assert home.write_files([(alice, "usrloc", b"3\n")]) == [None] and on == [1, 1, 1]
+    st = os.stat(sr_path(alice) / "usrloc")
+    assert stat.S_IMODE(st.st_mode) == 0o600 and (sr_path(alice) / "usrloc").read_bytes() == b"3\n"
 
 
 def test_a_directory_as_the_spare_is_left_alone(unix: FakeUnix, on: list[int]) -> None:
@@ -359,3 +352,144 @@ def test_the_c_path_is_not_taken_when_the_thread_acts_as_a_user(
     with home.as_user(alice):
         assert home.write_files([(alice, "usrloc", b"a\n")]) == [None]
     assert on == [] and (sr_path(alice) / "usrloc").read_bytes() == b"a\n"
+
+
+# --- the writing thread (Writer, home.FileWriter) ------------------------------
+
+
+def serving(writer: Any) -> tuple[threading.Thread, list[Any]]:
+    """A thread in writer.serve() until it returns; what it returned."""
+    back: list[Any] = []
+    thread = threading.Thread(target=lambda: back.append(writer.serve()), daemon=True)
+    thread.start()
+    return thread, back
+
+
+def readable(fd: int, timeout: float = 5.0) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def test_the_writer_writes_batches_in_order_and_says_which(
+        unix: FakeUnix, module: ModuleType) -> None:
+    alice, bob = unix["alice"].user, unix["bob"].user
+    make_sr(alice)
+    make_sr(bob)
+    writer = module.Writer()
+    first = writer.submit([item(alice, b"a1\n", spare=".usrloc.spare"),
+                           item(bob, b"b1\n", spare=".usrloc.spare")], True)
+    second = writer.submit([item(alice, b"a2\n", spare=".usrloc.spare")], True)
+    thread, back = serving(writer)
+    try:
+        seen: list[int] = []
+        while len(seen) < 2:
+            assert readable(writer.fileno())
+            seen += writer.collect()
+        assert seen == [first, second]
+        assert writer.collect() == []
+        assert (sr_path(alice) / "usrloc").read_bytes() == b"a2\n"
+        assert (sr_path(bob) / "usrloc").read_bytes() == b"b1\n"
+        assert (sr_path(alice) / "usrloc").stat().st_uid == alice.uid
+        assert temp_files(alice) == [] and temp_files(bob) == []
+    finally:
+        writer.close()
+        thread.join(5)
+    assert back == [None] and not thread.is_alive()
+
+
+def test_a_batch_with_a_file_it_did_not_write_comes_back_to_python(
+        unix: FakeUnix, module: ModuleType) -> None:
+    alice, bob = unix["alice"].user, unix["bob"].user
+    make_sr(alice)  # bob has no ~/.sr: the C path makes none
+    writer = module.Writer()
+    ticket = writer.submit([item(alice, b"a\n"), item(bob, b"b\n")], True)
+    thread, back = serving(writer)
+    thread.join(5)
+    writer.close()
+    assert back == [(ticket, [0, errno.ENOENT])]
+    assert writer.collect() == []
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"a\n"
+    assert not sr_path(bob).exists()
+
+
+def test_a_batch_not_submitted_whole_comes_back_once_written(
+        unix: FakeUnix, module: ModuleType) -> None:
+    alice = unix["alice"].user
+    make_sr(alice)
+    writer = module.Writer()
+    ticket = writer.submit([item(alice, b"a\n")], False)
+    thread, back = serving(writer)
+    thread.join(5)
+    writer.close()
+    assert back == [(ticket, [0])]
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"a\n"
+
+
+def test_close_writes_what_is_queued_then_refuses_more(
+        unix: FakeUnix, module: ModuleType) -> None:
+    alice = unix["alice"].user
+    make_sr(alice)
+    writer = module.Writer()
+    tickets = [writer.submit([item(alice, b"%d\n" % n)], True) for n in range(3)]
+    writer.close()
+    with pytest.raises(RuntimeError):
+        writer.submit([item(alice, b"late\n")], True)
+    assert writer.serve() is None  # in this thread: it writes the queue, then ends
+    assert writer.collect() == tickets
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"2\n"
+
+
+def test_the_writer_copies_a_batch_and_checks_it_at_submit(module: ModuleType) -> None:
+    writer = module.Writer()
+    data = bytearray(b"x")
+    with pytest.raises(TypeError):
+        writer.submit([(b"/home/x", 1000, 1000, b".t.tmp", b"", b"usrloc", data, 0o600)], True)
+    with pytest.raises(ValueError):
+        writer.submit([(b"/home/x", 0, 0, b".t.tmp", b"", b"usrloc", b"", 0o600)], True)
+    writer.close()
+    assert writer.serve() is None
+
+
+@pytest.fixture
+def file_writer(module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[home.FileWriter]:
+    monkeypatch.setattr(home, "_Writer", module.Writer)
+    monkeypatch.setattr(home, "_write_batch", module.write_batch)
+    assert home.FileWriter.available()
+    writer = home.FileWriter()
+    yield writer
+    writer.close()
+
+
+def test_file_writer_finishes_in_python_what_the_c_path_left(
+        unix: FakeUnix, file_writer: home.FileWriter) -> None:
+    alice, bob = unix["alice"].user, unix["bob"].user
+    make_sr(alice)
+    # bob has no ~/.sr (the Python path makes it); a file too big is refused there.
+    big = b"x" * (home.MAX_WRITE + 1)
+    ticket = file_writer.submit([(alice, "usrloc", b"a\n"), (bob, "usrloc", b"b\n"),
+                                 (alice, "acc", big)])
+    thread, back = serving(file_writer)
+    thread.join(5)
+    assert not thread.is_alive()
+    got_ticket, errors = back[0]
+    assert got_ticket == ticket
+    assert errors[0] is None and errors[1] is None
+    assert isinstance(errors[2], HomeError)
+    assert (sr_path(bob) / "usrloc").read_bytes() == b"b\n"
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"a\n"
+    assert file_writer.collect() == []
+
+
+def test_file_writer_collects_whole_batches(
+        unix: FakeUnix, file_writer: home.FileWriter) -> None:
+    alice, bob = unix["alice"].user, unix["bob"].user
+    make_sr(alice)
+    make_sr(bob)
+    ticket = file_writer.submit([(alice, "usrloc", b"a\n"), (bob, "usrloc", b"b\n")])
+    thread, back = serving(file_writer)
+    try:
+        assert readable(file_writer.fileno())
+        assert file_writer.collect() == [(ticket, 2)]
+    finally:
+        file_writer.close()
+        thread.join(5)
+    assert back == [None]
