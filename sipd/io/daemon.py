@@ -52,7 +52,7 @@ from sipd.io.accounts import (
     watch_account_files,
 )
 from sipd.io.compiled import build as compiled_build
-from sipd.io.heap import collect_cycles, trim_after_bursts, tune_gc
+from sipd.io.heap import collect_cycles, collect_young, trim_after_bursts, tune_gc
 from sipd.io.limits import tcp_connection_cap
 from sipd.io.mediarelay import NgSocket
 from sipd.io.metrics import metrics_text
@@ -534,6 +534,7 @@ async def run(settings: Settings) -> None:
                 nursery.start_soon(functools.partial(
                     trim_after_bursts, lambda: len(transactions), heard=heard))
                 nursery.start_soon(functools.partial(collect_cycles, heard=heard))
+                nursery.start_soon(functools.partial(collect_young, heard=heard))
 
                 def on_hup() -> None:
                     config_reload.set()

@@ -20,6 +20,13 @@ collection walks every object alive, which under a call load is tens of
 thousands of calls waiting out their 32 s timers: 150-600 ms with the
 event loop stopped, every few seconds. The oldest generation is collected
 on a schedule instead (:func:`collect_cycles`) and once a burst is over.
+The young generation is collected on a clock too (:func:`collect_young`):
+Python's trigger counts allocations less deallocations, and under a
+steady load, where each registration's new binding and transaction take
+the place of ones that end, that count hardly grows while the objects
+born since the last young collection pile up: at 700 registrations a
+second a young collection came every 3-4 s and walked them all, 30-60 ms
+with the event loop stopped (the p99 of the registrations around it).
 """
 
 from __future__ import annotations
@@ -48,13 +55,16 @@ FULL_COLLECTION_PERIOD = 300.0
 QUIET_MESSAGES = 20
 #: How long a scheduled full collection waits for a quiet second, at most.
 QUIET_WAIT = 60.0
+#: How often the young generation is collected while messages come, seconds:
+#: the objects born in that time are what one collection walks.
+YOUNG_PERIOD = 0.05
 #: Collections of a generation between those of the next, as far as
 #: Python's own trigger goes: never, since :func:`collect_cycles` does it.
 _NEVER = 2**31 - 1
 
 __all__ = ["BURST", "FULL_COLLECTION_PERIOD", "PERIOD", "QUIET_MESSAGES", "QUIET_WAIT",
-           "AfterBurst", "collect_cycles", "full_collection", "malloc_trim", "quiet_moment",
-           "trim_after_bursts", "tune_gc"]
+           "YOUNG_PERIOD", "AfterBurst", "collect_cycles", "collect_young", "full_collection",
+           "malloc_trim", "quiet_moment", "trim_after_bursts", "tune_gc"]
 
 
 def tune_gc() -> None:
@@ -64,7 +74,8 @@ def tune_gc() -> None:
     frees it; yet with the default thresholds the collector runs every 700
     allocations, and its full passes walk every binding, user and call
     alive. What start-up loaded is frozen (never walked again), the young
-    generation is collected every 10,000 allocations, and the older two only
+    generation is collected every 10,000 allocations (and on a clock, by
+    :func:`collect_young`), and the older two only
     by :func:`collect_cycles` and after a burst, where Python's own trigger
     (a quarter more objects than at the last full pass) fired every few
     seconds under a call load.
@@ -116,6 +127,19 @@ async def collect_cycles(period: float = FULL_COLLECTION_PERIOD,
         await trio.sleep(period)
         await quiet_moment(heard, QUIET_WAIT)
         full_collection(f"every {period:g} s")
+
+
+async def collect_young(period: float = YOUNG_PERIOD,
+                        heard: Callable[[], int] = _no_count) -> None:
+    """Collect the young generation every ``period`` seconds in which a
+    message was heard (see the module's text); an idle daemon does nothing."""
+    last = heard()
+    while True:
+        await trio.sleep(period)
+        now = heard()
+        if now != last:
+            last = now
+            gc.collect(0)
 
 
 @dataclass

@@ -161,3 +161,29 @@ def test_after_a_burst_the_collection_waits_for_the_load_to_ease(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     # Due at 10 s, made once the load stopped (30 s), within a second or two.
     assert len(collected) == 1 and 30 <= collected[0] <= 32
+
+
+def test_the_young_generation_is_collected_on_a_clock_while_messages_come(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    collected: list[tuple[float, int]] = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: collected.append(
+        (trio.current_time(), generation)) or 0)
+    messages = [0]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heap.collect_young, 0.05, lambda: messages[0])
+            await trio.sleep(1.0)  # idle: nothing heard, nothing collected
+            assert collected == []
+            for _ in range(20):  # a message every 50 ms for a second
+                messages[0] += 1
+                await trio.sleep(0.05)
+            await trio.sleep(1.0)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert {generation for _, generation in collected} == {0}
+    assert 18 <= len(collected) <= 21
+    assert all(1.0 < when <= 2.1 for when, _ in collected)
