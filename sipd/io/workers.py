@@ -184,11 +184,17 @@ class Workers:
 
     def _write(self, writer: FileWriter, job: Job[Any]) -> bool:
         """Queue ``job``'s files for the writing thread; False if it takes no
-        more (closed), and the job then runs in the home pool."""
+        more (closed, or refused the batch), and the job then runs in the
+        home pool."""
         assert job.writes is not None and self._token is not None
         try:
             ticket = writer.submit(job.writes)
         except RuntimeError:
+            return False
+        except Exception:  # noqa: BLE001 - a bug: the pool takes over, as when the thread fails
+            log.exception("the writing thread refused %s; the home pool writes from now on",
+                          job.name)
+            self._writer = None
             return False
         self._writes[ticket] = job
         if self._writer_thread is None:

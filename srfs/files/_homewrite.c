@@ -483,7 +483,6 @@ typedef struct {
     pthread_cond_t wake;
     batch_t *todo, *todo_tail;   /* submitted, not yet taken */
     batch_t *done, *done_tail;   /* written whole, not yet collected */
-    long long tickets;
     int efd;
     int closing;
 } WriterObject;
@@ -605,16 +604,19 @@ out:
 }
 
 PyDoc_STRVAR(Writer_submit_doc,
-"submit(items, whole, /) -> int\n--\n\n"
-"Queue a batch of write_batch's items for the serving thread; its ticket.\n"
-"Without whole, serve() hands the batch back to Python once written.");
+"submit(ticket, items, whole, /) -> None\n--\n\n"
+"Queue a batch of write_batch's items for the serving thread, under the\n"
+"caller's ticket (the caller records it first: the batch may be written\n"
+"before this returns). Without whole, serve() hands the batch back to\n"
+"Python once written.");
 
 static PyObject *
 Writer_submit(WriterObject *self, PyObject *args)
 {
     PyObject *arg;
+    long long ticket;
     int whole;
-    if (!PyArg_ParseTuple(args, "Op:submit", &arg, &whole))
+    if (!PyArg_ParseTuple(args, "LOp:submit", &ticket, &arg, &whole))
         return NULL;
     PyObject *seq = PySequence_Tuple(arg);
     if (seq == NULL)
@@ -630,11 +632,11 @@ Writer_submit(WriterObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "the writer is closed");
         return NULL;
     }
-    b->ticket = ++self->tickets;
+    b->ticket = ticket;
     push(&self->todo, &self->todo_tail, b);
     pthread_cond_signal(&self->wake);
     pthread_mutex_unlock(&self->lock);
-    return PyLong_FromLongLong(b->ticket);
+    Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(Writer_serve_doc,

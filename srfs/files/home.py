@@ -42,6 +42,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import itertools
 import os
 import re
 import stat
@@ -1014,6 +1015,9 @@ class FileWriter:
         if _Writer is None:
             raise RuntimeError("the C path of home.write_files is not built")
         self._native = _Writer()
+        self._tickets = itertools.count(1)
+        #: Batches queued, by ticket: written to on the event loop, read and
+        #: dropped there (collect) or by the writing thread (serve).
         self._submitted: dict[int, _Submitted] = {}
 
     @staticmethod
@@ -1025,8 +1029,15 @@ class FileWriter:
         """Queue ``items`` as one batch (see :func:`write_files`); its ticket.
         RuntimeError once closed."""
         batch, taken = _native_items(items, mode, max_size)
-        ticket = self._native.submit(batch, len(taken) == len(items))
+        ticket = next(self._tickets)
+        # Recorded first: the writing thread may be done with it before
+        # submit returns, and looks it up then.
         self._submitted[ticket] = _Submitted(items, taken, mode, max_size)
+        try:
+            self._native.submit(ticket, batch, len(taken) == len(items))
+        except BaseException:
+            del self._submitted[ticket]
+            raise
         return ticket
 
     def serve(self) -> tuple[int, list[HomeError | None]] | None:

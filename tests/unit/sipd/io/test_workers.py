@@ -295,3 +295,29 @@ def test_a_broken_writing_thread_fails_its_queue_and_the_pool_takes_over(
     assert isinstance(heard.items[0][2], home.WriterBroken)
     assert heard.items[1] == ("second", "pool", None)
     assert "the writing thread ended" in caplog.text
+
+
+def test_a_batch_the_writer_refuses_goes_to_the_pool_from_then_on(
+        unix: FakeUnix, writer: FileWriter, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    alice = unix["alice"].user
+    make_sr(alice)
+    heard = Heard()
+
+    def refuse(items: object) -> int:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(writer, "submit", refuse)
+
+    async def main() -> None:
+        workers = Workers(heard.deliver, writer=writer)
+        for name in ("first", "second"):
+            workers.submit(Job(lambda: "pool", name=name, writes=[(alice, "usrloc", b"a\n")],
+                               wrote=lambda errors: "writer"))
+        await heard.wait(2)
+        workers.close()
+
+    with caplog.at_level(logging.ERROR, logger="sipd"):
+        trio.run(main)
+    assert sorted(heard.items) == [("first", "pool", None), ("second", "pool", None)]
+    assert caplog.text.count("the writing thread refused") == 1

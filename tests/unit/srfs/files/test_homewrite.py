@@ -375,9 +375,10 @@ def test_the_writer_writes_batches_in_order_and_says_which(
     make_sr(alice)
     make_sr(bob)
     writer = module.Writer()
-    first = writer.submit([item(alice, b"a1\n", spare=".usrloc.spare"),
+    first, second = 7, 3  # the caller's numbers, in the order of the queue
+    writer.submit(first, [item(alice, b"a1\n", spare=".usrloc.spare"),
                            item(bob, b"b1\n", spare=".usrloc.spare")], True)
-    second = writer.submit([item(alice, b"a2\n", spare=".usrloc.spare")], True)
+    writer.submit(second, [item(alice, b"a2\n", spare=".usrloc.spare")], True)
     thread, back = serving(writer)
     try:
         seen: list[int] = []
@@ -401,7 +402,8 @@ def test_a_batch_with_a_file_it_did_not_write_comes_back_to_python(
     alice, bob = unix["alice"].user, unix["bob"].user
     make_sr(alice)  # bob has no ~/.sr: the C path makes none
     writer = module.Writer()
-    ticket = writer.submit([item(alice, b"a\n"), item(bob, b"b\n")], True)
+    ticket = 1
+    writer.submit(ticket, [item(alice, b"a\n"), item(bob, b"b\n")], True)
     thread, back = serving(writer)
     thread.join(5)
     writer.close()
@@ -416,7 +418,8 @@ def test_a_batch_not_submitted_whole_comes_back_once_written(
     alice = unix["alice"].user
     make_sr(alice)
     writer = module.Writer()
-    ticket = writer.submit([item(alice, b"a\n")], False)
+    ticket = 1
+    writer.submit(ticket, [item(alice, b"a\n")], False)
     thread, back = serving(writer)
     thread.join(5)
     writer.close()
@@ -429,22 +432,25 @@ def test_close_writes_what_is_queued_then_refuses_more(
     alice = unix["alice"].user
     make_sr(alice)
     writer = module.Writer()
-    tickets = [writer.submit([item(alice, b"%d\n" % n)], True) for n in range(3)]
+    tickets = [1, 2, 3]
+    for n in tickets:
+        writer.submit(n, [item(alice, b"%d\n" % n)], True)
     writer.close()
     with pytest.raises(RuntimeError):
-        writer.submit([item(alice, b"late\n")], True)
+        writer.submit(4, [item(alice, b"late\n")], True)
     assert writer.serve() is None  # in this thread: it writes the queue, then ends
     assert writer.collect() == tickets
-    assert (sr_path(alice) / "usrloc").read_bytes() == b"2\n"
+    assert (sr_path(alice) / "usrloc").read_bytes() == b"3\n"
 
 
 def test_the_writer_copies_a_batch_and_checks_it_at_submit(module: ModuleType) -> None:
     writer = module.Writer()
     data = bytearray(b"x")
     with pytest.raises(TypeError):
-        writer.submit([(b"/home/x", 1000, 1000, b".t.tmp", b"", b"usrloc", data, 0o600)], True)
+        writer.submit(1, [(b"/home/x", 1000, 1000, b".t.tmp", b"", b"usrloc", data, 0o600)],
+                      True)
     with pytest.raises(ValueError):
-        writer.submit([(b"/home/x", 0, 0, b".t.tmp", b"", b"usrloc", b"", 0o600)], True)
+        writer.submit(1, [(b"/home/x", 0, 0, b".t.tmp", b"", b"usrloc", b"", 0o600)], True)
     writer.close()
     assert writer.serve() is None
 
