@@ -224,10 +224,9 @@ class Workers:
     def _written(self, ticket: int, errors: list[HomeError | None] | None,
                  error: BaseException | None = None) -> None:
         job = self._writes.pop(ticket)
-        outcome: Outcome[Any]
-        if error is not None or errors is None or job.wrote is None:
-            outcome = Outcome(error=error or RuntimeError("no outcome"))
-        else:
+        outcome: Outcome[Any] = Outcome(error=error)
+        if error is None:
+            assert job.wrote is not None and errors is not None  # as _hand took it
             try:
                 outcome = Outcome(job.wrote(errors))
             except Exception as exc:  # noqa: BLE001 - the continuation decides

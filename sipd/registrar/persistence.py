@@ -379,18 +379,22 @@ class Persistence:
         there is one: a look-up that waits for a directory server holds up
         nobody else's file."""
         files = self.files
-        if all(known is not None for _, known, _, _ in entries):
-            def run() -> dict[str, BaseException | None]:
-                return _save_many(files, entries)
-
+        accounts = [(known, seq, text) for _, known, seq, text in entries if known is not None]
+        if len(accounts) == len(entries):
             names = [user for user, _, _, _ in entries]
+
+            # Each text was rendered on the event loop, so each file is one
+            # consistent snapshot; its number lets the pool's writer skip it
+            # if a file rendered later is already on disk.
+            def run() -> dict[str, BaseException | None]:
+                return files.save_many(accounts)
 
             def wrote(errors: Sequence[BaseException | None]) -> dict[str, BaseException | None]:
                 return dict(zip(names, errors, strict=True))
 
             return Job(run, done, name=name, wrote=wrote, writes=[
-                (known, UsrlocFiles.NAME, text.encode("utf-8", "surrogateescape"))
-                for _, known, _, text in entries if known is not None])
+                (account, UsrlocFiles.NAME, text.encode("utf-8", "surrogateescape"))
+                for account, _, text in accounts])
         unknown = [user for user, known, _, _ in entries if known is None]
 
         def look_up() -> dict[str, User | None]:
@@ -423,23 +427,6 @@ class Persistence:
         else:
             self.stats.write_errors += 1
             log.error("cannot save registrations of %s: %s", user, outcome.error)
-
-
-def _save_many(files: UsrlocFiles, entries: Sequence[tuple[str, User | None, int, str]],
-               ) -> dict[str, BaseException | None]:
-    """Write each (user, account if known, number, text) in one group; in a
-    worker thread. Each text was rendered on the event loop, so each file is
-    one consistent snapshot; its number lets the writer skip it if a file
-    rendered later is already on disk."""
-    found: list[tuple[User, int, str]] = []
-    missing: dict[str, BaseException | None] = {}
-    for name, known, seq, text in entries:
-        account = known or users.lookup(name)
-        if account is None:
-            missing[name] = LookupError(f"user {name} no longer exists")
-        else:
-            found.append((account, seq, text))
-    return {**files.save_many(found), **missing}
 
 
 class WtmpSessions:
