@@ -239,14 +239,15 @@ def running_sipd(
     tmp: Path, *args: str, unix: FakeUnix | None, pam: bool = False, port: int | None = None,
     mount: bool = False, stock: StockHost | None = None,
     launcher: Sequence[str] = (), extra_env: Mapping[str, str] | None = None,
-    prefix: Sequence[str] = (),
+    prefix: Sequence[str] = (), program: Sequence[str] = (),
 ) -> Iterator[Daemon]:
     """sipd under the fake users' NSS (and PAM), utmp/wtmp in ``tmp``.
 
     Without ``mount`` it runs with --no-mount; with it, a config file among
     ``args`` names the mountpoint. With ``stock`` it writes the stock
     utmp/wtmp paths instead, in a namespace where they are ``stock``'s files.
-    ``launcher`` replaces ``-m sipd.cli`` (a wrapper that runs it). ``extra_env``
+    ``launcher`` replaces ``-m sipd.cli`` (a wrapper that runs it), and
+    ``program`` the whole command (an installed ``sipd``). ``extra_env``
     adds variables. ``prefix`` runs the whole command through another
     (nsenter into a namespace); without ``unix`` sipd gets the machine's NSS
     and PAM as that namespace has them. The log goes to :meth:`Daemon.log_path`, which is
@@ -254,7 +255,7 @@ def running_sipd(
     """
     port = port or free_port()
     log = log_path(tmp, port)
-    sipd = [sys.executable, *launcher] if launcher else SIPD
+    sipd = list(program) or ([sys.executable, *launcher] if launcher else SIPD)
     cmd = [*sipd, "-c", str(tmp / "none.toml"),
            "-l", f"127.0.0.1:{port}", "-l", f"[::1]:{port}", "-r", "test.invalid", *args]
     if not pam:

@@ -6,6 +6,10 @@ registering a fresh contact of one of 24 users as fast as it is
 answered. sipd is killed with SIGKILL while that goes on; a new sipd on
 the same homes mounts the state filesystem, and each user's ``contacts``
 there must list every contact that was answered 200 before the kill.
+
+It runs twice: on the checkout's modules, where the home pool writes the
+files, and on sipd as ``make install`` puts it, whose C part writes them
+from sipd's own writing thread (the path a production host takes).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.installed import Installed
 from tests.phone import REALM, Phone
 from tests.sipclient import running_sipd, status_of, wait_for
 from tests.unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
@@ -39,8 +44,24 @@ def unix() -> Iterator[FakeUnix]:
         yield u
 
 
-def test_no_binding_answered_200_is_lost_on_kill_9(tmp_path: Path, unix: FakeUnix,
-                                                   mnt: Path) -> None:
+def thread_names(pid: int) -> set[str]:
+    names = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names.add((task / "comm").read_text().strip())
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return names
+
+
+@pytest.mark.parametrize("build", ["checkout", "installed"])
+def test_no_binding_answered_200_is_lost_on_kill_9(tmp_path: Path, unix: FakeUnix, mnt: Path,
+                                                   build: str,
+                                                   request: pytest.FixtureRequest) -> None:
+    program: list[str] = []
+    if build == "installed":
+        installed: Installed = request.getfixturevalue("installed")
+        program = [str(installed.sipd)]
     passwords = give_passwords(unix, REALM, NAMES)
     answered: list[tuple[str, str]] = []
     sent = [0]
@@ -65,7 +86,7 @@ def test_no_binding_answered_200_is_lost_on_kill_9(tmp_path: Path, unix: FakeUni
 
     run1 = tmp_path / "run1"
     run1.mkdir()
-    with running_sipd(run1, unix=unix) as daemon:
+    with running_sipd(run1, unix=unix, program=program) as daemon:
         threads = [threading.Thread(target=phone_loop, args=(k, daemon.port), daemon=True)
                    for k in range(PHONES)]
         for t in threads:
@@ -74,6 +95,10 @@ def test_no_binding_answered_200_is_lost_on_kill_9(tmp_path: Path, unix: FakeUni
             wait_for(lambda: len(answered) >= 150, "150 registrations answered", timeout=60)
             # Killed in the middle of the load, not between two requests.
             assert daemon.alive()
+            # The installed build writes from its C writing thread, the
+            # checkout's from the home pool: a fallback would go unnoticed.
+            named = thread_names(daemon.proc.pid)
+            assert ("sipd-writer" in named) == (build == "installed"), named
             os.kill(daemon.proc.pid, signal.SIGKILL)
             daemon.proc.wait(10)
             killed_at = time.monotonic()
@@ -91,7 +116,8 @@ def test_no_binding_answered_200_is_lost_on_kill_9(tmp_path: Path, unix: FakeUni
     run2.mkdir()
     conf = run2 / "mount.toml"
     conf.write_text(f'mount = "{mnt}"\n')
-    with running_sipd(run2, "-c", str(conf), unix=unix, mount=True) as again:
+    with running_sipd(run2, "-c", str(conf), unix=unix, mount=True,
+                      program=program) as again:
         wait_for(lambda: (mnt / NAMES[0]).exists(), "the mount")
         loaded: dict[str, set[str]] = {}
         for name in NAMES:

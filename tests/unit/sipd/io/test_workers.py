@@ -222,6 +222,26 @@ def test_jobs_with_writes_go_to_the_writing_thread_in_order(
     assert not any(t.name == "sipd-writer" for t in threading.enumerate())
 
 
+def test_the_threads_carry_their_names_where_ps_and_proc_show_them() -> None:
+    heard = Heard()
+
+    def comm() -> str:
+        with open("/proc/thread-self/comm") as f:
+            return f.read().strip()
+
+    async def main() -> None:
+        workers = Workers(heard.deliver)
+        workers.submit(Job(comm, name="home"))
+        workers.submit(Job(comm, name="directory", directory=True))
+        await heard.wait(2)
+        workers.close()
+
+    trio.run(main)
+    got = {name: value for name, value, _ in heard.items}
+    # Python 3.11 leaves a new thread named after the process.
+    assert got == {"home": "sipd-home-1", "directory": "sipd-dir-1"}
+
+
 def test_a_file_the_writing_thread_cannot_write_gets_its_error(
         unix: FakeUnix, writer: FileWriter) -> None:
     alice = unix["alice"].user
