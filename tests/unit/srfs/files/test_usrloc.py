@@ -22,6 +22,7 @@ from srfs.files.usrloc import (
     MAX_LINE,
     LineError,
     UsrlocFiles,
+    check_binding,
     format_line,
     parse_file,
     parse_line,
@@ -659,3 +660,44 @@ def test_line_breaks_in_values_never_split_the_line() -> None:
 def test_unknown_attribute_refused() -> None:
     with pytest.raises(LineError, match="unknown attribute 'expire'"):
         parse_line("sip:jan@192.0.2.1 expire=0", user="jan", default_aor="jan", now=NOW)
+
+
+# --- check_binding's length rule ----------------------------------------------------
+
+
+def _line_bytes(b: Binding) -> int:
+    return len(format_line(b, b.registered, on_disk=True).encode("utf-8", "surrogateescape"))
+
+
+def test_a_binding_whose_line_is_one_byte_too_long_is_refused() -> None:
+    base = Binding("jan", "jan", "sip:jan@192.0.2.10", NOW + 60, ua="", registered=NOW)
+    # ua= plus a bare value: each character of it is one byte of the line.
+    room = MAX_LINE - _line_bytes(replace(base, ua="x")) + 1
+    fits = replace(base, ua="x" * room)
+    assert _line_bytes(fits) == MAX_LINE and check_binding(fits) is None
+    over = replace(base, ua="x" * (room + 1))
+    assert check_binding(over) == f"contact line longer than {MAX_LINE} bytes"
+    # Four bytes a character, and quoted: the rule counts the line's bytes.
+    wide = replace(base, ua='"\U0001f600' * (MAX_LINE // 5))
+    assert _line_bytes(wide) > MAX_LINE
+    assert check_binding(wide) == f"contact line longer than {MAX_LINE} bytes"
+
+
+_WIDE = st.text(st.sampled_from('a"\\ \U0001f600\u00e9'), max_size=600)
+_BIG = st.one_of(st.integers(0, 10**16), st.just(10**15 - 1))
+
+
+@given(ua=_WIDE, callid=_WIDE, instance=_WIDE, path=st.lists(_WIDE, max_size=3),
+       cseq=_BIG, reg_id=_BIG, registered=st.floats(0, 1e16), ttl=st.floats(0, 1e16))
+@example(ua='"\U0001f600' * 670, callid="", instance="", path=[], cseq=0, reg_id=0,
+         registered=NOW, ttl=60.0)  # 1,340 characters, 4,020 bytes of them
+@settings(max_examples=300)
+def test_no_line_over_the_limit_passes_the_length_rule(
+        ua: str, callid: str, instance: str, path: list[str], cseq: int, reg_id: int,
+        registered: float, ttl: float) -> None:
+    b = Binding("jan", "jan", "sip:jan@192.0.2.10", registered + ttl, q=0.123, callid=callid,
+                cseq=cseq, instance=instance, reg_id=reg_id, path=tuple(path),
+                received="udp:192.0.2.10:5060", ua=ua, registered=registered)
+    refused = check_binding(b)
+    assert (refused == f"contact line longer than {MAX_LINE} bytes") == (_line_bytes(b) > MAX_LINE)
+
