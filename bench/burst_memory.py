@@ -446,7 +446,8 @@ def run_size(args: argparse.Namespace, results: Path, scratch: Path, procs: Proc
     time.sleep(1.0)
     res.restarted = memory_kb(sipd.pid)
     log(f"  restart: reloaded {res.reloaded} in {res.reload_s} s (the daemon's line); exec to "
-        f"first OPTIONS 200 {res.ready_s and round(res.ready_s, 2)} s; RSS/PSS kB "
+        f"first OPTIONS 200 {res.ready_s and round(res.ready_s, 2)} s; passwords checked "
+        f"{restart.checked_s and round(restart.checked_s, 2)} s after exec; RSS/PSS kB "
         f"{res.restarted[0]}/{res.restarted[1]}")
     stop_sipd(procs, sipd)
     return res

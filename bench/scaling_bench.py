@@ -52,6 +52,7 @@ from registrar_bench import (  # noqa: E402
     read_users,
     start_sipd,
     stop_sipd,
+    wait_until_checked,
 )
 
 from srfs.files.usrloc import render_file  # noqa: E402
@@ -133,7 +134,9 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
                       text)
         reloaded = int(m.group(1)) if m else None
         reload_s = float(m.group(3)) if m else None
-        log(f"  exec to first OPTIONS 200: {ready_s:.2f} s; reloaded {reloaded} in {reload_s} s")
+        checked_s = wait_until_checked(sipd)
+        log(f"  exec to first OPTIONS 200: {ready_s:.2f} s; reloaded {reloaded} in {reload_s} s; "
+            f"passwords checked {checked_s and round(checked_s, 2)} s after exec")
         h.bench(f"warm_{size}", port, sipd.pid, "reg", args.rate, args.warm_s)
         summary = h.bench(f"reg_{size}", port, sipd.pid, "reg", args.rate, args.seconds)
         step = ((summary or {}).get("steps") or [{}])[0]

@@ -413,11 +413,15 @@ async def check_passwords(daemon: Daemon, members: Sequence[User]) -> None:
     """
     directory = daemon.directory
     read = passwd_entries if directory is None else directory.passwd_entries
+    realm = daemon.settings.realm
+    started = time.monotonic()
     try:
-        await trio.to_thread.run_sync(report_missing_passwords, members,
-                                      daemon.settings.realm, read)
+        missing = await trio.to_thread.run_sync(report_missing_passwords, members, realm, read)
     except Exception:  # noqa: BLE001 - a report must never end the daemon that serves
         log.exception("internal error while checking the members' passwords")
+        return
+    log.info("checked the passwords of %d SIP user(s) for realm %s in %.2f s: %d without one",
+             len(members), realm, time.monotonic() - started, missing)
 
 
 async def run(settings: Settings) -> None:

@@ -227,9 +227,11 @@ def test_users_without_a_password_for_the_realm_are_named(tmp_path: Path) -> Non
         give_passwords(unix, "old.example", ["user1"])
         with running_sipd(tmp_path, unix=unix) as daemon:
             # Checked once sipd serves (sipd(8), START-UP).
-            wait_for(lambda: "9 in all" in daemon.log, "the password report")
+            wait_for(lambda: "checked the passwords" in daemon.log, "the password report")
             log = daemon.log
     assert log.index("sipd ready") < log.index("no password for realm")
+    assert re.search(r"checked the passwords of 10 SIP user\(s\) for realm test.invalid "
+                     r"in [0-9.]+ s: 9 without one$", log, re.M), log
     lines = [x for x in log.splitlines() if "no password for realm test.invalid" in x]
     # user1 holds an entry for another realm only; the others hold nothing.
     assert any(x.endswith('user1 (entries only for realm "old.example")') for x in lines), lines
