@@ -302,7 +302,15 @@ def measure(args: argparse.Namespace, unix: FakeUnix, stack: ExitStack) -> list[
         prof.mkdir(parents=True, exist_ok=True)
         sipclient.SIPD = [sys.executable, "-m", "cProfile", "-o", str(prof / "sipd.prof"),
                           "-m", "sipd.cli"]
-    daemon = stack.enter_context(running_sipd(scratch, "-c", str(conf), unix=unix, mount=True))
+    # The build bench/run.py chose (make compiled's wheel) comes first on
+    # PYTHONPATH, as for the other benchmarks. The fake users' environment
+    # names only the checkout, and ``-m`` run from the checkout would put
+    # it first on sys.path: -P leaves the working directory out.
+    site = os.environ.get("PYTHONPATH", "")
+    program = [sys.executable, "-P", "-m", "sipd.cli"] if site and not args.profile else []
+    daemon = stack.enter_context(running_sipd(
+        scratch, "-c", str(conf), unix=unix, mount=True, program=program,
+        extra_env={"PYTHONPATH": os.pathsep.join(p for p in (site, str(ROOT)) if p)}))
     for name in CONTACT_COUNTS:
         wait_for(mnt / name, daemon)
     if args.sipd_nice:
@@ -312,7 +320,13 @@ def measure(args: argparse.Namespace, unix: FakeUnix, stack: ExitStack) -> list[
 
     rows: list[tuple[str, str, str, str]] = []
     shm = stack.enter_context(tmpfs_dir())
-    log(f"sipd {daemon.proc.pid} on 127.0.0.1:{daemon.port}, tree at {mnt}, tmpfs at {shm}")
+    deadline = time.monotonic() + 10
+    while (build := re.search(r"sipd ready: .*build: (.+)$", daemon.log, re.M)) is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    log(f"sipd {daemon.proc.pid} ({build.group(1) if build else 'build unknown'}) on "
+        f"127.0.0.1:{daemon.port}, tree at {mnt}, tmpfs at {shm}")
     for name, count in CONTACT_COUNTS.items():
         contacts = mnt / name / "contacts"
         r = subprocess.run(["bash", "-c", f"cat >> {contacts}"], input=contact_lines(name, count),
