@@ -429,11 +429,6 @@ class SrFs(pyfuse3.Operations):
                 a = self.tree.attributes(path, now)
                 return self._node_entry(ino, a.node, a.size, a.mtime, a.nlink)
             # As Tree.attributes, keeping the content for the open that follows.
-            kept = self._rendered.get(path)
-            if kept is not None and 0.0 <= now - kept[0] <= RENDER_REUSE:
-                # cat's lookup, then its fstat: one render serves both, and
-                # the open after them (any change drops it: _on_tree_change).
-                return self._node_entry(ino, node, len(kept[1]), self.tree.mtime(node, now), 1)
             data = self.tree.render(path, now)
         except TreeError as e:
             pending = self._pending.get(path)

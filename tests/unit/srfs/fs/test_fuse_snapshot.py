@@ -93,25 +93,3 @@ def test_membership_change_drops_every_kept_render(fs: Fs) -> None:
     fs.ops._on_tree_change("/")
     fs.open_snapshot()
     assert fs.renders == 2
-
-
-def test_lookup_then_getattr_then_open_render_once(fs: Fs) -> None:
-    # cat: the lookup's attributes, fstat's, then the open.
-    assert fs.getattr_size() == fs.getattr_size()
-    fs.open_snapshot()
-    assert fs.renders == 1
-
-
-def test_a_change_between_two_getattrs_gives_the_new_size(fs: Fs) -> None:
-    before = fs.getattr_size()
-    fs.store.upsert(Binding(aor="jan", user="jan", contact=PBX, expires=None, registered=NOW))
-    after = fs.getattr_size()
-    assert after > before and fs.renders == 2
-    assert len(fs.open_snapshot()) == after
-
-
-def test_getattr_does_not_reuse_an_old_render(fs: Fs) -> None:
-    fs.getattr_size()
-    fs.clock[0] += fuse.RENDER_REUSE * 2
-    fs.getattr_size()
-    assert fs.renders == 2
