@@ -76,6 +76,7 @@ from registrar_bench import (  # noqa: E402
     restart_sipd,
     start_sipd,
     stop_sipd,
+    wait_until_checked,
 )
 
 TARGET_BYTES = 2048
@@ -391,6 +392,7 @@ def run_size(args: argparse.Namespace, results: Path, scratch: Path, procs: Proc
     sipd = start_measured(procs, fake, conf, port, log_path, heap, args.heap == "trace")
     if options_probe(port, 60.0) is None:
         raise RuntimeError(f"sipd did not answer OPTIONS; see {log_path}")
+    wait_until_checked(sipd)
     time.sleep(1.0)
     res.before = memory_kb(sipd.pid)
     sockets = []

@@ -70,6 +70,7 @@ from registrar_bench import (  # noqa: E402
     start_sipd,
     stop_kamailio,
     stop_sipd,
+    wait_until_checked,
 )
 
 TARGET_RATIO = 0.5
@@ -144,6 +145,7 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     sipd = start_sipd(procs, fake, conf, sipd_port, sipd_log)
     if options_probe(sipd_port, 60.0) is None:
         raise RuntimeError(f"sipd did not answer OPTIONS; see {sipd_log}")
+    wait_until_checked(sipd)
     log(f"sipd pid {sipd.pid} on udp:127.0.0.1:{sipd_port} (sync = {args.sync}, "
         f"acc = {'true' if args.acc else 'false'}, auth_algorithms = [\"MD5\"])"
         + (f"; kamailio -a pid {kam.pid} on udp:127.0.0.1:{kam_port}" if kam else ""))

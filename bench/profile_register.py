@@ -91,6 +91,7 @@ from registrar_bench import (  # noqa: E402
     prerequisites,
     read_users,
     start_sipd,
+    wait_until_checked,
 )
 
 #: Innermost matching frame wins; a frame is "function (path:line)".
@@ -294,6 +295,7 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     sipd = start_sipd(procs, setup.fake, conf, setup.sipd_port, results / "sipd.log", mount)
     if options_probe(setup.sipd_port, 60.0) is None:
         raise RuntimeError(f"sipd did not answer OPTIONS; see {results / 'sipd.log'}")
+    wait_until_checked(sipd)
     if args.warm and args.calls:
         # The same calls once first (sipp takes the callers in order each
         # run), so the sample sees callers who called lately: accounts and

@@ -791,6 +791,7 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     sipd = start_sipd(procs, fake, conf, sipd_port, results / "sipd-1.log")
     if options_probe(sipd_port, 60.0) is None:
         raise RuntimeError(f"sipd did not answer OPTIONS; see {results / 'sipd-1.log'}")
+    wait_until_checked(sipd)
     log(f"sipd pid {sipd.pid} on udp:127.0.0.1:{sipd_port} (sync = {args.sync})"
         + (f"; kamailio pid {kam.pid} on udp:127.0.0.1:{kam_port}" if kam else ""))
 
