@@ -381,52 +381,13 @@ def test_quote_value_of_printable_text(value: str) -> None:
     assert " " not in quoted or quoted.startswith('"')
 
 
-def reference_tokenize(line: str) -> list[str]:
-    """The rule tokenize implements, a character at a time."""
-    tokens: list[str] = []
-    i, n = 0, len(line)
-    while i < n:
-        while i < n and line[i] in " \t":
-            i += 1
-        if i >= n:
-            break
-        buf: list[str] = []
-        while i < n and line[i] not in " \t":
-            if line[i] != '"':
-                buf.append(line[i])
-                i += 1
-                continue
-            i += 1
-            while True:
-                if i >= n:
-                    raise LineError("unterminated quoted value")
-                if line[i] == "\\" and i + 1 < n:
-                    buf.append(line[i + 1])
-                    i += 2
-                elif line[i] == '"':
-                    i += 1
-                    break
-                else:
-                    buf.append(line[i])
-                    i += 1
-        tokens.append("".join(buf))
-    return tokens
-
-
-@given(st.text(st.sampled_from(' \t"\\a=\u00e9\n\x0b'), max_size=40))
-@example('a"b c"d')
-@example('"x\\')
-@example('"x\\"')
-@example('k="a\\\\b" \t "" x')
-@settings(max_examples=500)
-def test_tokenize_follows_the_rule(line: str) -> None:
-    try:
-        expected = reference_tokenize(line)
-    except LineError:
-        with pytest.raises(LineError, match="unterminated quoted value"):
-            tokenize(line)
-    else:
-        assert tokenize(line) == expected
+@given(st.text(st.sampled_from(' \t\\a=\u00e9\n\x0b\x85'), max_size=40))
+@example("a\x0bb \t c")
+@settings(max_examples=300)
+def test_a_line_without_quotes_splits_as_a_quoted_one_does(line: str) -> None:
+    # A quoted empty token at the end sends the line through the character
+    # loop; the line alone takes the shortcut.
+    assert tokenize(line) == tokenize(line + ' ""')[:-1]
 
 
 @given(st.lists(NO_LINE_BREAK, max_size=5))
