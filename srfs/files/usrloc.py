@@ -180,7 +180,7 @@ def check_binding(b: Binding) -> str | None:
 
 
 #: Bytes a line takes besides its texts: the keys, the spaces, the quotes
-#: and six numbers below 10**15 take under 250.
+#: and seven numbers below 10**15 take under 250.
 _LINE_FRAME = 512
 
 
@@ -189,7 +189,7 @@ def _surely_fits(b: Binding) -> bool:
     making it: every REGISTER and every reloaded line is checked, and
     making the line was a tenth of the reload's time. Quoting at most
     doubles a text, and UTF-8 takes at most 4 bytes a character."""
-    for number in (b.expires or 0.0, b.registered, b.cseq, b.reg_id or 0):
+    for number in (b.expires or 0.0, b.registered, b.cseq, b.reg_id or 0, b.q):
         if not -1e15 < number < 1e15:
             return False
     texts = (len(b.contact) + len(b.aor) + len(b.received or "") + len(b.ua or "")

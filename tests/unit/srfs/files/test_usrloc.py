@@ -697,14 +697,15 @@ _BIG = st.one_of(st.integers(0, 10**16), st.just(10**15 - 1))
 
 
 @given(ua=_WIDE, callid=_WIDE, instance=_WIDE, path=st.lists(_WIDE, max_size=3),
-       cseq=_BIG, reg_id=_BIG, registered=st.floats(0, 1e16), ttl=st.floats(0, 1e16))
+       cseq=_BIG, reg_id=_BIG, registered=st.floats(0, 1e16), ttl=st.floats(0, 1e16),
+       q=st.one_of(st.floats(0, 1), st.just(1e300)))
 @example(ua='"\U0001f600' * 670, callid="", instance="", path=[], cseq=0, reg_id=0,
-         registered=NOW, ttl=60.0)  # 1,340 characters, 4,020 bytes of them
+         registered=NOW, ttl=60.0, q=0.5)  # 1,340 characters, 4,020 bytes of them
 @settings(max_examples=300)
 def test_no_line_over_the_limit_passes_the_length_rule(
         ua: str, callid: str, instance: str, path: list[str], cseq: int, reg_id: int,
-        registered: float, ttl: float) -> None:
-    b = Binding("jan", "jan", "sip:jan@192.0.2.10", registered + ttl, q=0.123, callid=callid,
+        registered: float, ttl: float, q: float) -> None:
+    b = Binding("jan", "jan", "sip:jan@192.0.2.10", registered + ttl, q=q, callid=callid,
                 cseq=cseq, instance=instance, reg_id=reg_id, path=tuple(path),
                 received="udp:192.0.2.10:5060", ua=ua, registered=registered)
     refused = check_binding(b)
