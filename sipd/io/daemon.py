@@ -399,7 +399,7 @@ def load_users(daemon: Daemon) -> list[User]:
         directory.prime(members)
     daemon.persistence.know(members)
     reload_registrations(daemon, members)
-    return list(members)
+    return members
 
 
 async def check_passwords(daemon: Daemon, members: Sequence[User]) -> None:
