@@ -110,7 +110,7 @@ class Registrar:
         planned: list[tuple[Binding, int]] = []
         for addr in contacts:
             b, expires = self._plan(addr, header_expires, aor, user, callid, cseq, path, ua,
-                                    source, now)
+                                    source, now, existing)
             if expires > 0 and self.rules is not None:
                 refused = self.rules.refusal(user, b)
                 if refused is not None:
@@ -171,6 +171,7 @@ class Registrar:
         ua: str | None,
         source: Peer,
         now: float,
+        existing: dict[str, Binding],
     ) -> tuple[Binding, int]:
         p = self.policy
         if not isinstance(addr.uri, SipURI):
@@ -206,10 +207,11 @@ class Registrar:
             if not rtext.isdigit() or not 0 < int(rtext) < 2**31:
                 raise SipError(400, "Bad reg-id in Contact")
             reg_id = int(rtext) if instance is not None else None
+        contact = str(addr.uri)
         binding = Binding(
             aor=aor,
             user=user,
-            contact=str(addr.uri),
+            contact=contact,
             expires=now + expires,
             q=q,
             callid=callid,
@@ -220,7 +222,7 @@ class Registrar:
             received=str(source),
             # Informational: kept, but never with bytes that would corrupt a line or a log.
             ua=printable(ua[:200]) if ua else None,
-            registered=now,
+            registered=_first_registered(existing, contact, instance, reg_id, now),
         )
         return binding, expires
 
@@ -246,6 +248,22 @@ class Registrar:
             headers.append(("Require", "outbound"))
         headers.append(("Date", http_date(int(now))))
         return tuple(headers)
+
+
+def _first_registered(existing: dict[str, Binding], contact: str, instance: str | None,
+                      reg_id: int | None, now: float) -> float:
+    """When the binding a refresh renews was first registered, else ``now``.
+
+    A refresh keeps that time (the store would copy it over otherwise, a
+    second Binding and its key worked out again for every refresh). A
+    phone nearly always sends its contact as it did before: the same text
+    with the same instance and reg-id is the same key. Another spelling of
+    the same binding is left to the store.
+    """
+    for old in existing.values():
+        if old.contact == contact and old.instance == instance and old.reg_id == reg_id:
+            return old.registered or now
+    return now
 
 
 # Every 200 OK of a REGISTER carries the date, to the second: made once a

@@ -153,7 +153,7 @@ def contact_key(uri: str) -> str:
             host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
         except ValueError:
             pass
-    user = unquote(userinfo, errors="surrogateescape")
+    user = unquote(userinfo, errors="surrogateescape") if "%" in userinfo else userinfo
     key = f"{scheme}:{user}@{host}:{port};{';'.join(sorted(significant))}"
     # The same object when nothing changed: a binding then stores one string.
     return uri if key == uri else key

@@ -558,3 +558,38 @@ def test_lookup_job_runs_before_the_answer() -> None:
     assert h.endpoint.receive(data, SRC, h.now + 0.5) == []
     out = run_inline(actions, h.now + 0.6)
     assert [parse(o.data).status for o in out] == [200]  # type: ignore[union-attr]
+
+
+# ------------------------------------------------ first registration time
+
+
+def test_a_refresh_keeps_each_bindings_first_registration_time() -> None:
+    h = Harness()
+    assert h.register(contacts=["<sip:alice@192.0.2.7:5062>"]).status == 200
+    first = h.wall
+    h.now += 30
+    assert h.register(contacts=["<sip:alice@192.0.2.7:5062>",
+                                "<sip:alice@192.0.2.8:5062>"]).status == 200
+    second = h.wall
+    h.now += 30
+    # The same text, another spelling of it (the host's case), and the
+    # same contact URI with an instance, which is another binding.
+    instance = '<sip:alice@192.0.2.8:5062>;+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000001>"'
+    assert h.register(contacts=["<sip:alice@192.0.2.7:5062>", "<sip:alice@192.0.2.8:5062>",
+                                instance]).status == 200
+    h.now += 30
+    assert h.register(contacts=["<sip:alice@192.0.2.7:5062>", "<sip:alice@192.0.2.8:5062>",
+                                instance.replace("192.0.2.8", "192.0.2.9")]).status == 200
+    h.now += 30
+    assert h.register(contacts=["<sip:alice@192.0.2.7:5062>",
+                                "<sip:alice@EXAMPLE-HOST.invalid:5062>"]).status == 200
+    h.now += 30
+    assert h.register(contacts=["<sip:alice@example-host.invalid:5062>"]).status == 200
+    by_contact = {(b.contact, b.instance): b.registered for b in h.store.lookup("alice")}
+    assert by_contact == {
+        ("sip:alice@192.0.2.7:5062", None): first,
+        ("sip:alice@192.0.2.8:5062", None): second,
+        ("sip:alice@192.0.2.9:5062", "<urn:uuid:00000000-0000-0000-0000-000000000001>"):
+            second + 30,
+        ("sip:alice@example-host.invalid:5062", None): second + 90,
+    }

@@ -554,6 +554,26 @@ def test_nonce_salt_can_be_pinned() -> None:
     assert a.make(5.0, REALM) == b.make(5.0, REALM)
 
 
+def test_nonce_is_time_salt_and_a_keyed_blake2b_tag() -> None:
+    # What sipd(8) says a nonce is: the issue time in ms and 8 bytes of
+    # salt, then 16 bytes of BLAKE2b keyed with the secret over those and
+    # the realm.
+    nonce = NonceManager(SECRET, random=lambda n: b"\x01" * n).make(5.0, REALM)
+    raw = base64.urlsafe_b64decode(nonce + "=")
+    payload = (5000).to_bytes(8, "big") + b"\x01" * 8
+    tag = hashlib.blake2b(payload + REALM.encode(), key=SECRET, digest_size=16,
+                          person=b"sipd nonce v2").digest()
+    assert raw == payload + tag
+
+
+def test_a_secret_longer_than_a_blake2b_key_counts_whole() -> None:
+    # BLAKE2b keys stop at 64 bytes: a longer secret must not lose its tail.
+    long_a, long_b = b"k" * 64 + b"a", b"k" * 64 + b"b"
+    nonce = NonceManager(long_a).make(1000.0, REALM)
+    assert NonceManager(long_a).check(nonce, 1000.0, REALM) is NonceStatus.VALID
+    assert NonceManager(long_b).check(nonce, 1000.0, REALM) is NonceStatus.INVALID
+
+
 def test_every_bit_flip_is_invalid() -> None:
     nm = NonceManager(SECRET)
     nonce = nm.make(1000.0, REALM)
