@@ -407,8 +407,9 @@ async def check_passwords(daemon: Daemon, members: Sequence[User]) -> None:
 
     Reading every member's ``~/.sr/passwd`` took 2.7 s for 20,000
     members, a fifth of the start, and nothing served needs it first: a
-    request of a member not read yet reads the file itself. Read through the directory, the files are kept for each
-    member's first authentication.
+    request of a member not read yet reads the file itself. Read through
+    the directory, the files are kept for each member's first
+    authentication.
     """
     directory = daemon.directory
     read = passwd_entries if directory is None else directory.passwd_entries

@@ -147,15 +147,6 @@ class Router:
         return None
 
 
-def _contact_key_of(b: Binding) -> str:
-    """:func:`contact_key` of ``b``'s contact: the binding's own key when that
-    is the contact's (no instance), not worked out again on every refresh."""
-    if b.instance is None:
-        key = b.key
-        return key[4:] if key.startswith("uri:") else key
-    return contact_key(b.contact)
-
-
 class ContactIndex:
     """Registered contacts by URI: the way to a phone inside a dialog.
 
@@ -169,7 +160,7 @@ class ContactIndex:
         self.udp_socket = udp_socket
         self._by_contact: dict[str, Binding] = {}
         for b in store:
-            self._by_contact[_contact_key_of(b)] = b
+            self._by_contact[b.contact_identity] = b
         store.subscribe(self._changed)
 
     def hop(self, uri_text: str, live_peer: LivePeer) -> Target | None:
@@ -184,8 +175,8 @@ class ContactIndex:
     def _changed(self, change: Change) -> None:
         b = change.binding
         if change.previous is not None and change.previous.contact != b.contact:
-            self._by_contact.pop(_contact_key_of(change.previous), None)
-        key = _contact_key_of(b)
+            self._by_contact.pop(change.previous.contact_identity, None)
+        key = b.contact_identity
         if change.kind is ChangeKind.REMOVED:
             if self._by_contact.get(key) == b:
                 del self._by_contact[key]

@@ -99,6 +99,15 @@ class Binding:
                        self.ua, registered)
 
     @property
+    def contact_identity(self) -> str:
+        """:func:`contact_key` of the contact, taken from :attr:`key` where that is
+        it (no instance): an index by contact needs it on every refresh."""
+        if self.instance is None:
+            key = self._key
+            return key[4:] if key.startswith("uri:") else key
+        return contact_key(self.contact)
+
+    @property
     def static(self) -> bool:
         return self.expires is None
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sipd.proxy.routing import ContactIndex, _contact_key_of
+from sipd.proxy.routing import ContactIndex
 from srfs.state.location import Binding, LocationStore, contact_key
 
 NOW = 1_800_000_000.0
@@ -34,7 +34,7 @@ def test_the_index_key_is_the_contacts_key(scheme: str, user: str, host: str, re
                                            instance: str | None) -> None:
     # Taken from the binding's own key where that is the contact's.
     b = binding(f"{scheme}:{user}@{host}{rest}", instance)
-    assert _contact_key_of(b) == contact_key(b.contact)
+    assert b.contact_identity == contact_key(b.contact)
 
 
 @pytest.mark.parametrize("instance", [None, INSTANCE])
