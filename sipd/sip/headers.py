@@ -46,6 +46,8 @@ _TOKEN_RE = re.compile(_TOKEN)
 _QDTEXT = r'[^"\\\x00-\x08\x0a-\x1f\x7f]*'
 _QUOTED = rf'"{_QDTEXT}(?:\\[\x00-\x09\x0b\x0c\x0e-\x7f]{_QDTEXT})*"'
 _QUOTED_RE = re.compile(_QUOTED)
+#: The pattern of a quoted-string, for the parsers of other headers.
+QUOTED_STRING = _QUOTED
 # gen-value = token / host / quoted-string; host adds ':' and brackets (IPv6).
 _PARAM_RE = re.compile(
     rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_QUOTED}|[A-Za-z0-9\-.!%*_+`'~:\[\]]+))?"
@@ -54,6 +56,11 @@ _VIA_RE = re.compile(
     rf"[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"
     rf"({HOST_PATTERN})(?:[ \t]*:[ \t]*([0-9]+))?"
 )
+_HOST_RE = re.compile(HOST_PATTERN)
+# The characters of a token and of a parameter's token or host value, for
+# str.strip: what it leaves of such a text is "".
+_TOKEN_TEXT = "".join(sorted(_TOKEN_CHARS))
+_GEN_VALUE_TEXT = _TOKEN_TEXT + ":[]"
 _VIA_PROTOCOL_RE = re.compile(rf"[ \t]*{_TOKEN}[ \t]*/[ \t]*{_TOKEN}[ \t]*/[ \t]*{_TOKEN}[ \t]+")
 # display-name = *(token LWS); RFC 4475 §3.1.1.6 asks to accept it without
 # the LWS before '<' as well, which this allows. Non-ASCII is let into the
@@ -247,6 +254,12 @@ _VIA_CHECKED = frozenset(("branch", "received", "rport", "ttl", "maddr"))
 
 def parse_via(text: str) -> Via:
     """Parse one via-parm (the caller splits comma-separated lists)."""
+    via = _via_as_sent(text)
+    return via if via is not None else _via_by_pattern(text)
+
+
+def _via_by_pattern(text: str) -> Via:
+    """:func:`parse_via` for any spelling, with the reason for what is wrong."""
     m = _VIA_RE.match(text)
     if m is None:
         if _VIA_PROTOCOL_RE.match(text):
@@ -276,6 +289,68 @@ def parse_via(text: str) -> Via:
         params,
         "SIP/2.0" if version == "2.0" else f"{name.upper()}/{version}",
     )
+
+
+def _via_as_sent(text: str) -> Via | None:
+    """``text`` read as :func:`parse_via` reads it when it is spelled as phones
+    spell it, else None for that function's reading.
+
+    That spelling: ``SIP/2.0/<transport> <host>[:<port>]`` and parameters
+    ``;name`` or ``;name=value`` with a token or host as value, no
+    whitespace, no quotes. The string's own searches take it apart, and a
+    pattern matches the host alone: the whole header's pattern and the
+    parameters' took about a tenth of the instructions of a REGISTER's
+    two requests.
+    """
+    if not text.startswith("SIP/2.0/"):
+        return None
+    sp = text.find(" ", 8)
+    transport = text[8:sp]
+    if sp < 0 or not transport or transport.strip(_TOKEN_TEXT):
+        return None
+    hm = _HOST_RE.match(text, sp + 1)
+    if hm is None or text.startswith("[", sp + 1):
+        return None  # an IPv6 reference is checked as an address there
+    host = hm.group()
+    i = hm.end()
+    n = len(text)
+    port: int | None = None
+    if i < n and text[i] == ":":
+        semi = text.find(";", i)
+        end = n if semi < 0 else semi
+        digits = text[i + 1:end]
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 5:
+            return None
+        port = int(digits)
+        if port > 65535:
+            return None
+        i = end
+    if i == n:
+        params: Params = ()
+    elif text[i] != ";":
+        return None
+    else:
+        rest = text[i + 1:]
+        if '"' in rest or " " in rest or "\t" in rest:
+            return None
+        found: list[tuple[str, str | None]] = []
+        for item in rest.split(";"):
+            name, eq, value = item.partition("=")
+            if not name or name.strip(_TOKEN_TEXT):
+                return None
+            if not eq:
+                found.append((name, None))
+            elif not value or value.strip(_GEN_VALUE_TEXT):
+                return None
+            else:
+                found.append((name, value))
+        params = tuple(found)
+        for k, v in params:
+            lk = k.lower()
+            if lk in _VIA_CHECKED:
+                _check_via_param(lk, v)
+    return _via(transport if transport.isupper() else transport.upper(), host.lower(), port,
+                params, "SIP/2.0")
 
 
 def _check_via_param(name: str, value: str | None) -> None:

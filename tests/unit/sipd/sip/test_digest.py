@@ -474,6 +474,75 @@ def test_parse_raises_only_parse_error_on_digest_soup(
         assert parse_credentials(creds.to_header()) == creds
 
 
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _params_or_reason(read: Callable[[], dict[str, str] | None]) -> object:
+    try:
+        return read()
+    except ParseError as exc:
+        return exc.reason
+
+
+_LIST_SOUP = st.lists(
+    st.one_of(
+        st.tuples(_PARAM_NAMES, _PARAM_VALUES, st.booleans()).map(
+            lambda p: f"{p[0]}={_quoted(p[1]) if p[2] else p[1]}"),
+        st.sampled_from([",", " ", "\t", "\r\n ", "\r\n", "=", '"', "\\", "a b", "\x7f", "é"]),
+    ),
+    max_size=14,
+).map("".join)
+
+
+@settings(max_examples=1000)
+@given(_LIST_SOUP)
+def test_a_list_read_at_once_reads_as_one_read_a_parameter_at_a_time(text: str) -> None:
+    # What the quick reading takes, the loop takes alike: the same
+    # parameters, or the same duplicate refused. The rest is the loop's.
+    at_once = _params_or_reason(lambda: digest._params_at_once(text, 0, ParseError))
+    if at_once is not None:
+        assert at_once == _params_or_reason(
+            lambda: digest._params_one_by_one(text, 0, ParseError))
+
+
+@pytest.mark.parametrize("text", [
+    # sipp's, then baresip's and linphone's spelling.
+    'username="u1",realm="r",cnonce="6b8b4567",nc=00000001,qop=auth,uri="sip:r",'
+    'nonce="AB-_c",response="0123",algorithm=MD5',
+    'username="u1", realm="r", nonce="n", uri="sip:r", response="0123", algorithm=MD5, '
+    'qop=auth, cnonce="c", nc=00000001',
+    'username="Jörg", realm="", uri="sip:a,b@r;x=\'y\'"',
+])
+def test_the_spellings_phones_send_are_read_at_once(text: str) -> None:
+    params = digest._params_at_once(text, 0, ParseError)
+    assert params is not None
+    assert params == digest._params_one_by_one(text, 0, ParseError)
+
+
+@pytest.mark.parametrize("text", [
+    'username="a\\"b", realm="r"',  # a quoted-pair
+    ", username=a",  # empty elements
+    "username=a,",
+    "username=a ,realm=r",  # space before a comma
+    "username = a",  # around "="
+    "username=a,\r\n realm=r",  # a fold
+    'username="a\tb"',  # HT, a control character a quoted string may hold
+    "username=a,\trealm=r",
+    "username=a realm=r",  # malformed
+    'username="a',
+])
+def test_other_spellings_are_left_to_the_loop(text: str) -> None:
+    assert digest._params_at_once(text, 0, ParseError) is None
+
+
+def test_a_duplicate_read_at_once_is_refused_as_the_loop_refuses_it() -> None:
+    text = 'username="a", realm=r, Username="b"'
+    for read in (digest._params_at_once, digest._params_one_by_one):
+        with pytest.raises(ParseError, match="duplicate parameter 'username'"):
+            read(text, 0, ParseError)
+
+
 _TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20)
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipd.sip import headers as headers_module
 from sipd.sip.errors import ParseError
@@ -138,6 +141,55 @@ def test_bad_via(text: str, reason: str) -> None:
     with pytest.raises(ParseError) as info:
         parse_via(text)
     assert reason in info.value.reason
+
+
+def _via_or_reason(read: Callable[[], Via | None]) -> object:
+    try:
+        return read()
+    except ParseError as exc:
+        return exc.reason
+
+
+def _mostly(common: str, *others: str) -> st.SearchStrategy[str]:
+    # Half the time the usual spelling, so that the rest varies around it.
+    return st.one_of(st.just(common), st.sampled_from(others))
+
+
+_VIA_SOUP = st.tuples(
+    _mostly("SIP/2.0/", "sip/2.0/", "SIP/3.0/", "SIP / 2.0 / ", "XIP/2.0/", ""),
+    _mostly("UDP", "udp", "TCP", "Ws", "x/y", "", "UDP\t"),
+    _mostly(" ", "  ", "\t", ""),
+    st.sampled_from(["127.0.0.1", "pc33.example.com", "Host.Example.COM", "1.2.3.4.example.com",
+                     "300.1.1.1", "[::1]", "[1:2:3]", "a_b", "a..b", "-a", "h", ""]),
+    st.sampled_from(["", ":5060", ":65535", ":65536", ":0", ":123456", ":", ": 5060", ":x"]),
+    st.lists(st.sampled_from([
+        ";branch=z9hG4bK-1-1", ";rport", ";rport=5060", ";rport=0", ";received=192.0.2.1",
+        ";received=[2001:db8::1]", ";received=1.2.3.999", ";ttl=16", ";ttl=300",
+        ";maddr=224.2.0.1", ";maddr=a_b", ";x=\"q;r\"", ";a=", ";;", "; b=c", ";b=c d",
+        ";Branch=z9hG4bKup", ";x=[", ",", " ", "é",
+    ]), max_size=5).map("".join),
+).map("".join)
+
+
+@settings(max_examples=1000)
+@given(_VIA_SOUP)
+def test_a_via_as_phones_spell_it_reads_as_the_pattern_reads_it(text: str) -> None:
+    # The quick reading gives the same Via, or the same refusal; the rest
+    # is the pattern's.
+    quick = _via_or_reason(lambda: headers_module._via_as_sent(text))
+    if quick is not None:
+        assert quick == _via_or_reason(lambda: headers_module._via_by_pattern(text))
+
+
+@pytest.mark.parametrize("text", [
+    "SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK-1-1",  # sipp
+    "SIP/2.0/UDP 192.0.2.7:5060;rport;branch=z9hG4bK.aB3xY",  # linphone
+    "SIP/2.0/TCP pc33.example.com;branch=z9hG4bK776asdhds;received=192.0.2.1;rport=5061",
+])
+def test_the_vias_phones_send_are_read_quickly(text: str) -> None:
+    quick = headers_module._via_as_sent(text)
+    assert quick is not None
+    assert quick == headers_module._via_by_pattern(text)
 
 
 def test_via_changes() -> None:
