@@ -78,14 +78,13 @@ def is_unicast(addr: IPAddress) -> bool:
     A contact at any of those would make one request reach many hosts, or
     this one.
     """
-    if addr.is_multicast or addr.is_unspecified:
-        return False
-    return not (isinstance(addr, ipaddress.IPv4Address) and addr == _BROADCAST)
-
-
-# Made once: parsing it anew at each call (every REGISTER asks about its
-# contact's address) was most of this function's cost.
-_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+    # On the number, as ipaddress's own properties would decide (224/4,
+    # ff00::/8, the unspecified address) without their network objects:
+    # every REGISTER asks about its contact's address.
+    n = int(addr)
+    if isinstance(addr, ipaddress.IPv4Address):
+        return n >> 28 != 0xE and n != 0 and n != 0xFFFFFFFF
+    return n >> 120 != 0xFF and n != 0
 
 
 def source_key(host: str) -> str:

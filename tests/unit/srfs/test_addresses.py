@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from srfs import addresses
 from srfs.addresses import PARSED_HOSTS, parse_host, source_key
@@ -65,3 +67,20 @@ def test_unicast_is_one_host(host: str, unicast: bool) -> None:
     addr = parse_host(host)
     assert addr is not None
     assert addresses.is_unicast(addr) is unicast
+
+
+@settings(max_examples=2000)
+@given(st.one_of(
+    st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
+    st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
+    # The edges of the ranges, which random numbers seldom hit.
+    st.sampled_from([0xE0000000, 0xDFFFFFFF, 0xEFFFFFFF, 0xF0000000, 0xFFFFFFFE, 1])
+    .map(ipaddress.IPv4Address),
+    st.sampled_from([0xFF << 120, (0xFF << 120) - 1, 1, 2**128 - 1]).map(ipaddress.IPv6Address),
+))
+def test_unicast_is_what_ipaddress_says(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    # Decided on the number; ipaddress's properties are the reference.
+    broadcast = isinstance(addr, ipaddress.IPv4Address) and addr == ipaddress.IPv4Address(
+        "255.255.255.255")
+    expected = not (addr.is_multicast or addr.is_unspecified or broadcast)
+    assert addresses.is_unicast(addr) is expected
