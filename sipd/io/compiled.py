@@ -13,7 +13,8 @@ and route each request, the sans-IO endpoint that joins them, and the
 table of calls in progress (``srfs.state.calls``), which the call tracker
 changes three times a call, and the location store with its contact lines
 (``srfs.state.location``, ``srfs.files.usrloc``), which every REGISTER
-checks, renders for its ``~/.sr/usrloc`` and applies. The I/O
+checks, renders for its ``~/.sr/usrloc`` and applies, and the NAT
+keep-alive (``sipd.proxy.keepalive``), which hears each of those changes. The I/O
 layer stays interpreted: it mostly waits (trio, worker threads, FUSE),
 and mypyc would gain little there. A compiled module may import
 interpreted ones (a call into one is an ordinary Python call); the other
@@ -23,7 +24,7 @@ way, an interpreted class may not extend a compiled one, which
 ``sipd.sip.framing`` (mypyc cannot compile its ``bytes`` subclasses),
 ``sipd.core.work`` (a generic class compiled by mypyc cannot be
 subscripted, as ``Job[T]`` is), and what runs seldom or in worker threads
-(``sipd.proxy.users``, ``sipd.proxy.keepalive``, ``sipd.media``).
+(``sipd.proxy.users``, ``sipd.media``).
 
 A dataclass's generated ``__init__`` stays interpreted in a compiled
 module (dataclass writes it when the module is imported), and costs five
@@ -50,7 +51,7 @@ MYPYC_MODULES = (
     "sipd.proxy.callerid", "sipd.proxy.calltrack", "sipd.proxy.context",
     "sipd.proxy.flowtoken", "sipd.proxy.limits", "sipd.proxy.targets", "sipd.proxy.local",
     "sipd.proxy.routing", "sipd.proxy.forking", "sipd.proxy.proxy", "sipd.endpoint",
-    "srfs.state.calls", "srfs.state.location", "srfs.files.usrloc",
+    "srfs.state.calls", "srfs.state.location", "srfs.files.usrloc", "sipd.proxy.keepalive",
 )
 
 
