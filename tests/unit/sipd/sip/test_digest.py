@@ -507,7 +507,7 @@ def test_a_list_read_at_once_reads_as_one_read_a_parameter_at_a_time(text: str) 
 
 
 @pytest.mark.parametrize("text", [
-    # sipp's, then baresip's and linphone's spelling.
+    # sipp's spelling, then the one with a space after each comma.
     'username="u1",realm="r",cnonce="6b8b4567",nc=00000001,qop=auth,uri="sip:r",'
     'nonce="AB-_c",response="0123",algorithm=MD5',
     'username="u1", realm="r", nonce="n", uri="sip:r", response="0123", algorithm=MD5, '

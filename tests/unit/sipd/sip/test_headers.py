@@ -183,7 +183,7 @@ def test_a_via_as_phones_spell_it_reads_as_the_pattern_reads_it(text: str) -> No
 
 @pytest.mark.parametrize("text", [
     "SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK-1-1",  # sipp
-    "SIP/2.0/UDP 192.0.2.7:5060;rport;branch=z9hG4bK.aB3xY",  # linphone
+    "SIP/2.0/UDP 192.0.2.7:5060;rport;branch=z9hG4bK.aB3xY",  # rport asked for
     "SIP/2.0/TCP pc33.example.com;branch=z9hG4bK776asdhds;received=192.0.2.1;rport=5061",
 ])
 def test_the_vias_phones_send_are_read_quickly(text: str) -> None:
