@@ -101,7 +101,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sipd.sip.errors import ParseError
-from sipd.sip.headers import QUOTED_STRING, TOKEN_CHARACTERS, quote, unquote
+from sipd.sip.headers import QUOTED_STRING, TOKEN_CHARACTERS, is_token, quote, unquote
 
 __all__ = [
     "ALGORITHMS",
@@ -469,7 +469,7 @@ def _params_at_once(value: str, i: int,
     while True:
         eq = value.find("=", pos)
         name = value[pos:eq]
-        if eq < 0 or not name or name.strip(TOKEN_CHARACTERS):
+        if eq < 0 or not is_token(name):
             return None
         start = eq + 1
         if value.startswith('"', start):
@@ -485,7 +485,7 @@ def _params_at_once(value: str, i: int,
             comma = value.find(",", start)
             end = n if comma < 0 else comma
             text = value[start:end]
-            if not text or text.strip(TOKEN_CHARACTERS):
+            if not is_token(text):
                 return None
         key = name.lower()
         if key in params:
