@@ -35,7 +35,7 @@ INSTALL="$RUN python3 python3-venv python3-dev"
 # directory the tests start in their own configuration and namespace
 # (tests/ldapdir.py); installing them leaves /etc/nsswitch.conf as it was
 # (debconf's default enables no service), and their services are not started.
-TEST="$INSTALL sip-tester libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus rtpengine-daemon kamailio iproute2 iptables chromium libnss3-tools slapd libnss-ldapd ldap-utils"
+TEST="$INSTALL sip-tester strace libnss-wrapper libpam-wrapper baresip-core linphone-cli mandoc man-db systemd fail2ban prometheus rtpengine-daemon kamailio iproute2 iptables chromium libnss3-tools slapd libnss-ldapd ldap-utils"
 
 case $mode in
     run) PACKAGES=$RUN target=run ;;

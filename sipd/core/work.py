@@ -22,11 +22,13 @@ turns their errors into the job's value. The I/O layer then hands the
 files to its one writing thread (:class:`srfs.files.home.FileWriter`)
 instead of running ``run``; what ``run`` does must be the same writes.
 Every job with ``writes`` goes to that one thread, in order, or none does.
+``checksummed_for`` names the users whose files may be written with one
+sync round (``write_files``' argument of that name).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
@@ -81,6 +83,7 @@ class Job(Generic[T]):
     directory: bool = False
     writes: Sequence[tuple[User, str, bytes]] | None = None
     wrote: Callable[[Sequence[BaseException | None]], T] | None = None
+    checksummed_for: Container[str] = ()
 
 
 def run_inline(actions: list[Action], now: float) -> list[Outgoing]:

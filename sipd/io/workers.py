@@ -205,7 +205,7 @@ class Workers:
         home pool."""
         assert job.writes is not None and self._token is not None
         try:
-            ticket = writer.submit(job.writes)
+            ticket = writer.submit(job.writes, checksummed_for=job.checksummed_for)
         except RuntimeError:
             return False
         except Exception:  # noqa: BLE001 - a bug: the pool takes over, as when the thread fails

@@ -59,7 +59,8 @@ from typing import Any
 from sipd.core.work import Action, Job, Outcome
 from sipd.registrar.changelog import log_changes
 from srfs.accounts import users
-from srfs.files.usrloc import UsrlocFiles, render_file
+from srfs.entropy import random_hex
+from srfs.files.usrloc import UsrlocFiles, Version, render_file
 from srfs.files.wtmp import LoginRecorder, WtmpError
 from srfs.state.location import Change, ChangeKind, LocationStore, Op
 from srfs.user import User
@@ -143,8 +144,13 @@ class Persistence:
         #: Monotonic time to the wall clock of plans and files; the endpoint sets it.
         self.wall: Callable[[float], float] = lambda now: now
         # Every file rendered gets the next number: a write never replaces a
-        # file rendered after it (see UsrlocFiles.save).
+        # file rendered after it (see UsrlocFiles.save). With this run's
+        # number, it is the file's version (usrloc.render_file).
         self._seq = itertools.count(1)
+        self._run = random_hex(8)
+        #: Users whose usrloc this run has written: their next file may be
+        #: written with one sync (see home.write_files' checksummed_for).
+        self._written: set[str] = set()
         self._dirty: set[str] = set()
         self._next_flush: float | None = None
         #: A chunk of write-back's flush is being written.
@@ -262,8 +268,9 @@ class Persistence:
             log_changes(self.store.apply(ops), wall)
             actions.extend(pending.finish(Outcome(), now))
             return None
-        text = render_file(self.store.preview(user, ops), wall)
-        return _Write(user, ops, pending, next(self._seq), text)
+        seq = next(self._seq)
+        text = render_file(self.store.preview(user, ops), wall, Version(self._run, seq))
+        return _Write(user, ops, pending, seq, text)
 
     def _batch_job(self, batch: list[_Write]) -> Job[Any]:
         entries = [(w.user, self._users.get(w.user), w.seq, w.text) for w in batch]
@@ -352,8 +359,11 @@ class Persistence:
     def _files_job(self, names: Sequence[str], wall: float) -> Job[Any]:
         """One trip to the writing thread that writes ``names``' files as the store has
         them now, durably, in one group (as a batch of commits is)."""
-        entries = [(u, self._users.get(u), next(self._seq),
-                    render_file(self.store.bindings_of_user(u), wall)) for u in names]
+        entries = []
+        for u in names:
+            seq = next(self._seq)
+            entries.append((u, self._users.get(u), seq, render_file(
+                self.store.bindings_of_user(u), wall, Version(self._run, seq))))
 
         def done(outcome: Outcome[dict[str, BaseException | None]], now: float) -> list[Action]:
             for name in names:
@@ -382,19 +392,22 @@ class Persistence:
         accounts = [(known, seq, text) for _, known, seq, text in entries if known is not None]
         if len(accounts) == len(entries):
             names = [user for user, _, _, _ in entries]
+            # Their usrloc is a file of this run, and so is its spare, if
+            # the spare has this run's number (which the C part checks).
+            checked = frozenset(user for user in names if user in self._written)
 
             # Each text was rendered on the event loop, so each file is one
             # consistent snapshot; its number lets the pool's writer skip it
             # if a file rendered later is already on disk.
             def run() -> dict[str, BaseException | None]:
-                return files.save_many(accounts)
+                return files.save_many(accounts, checksummed_for=checked)
 
             def wrote(errors: Sequence[BaseException | None]) -> dict[str, BaseException | None]:
                 return dict(zip(names, errors, strict=True))
 
             return Job(run, done, name=name, wrote=wrote, writes=[
                 (account, UsrlocFiles.NAME, text.encode("utf-8", "surrogateescape"))
-                for account, _, text in accounts])
+                for account, _, text in accounts], checksummed_for=checked)
         unknown = [user for user, known, _, _ in entries if known is None]
 
         def look_up() -> dict[str, User | None]:
@@ -424,6 +437,7 @@ class Persistence:
     def record(self, user: str, outcome: Outcome[None]) -> None:
         if outcome.error is None:
             self.stats.writes += 1
+            self._written.add(user)
         else:
             self.stats.write_errors += 1
             log.error("cannot save registrations of %s: %s", user, outcome.error)

@@ -9,7 +9,7 @@
  * same steps run with the GIL released once for the whole batch.
  *
  * Each file keeps a spare beside it (".usrloc.spare"): the file it
- * replaced last time. The next write goes into the spare, over its old
+ * replaced last time (see publish_early for files that need one sync). The next write goes into the spare, over its old
  * content, and the two names are swapped (renameat2 RENAME_EXCHANGE), so
  * a write neither makes nor frees an inode or a block. Replacing a file by
  * a new one frees the old one's blocks inside the rename, and on a
@@ -49,6 +49,11 @@
 #define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
 #define HOME_FLAGS (O_PATH | O_DIRECTORY | O_CLOEXEC)
 #define WRITE_FLAGS (O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+/* Read too: a checksummed file's spare is looked at before it is written over. */
+#define SPARE_FLAGS (O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+/* A checksummed file's first line names its run as "; write <run>.<seq>". */
+#define RUN_MARK "; write "
+#define FIRST_LINE_MAX 256
 
 typedef struct {
     /* In: borrowed from the bytes objects the batch holds a reference to. */
@@ -61,12 +66,15 @@ typedef struct {
     uid_t uid;
     gid_t gid;
     mode_t mode;
+    int checksummed; /* the file's reader checks it and falls back to the spare */
     /* State. */
     int sr;      /* ~/.sr, or -1 */
     int fd;      /* the temporary file (or the spare), or -1 */
     dev_t dev;   /* ~/.sr's filesystem */
     int staged;  /* the temporary file (or the spare) exists */
     int swap;    /* fd is the spare: exchange it with the file */
+    int same_run; /* the spare's first line names the new text's run (checksummed) */
+    int early;   /* exchanged before any sync (checksummed): fd still open */
     int err;     /* 0: durable; else why it is not (and nothing is left) */
 } item_t;
 
@@ -120,7 +128,7 @@ open_spare(item_t *it)
     if (fstatat(it->sr, it->name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? !S_ISREG(st.st_mode)
                                                                 : errno != ENOENT)
         return;
-    int fd = open_retry(it->sr, it->spare, WRITE_FLAGS, 0);
+    int fd = open_retry(it->sr, it->spare, SPARE_FLAGS, 0);
     int found = fd >= 0 || errno != ENOENT;
     if (fd >= 0 && !(fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == it->uid
                      && st.st_nlink == 1)) {
@@ -131,13 +139,38 @@ open_spare(item_t *it)
         if (found && (fstatat(it->sr, it->spare, &st, AT_SYMLINK_NOFOLLOW) != 0
                       || S_ISDIR(st.st_mode) || unlinkat(it->sr, it->spare, 0) != 0))
             return;
-        fd = open_retry(it->sr, it->spare, WRITE_FLAGS | O_CREAT | O_EXCL, 0600);
+        fd = open_retry(it->sr, it->spare, SPARE_FLAGS | O_CREAT | O_EXCL, 0600);
         if (fd < 0)
             return;
     }
     it->fd = fd;
     it->tmp = it->spare;
     it->swap = 1;
+}
+
+/* Whether the spare's first line names the same run as the new text's,
+ * up to the "." before the write's number. As the user, before the write. */
+static int
+same_run(const item_t *it)
+{
+    Py_ssize_t limit = it->size < FIRST_LINE_MAX ? it->size : FIRST_LINE_MAX;
+    const char *end = memchr(it->data, '\n', (size_t)limit);
+    if (end == NULL)
+        return 0;
+    const char *mark = NULL;
+    for (const char *p = it->data; p + sizeof RUN_MARK - 1 <= end; p++)
+        if (memcmp(p, RUN_MARK, sizeof RUN_MARK - 1) == 0)
+            mark = p;
+    const char *dot = mark == NULL ? NULL : memchr(mark, '.', (size_t)(end - mark));
+    if (dot == NULL)
+        return 0;
+    size_t want = (size_t)(dot - it->data) + 1;
+    char old[FIRST_LINE_MAX];
+    ssize_t got;
+    do {
+        got = pread(it->fd, old, want, 0);
+    } while (got < 0 && errno == EINTR);
+    return got == (ssize_t)want && memcmp(old, it->data, want) == 0;
 }
 
 /* Put the staged file in place: swapped with the old one, which becomes
@@ -211,6 +244,8 @@ stage(item_t *it)
         it->err = errno ? errno : EIO;
         return;
     }
+    if (it->swap && it->checksummed)
+        it->same_run = same_run(it);
     const char *p = it->data;
     Py_ssize_t left = it->size;
     while (left > 0) {
@@ -292,7 +327,10 @@ sync_filesystems(item_t *items, Py_ssize_t n, int dirs)
             }
         }
         if (bad) {
-            int err = sync_retry(fsync, fd);
+            /* An early exchange's file was never synced on its own. */
+            int err = dirs && it->early ? sync_retry(fsync, it->fd) : 0;
+            if (!err)
+                err = sync_retry(fsync, fd);
             if (err)
                 it->err = err;
         }
@@ -314,35 +352,66 @@ settle(item_t *it)
     return 0;
 }
 
+/* A checksummed file written over its spare takes its name at once, with
+ * no sync before: its reader checks the file's first line and, should a
+ * crash have left the file half written, or not written at all (the old
+ * spare's text, an earlier write of the same run), reads the spare, which
+ * holds the last durable text. Only over a spare of the same run (see
+ * same_run): the reader could not tell another's text for an old one. As the user, right after stage. 0, or the errno;
+ * where there is nothing to exchange with (a first write, a filesystem
+ * without exchange) the item stays staged, to be synced and renamed. */
+static int
+publish_early(item_t *it)
+{
+    if (renameat2(it->sr, it->tmp, it->sr, it->name, RENAME_EXCHANGE) == 0) {
+        it->staged = 0;
+        it->early = 1;
+        return 0;
+    }
+    if (errno == ENOENT || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)
+        return 0;
+    return errno ? errno : EIO;
+}
+
 /* The batch, with the GIL released: 0, or -1 when the thread's file
  * identity could not be put back (the caller must stop the thread; the
- * fds are closed, but no file is touched under an unknown identity). */
+ * fds are closed, but no file is touched under an unknown identity).
+ * Two sync rounds (the staged files, then the renames), or one where
+ * every file was exchanged early (publish_early): a batch of a
+ * registrar's files under load, whose every user has a spare. */
 static int
 write_batch(item_t *items, Py_ssize_t n)
 {
     int rc = -1;
+    int late = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         item_t *it = &items[i];
         if (act_as(it->uid, it->gid) != 0)
             it->err = EPERM;
         else
             stage(it);
+        if (!it->err && it->checksummed && it->swap && it->same_run)
+            it->err = publish_early(it);
+        if (!it->err && it->staged)
+            late = 1;
         if (settle(it) != 0)
             goto out;
     }
-    sync_filesystems(items, n, 0);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        item_t *it = &items[i];
-        if (!it->staged)
-            continue;
-        close(it->fd);
-        it->fd = -1;
-        if (act_as(it->uid, it->gid) != 0)
-            it->err = EPERM;
-        else if (!it->err && (it->err = publish(it)) == 0)
-            it->staged = 0;
-        if (settle(it) != 0)
-            goto out;
+    if (late) {
+        sync_filesystems(items, n, 0);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            item_t *it = &items[i];
+            if (!it->staged)
+                continue;
+            close(it->fd);
+            it->fd = -1;
+            if (act_as(it->uid, it->gid) != 0)
+                it->err = EPERM;
+            else if (!it->err && (it->err = publish(it)) == 0)
+                it->staged = 0;
+            if (settle(it) != 0)
+                goto out;
+        }
     }
     sync_filesystems(items, n, 1);
     rc = 0;
@@ -357,10 +426,14 @@ out:
 
 PyDoc_STRVAR(write_batch_doc,
 "write_batch(items, /) -> list[int]\n--\n\n"
-"Write each (home, uid, gid, tmp, spare, name, data, mode) as ~/.sr/<name>,\n"
-"durably, in one release of the GIL: stage every file (over the spare, or\n"
-"as tmp when spare is empty or unfit), syncfs, swap with the spare or\n"
-"rename, syncfs. One int per item: 0 once the file is durable in place,\n"
+"Write each (home, uid, gid, tmp, spare, name, data, mode[, checksummed])\n"
+"as ~/.sr/<name>, durably, in one release of the GIL: stage every file\n"
+"(over the spare, or as tmp when spare is empty or unfit), syncfs, swap\n"
+"with the spare or rename, syncfs. A checksummed file (its reader checks\n"
+"its first line and reads the spare when it fails) is swapped with an\n"
+"existing spare as soon as it is staged: a batch of such files costs one\n"
+"syncfs.\n"
+"One int per item: 0 once the file is durable in place,\n"
 "else the errno of what stopped it, with its old file untouched and no\n"
 "temporary file (nor spare) left. Root only; the thread's file identity\n"
 "must be root's.");
@@ -373,9 +446,9 @@ parse_items(PyObject *seq, item_t *items, Py_ssize_t n)
     for (Py_ssize_t i = 0; i < n; i++) {
         item_t *it = &items[i];
         unsigned int uid, gid, mode;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(seq, i), "yIIyyyy#I:write_batch",
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(seq, i), "yIIyyyy#I|p:write_batch",
                               &it->home, &uid, &gid, &it->tmp, &it->spare, &it->name,
-                              &it->data, &it->size, &mode))
+                              &it->data, &it->size, &mode, &it->checksummed))
             return -1;
         if (uid == 0 || uid == (unsigned int)-1 || gid == (unsigned int)-1
                 || (mode & ~0644u) || strchr(it->name, '/') || strchr(it->tmp, '/')

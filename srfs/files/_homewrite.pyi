@@ -1,6 +1,7 @@
 from collections.abc import Sequence
 
-Item = tuple[bytes, int, int, bytes, bytes, bytes, bytes, int]
+Item = tuple[bytes, int, int, bytes, bytes, bytes, bytes, int] | tuple[
+    bytes, int, int, bytes, bytes, bytes, bytes, int, bool]
 
 def write_batch(items: Sequence[Item], /) -> list[int]: ...
 

@@ -48,7 +48,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -57,7 +57,7 @@ from srfs.entropy import random_hex
 from srfs.errors import ReasonedError
 from srfs.user import User
 
-_NativeItem = tuple[bytes, int, int, bytes, bytes, bytes, bytes, int]
+_NativeItem = tuple[bytes, int, int, bytes, bytes, bytes, bytes, int, bool]
 _write_batch: Callable[[Sequence[_NativeItem]], list[int]] | None
 try:
     from srfs.files._homewrite import Writer as _Writer
@@ -462,14 +462,18 @@ class SrDir:
             except OSError as e:
                 raise self._os_error(self._label(name), e) from e
 
-    def read(self, name: str, max_size: int = MAX_READ) -> bytes | None:
-        """The file's bytes, or None if it does not exist."""
-        found = self.read_stamped(name, max_size)
+    def read(self, name: str, max_size: int = MAX_READ, *, spare: bool = False) -> bytes | None:
+        """The file's bytes (its spare's), or None if it does not exist."""
+        found = self.read_stamped(name, max_size, spare=spare)
         return None if found is None else found[0]
 
-    def read_stamped(self, name: str, max_size: int = MAX_READ) -> tuple[bytes, Stamp] | None:
-        """The file's bytes and the stamp of the file they came from, or None."""
+    def read_stamped(self, name: str, max_size: int = MAX_READ, *,
+                     spare: bool = False) -> tuple[bytes, Stamp] | None:
+        """The file's bytes and the stamp of the file they came from, or None;
+        with ``spare``, those of its spare (:func:`spare_name`)."""
         _check_name(name)
+        if spare:
+            name = spare_name(name)
         label = self._label(name)
         with _acting_as(self.user):
             try:
@@ -865,8 +869,9 @@ def open_sr(user: User, *, create: bool = False) -> SrDir:
 
 
 def read_file(user: User, name: str, max_size: int = MAX_READ, *,
-              watch: HomeWatch | None = None) -> bytes | None:
-    """``~user/.sr/<name>``, or None when ``~/.sr`` or the file does not exist.
+              watch: HomeWatch | None = None, spare: bool = False) -> bytes | None:
+    """``~user/.sr/<name>`` (with ``spare``, its spare), or None when
+    ``~/.sr`` or the file does not exist.
 
     With ``watch``, ``~/.sr`` is watched from then on (:meth:`SrDir.open`).
     """
@@ -877,7 +882,7 @@ def read_file(user: User, name: str, max_size: int = MAX_READ, *,
             return None
         raise
     with sr:
-        return sr.read(name, max_size)
+        return sr.read(name, max_size, spare=spare)
 
 
 def write_file(
@@ -899,6 +904,7 @@ def write_files(
     *,
     mode: int = 0o600,
     max_size: int = MAX_WRITE,
+    checksummed_for: Container[str] = (),
 ) -> list[HomeError | None]:
     """Atomically and durably replace several files, each ``~user/.sr/<name>``.
 
@@ -927,11 +933,22 @@ def write_files(
     file's blocks waits for the device to discard them. So no two threads
     may write the same file at once (:class:`~srfs.files.usrloc.UsrlocFiles`
     holds a lock per user).
+
+    The files of the users in ``checksummed_for`` start with a line their
+    reader checks, and where it fails (a crash cut the write short) the
+    reader takes the spare instead (:meth:`srfs.files.usrloc.UsrlocFiles.load`);
+    the caller vouches that each one's spare holds its last durable text.
+    The C part then swaps such a file with its spare as soon as it is
+    written, before any sync, and a batch of them costs one sync round,
+    not two: a crash before the sync leaves the old file in place, or the
+    new one half written beside the old one as its spare. A file whose
+    spare is made for the write takes both rounds, as does every file on
+    this module's own path.
     """
     native = _write_batch
     if native is None or not _native_fits(mode):
         return _write_files(items, mode=mode, max_size=max_size)
-    batch, taken = _native_items(items, mode, max_size)
+    batch, taken = _native_items(items, mode, max_size, checksummed_for)
     codes = native(batch)
     return _finish(items, taken, codes, mode=mode, max_size=max_size)
 
@@ -943,7 +960,8 @@ def _native_fits(mode: int) -> bool:
 
 
 def _native_items(items: Sequence[tuple[User, str, bytes]], mode: int,
-                  max_size: int) -> tuple[list[_NativeItem], list[int]]:
+                  max_size: int, checksummed_for: Container[str],
+                  ) -> tuple[list[_NativeItem], list[int]]:
     """The items the C path takes, as it takes them, and their indexes in ``items``."""
     batch: list[_NativeItem] = []
     taken: list[int] = []
@@ -954,7 +972,7 @@ def _native_items(items: Sequence[tuple[User, str, bytes]], mode: int,
         taken.append(i)
         batch.append((os.fsencode(user.home), user.uid, user.gid,
                       temp_name(name).encode(), spare_name(name).encode(),
-                      name.encode(), data, mode))
+                      name.encode(), data, mode, user.name in checksummed_for))
     return batch, taken
 
 
@@ -1025,10 +1043,10 @@ class FileWriter:
         return _Writer is not None and _native_fits(mode)
 
     def submit(self, items: Sequence[tuple[User, str, bytes]], *, mode: int = 0o600,
-               max_size: int = MAX_WRITE) -> int:
+               max_size: int = MAX_WRITE, checksummed_for: Container[str] = ()) -> int:
         """Queue ``items`` as one batch (see :func:`write_files`); its ticket.
         RuntimeError once closed."""
-        batch, taken = _native_items(items, mode, max_size)
+        batch, taken = _native_items(items, mode, max_size, checksummed_for)
         ticket = next(self._tickets)
         # Recorded first: the writing thread may be done with it before
         # submit returns, and looks it up then.

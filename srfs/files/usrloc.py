@@ -20,9 +20,14 @@ found is not something to set.
 
 from __future__ import annotations
 
+import enum
+import errno
+import logging
 import re
 import threading
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Container, Iterable, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from srfs.files import home
@@ -30,6 +35,8 @@ from srfs.files.homewatch import HomeWatch
 from srfs.lines import content_lines, quote_value
 from srfs.state.location import Binding, Reachability
 from srfs.user import User
+
+log = logging.getLogger("srfs.usrloc")
 
 MAX_LINE = 4096
 
@@ -282,10 +289,92 @@ def _number(values: dict[str, str], key: str) -> float:
     return value
 
 
-def render_file(bindings: Iterable[Binding], now: float) -> str:
-    lines = ["# sipd registrations; rewritten by sipd, edit /run/sr/<user>/contacts instead"]
-    lines.extend(format_line(b, now, on_disk=True) for b in bindings)
-    return "\n".join(lines) + "\n"
+HEADER = "# sipd registrations; rewritten by sipd, edit /run/sr/<user>/contacts instead"
+_VERSION_RE = re.compile(r"; write ([0-9a-f]{16})\.([0-9]{1,19}) crc32 ([0-9a-f]{8})\Z", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """Which write of which sipd run made a file: ``run`` is a random number
+    drawn at start, ``seq`` counts the run's writes."""
+
+    run: str
+    seq: int
+
+    # Written out: mypyc compiles this one (see sipd.io.compiled).
+    def __init__(self, run: str, seq: int) -> None:
+        object.__setattr__(self, "run", run)
+        object.__setattr__(self, "seq", seq)
+
+    def __str__(self) -> str:
+        return f"{self.run}.{self.seq}"
+
+
+class Check(enum.Enum):
+    """What the first line of a usrloc file says of the rest."""
+
+    #: No checksum: written by hand, or by an older sipd. Taken as it is.
+    PLAIN = "plain"
+    #: The lines below are those the checksum was made of.
+    WHOLE = "whole"
+    #: They are not (a write cut short by a crash, or an edit that kept the
+    #: line), or the file holds NUL bytes (blocks never written).
+    DAMAGED = "damaged"
+
+
+def render_file(bindings: Iterable[Binding], now: float, version: Version | None = None) -> str:
+    """The file's text; with ``version``, its first line carries that and a
+    checksum of the lines below (see :func:`check_file`)."""
+    body = "".join(format_line(b, now, on_disk=True) + "\n" for b in bindings)
+    if version is None:
+        return f"{HEADER}\n{body}"
+    crc = zlib.crc32(body.encode("utf-8", "surrogateescape"))
+    return f"{HEADER}; write {version} crc32 {crc:08x}\n{body}"
+
+
+def check_file(data: bytes) -> tuple[Check, Version | None]:
+    """Whether ``data`` is a usrloc file as a run of sipd wrote it (and which
+    write), one that lost part of that, or one without a checksum."""
+    if b"\0" in data:
+        return Check.DAMAGED, None
+    first, newline, body = data.partition(b"\n")
+    if not first.startswith(HEADER.encode()):
+        return Check.PLAIN, None
+    m = _VERSION_RE.search(first.decode("ascii", "replace"))
+    if m is None:
+        return (Check.PLAIN, None) if first == HEADER.encode() else (Check.DAMAGED, None)
+    if not newline or zlib.crc32(body) != int(m.group(3), 16):
+        return Check.DAMAGED, None
+    return Check.WHOLE, Version(m.group(1), int(m.group(2)))
+
+
+def choose_file(data: bytes, spare: bytes | None) -> tuple[bytes, str | None]:
+    """What to read of ``usrloc`` and its spare, and why when it is not usrloc as it is.
+
+    sipd writes a file over its spare and swaps the two names, and under
+    load it syncs only once the names are swapped (see
+    :func:`srfs.files.home.write_files`): a crash before that sync can
+    leave in place a file whose blocks were not all written, or not at
+    all (the spare's old text, an earlier write of the same run), beside
+    the spare that holds the last durable text.
+    """
+    check, version = check_file(data)
+    if check is Check.PLAIN or spare is None:
+        return data, ("its first line's checksum does not match the lines below: read as it is"
+                      if check is Check.DAMAGED else None)
+    spare_check, spare_version = check_file(spare)
+    if spare_check is not Check.WHOLE or spare_version is None:
+        if check is Check.DAMAGED:
+            return data, "its first line's checksum does not match the lines below: read as it is"
+        return data, None
+    if check is Check.DAMAGED:
+        return spare, ("its first line's checksum does not match the lines below (a write cut "
+                       "short, or an edit that kept that line): read its spare, the write before")
+    assert version is not None
+    if version.run == spare_version.run and version.seq < spare_version.seq:
+        return spare, ("it is older than its spare (a write cut short before its blocks were "
+                       "written): read the spare, the write before")
+    return data, None
 
 
 def parse_file(text: str, *, user: str, now: float) -> tuple[list[Binding], list[str]]:
@@ -322,7 +411,8 @@ class UsrlocFiles:
         self._user_locks: dict[str, threading.Lock] = {}
         self._written: dict[str, int] = {}
 
-    def save_many(self, batch: Sequence[tuple[User, int, str]]) -> dict[str, BaseException | None]:
+    def save_many(self, batch: Sequence[tuple[User, int, str]], *,
+                  checksummed_for: Container[str] = ()) -> dict[str, BaseException | None]:
         """Write each user's file of the batch, durably, in one group
         (:func:`srfs.files.home.write_files`).
 
@@ -342,7 +432,8 @@ class UsrlocFiles:
             due = [(user, version, text) for user, version, text in batch
                    if self._written.get(user.name, -1) < version]
             errors = home.write_files(
-                [(user, self.NAME, text.encode("utf-8", "surrogateescape")) for user, _, text in due])
+                [(user, self.NAME, text.encode("utf-8", "surrogateescape")) for user, _, text in due],
+                checksummed_for=checksummed_for)
             result: dict[str, BaseException | None] = {user.name: None for user, _, _ in batch}
             for (user, version, _), error in zip(due, errors, strict=True):
                 result[user.name] = error
@@ -357,8 +448,28 @@ class UsrlocFiles:
     def load(user: User, now: float, watch: HomeWatch | None = None,
              ) -> tuple[list[Binding], list[str]]:
         """The user's bindings and the problems of the lines refused; with
-        ``watch``, their ``~/.sr`` is watched from then on."""
-        data = home.read_file(user, UsrlocFiles.NAME, watch=watch)
-        if data is None:
-            return [], []
-        return parse_file(data.decode("utf-8", "surrogateescape"), user=user.name, now=now)
+        ``watch``, their ``~/.sr`` is watched from then on.
+
+        A file with a checksum is read with its spare, which replaces it
+        where :func:`choose_file` says so (with a warning that says why).
+        """
+        try:
+            sr = home.SrDir.open(user, watch=watch)
+        except home.HomeError as e:
+            if e.errno == errno.ENOENT:
+                return [], []
+            raise
+        with sr:
+            data = sr.read(UsrlocFiles.NAME)
+            if data is None:
+                return [], []
+            spare: bytes | None = None
+            if check_file(data)[0] is not Check.PLAIN:
+                try:
+                    spare = sr.read(UsrlocFiles.NAME, spare=True)
+                except home.HomeError:
+                    spare = None  # not one sipd wrote: nothing to fall back on
+        chosen, why = choose_file(data, spare)
+        if why is not None:
+            log.warning("~%s/.sr/usrloc: %s", user.name, why)
+        return parse_file(chosen.decode("utf-8", "surrogateescape"), user=user.name, now=now)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from srfs.files.usrloc import Check, check_file
 from tests.installed import Installed
 from tests.phone import REALM, Phone
 from tests.sipclient import running_sipd, status_of, wait_for
@@ -111,6 +112,11 @@ def test_no_binding_answered_200_is_lost_on_kill_9(tmp_path: Path, unix: FakeUni
         assert "Traceback" not in daemon.log
     assert time.monotonic() - killed_at < 15
     assert sent[0] > len(acknowledged)  # requests were in flight at the kill
+    # A kill leaves every file whole (the kernel still holds what was
+    # written): as its first line says, whichever way it was synced.
+    for name in {n for n, _ in acknowledged}:
+        check, _ = check_file((unix[name].home / ".sr" / "usrloc").read_bytes())
+        assert check is Check.WHOLE, name
 
     run2 = tmp_path / "run2"
     run2.mkdir()
@@ -128,6 +134,8 @@ def test_no_binding_answered_200_is_lost_on_kill_9(tmp_path: Path, unix: FakeUni
         reloaded = sum(len(v) for v in loaded.values())
         assert reloaded >= len(set(acknowledged))
         assert re.search(rf"reloaded {reloaded} registration\(s\)", again.log), again.log
+        assert "read its spare" not in again.log and "read the spare" not in again.log
         assert again.alive()
     for name in NAMES:
-        (unix[name].home / ".sr" / "usrloc").unlink(missing_ok=True)
+        for file in ("usrloc", ".usrloc.spare"):
+            (unix[name].home / ".sr" / file).unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from sipd.core.work import Action, Job, Outcome
 from sipd.registrar.persistence import COMMIT_INTERVAL, Persistence
 from srfs.accounts import users
 from srfs.files import home
-from srfs.files.usrloc import UsrlocFiles, render_file
+from srfs.files.usrloc import Check, UsrlocFiles, check_file, render_file
 from srfs.state.location import Binding, LocationStore, Op
 from tests.unixusers import FakeUnix, UserSpec, fake_unix
 
@@ -269,10 +269,39 @@ def test_a_batch_job_carries_the_files_it_writes(unix: FakeUnix) -> None:
     assert job.writes is not None
     [(account, name, data)] = job.writes
     assert (account, name) == (unix["ann"].user, "usrloc")
-    assert data.decode() == render_file([binding("ann")], NOW)
+    check, version = check_file(data)
+    assert check is Check.WHOLE and version is not None
+    assert data.decode() == render_file([binding("ann")], NOW, version)
     assert write(job, 0.1) == []
     assert answers.heard == [("ann", None)]
     assert on_disk(unix, "ann") == [binding("ann")] == store.bindings_of_user("ann")
+
+
+def test_a_file_written_once_in_this_run_may_go_with_one_sync(unix: FakeUnix) -> None:
+    p, _ = persistence(unix)
+    answers = Answers()
+    [first] = jobs(p.commit("ann", upsert(binding("ann", 1)), answers.finish("a1"), 0.0))
+    # Its usrloc is not this run's yet: both syncs (home.write_files).
+    assert first.checksummed_for == frozenset()
+    p.commit("ann", upsert(binding("ann", 2)), answers.finish("a2"), 0.0)
+    p.commit("ben", upsert(binding("ben")), answers.finish("b1"), 0.0)
+    [second] = jobs(write(first, 0.1))
+    assert second.checksummed_for == frozenset({"ann"})
+    assert second.writes is not None
+    versions = {a.name: check_file(d)[1] for a, _, d in second.writes}
+    one = check_file(first.writes[0][2])[1] if first.writes else None
+    assert one is not None and versions["ann"] is not None and versions["ben"] is not None
+    # One run, one count: each write a higher number than the one before.
+    assert versions["ann"].run == versions["ben"].run == one.run
+    assert one.seq < versions["ann"].seq != versions["ben"].seq
+    assert write(second, 0.2) == []
+    assert answers.heard == [("a1", None), ("a2", None), ("b1", None)]
+    # Another run's numbers are another run's.
+    other, _ = persistence(unix)
+    [job] = jobs(other.commit("ann", upsert(binding("ann", 3)), answers.finish("a3"), 0.0))
+    assert job.writes is not None and job.checksummed_for == frozenset()
+    third = check_file(job.writes[0][2])[1]
+    assert third is not None and third.run != one.run
 
 
 def test_an_unknown_account_is_looked_up_before_its_file_is_written(

@@ -15,16 +15,21 @@ import resource
 import select
 import signal
 import stat
+import subprocess
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from srfs.files import home
+from srfs.files import home, usrloc
 from srfs.files.home import HomeError
+from srfs.state.location import Binding
 from srfs.user import User
 from tests.unit.srfs.files.srdirs import homewrite, make_sr, sr_path, temp_files, thread_fs_ids
 from tests.unixusers import FakeUnix, fake_unix
@@ -499,3 +504,96 @@ def test_file_writer_collects_whole_batches(
         file_writer.close()
         thread.join(5)
     assert back == [None]
+
+
+# --- one sync for a checksummed file over a spare of its run --------------------
+
+
+@contextmanager
+def traced(calls: str) -> Iterator[list[str]]:
+    """The names of the system calls ``calls`` (strace's -e trace=) that this
+    thread makes inside the block, in order, as strace(1) attached to it sees them."""
+    names: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="srfs-strace-") as out:
+        log = Path(out) / "log"
+        tracer = subprocess.Popen(
+            ["strace", "-qq", "-e", f"trace={calls}", "-e", "signal=none", "-o", str(log),
+             "-p", str(threading.get_native_id())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while _tracer_of_this_thread() == 0:
+                assert tracer.poll() is None and time.monotonic() < deadline, "strace did not attach"
+                time.sleep(0.01)
+            yield names
+        finally:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(10)
+        names.extend(line.partition("(")[0] for line in log.read_text().splitlines())
+
+
+def _tracer_of_this_thread() -> int:
+    for line in Path("/proc/thread-self/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return 0
+
+
+def stamped(run: str, seq: int, contact: str) -> bytes:
+    """A usrloc text as sipd writes it: its first line names its run and write."""
+    binding = Binding(aor="alice", user="alice", contact=contact, expires=2e9, registered=1e9)
+    return usrloc.render_file([binding], 1e9, usrloc.Version(run, seq)).encode()
+
+
+def checked(user: User, data: bytes) -> Item:
+    return (*item(user, data, spare=home.spare_name("usrloc")), True)  # type: ignore[return-value]
+
+
+def test_a_checksummed_file_over_a_spare_of_its_run_is_swapped_then_synced_once(
+        unix: FakeUnix, native: WriteBatch) -> None:
+    alice = unix["alice"].user
+    make_sr(alice)
+    file = sr_path(alice) / "usrloc"
+    run, other = "0123456789abcdef", "fedcba9876543210"
+    texts = [stamped(run, n, f"sip:alice@192.0.2.{n}") for n in range(1, 5)]
+    # The file and its spare as an earlier run left them: the next two
+    # writes go over a spare of another run, and are made durable before
+    # the swap (the reader could not tell which is newer).
+    for path, seq in ((file, 9), (spare(alice), 8)):
+        path.write_bytes(stamped(other, seq, "sip:alice@192.0.2.99"))
+        os.chown(path, alice.uid, alice.gid)
+    for text in texts[:2]:
+        with traced("syncfs,renameat,renameat2") as calls:
+            assert native([checked(alice, text)]) == [0]
+        assert calls == ["syncfs", "renameat2", "syncfs"]
+    assert spare(alice).read_bytes() == texts[0]
+    # Now the spare is this run's: the swap comes first, one sync after.
+    with traced("syncfs,renameat,renameat2") as calls:
+        assert native([checked(alice, texts[2])]) == [0]
+    assert calls == ["renameat2", "syncfs"]
+    assert file.read_bytes() == texts[2] and spare(alice).read_bytes() == texts[1]
+    # Not marked checksummed, the same file takes both syncs.
+    with traced("syncfs,renameat,renameat2") as calls:
+        assert native([item(alice, texts[3], spare=home.spare_name("usrloc"))]) == [0]
+    assert calls == ["syncfs", "renameat2", "syncfs"]
+    assert file.read_bytes() == texts[3] and spare(alice).read_bytes() == texts[2]
+    assert temp_files(alice) == [] and thread_fs_ids() == (0, 0)
+
+
+def test_one_file_of_another_run_gives_the_whole_batch_both_syncs(
+        unix: FakeUnix, native: WriteBatch) -> None:
+    alice, bob = unix["alice"].user, unix["bob"].user
+    run = "0123456789abcdef"
+    for user in (alice, bob):
+        make_sr(user)
+        for name, seq in (("usrloc", 2), (home.spare_name("usrloc"), 1)):
+            (sr_path(user) / name).write_bytes(stamped(run, seq, "sip:x@192.0.2.1"))
+            os.chown(sr_path(user) / name, user.uid, user.gid)
+    (sr_path(bob) / home.spare_name("usrloc")).write_bytes(b"# sipd registrations\n")
+    a, b = stamped(run, 3, "sip:a@192.0.2.3"), stamped(run, 4, "sip:b@192.0.2.4")
+    with traced("syncfs,renameat,renameat2") as calls:
+        assert native([checked(alice, a), checked(bob, b)]) == [0, 0]
+    # alice's file is swapped at once, bob's waits for the first sync.
+    assert calls == ["renameat2", "syncfs", "renameat2", "syncfs"]
+    assert (sr_path(alice) / "usrloc").read_bytes() == a
+    assert (sr_path(bob) / "usrloc").read_bytes() == b

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -18,11 +19,16 @@ from hypothesis import strategies as st
 from srfs.files import home
 from srfs.files.home import HomeError
 from srfs.files.usrloc import (
+    HEADER,
     KNOWN_KEYS,
     MAX_LINE,
+    Check,
     LineError,
     UsrlocFiles,
+    Version,
     check_binding,
+    check_file,
+    choose_file,
     format_line,
     parse_file,
     parse_line,
@@ -711,3 +717,95 @@ def test_no_line_over_the_limit_passes_the_length_rule(
     refused = check_binding(b)
     assert (refused == f"contact line longer than {MAX_LINE} bytes") == (_line_bytes(b) > MAX_LINE)
 
+
+
+# --- the checksummed first line, and the spare read in place of a damaged file -----
+
+RUN, OTHER_RUN = "0123456789abcdef", "fedcba9876543210"
+
+
+def written(seq: int, run: str = RUN, bindings: list[Binding] | None = None) -> bytes:
+    return render_file(bindings if bindings is not None else [mk(f"sip:jan@192.0.2.{seq}")],
+                       NOW, Version(run, seq)).encode()
+
+
+def test_a_versioned_file_names_its_write_and_checks_whole() -> None:
+    data = written(7)
+    first = data.decode().split("\n", 1)[0]
+    assert first.startswith(HEADER) and first.endswith(f"; write {RUN}.7 crc32 {first[-8:]}")
+    assert check_file(data) == (Check.WHOLE, Version(RUN, 7))
+    # Its first line is a comment: the lines read as before.
+    assert parse_file(data.decode(), user="jan", now=NOW) == ([mk("sip:jan@192.0.2.7")], [])
+    assert check_file(render_file([mk()], NOW).encode()) == (Check.PLAIN, None)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d.replace(b"192.0.2.7", b"192.0.2.8"),      # a line changed (an edit)
+    lambda d: d[:-10],                                     # cut short
+    lambda d: d + b"sip:more@192.0.2.9\n",                 # a line added
+    lambda d: d[:40] + b"\0" * (len(d) - 40),              # blocks never written
+    lambda d: d.split(b"\n", 1)[0],                        # the first line alone
+    lambda d: d.replace(b" crc32 ", b" crc32 0"),           # the line itself mangled
+])
+def test_any_change_below_the_first_line_checks_damaged(damage: Any) -> None:
+    assert check_file(damage(written(7)))[0] is Check.DAMAGED
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"sip:jan@192.0.2.1 expires=60\n", b"# my phones\nsip:jan@192.0.2.1\n",
+    (HEADER + "\nsip:jan@192.0.2.1\n").encode(),
+])
+def test_a_file_without_a_checksum_is_plain(data: bytes) -> None:
+    assert check_file(data) == (Check.PLAIN, None)
+
+
+def test_choose_file_takes_the_spare_only_where_the_file_cannot_be_the_last_write() -> None:
+    last, before, first = written(3), written(2), written(1)
+    assert choose_file(last, before) == (last, None)
+    assert choose_file(last, None) == (last, None)
+    # Blocks not all written: the spare holds the write before.
+    torn = last[:60] + b"\0" * 20
+    chosen, why = choose_file(torn, before)
+    assert chosen == before and why is not None and "spare" in why
+    # None written: the file still holds the spare's old text, an earlier write.
+    chosen, why = choose_file(first, before)
+    assert chosen == before and why is not None and "older than its spare" in why
+    # Of another run, the numbers say nothing: the file as it is.
+    assert choose_file(written(1, OTHER_RUN), before) == (written(1, OTHER_RUN), None)
+    # Without a checksum (an edit that took the first line out), as it is.
+    edited = b"sip:jan@192.0.2.200 expires=60\n"
+    assert choose_file(edited, before) == (edited, None)
+    # Damaged, with no whole spare to fall back on: as it is, and why.
+    chosen, why = choose_file(torn, torn)
+    assert chosen == torn and why is not None and "read as it is" in why
+    assert choose_file(torn, None)[0] == torn
+
+
+def put(account: User, name: str, data: bytes) -> None:
+    path = Path(account.home) / ".sr" / name
+    path.write_bytes(data)
+    os.chown(path, account.uid, account.gid)
+    path.chmod(0o600)
+
+
+def test_load_reads_the_spare_in_place_of_a_file_a_crash_cut_short(
+        account: User, caplog: pytest.LogCaptureFixture) -> None:
+    home.open_sr(account, create=True).close()
+    before = sample_bindings(account.name)
+    put(account, "usrloc", written(5, bindings=[mk("sip:jan@192.0.2.5")])[:70] + b"\0" * 30)
+    put(account, home.spare_name("usrloc"), written(4, bindings=before))
+    with caplog.at_level("WARNING", logger="srfs.usrloc"):
+        assert UsrlocFiles.load(account, NOW) == (before, [])
+    assert f"~{account.name}/.sr/usrloc" in caplog.text and "spare" in caplog.text
+    # A spare that is not the user's own is not read: the file as it is.
+    os.chown(Path(account.home) / ".sr" / home.spare_name("usrloc"), 0, 0)
+    bindings, _ = UsrlocFiles.load(account, NOW)
+    assert bindings != before
+
+
+def test_load_takes_a_whole_file_over_an_older_spare(account: User) -> None:
+    home.open_sr(account, create=True).close()
+    now = sample_bindings(account.name)
+    put(account, "usrloc", written(5, bindings=now))
+    put(account, home.spare_name("usrloc"), written(4, bindings=now[:1]))
+    assert UsrlocFiles.load(account, NOW) == (now, [])
