@@ -7,7 +7,8 @@
 1. Provisioning as registrar_bench.py does (the shared harness's 10,100
    users as fake UNIX users), plus 10,000 more users who only hold
    bindings: ``~/.sr/usrloc`` files written before sipd starts, one
-   binding each for up to 10,000 bindings, ten each for 100,000.
+   binding each for up to 10,000 bindings, ten each for 100,000, each
+   with its spare beside it, as sipd leaves them.
 2. For each size: sipd starts on those files (write-through, as
    registrar_bench.py runs it); the time from exec to its first answer to
    an OPTIONS, and its "reloaded N registration(s) ... in X s" line, are
@@ -55,7 +56,8 @@ from registrar_bench import (  # noqa: E402
     wait_until_checked,
 )
 
-from srfs.files.usrloc import render_file  # noqa: E402
+from srfs.files import home  # noqa: E402
+from srfs.files.usrloc import Version, render_file  # noqa: E402
 from srfs.state.location import Binding  # noqa: E402
 
 HOLDERS = 10_000
@@ -66,25 +68,34 @@ UA = "Yealink SIP-T46S 66.86.0.15"
 
 def write_bindings(scratch: Path, holders: list[str], per_user: int, users: int,
                    uid_of: dict[str, int], gid: int) -> int:
-    """usrloc files: ``per_user`` bindings for the first ``users`` holders, none for the rest."""
+    """usrloc files: ``per_user`` bindings for the first ``users`` holders, none for the rest.
+
+    As a run of sipd leaves them: each file names its write, and beside it
+    is its spare, the write before (one binding fewer), which the reload
+    reads too (srfs.files.usrloc.choose_file)."""
     wall = time.time()
+    run = os.urandom(8).hex()
     written = 0
     for i, name in enumerate(holders):
-        path = scratch / "home" / name / ".sr" / "usrloc"
+        sr = scratch / "home" / name / ".sr"
         if i >= users:
-            path.unlink(missing_ok=True)
+            (sr / "usrloc").unlink(missing_ok=True)
+            (sr / home.spare_name("usrloc")).unlink(missing_ok=True)
             continue
         bindings = [Binding(aor=name, user=name,
                             contact=f"sip:{name}@10.{i // 250 % 250}.{i % 250}.{k + 1}:5060",
                             expires=wall + 3500, callid=os.urandom(16).hex(), cseq=1, ua=UA,
                             registered=wall)
                     for k in range(per_user)]
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, render_file(bindings, wall).encode())
-            os.fchown(fd, uid_of[name], gid)
-        finally:
-            os.close(fd)
+        for file, text in ((home.spare_name("usrloc"), render_file(bindings[:-1], wall,
+                                                                   Version(run, 2 * i + 1))),
+                           ("usrloc", render_file(bindings, wall, Version(run, 2 * i + 2)))):
+            fd = os.open(sr / file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, text.encode())
+                os.fchown(fd, uid_of[name], gid)
+            finally:
+                os.close(fd)
         written += per_user
     return written
 

@@ -9,7 +9,7 @@
  * same steps run with the GIL released once for the whole batch.
  *
  * Each file keeps a spare beside it (".usrloc.spare"): the file it
- * replaced last time (see publish_early for files that need one sync). The next write goes into the spare, over its old
+ * replaced last time. The next write goes into the spare, over its old
  * content, and the two names are swapped (renameat2 RENAME_EXCHANGE), so
  * a write neither makes nor frees an inode or a block. Replacing a file by
  * a new one frees the old one's blocks inside the rename, and on a
@@ -17,6 +17,8 @@
  * to discard them: that was half the time the writing thread spent
  * blocked, more than the two syncs. A spare that is anything but a
  * regular file of the user's with one link is removed and made anew.
+ * A file its reader checks may be swapped before it is synced, and a
+ * batch of such files then takes one sync (publish_early).
  *
  * Writer (below) queues such batches for one thread that takes them, writes
  * them and says which are durable without taking the GIL at all.
@@ -357,9 +359,10 @@ settle(item_t *it)
  * crash have left the file half written, or not written at all (the old
  * spare's text, an earlier write of the same run), reads the spare, which
  * holds the last durable text. Only over a spare of the same run (see
- * same_run): the reader could not tell another's text for an old one. As the user, right after stage. 0, or the errno;
- * where there is nothing to exchange with (a first write, a filesystem
- * without exchange) the item stays staged, to be synced and renamed. */
+ * same_run): the reader could not tell another run's text for an old
+ * one. As the user, right after stage. 0, or the errno; where there is
+ * nothing to exchange with (a first write, a filesystem without
+ * exchange) the item stays staged, to be synced and renamed. */
 static int
 publish_early(item_t *it)
 {

@@ -453,22 +453,25 @@ class UsrlocFiles:
         A file with a checksum is read with its spare, which replaces it
         where :func:`choose_file` says so (with a warning that says why).
         """
-        try:
-            sr = home.SrDir.open(user, watch=watch)
-        except home.HomeError as e:
-            if e.errno == errno.ENOENT:
-                return [], []
-            raise
-        with sr:
-            data = sr.read(UsrlocFiles.NAME)
-            if data is None:
-                return [], []
-            spare: bytes | None = None
-            if check_file(data)[0] is not Check.PLAIN:
-                try:
-                    spare = sr.read(UsrlocFiles.NAME, spare=True)
-                except home.HomeError:
-                    spare = None  # not one sipd wrote: nothing to fall back on
+        # One turn of the user's identity for the directory and both files:
+        # at start, every member's files are read (home.as_user).
+        with home.as_user(user):
+            try:
+                sr = home.SrDir.open(user, watch=watch)
+            except home.HomeError as e:
+                if e.errno == errno.ENOENT:
+                    return [], []
+                raise
+            with sr:
+                data = sr.read(UsrlocFiles.NAME)
+                if data is None:
+                    return [], []
+                spare: bytes | None = None
+                if check_file(data)[0] is not Check.PLAIN:
+                    try:
+                        spare = sr.read(UsrlocFiles.NAME, spare=True)
+                    except home.HomeError:
+                        spare = None  # not one sipd wrote: nothing to fall back on
         chosen, why = choose_file(data, spare)
         if why is not None:
             log.warning("~%s/.sr/usrloc: %s", user.name, why)
