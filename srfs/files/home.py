@@ -869,9 +869,8 @@ def open_sr(user: User, *, create: bool = False) -> SrDir:
 
 
 def read_file(user: User, name: str, max_size: int = MAX_READ, *,
-              watch: HomeWatch | None = None, spare: bool = False) -> bytes | None:
-    """``~user/.sr/<name>`` (with ``spare``, its spare), or None when
-    ``~/.sr`` or the file does not exist.
+              watch: HomeWatch | None = None) -> bytes | None:
+    """``~user/.sr/<name>``, or None when ``~/.sr`` or the file does not exist.
 
     With ``watch``, ``~/.sr`` is watched from then on (:meth:`SrDir.open`).
     """
@@ -882,7 +881,7 @@ def read_file(user: User, name: str, max_size: int = MAX_READ, *,
             return None
         raise
     with sr:
-        return sr.read(name, max_size, spare=spare)
+        return sr.read(name, max_size)
 
 
 def write_file(
@@ -935,15 +934,17 @@ def write_files(
     holds a lock per user).
 
     The files of the users in ``checksummed_for`` start with a line their
-    reader checks, and where it fails (a crash cut the write short) the
-    reader takes the spare instead (:meth:`srfs.files.usrloc.UsrlocFiles.load`);
-    the caller vouches that each one's spare holds its last durable text.
-    The C part then swaps such a file with its spare as soon as it is
-    written, before any sync, and a batch of them costs one sync round,
-    not two: a crash before the sync leaves the old file in place, or the
-    new one half written beside the old one as its spare. A file whose
-    spare is made for the write takes both rounds, as does every file on
-    this module's own path.
+    reader checks, which names the run that wrote them, and where it fails
+    (a crash cut the write short) the reader takes the spare instead
+    (:meth:`srfs.files.usrloc.UsrlocFiles.load`); the caller vouches that
+    each one's file in place is its run's last durable write. Where the
+    spare's first line names the same run as the new text, the C part
+    swaps the file with its spare as soon as it is written, before any
+    sync, and a batch of them costs one sync round, not two: a crash
+    before the sync leaves the old file in place, or in its place the new
+    one, whole, half written or not at all (an older write of the run),
+    beside the old one as its spare. Any other file takes both rounds, as
+    does every file on this module's own path.
     """
     native = _write_batch
     if native is None or not _native_fits(mode):
