@@ -391,7 +391,7 @@ def _skip_lws(text: str, i: int) -> int:
 
 def _show(text: str) -> str:
     """``text`` for a reason phrase: only short tokens, never client bytes that could break a status line."""
-    if len(text) <= 32 and _TOKEN_RE.fullmatch(text):
+    if len(text) <= 32 and is_token(text):
         return f"'{text}'"
     return "(unprintable)"
 

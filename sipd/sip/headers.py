@@ -37,7 +37,6 @@ from sipd.sip.uri import (
 TOKEN_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
 _TOKEN_CHARS = frozenset(TOKEN_CHARACTERS)
 _TOKEN = rf"[{re.escape(TOKEN_CHARACTERS)}]+"
-_TOKEN_RE = re.compile(_TOKEN)
 # quoted-string (RFC 3261 §25.1): qdtext is any character but '"', '\' and
 # controls other than HT; quoted-pair escapes any ASCII except CR and LF.
 # Non-ASCII is let through as is, including surrogate escapes of bytes that
@@ -590,7 +589,7 @@ def parse_token_list(text: str, what: str) -> list[str]:
         return [t.strip(_WS) for t in text.split(",")]
     out = split_list(text)
     for item in out:
-        if _TOKEN_RE.fullmatch(item) is None:
+        if not is_token(item):
             raise ParseError(f"Bad {what} header")
     return out
 

@@ -30,6 +30,7 @@ from sipd.sip.headers import (
     Address,
     CSeq,
     Via,
+    is_token,
     parse_address,
     parse_cseq,
     parse_token_list,
@@ -133,7 +134,6 @@ KNOWN_METHODS = frozenset(
 )
 
 _METHOD_TEXT = {m: m for m in KNOWN_METHODS}
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _VERSION_RE = re.compile(r"SIP/(\d+)\.(\d+)", re.IGNORECASE)
 _STATUS_RE = re.compile(r"[1-6]\d\d")
 _CALLID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+(?:@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+)?")
@@ -175,7 +175,7 @@ def _name_key(name: str) -> tuple[str, str] | None:
     if hit is not None:
         return hit
     stripped = name.rstrip(" \t")
-    if not _TOKEN_RE.fullmatch(stripped):
+    if not is_token(stripped):
         return None
     canon = CANONICAL.get(stripped.lower(), stripped)
     hit = (canon.lower(), canon)
@@ -973,7 +973,7 @@ def _parse_start_line(line: str) -> tuple[Request | Response, str | None]:
         # One string per method and version, not two per request: a
         # transaction keeps its request for 32 s after it ends.
         method = known
-    elif not _TOKEN_RE.fullmatch(method):
+    elif not is_token(method):
         raise ParseError("Bad request line")
     if version == "SIP/2.0":
         version = "SIP/2.0"

@@ -348,7 +348,12 @@ def check_file(data: bytes) -> tuple[Check, Version | None]:
     return Check.WHOLE, Version(m.group(1), int(m.group(2)))
 
 
-def choose_file(data: bytes, spare: bytes | None) -> tuple[bytes, str | None]:
+_READ_AS_IT_IS = "its first line's checksum does not match the lines below: read as it is"
+
+
+def choose_file(data: bytes, spare: bytes | None,
+                checked: tuple[Check, Version | None] | None = None,
+                ) -> tuple[bytes, str | None]:
     """What to read of ``usrloc`` and its spare, and why when it is not usrloc as it is.
 
     sipd writes a file over its spare and swaps the two names, and under
@@ -356,25 +361,22 @@ def choose_file(data: bytes, spare: bytes | None) -> tuple[bytes, str | None]:
     :func:`srfs.files.home.write_files`): a crash before that sync can
     leave in place a file whose blocks were not all written, or not at
     all (the spare's old text, an earlier write of the same run), beside
-    the spare that holds the last durable text.
+    the spare that holds the last durable text. ``checked`` is
+    :func:`check_file`'s word on ``data``, where the caller has it.
     """
-    check, version = check_file(data)
-    if check is Check.PLAIN or spare is None:
-        return data, ("its first line's checksum does not match the lines below: read as it is"
-                      if check is Check.DAMAGED else None)
-    spare_check, spare_version = check_file(spare)
-    if spare_check is not Check.WHOLE or spare_version is None:
-        if check is Check.DAMAGED:
-            return data, "its first line's checksum does not match the lines below: read as it is"
-        return data, None
-    if check is Check.DAMAGED:
-        return spare, ("its first line's checksum does not match the lines below (a write cut "
-                       "short, or an edit that kept that line): read its spare, the write before")
-    assert version is not None
-    if version.run == spare_version.run and version.seq < spare_version.seq:
-        return spare, ("it is older than its spare (a write cut short before its blocks were "
-                       "written): read the spare, the write before")
-    return data, None
+    check, version = checked if checked is not None else check_file(data)
+    if spare is not None and check is not Check.PLAIN:
+        spare_check, spare_version = check_file(spare)
+        if spare_check is Check.WHOLE and spare_version is not None:
+            if check is Check.DAMAGED:
+                return spare, ("its first line's checksum does not match the lines below (a "
+                               "write cut short, or an edit that kept that line): read its "
+                               "spare, the write before")
+            if (version is not None and version.run == spare_version.run
+                    and version.seq < spare_version.seq):
+                return spare, ("it is older than its spare (a write cut short before its "
+                               "blocks were written): read the spare, the write before")
+    return data, _READ_AS_IT_IS if check is Check.DAMAGED else None
 
 
 def parse_file(text: str, *, user: str, now: float) -> tuple[list[Binding], list[str]]:
@@ -467,12 +469,13 @@ class UsrlocFiles:
                 if data is None:
                     return [], []
                 spare: bytes | None = None
-                if check_file(data)[0] is not Check.PLAIN:
+                checked = check_file(data)
+                if checked[0] is not Check.PLAIN:
                     try:
                         spare = sr.read(UsrlocFiles.NAME, spare=True)
                     except home.HomeError:
                         spare = None  # not one sipd wrote: nothing to fall back on
-        chosen, why = choose_file(data, spare)
+        chosen, why = choose_file(data, spare, checked)
         if why is not None:
             log.warning("~%s/.sr/usrloc: %s", user.name, why)
         return parse_file(chosen.decode("utf-8", "surrogateescape"), user=user.name, now=now)
