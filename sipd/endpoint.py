@@ -204,7 +204,6 @@ class Endpoint:
             # Bindings added by what just ran get their first probe's time.
             self.keepalive.schedule(now)
         if self.persistence is not None:
-            out.extend(self.persistence.start_held(now))
             out.extend(self.persistence.jobs(now, self.wall(now)))
         if self._pending:
             out.extend(self._pending)

@@ -17,14 +17,13 @@ the I/O layer's writing thread (``Job.writes``) and two syncs of each
 filesystem it touches, whatever its size
 (:func:`srfs.files.home.write_files`). At a low rate a batch is one
 commit and waits for nothing; under load the cost per registration of
-the thread trip and the sync round is shared. After a batch that took
-*t*, the next starts no sooner than *t* after its end (and no later
-than :data:`COMMIT_INTERVAL` after its start): the commits queued since
-wait that long, so that each sync round serves a share of the disk's
-time rather than one short write, and a commit waits at most as long
-again as a write takes, little on a fast disk (a commit after a quiet
-moment is written at once). Commits of one user stay in order, one per
-batch. Changes nobody is told about (expiry) are written at once in the
+the thread trip and the sync round is shared, and a commit waits for
+the batch in flight at most, never for a timer: the more the disk
+takes, the larger the next batch. A batch held back after the last one
+(as long as that one took) would be larger and cost less CPU per
+registration, but every registration under load would wait for the hold
+too; the README gives the figures of both. Commits of one user stay in
+order, one per batch. Changes nobody is told about (expiry) are written at once in the
 background, :data:`WRITE_CHUNK` users per group, but never while a commit
 of the same user is queued or in flight. ``sync = write-back``: commits
 apply at once, changed users are written every ``flush_interval``
@@ -69,14 +68,6 @@ log = logging.getLogger("sipd.persistence")
 
 Finish = Callable[[Outcome[None], float], list[Action]]
 
-#: Seconds from one batch's start to the next one's, at most, when the
-#: next waits (for as long as the last one took: see the module's text).
-#: A batch costs two syncs of each filesystem it writes to, which cost
-#: more CPU than the files themselves: at 400 registrations a second,
-#: batches written as soon as the last one was done held one or two
-#: commits each. A fixed 10 ms between starts cost as little CPU, but
-#: every 200 under load waited for it even where the disk was quick.
-COMMIT_INTERVAL = 0.010
 #: Users written in one trip to the writing thread and one sync round when nobody
 #: waits for the files (expiries, write-back's flush): one job per user
 #: was thousands of trips at once every ``flush_interval`` under load.
@@ -134,7 +125,6 @@ class Persistence:
         *,
         write_through: bool,
         flush_interval: float,
-        commit_interval: float = COMMIT_INTERVAL,
         write_chunk: int = WRITE_CHUNK,
     ) -> None:
         self.store = store
@@ -159,13 +149,9 @@ class Persistence:
         self._queued: dict[str, deque[_Pending]] = {}
         #: The batch being written, if one is.
         self._batch: list[_Write] | None = None
-        self.commit_interval = commit_interval
         self.write_chunk = write_chunk
-        #: When the last batch started (monotonic).
+        #: When the batch in flight started (monotonic).
         self._batch_started = -math.inf
-        #: When the next batch may start: as long after the last one's end
-        #: as that one took, at most commit_interval after its start.
-        self._next_batch = -math.inf
         #: A batch is being planned: commits made meanwhile (by a ``finish``) wait.
         self._starting = False
         #: The user whose committed plan is being applied: already on disk.
@@ -220,7 +206,7 @@ class Persistence:
         actions: list[Action] = []
         self._starting = True
         try:
-            while self._queued and self._batch is None and not self._held(now):
+            while self._queued and self._batch is None:
                 batch: list[_Write] = []
                 wall = self.wall(now)
                 for user in list(self._queued):
@@ -243,16 +229,6 @@ class Persistence:
             # Changes heard while the commits ran (an expiry) are written now.
             actions.extend(self.jobs(now, self.wall(now)))
         return actions
-
-    def _held(self, now: float) -> bool:
-        # Only writes wait: with write-back nothing is written in a batch.
-        return self.write_through and now < self._next_batch
-
-    def start_held(self, now: float) -> list[Action]:
-        """Start the batch of the commits that waited after the last batch, once it is due."""
-        if not self._queued or self._batch is not None or self._starting or self._held(now):
-            return []
-        return self._start_batch(now)
 
     def _plan(self, user: str, pending: _Pending, wall: float, now: float,
               actions: list[Action]) -> _Write | None:
@@ -278,7 +254,6 @@ class Persistence:
         def done(outcome: Outcome[dict[str, BaseException | None]], later: float) -> list[Action]:
             self._batch = None
             took = max(later - self._batch_started, 0.0)
-            self._next_batch = self._batch_started + min(self.commit_interval, 2 * took)
             self.stats.batches += 1
             self.stats.batch_seconds += took
             actions: list[Action] = []
@@ -338,10 +313,9 @@ class Persistence:
         self._dirty.clear()
 
     def next_deadline(self) -> float | None:
+        """When write-back's next flush is due: write-through waits for no timer."""
         if not self.write_through:
             return None if self._flushing or not self._dirty else self._next_flush
-        if self._queued and self._batch is None and not self._starting:
-            return self._next_batch  # commits held
         return None
 
     def flush_all(self, wall: float) -> list[Job[Any]]:

@@ -110,6 +110,11 @@ def test_no_binding_answered_200_is_lost_on_kill_9(tmp_path: Path, unix: FakeUni
         with lock:
             acknowledged = list(answered)
         assert "Traceback" not in daemon.log
+        # Past max_contacts (10 by default) a user's oldest contact gives way
+        # to the newest, by the registrar's rule and in its log: not lost.
+        dropped = set(re.findall(r'contact dropped for a newer one \(max_contacts\): '
+                                 r'aor "([^"]+)" contact "([^";]+)', daemon.log))
+        kept = [a for a in acknowledged if a not in dropped]
     assert time.monotonic() - killed_at < 15
     assert sent[0] > len(acknowledged)  # requests were in flight at the kill
     # A kill leaves every file whole (the kernel still holds what was
@@ -129,10 +134,10 @@ def test_no_binding_answered_200_is_lost_on_kill_9(tmp_path: Path, unix: FakeUni
         for name in NAMES:
             text = (mnt / name / "contacts").read_text()
             loaded[name] = {m.group(1) for m in re.finditer(r"^([^;\s]+)", text, re.M)}
-        lost = [(n, c) for n, c in acknowledged if c not in loaded[n]]
-        assert lost == [], f"{len(lost)} of {len(acknowledged)} acknowledged bindings lost"
+        lost = [(n, c) for n, c in kept if c not in loaded[n]]
+        assert lost == [], f"{len(lost)} of {len(kept)} acknowledged bindings lost"
         reloaded = sum(len(v) for v in loaded.values())
-        assert reloaded >= len(set(acknowledged))
+        assert reloaded >= len(set(kept)) >= 100
         assert re.search(rf"reloaded {reloaded} registration\(s\)", again.log), again.log
         assert "read its spare" not in again.log and "read the spare" not in again.log
         assert again.alive()
