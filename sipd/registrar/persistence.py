@@ -13,21 +13,22 @@ restart would lose, and nothing is in force that was refused.
 Commits are written in groups: while one batch is on its way to disk,
 new commits queue; when it is durable, its answers go out and everything
 queued since is planned and written as the next batch, in one trip to
-the I/O layer's writing thread (``Job.writes``) and two syncs of each
-filesystem it touches, whatever its size
-(:func:`srfs.files.home.write_files`). At a low rate a batch is one
-commit and waits for nothing; under load the cost per registration of
-the thread trip and the sync round is shared, and a commit waits for
-the batch in flight at most, never for a timer: the more the disk
-takes, the larger the next batch. A batch held back after the last one
-(as long as that one took) would be larger and cost less CPU per
-registration, but every registration under load would wait for the hold
-too; the README gives the figures of both. Commits of one user stay in
-order, one per batch. Changes nobody is told about (expiry) are written at once in the
-background, :data:`WRITE_CHUNK` users per group, but never while a commit
-of the same user is queued or in flight. ``sync = write-back``: commits
-apply at once, changed users are written every ``flush_interval``
-seconds, a group at a time, and :meth:`Persistence.flush_all` writes
+the I/O layer's writing thread (``Job.writes``) and one sync of each
+filesystem it touches (two for a user's first file of the run),
+whatever its size (:func:`srfs.files.home.write_files`). At a low rate
+a batch is one commit and waits for nothing; under load the cost per
+registration of the thread trip and the sync round is shared, and a
+commit waits for the batch in flight at most, never for a timer: the
+more the disk takes, the larger the next batch. A batch held back after
+the last one (as long as that one took) would be larger and cost less
+CPU per registration, but every registration under load would wait for
+the hold too; the README gives the figures of both. Commits of one user
+stay in order, one per batch. Changes nobody is told about (expiry) are
+written at once in the background, :data:`WRITE_CHUNK` users per group,
+but never while a commit of the same user is queued or in flight.
+``sync = write-back``: commits apply at once, changed users are written
+every ``flush_interval`` seconds, a group at a time, and
+:meth:`Persistence.flush_all` writes
 everything at exit.
 
 Each file is written as its UNIX user: the one the REGISTER authenticated
