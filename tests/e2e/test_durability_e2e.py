@@ -2,7 +2,7 @@
 
 sipd on its defaults (``sync = write-through``, registrations written in
 groups) takes REGISTERs with digest auth from eight phones at once, each
-registering a fresh contact of one of 24 users as fast as it is
+registering a fresh contact of one of 64 users as fast as it is
 answered. sipd is killed with SIGKILL while that goes on; a new sipd on
 the same homes mounts the state filesystem, and each user's ``contacts``
 there must list every contact that was answered 200 before the kill.
@@ -35,7 +35,10 @@ pytestmark = pytest.mark.skipif(
     reason="needs /dev/fuse and root to mount the state filesystem",
 )
 
-NAMES = tuple(f"dur{i:02}" for i in range(24))
+# Enough users that none reaches max_contacts (10) before the kill: a
+# contact dropped for a newer one is the registrar's rule, and a kill
+# after the newer one's file but before its answer would look like a loss.
+NAMES = tuple(f"dur{i:02}" for i in range(64))
 PHONES = 8
 
 
@@ -110,11 +113,7 @@ def test_no_binding_answered_200_is_lost_on_kill_9(tmp_path: Path, unix: FakeUni
         with lock:
             acknowledged = list(answered)
         assert "Traceback" not in daemon.log
-        # Past max_contacts (10 by default) a user's oldest contact gives way
-        # to the newest, by the registrar's rule and in its log: not lost.
-        dropped = set(re.findall(r'contact dropped for a newer one \(max_contacts\): '
-                                 r'aor "([^"]+)" contact "([^";]+)', daemon.log))
-        kept = [a for a in acknowledged if a not in dropped]
+        assert "contact dropped for a newer one" not in daemon.log
     assert time.monotonic() - killed_at < 15
     assert sent[0] > len(acknowledged)  # requests were in flight at the kill
     # A kill leaves every file whole (the kernel still holds what was
@@ -134,10 +133,10 @@ def test_no_binding_answered_200_is_lost_on_kill_9(tmp_path: Path, unix: FakeUni
         for name in NAMES:
             text = (mnt / name / "contacts").read_text()
             loaded[name] = {m.group(1) for m in re.finditer(r"^([^;\s]+)", text, re.M)}
-        lost = [(n, c) for n, c in kept if c not in loaded[n]]
-        assert lost == [], f"{len(lost)} of {len(kept)} acknowledged bindings lost"
+        lost = [(n, c) for n, c in acknowledged if c not in loaded[n]]
+        assert lost == [], f"{len(lost)} of {len(acknowledged)} acknowledged bindings lost"
         reloaded = sum(len(v) for v in loaded.values())
-        assert reloaded >= len(set(kept)) >= 100
+        assert reloaded >= len(set(acknowledged))
         assert re.search(rf"reloaded {reloaded} registration\(s\)", again.log), again.log
         assert "read its spare" not in again.log and "read the spare" not in again.log
         assert again.alive()
