@@ -15,6 +15,7 @@ test names it: so a figure never goes missing, and never stays unnamed.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -261,15 +262,38 @@ RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
 
 def _figures(source: Any) -> Iterable[tuple[Figure, int | float]]:
     """The figures of one statistics dataclass, named by the catalogue."""
-    table: Mapping[str, Figure | None] = CATALOGUE.get(type(source).__name__, {})
-    for f in fields(source):
-        value = getattr(source, f.name)
-        if f.name in table:
-            figure = table[f.name]
+    for name, figure in _plan(type(source)):
+        value = getattr(source, name)
+        if figure.name or isinstance(value, int | float):
+            yield (figure if figure.name else _unnamed(name)), value
+
+
+#: Per statistics class, its fields and how each is shown (:func:`_plan`).
+_PLANS: dict[type, list[tuple[str, Figure]]] = {}
+#: Stands for a field the catalogue does not name: shown under its own
+#: name when its value is a number.
+_UNNAMED = Figure("", "")
+
+
+def _plan(cls: type) -> list[tuple[str, Figure]]:
+    # The catalogue and the classes' fields are fixed: ``status`` and
+    # ``metrics`` render all of them at every open, and a read storm
+    # spent a third of the daemon's time in ``fields()`` and look-ups.
+    plan = _PLANS.get(cls)
+    if plan is None:
+        table: Mapping[str, Figure | None] = CATALOGUE.get(cls.__name__, {})
+        plan = []
+        for f in fields(cls):
+            figure = table[f.name] if f.name in table else _UNNAMED
             if figure is not None:
-                yield figure, value
-        elif isinstance(value, int | float):
-            yield Figure(f.name, f.name.replace("_", " ").capitalize() + "."), value
+                plan.append((f.name, figure))
+        _PLANS[cls] = plan
+    return plan
+
+
+@functools.lru_cache(maxsize=256)
+def _unnamed(field: str) -> Figure:
+    return Figure(field, field.replace("_", " ").capitalize() + ".")
 
 
 def unnamed_fields(*sources: Any) -> list[str]:

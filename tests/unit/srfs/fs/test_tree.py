@@ -1373,6 +1373,25 @@ def test_stat_checks_itself(kwargs: dict[str, object], match: str) -> None:
         Stat(help="h", **kwargs)  # type: ignore[arg-type]
 
 
+def test_stat_checks_a_name_it_knows_again_for_another_kind_or_value() -> None:
+    # What passed once is not checked again, but only for the same kind.
+    Stat("seen_total", 1, "h", StatKind.COUNTER)
+    Stat("seen_total", 2, "h", StatKind.COUNTER)
+    with pytest.raises(ValueError, match="gauge may not be named"):
+        Stat("seen_total", 1, "h", StatKind.GAUGE)
+    with pytest.raises(ValueError, match="INFO"):
+        Stat("seen_total", "text", "h", StatKind.COUNTER)
+
+
+def test_metrics_of_a_name_that_changes_kind_or_help_between_renders() -> None:
+    first = render_metrics([Stat("churn", 1, "One.", StatKind.COUNTER)])
+    assert first == "# HELP sipd_churn_total One.\n# TYPE sipd_churn_total counter\nsipd_churn_total 1\n"
+    again = render_metrics([Stat("churn", 2, "Two.", StatKind.GAUGE, (("k", "v"),)),
+                            Stat("churn", 3, "Two.", StatKind.GAUGE)])
+    assert again == ('# HELP sipd_churn Two.\n# TYPE sipd_churn gauge\nsipd_churn{k="v"} 2\n'
+                     "sipd_churn 3\n")
+
+
 # ------------------------------------------------------------------ purity
 
 

@@ -573,21 +573,25 @@ def test_statistics_counts() -> None:
     store.upsert(mk("sip:jan@192.0.2.2", expires=T0 + 20))  # update: not added
     store.upsert(mk("sip:pbx@198.51.100.7", aor="acme", user="acme", expires=None))
     store.upsert(mk("sip:pbx@198.51.100.8", aor="acme", user="acme", expires=None))
+    store.upsert(mk("sip:pbx@198.51.100.9", aor="acme", user="acme", expires=None))
+    store.upsert(mk("sip:pbx@198.51.100.9", aor="acme", user="acme", expires=T0 + 10))
+    store.remove("acme", mk("sip:pbx@198.51.100.9", aor="acme", user="acme").key,
+                 RemoveReason.ADMIN)
     s = store.statistics()
     assert (s.aors, s.bindings, s.static_bindings, s.added, s.removed, s.expired) == (
-        2, 4, 2, 4, 0, 0
+        2, 4, 2, 5, 1, 0
     )
     store.expire(T0 + 15)
     store.remove_aor("acme", RemoveReason.ADMIN)
     s = store.statistics()
     assert (s.aors, s.bindings, s.static_bindings, s.added, s.removed, s.expired) == (
-        1, 1, 0, 4, 3, 1
+        1, 1, 0, 5, 4, 1
     )
     s.bindings = 999  # a copy
     assert store.statistics().bindings == 1
     store.expire(T0 + 20)
     s = store.statistics()
-    assert (s.aors, s.bindings, s.removed, s.expired) == (0, 0, 4, 2)
+    assert (s.aors, s.bindings, s.removed, s.expired) == (0, 0, 5, 2)
 
 
 # ----------------------------------------------- model-based stateful check
@@ -737,6 +741,7 @@ class StoreVsModel(RuleBasedStateMachine):
     def user_index(self) -> None:
         users = {b.user for b in self.model.values()}
         assert self.store.users() == sorted(users)
+        assert self.store.user_count() == len(users)
         for user in [*users, "nobody"]:
             mine = [b for b in self.model.values() if b.user == user]
             assert self.store.aors_of_user(user) == sorted({b.aor for b in mine})
