@@ -124,6 +124,12 @@ PROBE_TIMEOUT = 2.0
 RENDER_REUSE = 0.05
 #: At most this many such renders are kept (``ls -l`` renders every file).
 RENDER_SLOTS = 32
+#: Read-only files whose every read renders them anew and is served whole
+#: (``direct_io``): their attributes may be cached like a directory's. The
+#: size ``stat`` shows may then be a second old, the content never is, and
+#: the kernel asks for no attributes (nor a render for the size) before
+#: each open: a third of a ``cat`` of ``metrics``.
+_READ_WHOLE = frozenset({Kind.STATUS, Kind.METRICS})
 
 # Event streams. pyfuse3 serves each request in a task of its own and
 # reads the next request only while one of its tasks is free: a read
@@ -398,12 +404,14 @@ class SrFs(pyfuse3.Operations):
     def _timeouts(node: Node) -> tuple[float, float]:
         """How long the kernel may cache a lookup and the attributes: (entry, attr).
 
-        Live content (contacts, settings, status, calls) is never cached so
-        sizes are right for ``>>`` and ``tail``; a setting's entry comes and
-        goes with the key, so it is not cached either. The rest only changes
-        with membership, which :meth:`_on_tree_change` invalidates.
+        The attributes of live content (contacts, settings, calls) are
+        never cached so sizes are right for ``>>`` and ``tail``; a setting's
+        entry comes and goes with the key, so it is not cached either.
+        ``status`` and ``metrics`` are read-only and read whole
+        (:data:`_READ_WHOLE`). The rest only changes with membership, which
+        :meth:`_on_tree_change` invalidates.
         """
-        if node.is_dir:
+        if node.is_dir or node.kind in _READ_WHOLE:
             return STATIC_TIMEOUT, STATIC_TIMEOUT
         if node.kind is Kind.SETTING:
             return 0.0, 0.0
