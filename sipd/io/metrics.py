@@ -276,9 +276,9 @@ _UNNAMED = Figure("", "")
 
 
 def _plan(cls: type) -> list[tuple[str, Figure]]:
-    # The catalogue and the classes' fields are fixed: ``status`` and
-    # ``metrics`` render all of them at every open, and a read storm
-    # spent a third of the daemon's time in ``fields()`` and look-ups.
+    # The catalogue and the classes' fields are fixed, and ``status`` and
+    # ``metrics`` render all of them at every open: ``fields()`` and the
+    # catalogue's look-ups are done once per class, not at each.
     plan = _PLANS.get(cls)
     if plan is None:
         table: Mapping[str, Figure | None] = CATALOGUE.get(cls.__name__, {})

@@ -330,7 +330,7 @@ class Stat:
 
 #: Names, kinds and labels that passed :meth:`Stat.__post_init__`'s checks:
 #: the same hundred figures are made at every open of ``status`` and
-#: ``metrics``, and checking them each time was a fifth of a read's cost.
+#: ``metrics``, and need not be matched against the patterns each time.
 #: (Keyed by name and labels, the kind as the value: an Enum's hash is a
 #: Python call.)
 _CHECKED_SHAPES: dict[tuple[str, tuple[tuple[str, str], ...]], StatKind] = {}
