@@ -443,6 +443,11 @@ class SrFs(pyfuse3.Operations):
             if e.errno != errno.ENOENT or pending is None:
                 raise
             return self._node_entry(ino, pending[0], 0, now, 1)
+        if node.kind in _READ_WHOLE:
+            # Not kept: with their attributes cached, a getattr comes after
+            # an open (fstat, once a read has made atime stale) rather than
+            # before one, and the next open would find a render of then.
+            return self._node_entry(ino, node, len(data), self.tree.mtime(node, now), 1)
         if path not in self._rendered and len(self._rendered) >= RENDER_SLOTS:
             self._rendered.clear()
         self._rendered[path] = (now, data)

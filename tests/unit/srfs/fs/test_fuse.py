@@ -203,6 +203,19 @@ def test_status_is_read_whole_and_fresh_while_its_size_is_cached(fs: Mount) -> N
 
 
 @needs_fuse
+def test_status_read_again_at_once_shows_what_changed_between(fs: Mount) -> None:
+    # A read's fstat (atime made stale by the read before) asks for the
+    # attributes after the open: what that renders must not serve the next open.
+    for _ in range(3):
+        with open(fs.p("status")) as f:
+            assert "contacts: 1\n" in f.read()
+    with open(fs.p("u1/contacts"), "a") as f:
+        f.write(f"{PBX}\n")
+    with open(fs.p("status")) as f:
+        assert "contacts: 2\n" in f.read()
+
+
+@needs_fuse
 def test_modes_and_owners_come_from_the_tree(fs: Mount) -> None:
     expected = {
         "": (stat.S_IFDIR | 0o755, 0),
