@@ -124,12 +124,6 @@ PROBE_TIMEOUT = 2.0
 RENDER_REUSE = 0.05
 #: At most this many such renders are kept (``ls -l`` renders every file).
 RENDER_SLOTS = 32
-#: Read-only files whose every read renders them anew and is served whole
-#: (``direct_io``): their attributes may be cached like a directory's. The
-#: size ``stat`` shows may then be a second old, the content never is, and
-#: the kernel asks for no attributes (nor a render for the size) before
-#: each open, some 150-200 us of a ``cat`` of ``metrics``.
-_READ_WHOLE = frozenset({Kind.STATUS, Kind.METRICS})
 
 # Event streams. pyfuse3 serves each request in a task of its own and
 # reads the next request only while one of its tasks is free: a read
@@ -404,14 +398,12 @@ class SrFs(pyfuse3.Operations):
     def _timeouts(node: Node) -> tuple[float, float]:
         """How long the kernel may cache a lookup and the attributes: (entry, attr).
 
-        The attributes of live content (contacts, settings, calls) are
-        never cached so sizes are right for ``>>`` and ``tail``; a setting's
-        entry comes and goes with the key, so it is not cached either.
-        ``status`` and ``metrics`` are read-only and read whole
-        (:data:`_READ_WHOLE`). The rest only changes with membership, which
-        :meth:`_on_tree_change` invalidates.
+        Live content (contacts, settings, status, calls) is never cached so
+        sizes are right for ``>>`` and ``tail``; a setting's entry comes and
+        goes with the key, so it is not cached either. The rest only changes
+        with membership, which :meth:`_on_tree_change` invalidates.
         """
-        if node.is_dir or node.kind in _READ_WHOLE:
+        if node.is_dir:
             return STATIC_TIMEOUT, STATIC_TIMEOUT
         if node.kind is Kind.SETTING:
             return 0.0, 0.0
@@ -443,11 +435,6 @@ class SrFs(pyfuse3.Operations):
             if e.errno != errno.ENOENT or pending is None:
                 raise
             return self._node_entry(ino, pending[0], 0, now, 1)
-        if node.kind in _READ_WHOLE:
-            # Not kept: with their attributes cached, a getattr comes after
-            # an open (fstat, once a read has made atime stale) rather than
-            # before one, and the next open would find a render of then.
-            return self._node_entry(ino, node, len(data), self.tree.mtime(node, now), 1)
         if path not in self._rendered and len(self._rendered) >= RENDER_SLOTS:
             self._rendered.clear()
         self._rendered[path] = (now, data)
