@@ -15,7 +15,6 @@ test names it: so a figure never goes missing, and never stays unnamed.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -262,20 +261,18 @@ RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
 
 def _figures(source: Any) -> Iterable[tuple[Figure, int | float]]:
     """The figures of one statistics dataclass, named by the catalogue."""
-    for name, figure in _plan(type(source)):
+    for name, figure, named in _plan(type(source)):
         value = getattr(source, name)
-        if figure.name or isinstance(value, int | float):
-            yield (figure if figure.name else _unnamed(name)), value
+        # A field the catalogue does not name shows when it holds a number.
+        if named or isinstance(value, int | float):
+            yield figure, value
 
 
-#: Per statistics class, its fields and how each is shown (:func:`_plan`).
-_PLANS: dict[type, list[tuple[str, Figure]]] = {}
-#: Stands for a field the catalogue does not name: shown under its own
-#: name when its value is a number.
-_UNNAMED = Figure("", "")
+#: Per statistics class: each field shown, its figure, whether the catalogue names it.
+_PLANS: dict[type, list[tuple[str, Figure, bool]]] = {}
 
 
-def _plan(cls: type) -> list[tuple[str, Figure]]:
+def _plan(cls: type) -> list[tuple[str, Figure, bool]]:
     # The catalogue and the classes' fields are fixed, and ``status`` and
     # ``metrics`` render all of them at every open: ``fields()`` and the
     # catalogue's look-ups are done once per class, not at each.
@@ -284,16 +281,13 @@ def _plan(cls: type) -> list[tuple[str, Figure]]:
         table: Mapping[str, Figure | None] = CATALOGUE.get(cls.__name__, {})
         plan = []
         for f in fields(cls):
-            figure = table[f.name] if f.name in table else _UNNAMED
-            if figure is not None:
-                plan.append((f.name, figure))
+            if f.name not in table:
+                auto = Figure(f.name, f.name.replace("_", " ").capitalize() + ".")
+                plan.append((f.name, auto, False))
+            elif (figure := table[f.name]) is not None:
+                plan.append((f.name, figure, True))
         _PLANS[cls] = plan
     return plan
-
-
-@functools.lru_cache(maxsize=256)
-def _unnamed(field: str) -> Figure:
-    return Figure(field, field.replace("_", " ").capitalize() + ".")
 
 
 def unnamed_fields(*sources: Any) -> list[str]:
