@@ -1,4 +1,4 @@
-"""The fake UNIX users' own clean-up: pam_wrapper's directories of ended processes."""
+"""The fake UNIX users' own helpers: clean-up of pam_wrapper's directories, the wrappers' lines."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.unixusers import PAM_WRAPPER_DIRS, remove_stale_pam_dirs
+from tests.unixusers import PAM_WRAPPER_DIRS, own_stderr, remove_stale_pam_dirs
 
 
 def _dead_pid() -> int:
@@ -45,3 +45,12 @@ def test_only_copies_of_our_services_left_by_ended_processes_are_removed(tmp_pat
     finally:
         for found in made:
             shutil.rmtree(found, ignore_errors=True)
+
+
+def test_the_wrappers_lines_are_left_out_of_a_childs_stderr() -> None:
+    text = ("NWRAP_ERROR(4242) - nwrap_files_cache_reload: Unable to open '/x'\n"
+            "pwrap_init: Failed to create pam_wrapper config dir: /tmp/pam.a - File exists\n"
+            "sipd: group 'voip' does not exist\n"
+            "  pwrap_init: not at the start of the line\n")
+    assert own_stderr(text) == ("sipd: group 'voip' does not exist\n"
+                                "  pwrap_init: not at the start of the line\n")

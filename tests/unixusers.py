@@ -376,6 +376,22 @@ def fake_unix(
 PAM_WRAPPER_DIRS = Path("/tmp")
 
 
+def own_stderr(text: str) -> str:
+    """``text`` (a child's stderr) without the lines the wrappers write themselves.
+
+    nss_wrapper reports a file it cannot open (``NWRAP_ERROR...``). pam_wrapper
+    picks its /tmp/pam.X directory with an lstat and then a mkdir, so two
+    processes that start at the same instant (one in each of make test's
+    lanes) can pick the same one, and the loser says so (``pwrap_init:
+    Failed to create pam_wrapper config dir: ... File exists``) and goes on.
+    Neither line is the program's.
+    """
+    return "".join(
+        line for line in text.splitlines(keepends=True)
+        if not line.startswith(("NWRAP_", "pwrap_"))
+    )
+
+
 def remove_stale_pam_dirs(pamd: Path) -> list[Path]:
     """Remove pam_wrapper's ``pam.X`` copies of ``pamd`` left by processes that ended.
 

@@ -47,7 +47,7 @@ from tests.tlshelper import (
     make_certs,
     peer_certificate,
 )
-from tests.unixusers import FakeUnix, give_passwords
+from tests.unixusers import FakeUnix, give_passwords, own_stderr
 
 REALM = "test.invalid"
 #: How long sipd gives a TLS handshake here (tcp_message_timeout).
@@ -354,7 +354,7 @@ def test_bad_tls_settings_are_one_line_errors(tmp_path: Path, unix: FakeUnix) ->
                  "--no-mount", *check],
                 capture_output=True, text=True, timeout=30, cwd=ROOT, env=unix.env)
             assert p.returncode == 1, (text, p.stderr)
-            lines = p.stderr.strip().splitlines()
+            lines = own_stderr(p.stderr).strip().splitlines()
             assert len(lines) == 1 and expected.format(port=port) in lines[0], (text, p.stderr)
 
 

@@ -18,7 +18,7 @@ from sipd.config import ConfigError, Settings, parse_listen
 from srfs.logtext import OWN_LOGGERS
 from srfs.sipdconf import host_realm
 from tests.sipclient import ROOT, SIPD, free_port, running_sipd
-from tests.unixusers import FakeUnix
+from tests.unixusers import FakeUnix, own_stderr
 
 
 def run(*args: str, timeout: float = 20,
@@ -29,7 +29,7 @@ def run(*args: str, timeout: float = 20,
 
 def assert_one_line_error(p: subprocess.CompletedProcess[str], code: int, text: str) -> None:
     assert p.returncode == code, (p.returncode, p.stderr)
-    lines = p.stderr.strip().splitlines()
+    lines = own_stderr(p.stderr).strip().splitlines()
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith("sipd: ")
     assert text in lines[0], lines[0]

@@ -18,7 +18,7 @@ import pytest
 
 from srfs.fs.fuse import mounted
 from tests.sipclient import ROOT, SIPD, free_port, running_sipd, wait_for
-from tests.unixusers import FakeUnix, UserSpec, fake_unix, give_passwords
+from tests.unixusers import FakeUnix, UserSpec, fake_unix, give_passwords, own_stderr
 
 needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"),
                                 reason="needs /dev/fuse: no FUSE in this kernel or container")
@@ -58,8 +58,7 @@ def assert_same_refusal(unix: FakeUnix, tmp: Path, args: Sequence[str], text: st
         assert proc.returncode == 1, (proc.returncode, proc.stderr)
         assert "Traceback" not in proc.stderr
         assert proc.stdout == ""
-        # nss_wrapper reports a file it cannot open on its own lines.
-        lines = [x for x in proc.stderr.splitlines() if not x.startswith("NWRAP_ERROR")]
+        lines = own_stderr(proc.stderr).splitlines()
         assert len(lines) == 1, proc.stderr
         assert lines[0].startswith("sipd: ") and text in lines[0], lines[0]
         said.append(lines[0])
@@ -78,7 +77,7 @@ def test_a_good_configuration_passes_and_changes_nothing(unix: FakeUnix, tmp_pat
     mnt = tmp_path / "mnt" / "sr"
     proc = sipd(unix, tmp_path, *base(tmp_path, mount=str(mnt)), "--check-config")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    assert own_stderr(proc.stderr) == ""
     assert 'group = "sip"' in proc.stdout.splitlines()
     assert "pam = true" in proc.stdout.splitlines()
     # The mountpoint would be created at start; a check creates nothing.
