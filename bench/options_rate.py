@@ -2,6 +2,7 @@
 """OPTIONS answered per second over UDP: sipd and Kamailio side by side.
 
     .venv/bin/python bench/options_rate.py [--step-s 5] [--start 500] [--factor 1.4]
+        [--out DIR]
 
 Starts sipd (and, when Kamailio and the shared anchor harness are present,
 the anchor Kamailio with one worker) on 127.0.0.1, then offers OPTIONS with
@@ -170,8 +171,12 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=500)
     ap.add_argument("--factor", type=float, default=1.4)
     ap.add_argument("--max-rate", type=int, default=40000)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where to keep the raw data (default: a new directory in the temp dir)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="sipd-bench-options-"))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out or Path(tempfile.mkdtemp(prefix="sipd-bench-options-"))
     sp = free_port()
     sipd = start_sipd(sp)
     targets = [Target("sipd", sp, sipd.pid, 200)]

@@ -42,6 +42,8 @@ class Bench:
     script: str
     #: Takes --out DIR and writes DIR/results.json.
     results: bool = False
+    #: Takes --out DIR for its raw output only (no results.json).
+    raw_out: bool = False
     quick: bool = False
     #: What --quick passes instead of --quick.
     quick_args: tuple[str, ...] = ()
@@ -49,7 +51,7 @@ class Bench:
 
 BENCHES = (
     Bench("parse", "bench_parse.py"),
-    Bench("options", "options_rate.py"),
+    Bench("options", "options_rate.py", raw_out=True),
     Bench("location", "location_memory.py"),
     Bench("registrar", "registrar_bench.py", results=True, quick=True),
     # The 100k burst alone when quick: the target's size (its fill takes 500 s).
@@ -193,7 +195,7 @@ def own_verdicts(text: str) -> list[str]:
 
 def run(bench: Bench, out: Path, quick: bool) -> str:
     cmd = [sys.executable, str(HERE / bench.script)]
-    if bench.results:
+    if bench.results or bench.raw_out:
         cmd += ["--out", str(out / bench.name)]
     if quick and bench.quick:
         cmd.append("--quick")
