@@ -174,9 +174,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None,
                     help="where to keep the raw data (default: a new directory in the temp dir)")
     args = ap.parse_args()
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
     work = args.out or Path(tempfile.mkdtemp(prefix="sipd-bench-options-"))
+    work.mkdir(parents=True, exist_ok=True)
     sp = free_port()
     sipd = start_sipd(sp)
     targets = [Target("sipd", sp, sipd.pid, 200)]

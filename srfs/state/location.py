@@ -396,13 +396,13 @@ class LocationStore:
             # Every refresh leaves a stale entry behind; without this a
             # binding refreshed often grows the heap until the next expire().
             self._maybe_compact()
-        self._static += binding.expires is None
+        self._static += binding.static
         if old is None:
             self._count += 1
             self._stats.added += 1
             change = Change(ChangeKind.ADDED, binding)
         else:
-            self._static -= old.expires is None
+            self._static -= old.static
             change = Change(ChangeKind.UPDATED, binding, previous=old)
         self._notify(change)
         return change
@@ -414,7 +414,7 @@ class LocationStore:
         binding = found.pop(key)
         self._reach.pop((aor, key), None)
         self._count -= 1
-        self._static -= binding.expires is None
+        self._static -= binding.static
         if not found:
             del self._aors[aor]
         self._unindex(binding.user, aor)
