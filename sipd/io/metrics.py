@@ -206,6 +206,9 @@ CATALOGUE: dict[str, dict[str, Figure | None]] = {
                                 "answers, summed: over usrloc_group_commits, the mean time a "
                                 "group takes to be durable (what each 200 waits for, and as "
                                 "long again before the next group starts)."),
+        "slow_batches": Figure("usrloc_group_commits_slow",
+                               "Groups of usrloc files that took more than 0.25 s to be "
+                               "durable (each REGISTER in them waited as long; logged)."),
     },
     "AccStats": {
         "records_written": Figure("acc_records_written", "Call records written to ~/.sr/acc."),

@@ -62,6 +62,7 @@ from srfs.accounts import users
 from srfs.entropy import random_hex
 from srfs.files.usrloc import UsrlocFiles, Version, render_file
 from srfs.files.wtmp import LoginRecorder, WtmpError
+from srfs.logtext import Tally
 from srfs.state.location import Change, ChangeKind, LocationStore, Op
 from srfs.user import User
 
@@ -74,6 +75,14 @@ Finish = Callable[[Outcome[None], float], list[Action]]
 #: was thousands of trips at once every ``flush_interval`` under load.
 WRITE_CHUNK = 64
 
+#: A group commit that takes longer than this is logged and counted
+#: (``usrloc_group_commits_slow``): every REGISTER of the group waited that
+#: long for its 200, and at 0.5 s (T1) a phone over UDP sends it again. A
+#: disk that stalls shows here, not as a slow event loop.
+SLOW_BATCH = 0.25
+#: Seconds between two lines about slow group commits (the rest are counted in them).
+SLOW_BATCH_LOG_INTERVAL = 60.0
+
 
 @dataclass
 class PersistenceStats:
@@ -85,6 +94,8 @@ class PersistenceStats:
     batches: int = 0
     #: Seconds from each group's start to its answers, summed.
     batch_seconds: float = 0.0
+    #: Groups that took longer than :data:`SLOW_BATCH`.
+    slow_batches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +169,9 @@ class Persistence:
         #: The user whose committed plan is being applied: already on disk.
         self._applying: str | None = None
         self.stats = PersistenceStats()
+        self._slow = Tally(SLOW_BATCH_LOG_INTERVAL)
+        #: The slowest group commit since the last line about one (seconds, files).
+        self._slowest = (0.0, 0)
         #: Whom each user's file is written as (see :meth:`know`).
         self._users: dict[str, User] = {}
         store.subscribe(self._changed)
@@ -257,6 +271,8 @@ class Persistence:
             took = max(later - self._batch_started, 0.0)
             self.stats.batches += 1
             self.stats.batch_seconds += took
+            if took > SLOW_BATCH:
+                self._slow_batch(took, len(batch), later)
             actions: list[Action] = []
             for w in batch:
                 error = outcome.error if outcome.error is not None else (
@@ -274,6 +290,19 @@ class Persistence:
             return actions + self._start_batch(later)
 
         return self._write_job(entries, done, f"save {len(batch)} usrloc file(s)")
+
+    def _slow_batch(self, took: float, files: int, now: float) -> None:
+        self.stats.slow_batches += 1
+        if took > self._slowest[0]:
+            self._slowest = (took, files)
+        held = self._slow.count(now)
+        if held is None:
+            return
+        slowest, size = self._slowest
+        self._slowest = (0.0, 0)
+        log.warning("usrloc: a group of %d file(s) took %.2f s to be written and synced; "
+                    "its REGISTERs waited for it (%d group(s) over %g s since the last "
+                    "such line): the disk is slow", size, slowest, held, SLOW_BATCH)
 
     # ------------------------------------------------------------ background
 

@@ -169,6 +169,34 @@ def test_the_next_batch_waits_for_no_timer_however_quick_the_last(unix: FakeUnix
     assert p.stats.batches == 2 and p.stats.batch_seconds == pytest.approx(0.002)
 
 
+def test_a_slow_group_commit_is_counted_and_logged_once_a_minute(
+        unix: FakeUnix, caplog: pytest.LogCaptureFixture) -> None:
+    # What a stalling disk costs each REGISTER of a group shows in the log,
+    # one line a minute at most, naming the slowest group since the last one.
+    p, _ = persistence(unix)
+    answers = Answers()
+
+    def one_batch(name: str, start: float, took: float) -> None:
+        batch = jobs(p.commit(name, upsert(binding(name, int(start) % 200 + 1)),
+                              answers.finish(name), start))
+        assert run(batch[0], start + took) == []
+
+    with caplog.at_level("WARNING", logger="sipd.persistence"):
+        one_batch("ann", 0.0, 0.01)
+        assert p.stats.slow_batches == 0 and caplog.records == []
+        one_batch("ben", 1.0, 0.6)
+        one_batch("cat", 2.0, 0.9)
+        one_batch("dan", 3.0, 0.3)
+        one_batch("ann", 70.0, 0.4)
+    assert p.stats.slow_batches == 4
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "1 file(s) took 0.60 s" in lines[0] and "(1 group(s) over 0.25 s" in lines[0]
+    # The second line comes a minute later: the slowest held back, and all three counted.
+    assert "took 0.90 s" in lines[1] and "(3 group(s) over 0.25 s" in lines[1]
+    assert all(error is None for _, error in answers.heard)
+
+
 def test_with_write_back_nothing_waits_for_a_batch(unix: FakeUnix) -> None:
     store = LocationStore()
     p = Persistence(store, UsrlocFiles(), write_through=False, flush_interval=5.0)
