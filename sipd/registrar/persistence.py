@@ -300,9 +300,9 @@ class Persistence:
             return
         slowest, size = self._slowest
         self._slowest = (0.0, 0)
-        log.warning("usrloc: a group of %d file(s) took %.2f s to be written and synced; "
-                    "its REGISTERs waited for it (%d group(s) over %g s since the last "
-                    "such line): the disk is slow", size, slowest, held, SLOW_BATCH)
+        log.warning("usrloc: a group of %d file(s) took %.2f s to be written and synced, "
+                    "and its REGISTERs waited as long for their answers (%d group(s) over "
+                    "%g s since the last such line)", size, slowest, held, SLOW_BATCH)
 
     # ------------------------------------------------------------ background
 
