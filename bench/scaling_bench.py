@@ -214,17 +214,17 @@ def measure(args: argparse.Namespace, h: Harness, procs: Processes, fake: Any, c
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One size's row: the median CPU per registration of its rounds, its
     slowest restart, and every round as measured."""
-    cpus = [r["cpu_ms_op"] for r in rounds if r.get("cpu_ms_op") is not None]
-    p50s = [r["p50"] for r in rounds if r.get("p50") is not None]
-    first = rounds[0]
-    return {"bindings": first["bindings"],
-            "reloaded": first["reloaded"],
-            "reload_s": max((r["reload_s"] for r in rounds if r["reload_s"] is not None),
-                            default=None),
+    def measured(key: str) -> list[Any]:
+        return [r[key] for r in rounds if r.get(key) is not None]
+
+    cpus, p50s, p99s, reloads = (measured(k) for k in ("cpu_ms_op", "p50", "p99", "reload_s"))
+    return {"bindings": rounds[0]["bindings"],
+            "reloaded": rounds[0]["reloaded"],
+            "reload_s": max(reloads, default=None),
             "restart_s": max(r["restart_s"] for r in rounds),
             "cpu_ms_op": round(statistics.median(cpus), 4) if cpus else None,
-            "p50": statistics.median(p50s) if p50s else None, "p99": max((r["p99"] for r in rounds if r["p99"] is not None),
-                                            default=None),
+            "p50": statistics.median(p50s) if p50s else None,
+            "p99": max(p99s, default=None),
             "passed": all(r.get("passed") for r in rounds),
             "rounds": rounds}
 
