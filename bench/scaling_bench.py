@@ -30,7 +30,7 @@ first file), and most of their cost was waking the daemon. One build
 measured 1.11 against 1.49 ms in one run and 1.76 against 1.39 ms in
 another (100 against 100,000 bindings): the ratio fell outside the band
 either way. At 1,000 a second, after every user has registered, two
-runs gave 1.04 and 0.97; the two rounds of one size were still up to
+runs gave 0.97 and 1.08; the two rounds of one size were still up to
 20 % apart, which the median of two halves. Repeat the run when a
 figure is near its bound.
 
