@@ -590,19 +590,32 @@ def wait_until_checked(sipd: Sipd, timeout: float = 120.0) -> float | None:
     return None
 
 
-def restart_sipd(procs: Processes, old: Sipd, fake: Fake, conf: Path, port: int,
-                 log_path: Path) -> tuple[Sipd, Restart]:
+#: sipd's line once it has read the usrloc files back at start.
+_RELOADED_RE = re.compile(r"reloaded (\d+) registration\(s\) of (\d+) SIP user\(s\) in ([\d.]+) s")
+
+
+def start_timed(procs: Processes, fake: Fake, conf: Path, port: int,
+                log_path: Path) -> tuple[Sipd, Restart]:
+    """Start sipd on the files there are, timed as a restart: exec to its
+    first answer (``ready_s`` None if it never answered), its reload line,
+    and the end of its password check."""
     r = Restart()
-    r.stop_s = stop_sipd(procs, old)
     sipd = start_sipd(procs, fake, conf, port, log_path)
     answered = options_probe(port, deadline_s=180.0)
     if answered is not None:
         r.ready_s = time.monotonic() - sipd.started
         r.checked_s = wait_until_checked(sipd)
-    text = log_path.read_text(errors="replace")
-    m = re.search(r"reloaded (\d+) registration\(s\) of (\d+) SIP user\(s\) in ([\d.]+) s", text)
+    m = _RELOADED_RE.search(log_path.read_text(errors="replace"))
     if m:
         r.reloaded, r.users, r.reload_s = int(m.group(1)), int(m.group(2)), float(m.group(3))
+    return sipd, r
+
+
+def restart_sipd(procs: Processes, old: Sipd, fake: Fake, conf: Path, port: int,
+                 log_path: Path) -> tuple[Sipd, Restart]:
+    stop_s = stop_sipd(procs, old)
+    sipd, r = start_timed(procs, fake, conf, port, log_path)
+    r.stop_s = stop_s
     return sipd, r
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -60,13 +59,11 @@ from registrar_bench import (  # noqa: E402
     free_port,
     guarded,
     log,
-    options_probe,
     prerequisites,
     provision_unix,
     read_users,
-    start_sipd,
+    start_timed,
     stop_sipd,
-    wait_until_checked,
 )
 
 from srfs.files import home  # noqa: E402
@@ -139,14 +136,46 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
     uid_of = uids(fake.passwd)
     conf = scratch / "sipd.conf"
     conf.write_text('wtmp = false\nmax_expires = 3600\nsync = "write-through"\n')
+
+    def measure(size: int, rnd: int) -> dict[str, Any]:
+        """One size, one round: a fresh sipd on ``size`` bindings, its restart
+        figures, then the CPU per registration under the harness's load."""
+        per_user = max(1, size // HOLDERS)
+        count = write_bindings(scratch, holders, per_user, min(HOLDERS, size // per_user),
+                               uid_of, fake.gid)
+        for name, _ in harness_users:
+            (scratch / "home" / name / ".sr" / "usrloc").unlink(missing_ok=True)
+        tag = f"{size}-r{rnd}"
+        log(f"\n== round {rnd + 1}: {count} bindings held ({per_user} per holder)")
+        sipd, r = start_timed(procs, fake, conf, port, results / f"sipd-{tag}.log")
+        if r.ready_s is None:
+            raise RuntimeError(f"sipd did not answer; see {results / f'sipd-{tag}.log'}")
+        log(f"  exec to first OPTIONS 200: {r.ready_s:.2f} s; reloaded {r.reloaded} in "
+            f"{r.reload_s} s; passwords checked {r.checked_s and round(r.checked_s, 2)} s "
+            f"after exec")
+        # Every harness user registers once before the measured step (sipp
+        # takes them in order, from the first, at each run): the step then
+        # measures re-registrations, not first look-ups and first files.
+        warm_s = max(args.warm_s, len(harness_users) / args.rate + 1.0)
+        h.bench(f"warm_{tag}", port, sipd.pid, "reg", args.rate, warm_s)
+        summary = h.bench(f"reg_{tag}", port, sipd.pid, "reg", args.rate, args.seconds)
+        step = ((summary or {}).get("steps") or [{}])[0]
+        cpu = step.get("target_cpu_ms_per_op")
+        lat = (step.get("latency_ms") or {}).get("rtd1") or {}
+        log(f"  CPU per REGISTER+auth at {args.rate:g}/s: {cpu} ms; p50/p99 "
+            f"{lat.get('p50')}/{lat.get('p99')} ms; passed {step.get('pass')}")
+        stop_sipd(procs, sipd)
+        return {"bindings": count, "reloaded": r.reloaded, "reload_s": r.reload_s,
+                "restart_s": round(r.ready_s, 2), "cpu_ms_op": cpu, "p50": lat.get("p50"),
+                "p99": lat.get("p99"), "passed": step.get("pass")}
+
     sizes = [int(s) for s in args.sizes.split(",")]
     runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
     for rnd in range(args.rounds):
         # Odd rounds take the sizes in reverse (ABBA): a machine that gets
         # slower or faster during the run weighs on every size alike.
         for size in sizes if rnd % 2 == 0 else sizes[::-1]:
-            runs[size].append(measure(args, h, procs, fake, conf, port, scratch, results,
-                                      holders, harness_users, uid_of, size, rnd))
+            runs[size].append(measure(size, rnd))
     rows = [summarise(runs[size]) for size in sizes]
     base = rows[0].get("cpu_ms_op") if rows else None
     log("\n" + "=" * 90)
@@ -165,50 +194,6 @@ def run(args: argparse.Namespace, results: Path, scratch: Path, procs: Processes
             f"{r['cpu_ms_op'] or '-':>11} {r['ratio'] or '-':>9}  {verdict}")
     (results / "results.json").write_text(json.dumps(
         {"args": vars(args), "sizes": rows}, indent=1, default=str))
-
-
-def measure(args: argparse.Namespace, h: Harness, procs: Processes, fake: Any, conf: Path,
-            port: int, scratch: Path, results: Path, holders: list[str],
-            harness_users: list[tuple[str, str]], uid_of: dict[str, int], size: int,
-            rnd: int) -> dict[str, Any]:
-    """One size, one round: a fresh sipd on ``size`` bindings, its restart
-    figures, then the CPU per registration under the harness's load."""
-    per_user = max(1, size // HOLDERS)
-    count = write_bindings(scratch, holders, per_user, min(HOLDERS, size // per_user),
-                           uid_of, fake.gid)
-    for name, _ in harness_users:
-        (scratch / "home" / name / ".sr" / "usrloc").unlink(missing_ok=True)
-    tag = f"{size}-r{rnd}"
-    log(f"\n== round {rnd + 1}: {count} bindings held ({per_user} per holder)")
-    started = time.monotonic()
-    sipd = start_sipd(procs, fake, conf, port, results / f"sipd-{tag}.log")
-    ready = options_probe(port, 120.0)
-    if ready is None:
-        raise RuntimeError(f"sipd did not answer; see {results / f'sipd-{tag}.log'}")
-    ready_s = time.monotonic() - started
-    text = (results / f"sipd-{tag}.log").read_text(errors="replace")
-    m = re.search(r"reloaded (\d+) registration\(s\) of (\d+) SIP user\(s\) in ([\d.]+) s",
-                  text)
-    reloaded = int(m.group(1)) if m else None
-    reload_s = float(m.group(3)) if m else None
-    checked_s = wait_until_checked(sipd)
-    log(f"  exec to first OPTIONS 200: {ready_s:.2f} s; reloaded {reloaded} in {reload_s} s; "
-        f"passwords checked {checked_s and round(checked_s, 2)} s after exec")
-    # Every harness user registers once before the measured step (sipp
-    # takes them in order, from the first, at each run): the step then
-    # measures re-registrations, not first look-ups and first files.
-    warm_s = max(args.warm_s, len(harness_users) / args.rate + 1.0)
-    h.bench(f"warm_{tag}", port, sipd.pid, "reg", args.rate, warm_s)
-    summary = h.bench(f"reg_{tag}", port, sipd.pid, "reg", args.rate, args.seconds)
-    step = ((summary or {}).get("steps") or [{}])[0]
-    cpu = step.get("target_cpu_ms_per_op")
-    lat = (step.get("latency_ms") or {}).get("rtd1") or {}
-    log(f"  CPU per REGISTER+auth at {args.rate:g}/s: {cpu} ms; p50/p99 "
-        f"{lat.get('p50')}/{lat.get('p99')} ms; passed {step.get('pass')}")
-    stop_sipd(procs, sipd)
-    return {"bindings": count, "reloaded": reloaded, "reload_s": reload_s,
-            "restart_s": round(ready_s, 2), "cpu_ms_op": cpu, "p50": lat.get("p50"),
-            "p99": lat.get("p99"), "passed": step.get("pass")}
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
